@@ -1,0 +1,1 @@
+//! Runnable examples of the rlm crates (see the `examples` directory).

@@ -1,0 +1,1 @@
+//! Prompt deduplication and caching decorator for any rlm backend.

@@ -1,0 +1,3 @@
+//! The `rlm` command.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! OpenAI-compatible chat completions backend for rlm, with rate limiting and retries.

@@ -1,0 +1,1 @@
+//! The sandboxed Rhai REPL and the Recursive Language Model loop.

@@ -1,0 +1,47 @@
+//! Test support for rlm: a loopback OpenAI-compatible mock server and fixtures, shared by the
+//! backend tests, the cross-crate integration tests in `tests/`, the CLI's end-to-end tests
+//! and the benchmarks.
+//!
+//! - [`MockServer`]: a real HTTP/1.1 server on 127.0.0.1 (hyper) that answers chat
+//!   completions through a [`Handler`], with injected latency and faults ([`Reply`]: errors
+//!   with `Retry-After`, malformed bodies, dropped connections, slow answers), and counts the
+//!   requests in flight so tests assert concurrency at the server.
+//! - [`rlm_handler`]: a scripted root model plus a deterministic sub model, for whole RLM runs.
+//! - [`fixtures`]: deterministic generated contexts (haystacks with needles).
+//!
+//! Nothing here reaches beyond loopback.
+
+pub mod fixtures;
+mod server;
+
+pub use server::{Handler, MockServer, MockServerBuilder, Reply, ServerRequest};
+
+/// A handler for whole RLM runs against one server.
+///
+/// Requests for `root_model` get `root_replies[turn]`, where `turn` is the number of assistant
+/// messages in the conversation, so the script replays the same way however often the run
+/// is retried; past the end of the script the server answers 400 with a message saying so.
+/// Requests for any other model are sub-calls and get `sub(prompt)`, where `prompt` is the
+/// last user message.
+pub fn rlm_handler<F>(root_model: &str, root_replies: Vec<String>, sub: F) -> impl Handler
+where
+    F: Fn(&str) -> String + Send + Sync + 'static,
+{
+    let root_model = root_model.to_owned();
+    move |request: &ServerRequest| {
+        if request.model() == root_model {
+            let turn = request.assistant_turns();
+            match root_replies.get(turn) {
+                Some(reply) => Reply::completion_for(request, reply.clone()),
+                None => Reply::error(
+                    400,
+                    "invalid_request_error",
+                    "script_exhausted",
+                    &format!("the mock root model has no reply for turn {turn}"),
+                ),
+            }
+        } else {
+            Reply::completion_for(request, sub(request.last_user()))
+        }
+    }
+}
