@@ -1,0 +1,79 @@
+//! Settings of a run and of the sandbox.
+
+use std::time::Duration;
+
+use rlm_core::DEFAULT_MAX_CONCURRENT;
+
+/// Limits that stop runaway code. Each applies to one code block; a block that hits one
+/// fails with an error the root model sees, and the run goes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxLimits {
+    /// Rhai operations per block.
+    pub max_operations: u64,
+    /// Longest string a script may build, in bytes (raised to fit the context if needed).
+    pub max_string_size: usize,
+    /// Longest array a script may build.
+    pub max_array_size: usize,
+    /// Largest map a script may build.
+    pub max_map_size: usize,
+    /// Deepest function call nesting.
+    pub max_call_depth: usize,
+    /// Wall-clock time a block may spend running script code. Time spent waiting for
+    /// sub-calls does not count: a long `llm_batch` is work, not a runaway loop.
+    pub block_timeout: Duration,
+}
+
+impl Default for SandboxLimits {
+    fn default() -> Self {
+        Self {
+            max_operations: 200_000_000,
+            max_string_size: 256 << 20,
+            max_array_size: 10_000_000,
+            max_map_size: 1_000_000,
+            max_call_depth: 64,
+            block_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Settings of a run. Built through [`RlmBuilder`](crate::RlmBuilder).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RlmConfig {
+    /// The root model's name.
+    pub root_model: String,
+    /// The model of `llm_query` / `llm_batch` (defaults to the root model).
+    pub sub_model: Option<String>,
+    /// Root turns before the root model is asked for its best final answer.
+    pub max_iterations: usize,
+    /// Sub-calls allowed over the run.
+    pub max_sub_calls: Option<u64>,
+    /// Tokens (root and sub, prompt and completion) allowed over the run.
+    pub max_total_tokens: Option<u64>,
+    /// Wall time allowed for the run.
+    pub max_time: Option<Duration>,
+    /// Default concurrency of `llm_batch` (a script may pass its own).
+    pub max_concurrent: usize,
+    /// Characters of a code block's output shown to the root model (head and tail kept).
+    pub max_output_chars: usize,
+    /// Replaces the built-in system prompt.
+    pub system_prompt: Option<String>,
+    /// Limits of the sandbox.
+    pub sandbox: SandboxLimits,
+}
+
+impl Default for RlmConfig {
+    fn default() -> Self {
+        Self {
+            root_model: String::new(),
+            sub_model: None,
+            max_iterations: 20,
+            max_sub_calls: None,
+            max_total_tokens: None,
+            max_time: None,
+            max_concurrent: DEFAULT_MAX_CONCURRENT,
+            max_output_chars: 20_000,
+            system_prompt: None,
+            sandbox: SandboxLimits::default(),
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! The crate's error type.
+
+use rlm_core::LlmError;
+
+/// Why a run could not be carried out.
+///
+/// Budgets running out, code that fails and sub-calls that fail are not errors: the run goes
+/// on or stops with a [`StopReason`](crate::StopReason). An `RlmError` means there is no
+/// answer to give.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RlmError {
+    /// The builder was given settings that cannot work.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The root model could not be reached or refused (after the backend's retries).
+    #[error("root model call failed on turn {turn}: {source}")]
+    Root {
+        /// The turn whose call failed.
+        turn: usize,
+        /// What the backend reported.
+        #[source]
+        source: LlmError,
+    },
+    /// A bug in rlm (e.g. the REPL thread panicked). Please report it.
+    #[error("internal error: {0}")]
+    Internal(String),
+}

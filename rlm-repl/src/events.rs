@@ -1,0 +1,182 @@
+//! What a run reports while it runs: progress bars, logs and traces are observers.
+
+use std::sync::Arc;
+
+use rlm_core::{ModelUsage, Usage};
+use serde::Serialize;
+
+use crate::{ContextInfo, StopReason, Turn};
+
+/// Something that happened during a run.
+///
+/// Serialized with an `"event"` tag in snake case, each event is one line of the CLI's
+/// `--trace` JSON Lines file, for example
+/// `{"event":"sub_call_end","turn":1,"id":7,"batch":2,"index":5,...}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Event {
+    /// The run began.
+    RunStart {
+        /// The user's query.
+        query: String,
+        /// The root model.
+        root_model: String,
+        /// The model of `llm_query` / `llm_batch`.
+        sub_model: String,
+        /// What the root model is told about the context.
+        context: ContextInfo,
+    },
+    /// A root turn began: the root model is about to be asked.
+    TurnStart {
+        /// Turn number, from 1.
+        turn: usize,
+    },
+    /// The root model replied.
+    RootReply {
+        /// Turn number.
+        turn: usize,
+        /// The reply, as the model wrote it.
+        text: String,
+        /// Tokens of this root call.
+        usage: Usage,
+        /// Latency of the root call in milliseconds.
+        elapsed_ms: u64,
+    },
+    /// A code block of the reply ran.
+    CodeBlock {
+        /// Turn number.
+        turn: usize,
+        /// Position of the block in the reply, from 0.
+        block: usize,
+        /// The code.
+        code: String,
+        /// What the root model is shown: printed output and any error, truncated.
+        output: String,
+        /// The error, if the block failed.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        /// Run time in milliseconds.
+        elapsed_ms: u64,
+    },
+    /// A sub-call was sent.
+    SubCallStart {
+        /// Turn number.
+        turn: usize,
+        /// Run-wide sub-call number, from 1.
+        id: u64,
+        /// The batch it belongs to (`None` for `llm_query`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        batch: Option<u64>,
+        /// Its position in the batch.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        index: Option<usize>,
+        /// The model asked.
+        model: String,
+        /// The prompt (for long prompts, the start of it; see `prompt_chars`).
+        prompt: String,
+        /// Length of the full prompt in characters.
+        prompt_chars: usize,
+    },
+    /// A sub-call finished.
+    SubCallEnd {
+        /// Turn number.
+        turn: usize,
+        /// Run-wide sub-call number (matches the start event).
+        id: u64,
+        /// The batch it belongs to (`None` for `llm_query`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        batch: Option<u64>,
+        /// Its position in the batch.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        index: Option<usize>,
+        /// The model asked.
+        model: String,
+        /// The reply text, when it succeeded.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        response: Option<String>,
+        /// The error, when it failed.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        /// Tokens of this call.
+        usage: Usage,
+        /// Latency in milliseconds.
+        latency_ms: u64,
+    },
+    /// An `llm_batch` began.
+    BatchStart {
+        /// Turn number.
+        turn: usize,
+        /// Run-wide batch number, from 1.
+        batch: u64,
+        /// Number of prompts.
+        total: usize,
+        /// Concurrency limit of this batch.
+        max_concurrent: usize,
+    },
+    /// One more item of a batch finished.
+    BatchProgress {
+        /// Turn number.
+        turn: usize,
+        /// Batch number.
+        batch: u64,
+        /// Items finished so far.
+        done: usize,
+        /// Items that failed so far.
+        failed: usize,
+        /// Items in the batch.
+        total: usize,
+    },
+    /// An `llm_batch` finished.
+    BatchEnd {
+        /// Turn number.
+        turn: usize,
+        /// Batch number.
+        batch: u64,
+        /// Items in the batch.
+        total: usize,
+        /// Items that failed.
+        failed: usize,
+        /// Wall time in milliseconds.
+        elapsed_ms: u64,
+    },
+    /// A root turn ended: the reply, its code blocks and their outputs.
+    TurnEnd {
+        /// The whole turn.
+        turn: Turn,
+    },
+    /// The run ended.
+    Final {
+        /// The answer.
+        answer: String,
+        /// Why the run stopped.
+        stopped: StopReason,
+        /// Root turns taken.
+        iterations: usize,
+        /// Wall time in milliseconds.
+        elapsed_ms: u64,
+        /// Calls and tokens per model.
+        usage: std::collections::BTreeMap<String, ModelUsage>,
+    },
+}
+
+/// Receives every [`Event`] of a run, in order.
+///
+/// Called synchronously from the run (sometimes from the REPL's blocking thread): keep it
+/// quick, and never block on the run itself.
+pub trait Observer: Send + Sync {
+    /// Something happened.
+    fn on_event(&self, event: &Event);
+}
+
+impl<F: Fn(&Event) + Send + Sync> Observer for F {
+    fn on_event(&self, event: &Event) {
+        self(event)
+    }
+}
+
+impl<T: Observer + ?Sized> Observer for Arc<T> {
+    fn on_event(&self, event: &Event) {
+        (**self).on_event(event)
+    }
+}

@@ -1,0 +1,130 @@
+//! What a run returns: the answer, why it stopped, usage and the whole trajectory.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use rlm_core::{ModelUsage, Usage};
+use serde::{Serialize, Serializer};
+
+/// Why a run stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// The root model gave `FINAL(...)` or `FINAL_VAR(...)`.
+    Final,
+    /// The turn budget ran out; the answer is the root model's best final answer when asked.
+    MaxIterations,
+    /// The sub-call budget ran out.
+    MaxSubCalls,
+    /// The token budget ran out.
+    MaxTokens,
+    /// The wall-time budget ran out.
+    MaxTime,
+    /// The run was cancelled (e.g. Ctrl-C).
+    Cancelled,
+}
+
+impl StopReason {
+    /// The snake-case name used in `--json` output and traces.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::Final => "final",
+            StopReason::MaxIterations => "max_iterations",
+            StopReason::MaxSubCalls => "max_sub_calls",
+            StopReason::MaxTokens => "max_tokens",
+            StopReason::MaxTime => "max_time",
+            StopReason::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl fmt::Display for StopReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+fn as_millis<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_u64(duration.as_millis().try_into().unwrap_or(u64::MAX))
+}
+
+/// The outcome of a run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunResult {
+    /// The final answer (empty when the run stopped without one).
+    pub answer: String,
+    /// Root turns taken.
+    pub iterations: usize,
+    /// Why the run stopped.
+    pub stopped: StopReason,
+    /// Wall time of the run.
+    #[serde(rename = "elapsed_ms", serialize_with = "as_millis")]
+    pub elapsed: Duration,
+    /// Calls and tokens per model (root and sub models alike).
+    pub usage: BTreeMap<String, ModelUsage>,
+    /// Sub-calls made (`llm_query` calls plus `llm_batch` items).
+    pub sub_calls: u64,
+    /// Every turn, in order.
+    pub trajectory: Vec<Turn>,
+}
+
+/// One root turn: the reply, and what its code did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Turn {
+    /// Turn number, from 1.
+    pub turn: usize,
+    /// The root model's reply.
+    pub reply: String,
+    /// Tokens of the root call.
+    pub usage: Usage,
+    /// Latency of the root call.
+    #[serde(rename = "root_latency_ms", serialize_with = "as_millis")]
+    pub root_latency: Duration,
+    /// The code blocks of the reply, in order, with their outputs.
+    pub blocks: Vec<BlockRecord>,
+    /// The sub-calls the blocks made, in the order they finished.
+    pub sub_calls: Vec<SubCallRecord>,
+}
+
+/// One executed code block.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BlockRecord {
+    /// The code.
+    pub code: String,
+    /// What the root model was shown (printed output and error, truncated head and tail).
+    pub output: String,
+    /// The error, if the block failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Run time.
+    #[serde(rename = "elapsed_ms", serialize_with = "as_millis")]
+    pub elapsed: Duration,
+}
+
+/// One sub-call (`llm_query`, or one item of `llm_batch`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SubCallRecord {
+    /// Run-wide sub-call number, from 1.
+    pub id: u64,
+    /// The batch it belonged to (`None` for `llm_query`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<u64>,
+    /// Its position in the batch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+    /// The model asked.
+    pub model: String,
+    /// Length of the prompt in characters.
+    pub prompt_chars: usize,
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// The error, when it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Tokens used.
+    pub usage: Usage,
+    /// Latency.
+    #[serde(rename = "latency_ms", serialize_with = "as_millis")]
+    pub latency: Duration,
+}

@@ -1,0 +1,207 @@
+//! The RLM loop and its builder.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rlm_core::{BatchExecutor, CancellationToken, ConcurrentExecutor, LlmBackend};
+
+use crate::{Context, Observer, RlmConfig, RlmError, RunResult, SandboxLimits};
+
+/// A configured Recursive Language Model: a root backend, a sub-call backend and settings.
+///
+/// One `Rlm` can run many queries, one after another or at the same time; each run has its
+/// own REPL scope, budgets and usage.
+#[derive(Clone)]
+pub struct Rlm {
+    root: Arc<dyn LlmBackend>,
+    sub: Arc<dyn BatchExecutor>,
+    config: RlmConfig,
+    observers: Vec<Arc<dyn Observer>>,
+    cancel: CancellationToken,
+}
+
+impl std::fmt::Debug for Rlm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rlm")
+            .field("config", &self.config)
+            .field("observers", &self.observers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Rlm {
+    /// Starts building an `Rlm` whose root model is served by `root`.
+    pub fn builder(root: Arc<dyn LlmBackend>) -> RlmBuilder {
+        RlmBuilder {
+            root,
+            sub: None,
+            config: RlmConfig::default(),
+            observers: Vec::new(),
+            cancel: None,
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &RlmConfig {
+        &self.config
+    }
+
+    /// Answers `query` over `context`.
+    ///
+    /// Works inside any tokio runtime (multi-thread or current-thread); code blocks run on a
+    /// blocking thread, never on a runtime worker.
+    pub async fn run(
+        &self,
+        query: impl Into<String>,
+        context: Context,
+    ) -> Result<RunResult, RlmError> {
+        let _ = (query.into(), context, &self.root, &self.sub, &self.cancel);
+        unimplemented!("the RLM loop")
+    }
+
+    /// [`run`](Self::run) for callers without an async runtime.
+    pub fn run_blocking(
+        &self,
+        query: impl Into<String>,
+        context: Context,
+    ) -> Result<RunResult, RlmError> {
+        let this = self.clone();
+        let query = query.into();
+        rlm_core::blocking::block_on(async move { this.run(query, context).await })
+    }
+}
+
+/// Builds an [`Rlm`]. Only the root model's name is required.
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # use rlm_repl::{Context, Rlm};
+/// # async fn demo(backend: Arc<dyn rlm_core::BatchExecutor>) -> Result<(), rlm_repl::RlmError> {
+/// let rlm = Rlm::builder(backend.clone())
+///     .root_model("gpt-4o")
+///     .sub_backend(backend)
+///     .sub_model("gpt-4o-mini")
+///     .max_iterations(10)
+///     .max_concurrent(32)
+///     .build()?;
+/// let result = rlm.run("Which chapter mentions the lighthouse?", Context::from("...")).await?;
+/// println!("{}", result.answer);
+/// # Ok(())
+/// # }
+/// ```
+pub struct RlmBuilder {
+    root: Arc<dyn LlmBackend>,
+    sub: Option<Arc<dyn BatchExecutor>>,
+    config: RlmConfig,
+    observers: Vec<Arc<dyn Observer>>,
+    cancel: Option<CancellationToken>,
+}
+
+impl RlmBuilder {
+    /// The backend of `llm_query` / `llm_batch` (default: the root backend, with the generic
+    /// bounded executor).
+    pub fn sub_backend(mut self, sub: Arc<dyn BatchExecutor>) -> Self {
+        self.sub = Some(sub);
+        self
+    }
+
+    /// The root model's name (required).
+    pub fn root_model(mut self, model: impl Into<String>) -> Self {
+        self.config.root_model = model.into();
+        self
+    }
+
+    /// The sub-calls' model (default: the root model).
+    pub fn sub_model(mut self, model: impl Into<String>) -> Self {
+        self.config.sub_model = Some(model.into());
+        self
+    }
+
+    /// Root turns before the root model is asked for its best final answer (default 20).
+    pub fn max_iterations(mut self, turns: usize) -> Self {
+        self.config.max_iterations = turns;
+        self
+    }
+
+    /// Sub-calls allowed over a run (default: unlimited).
+    pub fn max_sub_calls(mut self, calls: u64) -> Self {
+        self.config.max_sub_calls = Some(calls);
+        self
+    }
+
+    /// Tokens allowed over a run, root and sub-calls together (default: unlimited).
+    pub fn max_total_tokens(mut self, tokens: u64) -> Self {
+        self.config.max_total_tokens = Some(tokens);
+        self
+    }
+
+    /// Wall time allowed for a run (default: unlimited).
+    pub fn max_time(mut self, time: Duration) -> Self {
+        self.config.max_time = Some(time);
+        self
+    }
+
+    /// Default concurrency of `llm_batch` (default 16).
+    pub fn max_concurrent(mut self, max_concurrent: usize) -> Self {
+        self.config.max_concurrent = max_concurrent;
+        self
+    }
+
+    /// Characters of a block's output shown to the root model (default 20,000).
+    pub fn max_output_chars(mut self, chars: usize) -> Self {
+        self.config.max_output_chars = chars;
+        self
+    }
+
+    /// Replaces the built-in system prompt.
+    pub fn system_prompt(mut self, prompt: impl Into<String>) -> Self {
+        self.config.system_prompt = Some(prompt.into());
+        self
+    }
+
+    /// Limits of the sandbox.
+    pub fn sandbox(mut self, limits: SandboxLimits) -> Self {
+        self.config.sandbox = limits;
+        self
+    }
+
+    /// Replaces all settings at once.
+    pub fn config(mut self, config: RlmConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Adds an observer of every run's events.
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observers.push(observer);
+        self
+    }
+
+    /// Cancelling this token stops every run of the built `Rlm`: in-flight calls are dropped
+    /// and the run returns with [`StopReason::Cancelled`](crate::StopReason::Cancelled).
+    pub fn cancel_token(mut self, cancel: CancellationToken) -> Self {
+        self.cancel = Some(cancel);
+        self
+    }
+
+    /// Checks the settings and builds the `Rlm`.
+    pub fn build(self) -> Result<Rlm, RlmError> {
+        if self.config.root_model.trim().is_empty() {
+            return Err(RlmError::Config("a root model name is required".into()));
+        }
+        if self.config.max_iterations == 0 {
+            return Err(RlmError::Config("max_iterations must be at least 1".into()));
+        }
+        let root = self.root;
+        let sub = self
+            .sub
+            .unwrap_or_else(|| Arc::new(ConcurrentExecutor::new(Arc::clone(&root))));
+        Ok(Rlm {
+            root,
+            sub,
+            config: self.config,
+            observers: self.observers,
+            cancel: self.cancel.unwrap_or_default(),
+        })
+    }
+}
