@@ -1,0 +1,145 @@
+//! A standalone loopback OpenAI-compatible server, for benchmarks that drive other programs
+//! (the `rlm` binary, Python clients) against the same scripted models.
+//!
+//! ```text
+//! mock-openai [--port N] [--latency-ms N] [--root-latency-ms N]
+//!             [--root MODEL=FILE]... [--sub-find TEXT]
+//! ```
+//!
+//! - `--root MODEL=FILE`: requests for MODEL are a root model's turns; FILE is a JSON array
+//!   of replies, the reply for a request being the entry at the number of assistant messages
+//!   in its conversation. May be given more than once.
+//! - Every other request is a sub-call: with `--sub-find TEXT` it gets the first line of its
+//!   prompt that contains TEXT (or `none`), otherwise `ok (N chars)`.
+//! - `--latency-ms` delays sub-call replies, `--root-latency-ms` root replies.
+//!
+//! It prints `listening on http://127.0.0.1:PORT/v1` on stdout, then reads commands on stdin:
+//! `stats` prints `{"requests": N, "peak_in_flight": N, "connections": N}`, `reset` forgets
+//! the peak, and end of input stops the server.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::time::Duration;
+
+use rlm_tests::{MockServer, Reply, ServerRequest};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+struct Args {
+    port: u16,
+    latency: Duration,
+    root_latency: Duration,
+    roots: HashMap<String, Vec<String>>,
+    sub_find: Option<String>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        port: 0,
+        latency: Duration::ZERO,
+        root_latency: Duration::ZERO,
+        roots: HashMap::new(),
+        sub_find: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        let millis = |v: String| {
+            v.parse::<u64>()
+                .map(Duration::from_millis)
+                .map_err(|e| format!("bad milliseconds {v:?}: {e}"))
+        };
+        match flag.as_str() {
+            "--port" => args.port = value()?.parse().map_err(|e| format!("bad port: {e}"))?,
+            "--latency-ms" => args.latency = millis(value()?)?,
+            "--root-latency-ms" => args.root_latency = millis(value()?)?,
+            "--sub-find" => args.sub_find = Some(value()?),
+            "--root" => {
+                let spec = value()?;
+                let (model, file) = spec
+                    .split_once('=')
+                    .ok_or_else(|| format!("--root wants MODEL=FILE, got {spec:?}"))?;
+                let text = std::fs::read_to_string(file)
+                    .map_err(|e| format!("cannot read {file}: {e}"))?;
+                let replies: Vec<String> = serde_json::from_str(&text)
+                    .map_err(|e| format!("{file} is not a JSON array of strings: {e}"))?;
+                args.roots.insert(model.to_owned(), replies);
+            }
+            "-h" | "--help" => {
+                return Err("usage: mock-openai [--port N] [--latency-ms N] [--root-latency-ms N] [--root MODEL=FILE]... [--sub-find TEXT]".into());
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(args)
+}
+
+fn reply(args: &Args, request: &ServerRequest) -> Reply {
+    if let Some(script) = args.roots.get(request.model()) {
+        let turn = request.assistant_turns();
+        let reply = match script.get(turn) {
+            Some(text) => Reply::completion_for(request, text.clone()),
+            None => Reply::error(
+                400,
+                "invalid_request_error",
+                "script_exhausted",
+                &format!("no scripted reply for turn {turn}"),
+            ),
+        };
+        return reply.after(args.root_latency);
+    }
+    let prompt = request.last_user();
+    let text = match &args.sub_find {
+        Some(needle) => prompt
+            .lines()
+            .find(|line| line.contains(needle.as_str()))
+            .unwrap_or("none")
+            .to_owned(),
+        None => format!("ok ({} chars)", prompt.chars().count()),
+    };
+    Reply::completion_for(request, text).after(args.latency)
+}
+
+#[tokio::main]
+async fn main() {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("mock-openai: {message}");
+            std::process::exit(2);
+        }
+    };
+    let port = args.port;
+    let server = match MockServer::builder()
+        .port(port)
+        .record(false)
+        .start(move |request: &ServerRequest| reply(&args, request))
+        .await
+    {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("mock-openai: cannot listen on 127.0.0.1:{port}: {e}");
+            std::process::exit(1);
+        }
+    };
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(stdout, "listening on {}", server.base_url());
+    let _ = stdout.flush();
+
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        match line.trim() {
+            "stats" => {
+                let stats = serde_json::json!({
+                    "requests": server.request_count(),
+                    "peak_in_flight": server.peak_in_flight(),
+                    "connections": server.connections(),
+                });
+                let _ = writeln!(stdout, "{stats}");
+                let _ = stdout.flush();
+            }
+            "reset" => server.reset(),
+            "" => {}
+            other => eprintln!("mock-openai: unknown command {other:?} (try: stats, reset)"),
+        }
+    }
+}
