@@ -18,6 +18,8 @@ pub struct SandboxLimits {
     pub max_map_size: usize,
     /// Deepest function call nesting.
     pub max_call_depth: usize,
+    /// Deepest expression nesting (parentheses, nested calls and blocks).
+    pub max_expr_depth: usize,
     /// Wall-clock time a block may spend running script code. Time spent waiting for
     /// sub-calls does not count: a long `llm_batch` is work, not a runaway loop.
     pub block_timeout: Duration,
@@ -31,6 +33,7 @@ impl Default for SandboxLimits {
             max_array_size: 10_000_000,
             max_map_size: 1_000_000,
             max_call_depth: 64,
+            max_expr_depth: 64,
             block_timeout: Duration::from_secs(60),
         }
     }

@@ -115,7 +115,10 @@ mod tests {
     #[test]
     fn describes_each_kind() {
         let text = Context::from("héllo").info();
-        assert_eq!((text.kind, text.total_chars, text.items), ("string", 5, None));
+        assert_eq!(
+            (text.kind, text.total_chars, text.items),
+            ("string", 5, None)
+        );
 
         let docs = Context::from(vec!["ab".to_owned(), "cde".to_owned()]).info();
         assert_eq!(docs.items, Some(2));

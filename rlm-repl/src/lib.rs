@@ -1,17 +1,74 @@
 //! The sandboxed Rhai REPL and the Recursive Language Model loop of **rlm**.
 //!
-//! (Crate documentation to be completed with the implementation.)
+//! A Recursive Language Model answers a query over a context far larger than any model's
+//! window. The context is never pasted into a prompt: it lives in a persistent, sandboxed
+//! [Rhai](https://rhai.rs) REPL as the variable `context`, the root model writes code in
+//! ```` ```repl ```` blocks to explore it, and that code hands pieces of it to a sub-model with
+//! `llm_query(prompt)` or, concurrently, `llm_batch(prompts)`.
+//!
+//! - [`Rlm`] (built with [`Rlm::builder`]) runs the loop: it asks the root model, runs every
+//!   code block of the reply, feeds the output back, and stops at `FINAL(...)` /
+//!   `FINAL_VAR(...)` or when a budget runs out ([`StopReason`]). [`RunResult`] carries the
+//!   answer, usage per model and the whole trajectory; [`Observer`]s see every [`Event`]
+//!   (the CLI's `--trace` lines).
+//! - [`Repl`] is the environment on its own: the REPL functions, native helpers for huge
+//!   strings (`chunk`, `lines`, `grep`, `regex_*`, `parse_json`, `join`, ...), Python names
+//!   models reach for, errors with line, column and hints, and [`SandboxLimits`].
+//! - [`prompt`] holds the system prompt that teaches this Rhai dialect.
+//!
+//! Sub-calls go through an [`rlm_core::BatchExecutor`], so any backend works, and rate
+//! limits or caches compose as decorators. The REPL runs on a blocking thread and never
+//! blocks a runtime worker; [`Rlm::run`] works in multi-thread and current-thread tokio
+//! runtimes, and [`Rlm::run_blocking`] without one.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use rlm_core::mock::MockBackend;
+//! use rlm_repl::{Context, Rlm, StopReason};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), rlm_repl::RlmError> {
+//! // The root model: a script of replies. Its code asks the sub-model about every chunk.
+//! let root = MockBackend::scripted([
+//!     "```repl\nlet answers = llm_batch(chunk(context, 20));\nprint(answers);\n```",
+//!     "```repl\nlet hits = answers.filter(|a| a != \"no\");\nFINAL(hits[0]);\n```",
+//! ]);
+//! // The sub-model: says where the needle is.
+//! let sub = MockBackend::from_fn(|request| {
+//!     let prompt = request.last_user_message().unwrap_or_default();
+//!     Ok(if prompt.contains("needle") { "found it".into() } else { "no".into() })
+//! });
+//! let rlm = Rlm::builder(Arc::new(root))
+//!     .root_model("root")
+//!     .sub_backend(Arc::new(sub))
+//!     .sub_model("sub")
+//!     .build()?;
+//! let text = format!("{}needle{}", "hay ".repeat(20), " hay".repeat(20));
+//! let result = rlm.run("Where is the needle?", Context::from(text)).await?;
+//! assert_eq!(result.answer, "found it");
+//! assert_eq!(result.stopped, StopReason::Final);
+//! assert_eq!(result.iterations, 2);
+//! assert_eq!(result.usage["sub"].calls, result.sub_calls);
+//! # Ok(())
+//! # }
+//! ```
 
 mod config;
 mod context;
 mod error;
 mod events;
+mod parse;
+pub mod prompt;
+mod repl;
 mod result;
 mod rlm;
+mod run;
+mod state;
 
 pub use config::{RlmConfig, SandboxLimits};
 pub use context::{Context, ContextInfo};
 pub use error::RlmError;
 pub use events::{Event, Observer};
+pub use repl::{BlockOutcome, Repl, ReplBuilder};
 pub use result::{BlockRecord, RunResult, StopReason, SubCallRecord, Turn};
 pub use rlm::{Rlm, RlmBuilder};

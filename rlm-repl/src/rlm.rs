@@ -13,11 +13,11 @@ use crate::{Context, Observer, RlmConfig, RlmError, RunResult, SandboxLimits};
 /// own REPL scope, budgets and usage.
 #[derive(Clone)]
 pub struct Rlm {
-    root: Arc<dyn LlmBackend>,
-    sub: Arc<dyn BatchExecutor>,
-    config: RlmConfig,
-    observers: Vec<Arc<dyn Observer>>,
-    cancel: CancellationToken,
+    pub(crate) root: Arc<dyn LlmBackend>,
+    pub(crate) sub: Arc<dyn BatchExecutor>,
+    pub(crate) config: RlmConfig,
+    pub(crate) observers: Vec<Arc<dyn Observer>>,
+    pub(crate) cancel: CancellationToken,
 }
 
 impl std::fmt::Debug for Rlm {
@@ -49,14 +49,16 @@ impl Rlm {
     /// Answers `query` over `context`.
     ///
     /// Works inside any tokio runtime (multi-thread or current-thread); code blocks run on a
-    /// blocking thread, never on a runtime worker.
+    /// blocking thread, never on a runtime worker. Budgets running out, failing code and
+    /// failing sub-calls are not errors: the result says why the run stopped. An error means
+    /// the root model could not be asked (after the backend's own retries) or an internal
+    /// failure.
     pub async fn run(
         &self,
         query: impl Into<String>,
         context: Context,
     ) -> Result<RunResult, RlmError> {
-        let _ = (query.into(), context, &self.root, &self.sub, &self.cancel);
-        unimplemented!("the RLM loop")
+        crate::run::run(self, query.into(), context).await
     }
 
     /// [`run`](Self::run) for callers without an async runtime.

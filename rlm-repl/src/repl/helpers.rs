@@ -1,0 +1,714 @@
+//! Native helpers: short, linear-time code over huge strings, and the Python names models
+//! reach for.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use regex::{Regex, RegexBuilder};
+use rhai::{Array, Dynamic, Engine, EvalAltResult, FuncRegistration, INT, ImmutableString, Map};
+
+use crate::state::lock;
+
+type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
+
+/// A runtime error the script sees.
+pub(crate) fn script_error(message: impl Into<String>) -> Box<EvalAltResult> {
+    Box::new(EvalAltResult::ErrorRuntime(
+        Dynamic::from(message.into()),
+        rhai::Position::NONE,
+    ))
+}
+
+/// Compiled regexes by pattern, so a pattern used in a loop compiles once.
+#[derive(Default)]
+pub(crate) struct RegexCache {
+    compiled: Mutex<HashMap<String, Regex>>,
+}
+
+impl RegexCache {
+    const CAPACITY: usize = 128;
+
+    fn get(&self, function: &str, pattern: &str) -> RhaiResult<Regex> {
+        if let Some(regex) = lock(&self.compiled).get(pattern) {
+            return Ok(regex.clone());
+        }
+        let regex = RegexBuilder::new(pattern)
+            .size_limit(32 << 20)
+            .build()
+            .map_err(|e| script_error(format!("{function}: invalid regex {pattern:?}: {e}")))?;
+        let mut compiled = lock(&self.compiled);
+        if compiled.len() >= Self::CAPACITY {
+            compiled.clear();
+        }
+        compiled.insert(pattern.to_owned(), regex.clone());
+        Ok(regex)
+    }
+}
+
+/// A value as text: strings as they are, arrays and maps as JSON, the rest as Rhai prints
+/// them.
+pub(crate) fn to_text(value: &Dynamic) -> String {
+    if let Ok(s) = value.as_immutable_string_ref() {
+        return s.as_str().to_owned();
+    }
+    if value.is_array() || value.is_map() {
+        if let Ok(json) = rhai::serde::from_dynamic::<serde_json::Value>(value) {
+            return json.to_string();
+        }
+    }
+    if value.is_unit() {
+        return "()".to_owned();
+    }
+    value.to_string()
+}
+
+fn positive(function: &str, what: &str, n: INT) -> RhaiResult<usize> {
+    if n <= 0 {
+        return Err(script_error(format!(
+            "{function}: {what} must be a positive number, got {n}"
+        )));
+    }
+    usize::try_from(n).map_err(|_| script_error(format!("{function}: {what} is too large")))
+}
+
+/// The byte offset `n` characters after byte offset `from` (or the end).
+fn advance(text: &str, from: usize, n: usize, ascii: bool) -> usize {
+    if ascii {
+        return (from + n).min(text.len());
+    }
+    text[from..]
+        .char_indices()
+        .nth(n)
+        .map_or(text.len(), |(i, _)| from + i)
+}
+
+/// Splits `text` into pieces of `size` characters, each starting `size - overlap` characters
+/// after the previous one. Never splits a character.
+pub(crate) fn chunk_text(text: &str, size: INT, overlap: INT) -> RhaiResult<Array> {
+    let size = positive("chunk", "size", size)?;
+    if overlap < 0 || overlap as u64 >= size as u64 {
+        return Err(script_error(format!(
+            "chunk: overlap must be at least 0 and less than size ({size}), got {overlap}"
+        )));
+    }
+    let step = size - overlap as usize;
+    let ascii = text.is_ascii();
+    let mut chunks = Array::with_capacity(text.len() / size.max(1) + 1);
+    let mut start = 0;
+    while start < text.len() {
+        let end = advance(text, start, size, ascii);
+        chunks.push(Dynamic::from(ImmutableString::from(&text[start..end])));
+        if end >= text.len() {
+            break;
+        }
+        start = advance(text, start, step, ascii);
+    }
+    Ok(chunks)
+}
+
+/// Groups items `n` at a time.
+fn chunk_array(items: Array, n: INT) -> RhaiResult<Array> {
+    let n = positive("chunk", "size", n)?;
+    Ok(items
+        .chunks(n)
+        .map(|group| Dynamic::from_array(group.to_vec()))
+        .collect())
+}
+
+/// Pieces of `n` lines each (line breaks kept).
+pub(crate) fn chunk_lines(text: &str, n: INT) -> RhaiResult<Array> {
+    let n = positive("chunk_lines", "lines per chunk", n)?;
+    let mut chunks = Array::new();
+    let mut start = 0;
+    let mut lines = 0;
+    for (i, _) in text.match_indices('\n') {
+        lines += 1;
+        if lines == n {
+            chunks.push(Dynamic::from(ImmutableString::from(&text[start..=i])));
+            start = i + 1;
+            lines = 0;
+        }
+    }
+    if start < text.len() {
+        chunks.push(Dynamic::from(ImmutableString::from(&text[start..])));
+    }
+    Ok(chunks)
+}
+
+fn lines(text: &str) -> Array {
+    text.lines()
+        .map(|line| Dynamic::from(ImmutableString::from(line)))
+        .collect()
+}
+
+fn regex_find_all(cache: &RegexCache, text: &str, pattern: &str) -> RhaiResult<Array> {
+    let regex = cache.get("regex_find_all", pattern)?;
+    let groups = regex.captures_len();
+    let text_of = |m: Option<regex::Match<'_>>| {
+        Dynamic::from(ImmutableString::from(m.map_or("", |m| m.as_str())))
+    };
+    Ok(match groups {
+        1 => regex.find_iter(text).map(|m| text_of(Some(m))).collect(),
+        // Like Python's re.findall: one group gives the group, several give all groups.
+        2 => regex
+            .captures_iter(text)
+            .map(|caps| text_of(caps.get(1)))
+            .collect(),
+        _ => regex
+            .captures_iter(text)
+            .map(|caps| Dynamic::from_array((1..groups).map(|g| text_of(caps.get(g))).collect()))
+            .collect(),
+    })
+}
+
+fn grep(cache: &RegexCache, text: &str, pattern: &str, around: INT) -> RhaiResult<Array> {
+    // One pass of the regex over the whole text (multi-line mode, so ^ and $ match at line
+    // boundaries), then the lines of the matches: far faster than testing every line when
+    // matches are rare.
+    let regex = cache.get("grep", &format!("(?m){pattern}"))?;
+    let around = usize::try_from(around.max(0)).unwrap_or(0);
+    let mut found = Array::new();
+    // Line number (from 0) and start of the line the scan has reached.
+    let mut line_no = 0usize;
+    let mut line_start = 0usize;
+    let mut next_free = 0usize;
+    for m in regex.find_iter(text) {
+        if m.start() < next_free {
+            continue; // another match on a line already reported
+        }
+        line_no += count_newlines(&text[line_start..m.start()]);
+        let start = text[..m.start()].rfind('\n').map_or(0, |i| i + 1);
+        let end = text[m.start()..]
+            .find('\n')
+            .map_or(text.len(), |i| m.start() + i);
+        line_start = start;
+        next_free = end + 1;
+        let line = text[start..end]
+            .strip_suffix('\r')
+            .unwrap_or(&text[start..end]);
+        let context = (around > 0).then(|| surrounding(text, start, end, line_no, around));
+        found.push(grep_hit(line_no, line, context));
+    }
+    Ok(found)
+}
+
+fn count_newlines(text: &str) -> usize {
+    text.bytes().filter(|&b| b == b'\n').count()
+}
+
+/// Lines `around` before and after the line `[start, end)` (number `line_no` from 0), each
+/// prefixed with its number, the matching one marked with `>`.
+fn surrounding(text: &str, start: usize, end: usize, line_no: usize, around: usize) -> String {
+    let mut from = start;
+    let mut before = 0;
+    while before < around && from > 0 {
+        from = text[..from - 1].rfind('\n').map_or(0, |i| i + 1);
+        before += 1;
+    }
+    let mut to = end;
+    let mut after = 0;
+    while after < around && to < text.len() {
+        to = text[to + 1..].find('\n').map_or(text.len(), |i| to + 1 + i);
+        after += 1;
+    }
+    let mut out = String::new();
+    for (i, line) in text[from..to].split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let number = line_no - before + i;
+        let marker = if number == line_no { '>' } else { ' ' };
+        out.push_str(&format!(
+            "{marker}{}: {}",
+            number + 1,
+            line.strip_suffix('\r').unwrap_or(line)
+        ));
+    }
+    out
+}
+
+fn grep_hit(index: usize, line: &str, context: Option<String>) -> Dynamic {
+    let mut hit = Map::new();
+    hit.insert("line".into(), Dynamic::from(index as INT + 1));
+    hit.insert("text".into(), Dynamic::from(ImmutableString::from(line)));
+    if let Some(context) = context {
+        hit.insert("context".into(), Dynamic::from(context));
+    }
+    Dynamic::from_map(hit)
+}
+
+fn parse_json(text: &str) -> RhaiResult<Dynamic> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        script_error(format!(
+            "parse_json: invalid JSON at line {} column {}: {e}",
+            e.line(),
+            e.column()
+        ))
+    })?;
+    rhai::serde::to_dynamic(value)
+}
+
+fn to_json(value: &Dynamic) -> RhaiResult<String> {
+    let json: serde_json::Value = rhai::serde::from_dynamic(value).map_err(|e| {
+        script_error(format!(
+            "to_json: cannot convert {}: {e}",
+            value.type_name()
+        ))
+    })?;
+    Ok(json.to_string())
+}
+
+fn join(items: &Array, separator: &str) -> String {
+    let mut out = String::new();
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push_str(separator);
+        }
+        match item.as_immutable_string_ref() {
+            Ok(s) => out.push_str(s.as_str()),
+            Err(_) => out.push_str(&to_text(item)),
+        }
+    }
+    out
+}
+
+/// The character index of `needle` in `text`, or -1.
+fn find(text: &str, needle: &str) -> INT {
+    text.find(needle)
+        .map_or(-1, |byte| text[..byte].chars().count() as INT)
+}
+
+fn count(text: &str, needle: &str) -> INT {
+    if needle.is_empty() {
+        return text.chars().count() as INT + 1;
+    }
+    text.matches(needle).count() as INT
+}
+
+fn to_int(value: Dynamic) -> RhaiResult<INT> {
+    if let Ok(n) = value.as_int() {
+        return Ok(n);
+    }
+    if let Ok(f) = value.as_float() {
+        if f.is_finite() && f.abs() < 9.2e18 {
+            return Ok(f.trunc() as INT);
+        }
+        return Err(script_error(format!("int: {f} does not fit an integer")));
+    }
+    if let Ok(b) = value.as_bool() {
+        return Ok(INT::from(b));
+    }
+    if let Ok(s) = value.as_immutable_string_ref() {
+        let trimmed = s.trim();
+        return trimmed.replace('_', "").parse::<INT>().map_err(|_| {
+            script_error(format!(
+                "int: cannot convert {trimmed:?} to an integer (for a decimal use float(s))"
+            ))
+        });
+    }
+    Err(script_error(format!(
+        "int: cannot convert a value of type {} to an integer",
+        value.type_name()
+    )))
+}
+
+fn to_float(value: Dynamic) -> RhaiResult<f64> {
+    if let Ok(f) = value.as_float() {
+        return Ok(f);
+    }
+    if let Ok(n) = value.as_int() {
+        return Ok(n as f64);
+    }
+    if let Ok(s) = value.as_immutable_string_ref() {
+        let trimmed = s.trim();
+        return trimmed
+            .parse::<f64>()
+            .map_err(|_| script_error(format!("float: cannot convert {trimmed:?} to a number")));
+    }
+    Err(script_error(format!(
+        "float: cannot convert a value of type {} to a number",
+        value.type_name()
+    )))
+}
+
+enum Number {
+    Int(INT),
+    Float(f64),
+}
+
+fn number(function: &str, value: &Dynamic) -> RhaiResult<Number> {
+    if let Ok(n) = value.as_int() {
+        Ok(Number::Int(n))
+    } else if let Ok(f) = value.as_float() {
+        Ok(Number::Float(f))
+    } else {
+        Err(script_error(format!(
+            "{function}: expected numbers, found a {} (convert with int(x) or float(x))",
+            value.type_name()
+        )))
+    }
+}
+
+fn sum(items: &Array) -> RhaiResult<Dynamic> {
+    let mut int_total: INT = 0;
+    let mut float_total = 0.0;
+    let mut any_float = false;
+    for item in items {
+        match number("sum", item)? {
+            Number::Int(n) => {
+                int_total = int_total
+                    .checked_add(n)
+                    .ok_or_else(|| script_error("sum: integer overflow"))?;
+            }
+            Number::Float(f) => {
+                any_float = true;
+                float_total += f;
+            }
+        }
+    }
+    Ok(if any_float {
+        Dynamic::from_float(float_total + int_total as f64)
+    } else {
+        Dynamic::from_int(int_total)
+    })
+}
+
+/// Orders two values of comparable types (numbers, strings, characters, booleans).
+fn compare(a: &Dynamic, b: &Dynamic) -> Option<Ordering> {
+    if let (Ok(x), Ok(y)) = (a.as_int(), b.as_int()) {
+        return Some(x.cmp(&y));
+    }
+    let as_f64 = |v: &Dynamic| {
+        v.as_float()
+            .ok()
+            .or_else(|| v.as_int().ok().map(|n| n as f64))
+    };
+    if let (Some(x), Some(y)) = (as_f64(a), as_f64(b)) {
+        return x.partial_cmp(&y);
+    }
+    if let (Ok(x), Ok(y)) = (a.as_immutable_string_ref(), b.as_immutable_string_ref()) {
+        return Some(x.as_str().cmp(y.as_str()));
+    }
+    if let (Ok(x), Ok(y)) = (a.as_char(), b.as_char()) {
+        return Some(x.cmp(&y));
+    }
+    if let (Ok(x), Ok(y)) = (a.as_bool(), b.as_bool()) {
+        return Some(x.cmp(&y));
+    }
+    None
+}
+
+fn incomparable(function: &str, a: &Dynamic, b: &Dynamic) -> Box<EvalAltResult> {
+    script_error(format!(
+        "{function}: cannot compare a {} with a {}",
+        a.type_name(),
+        b.type_name()
+    ))
+}
+
+fn sorted(mut items: Array) -> RhaiResult<Array> {
+    let mut failure = None;
+    items.sort_by(|a, b| {
+        compare(a, b).unwrap_or_else(|| {
+            failure.get_or_insert_with(|| incomparable("sorted", a, b));
+            Ordering::Equal
+        })
+    });
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(items),
+    }
+}
+
+fn extreme(function: &str, items: &Array, wanted: Ordering) -> RhaiResult<Dynamic> {
+    let mut best: Option<&Dynamic> = None;
+    for item in items {
+        best = Some(match best {
+            None => item,
+            Some(current) => match compare(item, current) {
+                Some(order) if order == wanted => item,
+                Some(_) => current,
+                None => return Err(incomparable(function, item, current)),
+            },
+        });
+    }
+    best.cloned()
+        .ok_or_else(|| script_error(format!("{function}: the array is empty")))
+}
+
+fn int_range(from: INT, to: INT, step: INT, limit: usize) -> RhaiResult<Array> {
+    if step == 0 {
+        return Err(script_error("range: step must not be 0"));
+    }
+    let span = if step > 0 {
+        i128::from(to) - i128::from(from)
+    } else {
+        i128::from(from) - i128::from(to)
+    };
+    let count = if span <= 0 {
+        0
+    } else {
+        (span + i128::from(step.unsigned_abs()) - 1) / i128::from(step.unsigned_abs())
+    };
+    if count > limit as i128 {
+        return Err(script_error(format!(
+            "range: {count} items is more than the array limit ({limit}); loop with \
+             `for i in from..to` instead"
+        )));
+    }
+    let mut items = Array::with_capacity(count as usize);
+    let mut value = from;
+    for _ in 0..count {
+        items.push(Dynamic::from_int(value));
+        value = value.wrapping_add(step);
+    }
+    Ok(items)
+}
+
+/// Registers every helper on `engine`.
+pub(crate) fn register(engine: &mut Engine, regexes: &Arc<RegexCache>, max_array_size: usize) {
+    // Chunking and splitting.
+    engine.register_fn("chunk", |text: &str, size: INT| chunk_text(text, size, 0));
+    engine.register_fn("chunk", chunk_text);
+    engine.register_fn("chunk", chunk_array);
+    engine.register_fn("chunk_lines", chunk_lines);
+    engine.register_fn("lines", lines);
+    engine.register_fn("splitlines", lines);
+    engine.register_fn("split", |text: &str| -> Array {
+        text.split_whitespace()
+            .map(|w| Dynamic::from(ImmutableString::from(w)))
+            .collect()
+    });
+
+    // Regular expressions.
+    let cache = Arc::clone(regexes);
+    engine.register_fn("regex_find_all", move |text: &str, pattern: &str| {
+        regex_find_all(&cache, text, pattern)
+    });
+    let cache = Arc::clone(regexes);
+    engine.register_fn("regex_count", move |text: &str, pattern: &str| {
+        cache
+            .get("regex_count", pattern)
+            .map(|re| re.find_iter(text).count() as INT)
+    });
+    let cache = Arc::clone(regexes);
+    engine.register_fn("regex_test", move |text: &str, pattern: &str| {
+        cache.get("regex_test", pattern).map(|re| re.is_match(text))
+    });
+    let cache = Arc::clone(regexes);
+    engine.register_fn(
+        "regex_replace",
+        move |text: &str, pattern: &str, with: &str| {
+            cache
+                .get("regex_replace", pattern)
+                .map(|re| re.replace_all(text, with).into_owned())
+        },
+    );
+    let cache = Arc::clone(regexes);
+    engine.register_fn("regex_split", move |text: &str, pattern: &str| {
+        cache.get("regex_split", pattern).map(|re| {
+            re.split(text)
+                .map(|piece| Dynamic::from(ImmutableString::from(piece)))
+                .collect::<Array>()
+        })
+    });
+    let cache = Arc::clone(regexes);
+    engine.register_fn("grep", move |text: &str, pattern: &str| {
+        grep(&cache, text, pattern, 0)
+    });
+    let cache = Arc::clone(regexes);
+    engine.register_fn("grep", move |text: &str, pattern: &str, around: INT| {
+        grep(&cache, text, pattern, around)
+    });
+
+    // JSON.
+    engine.register_fn("parse_json", parse_json);
+    engine.register_fn("to_json", |value: Dynamic| to_json(&value));
+
+    // Python names that read well.
+    engine.register_fn("join", |items: Array, separator: &str| {
+        join(&items, separator)
+    });
+    engine.register_fn("join", |separator: &str, items: Array| {
+        join(&items, separator)
+    });
+    // Python's range(n) as an array (so range(n).map(...) works); too long is an error
+    // before anything is allocated.
+    let limit = max_array_size;
+    engine.register_fn("range", move |n: INT| int_range(0, n, 1, limit));
+    engine.register_fn("range", move |from: INT, to: INT| {
+        int_range(from, to, 1, limit)
+    });
+    engine.register_fn("range", move |from: INT, to: INT, step: INT| {
+        int_range(from, to, step, limit)
+    });
+    engine.register_fn("upper", |text: &str| text.to_uppercase());
+    engine.register_fn("lower", |text: &str| text.to_lowercase());
+    engine.register_fn("strip", |text: ImmutableString| trimmed(text, str::trim));
+    engine.register_fn("lstrip", |text: ImmutableString| {
+        trimmed(text, str::trim_start)
+    });
+    engine.register_fn("rstrip", |text: ImmutableString| {
+        trimmed(text, str::trim_end)
+    });
+    engine.register_fn("startswith", |text: &str, prefix: &str| {
+        text.starts_with(prefix)
+    });
+    engine.register_fn("endswith", |text: &str, suffix: &str| {
+        text.ends_with(suffix)
+    });
+    engine.register_fn("find", find);
+    engine.register_fn("count", count);
+    engine.register_fn("str", |value: Dynamic| to_text(&value));
+    engine.register_fn("int", to_int);
+    // Rhai's own int(float) returns a float (the integer part); Python's returns an integer.
+    engine.register_fn("int", |f: f64| to_int(Dynamic::from_float(f)));
+    engine.register_fn("float", to_float);
+    engine.register_fn("sum", |items: Array| sum(&items));
+    engine.register_fn("min", |items: Array| extreme("min", &items, Ordering::Less));
+    engine.register_fn("max", |items: Array| {
+        extreme("max", &items, Ordering::Greater)
+    });
+    engine.register_fn("sorted", sorted);
+    engine.register_fn("reversed", |mut items: Array| {
+        items.reverse();
+        items
+    });
+
+    // Rhai's in-place string methods also return the new value, so that the Python habit
+    // `let t = s.trim();` works instead of silently giving ().
+    // Not pure: they change their target, so calling them on `context` (a constant) fails
+    // loudly instead of changing it.
+    FuncRegistration::new("trim")
+        .with_purity(false)
+        .register_into_engine(engine, |text: &mut ImmutableString| {
+            let t = text.trim();
+            if t.len() != text.len() {
+                *text = ImmutableString::from(t);
+            }
+            text.clone()
+        });
+    FuncRegistration::new("replace")
+        .with_purity(false)
+        .register_into_engine(
+            engine,
+            |text: &mut ImmutableString, find: &str, with: &str| {
+                if text.contains(find) {
+                    *text = ImmutableString::from(text.replace(find, with));
+                }
+                text.clone()
+            },
+        );
+}
+
+fn trimmed(text: ImmutableString, trim: fn(&str) -> &str) -> ImmutableString {
+    let t = trim(&text);
+    if t.len() == text.len() {
+        text
+    } else {
+        ImmutableString::from(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(array: &Array) -> Vec<String> {
+        array.iter().map(to_text).collect()
+    }
+
+    #[test]
+    fn chunks_by_characters_with_overlap() {
+        let chunks = chunk_text("abcdefghij", 4, 0).unwrap_or_default();
+        assert_eq!(strings(&chunks), ["abcd", "efgh", "ij"]);
+        let chunks = chunk_text("abcdefghij", 4, 2).unwrap_or_default();
+        assert_eq!(strings(&chunks), ["abcd", "cdef", "efgh", "ghij"]);
+        let chunks = chunk_text("héllo wörld", 3, 1).unwrap_or_default();
+        assert_eq!(strings(&chunks), ["hél", "llo", "o w", "wör", "rld"]);
+        assert!(chunk_text("", 3, 0).unwrap_or_default().is_empty());
+        assert!(chunk_text("abc", 0, 0).is_err());
+        assert!(chunk_text("abc", 3, 3).is_err());
+        assert!(chunk_text("abc", 3, -1).is_err());
+    }
+
+    #[test]
+    fn chunks_by_lines() {
+        let chunks = chunk_lines("a\nb\nc\nd\ne", 2).unwrap_or_default();
+        assert_eq!(strings(&chunks), ["a\nb\n", "c\nd\n", "e"]);
+        let chunks = chunk_lines("a\nb\n", 2).unwrap_or_default();
+        assert_eq!(strings(&chunks), ["a\nb\n"]);
+    }
+
+    #[test]
+    fn find_all_follows_python_group_rules() {
+        let cache = RegexCache::default();
+        let all = regex_find_all(&cache, "a1 b22 c333", r"\d+").unwrap_or_default();
+        assert_eq!(strings(&all), ["1", "22", "333"]);
+        let groups = regex_find_all(&cache, "a1 b22", r"([a-z])(\d+)").unwrap_or_default();
+        assert_eq!(strings(&groups), [r#"["a","1"]"#, r#"["b","22"]"#]);
+        let one = regex_find_all(&cache, "x=1, y=2", r"=(\d)").unwrap_or_default();
+        assert_eq!(strings(&one), ["1", "2"]);
+        assert!(regex_find_all(&cache, "x", "(").is_err());
+    }
+
+    #[test]
+    fn greps_with_line_numbers_and_context() {
+        let cache = RegexCache::default();
+        let hits = grep(&cache, "one\ntwo\nthree\nfour", "^t", 1).unwrap_or_default();
+        assert_eq!(hits.len(), 2);
+        let last = to_text(&hits[1]);
+        assert!(last.contains(r#"" 2: two\n>3: three\n 4: four""#), "{last}");
+        let edges = grep(&cache, "a\r\nxa xa\nb\nxa", "xa", 0).unwrap_or_default();
+        assert_eq!(strings(&edges).len(), 2, "one hit per line");
+        assert!(
+            to_text(&edges[0]).contains(r#""line":2,"text":"xa xa""#),
+            "{}",
+            to_text(&edges[0])
+        );
+        assert!(to_text(&edges[1]).contains(r#""line":4"#));
+        let wide = grep(&cache, "x\ny", "x", 5).unwrap_or_default();
+        assert!(
+            to_text(&wide[0]).contains(r#"">1: x\n 2: y""#),
+            "{}",
+            to_text(&wide[0])
+        );
+        let first = to_text(&hits[0]);
+        assert!(first.contains(r#""line":2"#), "{first}");
+        assert!(
+            first.contains(r#"" 1: one\n>2: two\n 3: three""#),
+            "{first}"
+        );
+    }
+
+    #[test]
+    fn python_names() {
+        assert_eq!(find("héllo", "l"), 2);
+        assert_eq!(find("abc", "z"), -1);
+        assert_eq!(count("abcabc", "bc"), 2);
+        assert_eq!(to_int(Dynamic::from("  42 ")).unwrap_or_default(), 42);
+        assert!(to_int(Dynamic::from("4.5")).is_err());
+        assert_eq!(to_float(Dynamic::from_int(3)).unwrap_or_default(), 3.0);
+        let numbers: Array = vec![Dynamic::from_int(3), Dynamic::from_float(0.5)];
+        assert_eq!(
+            sum(&numbers).ok().and_then(|d| d.as_float().ok()),
+            Some(3.5)
+        );
+        let mixed: Array = vec![Dynamic::from_int(3), Dynamic::from("x")];
+        assert!(sorted(mixed).is_err());
+        assert_eq!(
+            strings(&int_range(0, 3, 1, 10).unwrap_or_default()),
+            ["0", "1", "2"]
+        );
+        assert_eq!(
+            strings(&int_range(5, 0, -2, 10).unwrap_or_default()),
+            ["5", "3", "1"]
+        );
+        assert!(int_range(0, 3, 0, 10).is_err());
+        assert!(int_range(0, 1_000_000_000_000, 1, 10).is_err());
+        assert!(int_range(3, 0, 1, 10).unwrap_or_default().is_empty());
+        let words: Array = vec![Dynamic::from("b"), Dynamic::from("a")];
+        assert_eq!(strings(&sorted(words).unwrap_or_default()), ["a", "b"]);
+    }
+}

@@ -1,0 +1,699 @@
+//! The sandboxed Rhai environment: one persistent scope holding `context`, the REPL functions
+//! and the helpers.
+
+mod errors;
+mod helpers;
+mod lint;
+pub(crate) mod output;
+pub(crate) mod subcall;
+
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rhai::packages::{Package, StandardPackage};
+use rhai::{
+    AST, Array, Dynamic, Engine, EvalAltResult, INT, ImmutableString, Module, Position, Scope,
+};
+use rlm_core::{BatchExecutor, CancellationToken};
+use tokio::runtime::Handle;
+
+use self::errors::{STOP_CANCELLED, STOP_FINAL, STOP_TIMEOUT};
+use self::helpers::{script_error, to_text};
+use self::output::OutputBuffer;
+use self::subcall::{BlockClock, SubCaller};
+use crate::state::{RunState, lock};
+use crate::{Context, ContextInfo, SandboxLimits, SubCallRecord};
+
+/// Default characters of a block's output shown to the model.
+const DEFAULT_MAX_OUTPUT_CHARS: usize = 20_000;
+
+/// What running one code block produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockOutcome {
+    /// What the root model is shown: warnings about the code, the printed output (head and
+    /// tail kept when it is longer than the limit, with the true length stated), the value of
+    /// the last expression when it is not `()`, the error if any, and notes. Empty when the
+    /// block printed nothing and succeeded.
+    pub output: String,
+    /// The error (parse or runtime, with line, column, the offending line and hints), if the
+    /// block failed. Also part of [`output`](Self::output).
+    pub error: Option<String>,
+    /// The answer, when the block called `FINAL(...)` or `FINAL_VAR(...)`.
+    pub final_answer: Option<String>,
+    /// Wall time of the block, sub-calls included.
+    pub elapsed: Duration,
+}
+
+/// State shared between the [`Repl`] and the functions registered on its engine.
+struct Shared {
+    output: Mutex<OutputBuffer>,
+    max_output_chars: usize,
+    clock: Arc<BlockClock>,
+    final_answer: Mutex<Option<String>>,
+    printed_unit: AtomicBool,
+    run: Arc<RunState>,
+    sub: Option<SubCaller>,
+    block_timeout: Duration,
+}
+
+impl Shared {
+    fn print(&self, text: &str) {
+        lock(&self.output).push_line(text);
+    }
+}
+
+/// A sandboxed Rhai REPL over a [`Context`]: the environment the root model's code runs in.
+///
+/// Variables and functions defined by one [`execute`](Self::execute) call are there for the
+/// next. `context` is loaded once as a read-only variable and shared, never copied per block
+/// or per sub-call. Scripts have no file, environment, network or module access; runaway
+/// code is stopped by [`SandboxLimits`] with an error, and the scope survives it.
+///
+/// `execute` blocks: call it from a blocking thread (`tokio::task::spawn_blocking`) or from
+/// code without a runtime, not from an async task. [`Rlm`](crate::Rlm) does this for you.
+///
+/// ```
+/// use rlm_repl::{Context, Repl};
+///
+/// let mut repl = Repl::new(Context::from("alpha\nbeta\ngamma"));
+/// let first = repl.execute("let words = lines(context);\nprint(words.len());");
+/// assert_eq!(first.output, "3\n");
+/// let second = repl.execute("FINAL(upper(words[1]))");
+/// assert_eq!(second.final_answer.as_deref(), Some("BETA"));
+/// ```
+pub struct Repl {
+    engine: Engine,
+    scope: Scope<'static>,
+    functions: AST,
+    shared: Arc<Shared>,
+    limits: SandboxLimits,
+    info: ContextInfo,
+}
+
+impl fmt::Debug for Repl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Repl")
+            .field("context", &self.info)
+            .field("variables", &self.scope.len())
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Repl`].
+pub struct ReplBuilder {
+    context: Context,
+    limits: SandboxLimits,
+    max_output_chars: usize,
+    sub: Option<(Arc<dyn BatchExecutor>, String)>,
+    max_concurrent: usize,
+    cancel: Option<CancellationToken>,
+    run: Option<Arc<RunState>>,
+    handle: Option<Handle>,
+}
+
+impl fmt::Debug for ReplBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplBuilder")
+            .field("limits", &self.limits)
+            .field("max_output_chars", &self.max_output_chars)
+            .field("sub_model", &self.sub.as_ref().map(|(_, model)| model))
+            .field("max_concurrent", &self.max_concurrent)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReplBuilder {
+    /// The sandbox limits (default: [`SandboxLimits::default`]).
+    pub fn limits(mut self, limits: SandboxLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Characters of a block's printed output shown (default 20,000; head and tail kept).
+    pub fn max_output_chars(mut self, chars: usize) -> Self {
+        self.max_output_chars = chars;
+        self
+    }
+
+    /// The backend and model of `llm_query` / `llm_batch`. Without one, they return an
+    /// `Error: ...` string.
+    pub fn sub_backend(
+        mut self,
+        backend: Arc<dyn BatchExecutor>,
+        model: impl Into<String>,
+    ) -> Self {
+        self.sub = Some((backend, model.into()));
+        self
+    }
+
+    /// Default concurrency of `llm_batch` (default 16).
+    pub fn max_concurrent(mut self, max_concurrent: usize) -> Self {
+        self.max_concurrent = max_concurrent;
+        self
+    }
+
+    /// Cancelling this token stops running code and in-flight sub-calls.
+    pub fn cancel_token(mut self, cancel: CancellationToken) -> Self {
+        self.cancel = Some(cancel);
+        self
+    }
+
+    /// The tokio runtime that runs sub-calls (default: the current one when `build` is
+    /// called, else a process-wide runtime).
+    pub fn runtime_handle(mut self, handle: Handle) -> Self {
+        self.handle = Some(handle);
+        self
+    }
+
+    pub(crate) fn run_state(mut self, run: Arc<RunState>) -> Self {
+        self.run = Some(run);
+        self
+    }
+
+    /// Loads the context and builds the REPL. Loading a large context takes one pass over it.
+    pub fn build(self) -> Repl {
+        let info = self.context.info();
+        let context = context_value(self.context);
+        let limits = fit_limits(self.limits, &context);
+        let run = self.run.unwrap_or_else(|| {
+            Arc::new(RunState::new(
+                self.cancel.unwrap_or_default(),
+                None,
+                None,
+                crate::state::Emitter::default(),
+            ))
+        });
+        let handle = self.handle.or_else(|| Handle::try_current().ok());
+        let clock = Arc::new(BlockClock::new());
+        let sub = self.sub.map(|(backend, model)| {
+            SubCaller::new(
+                backend,
+                model,
+                handle,
+                self.max_concurrent,
+                Arc::clone(&run),
+                Arc::clone(&clock),
+            )
+        });
+        let shared = Arc::new(Shared {
+            output: Mutex::new(OutputBuffer::new(self.max_output_chars)),
+            max_output_chars: self.max_output_chars,
+            clock,
+            final_answer: Mutex::new(None),
+            printed_unit: AtomicBool::new(false),
+            run,
+            sub,
+            block_timeout: limits.block_timeout,
+        });
+        let engine = build_engine(&shared, &limits);
+        let mut scope = Scope::new();
+        scope.push_constant_dynamic("context", context);
+        Repl {
+            engine,
+            scope,
+            functions: AST::empty(),
+            shared,
+            limits,
+            info,
+        }
+    }
+}
+
+impl Repl {
+    /// A REPL over `context` with default limits and no sub-model.
+    pub fn new(context: Context) -> Self {
+        Self::builder(context).build()
+    }
+
+    /// Starts building a REPL over `context`.
+    pub fn builder(context: Context) -> ReplBuilder {
+        ReplBuilder {
+            context,
+            limits: SandboxLimits::default(),
+            max_output_chars: DEFAULT_MAX_OUTPUT_CHARS,
+            sub: None,
+            max_concurrent: rlm_core::DEFAULT_MAX_CONCURRENT,
+            cancel: None,
+            run: None,
+            handle: None,
+        }
+    }
+
+    /// What the root model is told about the context.
+    pub fn context_info(&self) -> &ContextInfo {
+        &self.info
+    }
+
+    /// The limits in force (string, array and map limits are raised to fit the context).
+    pub fn limits(&self) -> &SandboxLimits {
+        &self.limits
+    }
+
+    /// Runs one code block in the persistent scope. Never panics; errors, limits and
+    /// cancellation are reported in the outcome.
+    pub fn execute(&mut self, code: &str) -> BlockOutcome {
+        let started = Instant::now();
+        self.begin_block();
+        let warnings = lint::lint(code);
+        let mut value = None;
+        let mut error = None;
+        match self.engine.compile(code) {
+            Err(parse_error) => error = Some(errors::format_parse_error(&parse_error, code)),
+            Ok(ast) => {
+                let program = self.functions.merge(&ast);
+                let engine = &self.engine;
+                let scope = &mut self.scope;
+                let stack = stack_size(&self.limits);
+                let result = on_big_stack(stack, || {
+                    catch_unwind(AssertUnwindSafe(|| {
+                        engine.eval_ast_with_scope::<Dynamic>(scope, &program)
+                    }))
+                });
+                // Functions defined by the block stay defined, even if it failed later.
+                self.functions = self.functions.merge(&ast.clone_functions_only());
+                match result.unwrap_or_else(|| Err(Box::new("the REPL thread failed"))) {
+                    Ok(Ok(v)) => value = Some(v),
+                    Ok(Err(e)) => {
+                        if lock(&self.shared.final_answer).is_none() {
+                            error = Some(errors::format_eval_error(&e, code, &self.limits));
+                        }
+                    }
+                    Err(panic) => {
+                        let what = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| (*s).to_owned())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        error = Some(format!(
+                            "Error: internal error in the REPL ({what}); the block was stopped. \
+                             Variables set before this point are kept."
+                        ));
+                    }
+                }
+            }
+        }
+        let final_answer = lock(&self.shared.final_answer).take();
+        let output = self.render(&warnings, value, error.as_deref());
+        BlockOutcome {
+            output,
+            error,
+            final_answer,
+            elapsed: started.elapsed(),
+        }
+    }
+
+    fn begin_block(&mut self) {
+        *lock(&self.shared.output) = OutputBuffer::new(self.shared.max_output_chars);
+        *lock(&self.shared.final_answer) = None;
+        self.shared.printed_unit.store(false, Ordering::SeqCst);
+        self.shared.clock.begin();
+    }
+
+    fn render(&self, warnings: &[String], value: Option<Dynamic>, error: Option<&str>) -> String {
+        let mut buffer = lock(&self.shared.output);
+        if let Some(value) = value.filter(|v| !v.is_unit()) {
+            let text = to_text(&value.flatten());
+            buffer.push_line(&format!("=> {text}"));
+        }
+        let mut out = String::new();
+        for warning in warnings {
+            out.push_str(warning);
+            out.push('\n');
+        }
+        out.push_str(&buffer.render());
+        if let Some(error) = error {
+            if !out.is_empty() && !out.ends_with('\n') {
+                out.push('\n');
+            }
+            out.push_str(error);
+            out.push('\n');
+        }
+        if self.shared.printed_unit.load(Ordering::SeqCst) {
+            out.push_str(
+                "note: a value printed above was () (nothing). Missing map keys are errors, \
+                 but in-place methods such as sort(), reverse(), push() and clear() return (), \
+                 as do blocks ending in `;` and if without else.\n",
+            );
+        }
+        out
+    }
+
+    /// The value of variable `name` as answer text (strings as they are, arrays and maps as
+    /// JSON), or a message saying why there is none.
+    pub fn final_var(&self, name: &str) -> Result<String, String> {
+        final_value(name, self.scope.get(name))
+    }
+
+    /// The variables defined so far, one per line, with their types and sizes (what
+    /// `SHOW_VARS()` returns).
+    pub fn show_vars(&self) -> String {
+        show_vars(&self.scope)
+    }
+
+    /// Records of the sub-calls finished since the last call, in the order they finished.
+    pub(crate) fn take_sub_calls(&self) -> Vec<SubCallRecord> {
+        self.shared
+            .sub
+            .as_ref()
+            .map(SubCaller::take_records)
+            .unwrap_or_default()
+    }
+
+    /// The `context` variable (for tests: it must stay the very value loaded).
+    #[cfg(test)]
+    pub(crate) fn context_value(&self) -> Option<&Dynamic> {
+        self.scope.get("context")
+    }
+}
+
+/// Native stack for a block: Rhai recurses natively for every script call level and
+/// expression level (tens of KiB per level in debug builds), so code that stays within
+/// [`SandboxLimits`] must never overflow the thread's stack. Reserved, not committed: unused
+/// stack costs address space only.
+fn stack_size(limits: &SandboxLimits) -> usize {
+    const BASE: usize = 8 << 20;
+    const PER_LEVEL: usize = 128 << 10;
+    let levels = limits.max_call_depth.saturating_add(limits.max_expr_depth);
+    BASE.saturating_add(levels.saturating_mul(PER_LEVEL))
+        .min(1 << 30)
+}
+
+/// Runs `f` on a fresh thread with `stack` bytes of stack (in the caller's tracing span), or
+/// on this thread if no thread can be started. `None` if the thread died without a result.
+fn on_big_stack<T: Send>(stack: usize, f: impl FnOnce() -> T + Send) -> Option<T> {
+    let span = tracing::Span::current();
+    let mut job = Some(f);
+    let spawned = std::thread::scope(|scope| {
+        let slot = &mut job;
+        std::thread::Builder::new()
+            .name("rlm-repl".into())
+            .stack_size(stack)
+            .spawn_scoped(scope, move || {
+                let _entered = span.enter();
+                slot.take().map(|f| f())
+            })
+            .ok()
+            .map(|handle| handle.join().ok().flatten())
+    });
+    match spawned {
+        Some(result) => result,
+        // No thread could be started: run here.
+        None => job.map(|f| f()),
+    }
+}
+
+/// The context as a Rhai value: strings become shared immutable strings.
+fn context_value(context: Context) -> Dynamic {
+    match context {
+        Context::Text(text) => Dynamic::from(ImmutableString::from(text)),
+        Context::Documents(documents) => Dynamic::from_array(
+            documents
+                .into_iter()
+                .map(|d| Dynamic::from(ImmutableString::from(d)))
+                .collect(),
+        ),
+        Context::Json(value) => {
+            rhai::serde::to_dynamic(&value).unwrap_or_else(|_| Dynamic::from(value.to_string()))
+        }
+    }
+}
+
+/// Array items, map entries and string bytes inside `value` (how Rhai sizes data).
+fn data_sizes(value: &Dynamic) -> (usize, usize, usize) {
+    if let Ok(s) = value.as_immutable_string_ref() {
+        return (0, 0, s.len());
+    }
+    if let Ok(items) = value.as_array_ref() {
+        return items.iter().fold((items.len(), 0, 0), |acc, item| {
+            let (a, m, s) = data_sizes(item);
+            (acc.0 + a, acc.1 + m, acc.2 + s)
+        });
+    }
+    if let Ok(map) = value.as_map_ref() {
+        return map.values().fold((0, map.len(), 0), |acc, item| {
+            let (a, m, s) = data_sizes(item);
+            (acc.0 + a, acc.1 + m, acc.2 + s)
+        });
+    }
+    (0, 0, 0)
+}
+
+/// Raises the size limits so that the context itself (and a script's copy of it) fits:
+/// Rhai checks the total size of a value whenever a method is called on it.
+fn fit_limits(mut limits: SandboxLimits, context: &Dynamic) -> SandboxLimits {
+    let (arrays, maps, strings) = data_sizes(context);
+    let room = |limit: usize, used: usize| limit.max(used.saturating_mul(2));
+    limits.max_string_size = room(limits.max_string_size, strings);
+    limits.max_array_size = room(limits.max_array_size, arrays);
+    limits.max_map_size = room(limits.max_map_size, maps);
+    limits
+}
+
+/// Refuses every `import`.
+struct NoModules;
+
+impl rhai::ModuleResolver for NoModules {
+    fn resolve(
+        &self,
+        _: &Engine,
+        _: Option<&str>,
+        path: &str,
+        pos: Position,
+    ) -> Result<Arc<Module>, Box<EvalAltResult>> {
+        Err(Box::new(EvalAltResult::ErrorModuleNotFound(
+            format!("{path} (import is disabled: this sandbox has no files or modules)"),
+            pos,
+        )))
+    }
+}
+
+fn final_value(name: &str, value: Option<&Dynamic>) -> Result<String, String> {
+    match value {
+        None => Err(format!(
+            "FINAL_VAR: there is no variable named `{name}`. Pass the name of a variable \
+             defined at the top level (e.g. `let answer = ...;` then FINAL_VAR(\"answer\")), \
+             or give the value itself with FINAL(value)."
+        )),
+        Some(value) => answer_text(&value.flatten_clone())
+            .map_err(|e| format!("FINAL_VAR: variable `{name}` {e}")),
+    }
+}
+
+/// The answer text of a value; `()` is refused.
+fn answer_text(value: &Dynamic) -> Result<String, String> {
+    if value.is_unit() {
+        return Err(
+            "holds () (nothing): compute the answer first; remember that in-place \
+                    methods like sort() return ()"
+                .to_owned(),
+        );
+    }
+    Ok(to_text(value))
+}
+
+fn is_identifier(text: &str) -> bool {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn show_vars(scope: &Scope<'_>) -> String {
+    let mut out = String::new();
+    for (name, constant, value) in scope.iter_raw() {
+        let value = value.flatten_clone();
+        let kind = value.type_name();
+        let detail = if let Ok(s) = value.as_immutable_string_ref() {
+            format!("string, {} chars", s.chars().count())
+        } else if let Ok(items) = value.as_array_ref() {
+            format!("array, {} items", items.len())
+        } else if let Ok(map) = value.as_map_ref() {
+            format!("map, {} keys", map.len())
+        } else {
+            let text = value.to_string();
+            if text.chars().count() <= 60 {
+                format!("{kind} = {text}")
+            } else {
+                kind.to_owned()
+            }
+        };
+        let constant = if constant { " (read-only)" } else { "" };
+        out.push_str(&format!("{name}: {detail}{constant}\n"));
+    }
+    out
+}
+
+fn stop(token: &str) -> Box<EvalAltResult> {
+    Box::new(EvalAltResult::ErrorTerminated(
+        Dynamic::from(token.to_owned()),
+        Position::NONE,
+    ))
+}
+
+/// A prompt from a script value: strings as they are, other values as text; `()` refused.
+fn prompt_text(function: &str, value: &Dynamic) -> Result<String, Box<EvalAltResult>> {
+    let value = value.flatten_clone();
+    if value.is_unit() {
+        return Err(script_error(format!(
+            "{function}: the prompt is () (nothing); build the prompt string first"
+        )));
+    }
+    Ok(to_text(&value))
+}
+
+fn batch_prompts(function: &str, prompts: &Dynamic) -> Result<Vec<String>, Box<EvalAltResult>> {
+    let prompts = prompts.flatten_clone();
+    let Ok(items) = prompts.as_array_ref() else {
+        return Err(script_error(format!(
+            "{function} takes an array of prompts (got a {}); for one prompt use llm_query",
+            prompts.type_name()
+        )));
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| prompt_text(&format!("{function} (prompt {i})"), item))
+        .collect()
+}
+
+fn concurrency(n: INT) -> usize {
+    usize::try_from(n.max(1)).unwrap_or(1)
+}
+
+fn build_engine(shared: &Arc<Shared>, limits: &SandboxLimits) -> Engine {
+    let mut engine = Engine::new_raw();
+    engine.register_global_module(StandardPackage::new().as_shared_module());
+    engine.set_module_resolver(NoModules);
+    engine.disable_symbol("eval");
+    engine.set_max_operations(limits.max_operations);
+    engine.set_max_string_size(limits.max_string_size);
+    engine.set_max_array_size(limits.max_array_size);
+    engine.set_max_map_size(limits.max_map_size);
+    engine.set_max_call_levels(limits.max_call_depth);
+    engine.set_max_expr_depths(limits.max_expr_depth, limits.max_expr_depth);
+    engine.set_fail_on_invalid_map_property(true);
+
+    let s = Arc::clone(shared);
+    engine.on_print(move |text| s.print(text));
+    let s = Arc::clone(shared);
+    engine.on_debug(move |text, _, _| s.print(text));
+    let s = Arc::clone(shared);
+    engine.on_progress(move |ops| {
+        if ops % 256 != 0 {
+            return None;
+        }
+        if s.run.cancel.is_cancelled() {
+            return Some(Dynamic::from(STOP_CANCELLED));
+        }
+        if s.clock.script_time() > s.block_timeout {
+            return Some(Dynamic::from(STOP_TIMEOUT));
+        }
+        None
+    });
+
+    // `()` made visible: print(()) and `${()}` show "()" (and a note), not an empty line.
+    let s = Arc::clone(shared);
+    engine.register_fn("print", move |_: ()| {
+        s.printed_unit.store(true, Ordering::SeqCst);
+        "()".to_owned()
+    });
+    engine.register_fn("to_string", |_: ()| "()".to_owned());
+
+    helpers::register(&mut engine, &Arc::default(), limits.max_array_size);
+
+    // Sub-calls.
+    let s = Arc::clone(shared);
+    engine.register_fn("llm_query", move |prompt: Dynamic| {
+        let prompt = prompt_text("llm_query", &prompt)?;
+        Ok::<_, Box<EvalAltResult>>(match &s.sub {
+            Some(sub) => sub.query(prompt),
+            None => "Error: no sub-model is configured for llm_query".to_owned(),
+        })
+    });
+    for name in ["llm_batch", "llm_query_batched"] {
+        let s = Arc::clone(shared);
+        engine.register_fn(name, move |prompts: Dynamic| {
+            batch(&s, name, &prompts, None)
+        });
+        let s = Arc::clone(shared);
+        engine.register_fn(name, move |prompts: Dynamic, max_concurrent: INT| {
+            batch(&s, name, &prompts, Some(concurrency(max_concurrent)))
+        });
+    }
+
+    // Finishing.
+    let s = Arc::clone(shared);
+    engine.register_fn(
+        "FINAL",
+        move |value: Dynamic| -> Result<(), Box<EvalAltResult>> {
+            let answer = answer_text(&value.flatten_clone())
+                .map_err(|e| script_error(format!("FINAL: the value {e}")))?;
+            *lock(&s.final_answer) = Some(answer);
+            Err(stop(STOP_FINAL))
+        },
+    );
+    let s = Arc::clone(shared);
+    let registered = engine.register_custom_syntax(
+        ["FINAL_VAR", "(", "$expr$", ")"],
+        false,
+        move |context, inputs| {
+            let expr = &inputs[0];
+            let answer = if let Some(name) = expr.get_string_value() {
+                let name = name.to_owned();
+                final_value(&name, context.scope().get(&name)).map_err(script_error)?
+            } else {
+                // Any other expression: a variable's name, or (leniently) the answer itself.
+                let value = context.eval_expression_tree(expr)?.flatten();
+                let named = value
+                    .as_immutable_string_ref()
+                    .ok()
+                    .map(|s| s.as_str().to_owned())
+                    .filter(|s| is_identifier(s));
+                match named {
+                    Some(name) => {
+                        final_value(&name, context.scope().get(&name)).map_err(script_error)?
+                    }
+                    None => answer_text(&value)
+                        .map_err(|e| script_error(format!("FINAL_VAR: the value {e}")))?,
+                }
+            };
+            *lock(&s.final_answer) = Some(answer);
+            Err(stop(STOP_FINAL))
+        },
+    );
+    debug_assert!(registered.is_ok());
+    let registered = engine.register_custom_syntax(["SHOW_VARS", "()"], false, |context, _| {
+        Ok(Dynamic::from(show_vars(context.scope())))
+    });
+    debug_assert!(registered.is_ok());
+    engine
+}
+
+fn batch(
+    shared: &Shared,
+    function: &str,
+    prompts: &Dynamic,
+    max_concurrent: Option<usize>,
+) -> Result<Array, Box<EvalAltResult>> {
+    let prompts = batch_prompts(function, prompts)?;
+    let Some(sub) = &shared.sub else {
+        return Ok(prompts
+            .iter()
+            .map(|_| Dynamic::from("Error: no sub-model is configured for llm_batch"))
+            .collect());
+    };
+    let limit = max_concurrent.unwrap_or(sub.max_concurrent());
+    Ok(sub
+        .batch(prompts, limit)
+        .into_iter()
+        .map(|answer| Dynamic::from(ImmutableString::from(answer)))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,401 @@
+//! `llm_query` and `llm_batch`: sub-calls made from the REPL's blocking thread, run on the
+//! async executor, accounted against the run's budgets and reported to observers.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rlm_core::{
+    BatchExecutor, BatchObserver, BatchOptions, BatchResult, CompletionRequest, LlmError,
+};
+use tokio::runtime::Handle;
+use tracing::Instrument;
+
+use super::output::prefix;
+use crate::state::{RunState, lock};
+use crate::{Event, SubCallRecord};
+
+/// Characters of a prompt carried by a [`Event::SubCallStart`].
+const PROMPT_PREVIEW_CHARS: usize = 500;
+
+/// Measures a block's script time: wall time minus time spent waiting for sub-calls.
+#[derive(Debug)]
+pub(crate) struct BlockClock {
+    epoch: Instant,
+    start_ns: AtomicU64,
+    waited_ns: AtomicU64,
+}
+
+impl BlockClock {
+    pub(crate) fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            start_ns: AtomicU64::new(0),
+            waited_ns: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// A block starts.
+    pub(crate) fn begin(&self) {
+        self.start_ns.store(self.now_ns(), Ordering::SeqCst);
+        self.waited_ns.store(0, Ordering::SeqCst);
+    }
+
+    /// Time spent waiting for sub-calls, which does not count as script time.
+    pub(crate) fn add_wait(&self, waited: Duration) {
+        let ns = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+        self.waited_ns.fetch_add(ns, Ordering::SeqCst);
+    }
+
+    /// Script time of the current block.
+    pub(crate) fn script_time(&self) -> Duration {
+        let elapsed = self
+            .now_ns()
+            .saturating_sub(self.start_ns.load(Ordering::SeqCst));
+        Duration::from_nanos(elapsed.saturating_sub(self.waited_ns.load(Ordering::SeqCst)))
+    }
+}
+
+/// Makes the sub-calls of one REPL (one run).
+pub(crate) struct SubCaller {
+    backend: Arc<dyn BatchExecutor>,
+    model: String,
+    handle: Option<Handle>,
+    max_concurrent: usize,
+    run: Arc<RunState>,
+    clock: Arc<BlockClock>,
+    next_id: Arc<AtomicU64>,
+    next_batch: AtomicU64,
+    records: Arc<Mutex<Vec<SubCallRecord>>>,
+}
+
+impl SubCaller {
+    pub(crate) fn new(
+        backend: Arc<dyn BatchExecutor>,
+        model: String,
+        handle: Option<Handle>,
+        max_concurrent: usize,
+        run: Arc<RunState>,
+        clock: Arc<BlockClock>,
+    ) -> Self {
+        Self {
+            backend,
+            model,
+            handle,
+            max_concurrent: max_concurrent.max(1),
+            run,
+            clock,
+            next_id: Arc::new(AtomicU64::new(0)),
+            next_batch: AtomicU64::new(0),
+            records: Arc::default(),
+        }
+    }
+
+    /// The default concurrency of `llm_batch`.
+    pub(crate) fn max_concurrent(&self) -> usize {
+        self.max_concurrent
+    }
+
+    /// The records of the sub-calls finished since the last call, in the order they finished.
+    pub(crate) fn take_records(&self) -> Vec<SubCallRecord> {
+        std::mem::take(&mut *lock(&self.records))
+    }
+
+    /// Runs `future` to completion from this (blocking) thread; the time counts as waiting.
+    fn wait<F>(&self, future: F) -> Option<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let started = Instant::now();
+        let output = match &self.handle {
+            // Run it as a task of the caller's runtime and block this thread (a blocking
+            // thread, never a runtime worker) until it is done. Works in current-thread
+            // runtimes too: their `block_on` drives the task while it waits for us.
+            Some(handle) if tokio::task::try_id().is_none() => {
+                let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+                handle.spawn(async move {
+                    let _ = sender.send(future.await);
+                });
+                receiver.recv().ok()
+            }
+            // No runtime, or (misuse) called from inside an async task: use the process-wide
+            // runtime, which cannot deadlock on this thread.
+            _ => Some(rlm_core::blocking::block_on(future)),
+        };
+        self.clock.add_wait(started.elapsed());
+        output
+    }
+
+    /// One sub-call; the reply text, or a string starting `Error:`.
+    pub(crate) fn query(&self, prompt: String) -> String {
+        if self.run.reserve_sub_calls(1) == 0 {
+            return self.run.refusal();
+        }
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst) + 1;
+        let turn = self.run.turn();
+        let emitter = &self.run.emitter;
+        let prompt_chars = prompt.chars().count();
+        emitter.emit_with(|| Event::SubCallStart {
+            turn,
+            id,
+            batch: None,
+            index: None,
+            model: self.model.clone(),
+            prompt: prefix(&prompt, PROMPT_PREVIEW_CHARS).to_owned(),
+            prompt_chars,
+        });
+        let span = tracing::info_span!(
+            "rlm_sub_call",
+            id,
+            model = %self.model,
+            prompt_chars,
+            prompt_tokens = tracing::field::Empty,
+            completion_tokens = tracing::field::Empty,
+        );
+        let request = CompletionRequest::prompt(self.model.clone(), prompt);
+        let backend = Arc::clone(&self.backend);
+        let cancel = self.run.cancel.clone();
+        let started = Instant::now();
+        let result = self
+            .wait(
+                async move {
+                    tokio::select! {
+                        biased;
+                        () = cancel.cancelled() => Err(LlmError::Cancelled),
+                        result = backend.complete(request) => result,
+                    }
+                }
+                .instrument(span.clone()),
+            )
+            .unwrap_or_else(|| {
+                Err(LlmError::other(
+                    "the sub-call's task ended without a result",
+                ))
+            });
+        let latency = started.elapsed();
+        let usage = result.as_ref().map(|c| c.usage).unwrap_or_default();
+        span.record("prompt_tokens", usage.prompt_tokens);
+        span.record("completion_tokens", usage.completion_tokens);
+        self.run.add_tokens(usage.total());
+        let record = SubCallRecord {
+            id,
+            batch: None,
+            index: None,
+            model: self.model.clone(),
+            prompt_chars,
+            ok: result.is_ok(),
+            error: result.as_ref().err().map(ToString::to_string),
+            usage,
+            latency,
+        };
+        emitter.emit_with(|| end_event(turn, &record, &result));
+        lock(&self.records).push(record);
+        match result {
+            Ok(completion) => completion.text,
+            Err(LlmError::Cancelled) => self.run.refusal(),
+            Err(error) => format!("Error: {error}"),
+        }
+    }
+
+    /// Many sub-calls at once, at most `max_concurrent` in flight; one string per prompt, in
+    /// order, failures as `Error: ...`.
+    pub(crate) fn batch(&self, prompts: Vec<String>, max_concurrent: usize) -> Vec<String> {
+        let total = prompts.len();
+        if total == 0 {
+            return Vec::new();
+        }
+        let granted = usize::try_from(self.run.reserve_sub_calls(total as u64)).unwrap_or(0);
+        let mut answers = vec![String::new(); total];
+        if granted < total {
+            let refusal = self.run.refusal();
+            for answer in &mut answers[granted..] {
+                answer.clone_from(&refusal);
+            }
+        }
+        if granted == 0 {
+            return answers;
+        }
+        let max_concurrent = max_concurrent.max(1);
+        let batch = self.next_batch.fetch_add(1, Ordering::SeqCst) + 1;
+        let turn = self.run.turn();
+        let emitter = &self.run.emitter;
+        emitter.emit_with(|| Event::BatchStart {
+            turn,
+            batch,
+            total: granted,
+            max_concurrent,
+        });
+        let requests: Vec<CompletionRequest> = prompts
+            .into_iter()
+            .take(granted)
+            .map(|prompt| CompletionRequest::prompt(self.model.clone(), prompt))
+            .collect();
+        let cancel = self.run.cancel.child_token();
+        let tracker = Arc::new(BatchTracker {
+            turn,
+            batch,
+            total: granted,
+            model: self.model.clone(),
+            run: Arc::clone(&self.run),
+            cancel: cancel.clone(),
+            next_id: Arc::clone(&self.next_id),
+            ids: (0..granted).map(|_| AtomicU64::new(0)).collect(),
+            prompt_chars: requests
+                .iter()
+                .map(|r| r.last_user_message().unwrap_or_default().chars().count())
+                .collect(),
+            done: AtomicUsize::new(0),
+            failed: AtomicUsize::new(0),
+            records: Arc::clone(&self.records),
+        });
+        let options = BatchOptions::new(max_concurrent)
+            .with_cancel(cancel)
+            .with_observer(tracker.clone());
+        let span = tracing::info_span!("rlm_batch", batch, total = granted, max_concurrent);
+        let backend = Arc::clone(&self.backend);
+        let started = Instant::now();
+        let results = self
+            .wait(async move { backend.complete_batch(requests, &options).await }.instrument(span))
+            .unwrap_or_default();
+        let mut failed = 0;
+        for (i, answer) in answers.iter_mut().take(granted).enumerate() {
+            *answer = match results.get(i) {
+                Some(Ok(completion)) => completion.text.clone(),
+                Some(Err(LlmError::Cancelled)) => {
+                    failed += 1;
+                    self.run.refusal()
+                }
+                Some(Err(error)) => {
+                    failed += 1;
+                    format!("Error: {error}")
+                }
+                None => {
+                    failed += 1;
+                    "Error: the batch ended without a result for this prompt".to_owned()
+                }
+            };
+        }
+        // Items reserved but never sent (the batch was cancelled before they started) go
+        // back to the budget.
+        if tracker.cancel.is_cancelled() {
+            let unsent = granted.saturating_sub(started_count(&tracker));
+            self.run.release_sub_calls(unsent as u64);
+        }
+        emitter.emit_with(|| Event::BatchEnd {
+            turn,
+            batch,
+            total: granted,
+            failed,
+            elapsed_ms: millis(started.elapsed()),
+        });
+        answers
+    }
+}
+
+fn started_count(tracker: &BatchTracker) -> usize {
+    tracker
+        .ids
+        .iter()
+        .filter(|id| id.load(Ordering::SeqCst) != 0)
+        .count()
+}
+
+pub(crate) fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn end_event(turn: usize, record: &SubCallRecord, result: &BatchResult) -> Event {
+    Event::SubCallEnd {
+        turn,
+        id: record.id,
+        batch: record.batch,
+        index: record.index,
+        model: record.model.clone(),
+        response: result.as_ref().ok().map(|c| c.text.clone()),
+        error: record.error.clone(),
+        usage: record.usage,
+        latency_ms: millis(record.latency),
+    }
+}
+
+/// Follows one batch item by item: ids, events, records and the token budget.
+struct BatchTracker {
+    turn: usize,
+    batch: u64,
+    total: usize,
+    model: String,
+    run: Arc<RunState>,
+    cancel: rlm_core::CancellationToken,
+    next_id: Arc<AtomicU64>,
+    ids: Vec<AtomicU64>,
+    prompt_chars: Vec<usize>,
+    done: AtomicUsize,
+    failed: AtomicUsize,
+    records: Arc<Mutex<Vec<SubCallRecord>>>,
+}
+
+impl BatchObserver for BatchTracker {
+    fn started(&self, index: usize, request: &CompletionRequest) {
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some(slot) = self.ids.get(index) {
+            slot.store(id, Ordering::SeqCst);
+        }
+        self.run.emitter.emit_with(|| {
+            let prompt = request.last_user_message().unwrap_or_default();
+            Event::SubCallStart {
+                turn: self.turn,
+                id,
+                batch: Some(self.batch),
+                index: Some(index),
+                model: self.model.clone(),
+                prompt: prefix(prompt, PROMPT_PREVIEW_CHARS).to_owned(),
+                prompt_chars: self.prompt_chars.get(index).copied().unwrap_or_default(),
+            }
+        });
+    }
+
+    fn finished(&self, index: usize, result: &BatchResult, elapsed: Duration) {
+        let usage = result.as_ref().map(|c| c.usage).unwrap_or_default();
+        if self.run.add_tokens(usage.total()) {
+            // The token budget is spent: send nothing more.
+            self.cancel.cancel();
+        }
+        let done = self.done.fetch_add(1, Ordering::SeqCst) + 1;
+        let failed = self.failed.load(Ordering::SeqCst) + usize::from(result.is_err());
+        if result.is_err() {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+        }
+        let record = SubCallRecord {
+            id: self
+                .ids
+                .get(index)
+                .map_or(0, |id| id.load(Ordering::SeqCst)),
+            batch: Some(self.batch),
+            index: Some(index),
+            model: self.model.clone(),
+            prompt_chars: self.prompt_chars.get(index).copied().unwrap_or_default(),
+            ok: result.is_ok(),
+            error: result.as_ref().err().map(ToString::to_string),
+            usage,
+            latency: elapsed,
+        };
+        let emitter = &self.run.emitter;
+        if emitter.active() {
+            emitter.emit(&end_event(self.turn, &record, result));
+            emitter.emit(&Event::BatchProgress {
+                turn: self.turn,
+                batch: self.batch,
+                done,
+                failed,
+                total: self.total,
+            });
+        }
+        lock(&self.records).push(record);
+    }
+}

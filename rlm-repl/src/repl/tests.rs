@@ -1,0 +1,105 @@
+//! Tests that look inside the REPL: the context is shared, never copied.
+
+use std::sync::Arc;
+
+use rhai::ImmutableString;
+use rlm_core::mock::MockBackend;
+
+use super::*;
+
+fn context_string(repl: &Repl) -> ImmutableString {
+    repl.context_value()
+        .and_then(|v| v.as_immutable_string_ref().ok().map(|s| s.clone()))
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_context_string_is_shared_not_copied() {
+    let text = rlm_tests::fixtures::haystack(20_000, 12_345, "the needle is 4217", 3);
+    let sub = MockBackend::from_fn(|request| {
+        Ok(request
+            .last_user_message()
+            .unwrap_or_default()
+            .len()
+            .to_string())
+    });
+    let mut repl = Repl::builder(Context::from(text.clone()))
+        .sub_backend(Arc::new(sub), "sub")
+        .build();
+    let before = context_string(&repl);
+    let address = before.as_str().as_ptr();
+    assert_eq!(before.strong_count(), 2, "the scope's value and our handle");
+    drop(before);
+
+    // Read it every way a script does, in several blocks and turns.
+    for code in [
+        "let n = context.len(); let head = context.sub_string(0, 100); print(n);",
+        "let parts = chunk(context, 50000); let hits = grep(context, \"needle\"); print(hits.len());",
+        "fn size(text) { text.len() } print(size(context));",
+        "let echoed = llm_query(context); let many = llm_batch([context, context]);",
+        "let found = context.contains(\"needle\"); let idx = context.index_of(\"needle\");",
+    ] {
+        let outcome = repl.execute(code);
+        assert_eq!(outcome.error, None, "{code}");
+    }
+    let after = context_string(&repl);
+    assert_eq!(after.as_str().as_ptr(), address, "same buffer");
+    assert_eq!(
+        after.strong_count(),
+        2,
+        "no copy or extra holder left behind"
+    );
+    assert_eq!(after.as_str(), text);
+    drop(after);
+
+    // Assigning it shares the buffer.
+    repl.execute("let alias = context;");
+    let alias = repl
+        .scope
+        .get("alias")
+        .and_then(|v| v.as_immutable_string_ref().ok().map(|s| s.clone()))
+        .unwrap_or_default();
+    assert_eq!(alias.as_str().as_ptr(), address);
+}
+
+#[test]
+fn documents_are_shared_item_by_item() {
+    let docs: Vec<String> = (0..50)
+        .map(|i| format!("document {i} ").repeat(100))
+        .collect();
+    let mut repl = Repl::new(Context::from(docs));
+    let addresses = |repl: &Repl| -> Vec<usize> {
+        repl.context_value()
+            .and_then(|v| v.as_array_ref().ok().map(|a| a.clone()))
+            .unwrap_or_default()
+            .iter()
+            .map(|d| {
+                d.as_immutable_string_ref()
+                    .map(|s| s.as_str().as_ptr() as usize)
+                    .unwrap_or(0)
+            })
+            .collect()
+    };
+    let before = addresses(&repl);
+    let outcome = repl.execute(
+        "let total = 0; for (doc, i) in context { total += doc.len(); } \
+         let groups = chunk(context, 10); print(total); print(groups.len());",
+    );
+    assert_eq!(outcome.output, "59000\n5\n");
+    assert_eq!(addresses(&repl), before);
+}
+
+#[test]
+fn limits_are_raised_to_fit_the_context() {
+    let limits = SandboxLimits {
+        max_string_size: 1000,
+        max_array_size: 10,
+        ..SandboxLimits::default()
+    };
+    let docs: Vec<String> = (0..100).map(|_| "x".repeat(100)).collect();
+    let mut repl = Repl::builder(Context::from(docs)).limits(limits).build();
+    assert!(repl.limits().max_string_size >= 10_000);
+    assert!(repl.limits().max_array_size >= 100);
+    let outcome = repl.execute("print(context.len()); print(context[99].len());");
+    assert_eq!(outcome.output, "100\n100\n");
+}
