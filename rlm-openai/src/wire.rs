@@ -1,0 +1,473 @@
+//! The chat-completions wire format: request bodies, replies and error bodies, parsed with
+//! the tolerance OpenAI-compatible servers need.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use rlm_core::{Completion, CompletionRequest, FinishReason, LlmError, Usage};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+
+/// Longest excerpt of a body quoted in an error message, in bytes.
+const EXCERPT_BYTES: usize = 200;
+
+/// The JSON body of `POST /chat/completions` for `request`, sent to `model`.
+///
+/// Sampling fields are written only when set; `extra` is merged in verbatim and wins over a
+/// field of the same name.
+pub(crate) struct ChatBody<'a> {
+    pub(crate) model: &'a str,
+    pub(crate) request: &'a CompletionRequest,
+}
+
+impl Serialize for ChatBody<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let r = self.request;
+        let extra = &r.extra;
+        let mut map = serializer.serialize_map(None)?;
+        let own = |key: &str| !extra.contains_key(key);
+        if own("model") {
+            map.serialize_entry("model", self.model)?;
+        }
+        if own("messages") {
+            map.serialize_entry("messages", &r.messages)?;
+        }
+        if let Some(t) = r.temperature.filter(|_| own("temperature")) {
+            map.serialize_entry("temperature", &t)?;
+        }
+        if let Some(p) = r.top_p.filter(|_| own("top_p")) {
+            map.serialize_entry("top_p", &p)?;
+        }
+        if let Some(m) = r.max_tokens.filter(|_| own("max_tokens")) {
+            map.serialize_entry("max_tokens", &m)?;
+        }
+        if !r.stop.is_empty() && own("stop") {
+            map.serialize_entry("stop", &r.stop)?;
+        }
+        if let Some(s) = r.seed.filter(|_| own("seed")) {
+            map.serialize_entry("seed", &s)?;
+        }
+        for (key, value) in extra {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
+    }
+}
+
+/// A chat completion as OpenAI-compatible servers send it. Unknown fields are ignored and
+/// nearly everything may be missing or `null`.
+#[derive(Deserialize)]
+struct WireCompletion {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    choices: Option<Vec<WireChoice>>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct WireChoice {
+    #[serde(default)]
+    message: Option<WireMessage>,
+    /// Legacy completions and some proxies put the text here.
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireMessage {
+    #[serde(default, deserialize_with = "content")]
+    content: String,
+}
+
+#[derive(Deserialize)]
+struct WireUsage {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+}
+
+/// `content` as a string, `null` (empty), or an array of parts whose `text` fields are
+/// joined (parts of other types, such as images or refusals, are skipped).
+fn content<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Content {
+        Text(String),
+        Parts(Vec<Part>),
+        Other(serde::de::IgnoredAny),
+    }
+    #[derive(Deserialize)]
+    struct Part {
+        #[serde(default, rename = "type")]
+        kind: Option<String>,
+        #[serde(default)]
+        text: Option<Value>,
+    }
+    Ok(match Option::<Content>::deserialize(deserializer)? {
+        Some(Content::Text(text)) => text,
+        Some(Content::Parts(parts)) => parts
+            .into_iter()
+            .filter(|p| matches!(p.kind.as_deref(), None | Some("text" | "output_text")))
+            .filter_map(|p| match p.text {
+                Some(Value::String(text)) => Some(text),
+                // {"type": "text", "text": {"value": "..."}} (the Assistants shape).
+                Some(Value::Object(mut o)) => match o.remove("value") {
+                    Some(Value::String(text)) => Some(text),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect(),
+        Some(Content::Other(_)) | None => String::new(),
+    })
+}
+
+/// Parses a successful (2xx) reply. `fallback_model` names the model when the reply does
+/// not; `redact` scrubs the API key from any text quoted in an error.
+pub(crate) fn parse_completion(
+    body: &[u8],
+    status: u16,
+    fallback_model: &str,
+    redact: &dyn Fn(&str) -> String,
+) -> Result<Completion, LlmError> {
+    let wire: WireCompletion = serde_json::from_slice(body).map_err(|e| {
+        // serde_json quotes offending values in its messages: scrub them too.
+        LlmError::invalid_response(format!(
+            "malformed JSON in the reply (HTTP {status}): {}; the body starts: {}",
+            redact(&e.to_string()),
+            excerpt(body, redact)
+        ))
+    })?;
+    let Some(choice) = wire.choices.and_then(|c| c.into_iter().next()) else {
+        // Some proxies answer 200 with an error object instead of a status.
+        if let Some(error) = wire.error.as_ref() {
+            let detail = ErrorDetail::from_error_value(error).redacted(redact);
+            let message = detail.message.as_deref().unwrap_or("unknown error");
+            if let Some(status) = detail.numeric_code.filter(|s| (400..=599).contains(s)) {
+                return Err(LlmError::from_http_status(
+                    status,
+                    message,
+                    detail.error_type.as_deref(),
+                    detail.code.as_deref(),
+                    None,
+                ));
+            }
+            return Err(LlmError::invalid_response(format!(
+                "the reply (HTTP {status}) holds an error and no choices: {message}"
+            )));
+        }
+        return Err(LlmError::invalid_response(format!(
+            "the reply (HTTP {status}) has no choices; the body starts: {}",
+            excerpt(body, redact)
+        )));
+    };
+    let text = match (choice.message, choice.text) {
+        (Some(message), _) => message.content,
+        (None, Some(text)) => text,
+        (None, None) => String::new(),
+    };
+    let usage = wire
+        .usage
+        .map(|u| {
+            Usage::new(
+                u.prompt_tokens.unwrap_or_default(),
+                u.completion_tokens.unwrap_or_default(),
+            )
+        })
+        .unwrap_or_default();
+    Ok(Completion {
+        text,
+        model: wire
+            .model
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| fallback_model.to_owned()),
+        finish_reason: choice.finish_reason.as_deref().map(FinishReason::from),
+        usage,
+    })
+}
+
+/// What an error body says, in whichever shape the server used.
+#[derive(Debug, Default, PartialEq)]
+struct ErrorDetail {
+    message: Option<String>,
+    error_type: Option<String>,
+    code: Option<String>,
+    /// `code` when it is a number (vLLM and some proxies put the HTTP status there).
+    numeric_code: Option<u16>,
+}
+
+impl ErrorDetail {
+    /// The same detail with the key scrubbed from every text a server could echo it in.
+    fn redacted(self, redact: &dyn Fn(&str) -> String) -> Self {
+        let scrub = |text: Option<String>| text.map(|t| redact(&t));
+        Self {
+            message: scrub(self.message),
+            error_type: scrub(self.error_type),
+            code: scrub(self.code),
+            numeric_code: self.numeric_code,
+        }
+    }
+
+    /// Reads `{"error": {...}}`, `{"error": "text"}` or a top-level `{"message", "type",
+    /// "code"}` (vLLM's older shape).
+    fn from_body(body: &[u8]) -> Option<Self> {
+        let value: Value = serde_json::from_slice(body).ok()?;
+        match value.get("error") {
+            Some(error) => Some(Self::from_error_value(error)),
+            None if value.get("message").is_some() => Some(Self::from_error_value(&value)),
+            None => None,
+        }
+    }
+
+    fn from_error_value(error: &Value) -> Self {
+        let text = |v: Option<&Value>| match v {
+            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        };
+        match error {
+            Value::String(message) => Self {
+                message: Some(message.clone()),
+                ..Self::default()
+            },
+            Value::Object(o) => Self {
+                message: text(o.get("message")).or_else(|| text(o.get("detail"))),
+                error_type: text(o.get("type")),
+                code: text(o.get("code")),
+                numeric_code: o
+                    .get("code")
+                    .and_then(Value::as_u64)
+                    .and_then(|c| u16::try_from(c).ok()),
+            },
+            _ => Self::default(),
+        }
+    }
+}
+
+/// Classifies an error reply (status >= 400, or any non-2xx).
+pub(crate) fn parse_error(
+    status: u16,
+    canonical_reason: Option<&str>,
+    body: &[u8],
+    retry_after: Option<Duration>,
+    redact: &dyn Fn(&str) -> String,
+) -> LlmError {
+    let detail = ErrorDetail::from_body(body)
+        .unwrap_or_default()
+        .redacted(redact);
+    let message = match detail.message {
+        Some(message) => message,
+        None if !body.iter().all(u8::is_ascii_whitespace) => excerpt(body, redact),
+        None => canonical_reason.unwrap_or("no message").to_owned(),
+    };
+    LlmError::from_http_status(
+        status,
+        message,
+        detail.error_type.as_deref(),
+        detail.code.as_deref(),
+        retry_after,
+    )
+}
+
+/// The start of `body` as text for an error message: at most [`EXCERPT_BYTES`] bytes,
+/// cut on a character boundary, with the key scrubbed before cutting (so no part of it
+/// survives), quoted.
+pub(crate) fn excerpt(body: &[u8], redact: &dyn Fn(&str) -> String) -> String {
+    // The whole body is scrubbed before cutting, so a key straddling the cut is caught too.
+    // Error paths only: the cost is one pass over the body.
+    let text: Cow<'_, str> = String::from_utf8_lossy(body);
+    let text = redact(&text);
+    let mut end = text.len().min(EXCERPT_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = if end < text.len() { "…" } else { "" };
+    format!("{:?}{cut}", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn no_redact(s: &str) -> String {
+        s.to_owned()
+    }
+
+    fn parse(body: Value) -> Result<Completion, LlmError> {
+        parse_completion(body.to_string().as_bytes(), 200, "asked", &no_redact)
+    }
+
+    #[test]
+    fn body_has_only_what_is_set_and_extra_wins() {
+        let request = CompletionRequest::prompt("ignored", "hi")
+            .with_temperature(0.5)
+            .with_max_tokens(10)
+            .with_stop("\n")
+            .with_seed(7)
+            .with_extra("max_tokens", json!(99))
+            .with_extra("response_format", json!({"type": "json_object"}));
+        let body = serde_json::to_value(ChatBody {
+            model: "m",
+            request: &request,
+        })
+        .unwrap_or_default();
+        assert_eq!(
+            body,
+            json!({
+                "model": "m",
+                "messages": [{"role": "user", "content": "hi"}],
+                "temperature": 0.5,
+                "max_tokens": 99,
+                "stop": ["\n"],
+                "seed": 7,
+                "response_format": {"type": "json_object"},
+            })
+        );
+        let text = serde_json::to_string(&ChatBody {
+            model: "m",
+            request: &request,
+        })
+        .unwrap_or_default();
+        assert_eq!(text.matches("max_tokens").count(), 1, "{text}");
+        let bare = serde_json::to_value(ChatBody {
+            model: "m",
+            request: &CompletionRequest::prompt("x", "hi"),
+        })
+        .unwrap_or_default();
+        assert_eq!(
+            bare,
+            json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+        );
+    }
+
+    #[test]
+    fn parses_string_null_and_parts_content() {
+        let c = parse(json!({
+            "model": "gpt", "choices": [{"message": {"content": "hello"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+            "system_fingerprint": "x", "something_new": [1, 2]
+        }));
+        let c = c.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((c.text.as_str(), c.model.as_str()), ("hello", "gpt"));
+        assert_eq!(c.usage, Usage::new(3, 1));
+        assert_eq!(c.finish_reason, Some(FinishReason::Stop));
+
+        let c = parse(
+            json!({"choices": [{"message": {"content": null, "refusal": "no"},
+                                          "finish_reason": "content_filter"}]}),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.text, "");
+        assert_eq!(c.model, "asked");
+        assert_eq!(c.finish_reason, Some(FinishReason::ContentFilter));
+        assert_eq!(c.usage, Usage::default());
+
+        let c = parse(json!({"choices": [{"message": {"content": [
+            {"type": "text", "text": "a"},
+            {"type": "image_url", "image_url": {"url": "x"}},
+            {"type": "text", "text": {"value": "b"}},
+            {"text": "c"}
+        ]}}]}))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.text, "abc");
+        assert_eq!(c.finish_reason, None);
+
+        let c = parse(json!({"choices": [{"message": {}}], "usage": {"prompt_tokens": null}}))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.text, "");
+        let c = parse(json!({"choices": [{"text": "legacy", "finish_reason": "length"}]}))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.text, "legacy");
+        assert_eq!(c.finish_reason, Some(FinishReason::Length));
+    }
+
+    #[test]
+    fn no_choices_or_bad_json_is_invalid_response() {
+        for body in [
+            json!({"choices": []}),
+            json!({"choices": null}),
+            json!({}),
+            json!([1]),
+        ] {
+            let e = parse(body).err();
+            assert_eq!(e.map(|e| e.kind()), Some("invalid_response"));
+        }
+        let e = parse_completion(b"{\"choices\": [", 200, "m", &no_redact).err();
+        let message = e.map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.contains("malformed JSON"), "{message}");
+        assert!(message.contains("{\\\"choices\\\": ["), "{message}");
+        // A 200 carrying an error with an HTTP status as its code is classified.
+        let e = parse(json!({"error": {"message": "slow down", "code": 429}})).err();
+        assert_eq!(e.map(|e| e.kind()), Some("rate_limited"));
+    }
+
+    #[test]
+    fn error_bodies_in_every_shape() {
+        let e = parse_error(
+            429,
+            Some("Too Many Requests"),
+            br#"{"error": {"message": "pay", "type": "insufficient_quota", "code": "insufficient_quota"}}"#,
+            None,
+            &no_redact,
+        );
+        assert_eq!(e.kind(), "quota_exhausted");
+        assert_eq!(e.to_string(), "quota exhausted (HTTP 429): pay");
+
+        let e = parse_error(
+            404,
+            None,
+            br#"{"error": "model 'x' not found"}"#,
+            None,
+            &no_redact,
+        );
+        assert_eq!(e.to_string(), "bad request (HTTP 404): model 'x' not found");
+
+        let e = parse_error(
+            400,
+            None,
+            br#"{"object": "error", "message": "too long", "type": "BadRequestError", "code": 400}"#,
+            None,
+            &no_redact,
+        );
+        assert_eq!(e.to_string(), "bad request (HTTP 400): too long");
+
+        let e = parse_error(
+            502,
+            Some("Bad Gateway"),
+            b"<html>nginx</html>",
+            None,
+            &no_redact,
+        );
+        assert_eq!(
+            e.to_string(),
+            "server error (HTTP 502): \"<html>nginx</html>\""
+        );
+        let e = parse_error(503, Some("Service Unavailable"), b"", None, &no_redact);
+        assert_eq!(
+            e.to_string(),
+            "server error (HTTP 503): Service Unavailable"
+        );
+    }
+
+    #[test]
+    fn excerpts_are_short_and_redacted() {
+        let key = "sk-0123456789";
+        let redact = |s: &str| s.replace(key, "[redacted]");
+        let mut body = "é".repeat(99).into_bytes();
+        body.extend_from_slice(key.as_bytes());
+        body.extend(std::iter::repeat_n(b'x', 1000));
+        let text = excerpt(&body, &redact);
+        assert!(!text.contains("sk-0123"), "{text}");
+        assert!(text.ends_with('…'));
+        assert!(text.len() < EXCERPT_BYTES + 10);
+    }
+}
