@@ -1,3 +1,171 @@
-//! The `rlm` command.
+//! `rlm`: Recursive Language Models from the shell.
+//!
+//! `rlm run` answers a query over a context of any size: the context lives in a sandboxed
+//! Rhai REPL, and a root model writes code that reads it and calls sub-models with
+//! `llm_query` / `llm_batch`, against any OpenAI-compatible endpoint. `rlm demo` shows the
+//! same job done with sequential `llm_query` and with `llm_batch`, offline.
+//!
+//! ```text
+//! rlm run --model gpt-4o --sub-model gpt-4o-mini \
+//!     --context ./docs --query "Which documents mention a refund, and why?"
+//! rlm demo
+//! ```
+//!
+//! See `rlm run --help` for every flag, the exit codes and the `--json` / `--trace` formats.
 
-fn main() {}
+mod cli;
+mod context;
+mod demo;
+mod error;
+mod progress;
+mod run;
+mod trace;
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::error::{CliError, exit};
+
+fn main() -> ExitCode {
+    install_panic_hook();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
+    let quiet = match &cli.command {
+        Command::Run(args) => args.quiet,
+        Command::Demo(args) => args.quiet,
+    };
+    init_tracing(quiet);
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("rlm")
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            return report(&CliError::Internal(format!(
+                "cannot start the async runtime: {e}"
+            )));
+        }
+    };
+    // A panic is reported by the hook; it exits with the internal-error status, not 101.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runtime.block_on(async {
+            match cli.command {
+                Command::Run(args) => run::run(args).await,
+                Command::Demo(args) => demo::demo(args).await,
+            }
+        })
+    }));
+    // Blocked REPL threads or slow sockets must not hold the exit up.
+    runtime.shutdown_background();
+    match outcome {
+        Ok(Ok(code)) => ExitCode::from(code),
+        Ok(Err(e)) => report(&e),
+        Err(_) => ExitCode::from(exit::INTERNAL),
+    }
+}
+
+/// Help and version go to stdout with status 0; `rlm` alone prints the help on stderr; any
+/// other mistake is one `error: ...` line on stderr with status 2.
+fn usage_error(error: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if !error.use_stderr() || error.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        let _ = error.print();
+        return ExitCode::from(if error.use_stderr() { exit::USAGE } else { 0 });
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "{}",
+        one_line(&error.render().to_string())
+    );
+    ExitCode::from(exit::USAGE)
+}
+
+/// Clap's multi-line message as one line: the message and any tip, without the usage block.
+fn one_line(rendered: &str) -> String {
+    let parts: Vec<String> = rendered
+        .split("\n\n")
+        .map(|paragraph| {
+            paragraph
+                .lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .filter(|p| !p.is_empty() && !p.starts_with("Usage:") && !p.starts_with("For more"))
+        .collect();
+    let mut line = parts.join("; ");
+    if !line.starts_with("error:") {
+        line.insert_str(0, "error: ");
+    }
+    line.push_str(" (see --help)");
+    line
+}
+
+/// Prints `error: ...` on stderr and returns the error's exit status.
+fn report(error: &CliError) -> ExitCode {
+    let mut stderr = std::io::stderr().lock();
+    let _ = writeln!(stderr, "error: {error}");
+    ExitCode::from(error.exit_code())
+}
+
+/// `RUST_LOG` drives `tracing` output on stderr; without it, warnings are shown (errors only
+/// with `--quiet`).
+fn init_tracing(quiet: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(if quiet { "error" } else { "warn" }));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .try_init();
+}
+
+/// A panic is a bug: say so in one line (the full report with `RUST_BACKTRACE=1`).
+fn install_panic_hook() {
+    if std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0") {
+        return;
+    }
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_owned());
+        let location = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let _ = writeln!(
+            std::io::stderr(),
+            "error: internal error (a bug in rlm): {message}{location}; run with RUST_BACKTRACE=1 for details"
+        );
+    }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clap_errors_become_one_line() {
+        let e = Cli::try_parse_from(["rlm", "run", "--query", "q"]).unwrap_err();
+        let line = one_line(&e.render().to_string());
+        assert!(!line.contains('\n'), "{line}");
+        assert!(line.starts_with("error: "), "{line}");
+        assert!(line.contains("--model"), "{line}");
+        let e = Cli::try_parse_from(["rlm", "run", "--jsn"]).unwrap_err();
+        let line = one_line(&e.render().to_string());
+        assert!(line.contains("--jsn") && line.contains("--json"), "{line}");
+    }
+}

@@ -1,0 +1,456 @@
+//! Loading the query and the context: files, directories, stdin.
+//!
+//! Rules (also in `--help` and the README):
+//! - no `--context`: an empty string;
+//! - `-`: stdin, as text (or JSON / JSON Lines with `--context-format`);
+//! - a file: text, or JSON for `.json` and JSON Lines for `.jsonl` / `.ndjson` (auto), or as
+//!   `--context-format` says;
+//! - a directory: an array of strings, one per file, recursive, sorted by relative path
+//!   (byte order of the path components); entries whose name starts with `.` are skipped,
+//!   as are symlinked directories (no loops) and binary files (a NUL byte in the first
+//!   8 KiB); each document starts with a `==> relative/path <==` line unless
+//!   `--no-file-headers`;
+//! - invalid UTF-8 is decoded lossily (U+FFFD) with a warning, never an error.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use rlm_repl::Context;
+use serde_json::Value;
+
+use crate::cli::ContextFormat;
+use crate::error::CliError;
+
+/// How many bytes are checked for a NUL byte to call a file binary.
+const BINARY_SNIFF: usize = 8 * 1024;
+/// File names listed in a warning before "and N more".
+const NAMES_SHOWN: usize = 5;
+
+/// A loaded context and what the user should be told about it.
+#[derive(Debug)]
+pub(crate) struct Loaded {
+    /// The context.
+    pub(crate) context: Context,
+    /// Warnings for stderr (lossy decoding, skipped files).
+    pub(crate) warnings: Vec<String>,
+}
+
+/// Reads all of `reader` as text, lossily; `what` names the source in the warning.
+pub(crate) fn read_text(
+    mut reader: impl Read,
+    what: &str,
+    warnings: &mut Vec<String>,
+) -> Result<String, CliError> {
+    let mut bytes = Vec::new();
+    reader
+        .read_to_end(&mut bytes)
+        .map_err(|e| CliError::Input(format!("cannot read {what}: {e}")))?;
+    Ok(decode(bytes, what, warnings))
+}
+
+/// UTF-8 text from bytes; invalid sequences become U+FFFD with a warning.
+fn decode(bytes: Vec<u8>, what: &str, warnings: &mut Vec<String>) -> String {
+    match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => {
+            warnings.push(format!(
+                "{what} is not valid UTF-8; invalid bytes were replaced with U+FFFD"
+            ));
+            String::from_utf8_lossy(e.as_bytes()).into_owned()
+        }
+    }
+}
+
+/// Reads a text file named by a flag (`what`: "query file", "system prompt file").
+pub(crate) fn read_text_file(
+    path: &Path,
+    what: &str,
+    warnings: &mut Vec<String>,
+) -> Result<String, CliError> {
+    let what = format!("{what} {}", path.display());
+    let file =
+        fs::File::open(path).map_err(|e| CliError::Input(format!("cannot read {what}: {e}")))?;
+    read_text(file, &what, warnings)
+}
+
+/// Loads the context named by `--context` (`None`: an empty string).
+pub(crate) fn load(
+    spec: Option<&str>,
+    format: ContextFormat,
+    file_headers: bool,
+    stdin: impl Read,
+) -> Result<Loaded, CliError> {
+    let mut warnings = Vec::new();
+    let context = match spec {
+        None => Context::Text(String::new()),
+        Some("-") => {
+            let text = read_text(stdin, "the context from stdin", &mut warnings)?;
+            parse(text, format, None, "the context from stdin")?
+        }
+        Some(spec) => {
+            let path = Path::new(spec);
+            let metadata = fs::metadata(path).map_err(|e| {
+                CliError::Input(format!("cannot read context {}: {}", path.display(), e))
+            })?;
+            if metadata.is_dir() {
+                if matches!(format, ContextFormat::Json | ContextFormat::Jsonl) {
+                    return Err(CliError::Usage(format!(
+                        "--context-format {} needs a file, but {} is a directory",
+                        if format == ContextFormat::Json {
+                            "json"
+                        } else {
+                            "jsonl"
+                        },
+                        path.display()
+                    )));
+                }
+                Context::Documents(load_dir(path, file_headers, &mut warnings)?)
+            } else {
+                let what = format!("context file {}", path.display());
+                let file = fs::File::open(path)
+                    .map_err(|e| CliError::Input(format!("cannot read {what}: {e}")))?;
+                let text = read_text(file, &what, &mut warnings)?;
+                parse(text, format, Some(path), &what)?
+            }
+        }
+    };
+    Ok(Loaded { context, warnings })
+}
+
+/// Turns text into a context according to the format (and the extension, for `auto`).
+fn parse(
+    text: String,
+    format: ContextFormat,
+    path: Option<&Path>,
+    what: &str,
+) -> Result<Context, CliError> {
+    let format = match format {
+        ContextFormat::Auto => {
+            let extension = path
+                .and_then(Path::extension)
+                .and_then(|e| e.to_str())
+                .map(str::to_ascii_lowercase);
+            match extension.as_deref() {
+                Some("json") => ContextFormat::Json,
+                Some("jsonl" | "ndjson") => ContextFormat::Jsonl,
+                _ => ContextFormat::Text,
+            }
+        }
+        other => other,
+    };
+    let invalid = |e: serde_json::Error, line: Option<usize>| {
+        let at = match line {
+            Some(line) => format!("line {line}: {e}"),
+            None => e.to_string(),
+        };
+        CliError::Input(format!(
+            "{what} is not valid JSON ({at}); use --context-format text to read it as text"
+        ))
+    };
+    Ok(match format {
+        ContextFormat::Json => {
+            let value: Value = serde_json::from_str(&text).map_err(|e| invalid(e, None))?;
+            match value {
+                Value::String(text) => Context::Text(text),
+                other => Context::Json(other),
+            }
+        }
+        ContextFormat::Jsonl => {
+            let mut items = Vec::new();
+            for (number, line) in text.lines().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                items.push(serde_json::from_str(line).map_err(|e| invalid(e, Some(number + 1)))?);
+            }
+            Context::Json(Value::Array(items))
+        }
+        ContextFormat::Text | ContextFormat::Auto => Context::Text(text),
+    })
+}
+
+/// One document per file under `root`, sorted by relative path.
+fn load_dir(
+    root: &Path,
+    file_headers: bool,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<String>, CliError> {
+    let mut files = Vec::new();
+    let mut unreadable = Vec::new();
+    walk(root, Path::new(""), &mut files, &mut unreadable);
+    files.sort();
+
+    let mut documents = Vec::with_capacity(files.len());
+    let mut binary = Vec::new();
+    let mut lossy = Vec::new();
+    for relative in files {
+        let bytes = match fs::read(root.join(&relative)) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                unreadable.push(format!("{} ({e})", relative.display()));
+                continue;
+            }
+        };
+        if bytes[..bytes.len().min(BINARY_SNIFF)].contains(&0) {
+            binary.push(relative.display().to_string());
+            continue;
+        }
+        let name = relative.to_string_lossy().into_owned();
+        let text = match String::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(e) => {
+                lossy.push(name.clone());
+                String::from_utf8_lossy(e.as_bytes()).into_owned()
+            }
+        };
+        let document = if file_headers {
+            let mut document = String::with_capacity(text.len() + name.len() + 10);
+            let _ = writeln!(document, "==> {name} <==");
+            document.push_str(&text);
+            document
+        } else {
+            text
+        };
+        documents.push(document);
+    }
+
+    let shown = root.display();
+    if !lossy.is_empty() {
+        warnings.push(format!(
+            "{} in {shown} {} not valid UTF-8; invalid bytes were replaced with U+FFFD: {}",
+            count(lossy.len(), "file"),
+            if lossy.len() == 1 { "is" } else { "are" },
+            list(&lossy)
+        ));
+    }
+    if !binary.is_empty() {
+        warnings.push(format!(
+            "skipped {} in {shown} (binary): {}",
+            count(binary.len(), "file"),
+            list(&binary)
+        ));
+    }
+    if !unreadable.is_empty() {
+        warnings.push(format!(
+            "skipped {} in {shown} that could not be read: {}",
+            count(unreadable.len(), "entry"),
+            list(&unreadable)
+        ));
+    }
+    if documents.is_empty() {
+        warnings.push(format!(
+            "no text files in {shown}: the context is an empty list"
+        ));
+    }
+    Ok(documents)
+}
+
+/// Collects the regular files under `root/relative` (following symlinks to files, not to
+/// directories), skipping hidden entries.
+fn walk(root: &Path, relative: &Path, files: &mut Vec<PathBuf>, unreadable: &mut Vec<String>) {
+    let dir = root.join(relative);
+    let entries = match fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            unreadable.push(format!("{} ({e})", display_dir(relative)));
+            return;
+        }
+    };
+    for entry in entries {
+        let Ok(entry) = entry else { continue };
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let path = relative.join(&name);
+        let Ok(kind) = entry.file_type() else {
+            unreadable.push(path.display().to_string());
+            continue;
+        };
+        if kind.is_dir() {
+            walk(root, &path, files, unreadable);
+        } else if kind.is_file() {
+            files.push(path);
+        } else if kind.is_symlink() {
+            // A link to a file is read; a link to a directory is not followed.
+            if fs::metadata(entry.path()).is_ok_and(|m| m.is_file()) {
+                files.push(path);
+            }
+        }
+    }
+}
+
+fn display_dir(relative: &Path) -> String {
+    if relative.as_os_str().is_empty() {
+        ".".to_owned()
+    } else {
+        relative.display().to_string()
+    }
+}
+
+fn count(n: usize, noun: &str) -> String {
+    match (n, noun) {
+        (1, _) => format!("1 {noun}"),
+        (_, "entry") => format!("{n} entries"),
+        _ => format!("{n} {noun}s"),
+    }
+}
+
+fn list(names: &[String]) -> String {
+    let mut text = names
+        .iter()
+        .take(NAMES_SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > NAMES_SHOWN {
+        let _ = write!(text, " and {} more", names.len() - NAMES_SHOWN);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("rlm-cli-context-{name}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("temp dir: {e}"));
+            Self(dir)
+        }
+
+        fn write(&self, relative: &str, bytes: &[u8]) {
+            let path = self.0.join(relative);
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent).unwrap_or_else(|e| panic!("mkdir: {e}"));
+            }
+            fs::write(path, bytes).unwrap_or_else(|e| panic!("write: {e}"));
+        }
+
+        fn path(&self) -> &str {
+            self.0.to_str().unwrap_or_default()
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn load_ok(spec: Option<&str>, format: ContextFormat, stdin: &[u8]) -> Loaded {
+        load(spec, format, true, stdin).unwrap_or_else(|e| panic!("load failed: {e}"))
+    }
+
+    #[test]
+    fn no_context_is_an_empty_string() {
+        let loaded = load_ok(None, ContextFormat::Auto, b"ignored");
+        assert_eq!(loaded.context, Context::Text(String::new()));
+        assert!(loaded.warnings.is_empty());
+    }
+
+    #[test]
+    fn stdin_is_text_or_json_as_asked() {
+        let text = load_ok(Some("-"), ContextFormat::Auto, b"{\"a\": 1}");
+        assert_eq!(text.context, Context::Text("{\"a\": 1}".into()));
+        let json = load_ok(Some("-"), ContextFormat::Json, b"{\"a\": 1}");
+        assert_eq!(json.context, Context::Json(serde_json::json!({"a": 1})));
+        let lines = load_ok(Some("-"), ContextFormat::Jsonl, b"1\n\n\"two\"\n");
+        assert_eq!(lines.context, Context::Json(serde_json::json!([1, "two"])));
+        let bad = load(Some("-"), ContextFormat::Jsonl, true, &b"1\n{oops\n"[..]);
+        let message = bad.map(|_| ()).unwrap_err().to_string();
+        assert!(message.contains("line 2"), "{message}");
+    }
+
+    #[test]
+    fn invalid_utf8_is_replaced_with_a_warning() {
+        let loaded = load_ok(Some("-"), ContextFormat::Text, b"caf\xe9 ok");
+        assert_eq!(loaded.context, Context::Text("caf\u{fffd} ok".into()));
+        assert_eq!(loaded.warnings.len(), 1);
+    }
+
+    #[test]
+    fn json_files_by_extension_and_errors_name_the_file() {
+        let dir = TempDir::new("json");
+        dir.write("data.json", b"[\"a\", \"b\"]");
+        dir.write("bad.json", b"{nope");
+        dir.write("notes.txt", b"[1, 2]");
+        let data = format!("{}/data.json", dir.path());
+        let loaded = load_ok(Some(&data), ContextFormat::Auto, b"");
+        assert_eq!(loaded.context, Context::Json(serde_json::json!(["a", "b"])));
+        let notes = format!("{}/notes.txt", dir.path());
+        assert_eq!(
+            load_ok(Some(&notes), ContextFormat::Auto, b"").context,
+            Context::Text("[1, 2]".into())
+        );
+        let bad = format!("{}/bad.json", dir.path());
+        let error = load(Some(&bad), ContextFormat::Auto, true, &b""[..]).unwrap_err();
+        assert!(matches!(error, CliError::Input(_)));
+        assert!(error.to_string().contains("bad.json"), "{error}");
+        assert!(load(Some(&bad), ContextFormat::Text, true, &b""[..]).is_ok());
+    }
+
+    #[test]
+    fn a_missing_file_is_an_input_error() {
+        let error = load(
+            Some("/nonexistent/rlm/ctx.txt"),
+            ContextFormat::Auto,
+            true,
+            &b""[..],
+        )
+        .unwrap_err();
+        assert!(matches!(error, CliError::Input(_)));
+        assert!(
+            error.to_string().contains("/nonexistent/rlm/ctx.txt"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn directories_are_sorted_documents_without_hidden_or_binary_files() {
+        let dir = TempDir::new("dir");
+        dir.write("b.txt", b"bee");
+        dir.write("a/z.txt", b"zed");
+        dir.write("a/y.md", b"why \xff");
+        dir.write(".git/config", b"hidden");
+        dir.write(".hidden.txt", b"hidden");
+        dir.write("img.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00");
+        let loaded = load_ok(Some(dir.path()), ContextFormat::Auto, b"");
+        assert_eq!(
+            loaded.context,
+            Context::Documents(vec![
+                "==> a/y.md <==\nwhy \u{fffd}".into(),
+                "==> a/z.txt <==\nzed".into(),
+                "==> b.txt <==\nbee".into(),
+            ])
+        );
+        assert_eq!(loaded.warnings.len(), 2, "{:?}", loaded.warnings);
+        assert!(loaded.warnings[0].contains("a/y.md"));
+        assert!(loaded.warnings[1].contains("img.png"));
+
+        let bare = load(Some(dir.path()), ContextFormat::Auto, false, &b""[..])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            bare.context,
+            Context::Documents(vec!["why \u{fffd}".into(), "zed".into(), "bee".into()])
+        );
+        let json = load(Some(dir.path()), ContextFormat::Json, true, &b""[..]);
+        assert!(matches!(json, Err(CliError::Usage(_))));
+    }
+
+    #[test]
+    fn lists_are_shortened() {
+        let names: Vec<String> = (0..8).map(|i| format!("f{i}")).collect();
+        assert_eq!(list(&names), "f0, f1, f2, f3, f4 and 3 more");
+        assert_eq!(count(1, "file"), "1 file");
+        assert_eq!(count(2, "entry"), "2 entries");
+    }
+}

@@ -1,0 +1,498 @@
+//! `rlm run`: the backend stack, the run, and what is printed.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rlm_cache::{CacheStats, CachedBackend};
+use rlm_core::{BatchExecutor, CancellationToken, LlmBackend, Metered, ModelUsage, UsageTracker};
+use rlm_openai::{ConfigError, OpenAiBackend, OpenAiConfig, RateLimit};
+use rlm_repl::{Rlm, RunResult, StopReason};
+use serde::Serialize;
+
+use crate::cli::RunArgs;
+use crate::context;
+use crate::error::{CliError, exit};
+use crate::progress::Progress;
+use crate::trace::TraceWriter;
+
+/// How long a cancelled run may take to wind down before `rlm` exits anyway.
+const CANCEL_GRACE: Duration = Duration::from_secs(5);
+/// The longest connect timeout (a shorter `--timeout` shortens it too).
+const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs `rlm run` and returns the exit status.
+pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
+    let start = Instant::now();
+    let quiet = args.quiet;
+    let mut warnings = Vec::new();
+
+    // Input first: a bad path fails before anything is set up.
+    let query_from_stdin = args.query.as_deref() == Some("-");
+    if query_from_stdin && args.context.as_deref() == Some("-") {
+        return Err(CliError::Usage(
+            "--query - and --context - both want stdin; pass one of them as text or a file"
+                .to_owned(),
+        ));
+    }
+    let reading_stdin = query_from_stdin || args.context.as_deref() == Some("-");
+    if reading_stdin && !quiet && std::io::stdin().is_terminal() {
+        eprintln!(
+            "rlm: reading the {} from stdin (end it with Ctrl-D)",
+            if query_from_stdin { "query" } else { "context" }
+        );
+    }
+    let query = match (&args.query, &args.query_file) {
+        (Some(query), _) if query == "-" => context::read_text(
+            std::io::stdin().lock(),
+            "the query from stdin",
+            &mut warnings,
+        )?,
+        (Some(query), _) => query.clone(),
+        (None, Some(path)) => context::read_text_file(path, "query file", &mut warnings)?,
+        (None, None) => {
+            return Err(CliError::Usage(
+                "a query is required: --query TEXT".to_owned(),
+            ));
+        }
+    };
+    if query.trim().is_empty() {
+        return Err(CliError::Usage("the query is empty".to_owned()));
+    }
+    let system_prompt = match &args.system_prompt_file {
+        Some(path) => Some(context::read_text_file(
+            path,
+            "system prompt file",
+            &mut warnings,
+        )?),
+        None => None,
+    };
+    let loaded = context::load(
+        args.context.as_deref(),
+        args.context_format,
+        !args.no_file_headers,
+        std::io::stdin().lock(),
+    )?;
+    warnings.extend(loaded.warnings);
+    if !quiet {
+        for warning in &warnings {
+            eprintln!("warning: {warning}");
+        }
+    }
+
+    // Models and the backend stack.
+    let model = non_empty(&args.model, "--model (or RLM_MODEL)")?;
+    let sub_model = match &args.sub_model {
+        Some(sub) => non_empty(sub, "--sub-model (or RLM_SUB_MODEL)")?,
+        None => model.clone(),
+    };
+    // An empty OPENAI_BASE_URL means unset.
+    let base_url = match args.base_url.trim() {
+        "" => rlm_openai::DEFAULT_BASE_URL.to_owned(),
+        url => url.to_owned(),
+    };
+    let shown_url = display_url(&base_url);
+    let api_key = std::env::var(&args.api_key_env)
+        .ok()
+        .filter(|key| !key.trim().is_empty());
+    if api_key.is_none() && host_of(&base_url) == Some("api.openai.com") {
+        return Err(CliError::Auth(format!(
+            "no API key: {} is not set (set it, name another variable with --api-key-env, \
+             or point --base-url at a server that needs no key)",
+            args.api_key_env
+        )));
+    }
+
+    let pool = args.max_concurrent as usize + 1;
+    let mut config = OpenAiConfig::from_env()
+        .with_base_url(&base_url)
+        .with_api_key(api_key.unwrap_or_default())
+        .with_max_retries(args.max_retries)
+        .with_request_timeout(args.timeout)
+        .with_connect_timeout(args.timeout.min(MAX_CONNECT_TIMEOUT))
+        .with_concurrency(pool)
+        .with_rate_limit(RateLimit::new(args.rpm, args.tpm));
+    if sub_model != model && (args.sub_rpm.is_some() || args.sub_tpm.is_some()) {
+        config = config.with_model_rate_limit(
+            &sub_model,
+            RateLimit::new(
+                args.sub_rpm.unwrap_or(args.rpm),
+                args.sub_tpm.unwrap_or(args.tpm),
+            ),
+        );
+    }
+    let backend = OpenAiBackend::new(config).map_err(config_error)?;
+    // Metered below the cache: usage counts what the server was really asked.
+    let tracker = UsageTracker::new();
+    let metered = Metered::new(backend, tracker.clone());
+    let root: Arc<dyn LlmBackend> = Arc::new(metered.clone());
+    let cache = (!args.no_cache).then(|| Arc::new(CachedBackend::new(metered.clone())));
+    let sub: Arc<dyn BatchExecutor> = match &cache {
+        Some(cache) => cache.clone(),
+        None => Arc::new(metered),
+    };
+
+    // Observers.
+    let trace = match &args.trace {
+        Some(path) => Some(Arc::new(TraceWriter::create(path, start)?)),
+        None => None,
+    };
+    let progress =
+        (!quiet && std::io::stderr().is_terminal()).then(|| Arc::new(Progress::new(&model)));
+
+    let cancel = CancellationToken::new();
+    let mut builder = Rlm::builder(root)
+        .root_model(&model)
+        .sub_model(&sub_model)
+        .sub_backend(sub)
+        .max_iterations(args.max_iterations as usize)
+        .max_concurrent(args.max_concurrent as usize)
+        .cancel_token(cancel.clone());
+    if let Some(calls) = args.max_sub_calls {
+        builder = builder.max_sub_calls(calls);
+    }
+    if let Some(tokens) = args.max_total_tokens {
+        builder = builder.max_total_tokens(tokens);
+    }
+    if let Some(time) = args.max_time {
+        builder = builder.max_time(time);
+    }
+    if let Some(prompt) = system_prompt {
+        builder = builder.system_prompt(prompt);
+    }
+    if let Some(trace) = &trace {
+        builder = builder.observer(trace.clone());
+    }
+    if let Some(progress) = &progress {
+        builder = builder.observer(progress.clone());
+    }
+    let rlm = builder
+        .build()
+        .map_err(|e| CliError::from_rlm(e, &shown_url, &model))?;
+
+    // Ctrl-C cancels the run; a second one exits at once.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let interrupted = interrupted.clone();
+        let cancel = cancel.clone();
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                interrupted.store(true, Ordering::SeqCst);
+                cancel.cancel();
+                let notice = "rlm: interrupted, stopping (Ctrl-C again to quit at once)";
+                match &progress {
+                    Some(progress) => progress.println(notice),
+                    None if !quiet => eprintln!("\n{notice}"),
+                    None => {}
+                }
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(exit::INTERRUPTED.into());
+                }
+            }
+        });
+    }
+
+    let run = rlm.run(query, loaded.context);
+    tokio::pin!(run);
+    let outcome = tokio::select! {
+        outcome = &mut run => Some(outcome),
+        () = async {
+            cancel.cancelled().await;
+            tokio::time::sleep(CANCEL_GRACE).await;
+        } => None,
+    };
+    if let Some(progress) = &progress {
+        progress.finish();
+    }
+    let trace_warning = trace.as_ref().and_then(|t| t.warning());
+    if let Some(warning) = &trace_warning {
+        eprintln!("warning: {warning}");
+    }
+
+    let result = match outcome {
+        None => return Err(CliError::Interrupted),
+        Some(Err(_)) if interrupted.load(Ordering::SeqCst) => return Err(CliError::Interrupted),
+        Some(Err(e)) => return Err(CliError::from_rlm(e, &shown_url, &model)),
+        Some(Ok(result)) => result,
+    };
+
+    let mut result = result;
+    if interrupted.load(Ordering::SeqCst) {
+        // Whatever the script made of its cancelled sub-calls is not an answer.
+        result.stopped = StopReason::Cancelled;
+    }
+    let usage = tracker.snapshot();
+    let cache_stats = cache.as_ref().map(|c| c.stats());
+    if args.json || result.stopped != StopReason::Cancelled {
+        print_result(&result, &usage, cache_stats, args.json)?;
+    }
+    if !quiet {
+        eprint!("{}", summary(&result, &usage, cache_stats));
+    }
+    Ok(match result.stopped {
+        StopReason::Final => exit::OK,
+        StopReason::Cancelled => exit::INTERRUPTED,
+        _ => exit::BUDGET,
+    })
+}
+
+fn non_empty(value: &str, flag: &str) -> Result<String, CliError> {
+    let value = value.trim();
+    if value.is_empty() {
+        Err(CliError::Usage(format!("{flag} must name a model")))
+    } else {
+        Ok(value.to_owned())
+    }
+}
+
+fn config_error(error: ConfigError) -> CliError {
+    match error {
+        ConfigError::Client { .. } => CliError::Internal(error.to_string()),
+        ConfigError::InvalidBaseUrl { reason, .. } => {
+            CliError::Usage(format!("invalid --base-url: {reason}"))
+        }
+        other => CliError::Usage(other.to_string()),
+    }
+}
+
+/// The host of a URL (without user info or port), if it has one.
+fn host_of(url: &str) -> Option<&str> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let host = if host.starts_with('[') {
+        host.split_once(']')
+            .map_or(host, |(h, _)| h)
+            .trim_start_matches('[')
+    } else {
+        host.split(':').next().unwrap_or(host)
+    };
+    (!host.is_empty()).then_some(host)
+}
+
+/// The URL without user info, for messages.
+pub(crate) fn display_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://{host}{}", &rest[end..]),
+        None => url.to_owned(),
+    }
+}
+
+/// A model's line of `usage` in `--json`: exactly the three pinned keys.
+#[derive(Debug, Serialize)]
+struct JsonUsage {
+    calls: u64,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+}
+
+/// The `--json` object.
+#[derive(Debug, Serialize)]
+struct JsonOutput<'a> {
+    answer: &'a str,
+    iterations: usize,
+    stopped: &'static str,
+    elapsed_ms: u64,
+    usage: BTreeMap<&'a str, JsonUsage>,
+    sub_calls: u64,
+    failed_sub_calls: u64,
+    cache: Option<CacheStats>,
+}
+
+fn failed_sub_calls(result: &RunResult) -> u64 {
+    result
+        .trajectory
+        .iter()
+        .flat_map(|turn| &turn.sub_calls)
+        .filter(|call| !call.ok)
+        .count() as u64
+}
+
+fn print_result(
+    result: &RunResult,
+    usage: &BTreeMap<String, ModelUsage>,
+    cache: Option<CacheStats>,
+    json: bool,
+) -> Result<(), CliError> {
+    let text = if json {
+        let output = JsonOutput {
+            answer: &result.answer,
+            iterations: result.iterations,
+            stopped: result.stopped.as_str(),
+            elapsed_ms: u64::try_from(result.elapsed.as_millis()).unwrap_or(u64::MAX),
+            usage: usage
+                .iter()
+                .map(|(model, u)| {
+                    (
+                        model.as_str(),
+                        JsonUsage {
+                            calls: u.calls,
+                            prompt_tokens: u.prompt_tokens,
+                            completion_tokens: u.completion_tokens,
+                        },
+                    )
+                })
+                .collect(),
+            sub_calls: result.sub_calls,
+            failed_sub_calls: failed_sub_calls(result),
+            cache,
+        };
+        let mut text = serde_json::to_string(&output)
+            .map_err(|e| CliError::Internal(format!("cannot serialize the result: {e}")))?;
+        text.push('\n');
+        text
+    } else if result.answer.is_empty() {
+        String::new()
+    } else if result.answer.ends_with('\n') {
+        result.answer.clone()
+    } else {
+        format!("{}\n", result.answer)
+    };
+    write_stdout(&text)
+}
+
+/// Writes to stdout; a closed pipe (`rlm ... | head`) is not an error.
+pub(crate) fn write_stdout(text: &str) -> Result<(), CliError> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(CliError::Input(format!("cannot write to stdout: {e}")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The usage summary for stderr.
+fn summary(
+    result: &RunResult,
+    usage: &BTreeMap<String, ModelUsage>,
+    cache: Option<CacheStats>,
+) -> String {
+    let how = match result.stopped {
+        StopReason::Final => "final answer".to_owned(),
+        StopReason::Cancelled => "cancelled".to_owned(),
+        other => format!(
+            "stopped by the {} budget (best answer so far)",
+            other.as_str()
+        ),
+    };
+    let turns = if result.iterations == 1 {
+        "turn"
+    } else {
+        "turns"
+    };
+    let failed = failed_sub_calls(result);
+    let failed = if failed > 0 {
+        format!(" ({failed} failed)")
+    } else {
+        String::new()
+    };
+    let mut text = format!(
+        "rlm: {how} after {} {turns} in {}; {} sub-calls{failed}",
+        result.iterations,
+        human_duration(result.elapsed),
+        thousands(result.sub_calls),
+    );
+    if let Some(cache) = cache {
+        text.push_str(&format!(
+            "; cache: {} hits, {} duplicates shared",
+            thousands(cache.hits),
+            thousands(cache.coalesced)
+        ));
+    }
+    text.push('\n');
+    let width = usage.keys().map(|m| m.chars().count()).max().unwrap_or(0);
+    let calls_width = usage
+        .values()
+        .map(|u| thousands(u.calls).len())
+        .max()
+        .unwrap_or(0);
+    for (model, u) in usage {
+        let failed = if u.failed > 0 {
+            format!(" ({} failed)", thousands(u.failed))
+        } else {
+            String::new()
+        };
+        text.push_str(&format!(
+            "  {model:<width$}  {:>calls_width$} {}{failed}, {} prompt + {} completion tokens\n",
+            thousands(u.calls),
+            if u.calls == 1 { "call" } else { "calls" },
+            thousands(u.prompt_tokens),
+            thousands(u.completion_tokens),
+        ));
+    }
+    text
+}
+
+/// `1234567` as `1,234,567`.
+pub(crate) fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A duration for people: `850 ms`, `4.21 s`, `3 min 05 s`.
+pub(crate) fn human_duration(duration: Duration) -> String {
+    let ms = duration.as_millis();
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else if ms < 60_000 {
+        format!("{:.2} s", duration.as_secs_f64())
+    } else {
+        let secs = duration.as_secs();
+        format!("{} min {:02} s", secs / 60, secs % 60)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_shown_without_credentials() {
+        assert_eq!(
+            display_url("https://user:secret@example.com/v1"),
+            "https://example.com/v1"
+        );
+        assert_eq!(
+            display_url("http://localhost:11434/v1"),
+            "http://localhost:11434/v1"
+        );
+        assert_eq!(host_of("https://api.openai.com/v1"), Some("api.openai.com"));
+        assert_eq!(
+            host_of("https://k@api.openai.com:443/v1"),
+            Some("api.openai.com")
+        );
+        assert_eq!(host_of("http://[::1]:8000/v1"), Some("::1"));
+        assert_eq!(host_of("http://127.0.0.1:8000"), Some("127.0.0.1"));
+    }
+
+    #[test]
+    fn numbers_and_durations_read_well() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(human_duration(Duration::from_millis(850)), "850 ms");
+        assert_eq!(human_duration(Duration::from_millis(4210)), "4.21 s");
+        assert_eq!(human_duration(Duration::from_secs(185)), "3 min 05 s");
+    }
+}

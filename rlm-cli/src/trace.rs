@@ -1,0 +1,121 @@
+//! `--trace FILE`: one JSON object per event, one line each, written as it happens.
+//!
+//! Each line is the rlm-repl [`Event`] as it serializes (tagged by `"event"`), with `t_ms`,
+//! the milliseconds since the run started, first:
+//! `{"t_ms":12,"event":"turn_start","turn":1}`. Every line is written with one `write` call
+//! straight to the file (no buffer), so a run that is killed keeps every line written so far.
+//! Events hold no credentials; nothing else is written.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use rlm_repl::{Event, Observer};
+
+use crate::error::CliError;
+
+/// Writes events to a JSON Lines file.
+#[derive(Debug)]
+pub(crate) struct TraceWriter {
+    path: PathBuf,
+    start: Instant,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    file: File,
+    /// The first write error; later events are not written.
+    error: Option<std::io::Error>,
+    lines: u64,
+}
+
+impl TraceWriter {
+    /// Creates (or truncates) `path`.
+    pub(crate) fn create(path: &Path, start: Instant) -> Result<Self, CliError> {
+        let file = File::create(path).map_err(|e| {
+            CliError::Input(format!(
+                "cannot write the trace file {}: {e}",
+                path.display()
+            ))
+        })?;
+        Ok(Self {
+            path: path.to_owned(),
+            start,
+            state: Mutex::new(State {
+                file,
+                error: None,
+                lines: 0,
+            }),
+        })
+    }
+
+    /// One line for `event`.
+    fn line(&self, event: &Event) -> String {
+        let t_ms = self.start.elapsed().as_millis();
+        match serde_json::to_string(event) {
+            // An internally tagged enum always serializes as an object: `{"event":...}`.
+            Ok(json) if json.starts_with('{') && json.len() > 2 => {
+                format!("{{\"t_ms\":{t_ms},{}\n", &json[1..])
+            }
+            Ok(json) => format!("{{\"t_ms\":{t_ms},\"value\":{json}}}\n"),
+            Err(e) => format!(
+                "{{\"t_ms\":{t_ms},\"event\":\"trace_error\",\"error\":{}}}\n",
+                serde_json::Value::String(e.to_string())
+            ),
+        }
+    }
+
+    /// The first write error, if any, as a warning for stderr.
+    pub(crate) fn warning(&self) -> Option<String> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.error.as_ref().map(|e| {
+            format!(
+                "the trace file {} is incomplete: writing failed after {} lines: {e}",
+                self.path.display(),
+                state.lines
+            )
+        })
+    }
+}
+
+impl Observer for TraceWriter {
+    fn on_event(&self, event: &Event) {
+        let line = self.line(event);
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.error.is_some() {
+            return;
+        }
+        match state.file.write_all(line.as_bytes()) {
+            Ok(()) => state.lines += 1,
+            Err(e) => state.error = Some(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_one_object_per_line_with_a_timestamp() {
+        let path = std::env::temp_dir().join(format!("rlm-cli-trace-{}.jsonl", std::process::id()));
+        let writer = TraceWriter::create(&path, Instant::now()).unwrap_or_else(|e| panic!("{e}"));
+        writer.on_event(&Event::TurnStart { turn: 1 });
+        writer.on_event(&Event::TurnStart { turn: 2 });
+        assert!(writer.warning().is_none());
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let _ = std::fs::remove_file(&path);
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_default())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[1]["event"], "turn_start");
+        assert_eq!(lines[1]["turn"], 2);
+        assert!(lines[0]["t_ms"].is_u64());
+        assert!(text.starts_with("{\"t_ms\":"));
+    }
+}

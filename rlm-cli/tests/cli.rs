@@ -1,0 +1,763 @@
+//! End-to-end tests of the built `rlm` binary against the loopback mock server.
+//!
+//! Each test starts an OpenAI-compatible server on 127.0.0.1 with a scripted root model and a
+//! deterministic sub model, runs `rlm` as a subprocess pointed at it, and checks what a user
+//! sees: stdout, stderr, the exit status, the trace file, and what reached the server.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use rlm_tests::{MockServer, Reply, ServerRequest, rlm_handler};
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+
+/// A dummy key: it must never show up in any output.
+const KEY: &str = "sk-test-4f1c9a7e-never-print-me";
+const ROOT: &str = "root-model";
+const SUB: &str = "sub-model";
+
+/// What one `rlm` process did.
+#[derive(Debug)]
+struct Outcome {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Outcome {
+    fn assert_clean_error(&self, code: i32) {
+        assert_eq!(self.code, Some(code), "{self:#?}");
+        assert!(self.stdout.is_empty(), "{self:#?}");
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one line on stderr: {self:#?}");
+        assert!(lines[0].starts_with("error: "), "{self:#?}");
+        assert!(!self.stderr.contains("panicked"), "{self:#?}");
+        assert!(!self.stderr.contains(KEY), "{self:#?}");
+    }
+}
+
+fn command(args: &[&str]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_rlm"));
+    command.args(args);
+    for var in [
+        "OPENAI_BASE_URL",
+        "OPENAI_ORG_ID",
+        "OPENAI_PROJECT_ID",
+        "RLM_MODEL",
+        "RLM_SUB_MODEL",
+        "RUST_LOG",
+        "RUST_BACKTRACE",
+    ] {
+        command.env_remove(var);
+    }
+    command
+        .env("OPENAI_API_KEY", KEY)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+/// Runs `rlm args...` with `stdin` (none: an empty stdin).
+async fn rlm(args: &[&str], stdin: Option<&[u8]>) -> Outcome {
+    let mut command = command(args);
+    command.stdin(Stdio::piped());
+    let mut child = command.spawn().expect("the rlm binary starts");
+    let mut pipe = child.stdin.take().expect("stdin is piped");
+    if let Some(data) = stdin {
+        pipe.write_all(data).await.expect("stdin accepts the data");
+    }
+    drop(pipe);
+    let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("rlm finished (safety bound, not a timing assertion)")
+        .expect("rlm's output could be read");
+    Outcome {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// `rlm run` against `server` with the root and sub models, plus `extra` flags.
+async fn run(server: &MockServer, extra: &[&str], stdin: Option<&[u8]>) -> Outcome {
+    let base_url = server.base_url();
+    let mut args = vec![
+        "run",
+        "--base-url",
+        &base_url,
+        "--model",
+        ROOT,
+        "--sub-model",
+        SUB,
+        "--max-retries",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    rlm(&args, stdin).await
+}
+
+/// A root reply that runs `code` in one block.
+fn code(code: &str) -> String {
+    format!("Running some code.\n\n```repl\n{code}\n```")
+}
+
+async fn server(replies: Vec<String>, sub: fn(&str) -> String) -> MockServer {
+    MockServer::start(rlm_handler(ROOT, replies, sub))
+        .await
+        .expect("the mock server starts")
+}
+
+fn upper(prompt: &str) -> String {
+    prompt.to_uppercase()
+}
+
+fn requests_for(server: &MockServer, model: &str) -> Vec<ServerRequest> {
+    server
+        .requests()
+        .into_iter()
+        .filter(|r| r.model() == model)
+        .collect()
+}
+
+/// A scratch directory under the target dir's temp area, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("rlm-cli-e2e-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Self(dir)
+    }
+
+    fn path(&self, relative: &str) -> PathBuf {
+        self.0.join(relative)
+    }
+
+    fn write(&self, relative: &str, bytes: &[u8]) {
+        let path = self.path(relative);
+        std::fs::create_dir_all(path.parent().unwrap_or(Path::new("."))).expect("mkdir");
+        std::fs::write(path, bytes).expect("write");
+    }
+
+    fn str(&self) -> &str {
+        self.0.to_str().expect("utf-8 temp path")
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prints_the_answer_alone_on_stdout() {
+    let server = server(
+        vec![
+            code(r#"let a = llm_query("hello"); print(a);"#),
+            "The sub model said it.\nFINAL(the answer is 42)".to_owned(),
+        ],
+        upper,
+    )
+    .await;
+    let out = run(&server, &["--query", "What is it?"], None).await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert_eq!(out.stdout, "the answer is 42\n");
+    assert!(
+        out.stderr.contains("final answer"),
+        "summary on stderr: {out:#?}"
+    );
+    assert!(!out.stderr.contains(KEY));
+
+    // The key went to the server as a bearer token, and the query reached the root model.
+    let roots = requests_for(&server, ROOT);
+    assert_eq!(roots.len(), 2);
+    assert_eq!(
+        roots[0].header("authorization"),
+        Some(format!("Bearer {KEY}").as_str())
+    );
+    let first = roots[0].body.to_string();
+    assert!(first.contains("What is it?"), "{first}");
+    let subs = requests_for(&server, SUB);
+    assert_eq!(subs.len(), 1);
+    assert_eq!(subs[0].last_user(), "hello");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_output_has_the_pinned_shape() {
+    let server = server(
+        vec![code(
+            r#"let r = llm_batch(["a", "b", "c"]); FINAL(r[0] + r[1] + r[2]);"#,
+        )],
+        upper,
+    )
+    .await;
+    let out = run(&server, &["--query", "q", "--json", "--quiet"], None).await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert!(out.stderr.is_empty(), "--quiet: {out:#?}");
+    assert_eq!(out.stdout.lines().count(), 1, "one JSON object: {out:#?}");
+    let json: Value = serde_json::from_str(&out.stdout).expect("stdout is JSON");
+    assert_eq!(json["answer"], "ABC");
+    assert_eq!(json["iterations"], 1);
+    assert_eq!(json["stopped"], "final");
+    assert!(json["elapsed_ms"].is_u64());
+    assert_eq!(json["sub_calls"], 3);
+    let usage = json["usage"].as_object().expect("usage is an object");
+    assert_eq!(usage.len(), 2, "{usage:?}");
+    for (model, calls) in [(ROOT, 1), (SUB, 3)] {
+        let entry = usage[model].as_object().expect("a model's usage");
+        let mut keys: Vec<&str> = entry.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["calls", "completion_tokens", "prompt_tokens"]);
+        assert_eq!(entry["calls"], calls, "{model}");
+        assert!(entry["prompt_tokens"].as_u64() > Some(0), "{model}");
+        // Calls counted are the calls the server received.
+        assert_eq!(requests_for(&server, model).len(), calls as usize);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_file_has_one_json_event_per_line_and_no_key() {
+    let scratch = Scratch::new("trace");
+    let trace = scratch.path("run.jsonl");
+    let server = server(
+        vec![
+            code(r#"let r = llm_batch(["x", "y"]); let s = llm_query("z"); print(r); print(s);"#),
+            "FINAL(done)".to_owned(),
+        ],
+        upper,
+    )
+    .await;
+    let trace_arg = trace.to_str().expect("utf-8 path");
+    let out = run(
+        &server,
+        &["--query", "trace me", "--trace", trace_arg],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert_eq!(out.stdout, "done\n");
+
+    let text = std::fs::read_to_string(&trace).expect("the trace file exists");
+    assert!(!text.contains(KEY), "the key is not traced");
+    let events: Vec<Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("each line is JSON"))
+        .collect();
+    let names: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().expect("each line names its event"))
+        .collect();
+    for expected in [
+        "run_start",
+        "turn_start",
+        "root_reply",
+        "code_block",
+        "batch_start",
+        "sub_call_start",
+        "sub_call_end",
+        "batch_end",
+        "turn_end",
+        "final",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    assert_eq!(names.first(), Some(&"run_start"));
+    assert_eq!(names.last(), Some(&"final"));
+    assert_eq!(names.iter().filter(|n| **n == "sub_call_end").count(), 3);
+    // Timestamps are present and never go backwards.
+    let times: Vec<u64> = events
+        .iter()
+        .map(|e| e["t_ms"].as_u64().expect("t_ms on every line"))
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    let last = events.last().expect("a final event");
+    assert_eq!(last["answer"], "done");
+    assert_eq!(last["stopped"], "final");
+    assert_eq!(events[0]["query"], "trace me");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn context_and_query_come_from_stdin() {
+    let server = server(vec![code(r#"FINAL("chars: " + context.len());"#)], upper).await;
+    let context = "héllo wörld\n".repeat(100);
+    let out = run(
+        &server,
+        &["--query", "count", "--context", "-"],
+        Some(context.as_bytes()),
+    )
+    .await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert_eq!(out.stdout, format!("chars: {}\n", context.chars().count()));
+
+    let server = server_with_query_echo().await;
+    let out = run(&server, &["--query", "-"], Some(b"a question from stdin")).await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    let root = &requests_for(&server, ROOT)[0];
+    assert!(root.body.to_string().contains("a question from stdin"));
+
+    let out = run(&server, &["--query", "-", "--context", "-"], Some(b"x")).await;
+    out.assert_clean_error(2);
+}
+
+async fn server_with_query_echo() -> MockServer {
+    server(vec!["FINAL(ok)".to_owned()], upper).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_is_one_document_per_file_with_lossy_utf8() {
+    let scratch = Scratch::new("dir");
+    scratch.write("a.txt", b"first file");
+    scratch.write("sub/b.txt", b"caf\xe9 latin-1");
+    scratch.write("c.bin", b"\x00\x01\x02binary");
+    scratch.write(".hidden", b"not read");
+    let server = server(
+        vec![code(
+            r#"FINAL(context.len() + " | " + context[0] + " | " + context[1]);"#,
+        )],
+        upper,
+    )
+    .await;
+    let out = run(&server, &["--query", "q", "--context", scratch.str()], None).await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert_eq!(
+        out.stdout,
+        "2 | ==> a.txt <==\nfirst file | ==> sub/b.txt <==\ncaf\u{fffd} latin-1\n"
+    );
+    assert!(
+        out.stderr.contains("warning:") && out.stderr.contains("sub/b.txt"),
+        "{out:#?}"
+    );
+    assert!(
+        out.stderr.contains("c.bin"),
+        "binary file reported: {out:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_and_flag_errors_are_one_line() {
+    // A missing context file.
+    let out = rlm(
+        &[
+            "run",
+            "--model",
+            ROOT,
+            "--query",
+            "q",
+            "--context",
+            "/no/such/file.txt",
+        ],
+        None,
+    )
+    .await;
+    out.assert_clean_error(4);
+    assert!(out.stderr.contains("/no/such/file.txt"), "{out:#?}");
+
+    // A missing query file; a trace file that cannot be created.
+    rlm(
+        &["run", "--model", ROOT, "--query-file", "/no/such/query.txt"],
+        None,
+    )
+    .await
+    .assert_clean_error(4);
+    rlm(
+        &[
+            "run",
+            "--model",
+            ROOT,
+            "--query",
+            "q",
+            "--trace",
+            "/no/such/dir/t.jsonl",
+        ],
+        None,
+    )
+    .await
+    .assert_clean_error(4);
+    // An empty query; JSON asked of a directory.
+    rlm(&["run", "--model", ROOT, "--query", "  "], None)
+        .await
+        .assert_clean_error(2);
+    let dir = std::env::temp_dir();
+    let dir = dir.to_str().expect("utf-8 temp dir");
+    rlm(
+        &[
+            "run",
+            "--model",
+            ROOT,
+            "--query",
+            "q",
+            "--context",
+            dir,
+            "--context-format",
+            "json",
+        ],
+        None,
+    )
+    .await
+    .assert_clean_error(2);
+
+    // An unknown flag, a missing model, a bad number.
+    rlm(&["run", "--model", ROOT, "--query", "q", "--jsno"], None)
+        .await
+        .assert_clean_error(2);
+    rlm(&["run", "--query", "q"], None)
+        .await
+        .assert_clean_error(2);
+    rlm(
+        &[
+            "run",
+            "--model",
+            ROOT,
+            "--query",
+            "q",
+            "--max-concurrent",
+            "many",
+        ],
+        None,
+    )
+    .await
+    .assert_clean_error(2);
+    // A base URL that is not http(s).
+    rlm(
+        &[
+            "run",
+            "--model",
+            ROOT,
+            "--query",
+            "q",
+            "--base-url",
+            "ftp://x/v1",
+        ],
+        None,
+    )
+    .await
+    .assert_clean_error(2);
+    // No key for the OpenAI API.
+    let mut command = command(&["run", "--model", ROOT, "--query", "q"]);
+    command.env_remove("OPENAI_API_KEY").stdin(Stdio::null());
+    let output = command.output().await.expect("rlm runs");
+    assert_eq!(output.status.code(), Some(6));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("OPENAI_API_KEY"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_server_is_a_model_error() {
+    // A port that was just free: nothing listens there.
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let base_url = format!("http://127.0.0.1:{port}/v1");
+    let out = rlm(
+        &[
+            "run",
+            "--model",
+            ROOT,
+            "--query",
+            "q",
+            "--base-url",
+            &base_url,
+            "--max-retries",
+            "0",
+        ],
+        None,
+    )
+    .await;
+    out.assert_clean_error(5);
+    assert!(out.stderr.contains(&base_url), "{out:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_is_an_auth_error_without_the_key() {
+    let server = MockServer::start(|_: &ServerRequest| {
+        Reply::error(
+            401,
+            "invalid_request_error",
+            "invalid_api_key",
+            &format!("Incorrect API key provided: {KEY}"),
+        )
+    })
+    .await
+    .expect("server");
+    let out = run(&server, &["--query", "q"], None).await;
+    out.assert_clean_error(6);
+    assert!(out.stderr.contains("401"), "{out:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_that_never_answers_times_out() {
+    let server = MockServer::start(|request: &ServerRequest| {
+        Reply::completion_for(request, "too late").after(Duration::from_secs(60))
+    })
+    .await
+    .expect("server");
+    let out = run(&server, &["--query", "q", "--timeout", "0.3"], None).await;
+    out.assert_clean_error(5);
+    assert!(out.stderr.contains("timed out"), "{out:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_sub_calls_are_sent_once_unless_no_cache() {
+    let script = || {
+        vec![code(
+            r#"let r = llm_batch(["same", "same", "other", "same"]);
+let s = llm_query("other");
+FINAL(r[0] + r[1] + r[2] + r[3] + s);"#,
+        )]
+    };
+    let cached = server(script(), upper).await;
+    let out = run(&cached, &["--query", "q", "--json"], None).await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    let json: Value = serde_json::from_str(&out.stdout).expect("JSON");
+    assert_eq!(json["answer"], "SAMESAMEOTHERSAMEOTHER");
+    assert_eq!(json["sub_calls"], 5);
+    assert_eq!(
+        requests_for(&cached, SUB).len(),
+        2,
+        "each distinct prompt sent once"
+    );
+    assert_eq!(json["usage"][SUB]["calls"], 2);
+    assert_eq!(
+        json["cache"]["hits"].as_u64().unwrap_or(0)
+            + json["cache"]["coalesced"].as_u64().unwrap_or(0),
+        3
+    );
+
+    let uncached = server(script(), upper).await;
+    let out = run(&uncached, &["--query", "q", "--json", "--no-cache"], None).await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    let json: Value = serde_json::from_str(&out.stdout).expect("JSON");
+    assert_eq!(json["answer"], "SAMESAMEOTHERSAMEOTHER");
+    assert_eq!(requests_for(&uncached, SUB).len(), 5, "every sub-call sent");
+    assert_eq!(json["usage"][SUB]["calls"], 5);
+    assert!(json["cache"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_stop_prints_the_best_answer_with_status_3() {
+    // Turn 1 never finishes; once the turn budget is spent the root is asked for its best
+    // answer, which the script gives as turn 2.
+    let server = server(
+        vec![
+            code(r#"print("still looking");"#),
+            "FINAL(best guess)".to_owned(),
+        ],
+        upper,
+    )
+    .await;
+    let out = run(
+        &server,
+        &["--query", "q", "--max-iterations", "1", "--json"],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, Some(3), "{out:#?}");
+    let json: Value = serde_json::from_str(&out.stdout).expect("JSON");
+    assert_eq!(json["stopped"], "max_iterations");
+    assert_eq!(json["answer"], "best guess");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_cancels_keeps_the_trace_and_exits_130() {
+    let scratch = Scratch::new("sigint");
+    let trace = scratch.path("run.jsonl");
+    // The root model answers at once; sub-calls never come back in time, so the run is
+    // stuck in llm_batch until interrupted.
+    let stuck = MockServer::start(move |request: &ServerRequest| {
+        if request.model() == ROOT {
+            Reply::completion_for(
+                request,
+                code(r#"let r = llm_batch(["a", "b", "c"]); FINAL(r[0]);"#),
+            )
+        } else {
+            Reply::completion_for(request, "late").after(Duration::from_secs(120))
+        }
+    })
+    .await
+    .expect("server");
+
+    let base_url = stuck.base_url();
+    let trace_arg = trace.to_str().expect("utf-8 path").to_owned();
+    let mut command = command(&[
+        "run",
+        "--base-url",
+        &base_url,
+        "--model",
+        ROOT,
+        "--sub-model",
+        SUB,
+        "--query",
+        "q",
+        "--trace",
+        &trace_arg,
+        "--max-retries",
+        "0",
+    ]);
+    command.stdin(Stdio::null());
+    let child = command.spawn().expect("rlm starts");
+    let pid = child.id().expect("a pid");
+
+    // Wait until the batch is in flight (the trace says so), then interrupt.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(&trace).unwrap_or_default();
+        if text.contains("\"batch_start\"") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the batch never started: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The shell's own `kill`, so no particular package is needed.
+    let status = std::process::Command::new("sh")
+        .args(["-c", &format!("kill -INT {pid}")])
+        .status()
+        .expect("sh runs");
+    assert!(status.success());
+
+    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("rlm exits after Ctrl-C")
+        .expect("output");
+    assert_eq!(output.status.code(), Some(130), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let text = std::fs::read_to_string(&trace).expect("trace kept");
+    for line in text.lines() {
+        serde_json::from_str::<Value>(line).expect("every trace line is whole JSON");
+    }
+    assert!(text.contains("\"batch_start\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_runs_offline_and_both_approaches_are_right() {
+    let out = rlm(
+        &[
+            "demo",
+            "--docs",
+            "6",
+            "--latency-ms",
+            "1-3",
+            "--max-concurrent",
+            "4",
+            "--json",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    let json: Value = serde_json::from_str(&out.stdout).expect("JSON");
+    for run in ["sequential", "batched"] {
+        assert_eq!(json[run]["correct"], true, "{json}");
+        assert_eq!(json[run]["sub_calls"], 6, "{json}");
+    }
+    assert_eq!(json["sequential"]["peak_in_flight"], 1, "{json}");
+    assert_eq!(json["batched"]["peak_in_flight"], 4, "{json}");
+
+    let out = rlm(&["demo", "--docs", "3", "--latency-ms", "0"], None).await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert!(out.stdout.contains("llm_batch"), "{out:#?}");
+    assert!(out.stdout.contains("faster"), "{out:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_sub_call_is_an_error_string_and_the_others_are_kept() {
+    let script = code(
+        r#"let r = llm_batch(["a", "bad", "c"]);
+FINAL(r[0] + "|" + r[1] + "|" + r[2]);"#,
+    );
+    let scripted = rlm_handler(ROOT, vec![script], upper);
+    let server = MockServer::start(move |request: &ServerRequest| {
+        if request.model() == SUB && request.last_user() == "bad" {
+            return Reply::error(
+                400,
+                "invalid_request_error",
+                "bad_prompt",
+                "this prompt is bad",
+            );
+        }
+        scripted(request)
+    })
+    .await
+    .expect("server");
+    let out = run(&server, &["--query", "q", "--json"], None).await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    let json: Value = serde_json::from_str(&out.stdout).expect("JSON");
+    let answer = json["answer"].as_str().expect("an answer");
+    let parts: Vec<&str> = answer.split('|').collect();
+    assert_eq!(parts.len(), 3, "{answer}");
+    assert_eq!(parts[0], "A");
+    assert!(parts[1].starts_with("Error:"), "{answer}");
+    assert!(parts[1].contains("this prompt is bad"), "{answer}");
+    assert_eq!(parts[2], "C");
+    assert_eq!(json["sub_calls"], 3);
+    assert_eq!(json["failed_sub_calls"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_concurrent_bounds_the_requests_in_flight_at_the_server() {
+    let server = MockServer::builder()
+        .latency(Duration::from_millis(100))
+        .start(rlm_handler(
+            ROOT,
+            vec![code(
+                r#"let ps = [];
+for i in 0..20 { ps.push("p" + i); }
+let qs = [];
+for i in 0..6 { qs.push("q" + i); }
+let r = llm_batch(ps);
+let s = llm_batch(qs, 2);
+FINAL(r.len() + s.len());"#,
+            )],
+            upper,
+        ))
+        .await
+        .expect("server");
+    let out = run(&server, &["--query", "q", "--max-concurrent", "4"], None).await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert_eq!(out.stdout, "26\n");
+    assert_eq!(requests_for(&server, SUB).len(), 26);
+    let peak = server.peak_in_flight();
+    assert!(peak <= 4, "at most --max-concurrent in flight, saw {peak}");
+    assert!(peak >= 2, "the batch ran concurrently, saw {peak}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpm_paces_each_model_at_the_server() {
+    // 120 requests a minute: a burst of 2, then one every ~0.5 s. Six sub-calls therefore
+    // arrive over about 2 s (asserted with slack for connection set-up); the root model has
+    // its own budget.
+    let server = server(
+        vec![code(
+            r#"let r = llm_batch(["a", "b", "c", "d", "e", "f"]); FINAL(r.len());"#,
+        )],
+        upper,
+    )
+    .await;
+    let out = run(
+        &server,
+        &["--query", "q", "--rpm", "120", "--no-cache"],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert_eq!(out.stdout, "6\n");
+    let subs = requests_for(&server, SUB);
+    assert_eq!(subs.len(), 6);
+    let first = subs.iter().map(|r| r.at).min().expect("arrivals");
+    let last = subs.iter().map(|r| r.at).max().expect("arrivals");
+    let spread = last - first;
+    assert!(
+        spread >= Duration::from_millis(1_500),
+        "six requests at 120/min cannot arrive within {spread:?}"
+    );
+}
