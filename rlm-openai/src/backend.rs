@@ -114,7 +114,27 @@ impl OpenAiBackend {
 
         // Idempotent: a provider installed earlier (by us or the application) stays.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = Client::builder()
+        let mut builder = Client::builder();
+        if url.scheme() == "http" {
+            // A plain-http server (a local model, a test server) never needs the system's
+            // root certificates; loading them is most of the client's start-up time. A
+            // redirect to https would then fail certificate checks, so it is refused with a
+            // message that says what to do instead.
+            builder = builder
+                .tls_certs_only([])
+                .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                    if attempt.url().scheme() == "https" {
+                        attempt.error(
+                            "the server redirects to https: use the https URL as the base URL",
+                        )
+                    } else if attempt.previous().len() >= 10 {
+                        attempt.error("too many redirects")
+                    } else {
+                        attempt.follow()
+                    }
+                }));
+        }
+        let client = builder
             .default_headers(headers)
             .user_agent(concat!("rlm-openai/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(config.connect_timeout)
@@ -166,7 +186,8 @@ impl OpenAiBackend {
         ));
         if error.is_timeout() {
             LlmError::Timeout { message }
-        } else if error.is_builder() {
+        } else if error.is_builder() || error.is_redirect() {
+            // Neither a malformed request nor a refused redirect gets better on a retry.
             LlmError::other(message)
         } else {
             LlmError::Connection { message }

@@ -635,3 +635,29 @@ fn works_without_a_runtime_through_rlm_core_blocking() {
     let texts: Vec<_> = results.into_iter().map(|r| unwrap_ok(r).text).collect();
     assert_eq!(texts, ["echo: a", "echo: b"]);
 }
+
+#[tokio::test]
+async fn plain_http_follows_http_redirects_but_refuses_https_ones() {
+    // The target of the http redirect answers normally.
+    let target = server(echo).await;
+    let moved = format!("{}/chat/completions", target.base_url());
+    let redirecting =
+        server(move |_: &ServerRequest| Reply::raw(307, "").header("location", &moved)).await;
+    let reply = backend(config(&redirecting)).complete(prompt("hi")).await;
+    assert_eq!(unwrap_ok(reply).text, "echo: hi");
+
+    // A redirect to https from a plain-http base URL is an error that says what to do.
+    let to_https = server(|_: &ServerRequest| {
+        Reply::raw(308, "").header("location", "https://127.0.0.1:9/v1/chat/completions")
+    })
+    .await;
+    let error = unwrap_err(backend(config(&to_https)).complete(prompt("hi")).await);
+    assert!(
+        error
+            .to_string()
+            .contains("use the https URL as the base URL"),
+        "{error}"
+    );
+    assert!(!error.to_string().contains(KEY));
+    assert_eq!(to_https.request_count(), 1, "not retried");
+}
