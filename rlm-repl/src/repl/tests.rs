@@ -103,3 +103,44 @@ fn limits_are_raised_to_fit_the_context() {
     let outcome = repl.execute("print(context.len()); print(context[99].len());");
     assert_eq!(outcome.output, "100\n100\n");
 }
+
+#[test]
+fn the_context_length_is_counted_once_and_stays_right() {
+    // Large enough to be remembered; multi-byte characters so bytes and characters differ.
+    let text = "héllo wörld\n".repeat(20_000);
+    let chars = text.chars().count() as INT;
+    let mut repl = Repl::new(Context::from(text.clone()));
+    for _ in 0..3 {
+        let outcome = repl.execute("context.len()");
+        assert_eq!(outcome.error, None);
+        assert!(
+            outcome.output.contains(&chars.to_string()),
+            "{}",
+            outcome.output
+        );
+    }
+    // A copy made by a script is a different string: it is counted, not looked up.
+    let outcome = repl.execute("let c = context + \"é\"; print(c.len()); print(len(c));");
+    assert_eq!(outcome.error, None);
+    assert_eq!(
+        outcome.output.matches(&(chars + 1).to_string()).count(),
+        2,
+        "{}",
+        outcome.output
+    );
+
+    // The memo itself: the context's string is remembered once counted; an equal string
+    // elsewhere in memory is counted afresh and not remembered.
+    let context = ImmutableString::from(text.as_str());
+    let lengths = helpers::ContextLengths::of(&Dynamic::from(context.clone()));
+    assert_eq!(lengths.len(&text), chars);
+    assert!(
+        lengths.counted_is_empty(),
+        "a look-alike string is not the context"
+    );
+    assert_eq!(lengths.len(context.as_str()), chars);
+    assert!(
+        !lengths.counted_is_empty(),
+        "the context's count is remembered"
+    );
+}
