@@ -202,7 +202,8 @@ where
         if options.cancel.is_cancelled() {
             break;
         }
-        while in_flight.len() < limit {
+        // Checked per item: an observer (or another thread) may cancel while a wave starts.
+        while in_flight.len() < limit && !options.cancel.is_cancelled() {
             let Some((index, request)) = pending.next() else {
                 break;
             };
@@ -369,6 +370,53 @@ mod tests {
         let ends = events.iter().filter(|(_, end)| *end).count();
         assert_eq!(starts, 12, "three waves started");
         assert_eq!(starts, ends, "every started item is reported finished");
+    }
+
+    /// Cancels the batch from inside the observer when item `at` starts.
+    struct CancelAt {
+        at: usize,
+        cancel: CancellationToken,
+        recorder: Recorder,
+    }
+
+    impl BatchObserver for CancelAt {
+        fn started(&self, index: usize, request: &CompletionRequest) {
+            self.recorder.started(index, request);
+            if index == self.at {
+                self.cancel.cancel();
+            }
+        }
+        fn finished(&self, index: usize, result: &BatchResult, elapsed: Duration) {
+            self.recorder.finished(index, result, elapsed);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_starts_after_cancellation_even_within_one_wave() {
+        let cancel = CancellationToken::new();
+        let observer = Arc::new(CancelAt {
+            at: 2,
+            cancel: cancel.clone(),
+            recorder: Recorder::default(),
+        });
+        let options = BatchOptions::new(8)
+            .with_cancel(cancel)
+            .with_observer(observer.clone());
+        let results = Probe::default().complete_batch(prompts(8), &options).await;
+        assert!(results.iter().all(|r| *r == Err(LlmError::Cancelled)));
+        let events = observer
+            .recorder
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let started: Vec<usize> = events.iter().filter(|e| !e.1).map(|e| e.0).collect();
+        assert_eq!(started, [0, 1, 2], "started after the cancellation");
+        assert_eq!(
+            events.iter().filter(|e| e.1).count(),
+            3,
+            "each finished once"
+        );
     }
 
     #[tokio::test(start_paused = true)]

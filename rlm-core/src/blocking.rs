@@ -8,10 +8,12 @@
 //! call must) instead of panicking.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::OnceLock;
 use std::sync::mpsc;
 
-use tokio::runtime::{Builder, Runtime};
+use futures_util::FutureExt;
+use tokio::runtime::{Builder, Handle, Runtime, RuntimeFlavor};
 
 use crate::{BatchExecutor, BatchOptions, BatchResult, CompletionRequest};
 
@@ -29,23 +31,36 @@ fn runtime() -> &'static Runtime {
 }
 
 /// Runs `future` to completion on the process-wide runtime and returns its output.
+///
+/// A panic of the future resumes in the caller with its original payload. Called from a
+/// worker thread of a multi-thread runtime (the process-wide one included, as when a future
+/// run by `block_on` makes a blocking call of its own), the worker's other tasks are handed
+/// to another thread while this one waits ([`tokio::task::block_in_place`]), so nested
+/// calls cannot starve each other of workers.
 pub fn block_on<F>(future: F) -> F::Output
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let (sender, receiver) = mpsc::sync_channel(1);
-    let task = runtime().spawn(async move {
+    runtime().spawn(async move {
+        let output = AssertUnwindSafe(future).catch_unwind().await;
         // The receiver only goes away if the caller is gone; nothing to report then.
-        let _ = sender.send(future.await);
+        let _ = sender.send(output);
     });
-    match receiver.recv() {
-        Ok(output) => output,
-        // The task dropped the sender without sending: the future panicked.
-        Err(_) => match runtime().block_on(task) {
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            _ => unreachable!("the task ended without an output or a panic"),
-        },
+    let on_worker = Handle::try_current()
+        .is_ok_and(|handle| handle.runtime_flavor() == RuntimeFlavor::MultiThread);
+    let received = if on_worker {
+        tokio::task::block_in_place(|| receiver.recv())
+    } else {
+        receiver.recv()
+    };
+    match received {
+        Ok(Ok(output)) => output,
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        // The task was dropped unfinished: only a runtime shutting down does that, and the
+        // process-wide runtime lives as long as the process.
+        Err(_) => panic!("rlm: the process-wide runtime dropped a blocking call"),
     }
 }
 
@@ -97,9 +112,82 @@ mod tests {
         assert_eq!(block_on(async { 7 }), 7);
     }
 
+    fn panic_message(payload: &(dyn std::any::Any + Send)) -> Option<&str> {
+        payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+    }
+
     #[test]
     fn propagates_panics() {
         let caught = std::panic::catch_unwind(|| block_on(async { panic!("boom") }));
-        assert!(caught.is_err());
+        assert_eq!(
+            caught.err().as_deref().and_then(panic_message),
+            Some("boom")
+        );
+    }
+
+    #[tokio::test]
+    async fn propagates_the_original_panic_from_inside_a_runtime() {
+        // Called from a runtime's own thread, the future's panic (not some other panic about
+        // nested runtimes) reaches the caller.
+        let caught = std::panic::catch_unwind(|| block_on(async { panic!("boom") }));
+        assert_eq!(
+            caught.err().as_deref().and_then(panic_message),
+            Some("boom")
+        );
+    }
+
+    /// Runs `f` on a thread of its own and waits at most a minute for it: a deadlock fails
+    /// the test instead of hanging it.
+    fn within_a_minute<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (sender, receiver) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = sender.send(f());
+        });
+        receiver
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .ok()
+    }
+
+    #[test]
+    fn nested_calls_do_not_deadlock() {
+        // A blocking call made by a future that itself runs under `block_on` (a synchronous
+        // callback inside a blocking run), several levels deep: more levels than the
+        // process-wide runtime has worker threads.
+        let depth = std::thread::available_parallelism().map_or(2, usize::from) + 2;
+        let nested = within_a_minute(move || {
+            fn nest(level: usize) -> usize {
+                if level == 0 {
+                    0
+                } else {
+                    block_on(async move { nest(level - 1) + 1 })
+                }
+            }
+            nest(depth)
+        });
+        assert_eq!(nested, Some(depth));
+    }
+
+    #[test]
+    fn works_from_a_worker_of_a_multi_thread_runtime() {
+        let value = within_a_minute(|| {
+            let runtime = Builder::new_multi_thread()
+                .worker_threads(1)
+                .build()
+                .unwrap_or_else(|e| panic!("{e}"));
+            runtime.block_on(async {
+                let on_worker = tokio::spawn(async { block_on(async { 3 }) });
+                let on_blocking_thread = tokio::task::spawn_blocking(|| block_on(async { 4 }));
+                (
+                    on_worker.await.unwrap_or_default(),
+                    on_blocking_thread.await.unwrap_or_default(),
+                    // And from the runtime's own `block_on` thread.
+                    block_on(async { 5 }),
+                )
+            })
+        });
+        assert_eq!(value, Some((3, 4, 5)));
     }
 }

@@ -15,7 +15,7 @@
 //! - [`LlmError`]: one error enum that classifies failures and says whether to retry.
 //! - [`UsageTracker`] and the [`Metered`] decorator: calls and tokens per model.
 //! - [`blocking`]: entry points for code without an async runtime.
-//! - `mock` (feature `mock`): a scripted [`MockBackend`](mock::MockBackend) for tests.
+//! - `mock` (feature `mock`): a scripted `mock::MockBackend` for tests.
 //!
 //! Bringing your own provider takes one trait implementation:
 //!

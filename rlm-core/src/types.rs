@@ -292,19 +292,21 @@ impl Usage {
         }
     }
 
-    /// Prompt plus completion tokens.
+    /// Prompt plus completion tokens (saturating: counts come from providers, and an absurd
+    /// one must not overflow).
     pub fn total(&self) -> u64 {
-        self.prompt_tokens + self.completion_tokens
+        self.prompt_tokens.saturating_add(self.completion_tokens)
     }
 }
 
 impl Add for Usage {
     type Output = Usage;
 
+    /// Field by field, saturating.
     fn add(self, rhs: Usage) -> Usage {
         Usage::new(
-            self.prompt_tokens + rhs.prompt_tokens,
-            self.completion_tokens + rhs.completion_tokens,
+            self.prompt_tokens.saturating_add(rhs.prompt_tokens),
+            self.completion_tokens.saturating_add(rhs.completion_tokens),
         )
     }
 }
@@ -377,6 +379,18 @@ mod tests {
         assert_eq!(estimate_tokens("abcde"), 2);
         let request = CompletionRequest::prompt("m", "abcdefgh");
         assert_eq!(request.estimated_prompt_tokens(), 2 + 4);
+    }
+
+    #[test]
+    fn usage_from_a_hostile_server_saturates_instead_of_overflowing() {
+        // Token counts come from the provider's reply: absurd ones must not panic.
+        let huge = Usage::new(u64::MAX, 1);
+        assert_eq!(huge.total(), u64::MAX);
+        let sum = huge + Usage::new(1, u64::MAX);
+        assert_eq!(sum, Usage::new(u64::MAX, u64::MAX));
+        let mut usage = Usage::new(u64::MAX - 1, 0);
+        usage += Usage::new(5, 0);
+        assert_eq!(usage.prompt_tokens, u64::MAX);
     }
 
     #[test]

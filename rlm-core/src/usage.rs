@@ -32,14 +32,18 @@ fn is_zero(n: &u64) -> bool {
 impl ModelUsage {
     /// Prompt plus completion tokens.
     pub fn total_tokens(&self) -> u64 {
-        self.prompt_tokens + self.completion_tokens
+        self.prompt_tokens.saturating_add(self.completion_tokens)
     }
 
+    /// Adds `other`, saturating: token counts come from providers, and an absurd one must
+    /// not overflow.
     fn add(&mut self, other: &ModelUsage) {
-        self.calls += other.calls;
-        self.prompt_tokens += other.prompt_tokens;
-        self.completion_tokens += other.completion_tokens;
-        self.failed += other.failed;
+        self.calls = self.calls.saturating_add(other.calls);
+        self.prompt_tokens = self.prompt_tokens.saturating_add(other.prompt_tokens);
+        self.completion_tokens = self
+            .completion_tokens
+            .saturating_add(other.completion_tokens);
+        self.failed = self.failed.saturating_add(other.failed);
     }
 }
 
@@ -181,7 +185,8 @@ impl<B: BatchExecutor> BatchExecutor for Metered<B> {
         let models: Vec<String> = requests.iter().map(|r| r.model.clone()).collect();
         let results = self.inner.complete_batch(requests, options).await;
         for (model, result) in models.iter().zip(&results) {
-            // A cancelled item never reached the provider: nothing to account.
+            // A cancelled item has no outcome to account: it never started, or it was
+            // dropped before its answer arrived (so its tokens, if any, are unknown).
             if !matches!(result, Err(LlmError::Cancelled)) {
                 self.tracker.record_result(model, result);
             }
@@ -215,6 +220,19 @@ mod tests {
         );
         assert_eq!(tracker.total().calls, 8000);
         assert_eq!(tracker.total().total_tokens(), 32000);
+    }
+
+    #[test]
+    fn absurd_usage_saturates_instead_of_overflowing() {
+        let tracker = UsageTracker::new();
+        for _ in 0..2 {
+            tracker.record("m", Usage::new(u64::MAX, u64::MAX));
+        }
+        let usage = tracker.model("m");
+        assert_eq!((usage.calls, usage.prompt_tokens), (2, u64::MAX));
+        assert_eq!(usage.total_tokens(), u64::MAX);
+        tracker.record("n", Usage::new(1, 1));
+        assert_eq!(tracker.total().prompt_tokens, u64::MAX);
     }
 
     #[test]
