@@ -170,8 +170,13 @@ impl OpenAiBackend {
 
     /// Replaces every occurrence of the API key in `text`.
     fn redact(&self, text: &str) -> String {
+        // Placeholder keys of local servers ("EMPTY", "ollama", "x") are no secret, and
+        // replacing every occurrence of them would garble the messages they appear in.
+        const SECRET_MIN_CHARS: usize = 8;
         match &self.inner.config.api_key {
-            Some(key) if text.contains(key.expose()) => text.replace(key.expose(), "[redacted]"),
+            Some(key) if key.expose().len() >= SECRET_MIN_CHARS && text.contains(key.expose()) => {
+                text.replace(key.expose(), "[redacted]")
+            }
             _ => text.to_owned(),
         }
     }
@@ -210,12 +215,18 @@ impl OpenAiBackend {
         let hint = retry::retry_after(response.headers());
         let should_retry = retry::should_retry_header(response.headers());
         tracing::Span::current().record("status", status.as_u16());
-        let body = match response.bytes().await {
+        let limit = inner.config.max_response_bytes;
+        let (body, complete) = match read_body(response, limit).await {
             Ok(body) => body,
             Err(e) => return (Err(self.transport_error(e)), should_retry),
         };
         let redact = |text: &str| self.redact(text);
-        let result = if status.is_success() {
+        let result = if status.is_success() && !complete {
+            Err(LlmError::invalid_response(format!(
+                "the reply (HTTP {}) is larger than {limit} bytes; it was not read",
+                status.as_u16()
+            )))
+        } else if status.is_success() {
             wire::parse_completion(&body, status.as_u16(), model, &redact)
         } else {
             Err(wire::parse_error(
@@ -242,6 +253,39 @@ impl OpenAiBackend {
             .unwrap_or(u64::from(self.inner.config.completion_token_estimate));
         request.estimated_prompt_tokens().saturating_add(completion)
     }
+}
+
+/// Reads at most `limit` bytes of `response`'s body: the bytes, and whether that was all of
+/// it. A body announced as larger is not read at all; one that turns out larger is cut.
+async fn read_body(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<(Bytes, bool), reqwest::Error> {
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit as u64)
+    {
+        return Ok((Bytes::new(), false));
+    }
+    // Usually one chunk, handed on without a copy.
+    let mut first: Option<Bytes> = None;
+    let mut joined: Vec<u8> = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if let Some(held) = first.take() {
+            joined.extend_from_slice(&held);
+        }
+        let room = limit.saturating_sub(joined.len());
+        if chunk.len() > room {
+            joined.extend_from_slice(&chunk[..room]);
+            return Ok((Bytes::from(joined), false));
+        }
+        if joined.is_empty() {
+            first = Some(chunk);
+        } else {
+            joined.extend_from_slice(&chunk);
+        }
+    }
+    Ok((first.unwrap_or_else(|| Bytes::from(joined)), true))
 }
 
 /// An error and its sources, joined with `": "`, without repeating a message.

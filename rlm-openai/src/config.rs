@@ -22,6 +22,14 @@ pub const DEFAULT_MAX_RETRIES: u32 = 4;
 /// [`LlmError::retry_after`](rlm_core::LlmError::retry_after), so the caller decides.
 pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
 
+/// The largest reply body read, in bytes, unless set otherwise: 32 MiB.
+///
+/// A chat completion is rarely more than a few hundred kilobytes; the cap keeps a broken
+/// or hostile server from making the client buffer gigabytes. A successful reply beyond it
+/// is [`LlmError::InvalidResponse`](rlm_core::LlmError::InvalidResponse); an error reply is
+/// classified by its status as usual, its message taken from at most that many bytes.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
+
 /// Connection pool size (idle connections kept per host), unless set otherwise.
 pub const DEFAULT_CONCURRENCY: usize = 64;
 
@@ -74,7 +82,8 @@ pub enum ConfigError {
 /// The backend paces each model's calls smoothly: at most about one second's share
 /// (`limit / 60`, at least 1) goes out at once, and the sustained rate is
 /// `limit - burst + 1` per minute, so no 60-second window ever holds more than `limit`,
-/// even right after a burst.
+/// even right after a burst. (A single request estimated at more tokens than the whole
+/// limit is still sent, alone in its minute.)
 ///
 /// ```
 /// use rlm_openai::RateLimit;
@@ -162,6 +171,7 @@ pub struct OpenAiConfig {
     pub(crate) initial_backoff: Duration,
     pub(crate) max_backoff: Duration,
     pub(crate) max_retry_after: Duration,
+    pub(crate) max_response_bytes: usize,
     pub(crate) concurrency: usize,
     pub(crate) rate_limit: RateLimit,
     pub(crate) model_rate_limits: BTreeMap<String, RateLimit>,
@@ -195,6 +205,7 @@ impl OpenAiConfig {
             initial_backoff: DEFAULT_INITIAL_BACKOFF,
             max_backoff: DEFAULT_MAX_BACKOFF,
             max_retry_after: DEFAULT_MAX_RETRY_AFTER,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             concurrency: DEFAULT_CONCURRENCY,
             rate_limit: RateLimit::default(),
             model_rate_limits: BTreeMap::new(),
@@ -292,6 +303,13 @@ impl OpenAiConfig {
         self
     }
 
+    /// The largest reply body read, in bytes (see [`DEFAULT_MAX_RESPONSE_BYTES`]). Must
+    /// not be zero.
+    pub fn with_max_response_bytes(mut self, bytes: usize) -> Self {
+        self.max_response_bytes = bytes;
+        self
+    }
+
     /// How many requests are expected in flight at once (across every clone and batch):
     /// the connection pool keeps up to this many idle connections per host so that
     /// connections are reused rather than reopened. It does not limit concurrency; a
@@ -365,6 +383,12 @@ impl OpenAiConfig {
         };
         positive("connect timeout", self.connect_timeout)?;
         positive("request timeout", self.request_timeout)?;
+        if self.max_response_bytes == 0 {
+            return Err(ConfigError::InvalidSetting {
+                name: "maximum response size",
+                reason: "must be greater than zero".to_owned(),
+            });
+        }
         if self.initial_backoff > self.max_backoff {
             return Err(ConfigError::InvalidSetting {
                 name: "retry backoff",
@@ -447,5 +471,13 @@ mod tests {
             .with_retry_backoff(Duration::from_secs(2), Duration::from_secs(1))
             .validate();
         assert!(matches!(e, Err(ConfigError::InvalidSetting { .. })));
+        let e = OpenAiConfig::new().with_max_response_bytes(0).validate();
+        assert!(matches!(
+            e,
+            Err(ConfigError::InvalidSetting {
+                name: "maximum response size",
+                ..
+            })
+        ));
     }
 }

@@ -42,17 +42,23 @@
 //!    ever holds more than the limit. Waiting callers are admitted in arrival order. A
 //!    request's tokens are estimated before sending (its messages at four bytes a token plus
 //!    its `max_tokens`, or [`DEFAULT_COMPLETION_TOKEN_ESTIMATE`] without one); a request
-//!    larger than a second's share still goes through, at the sustained rate. Retries are
-//!    requests too: each attempt takes its share again.
+//!    larger than a second's share still goes through, at the sustained rate, and one
+//!    larger than the whole minute's budget goes alone, in a minute with nothing else. A
+//!    call counts from the moment it is let through, so a wait for the other budget or for a
+//!    server's pause never lets a window overfill. Retries are requests too: each attempt
+//!    takes its share again. The pacing runs on tokio's clock, so it works with time
+//!    paused in tests.
 //! 2. **Sends one JSON body**: `model` (the request's, or the configured default when empty),
 //!    `messages`, whichever of `temperature`, `top_p`, `max_tokens`, `stop` and `seed` are
 //!    set, and the request's `extra` fields verbatim (an `extra` field wins over a field of
 //!    the same name). The key goes in `Authorization: Bearer`, with `OpenAI-Organization` and
 //!    `OpenAI-Project` when configured.
-//! 3. **Reads the reply tolerantly**: content as a string, `null` (empty text, finish reason
-//!    kept) or an array of `{"type": "text", "text"}` parts; usage optional; unknown fields
-//!    ignored. A reply without choices or with malformed JSON is
-//!    [`LlmError::InvalidResponse`](rlm_core::LlmError::InvalidResponse) with a short excerpt.
+//! 3. **Reads the reply tolerantly**, up to [`DEFAULT_MAX_RESPONSE_BYTES`] (configurable;
+//!    a larger successful reply is an error, not a memory spike): content as a string,
+//!    `null` (empty text, finish reason kept) or an array of `{"type": "text", "text"}`
+//!    parts; usage optional; unknown fields ignored. A reply without choices or with
+//!    malformed JSON is [`LlmError::InvalidResponse`](rlm_core::LlmError::InvalidResponse)
+//!    with a short excerpt.
 //! 4. **Classifies failures** with [`LlmError::from_http_status`](rlm_core::LlmError::from_http_status)
 //!    from the `{"error": {"message", "type", "code"}}` body (or the status text or a body
 //!    excerpt when it is not JSON); timeouts become `Timeout`, connection and I/O failures
@@ -60,9 +66,10 @@
 //! 5. **Retries** ([`DEFAULT_MAX_RETRIES`] times unless configured) on 429, 5xx, 408, 409,
 //!    timeouts and connection failures, never on 400, 401, 403, 404, 422 or a 429 with
 //!    `insufficient_quota`. The wait is the server's `retry-after-ms` or `Retry-After`
-//!    (seconds, fractions allowed, or an HTTP date); without one, exponential backoff from
-//!    0.5 s doubling to 16 s, each wait varied by ±25%. `x-should-retry: false` vetoes a
-//!    retry and `x-should-retry: true` allows one for an unusual 4xx. A server's requested
+//!    (seconds, fractions allowed, or an HTTP date); without one (or with a zero one),
+//!    exponential backoff from 0.5 s doubling to 16 s, each wait varied by ±25%.
+//!    `x-should-retry: false` vetoes a retry and `x-should-retry: true` allows one for an
+//!    unusual 4xx. A server's requested
 //!    wait also pauses every other call of the same model, so a 429 does not set off a
 //!    stampede. A `Retry-After` longer than [`DEFAULT_MAX_RETRY_AFTER`] (configurable) is
 //!    not waited out: the error is returned at once, hint included. The final error carries
@@ -106,5 +113,6 @@ mod wire;
 pub use backend::OpenAiBackend;
 pub use config::{
     ConfigError, DEFAULT_BASE_URL, DEFAULT_COMPLETION_TOKEN_ESTIMATE, DEFAULT_CONCURRENCY,
-    DEFAULT_MAX_RETRIES, DEFAULT_MAX_RETRY_AFTER, OpenAiConfig, RateLimit,
+    DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_MAX_RETRIES, DEFAULT_MAX_RETRY_AFTER, OpenAiConfig,
+    RateLimit,
 };

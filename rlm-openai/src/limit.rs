@@ -1,22 +1,65 @@
-//! Per-model pacing: requests and tokens per minute (governor GCRA buckets), admitted in
-//! arrival order, plus a pause every caller honours when the server asks for one.
+//! Per-model pacing: requests and tokens per minute (governor GCRA buckets for smoothness,
+//! and the books of the last minute for the hard limit), admitted in arrival order, plus a
+//! pause every caller honours when the server asks for one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
+use std::ops::Add;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use governor::clock::Clock;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::clock::{Clock, Reference};
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
 use tokio::time::Instant;
 
 use crate::config::{OpenAiConfig, RateLimit};
+
+/// governor's clock, reading tokio's time: the clock every wait here sleeps on. (With
+/// another clock, a paused tokio clock, as in tests, would make the waits spin.)
+#[derive(Debug, Clone, Copy, Default)]
+struct TokioClock;
+
+/// An instant of [`TokioClock`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct TokioInstant(Instant);
+
+impl Add<Nanos> for TokioInstant {
+    type Output = Self;
+
+    fn add(self, later: Nanos) -> Self {
+        // Beyond the clock's range (centuries away) the instant stays put; never a panic.
+        Self(self.0.checked_add(later.into()).unwrap_or(self.0))
+    }
+}
+
+impl Reference for TokioInstant {
+    fn duration_since(&self, earlier: Self) -> Nanos {
+        self.0.saturating_duration_since(earlier.0).into()
+    }
+
+    fn saturating_sub(&self, duration: Nanos) -> Self {
+        Self(self.0.checked_sub(duration.into()).unwrap_or(self.0))
+    }
+}
+
+impl Clock for TokioClock {
+    type Instant = TokioInstant;
+
+    fn now(&self) -> TokioInstant {
+        TokioInstant(Instant::now())
+    }
+}
+
+type Limiter = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<TokioInstant>>;
 
 /// One per-minute budget: a GCRA bucket that lets about one second's share through at once
 /// and refills so that no 60-second window ever holds more than the budget.
 #[derive(Debug)]
 struct Bucket {
-    limiter: DefaultDirectRateLimiter,
+    limiter: Limiter,
     burst: u32,
 }
 
@@ -31,7 +74,7 @@ impl Bucket {
         let period = Duration::from_nanos(60_000_000_000u64.div_ceil(refills));
         let quota = Quota::with_period(period)?.allow_burst(NonZeroU32::new(burst)?);
         Some(Self {
-            limiter: RateLimiter::direct(quota),
+            limiter: RateLimiter::direct_with_clock(quota, TokioClock),
             burst,
         })
     }
@@ -56,14 +99,105 @@ impl Bucket {
     }
 }
 
+/// The length of the windows the budgets are counted in.
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// What one budget let through in the last minute, oldest first: the hard guarantee that no
+/// 60-second window holds more than the budget, whatever happened between taking a
+/// bucket's cells and sending (a wait for the other budget, a server's pause) and however
+/// large a request is.
+#[derive(Debug)]
+struct Window {
+    /// The budget (`0`: none, nothing is recorded).
+    limit: u64,
+    sent: VecDeque<Sent>,
+    /// The sum of `sent`.
+    total: u64,
+}
+
+/// Sends of less than a millisecond, counted as one.
+#[derive(Debug)]
+struct Sent {
+    first: Instant,
+    /// When the last of them went: the entry leaves the window a minute after this.
+    last: Instant,
+    cost: u64,
+}
+
+impl Window {
+    fn new(per_minute: u32) -> Self {
+        Self {
+            limit: u64::from(per_minute),
+            sent: VecDeque::new(),
+            total: 0,
+        }
+    }
+
+    /// How long from `now` until `cost` fits in the minute ending then (zero: it fits now).
+    /// A cost larger than the whole budget fits only a minute with nothing else in it.
+    fn wait_for_room(&mut self, cost: u64, now: Instant) -> Duration {
+        if self.limit == 0 {
+            return Duration::ZERO;
+        }
+        while let Some(oldest) = self.sent.front() {
+            if now.saturating_duration_since(oldest.last) < MINUTE {
+                break;
+            }
+            self.total = self.total.saturating_sub(oldest.cost);
+            self.sent.pop_front();
+        }
+        let allowed = self.limit.saturating_sub(cost);
+        let mut in_window = self.total;
+        let mut until = now;
+        for sent in &self.sent {
+            if in_window <= allowed {
+                break;
+            }
+            in_window = in_window.saturating_sub(sent.cost);
+            until = sent.last.checked_add(MINUTE).unwrap_or(now);
+        }
+        until.saturating_duration_since(now)
+    }
+
+    /// Counts `cost` as sent at `now`. Sends within a millisecond of an entry's first one
+    /// share that entry, dated by the latest (so they expire a little late, never early):
+    /// at most about 60,000 entries, however small and frequent the requests.
+    fn record(&mut self, cost: u64, now: Instant) {
+        if self.limit == 0 {
+            return;
+        }
+        self.total = self.total.saturating_add(cost);
+        match self.sent.back_mut() {
+            Some(entry)
+                if now.saturating_duration_since(entry.first) < Duration::from_millis(1) =>
+            {
+                entry.last = now;
+                entry.cost = entry.cost.saturating_add(cost);
+            }
+            _ => self.sent.push_back(Sent {
+                first: now,
+                last: now,
+                cost,
+            }),
+        }
+    }
+}
+
+/// The windows of both budgets, guarded by the turnstile.
+#[derive(Debug)]
+struct Ledger {
+    requests: Window,
+    tokens: Window,
+}
+
 /// Everything that paces one model.
 #[derive(Debug)]
 pub(crate) struct Gate {
     requests: Option<Bucket>,
     tokens: Option<Bucket>,
     /// Callers take their cells one at a time, in arrival order, so a large request is
-    /// never starved by a stream of small ones.
-    turnstile: tokio::sync::Mutex<()>,
+    /// never starved by a stream of small ones; the holder also keeps the books.
+    turnstile: tokio::sync::Mutex<Ledger>,
     /// No request is sent before this instant (set from a server's `Retry-After`).
     paused_until: Mutex<Option<Instant>>,
 }
@@ -73,7 +207,10 @@ impl Gate {
         Self {
             requests: Bucket::per_minute(limit.requests_per_minute),
             tokens: Bucket::per_minute(limit.tokens_per_minute),
-            turnstile: tokio::sync::Mutex::new(()),
+            turnstile: tokio::sync::Mutex::new(Ledger {
+                requests: Window::new(limit.requests_per_minute),
+                tokens: Window::new(limit.tokens_per_minute),
+            }),
             paused_until: Mutex::new(None),
         }
     }
@@ -85,16 +222,32 @@ impl Gate {
             self.wait_for_pause().await;
             return;
         }
-        let _turn = self.turnstile.lock().await;
+        let tokens = tokens.max(1);
+        let mut ledger = self.turnstile.lock().await;
         self.wait_for_pause().await;
+        // Smoothness: about a second's share at once, then the sustained rate.
         if let Some(requests) = &self.requests {
             requests.take(1).await;
         }
         if let Some(bucket) = &self.tokens {
-            bucket.take(tokens.max(1)).await;
+            bucket.take(tokens).await;
         }
-        // A pause that began while we waited for cells holds us too.
-        self.wait_for_pause().await;
+        // The guarantee: the request counts from the moment it is let through (after any
+        // pause that began meanwhile), and only if the last minute has room for it.
+        loop {
+            self.wait_for_pause().await;
+            let now = Instant::now();
+            let wait = ledger
+                .requests
+                .wait_for_room(1, now)
+                .max(ledger.tokens.wait_for_room(tokens, now));
+            if wait.is_zero() {
+                ledger.requests.record(1, now);
+                ledger.tokens.record(tokens, now);
+                return;
+            }
+            tokio::time::sleep(wait).await;
+        }
     }
 
     /// Holds every request of this model for `wait` from now (extending, never shortening,
@@ -212,6 +365,185 @@ mod tests {
         assert!(start.elapsed() >= Duration::from_millis(195));
         // Far-future pauses do not overflow.
         gate.pause(Duration::MAX);
+    }
+
+    /// The largest total cost admitted within any window of length `window`.
+    fn max_in_window(admitted: &[(Instant, u64)], window: Duration) -> u64 {
+        let mut best = 0;
+        for (i, (start, _)) in admitted.iter().enumerate() {
+            let total: u64 = admitted[i..]
+                .iter()
+                .take_while(|(at, _)| at.duration_since(*start) < window)
+                .map(|(_, cost)| cost)
+                .sum();
+            best = best.max(total);
+        }
+        best
+    }
+
+    /// Admits requests of the given token costs one after another, as a stream of callers
+    /// does through the turnstile, and returns when each was let through (on tokio's clock).
+    async fn admit_all(gate: &Gate, costs: impl IntoIterator<Item = u64>) -> Vec<(Instant, u64)> {
+        let mut admitted = Vec::new();
+        for cost in costs {
+            gate.admit(cost).await;
+            admitted.push((Instant::now(), cost));
+        }
+        admitted
+    }
+
+    fn requests_of(admitted: &[(Instant, u64)]) -> Vec<(Instant, u64)> {
+        admitted.iter().map(|(at, _)| (*at, 1)).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pacing_runs_on_tokios_clock() {
+        // The waits sleep on tokio's clock, so the buckets must read the same clock: with
+        // time paused (as in applications' tests), three calls at 60 a minute take two
+        // seconds of tokio time, not however long the real clock takes to catch up.
+        let gate = Gate::new(RateLimit::new(60, 0));
+        let start = Instant::now();
+        let admitted = admit_all(&gate, [1, 1, 1]).await;
+        let elapsed = admitted[2].0.duration_since(start);
+        assert!(
+            elapsed >= Duration::from_millis(1_990) && elapsed <= Duration::from_millis(2_100),
+            "{elapsed:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn token_costs_larger_than_the_burst_never_overfill_a_minute() {
+        // 6,000 a minute: a burst of 100; every request costs 308.
+        let gate = Gate::new(RateLimit::new(0, 6_000));
+        let admitted = admit_all(&gate, std::iter::repeat_n(308, 60)).await;
+        let most = max_in_window(&admitted, MINUTE);
+        assert!(most <= 6_000, "{most} tokens within a minute");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_and_tokens_together_never_overfill_a_minute() {
+        // The first call waits ~10 s for its tokens; its request must not count as sent
+        // before it really is, or the calls after it overfill the request budget.
+        let gate = Gate::new(RateLimit::new(60, 6_000));
+        let costs = std::iter::once(1_100).chain(std::iter::repeat_n(1, 100));
+        let admitted = admit_all(&gate, costs).await;
+        let most = max_in_window(&requests_of(&admitted), MINUTE);
+        assert!(most <= 60, "{most} requests within a minute");
+        let most = max_in_window(&admitted, MINUTE);
+        assert!(most <= 6_000, "{most} tokens within a minute");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_never_lets_a_minute_overfill() {
+        // A server's pause begins while a caller waits for its cell; the caller goes out
+        // when the pause ends, and the budget refilled meanwhile must not stack on it.
+        let gate = Arc::new(Gate::new(RateLimit::new(60, 0)));
+        let pauser = {
+            let gate = Arc::clone(&gate);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(1_500)).await;
+                gate.pause(Duration::from_secs(10));
+            })
+        };
+        let admitted = admit_all(&gate, std::iter::repeat_n(1, 100)).await;
+        assert!(pauser.await.is_ok());
+        let most = max_in_window(&admitted, MINUTE);
+        assert!(most <= 60, "{most} requests within a minute");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_larger_than_the_whole_budget_goes_alone() {
+        // 600 a minute; the middle request alone is estimated at 1,000.
+        let gate = Gate::new(RateLimit::new(0, 600));
+        let admitted = admit_all(&gate, [100, 1_000, 100]).await;
+        let (first, big, last) = (admitted[0].0, admitted[1].0, admitted[2].0);
+        assert!(big.duration_since(first) >= MINUTE, "{admitted:?}");
+        assert!(last.duration_since(big) >= MINUTE, "{admitted:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_books_never_slow_the_sustained_rate() {
+        // 1,200 a minute: a burst of 20, then 1,181 a minute. 2,400 calls take just over two
+        // minutes of (paused) time; the minute's books must not hold them up further.
+        let gate = Gate::new(RateLimit::new(1_200, 0));
+        let start = Instant::now();
+        let admitted = admit_all(&gate, std::iter::repeat_n(1, 2_400)).await;
+        let elapsed = admitted[2_399].0.duration_since(start);
+        let ideal = Duration::from_secs_f64(2_380.0 * 60.0 / 1_181.0);
+        assert!(
+            elapsed <= ideal + Duration::from_secs(1),
+            "{elapsed:?} for {ideal:?}"
+        );
+        assert!(max_in_window(&requests_of(&admitted), MINUTE) <= 1_200);
+    }
+
+    #[test]
+    fn the_books_stay_small() {
+        let mut window = Window::new(u32::MAX);
+        let start = Instant::now();
+        for i in 0..10_000u64 {
+            let now = start + Duration::from_micros(10 * i);
+            assert_eq!(window.wait_for_room(1, now), Duration::ZERO);
+            window.record(1, now);
+        }
+        // 100 ms of sends: an entry per millisecond (not one per send, nor one for all of
+        // them), and nothing lost from the total.
+        assert!(
+            (99..=101).contains(&window.sent.len()),
+            "{}",
+            window.sent.len()
+        );
+        assert_eq!(window.total, 10_000);
+        // A minute after the last send, all of them have left the window.
+        let later = start + Duration::from_millis(100) + MINUTE;
+        assert_eq!(
+            window.wait_for_room(u64::from(u32::MAX), later),
+            Duration::ZERO
+        );
+        assert_eq!((window.total, window.sent.len()), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn mixed_costs_idle_gaps_and_concurrent_callers_never_overfill_a_minute() {
+        let gate = Arc::new(Gate::new(RateLimit::new(120, 20_000)));
+        let admitted = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut callers = Vec::new();
+        for caller in 0..4u64 {
+            let gate = Arc::clone(&gate);
+            let admitted = Arc::clone(&admitted);
+            callers.push(tokio::spawn(async move {
+                // A small deterministic generator: costs from 1 to ~2,000, idle gaps of up
+                // to 20 s now and then.
+                let mut state = caller.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                for _ in 0..60 {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    if state % 7 == 0 {
+                        tokio::time::sleep(Duration::from_millis(state % 20_000)).await;
+                    }
+                    let cost = 1 + state % 2_000;
+                    gate.admit(cost).await;
+                    admitted
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push((Instant::now(), cost));
+                }
+            }));
+        }
+        for caller in callers {
+            assert!(caller.await.is_ok());
+        }
+        let mut admitted = admitted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        admitted.sort_by_key(|(at, _)| *at);
+        assert_eq!(admitted.len(), 240);
+        let most = max_in_window(&requests_of(&admitted), MINUTE);
+        assert!(most <= 120, "{most} requests within a minute");
+        let most = max_in_window(&admitted, MINUTE);
+        assert!(most <= 20_000, "{most} tokens within a minute");
     }
 
     #[test]

@@ -114,16 +114,19 @@ impl RetryPolicy {
 
     /// Decides after a failed attempt: gives up when the failure is not worth retrying, the
     /// retries are spent, or the server asks for a wait longer than the cap; otherwise
-    /// waits as the server asked, or as the backoff says.
+    /// waits as the server asked, or as the backoff says (also when the server asks for no
+    /// wait at all).
     pub(crate) fn decide(&mut self, error: &LlmError, should_retry: Option<bool>) -> Decision {
         if self.remaining == 0 || !is_worth_retrying(error, should_retry) {
             return Decision::GiveUp;
         }
         let wait = match error.retry_after() {
             Some(hint) if hint > self.max_retry_after => return Decision::GiveUp,
-            Some(hint) => hint,
+            // A zero hint (`Retry-After: 0`, a date already past) would fire every retry at
+            // once: back off instead.
+            Some(hint) if !hint.is_zero() => hint,
             // Never `None`: the schedule has no elapsed-time limit.
-            None => self
+            _ => self
                 .schedule
                 .next_backoff()
                 .unwrap_or(self.schedule.max_interval),
@@ -285,5 +288,20 @@ mod tests {
 
         let mut none = RetryPolicy::new(0, ms(1), ms(1), ms(1));
         assert_eq!(none.decide(&server, None), Decision::GiveUp);
+    }
+
+    #[test]
+    fn a_zero_hint_backs_off_instead_of_retrying_at_once() {
+        // `Retry-After: 0` (or a date already past) is no reason to fire every retry at an
+        // overloaded server in the same instant: the backoff applies.
+        let ms = Duration::from_millis;
+        let mut policy = RetryPolicy::new(3, ms(100), ms(400), Duration::from_secs(60));
+        let now = status(429, None, Some(Duration::ZERO));
+        let mut waits = Vec::new();
+        while let Decision::RetryAfter(wait) = policy.decide(&now, None) {
+            waits.push(wait);
+        }
+        assert_eq!(waits.len(), 3);
+        assert!(waits.iter().all(|wait| *wait >= ms(75)), "{waits:?}");
     }
 }

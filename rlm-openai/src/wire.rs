@@ -56,14 +56,15 @@ impl Serialize for ChatBody<'_> {
 }
 
 /// A chat completion as OpenAI-compatible servers send it. Unknown fields are ignored and
-/// nearly everything may be missing or `null`.
+/// nearly everything may be missing or `null`; metadata of an unexpected type is ignored
+/// too (it must never cost the answer).
 #[derive(Deserialize)]
 struct WireCompletion {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     model: Option<String>,
     #[serde(default)]
     choices: Option<Vec<WireChoice>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     usage: Option<WireUsage>,
     #[serde(default)]
     error: Option<Value>,
@@ -74,9 +75,9 @@ struct WireChoice {
     #[serde(default)]
     message: Option<WireMessage>,
     /// Legacy completions and some proxies put the text here.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     text: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     finish_reason: Option<String>,
 }
 
@@ -88,50 +89,58 @@ struct WireMessage {
 
 #[derive(Deserialize)]
 struct WireUsage {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     prompt_tokens: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     completion_tokens: Option<u64>,
 }
 
-/// `content` as a string, `null` (empty), or an array of parts whose `text` fields are
-/// joined (parts of other types, such as images or refusals, are skipped).
+/// A field read as `T` when it is one, and as missing when it is anything else.
+fn lenient<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    Ok(T::deserialize(Value::deserialize(deserializer)?).ok())
+}
+
+/// `content` as a string, `null` (empty), or an array of parts whose text is joined: text
+/// parts (`{"type": "text", "text": ...}`, also without a `type` or with the Assistants'
+/// `{"value": ...}`) and bare strings. Parts of other types, such as images or refusals,
+/// are skipped; an odd part never costs the others.
 fn content<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Content {
-        Text(String),
-        Parts(Vec<Part>),
-        Other(serde::de::IgnoredAny),
-    }
-    #[derive(Deserialize)]
-    struct Part {
-        #[serde(default, rename = "type")]
-        kind: Option<String>,
-        #[serde(default)]
-        text: Option<Value>,
-    }
-    Ok(match Option::<Content>::deserialize(deserializer)? {
-        Some(Content::Text(text)) => text,
-        Some(Content::Parts(parts)) => parts
-            .into_iter()
-            .filter(|p| matches!(p.kind.as_deref(), None | Some("text" | "output_text")))
-            .filter_map(|p| match p.text {
-                Some(Value::String(text)) => Some(text),
-                // {"type": "text", "text": {"value": "..."}} (the Assistants shape).
-                Some(Value::Object(mut o)) => match o.remove("value") {
-                    Some(Value::String(text)) => Some(text),
-                    _ => None,
-                },
+    /// The text of one part, if it is a text part.
+    fn part_text(part: Value) -> Option<String> {
+        let mut part = match part {
+            Value::String(text) => return Some(text),
+            Value::Object(part) => part,
+            _ => return None,
+        };
+        if let Some(Value::String(kind)) = part.get("type") {
+            if !matches!(kind.as_str(), "text" | "output_text") {
+                return None;
+            }
+        }
+        match part.remove("text")? {
+            Value::String(text) => Some(text),
+            // {"type": "text", "text": {"value": "..."}} (the Assistants shape).
+            Value::Object(mut text) => match text.remove("value")? {
+                Value::String(text) => Some(text),
                 _ => None,
-            })
-            .collect(),
-        Some(Content::Other(_)) | None => String::new(),
+            },
+            _ => None,
+        }
+    }
+    Ok(match Value::deserialize(deserializer)? {
+        Value::String(text) => text,
+        Value::Array(parts) => parts.into_iter().filter_map(part_text).collect(),
+        _ => String::new(),
     })
 }
 
 /// Parses a successful (2xx) reply. `fallback_model` names the model when the reply does
-/// not; `redact` scrubs the API key from any text quoted in an error.
+/// not; `redact` scrubs the API key from any text quoted in an error, and from the reply's
+/// model name and finish reason (which end up in traces and usage reports).
 pub(crate) fn parse_completion(
     body: &[u8],
     status: u16,
@@ -188,8 +197,10 @@ pub(crate) fn parse_completion(
         model: wire
             .model
             .filter(|m| !m.is_empty())
-            .unwrap_or_else(|| fallback_model.to_owned()),
-        finish_reason: choice.finish_reason.as_deref().map(FinishReason::from),
+            .map_or_else(|| fallback_model.to_owned(), |m| redact(&m)),
+        finish_reason: choice
+            .finish_reason
+            .map(|reason| FinishReason::from(redact(&reason).as_str())),
         usage,
     })
 }
@@ -388,6 +399,33 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.text, "legacy");
         assert_eq!(c.finish_reason, Some(FinishReason::Length));
+    }
+
+    #[test]
+    fn odd_metadata_never_costs_the_answer() {
+        // Metadata of an unexpected type is ignored, as if it were missing.
+        let c = parse(json!({
+            "model": 7,
+            "choices": [{"message": {"content": "kept"}, "finish_reason": 3, "text": false}],
+            "usage": {"prompt_tokens": 1.5, "completion_tokens": -2}
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((c.text.as_str(), c.model.as_str()), ("kept", "asked"));
+        assert_eq!(c.finish_reason, None);
+        assert_eq!(c.usage, Usage::default());
+        let c = parse(json!({"choices": [{"message": {"content": "kept"}}], "usage": "n/a"}))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.text, "kept");
+        // One odd part (a bare string, a numeric type) must not cost the other parts.
+        let c = parse(json!({"choices": [{"message": {"content": [
+            {"type": "text", "text": "a"},
+            "b",
+            {"type": 5, "text": "c"},
+            {"type": "refusal", "refusal": "no"},
+            7
+        ]}}]}))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.text, "abc");
     }
 
     #[test]

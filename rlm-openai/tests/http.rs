@@ -418,6 +418,23 @@ async fn the_key_never_leaks_into_errors_or_debug() {
 }
 
 #[tokio::test]
+async fn the_key_never_leaks_into_a_completions_model_name() {
+    // The model name of a reply goes to traces and usage reports; a server echoing the
+    // Authorization header there must not put the key in them.
+    let server = server(|request| {
+        let auth = request.header("authorization").unwrap_or_default();
+        Reply::json(
+            200,
+            &json!({"model": auth, "choices": [{"message": {"content": "ok"}}]}),
+        )
+    })
+    .await;
+    let completion = unwrap_ok(backend(config(&server)).complete(prompt("x")).await);
+    assert_eq!(completion.text, "ok");
+    assert!(!completion.model.contains(KEY), "{}", completion.model);
+}
+
+#[tokio::test]
 async fn connection_refused_is_a_connection_error() {
     // Bind and drop a listener to find a port nobody listens on.
     let port = {
@@ -660,4 +677,100 @@ async fn plain_http_follows_http_redirects_but_refuses_https_ones() {
     );
     assert!(!error.to_string().contains(KEY));
     assert_eq!(to_https.request_count(), 1, "not retried");
+}
+
+#[tokio::test]
+async fn an_oversized_reply_is_refused_not_buffered() {
+    // 40 MB of reply text: beyond the default cap on a reply's size.
+    let huge = "x".repeat(40 << 20);
+    let server = server(move |request| Reply::completion_for(request, huge.as_str())).await;
+    let result = backend(config(&server)).complete(prompt("x")).await;
+    // (Only the length: a failure message must not print 40 MB.)
+    let error = match result.map(|c| c.text.len()) {
+        Ok(len) => panic!("a reply of {len} bytes was accepted"),
+        Err(e) => e,
+    };
+    assert_eq!(error.kind(), "invalid_response", "{error}");
+    assert!(error.to_string().contains("larger than"), "{error}");
+    assert_eq!(server.request_count(), 1, "not retried");
+}
+
+/// A hostile server on 127.0.0.1 that answers every connection with `status` and a body
+/// that never ends (no length, no chunking: it just keeps writing until the client leaves).
+async fn endless_server(status: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("cannot bind: {e}"));
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = socket.read(&mut request).await;
+                let head = format!(
+                    "HTTP/1.1 {status} Whatever\r\ncontent-type: application/json\r\n\
+                     connection: close\r\n\r\n{{\"choices\": [{{\"message\": {{\"content\": \""
+                );
+                if socket.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = vec![b'x'; 64 * 1024];
+                while socket.write_all(&chunk).await.is_ok() {}
+            });
+        }
+    });
+    format!("http://127.0.0.1:{port}/v1")
+}
+
+#[tokio::test]
+async fn an_endless_reply_stops_at_the_configured_cap() {
+    let base_url = endless_server(200).await;
+    let client = backend(
+        OpenAiConfig::new()
+            .with_base_url(&base_url)
+            .with_max_response_bytes(256 * 1024),
+    );
+    let error = unwrap_err(client.complete(prompt("x")).await);
+    assert_eq!(error.kind(), "invalid_response", "{error}");
+    assert!(error.to_string().contains("262144"), "{error}");
+
+    // An error reply is read up to the cap and still classified by its status (a 503 is
+    // retried, then reported as a server error).
+    let base_url = endless_server(503).await;
+    let client = backend(
+        OpenAiConfig::new()
+            .with_base_url(&base_url)
+            .with_max_response_bytes(256 * 1024)
+            .with_max_retries(1)
+            .with_retry_backoff(Duration::from_millis(1), Duration::from_millis(1)),
+    );
+    let error = unwrap_err(client.complete(prompt("x")).await);
+    assert_eq!(
+        (error.kind(), error.status()),
+        ("server", Some(503)),
+        "{error}"
+    );
+    assert!(error.to_string().len() < 1_000, "{error}");
+}
+
+#[tokio::test]
+async fn placeholder_keys_of_local_servers_do_not_garble_messages() {
+    // vLLM and Ollama are often given a dummy key such as "EMPTY": it is no secret, and
+    // redacting it would mangle every message that happens to contain the word.
+    let server = server(|_: &ServerRequest| {
+        Reply::error(
+            400,
+            "invalid_request_error",
+            "bad",
+            "EMPTY prompt is not allowed",
+        )
+    })
+    .await;
+    let backend = backend(config(&server).with_api_key("EMPTY"));
+    let error = unwrap_err(backend.complete(prompt("x")).await);
+    assert!(
+        error.to_string().contains("EMPTY prompt is not allowed"),
+        "{error}"
+    );
 }
