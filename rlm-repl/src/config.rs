@@ -5,7 +5,9 @@ use std::time::Duration;
 use rlm_core::DEFAULT_MAX_CONCURRENT;
 
 /// Limits that stop runaway code. Each applies to one code block; a block that hits one
-/// fails with an error the root model sees, and the run goes on.
+/// fails with an error the root model sees, and the run goes on. A limit of 0 means no limit
+/// (as in Rhai). The native helpers (`chunk`, `grep`, `join`, ...) check the size limits while
+/// they build their results, not only after.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxLimits {
     /// Rhai operations per block.

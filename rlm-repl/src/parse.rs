@@ -37,15 +37,19 @@ struct Fence {
 pub(crate) fn parse_reply(reply: &str) -> ParsedReply {
     let mut parsed = ParsedReply::default();
     let mut fences: Vec<Fence> = Vec::new();
-    let mut open: Option<(String, Vec<&str>)> = None;
+    // The open fence: its language, its length in backticks, and its lines so far.
+    let mut open: Option<(String, usize, Vec<&str>)> = None;
     let lines: Vec<&str> = reply.lines().collect();
     let mut i = 0;
     while i < lines.len() {
         let line = lines[i];
         let trimmed = line.trim();
+        let ticks = trimmed.len() - trimmed.trim_start_matches('`').len();
         match &mut open {
-            Some((lang, body)) => {
-                if trimmed.starts_with("```") && trimmed.trim_start_matches('`').trim().is_empty() {
+            Some((lang, length, body)) => {
+                // As in Markdown, only a bare fence at least as long as the opening one
+                // closes it: a ````repl block may hold ``` lines.
+                if ticks >= *length && trimmed.trim_start_matches('`').trim().is_empty() {
                     fences.push(Fence {
                         lang: std::mem::take(lang),
                         code: body.join("\n"),
@@ -63,7 +67,7 @@ pub(crate) fn parse_reply(reply: &str) -> ParsedReply {
                         .next()
                         .unwrap_or("")
                         .to_ascii_lowercase();
-                    open = Some((lang, Vec::new()));
+                    open = Some((lang, ticks, Vec::new()));
                 } else if parsed.final_marker.is_none() {
                     parsed.final_marker = final_marker(line, &lines[i + 1..]);
                 }
@@ -93,7 +97,8 @@ fn is_rhai(lang: &str) -> bool {
 fn final_marker(line: &str, following: &[&str]) -> Option<FinalMarker> {
     let text = line.trim_start_matches(|c: char| c.is_whitespace() || "*>#-`_".contains(c));
     if let Some(rest) = text.strip_prefix("FINAL_VAR(") {
-        let name = rest.rfind(')').map_or(rest, |end| &rest[..end]);
+        // A name has no `)`: anything after the first one is prose.
+        let name = rest.find(')').map_or(rest, |end| &rest[..end]);
         let name = unquote(name.trim());
         return (!name.is_empty()).then(|| FinalMarker::Var(name.to_owned()));
     }
@@ -176,6 +181,34 @@ mod tests {
             parse_reply("FINAL(\"quoted\")").final_marker,
             Some(FinalMarker::Value("quoted".into()))
         );
+    }
+
+    #[test]
+    fn a_longer_fence_holds_shorter_ones() {
+        // A prompt with a fenced example inside a backtick string: the model fences its code
+        // with four backticks, as Markdown allows, and the inner ``` lines are code.
+        let reply = "````repl\nlet p = `Reply like this:\n```json\n{}\n```\n`;\nprint(p);\n````\nFINAL(done)";
+        let parsed = parse_reply(reply);
+        assert_eq!(
+            parsed.blocks,
+            ["let p = `Reply like this:\n```json\n{}\n```\n`;\nprint(p);"]
+        );
+        assert!(!parsed.unterminated);
+        assert_eq!(parsed.final_marker, Some(FinalMarker::Value("done".into())));
+        // A fence closes only with at least as many backticks as it opened with.
+        let parsed = parse_reply("````repl\nprint(1);\n```\n");
+        assert!(parsed.unterminated);
+        let parsed = parse_reply("```repl\nprint(1);\n`````\nFINAL(x)");
+        assert_eq!(parsed.blocks, ["print(1);"]);
+        assert_eq!(parsed.final_marker, Some(FinalMarker::Value("x".into())));
+    }
+
+    #[test]
+    fn final_var_takes_the_name_up_to_its_parenthesis() {
+        let parsed = parse_reply("FINAL_VAR(answer) (computed above)");
+        assert_eq!(parsed.final_marker, Some(FinalMarker::Var("answer".into())));
+        let parsed = parse_reply("FINAL_VAR(\"answer\").");
+        assert_eq!(parsed.final_marker, Some(FinalMarker::Var("answer".into())));
     }
 
     #[test]

@@ -167,9 +167,31 @@ pub(crate) async fn run(rlm: &Rlm, query: String, context: Context) -> Result<Ru
         run.turn.store(turn, std::sync::atomic::Ordering::SeqCst);
         emitter.emit_with(|| Event::TurnStart { turn });
         if let Ok(Some((reply, root_latency))) = ask_root(rlm, &root, &messages, turn, &run).await {
-            let given = match parse_reply(&reply.text).final_marker {
-                Some(FinalMarker::Value(value)) => Some(value),
-                Some(FinalMarker::Var(name)) => repl.final_var(&name).ok(),
+            let parsed = parse_reply(&reply.text);
+            let mut blocks = Vec::new();
+            let mut sub_calls = Vec::new();
+            let given = match &parsed.final_marker {
+                Some(FinalMarker::Value(value)) => Some(value.clone()),
+                Some(FinalMarker::Var(name)) => repl.final_var(name).ok(),
+                // Out of habit, the model may give its answer as code (FINAL(x) in a ```repl
+                // block): run the blocks that do, rather than take the code as the answer.
+                None if parsed.blocks.iter().any(|code| code.contains("FINAL")) => {
+                    let finishing = ParsedReply {
+                        blocks: parsed
+                            .blocks
+                            .iter()
+                            .filter(|code| code.contains("FINAL"))
+                            .cloned()
+                            .collect(),
+                        ..ParsedReply::default()
+                    };
+                    let work = run_blocks(repl, finishing, turn, Arc::clone(&run))
+                        .await
+                        .map_err(internal)?;
+                    blocks = work.blocks;
+                    sub_calls = work.sub_calls;
+                    work.answer
+                }
                 None => None,
             };
             answer = Some(given.unwrap_or_else(|| reply.text.trim().to_owned()));
@@ -178,8 +200,8 @@ pub(crate) async fn run(rlm: &Rlm, query: String, context: Context) -> Result<Ru
                 reply: reply.text,
                 usage: reply.usage,
                 root_latency,
-                blocks: Vec::new(),
-                sub_calls: Vec::new(),
+                blocks,
+                sub_calls,
             };
             emitter.emit_with(|| Event::TurnEnd {
                 turn: record.clone(),

@@ -352,3 +352,109 @@ fn final_in_code_ends_the_block() {
     assert!(outcome.error.unwrap_or_default().contains("()"));
     assert_eq!(repl.final_var("answer"), Ok("from var".to_owned()));
 }
+
+/// Runs `f` on a thread with the stack of a tokio blocking thread (2 MiB), as `Rlm` does.
+fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(f)
+        .expect("a thread starts")
+        .join()
+        .expect("the thread did not panic")
+}
+
+#[test]
+fn deeply_nested_data_never_overflows_the_stack() {
+    // Each round wraps `a` in 15 more arrays (about the deepest literal the parser takes);
+    // 300 rounds make it 4,500 levels deep. Printing it, showing it as the block's value,
+    // failing on it and dropping it all recurse once per level.
+    let wrap = format!("{}a{}", "[".repeat(15), "]".repeat(15));
+    let grow = format!("let a = []; for i in 0..300 {{ a = {wrap}; }}");
+    let outcome = on_small_stack(move || {
+        let mut repl = repl("x");
+        let shown = repl.execute(&format!("{grow} a"));
+        let thrown = repl.execute(&format!("{grow} throw a;"));
+        let kept = repl.execute(&format!("{grow} let b = 1;"));
+        let after = repl.execute("print(b); print(type_of(a));");
+        drop(repl);
+        (shown, thrown, kept, after)
+    });
+    let (shown, thrown, kept, after) = outcome;
+    assert!(shown.output.starts_with("=> [[[[[["), "{}", shown.output);
+    assert!(thrown.error.is_some_and(|e| e.contains("[[[[[[")));
+    // Between blocks no variable keeps data nested that deep: the scope cannot grow it
+    // further block by block, and what is kept is safe to show and drop anywhere.
+    assert!(
+        kept.output.contains("`a` was nested more than"),
+        "{}",
+        kept.output
+    );
+    assert!(after.output.starts_with("1\n"), "{}", after.output);
+    assert!(
+        after
+            .error
+            .is_some_and(|e| e.contains("Variable not found: a")),
+        "{}",
+        after.output
+    );
+}
+
+#[test]
+fn a_long_error_is_truncated_like_output() {
+    let mut repl = Repl::builder(Context::from("x"))
+        .max_output_chars(1000)
+        .build();
+    let outcome = repl.execute("let s = \"ab\"; for i in 0..15 { s += s; } throw s;");
+    let error = outcome.error.unwrap_or_default();
+    assert!(error.len() < 1500, "{} bytes", error.len());
+    assert!(error.starts_with("Error at line 1"), "{error}");
+    // Head and tail kept, and the true length stated.
+    assert!(error.contains("abababab"), "{error}");
+    let total: usize = error
+        .split(" characters omitted")
+        .next()
+        .and_then(|head| head.rsplit(" of ").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_default();
+    assert!(total > 65_536, "{error}");
+    assert!(outcome.output.len() < 1500);
+}
+
+#[test]
+fn redeclared_variables_are_listed_once_and_old_values_freed() {
+    let mut repl = repl("x");
+    repl.execute("let chunks = [1, 2]; let n = 1;");
+    repl.execute("let chunks = [3]; let n = 2; let n = 3;");
+    let vars = repl.show_vars();
+    assert_eq!(vars.matches("chunks:").count(), 1, "{vars}");
+    assert_eq!(vars.matches("n:").count(), 1, "{vars}");
+    assert!(vars.contains("chunks: array, 1 items"), "{vars}");
+    assert!(vars.contains("n: i64 = 3"), "{vars}");
+    assert_eq!(repl.execute("print(n); print(chunks)").output, "3\n[3]\n");
+    // The read-only context stays, even when a script shadows it.
+    repl.execute("let context = \"mine\";");
+    assert_eq!(repl.execute("context").output, "=> mine\n");
+}
+
+#[test]
+fn the_time_limit_stops_a_loop_of_slow_native_calls_promptly() {
+    // Each regex_count scans 32 MB, far longer than the 1 ms limit: the block must stop at
+    // the first operation after the limit, not run on for dozens of calls.
+    let limits = SandboxLimits {
+        block_timeout: Duration::from_millis(1),
+        ..SandboxLimits::default()
+    };
+    let text = "abcdefgh ".repeat((32 << 20) / 9);
+    let mut repl = Repl::builder(Context::from(text)).limits(limits).build();
+    let outcome = repl.execute(
+        "let calls = 0; loop { regex_count(context, \"(?i)x[a-z]+y\"); calls += 1; print(calls); }",
+    );
+    let error = outcome.error.unwrap_or_default();
+    assert!(error.contains("script time"), "{error}");
+    let calls = outcome
+        .output
+        .lines()
+        .take_while(|l| !l.starts_with("Error"))
+        .count();
+    assert!(calls <= 2, "{calls} slow calls ran after the limit");
+}

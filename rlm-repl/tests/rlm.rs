@@ -215,6 +215,31 @@ async fn max_iterations_asks_for_the_best_answer_once() {
 }
 
 #[tokio::test]
+async fn a_final_answer_written_as_code_counts_when_the_turns_run_out() {
+    // Asked for its best answer, the model writes FINAL in a code block out of habit.
+    let root = MockBackend::from_fn(|request| {
+        let last = request.last_user_message().unwrap_or_default();
+        Ok(if last.contains("No more code will run") {
+            format!("Here it is.\n{}", fence("FINAL_VAR(\"best\")"))
+        } else {
+            fence("let best = \"forty-two\";")
+        })
+    });
+    let rlm = builder(&root, &MockBackend::echo())
+        .max_iterations(1)
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let result = rlm
+        .run("q", Context::from("x"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(result.stopped, StopReason::MaxIterations);
+    assert_eq!(result.answer, "forty-two");
+    assert_eq!(result.iterations, 2);
+    assert_eq!(result.trajectory[1].blocks.len(), 1);
+}
+
+#[tokio::test]
 async fn the_sub_call_budget_stops_the_run_after_the_block() {
     let root = MockBackend::scripted([
         fence("let a = llm_batch([\"1\", \"2\", \"3\", \"4\", \"5\"]);\nprint(a);"),
@@ -335,6 +360,47 @@ async fn cancellation_stops_sub_calls_and_running_code() {
 }
 
 #[tokio::test]
+async fn sub_calls_after_a_cancel_are_neither_counted_nor_reported() {
+    let cancel = CancellationToken::new();
+    let trigger = cancel.clone();
+    let root = MockBackend::scripted([fence(
+        "let a = llm_query(\"1\"); let b = llm_query(\"2\"); let c = llm_batch([\"3\", \"4\"]); \
+         print(b);",
+    )]);
+    let sub = MockBackend::echo().with_latency(Duration::from_secs(3600));
+    let events = Arc::new(Events::default());
+    let rlm = builder(&root, &sub)
+        .cancel_token(cancel)
+        .observer(events.clone())
+        .observer(Arc::new(move |event: &Event| {
+            if matches!(event, Event::SubCallStart { .. }) {
+                trigger.cancel();
+            }
+        }))
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let result = rlm
+        .run("q", Context::from("x"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(result.stopped, StopReason::Cancelled);
+    // Only the first call was sent; the script went on for a few operations, but what it
+    // asked for after the cancel never left.
+    assert_eq!(result.sub_calls, 1);
+    let starts = events
+        .all()
+        .iter()
+        .filter(|e| matches!(e, Event::SubCallStart { .. }))
+        .count();
+    assert_eq!(starts, 1);
+    assert!(
+        result.trajectory[0].blocks[0]
+            .output
+            .contains("Error: cancelled")
+    );
+}
+
+#[tokio::test]
 async fn malformed_replies_get_a_nudge_and_the_loop_goes_on() {
     let root = MockBackend::scripted([
         "".to_owned(),
@@ -444,6 +510,86 @@ async fn events_arrive_in_order_and_serialize_as_trace_lines() {
         })
         .collect();
     assert_eq!(ids, [1, 2, 3]);
+}
+
+/// A batch executor that reports its items from many threads at once, as a custom executor
+/// may: every item fails, all finishing together.
+struct ThreadedFailures;
+
+#[async_trait::async_trait]
+impl rlm_core::LlmBackend for ThreadedFailures {
+    async fn complete(
+        &self,
+        _: rlm_core::CompletionRequest,
+    ) -> Result<rlm_core::Completion, LlmError> {
+        Err(LlmError::other("down"))
+    }
+}
+
+#[async_trait::async_trait]
+impl rlm_core::BatchExecutor for ThreadedFailures {
+    async fn complete_batch(
+        &self,
+        requests: Vec<rlm_core::CompletionRequest>,
+        options: &rlm_core::BatchOptions,
+    ) -> Vec<rlm_core::BatchResult> {
+        let observer = options.observer.clone();
+        let gate = std::sync::Barrier::new(requests.len());
+        std::thread::scope(|scope| {
+            for (index, request) in requests.iter().enumerate() {
+                let (observer, gate) = (observer.clone(), &gate);
+                scope.spawn(move || {
+                    if let Some(observer) = &observer {
+                        observer.started(index, request);
+                        gate.wait();
+                        observer.finished(index, &Err(LlmError::other("down")), Duration::ZERO);
+                    }
+                });
+            }
+        });
+        requests
+            .iter()
+            .map(|_| Err(LlmError::other("down")))
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn batch_progress_counts_up_even_when_items_finish_on_many_threads() {
+    let root = MockBackend::scripted([
+        fence("for i in 0..10 { llm_batch(range(32).map(|i| `p${i}`)); }"),
+        "FINAL(done)".to_owned(),
+    ]);
+    let events = Arc::new(Events::default());
+    let rlm = rlm_repl::Rlm::builder(Arc::new(root))
+        .root_model("root")
+        .sub_backend(Arc::new(ThreadedFailures))
+        .observer(events.clone())
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let result = rlm
+        .run("q", Context::from("x"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(result.sub_calls, 320);
+    let mut seen: std::collections::HashMap<u64, Vec<(usize, usize)>> = Default::default();
+    for event in events.all() {
+        if let Event::BatchProgress {
+            batch,
+            done,
+            failed,
+            ..
+        } = event
+        {
+            seen.entry(batch).or_default().push((done, failed));
+        }
+    }
+    assert_eq!(seen.len(), 10);
+    for (batch, progress) in seen {
+        // In the order observers see them: one more done each time, and all of them failed.
+        let expected: Vec<(usize, usize)> = (1..=32).map(|n| (n, n)).collect();
+        assert_eq!(progress, expected, "batch {batch}");
+    }
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use regex::{Regex, RegexBuilder};
 use rhai::{Array, Dynamic, Engine, EvalAltResult, FuncRegistration, INT, ImmutableString, Map};
 
+use crate::SandboxLimits;
 use crate::state::lock;
 
 type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
@@ -18,6 +19,76 @@ pub(crate) fn script_error(message: impl Into<String>) -> Box<EvalAltResult> {
         Dynamic::from(message.into()),
         rhai::Position::NONE,
     ))
+}
+
+/// How large a helper's result may grow: the sandbox's limits, counted as Rhai counts them
+/// (array items, map entries and string bytes anywhere inside the result; 0: no limit).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ResultLimits {
+    items: usize,
+    entries: usize,
+    bytes: usize,
+}
+
+impl ResultLimits {
+    pub(crate) fn new(limits: &SandboxLimits) -> Self {
+        let max = |limit: usize| if limit == 0 { usize::MAX } else { limit };
+        Self {
+            items: max(limits.max_array_size),
+            entries: max(limits.max_map_size),
+            bytes: max(limits.max_string_size),
+        }
+    }
+
+    fn tally(self, function: &'static str) -> Tally {
+        Tally {
+            limits: self,
+            function,
+            items: 0,
+            entries: 0,
+            bytes: 0,
+        }
+    }
+}
+
+/// The size of a result being built, checked before each piece is added. Rhai checks a value
+/// only once it exists: for `chunk(text, 1)` on a large text, or `join` with a long separator,
+/// that is after gigabytes were allocated.
+#[derive(Clone, Copy)]
+struct Tally {
+    limits: ResultLimits,
+    function: &'static str,
+    items: usize,
+    entries: usize,
+    bytes: usize,
+}
+
+impl Tally {
+    /// Counts `items` more array items, `entries` more map entries and `bytes` more string
+    /// bytes; an error if the result would exceed a limit.
+    fn add(&mut self, items: usize, entries: usize, bytes: usize) -> RhaiResult<()> {
+        self.items = self.items.saturating_add(items);
+        self.entries = self.entries.saturating_add(entries);
+        self.bytes = self.bytes.saturating_add(bytes);
+        let what = if self.items > self.limits.items {
+            "Size of array"
+        } else if self.entries > self.limits.entries {
+            "Size of object map"
+        } else if self.bytes > self.limits.bytes {
+            "Length of string"
+        } else {
+            return Ok(());
+        };
+        Err(Box::new(EvalAltResult::ErrorDataTooLarge(
+            format!("{what} from {}", self.function),
+            rhai::Position::NONE,
+        )))
+    }
+
+    /// Room for the first items of an array (never more than the limit allows).
+    fn capacity(&self, estimate: usize) -> usize {
+        estimate.min(self.limits.items).min(1 << 16)
+    }
 }
 
 /// Compiled regexes by pattern, so a pattern used in a loop compiles once.
@@ -144,7 +215,12 @@ fn advance(text: &str, from: usize, n: usize, ascii: bool) -> usize {
 
 /// Splits `text` into pieces of `size` characters, each starting `size - overlap` characters
 /// after the previous one. Never splits a character.
-pub(crate) fn chunk_text(text: &str, size: INT, overlap: INT) -> RhaiResult<Array> {
+pub(crate) fn chunk_text(
+    text: &str,
+    size: INT,
+    overlap: INT,
+    limits: ResultLimits,
+) -> RhaiResult<Array> {
     let size = positive("chunk", "size", size)?;
     if overlap < 0 || overlap as u64 >= size as u64 {
         return Err(script_error(format!(
@@ -153,10 +229,12 @@ pub(crate) fn chunk_text(text: &str, size: INT, overlap: INT) -> RhaiResult<Arra
     }
     let step = size - overlap as usize;
     let ascii = text.is_ascii();
-    let mut chunks = Array::with_capacity(text.len() / size.max(1) + 1);
+    let mut tally = limits.tally("chunk");
+    let mut chunks = Array::with_capacity(tally.capacity(text.len() / step + 1));
     let mut start = 0;
     while start < text.len() {
         let end = advance(text, start, size, ascii);
+        tally.add(1, 0, end - start)?;
         chunks.push(Dynamic::from(ImmutableString::from(&text[start..end])));
         if end >= text.len() {
             break;
@@ -176,57 +254,124 @@ fn chunk_array(items: Array, n: INT) -> RhaiResult<Array> {
 }
 
 /// Pieces of `n` lines each (line breaks kept).
-pub(crate) fn chunk_lines(text: &str, n: INT) -> RhaiResult<Array> {
+pub(crate) fn chunk_lines(text: &str, n: INT, limits: ResultLimits) -> RhaiResult<Array> {
     let n = positive("chunk_lines", "lines per chunk", n)?;
+    let mut tally = limits.tally("chunk_lines");
     let mut chunks = Array::new();
     let mut start = 0;
     let mut lines = 0;
     for (i, _) in text.match_indices('\n') {
         lines += 1;
         if lines == n {
+            tally.add(1, 0, i + 1 - start)?;
             chunks.push(Dynamic::from(ImmutableString::from(&text[start..=i])));
             start = i + 1;
             lines = 0;
         }
     }
     if start < text.len() {
+        tally.add(1, 0, text.len() - start)?;
         chunks.push(Dynamic::from(ImmutableString::from(&text[start..])));
     }
     Ok(chunks)
 }
 
-fn lines(text: &str) -> Array {
-    text.lines()
-        .map(|line| Dynamic::from(ImmutableString::from(line)))
-        .collect()
+/// The pieces as an array of strings, within the limits.
+fn string_array<'a>(pieces: impl Iterator<Item = &'a str>, mut tally: Tally) -> RhaiResult<Array> {
+    let mut array = Array::new();
+    for piece in pieces {
+        tally.add(1, 0, piece.len())?;
+        array.push(Dynamic::from(ImmutableString::from(piece)));
+    }
+    Ok(array)
 }
 
-fn regex_find_all(cache: &RegexCache, text: &str, pattern: &str) -> RhaiResult<Array> {
+fn regex_find_all(
+    cache: &RegexCache,
+    text: &str,
+    pattern: &str,
+    limits: ResultLimits,
+) -> RhaiResult<Array> {
     let regex = cache.get("regex_find_all", pattern)?;
     let groups = regex.captures_len();
-    let text_of = |m: Option<regex::Match<'_>>| {
-        Dynamic::from(ImmutableString::from(m.map_or("", |m| m.as_str())))
-    };
-    Ok(match groups {
-        1 => regex.find_iter(text).map(|m| text_of(Some(m))).collect(),
+    let mut tally = limits.tally("regex_find_all");
+    let mut found = Array::new();
+    if groups == 1 {
+        return string_array(regex.find_iter(text).map(|m| m.as_str()), tally);
+    }
+    for caps in regex.captures_iter(text) {
         // Like Python's re.findall: one group gives the group, several give all groups.
-        2 => regex
-            .captures_iter(text)
-            .map(|caps| text_of(caps.get(1)))
-            .collect(),
-        _ => regex
-            .captures_iter(text)
-            .map(|caps| Dynamic::from_array((1..groups).map(|g| text_of(caps.get(g))).collect()))
-            .collect(),
-    })
+        if groups == 2 {
+            let group = caps.get(1).map_or("", |m| m.as_str());
+            tally.add(1, 0, group.len())?;
+            found.push(Dynamic::from(ImmutableString::from(group)));
+        } else {
+            let all: Vec<&str> = (1..groups)
+                .map(|g| caps.get(g).map_or("", |m| m.as_str()))
+                .collect();
+            tally.add(all.len() + 1, 0, all.iter().map(|g| g.len()).sum())?;
+            found.push(Dynamic::from_array(
+                all.into_iter()
+                    .map(|g| Dynamic::from(ImmutableString::from(g)))
+                    .collect(),
+            ));
+        }
+    }
+    Ok(found)
 }
 
-fn grep(cache: &RegexCache, text: &str, pattern: &str, around: INT) -> RhaiResult<Array> {
+/// `regex.replace_all(text, with)`, failing before the result outgrows the limits.
+fn regex_replace(
+    cache: &RegexCache,
+    text: &str,
+    pattern: &str,
+    with: &str,
+    limits: ResultLimits,
+) -> RhaiResult<String> {
+    let regex = cache.get("regex_replace", pattern)?;
+    let mut tally = limits.tally("regex_replace");
+    // `$1`, `${name}`, ... expand to parts of the match, so one replacement is at most this
+    // long; without `$` it is `with` itself.
+    let references = with.matches('$').count();
+    let mut out = String::new();
+    let mut last = 0;
+    for caps in regex.captures_iter(text) {
+        let Some(m) = caps.get(0) else { continue };
+        let gap = m.start() - last;
+        let most = with
+            .len()
+            .saturating_add(references.saturating_mul(m.len()));
+        let mut trial = tally;
+        trial.add(0, 0, gap.saturating_add(most))?;
+        let before = out.len();
+        out.push_str(&text[last..m.start()]);
+        if references == 0 {
+            out.push_str(with);
+        } else {
+            caps.expand(with, &mut out);
+        }
+        // Count what was added, not the bound.
+        tally.add(0, 0, out.len() - before)?;
+        last = m.end();
+    }
+    tally.add(0, 0, text.len() - last)?;
+    out.push_str(&text[last..]);
+    Ok(out)
+}
+
+fn grep(
+    cache: &RegexCache,
+    text: &str,
+    pattern: &str,
+    around: INT,
+    limits: ResultLimits,
+) -> RhaiResult<Array> {
     // One pass of the regex over the whole text (multi-line mode, so ^ and $ match at line
     // boundaries), then the lines of the matches: far faster than testing every line when
     // matches are rare.
     let regex = cache.get("grep", &format!("(?m){pattern}"))?;
-    let around = usize::try_from(around.max(0)).unwrap_or(0);
+    let around = usize::try_from(around.max(0)).unwrap_or(usize::MAX);
+    let mut tally = limits.tally("grep");
     let mut found = Array::new();
     // Line number (from 0) and start of the line the scan has reached.
     let mut line_no = 0usize;
@@ -246,7 +391,19 @@ fn grep(cache: &RegexCache, text: &str, pattern: &str, around: INT) -> RhaiResul
         let line = text[start..end]
             .strip_suffix('\r')
             .unwrap_or(&text[start..end]);
-        let context = (around > 0).then(|| surrounding(text, start, end, line_no, around));
+        // The lines around a hit are measured before they are copied: with a large `around`
+        // each hit's context is most of the text.
+        let context = if around > 0 {
+            let (from, to, before, after) = around_range(text, start, end, around);
+            // Each line also gets a marker, its number and ": ".
+            let shown = before + after + 1;
+            let numbers = shown * ((line_no + after + 1).to_string().len() + 3);
+            tally.add(1, 3, line.len() + (to - from) + numbers)?;
+            Some(surrounding(text, from, to, line_no - before, line_no))
+        } else {
+            tally.add(1, 2, line.len())?;
+            None
+        };
         found.push(grep_hit(line_no, line, context));
     }
     Ok(found)
@@ -256,9 +413,14 @@ fn count_newlines(text: &str) -> usize {
     text.bytes().filter(|&b| b == b'\n').count()
 }
 
-/// Lines `around` before and after the line `[start, end)` (number `line_no` from 0), each
-/// prefixed with its number, the matching one marked with `>`.
-fn surrounding(text: &str, start: usize, end: usize, line_no: usize, around: usize) -> String {
+/// The bytes `[from, to)` of up to `around` lines before and after the line `[start, end)`,
+/// and how many lines come before and after it.
+fn around_range(
+    text: &str,
+    start: usize,
+    end: usize,
+    around: usize,
+) -> (usize, usize, usize, usize) {
     let mut from = start;
     let mut before = 0;
     while before < around && from > 0 {
@@ -271,12 +433,18 @@ fn surrounding(text: &str, start: usize, end: usize, line_no: usize, around: usi
         to = text[to + 1..].find('\n').map_or(text.len(), |i| to + 1 + i);
         after += 1;
     }
+    (from, to, before, after)
+}
+
+/// The lines `[from, to)` of `text` (the first is number `first_no` from 0), each prefixed
+/// with its number, line `line_no` marked with `>`.
+fn surrounding(text: &str, from: usize, to: usize, first_no: usize, line_no: usize) -> String {
     let mut out = String::new();
     for (i, line) in text[from..to].split('\n').enumerate() {
         if i > 0 {
             out.push('\n');
         }
-        let number = line_no - before + i;
+        let number = first_no + i;
         let marker = if number == line_no { '>' } else { ' ' };
         out.push_str(&format!(
             "{marker}{}: {}",
@@ -318,18 +486,43 @@ fn to_json(value: &Dynamic) -> RhaiResult<String> {
     Ok(json.to_string())
 }
 
-fn join(items: &Array, separator: &str) -> String {
+fn join(items: &Array, separator: &str, limits: ResultLimits) -> RhaiResult<String> {
+    let mut tally = limits.tally("join");
     let mut out = String::new();
     for (i, item) in items.iter().enumerate() {
         if i > 0 {
+            tally.add(0, 0, separator.len())?;
             out.push_str(separator);
         }
         match item.as_immutable_string_ref() {
-            Ok(s) => out.push_str(s.as_str()),
-            Err(_) => out.push_str(&to_text(item)),
+            Ok(s) => {
+                tally.add(0, 0, s.len())?;
+                out.push_str(s.as_str());
+            }
+            Err(_) => {
+                let text = to_text(item);
+                tally.add(0, 0, text.len())?;
+                out.push_str(&text);
+            }
         }
     }
-    out
+    Ok(out)
+}
+
+/// `text` with every `find` replaced by `with`, if the result fits the limits.
+fn replaced(text: &str, find: &str, with: &str, limits: ResultLimits) -> RhaiResult<String> {
+    if with.len() > find.len() {
+        let times = if find.is_empty() {
+            text.chars().count() + 1
+        } else {
+            text.matches(find).count()
+        };
+        let grown = times.saturating_mul(with.len() - find.len());
+        limits
+            .tally("replace")
+            .add(0, 0, text.len().saturating_add(grown))?;
+    }
+    Ok(text.replace(find, with))
 }
 
 /// The character index of `needle` in `text`, or -1.
@@ -526,24 +719,33 @@ fn int_range(from: INT, to: INT, step: INT, limit: usize) -> RhaiResult<Array> {
 }
 
 /// Registers every helper on `engine`.
-pub(crate) fn register(engine: &mut Engine, regexes: &Arc<RegexCache>, max_array_size: usize) {
+pub(crate) fn register(engine: &mut Engine, regexes: &Arc<RegexCache>, limits: &SandboxLimits) {
+    let max_array_size = limits.max_array_size;
+    let limits = ResultLimits::new(limits);
     // Chunking and splitting.
-    engine.register_fn("chunk", |text: &str, size: INT| chunk_text(text, size, 0));
-    engine.register_fn("chunk", chunk_text);
+    engine.register_fn("chunk", move |text: &str, size: INT| {
+        chunk_text(text, size, 0, limits)
+    });
+    engine.register_fn("chunk", move |text: &str, size: INT, overlap: INT| {
+        chunk_text(text, size, overlap, limits)
+    });
     engine.register_fn("chunk", chunk_array);
-    engine.register_fn("chunk_lines", chunk_lines);
-    engine.register_fn("lines", lines);
-    engine.register_fn("splitlines", lines);
-    engine.register_fn("split", |text: &str| -> Array {
-        text.split_whitespace()
-            .map(|w| Dynamic::from(ImmutableString::from(w)))
-            .collect()
+    engine.register_fn("chunk_lines", move |text: &str, n: INT| {
+        chunk_lines(text, n, limits)
+    });
+    for name in ["lines", "splitlines"] {
+        engine.register_fn(name, move |text: &str| {
+            string_array(text.lines(), limits.tally("lines"))
+        });
+    }
+    engine.register_fn("split", move |text: &str| {
+        string_array(text.split_whitespace(), limits.tally("split"))
     });
 
     // Regular expressions.
     let cache = Arc::clone(regexes);
     engine.register_fn("regex_find_all", move |text: &str, pattern: &str| {
-        regex_find_all(&cache, text, pattern)
+        regex_find_all(&cache, text, pattern, limits)
     });
     let cache = Arc::clone(regexes);
     engine.register_fn("regex_count", move |text: &str, pattern: &str| {
@@ -559,26 +761,21 @@ pub(crate) fn register(engine: &mut Engine, regexes: &Arc<RegexCache>, max_array
     engine.register_fn(
         "regex_replace",
         move |text: &str, pattern: &str, with: &str| {
-            cache
-                .get("regex_replace", pattern)
-                .map(|re| re.replace_all(text, with).into_owned())
+            regex_replace(&cache, text, pattern, with, limits)
         },
     );
     let cache = Arc::clone(regexes);
     engine.register_fn("regex_split", move |text: &str, pattern: &str| {
-        cache.get("regex_split", pattern).map(|re| {
-            re.split(text)
-                .map(|piece| Dynamic::from(ImmutableString::from(piece)))
-                .collect::<Array>()
-        })
+        let regex = cache.get("regex_split", pattern)?;
+        string_array(regex.split(text), limits.tally("regex_split"))
     });
     let cache = Arc::clone(regexes);
     engine.register_fn("grep", move |text: &str, pattern: &str| {
-        grep(&cache, text, pattern, 0)
+        grep(&cache, text, pattern, 0, limits)
     });
     let cache = Arc::clone(regexes);
     engine.register_fn("grep", move |text: &str, pattern: &str, around: INT| {
-        grep(&cache, text, pattern, around)
+        grep(&cache, text, pattern, around, limits)
     });
 
     // JSON.
@@ -586,11 +783,11 @@ pub(crate) fn register(engine: &mut Engine, regexes: &Arc<RegexCache>, max_array
     engine.register_fn("to_json", |value: Dynamic| to_json(&value));
 
     // Python names that read well.
-    engine.register_fn("join", |items: Array, separator: &str| {
-        join(&items, separator)
+    engine.register_fn("join", move |items: Array, separator: &str| {
+        join(&items, separator, limits)
     });
-    engine.register_fn("join", |separator: &str, items: Array| {
-        join(&items, separator)
+    engine.register_fn("join", move |separator: &str, items: Array| {
+        join(&items, separator, limits)
     });
     // Python's range(n) as an array (so range(n).map(...) works); too long is an error
     // before anything is allocated.
@@ -652,11 +849,11 @@ pub(crate) fn register(engine: &mut Engine, regexes: &Arc<RegexCache>, max_array
         .with_purity(false)
         .register_into_engine(
             engine,
-            |text: &mut ImmutableString, find: &str, with: &str| {
+            move |text: &mut ImmutableString, find: &str, with: &str| {
                 if text.contains(find) {
-                    *text = ImmutableString::from(text.replace(find, with));
+                    *text = ImmutableString::from(replaced(text, find, with, limits)?);
                 }
-                text.clone()
+                Ok::<_, Box<EvalAltResult>>(text.clone())
             },
         );
 }
@@ -674,52 +871,61 @@ fn trimmed(text: ImmutableString, trim: fn(&str) -> &str) -> ImmutableString {
 mod tests {
     use super::*;
 
+    fn limits() -> ResultLimits {
+        ResultLimits::new(&SandboxLimits::default())
+    }
+
     fn strings(array: &Array) -> Vec<String> {
         array.iter().map(to_text).collect()
     }
 
     #[test]
     fn chunks_by_characters_with_overlap() {
-        let chunks = chunk_text("abcdefghij", 4, 0).unwrap_or_default();
+        let chunks = chunk_text("abcdefghij", 4, 0, limits()).unwrap_or_default();
         assert_eq!(strings(&chunks), ["abcd", "efgh", "ij"]);
-        let chunks = chunk_text("abcdefghij", 4, 2).unwrap_or_default();
+        let chunks = chunk_text("abcdefghij", 4, 2, limits()).unwrap_or_default();
         assert_eq!(strings(&chunks), ["abcd", "cdef", "efgh", "ghij"]);
-        let chunks = chunk_text("héllo wörld", 3, 1).unwrap_or_default();
+        let chunks = chunk_text("héllo wörld", 3, 1, limits()).unwrap_or_default();
         assert_eq!(strings(&chunks), ["hél", "llo", "o w", "wör", "rld"]);
-        assert!(chunk_text("", 3, 0).unwrap_or_default().is_empty());
-        assert!(chunk_text("abc", 0, 0).is_err());
-        assert!(chunk_text("abc", 3, 3).is_err());
-        assert!(chunk_text("abc", 3, -1).is_err());
+        assert!(
+            chunk_text("", 3, 0, limits())
+                .unwrap_or_default()
+                .is_empty()
+        );
+        assert!(chunk_text("abc", 0, 0, limits()).is_err());
+        assert!(chunk_text("abc", 3, 3, limits()).is_err());
+        assert!(chunk_text("abc", 3, -1, limits()).is_err());
     }
 
     #[test]
     fn chunks_by_lines() {
-        let chunks = chunk_lines("a\nb\nc\nd\ne", 2).unwrap_or_default();
+        let chunks = chunk_lines("a\nb\nc\nd\ne", 2, limits()).unwrap_or_default();
         assert_eq!(strings(&chunks), ["a\nb\n", "c\nd\n", "e"]);
-        let chunks = chunk_lines("a\nb\n", 2).unwrap_or_default();
+        let chunks = chunk_lines("a\nb\n", 2, limits()).unwrap_or_default();
         assert_eq!(strings(&chunks), ["a\nb\n"]);
     }
 
     #[test]
     fn find_all_follows_python_group_rules() {
         let cache = RegexCache::default();
-        let all = regex_find_all(&cache, "a1 b22 c333", r"\d+").unwrap_or_default();
+        let all = regex_find_all(&cache, "a1 b22 c333", r"\d+", limits()).unwrap_or_default();
         assert_eq!(strings(&all), ["1", "22", "333"]);
-        let groups = regex_find_all(&cache, "a1 b22", r"([a-z])(\d+)").unwrap_or_default();
+        let groups =
+            regex_find_all(&cache, "a1 b22", r"([a-z])(\d+)", limits()).unwrap_or_default();
         assert_eq!(strings(&groups), [r#"["a","1"]"#, r#"["b","22"]"#]);
-        let one = regex_find_all(&cache, "x=1, y=2", r"=(\d)").unwrap_or_default();
+        let one = regex_find_all(&cache, "x=1, y=2", r"=(\d)", limits()).unwrap_or_default();
         assert_eq!(strings(&one), ["1", "2"]);
-        assert!(regex_find_all(&cache, "x", "(").is_err());
+        assert!(regex_find_all(&cache, "x", "(", limits()).is_err());
     }
 
     #[test]
     fn greps_with_line_numbers_and_context() {
         let cache = RegexCache::default();
-        let hits = grep(&cache, "one\ntwo\nthree\nfour", "^t", 1).unwrap_or_default();
+        let hits = grep(&cache, "one\ntwo\nthree\nfour", "^t", 1, limits()).unwrap_or_default();
         assert_eq!(hits.len(), 2);
         let last = to_text(&hits[1]);
         assert!(last.contains(r#"" 2: two\n>3: three\n 4: four""#), "{last}");
-        let edges = grep(&cache, "a\r\nxa xa\nb\nxa", "xa", 0).unwrap_or_default();
+        let edges = grep(&cache, "a\r\nxa xa\nb\nxa", "xa", 0, limits()).unwrap_or_default();
         assert_eq!(strings(&edges).len(), 2, "one hit per line");
         assert!(
             to_text(&edges[0]).contains(r#""line":2,"text":"xa xa""#),
@@ -727,7 +933,7 @@ mod tests {
             to_text(&edges[0])
         );
         assert!(to_text(&edges[1]).contains(r#""line":4"#));
-        let wide = grep(&cache, "x\ny", "x", 5).unwrap_or_default();
+        let wide = grep(&cache, "x\ny", "x", 5, limits()).unwrap_or_default();
         assert!(
             to_text(&wide[0]).contains(r#"">1: x\n 2: y""#),
             "{}",

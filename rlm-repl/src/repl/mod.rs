@@ -9,7 +9,7 @@ pub(crate) mod subcall;
 
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -57,11 +57,39 @@ struct Shared {
     run: Arc<RunState>,
     sub: Option<SubCaller>,
     block_timeout: Duration,
+    /// Why the running block must stop ([`HALT_CANCELLED`], [`HALT_TIMEOUT`]; 0: it need
+    /// not), set by its watchdog and read at every operation.
+    halt: AtomicU8,
 }
+
+/// The run was cancelled (or ran out of time): see [`Shared::halt`].
+const HALT_CANCELLED: u8 = 1;
+/// The block ran out of script time.
+const HALT_TIMEOUT: u8 = 2;
 
 impl Shared {
     fn print(&self, text: &str) {
         lock(&self.output).push_line(text);
+    }
+
+    /// Watches the running block until `done`, and raises [`halt`](Self::halt) when the run
+    /// is cancelled or the block's script time runs out. A native helper counts as one Rhai
+    /// operation however long it runs, so checking only every few hundred operations would
+    /// let a loop of slow calls (a regex over a 100 MB context) run on for minutes.
+    fn watch(&self, done: &AtomicBool) {
+        const POLL: Duration = Duration::from_millis(10);
+        while !done.load(Ordering::SeqCst) {
+            if self.run.cancel.is_cancelled() {
+                self.halt.store(HALT_CANCELLED, Ordering::SeqCst);
+                return;
+            }
+            let used = self.clock.script_time();
+            if used > self.block_timeout {
+                self.halt.store(HALT_TIMEOUT, Ordering::SeqCst);
+                return;
+            }
+            std::thread::park_timeout((self.block_timeout - used).min(POLL));
+        }
     }
 }
 
@@ -208,6 +236,7 @@ impl ReplBuilder {
             run,
             sub,
             block_timeout: limits.block_timeout,
+            halt: AtomicU8::new(0),
         });
         let lengths = helpers::ContextLengths::of(&context);
         let engine = build_engine(&shared, &limits, lengths);
@@ -260,45 +289,39 @@ impl Repl {
         let started = Instant::now();
         self.begin_block();
         let warnings = lint::lint(code);
-        let mut value = None;
-        let mut error = None;
-        match self.engine.compile(code) {
-            Err(parse_error) => error = Some(errors::format_parse_error(&parse_error, code)),
-            Ok(ast) => {
-                let program = self.functions.merge(&ast);
-                let engine = &self.engine;
-                let scope = &mut self.scope;
-                let stack = stack_size(&self.limits);
-                let result = on_big_stack(stack, || {
-                    catch_unwind(AssertUnwindSafe(|| {
-                        engine.eval_ast_with_scope::<Dynamic>(scope, &program)
-                    }))
-                });
-                // Functions defined by the block stay defined, even if it failed later.
-                self.functions = self.functions.merge(&ast.clone_functions_only());
-                match result.unwrap_or_else(|| Err(Box::new("the REPL thread failed"))) {
-                    Ok(Ok(v)) => value = Some(v),
-                    Ok(Err(e)) => {
-                        if lock(&self.shared.final_answer).is_none() {
-                            error = Some(errors::format_eval_error(&e, code, &self.limits));
-                        }
-                    }
-                    Err(panic) => {
-                        let what = panic
-                            .downcast_ref::<&str>()
-                            .map(|s| (*s).to_owned())
-                            .or_else(|| panic.downcast_ref::<String>().cloned())
-                            .unwrap_or_default();
-                        error = Some(format!(
-                            "Error: internal error in the REPL ({what}); the block was stopped. \
-                             Variables set before this point are kept."
-                        ));
-                    }
-                }
+        // Everything that touches the script's values runs on the big stack: Rhai and serde
+        // recurse once per level of nested data when they copy, print, convert or drop it.
+        let stack = stack_size(&self.limits);
+        let shared = Arc::clone(&self.shared);
+        let done = AtomicBool::new(false);
+        let ran = std::thread::scope(|scope| {
+            // Without a watchdog the engine still checks now and then (see `build_engine`).
+            let watchdog = std::thread::Builder::new()
+                .name("rlm-repl-watchdog".into())
+                .spawn_scoped(scope, || shared.watch(&done))
+                .ok();
+            let ran = on_big_stack(stack, || {
+                catch_unwind(AssertUnwindSafe(|| self.run(code))).unwrap_or_else(|panic| Ran {
+                    error: Some(internal_error(panic.as_ref())),
+                    ..Ran::default()
+                })
+            });
+            done.store(true, Ordering::SeqCst);
+            if let Some(watchdog) = watchdog {
+                watchdog.thread().unpark();
             }
-        }
+            ran
+        });
+        let ran = ran.unwrap_or_else(|| Ran {
+            error: Some(internal_error(&"the REPL thread failed")),
+            ..Ran::default()
+        });
+        // An error can be as long as a thrown value: it is cut like printed output.
+        let error = ran
+            .error
+            .map(|e| output::truncate_middle(&e, self.shared.max_output_chars));
         let final_answer = lock(&self.shared.final_answer).take();
-        let output = self.render(&warnings, value, error.as_deref());
+        let output = self.render(&warnings, ran.value, error.as_deref(), &ran.notes);
         BlockOutcome {
             output,
             error,
@@ -307,17 +330,56 @@ impl Repl {
         }
     }
 
+    /// Compiles and runs `code`, then tidies the scope.
+    fn run(&mut self, code: &str) -> Ran {
+        let mut ran = Ran::default();
+        match self.engine.compile(code) {
+            Err(parse_error) => ran.error = Some(errors::format_parse_error(&parse_error, code)),
+            Ok(ast) => {
+                let program = self.functions.merge(&ast);
+                let engine = &self.engine;
+                let scope = &mut self.scope;
+                let result = catch_unwind(AssertUnwindSafe(|| {
+                    engine.eval_ast_with_scope::<Dynamic>(scope, &program)
+                }));
+                // Functions defined by the block stay defined, even if it failed later.
+                self.functions = self.functions.merge(&ast.clone_functions_only());
+                match result {
+                    Ok(Ok(value)) => {
+                        ran.value = Some(value)
+                            .filter(|v| !v.is_unit())
+                            .map(|v| to_text(&v.flatten()));
+                    }
+                    Ok(Err(e)) => {
+                        if lock(&self.shared.final_answer).is_none() {
+                            ran.error = Some(errors::format_eval_error(&e, code, &self.limits));
+                        }
+                    }
+                    Err(panic) => ran.error = Some(internal_error(panic.as_ref())),
+                }
+            }
+        }
+        ran.notes = tidy_scope(&mut self.scope);
+        ran
+    }
+
     fn begin_block(&mut self) {
         *lock(&self.shared.output) = OutputBuffer::new(self.shared.max_output_chars);
         *lock(&self.shared.final_answer) = None;
         self.shared.printed_unit.store(false, Ordering::SeqCst);
+        self.shared.halt.store(0, Ordering::SeqCst);
         self.shared.clock.begin();
     }
 
-    fn render(&self, warnings: &[String], value: Option<Dynamic>, error: Option<&str>) -> String {
+    fn render(
+        &self,
+        warnings: &[String],
+        value: Option<String>,
+        error: Option<&str>,
+        notes: &[String],
+    ) -> String {
         let mut buffer = lock(&self.shared.output);
-        if let Some(value) = value.filter(|v| !v.is_unit()) {
-            let text = to_text(&value.flatten());
+        if let Some(text) = value {
             buffer.push_line(&format!("=> {text}"));
         }
         let mut out = String::new();
@@ -331,6 +393,10 @@ impl Repl {
                 out.push('\n');
             }
             out.push_str(error);
+            out.push('\n');
+        }
+        for note in notes {
+            out.push_str(note);
             out.push('\n');
         }
         if self.shared.printed_unit.load(Ordering::SeqCst) {
@@ -371,15 +437,106 @@ impl Repl {
     }
 }
 
+/// What a block left to show.
+#[derive(Default)]
+struct Ran {
+    /// The value of its last expression, as text (`None` for `()`).
+    value: Option<String>,
+    /// Its error, formatted for the model.
+    error: Option<String>,
+    /// Notes about variables the sandbox removed.
+    notes: Vec<String>,
+}
+
+fn internal_error(panic: &(dyn std::any::Any + Send)) -> String {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    format!(
+        "Error: internal error in the REPL ({what}); the block was stopped. Variables set \
+         before this point are kept."
+    )
+}
+
+/// Deepest nesting of arrays and maps that a variable keeps from one block to the next.
+///
+/// Rhai copies, sizes, prints and drops nested data recursively, one native stack frame per
+/// level. Within a block, the time limit bounds how deep a script can nest data (each level
+/// costs a pass over all the levels below it) and the block's stack is sized for that; this
+/// stops a script from nesting deeper block after block until the process's stack overflows.
+const MAX_KEPT_DEPTH: usize = 256;
+
+/// After a block: forgets variables that a later `let` shadowed (unreachable, yet holding
+/// their values for the rest of the run, and listed twice by `SHOW_VARS()`), and removes the
+/// ones nested deeper than [`MAX_KEPT_DEPTH`]. The context (the first entry) always stays.
+/// Returns a note for each variable removed.
+fn tidy_scope(scope: &mut Scope<'static>) -> Vec<String> {
+    let count = scope.len();
+    let mut gone = vec![false; count];
+    let mut notes = Vec::new();
+    {
+        let mut seen = std::collections::HashSet::new();
+        // From the latest entry back: only the last of each name is reachable.
+        for (back, (name, _, value)) in scope.iter_raw().enumerate() {
+            let index = count - 1 - back;
+            if index == 0 {
+                continue;
+            }
+            if !seen.insert(name) {
+                gone[index] = true;
+            } else if nested_deeper_than(value, MAX_KEPT_DEPTH) {
+                gone[index] = true;
+                notes.push(format!(
+                    "note: `{name}` was nested more than {MAX_KEPT_DEPTH} levels deep (arrays or \
+                     maps inside each other) and was removed (sandbox limit). Keep data flat: \
+                     push items onto one array instead of wrapping it again."
+                ));
+            }
+        }
+    }
+    if gone.contains(&true) {
+        // Rebuilt only when needed: Rhai revisits every item of a value it adds to a scope.
+        let entries = std::mem::take(scope).into_iter().zip(gone);
+        scope.extend(
+            entries
+                .filter(|(_, gone)| !gone)
+                .map(|((name, value, _), _)| (name, value.is_read_only(), value)),
+        );
+    }
+    notes.reverse();
+    notes
+}
+
+/// Whether `value` holds arrays or maps nested more than `levels` deep (recurses at most
+/// `levels` times).
+fn nested_deeper_than(value: &Dynamic, levels: usize) -> bool {
+    // Most items are not containers: a tag check skips them.
+    let deeper =
+        |item: &Dynamic| (item.is_array() || item.is_map()) && nested_deeper_than(item, levels - 1);
+    if let Ok(items) = value.as_array_ref() {
+        levels == 0 || items.iter().any(deeper)
+    } else if let Ok(map) = value.as_map_ref() {
+        levels == 0 || map.values().any(deeper)
+    } else {
+        false
+    }
+}
+
 /// Native stack for a block: Rhai recurses natively for every script call level and
-/// expression level (tens of KiB per level in debug builds), so code that stays within
-/// [`SandboxLimits`] must never overflow the thread's stack. Reserved, not committed: unused
-/// stack costs address space only.
+/// expression level (tens of KiB per level in debug builds), and once per level of nested
+/// data; code that stays within [`SandboxLimits`] must never overflow the thread's stack. A
+/// block can nest data tens of thousands of levels deep before its time runs out (see
+/// [`MAX_KEPT_DEPTH`]), hence the room for nested data. Reserved, not committed: unused stack
+/// costs address space only.
 fn stack_size(limits: &SandboxLimits) -> usize {
     const BASE: usize = 8 << 20;
     const PER_LEVEL: usize = 128 << 10;
+    const NESTED_DATA: usize = 256 << 20;
     let levels = limits.max_call_depth.saturating_add(limits.max_expr_depth);
-    BASE.saturating_add(levels.saturating_mul(PER_LEVEL))
+    BASE.saturating_add(NESTED_DATA)
+        .saturating_add(levels.saturating_mul(PER_LEVEL))
         .min(1 << 30)
 }
 
@@ -447,7 +604,11 @@ fn data_sizes(value: &Dynamic) -> (usize, usize, usize) {
 /// Rhai checks the total size of a value whenever a method is called on it.
 fn fit_limits(mut limits: SandboxLimits, context: &Dynamic) -> SandboxLimits {
     let (arrays, maps, strings) = data_sizes(context);
-    let room = |limit: usize, used: usize| limit.max(used.saturating_mul(2));
+    // 0 means no limit, and stays so.
+    let room = |limit: usize, used: usize| match limit {
+        0 => 0,
+        limit => limit.max(used.saturating_mul(2)),
+    };
     limits.max_string_size = room(limits.max_string_size, strings);
     limits.max_array_size = room(limits.max_array_size, arrays);
     limits.max_map_size = room(limits.max_map_size, maps);
@@ -589,6 +750,12 @@ fn build_engine(
     engine.on_debug(move |text, _, _| s.print(text));
     let s = Arc::clone(shared);
     engine.on_progress(move |ops| {
+        match s.halt.load(Ordering::Relaxed) {
+            HALT_CANCELLED => return Some(Dynamic::from(STOP_CANCELLED)),
+            HALT_TIMEOUT => return Some(Dynamic::from(STOP_TIMEOUT)),
+            _ => {}
+        }
+        // The watchdog's backstop, in case its thread could not start.
         if ops % 256 != 0 {
             return None;
         }
@@ -609,7 +776,7 @@ fn build_engine(
     });
     engine.register_fn("to_string", |_: ()| "()".to_owned());
 
-    helpers::register(&mut engine, &Arc::default(), limits.max_array_size);
+    helpers::register(&mut engine, &Arc::default(), limits);
     // Shadows the standard package's `len` for strings (the engine's own functions come
     // first): the same answer, without recounting the context on every call.
     engine.register_fn("len", move |text: &str| lengths.len(text));

@@ -96,7 +96,6 @@ pub(crate) fn byte_of_char(text: &str, n: usize) -> usize {
     text.char_indices().nth(n).map_or(text.len(), |(i, _)| i)
 }
 
-#[cfg(test)]
 /// `text` cut to at most `max_chars` characters, head and tail kept, true length stated.
 pub(crate) fn truncate_middle(text: &str, max_chars: usize) -> String {
     let mut buffer = OutputBuffer::new(max_chars);

@@ -2,7 +2,7 @@
 //! async executor, accounted against the run's budgets and reported to observers.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,9 @@ pub(crate) struct BlockClock {
     epoch: Instant,
     start_ns: AtomicU64,
     waited_ns: AtomicU64,
+    /// When the wait in progress began (0: none), so that a watchdog reading the clock from
+    /// another thread does not count it as script time.
+    wait_start_ns: AtomicU64,
 }
 
 impl BlockClock {
@@ -33,6 +36,7 @@ impl BlockClock {
             epoch: Instant::now(),
             start_ns: AtomicU64::new(0),
             waited_ns: AtomicU64::new(0),
+            wait_start_ns: AtomicU64::new(0),
         }
     }
 
@@ -44,20 +48,40 @@ impl BlockClock {
     pub(crate) fn begin(&self) {
         self.start_ns.store(self.now_ns(), Ordering::SeqCst);
         self.waited_ns.store(0, Ordering::SeqCst);
+        self.wait_start_ns.store(0, Ordering::SeqCst);
     }
 
-    /// Time spent waiting for sub-calls, which does not count as script time.
-    pub(crate) fn add_wait(&self, waited: Duration) {
-        let ns = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
-        self.waited_ns.fetch_add(ns, Ordering::SeqCst);
+    /// A wait for sub-calls begins; it does not count as script time.
+    fn begin_wait(&self) {
+        self.wait_start_ns
+            .store(self.now_ns().max(1), Ordering::SeqCst);
+    }
+
+    /// The wait ends.
+    fn end_wait(&self) {
+        let start = self.wait_start_ns.load(Ordering::SeqCst);
+        if start > 0 {
+            // Counted as waited before it stops being "in progress": a reader may subtract
+            // it twice for a moment (too little script time), never not at all.
+            let waited = self.now_ns().saturating_sub(start);
+            self.waited_ns.fetch_add(waited, Ordering::SeqCst);
+            self.wait_start_ns.store(0, Ordering::SeqCst);
+        }
     }
 
     /// Script time of the current block.
     pub(crate) fn script_time(&self) -> Duration {
-        let elapsed = self
-            .now_ns()
-            .saturating_sub(self.start_ns.load(Ordering::SeqCst));
-        Duration::from_nanos(elapsed.saturating_sub(self.waited_ns.load(Ordering::SeqCst)))
+        // The wait in progress first, then the waits done (see `end_wait`).
+        let wait_start = self.wait_start_ns.load(Ordering::SeqCst);
+        let waited = self.waited_ns.load(Ordering::SeqCst);
+        let now = self.now_ns();
+        let waiting = if wait_start > 0 {
+            now.saturating_sub(wait_start)
+        } else {
+            0
+        };
+        let elapsed = now.saturating_sub(self.start_ns.load(Ordering::SeqCst));
+        Duration::from_nanos(elapsed.saturating_sub(waited).saturating_sub(waiting))
     }
 }
 
@@ -112,7 +136,7 @@ impl SubCaller {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        let started = Instant::now();
+        self.clock.begin_wait();
         let output = match &self.handle {
             // Run it as a task of the caller's runtime and block this thread (a blocking
             // thread, never a runtime worker) until it is done. Works in current-thread
@@ -128,13 +152,15 @@ impl SubCaller {
             // runtime, which cannot deadlock on this thread.
             _ => Some(rlm_core::blocking::block_on(future)),
         };
-        self.clock.add_wait(started.elapsed());
+        self.clock.end_wait();
         output
     }
 
     /// One sub-call; the reply text, or a string starting `Error:`.
     pub(crate) fn query(&self, prompt: String) -> String {
-        if self.run.reserve_sub_calls(1) == 0 {
+        // After a cancel the script runs on for a few operations: what it asks for then is
+        // never sent, so it is neither counted nor reported.
+        if self.run.cancel.is_cancelled() || self.run.reserve_sub_calls(1) == 0 {
             return self.run.refusal();
         }
         let id = self.next_id.fetch_add(1, Ordering::SeqCst) + 1;
@@ -210,6 +236,9 @@ impl SubCaller {
         if total == 0 {
             return Vec::new();
         }
+        if self.run.cancel.is_cancelled() {
+            return vec![self.run.refusal(); total];
+        }
         let granted = usize::try_from(self.run.reserve_sub_calls(total as u64)).unwrap_or(0);
         let mut answers = vec![String::new(); total];
         if granted < total {
@@ -250,8 +279,7 @@ impl SubCaller {
                 .iter()
                 .map(|r| r.last_user_message().unwrap_or_default().chars().count())
                 .collect(),
-            done: AtomicUsize::new(0),
-            failed: AtomicUsize::new(0),
+            progress: Mutex::new((0, 0)),
             records: Arc::clone(&self.records),
         });
         let options = BatchOptions::new(max_concurrent)
@@ -335,8 +363,8 @@ struct BatchTracker {
     next_id: Arc<AtomicU64>,
     ids: Vec<AtomicU64>,
     prompt_chars: Vec<usize>,
-    done: AtomicUsize,
-    failed: AtomicUsize,
+    /// Items finished and failed so far.
+    progress: Mutex<(usize, usize)>,
     records: Arc<Mutex<Vec<SubCallRecord>>>,
 }
 
@@ -366,11 +394,6 @@ impl BatchObserver for BatchTracker {
             // The token budget is spent: send nothing more.
             self.cancel.cancel();
         }
-        let done = self.done.fetch_add(1, Ordering::SeqCst) + 1;
-        let failed = self.failed.load(Ordering::SeqCst) + usize::from(result.is_err());
-        if result.is_err() {
-            self.failed.fetch_add(1, Ordering::SeqCst);
-        }
         let record = SubCallRecord {
             id: self
                 .ids
@@ -385,6 +408,12 @@ impl BatchObserver for BatchTracker {
             usage,
             latency: elapsed,
         };
+        // Counted and reported under one lock: an executor may report items from several
+        // threads, and the progress observers see must still count up.
+        let mut progress = lock(&self.progress);
+        progress.0 += 1;
+        progress.1 += usize::from(result.is_err());
+        let (done, failed) = *progress;
         let emitter = &self.run.emitter;
         if emitter.active() {
             emitter.emit(&end_event(self.turn, &record, result));
@@ -396,6 +425,7 @@ impl BatchObserver for BatchTracker {
                 total: self.total,
             });
         }
+        drop(progress);
         lock(&self.records).push(record);
     }
 }

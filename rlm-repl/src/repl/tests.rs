@@ -144,3 +144,18 @@ fn the_context_length_is_counted_once_and_stays_right() {
         "the context's count is remembered"
     );
 }
+
+#[test]
+fn a_zero_limit_stays_no_limit() {
+    let limits = SandboxLimits {
+        max_string_size: 0,
+        max_array_size: 0,
+        ..SandboxLimits::default()
+    };
+    let docs: Vec<String> = (0..100).map(|_| "x".repeat(100)).collect();
+    let mut repl = Repl::builder(Context::from(docs)).limits(limits).build();
+    assert_eq!(repl.limits().max_string_size, 0);
+    assert_eq!(repl.limits().max_array_size, 0);
+    let outcome = repl.execute("let s = context[0]; for i in 0..10 { s += s; } s.len()");
+    assert_eq!(outcome.output, "=> 102400\n", "{:?}", outcome.error);
+}
