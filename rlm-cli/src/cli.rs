@@ -109,7 +109,7 @@ pub(crate) struct RunArgs {
     /// hidden and binary files skipped), or `-` for stdin. Without it the context is an
     /// empty string. Invalid UTF-8 is replaced (U+FFFD) with a warning.
     #[arg(short, long, value_name = "PATH|-", help_heading = "Input")]
-    pub(crate) context: Option<String>,
+    pub(crate) context: Option<PathBuf>,
 
     /// How to read a context file or stdin (a directory is always one text document per
     /// file).

@@ -8,8 +8,8 @@
 //! - a directory: an array of strings, one per file, recursive, sorted by relative path
 //!   (byte order of the path components); entries whose name starts with `.` are skipped,
 //!   as are symlinked directories (no loops) and binary files (a NUL byte in the first
-//!   8 KiB); each document starts with a `==> relative/path <==` line unless
-//!   `--no-file-headers`;
+//!   8 KiB); unreadable entries and broken or looping links are skipped with a warning;
+//!   each document starts with a `==> relative/path <==` line unless `--no-file-headers`;
 //! - invalid UTF-8 is decoded lossily (U+FFFD) with a warning, never an error.
 
 use std::fmt::Write as _;
@@ -75,22 +75,22 @@ pub(crate) fn read_text_file(
     read_text(file, &what, warnings)
 }
 
-/// Loads the context named by `--context` (`None`: an empty string).
-pub(crate) fn load(
-    spec: Option<&str>,
+/// Loads the context named by `--context` (`None`: an empty string; `-`: stdin). A path need
+/// not be UTF-8.
+pub(crate) fn load<P: AsRef<Path> + ?Sized>(
+    spec: Option<&P>,
     format: ContextFormat,
     file_headers: bool,
     stdin: impl Read,
 ) -> Result<Loaded, CliError> {
     let mut warnings = Vec::new();
-    let context = match spec {
+    let context = match spec.map(AsRef::as_ref) {
         None => Context::Text(String::new()),
-        Some("-") => {
+        Some(path) if path == Path::new("-") => {
             let text = read_text(stdin, "the context from stdin", &mut warnings)?;
             parse(text, format, None, "the context from stdin")?
         }
-        Some(spec) => {
-            let path = Path::new(spec);
+        Some(path) => {
             let metadata = fs::metadata(path).map_err(|e| {
                 CliError::Input(format!("cannot read context {}: {}", path.display(), e))
             })?;
@@ -274,9 +274,12 @@ fn walk(root: &Path, relative: &Path, files: &mut Vec<PathBuf>, unreadable: &mut
         } else if kind.is_file() {
             files.push(path);
         } else if kind.is_symlink() {
-            // A link to a file is read; a link to a directory is not followed.
-            if fs::metadata(entry.path()).is_ok_and(|m| m.is_file()) {
-                files.push(path);
+            // A link to a file is read; a link to a directory is not followed; a broken or
+            // looping link is reported.
+            match fs::metadata(entry.path()) {
+                Ok(target) if target.is_file() => files.push(path),
+                Ok(_) => {}
+                Err(e) => unreadable.push(format!("{} ({e})", path.display())),
             }
         }
     }
@@ -444,6 +447,27 @@ mod tests {
         );
         let json = load(Some(dir.path()), ContextFormat::Json, true, &b""[..]);
         assert!(matches!(json, Err(CliError::Usage(_))));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn broken_and_looping_links_are_reported_not_dropped_silently() {
+        let dir = TempDir::new("links");
+        dir.write("a.txt", b"kept");
+        std::os::unix::fs::symlink(dir.0.join("missing.txt"), dir.0.join("dangling.txt"))
+            .unwrap_or_else(|e| panic!("symlink: {e}"));
+        std::os::unix::fs::symlink(dir.0.join("loop.txt"), dir.0.join("loop.txt"))
+            .unwrap_or_else(|e| panic!("symlink: {e}"));
+        let loaded = load_ok(Some(dir.path()), ContextFormat::Auto, b"");
+        assert_eq!(
+            loaded.context,
+            Context::Documents(vec!["==> a.txt <==\nkept".into()])
+        );
+        let warnings = loaded.warnings.join("\n");
+        assert!(
+            warnings.contains("dangling.txt") && warnings.contains("loop.txt"),
+            "{warnings}"
+        );
     }
 
     #[test]

@@ -109,11 +109,29 @@ fn one_line(rendered: &str) -> String {
     line
 }
 
-/// Prints `error: ...` on stderr and returns the error's exit status.
+/// Prints `error: ...` on stderr, on one line, and returns the error's exit status.
 fn report(error: &CliError) -> ExitCode {
     let mut stderr = std::io::stderr().lock();
-    let _ = writeln!(stderr, "error: {error}");
+    let _ = writeln!(stderr, "error: {}", single_line(&error.to_string()));
     ExitCode::from(error.exit_code())
+}
+
+/// `message` on one line (a server's message may hold line breaks, or a whole HTML page),
+/// at most 1,000 characters.
+fn single_line(message: &str) -> String {
+    const MAX_ERROR_CHARS: usize = 1000;
+    let line = message
+        .split(['\n', '\r'])
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let chars = line.chars().count();
+    if chars <= MAX_ERROR_CHARS {
+        return line;
+    }
+    let kept: String = line.chars().take(MAX_ERROR_CHARS).collect();
+    format!("{kept} [... {} more characters]", chars - MAX_ERROR_CHARS)
 }
 
 /// `RUST_LOG` drives `tracing` output on stderr; without it, warnings are shown (errors only
@@ -156,6 +174,13 @@ fn install_panic_hook() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_are_reported_on_one_short_line() {
+        assert_eq!(single_line("a\nb\r\n  c \n"), "a b c");
+        let long = single_line(&"x".repeat(5000));
+        assert!(long.ends_with("x [... 4000 more characters]"), "{long}");
+    }
 
     #[test]
     fn clap_errors_become_one_line() {

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -31,13 +32,14 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
 
     // Input first: a bad path fails before anything is set up.
     let query_from_stdin = args.query.as_deref() == Some("-");
-    if query_from_stdin && args.context.as_deref() == Some("-") {
+    let context_from_stdin = args.context.as_deref() == Some(Path::new("-"));
+    if query_from_stdin && context_from_stdin {
         return Err(CliError::Usage(
             "--query - and --context - both want stdin; pass one of them as text or a file"
                 .to_owned(),
         ));
     }
-    let reading_stdin = query_from_stdin || args.context.as_deref() == Some("-");
+    let reading_stdin = query_from_stdin || context_from_stdin;
     if reading_stdin && !quiet && std::io::stdin().is_terminal() {
         eprintln!(
             "rlm: reading the {} from stdin (end it with Ctrl-D)",

@@ -492,6 +492,53 @@ async fn a_401_is_an_auth_error_without_the_key() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_line_server_message_is_reported_on_one_line() {
+    let server = MockServer::start(|_: &ServerRequest| {
+        Reply::error(
+            400,
+            "invalid_request_error",
+            "context_length_exceeded",
+            "This model's maximum context length is 8192 tokens.\nPlease reduce the length\r\nof the messages.",
+        )
+    })
+    .await
+    .expect("server");
+    let out = run(&server, &["--query", "q"], None).await;
+    out.assert_clean_error(5);
+    assert!(
+        out.stderr
+            .contains("8192 tokens. Please reduce the length of the messages."),
+        "{out:#?}"
+    );
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_context_file_whose_name_is_not_utf8_is_read() {
+    use std::os::unix::ffi::OsStrExt;
+    let scratch = Scratch::new("non-utf8-name");
+    let path = scratch.0.join(std::ffi::OsStr::from_bytes(b"caf\xe9.txt"));
+    std::fs::write(&path, "the file's text").expect("write");
+    let server = server(vec![code("FINAL(context);")], upper).await;
+    let base_url = server.base_url();
+    let mut command = command(&[
+        "run",
+        "--base-url",
+        &base_url,
+        "--model",
+        ROOT,
+        "--query",
+        "q",
+        "--context",
+    ]);
+    command.arg(&path).stdin(Stdio::null());
+    let output = command.output().await.expect("rlm runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "the file's text\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_that_never_answers_times_out() {
     let server = MockServer::start(|request: &ServerRequest| {
         Reply::completion_for(request, "too late").after(Duration::from_secs(60))
