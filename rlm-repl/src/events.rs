@@ -145,6 +145,14 @@ pub enum Event {
         /// The whole turn.
         turn: Turn,
     },
+    /// The run failed without an answer: the root model could not be reached or refused
+    /// (the run returns [`RlmError::Root`](crate::RlmError::Root)). No `Final` follows.
+    RunError {
+        /// The turn whose root call failed.
+        turn: usize,
+        /// What the backend reported.
+        error: String,
+    },
     /// The run ended.
     Final {
         /// The answer.

@@ -279,6 +279,10 @@ async fn ask_root(
             if run.cancel.is_cancelled() {
                 return Ok(None);
             }
+            run.emitter.emit_with(|| Event::RunError {
+                turn,
+                error: source.to_string(),
+            });
             Err(RlmError::Root { turn, source })
         }
     }

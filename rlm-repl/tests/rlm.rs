@@ -595,13 +595,24 @@ async fn batch_progress_counts_up_even_when_items_finish_on_many_threads() {
 #[tokio::test]
 async fn a_failing_root_model_is_an_error() {
     let root = MockBackend::echo().fail_when(|_| true, LlmError::other("down"));
+    let events = Arc::new(Events::default());
     let rlm = builder(&root, &MockBackend::echo())
+        .observer(events.clone())
         .build()
         .unwrap_or_else(|e| panic!("{e}"));
     let error = rlm.run("q", Context::from("x")).await.err();
     assert!(
         matches!(error, Some(RlmError::Root { turn: 1, .. })),
         "{error:?}"
+    );
+    // A trace of the run ends by saying why there is no answer.
+    let last = events.all().pop();
+    assert_eq!(
+        last,
+        Some(Event::RunError {
+            turn: 1,
+            error: "down".to_owned()
+        })
     );
 }
 
