@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Events, builder, fence, needle_finder, seen};
+use common::{BuildOk, Events, builder, fence, needle_finder, run_ok, seen};
 use rlm_core::mock::MockBackend;
 use rlm_core::{CancellationToken, LlmError};
 use rlm_repl::{Context, Event, RlmError, StopReason};
@@ -26,13 +26,8 @@ fn needle_context() -> Context {
 async fn finds_the_needle_with_llm_batch_and_final_in_code() {
     let root = MockBackend::scripted([fence(SEARCH), fence("FINAL(found[0]);")]);
     let sub = needle_finder();
-    let rlm = builder(&root, &sub)
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let result = rlm
-        .run("What is the secret number?", needle_context())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let rlm = builder(&root, &sub).build_ok();
+    let result = run_ok(&rlm, "What is the secret number?", needle_context()).await;
     assert_eq!(result.answer, "4217");
     assert_eq!(result.stopped, StopReason::Final);
     assert_eq!(result.iterations, 2);
@@ -70,13 +65,8 @@ async fn final_var_in_text_after_the_code_runs_and_variables_persist() {
         ),
     ]);
     let sub = MockBackend::echo();
-    let rlm = builder(&root, &sub)
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let result = rlm
-        .run("q", Context::from("x"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let rlm = builder(&root, &sub).build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
     assert_eq!(result.answer, "echo: add: 42");
     assert_eq!(result.stopped, StopReason::Final);
     assert_eq!(result.iterations, 2);
@@ -86,13 +76,8 @@ async fn final_var_in_text_after_the_code_runs_and_variables_persist() {
 async fn final_var_of_an_unknown_variable_is_an_error_the_model_sees() {
     let root =
         MockBackend::scripted(["FINAL_VAR(nothing_here)".to_owned(), "FINAL(ok)".to_owned()]);
-    let rlm = builder(&root, &MockBackend::echo())
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let result = rlm
-        .run("q", Context::from("x"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let rlm = builder(&root, &MockBackend::echo()).build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
     assert_eq!(result.answer, "ok");
     assert_eq!(result.iterations, 2);
     assert!(seen(&root, 1).contains("no variable named `nothing_here`"));
@@ -117,12 +102,8 @@ FINAL(a.len());"#;
     let rlm = builder(&root, &sub)
         .max_concurrent(4)
         .observer(events.clone())
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let result = rlm
-        .run("q", Context::from("x"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
     assert_eq!(result.answer, "24");
     let output = &result.trajectory[0].blocks[0].output;
     assert_eq!(output, "true\necho: p0\nError: boom\necho: p23\n");
@@ -174,14 +155,8 @@ async fn default_concurrency_comes_from_the_config() {
         "let a = llm_batch(range(40).map(|i| `q${i}`)); FINAL(a[39]);",
     )]);
     let sub = MockBackend::echo().with_latency(Duration::from_millis(20));
-    let rlm = builder(&root, &sub)
-        .max_concurrent(5)
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let result = rlm
-        .run("q", Context::from("x"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let rlm = builder(&root, &sub).max_concurrent(5).build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
     assert_eq!(result.answer, "echo: q39");
     assert_eq!(sub.peak_in_flight(), 5);
 }
@@ -198,12 +173,8 @@ async fn max_iterations_asks_for_the_best_answer_once() {
     });
     let rlm = builder(&root, &MockBackend::echo())
         .max_iterations(3)
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let result = rlm
-        .run("q", Context::from("x"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
     assert_eq!(result.stopped, StopReason::MaxIterations);
     assert_eq!(result.answer, "best guess");
     assert_eq!(root.calls(), 4);
@@ -227,12 +198,8 @@ async fn a_final_answer_written_as_code_counts_when_the_turns_run_out() {
     });
     let rlm = builder(&root, &MockBackend::echo())
         .max_iterations(1)
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let result = rlm
-        .run("q", Context::from("x"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
     assert_eq!(result.stopped, StopReason::MaxIterations);
     assert_eq!(result.answer, "forty-two");
     assert_eq!(result.iterations, 2);
@@ -246,14 +213,8 @@ async fn the_sub_call_budget_stops_the_run_after_the_block() {
         "FINAL(with what I have)".to_owned(),
     ]);
     let sub = MockBackend::echo();
-    let rlm = builder(&root, &sub)
-        .max_sub_calls(3)
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let result = rlm
-        .run("q", Context::from("x"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let rlm = builder(&root, &sub).max_sub_calls(3).build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
     assert_eq!(result.stopped, StopReason::MaxSubCalls);
     assert_eq!(result.answer, "with what I have");
     assert_eq!(sub.calls(), 3);
@@ -271,14 +232,8 @@ async fn the_token_budget_stops_sub_calls_and_the_run() {
         fence("print(\"never runs\");"),
     ]);
     let sub = MockBackend::from_fn(|_| Ok("x".repeat(400)));
-    let rlm = builder(&root, &sub)
-        .max_total_tokens(3_000)
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let result = rlm
-        .run("q", Context::from("x"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let rlm = builder(&root, &sub).max_total_tokens(3_000).build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
     assert_eq!(result.stopped, StopReason::MaxTokens);
     assert_eq!(result.iterations, 1);
     assert!(sub.calls() < 20, "sub-calls stopped early: {}", sub.calls());
@@ -295,12 +250,8 @@ async fn the_time_budget_cancels_calls_in_flight() {
     let sub = MockBackend::echo().with_latency(Duration::from_secs(3600));
     let rlm = builder(&root, &sub)
         .max_time(Duration::from_millis(200))
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let result = rlm
-        .run("q", Context::from("x"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
     assert_eq!(result.stopped, StopReason::MaxTime);
     assert_eq!(result.answer, "");
     assert_eq!(sub.in_flight(), 0);
@@ -320,12 +271,8 @@ async fn cancellation_stops_sub_calls_and_running_code() {
                 trigger.cancel();
             }
         }))
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let result = rlm
-        .run("q", Context::from("x"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
     assert_eq!(result.stopped, StopReason::Cancelled);
     assert_eq!(sub.in_flight(), 0);
 
@@ -339,16 +286,12 @@ async fn cancellation_stops_sub_calls_and_running_code() {
             ..Default::default()
         })
         .cancel_token(cancel.clone())
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .build_ok();
     let canceller = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(100)).await;
         cancel.cancel();
     });
-    let result = rlm
-        .run("q", Context::from("x"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
     canceller.await.unwrap_or_default();
     assert_eq!(result.stopped, StopReason::Cancelled);
     assert!(
@@ -377,12 +320,8 @@ async fn sub_calls_after_a_cancel_are_neither_counted_nor_reported() {
                 trigger.cancel();
             }
         }))
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let result = rlm
-        .run("q", Context::from("x"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
     assert_eq!(result.stopped, StopReason::Cancelled);
     // Only the first call was sent; the script went on for a few operations, but what it
     // asked for after the cancel never left.
@@ -410,13 +349,8 @@ async fn malformed_replies_get_a_nudge_and_the_loop_goes_on() {
         "```\nprint(\"untagged runs\");\n```".to_owned(),
         "FINAL(done)".to_owned(),
     ]);
-    let rlm = builder(&root, &MockBackend::echo())
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let result = rlm
-        .run("q", Context::from("x"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let rlm = builder(&root, &MockBackend::echo()).build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
     assert_eq!(result.answer, "done");
     assert_eq!(result.iterations, 6);
     assert!(seen(&root, 1).contains("Your reply was empty."));
@@ -434,11 +368,8 @@ async fn long_output_reaches_the_model_truncated_with_its_true_length() {
     ]);
     let rlm = builder(&root, &MockBackend::echo())
         .max_output_chars(500)
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
-    rlm.run("q", Context::from("x"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .build_ok();
+    run_ok(&rlm, "q", Context::from("x")).await;
     let shown = seen(&root, 1);
     assert!(
         shown.contains(&format!(
@@ -459,12 +390,8 @@ async fn events_arrive_in_order_and_serialize_as_trace_lines() {
     let events = Arc::new(Events::default());
     let rlm = builder(&root, &MockBackend::echo())
         .observer(events.clone())
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let result = rlm
-        .run("q", Context::from("x"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
     assert_eq!(result.answer, "echo: z");
     let names: Vec<String> = events
         .all()
@@ -565,12 +492,8 @@ async fn batch_progress_counts_up_even_when_items_finish_on_many_threads() {
         .root_model("root")
         .sub_backend(Arc::new(ThreadedFailures))
         .observer(events.clone())
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let result = rlm
-        .run("q", Context::from("x"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
     assert_eq!(result.sub_calls, 320);
     let mut seen: std::collections::HashMap<u64, Vec<(usize, usize)>> = Default::default();
     for event in events.all() {
@@ -598,8 +521,7 @@ async fn a_failing_root_model_is_an_error() {
     let events = Arc::new(Events::default());
     let rlm = builder(&root, &MockBackend::echo())
         .observer(events.clone())
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .build_ok();
     let error = rlm.run("q", Context::from("x")).await.err();
     assert!(
         matches!(error, Some(RlmError::Root { turn: 1, .. })),
@@ -623,12 +545,8 @@ async fn works_in_a_multi_thread_runtime() {
         &root,
         &needle_finder().with_latency(Duration::from_millis(5)),
     )
-    .build()
-    .unwrap_or_else(|e| panic!("{e}"));
-    let result = rlm
-        .run("q", needle_context())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    .build_ok();
+    let result = run_ok(&rlm, "q", needle_context()).await;
     assert_eq!(result.answer, "4217");
 }
 
@@ -639,8 +557,7 @@ fn run_blocking_works_without_a_runtime() {
         &root,
         &needle_finder().with_latency(Duration::from_millis(5)),
     )
-    .build()
-    .unwrap_or_else(|e| panic!("{e}"));
+    .build_ok();
     let result = rlm
         .run_blocking("q", needle_context())
         .unwrap_or_else(|e| panic!("{e}"));
@@ -654,13 +571,8 @@ async fn json_and_document_contexts() {
         "let names = context.map(|d| parse_json(d).name); FINAL(join(names, \",\"));",
     )]);
     let docs = vec![r#"{"name": "a"}"#.to_owned(), r#"{"name": "b"}"#.to_owned()];
-    let rlm = builder(&root, &MockBackend::echo())
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let result = rlm
-        .run("q", Context::from(docs))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let rlm = builder(&root, &MockBackend::echo()).build_ok();
+    let result = run_ok(&rlm, "q", Context::from(docs)).await;
     assert_eq!(result.answer, "a,b");
     assert!(seen(&root, 0).contains("an array of strings of 26 characters, with 2 items"));
 
@@ -668,13 +580,8 @@ async fn json_and_document_contexts() {
         "FINAL(context.orders.filter(|o| o.total > 10).len());",
     )]);
     let json = serde_json::json!({"orders": [{"total": 5}, {"total": 12}, {"total": 30}]});
-    let rlm = builder(&root, &MockBackend::echo())
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let result = rlm
-        .run("q", Context::from(json))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let rlm = builder(&root, &MockBackend::echo()).build_ok();
+    let result = run_ok(&rlm, "q", Context::from(json)).await;
     assert_eq!(result.answer, "2");
     assert!(seen(&root, 0).contains("a map (from JSON)"));
 }
@@ -704,13 +611,8 @@ async fn the_system_prompt_examples_run() {
         "filler text. ".repeat(20_000),
         " more filler.".repeat(20_000)
     );
-    let rlm = builder(&root, &sub)
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let result = rlm
-        .run("q", Context::from(text))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let rlm = builder(&root, &sub).build_ok();
+    let result = run_ok(&rlm, "q", Context::from(text)).await;
     assert_eq!(result.answer, "Ada");
     for turn in &result.trajectory {
         for block in &turn.blocks {

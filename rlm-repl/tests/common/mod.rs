@@ -19,6 +19,25 @@ pub fn builder(root: &MockBackend, sub: &MockBackend) -> RlmBuilder {
         .sub_model("sub")
 }
 
+/// Builds, failing the test on a configuration error.
+pub trait BuildOk {
+    /// The built `Rlm`.
+    fn build_ok(self) -> Rlm;
+}
+
+impl BuildOk for RlmBuilder {
+    fn build_ok(self) -> Rlm {
+        self.build().unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+/// Runs, failing the test if the run returns an error.
+pub async fn run_ok(rlm: &Rlm, query: &str, context: rlm_repl::Context) -> rlm_repl::RunResult {
+    rlm.run(query, context)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// The last user message of the root model's `n`-th request (from 0): what it saw.
 pub fn seen(root: &MockBackend, n: usize) -> String {
     root.requests()
