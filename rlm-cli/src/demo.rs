@@ -7,15 +7,10 @@
 
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use rlm_core::mock::MockBackend;
-use rlm_core::{
-    BatchExecutor, Completion, CompletionRequest, LlmBackend, LlmError, Role, Usage,
-    estimate_tokens,
-};
+use rlm_core::{CompletionRequest, LlmError, Role};
 use rlm_repl::{Context, Rlm, RunResult, StopReason};
 use serde::Serialize;
 
@@ -216,11 +211,11 @@ async fn measure(
             .map(|reply| (*reply).to_owned())
             .ok_or_else(|| LlmError::invalid_response("the scripted root model has no more turns"))
     });
-    let sub = Arc::new(SimulatedSub::new(args.latency_ms));
+    let sub = simulated_sub(args.latency_ms);
     let rlm = Rlm::builder(Arc::new(root))
         .root_model(ROOT_MODEL)
         .sub_model(SUB_MODEL)
-        .sub_backend(sub.clone())
+        .sub_backend(Arc::new(sub.clone()))
         .max_concurrent(args.max_concurrent as usize)
         .max_iterations(4)
         .build()
@@ -241,8 +236,8 @@ async fn measure(
     Ok(Measured {
         answer: result.answer,
         elapsed,
-        sub_calls: sub.calls.load(Ordering::SeqCst),
-        peak_in_flight: sub.peak.load(Ordering::SeqCst),
+        sub_calls: sub.calls(),
+        peak_in_flight: sub.peak_in_flight(),
     })
 }
 
@@ -259,52 +254,15 @@ fn first_error(result: &RunResult) -> String {
 
 /// The simulated sub model: adds up the `holds N crates` lines of the page it is sent,
 /// after a latency between `min` and `max` ms that depends on the prompt (deterministic).
-struct SimulatedSub {
-    latency_ms: (u64, u64),
-    calls: AtomicUsize,
-    in_flight: AtomicUsize,
-    peak: AtomicUsize,
-}
-
-impl SimulatedSub {
-    fn new(latency_ms: (u64, u64)) -> Self {
-        Self {
-            latency_ms,
-            calls: AtomicUsize::new(0),
-            in_flight: AtomicUsize::new(0),
-            peak: AtomicUsize::new(0),
-        }
-    }
-}
-
-/// Decrements the in-flight count even when the call is dropped.
-struct InFlight<'a>(&'a AtomicUsize);
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-#[async_trait]
-impl LlmBackend for SimulatedSub {
-    async fn complete(&self, request: CompletionRequest) -> Result<Completion, LlmError> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        self.peak.fetch_max(now, Ordering::SeqCst);
-        let _guard = InFlight(&self.in_flight);
-
+fn simulated_sub((min, max): (u64, u64)) -> MockBackend {
+    MockBackend::from_fn(|request| {
+        Ok(crates_in(request.last_user_message().unwrap_or_default()).to_string())
+    })
+    .with_latency_fn(move |request| {
         let prompt = request.last_user_message().unwrap_or_default();
-        let (min, max) = self.latency_ms;
-        let latency = min + fnv(prompt) % (max - min + 1);
-        tokio::time::sleep(Duration::from_millis(latency)).await;
-        let text = crates_in(prompt).to_string();
-        let usage = Usage::new(request.estimated_prompt_tokens(), estimate_tokens(&text));
-        Ok(Completion::new(&request.model, text).with_usage(usage))
-    }
+        Duration::from_millis(min + fnv(prompt) % (max.saturating_sub(min) + 1))
+    })
 }
-
-impl BatchExecutor for SimulatedSub {}
 
 /// The sum of `N` over the `... holds N crates ...` lines of `text`.
 fn crates_in(text: &str) -> u64 {
@@ -377,6 +335,7 @@ fn generate(count: usize, seed: u64) -> (Vec<String>, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rlm_core::LlmBackend;
 
     #[test]
     fn pages_hold_the_expected_total() {
@@ -399,7 +358,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_simulated_sub_model_answers_with_usage() {
-        let sub = SimulatedSub::new((100, 300));
+        let sub = simulated_sub((100, 300));
         let reply = sub
             .complete(CompletionRequest::prompt(
                 SUB_MODEL,
@@ -407,7 +366,7 @@ mod tests {
             ))
             .await;
         assert_eq!(reply.map(|c| c.text), Ok("7".to_owned()));
-        assert_eq!(sub.calls.load(Ordering::SeqCst), 1);
-        assert_eq!(sub.in_flight.load(Ordering::SeqCst), 0);
+        assert_eq!(sub.calls(), 1);
+        assert_eq!(sub.in_flight(), 0);
     }
 }

@@ -39,6 +39,7 @@ use crate::{
 
 type Responder = dyn Fn(&CompletionRequest) -> Result<String, LlmError> + Send + Sync;
 type Predicate = dyn Fn(&CompletionRequest) -> bool + Send + Sync;
+type LatencyFn = dyn Fn(&CompletionRequest) -> Duration + Send + Sync;
 
 #[derive(Default)]
 struct State {
@@ -56,7 +57,7 @@ struct State {
 pub struct MockBackend {
     responder: Arc<Responder>,
     failures: Vec<(Arc<Predicate>, LlmError)>,
-    latency: Duration,
+    latency: Option<Arc<LatencyFn>>,
     state: Arc<State>,
 }
 
@@ -69,7 +70,7 @@ impl MockBackend {
         Self {
             responder: Arc::new(responder),
             failures: Vec::new(),
-            latency: Duration::ZERO,
+            latency: None,
             state: Arc::default(),
         }
     }
@@ -101,8 +102,17 @@ impl MockBackend {
     }
 
     /// Waits `latency` before every reply.
-    pub fn with_latency(mut self, latency: Duration) -> Self {
-        self.latency = latency;
+    pub fn with_latency(self, latency: Duration) -> Self {
+        self.with_latency_fn(move |_| latency)
+    }
+
+    /// Waits as long as `latency` says for each request (for example a latency that varies
+    /// with the prompt, as real models do) before replying.
+    pub fn with_latency_fn<F>(mut self, latency: F) -> Self
+    where
+        F: Fn(&CompletionRequest) -> Duration + Send + Sync + 'static,
+    {
+        self.latency = Some(Arc::new(latency));
         self
     }
 
@@ -147,7 +157,7 @@ impl MockBackend {
 impl fmt::Debug for MockBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MockBackend")
-            .field("latency", &self.latency)
+            .field("latency", &self.latency.is_some())
             .field("failure_rules", &self.failures.len())
             .field("calls", &self.calls())
             .field("peak_in_flight", &self.peak_in_flight())
@@ -178,8 +188,12 @@ impl LlmBackend for MockBackend {
         state.peak_in_flight.fetch_max(now, Ordering::SeqCst);
         let _guard = InFlight(&state.in_flight);
 
-        if !self.latency.is_zero() {
-            tokio::time::sleep(self.latency).await;
+        let latency = self
+            .latency
+            .as_ref()
+            .map_or(Duration::ZERO, |f| f(&request));
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
         }
         if let Some((_, error)) = self.failures.iter().find(|(when, _)| when(&request)) {
             return Err(error.clone());
