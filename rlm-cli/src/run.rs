@@ -221,11 +221,8 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
         Some(Ok(result)) => result,
     };
 
-    let mut result = result;
-    if interrupted.load(Ordering::SeqCst) {
-        // Whatever the script made of its cancelled sub-calls is not an answer.
-        result.stopped = StopReason::Cancelled;
-    }
+    // A run whose token was cancelled already says `cancelled` (rlm-repl does not count
+    // what a script made of cancelled sub-calls as a final answer).
     let usage = tracker.snapshot();
     let cache_stats = cache.as_ref().map(|c| c.stats());
     if args.json || result.stopped != StopReason::Cancelled {

@@ -262,7 +262,8 @@ async fn cancellation_stops_sub_calls_and_running_code() {
     // Cancelled while sub-calls are in flight.
     let cancel = CancellationToken::new();
     let trigger = cancel.clone();
-    let root = MockBackend::scripted([fence("llm_query(\"wait\");")]);
+    // The script would make its cancelled call's error string the answer: that is not final.
+    let root = MockBackend::scripted([fence("let r = llm_query(\"wait\"); FINAL(r);")]);
     let sub = MockBackend::echo().with_latency(Duration::from_secs(3600));
     let rlm = builder(&root, &sub)
         .cancel_token(cancel)
