@@ -30,18 +30,24 @@ where
     let root_model = root_model.to_owned();
     move |request: &ServerRequest| {
         if request.model() == root_model {
-            let turn = request.assistant_turns();
-            match root_replies.get(turn) {
-                Some(reply) => Reply::completion_for(request, reply.clone()),
-                None => Reply::error(
-                    400,
-                    "invalid_request_error",
-                    "script_exhausted",
-                    &format!("the mock root model has no reply for turn {turn}"),
-                ),
-            }
+            scripted_turn(request, &root_replies)
         } else {
             Reply::completion_for(request, sub(request.last_user()))
         }
+    }
+}
+
+/// A scripted root model's reply to `request`: `replies[turn]`, where `turn` is the number
+/// of assistant messages in the conversation; past the end, a 400 saying so.
+pub fn scripted_turn(request: &ServerRequest, replies: &[String]) -> Reply {
+    let turn = request.assistant_turns();
+    match replies.get(turn) {
+        Some(reply) => Reply::completion_for(request, reply.clone()),
+        None => Reply::error(
+            400,
+            "invalid_request_error",
+            "script_exhausted",
+            &format!("the mock root model has no reply for turn {turn}"),
+        ),
     }
 }

@@ -95,48 +95,32 @@ pub struct Reply {
 
 impl Reply {
     /// A successful chat completion whose message content is `text`, with usage estimated at
-    /// four bytes per token.
+    /// four bytes per token (and 10 prompt tokens).
     pub fn text(text: impl Into<String>) -> Self {
-        let text = text.into();
-        let completion_tokens = text.len().div_ceil(4);
-        Self::json(
-            200,
-            &json!({
-                "id": "chatcmpl-mock",
-                "object": "chat.completion",
-                "created": 0,
-                "model": "mock",
-                "choices": [{
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": "stop",
-                }],
-                "usage": {
-                    "prompt_tokens": 10,
-                    "completion_tokens": completion_tokens,
-                    "total_tokens": 10 + completion_tokens,
-                },
-            }),
-        )
+        Self::completion("chatcmpl-mock".to_owned(), "mock", text.into(), 10)
     }
 
     /// A successful chat completion for `request`: the model is echoed and the prompt tokens
     /// are estimated from the request's messages.
     pub fn completion_for(request: &ServerRequest, text: impl Into<String>) -> Self {
-        let text = text.into();
         let prompt_tokens: usize = request
             .messages()
             .iter()
             .map(|m| m["content"].as_str().unwrap_or_default().len().div_ceil(4) + 4)
             .sum();
+        let id = format!("chatcmpl-{}", request.seq);
+        Self::completion(id, request.model(), text.into(), prompt_tokens)
+    }
+
+    fn completion(id: String, model: &str, text: String, prompt_tokens: usize) -> Self {
         let completion_tokens = text.len().div_ceil(4);
         Self::json(
             200,
             &json!({
-                "id": format!("chatcmpl-{}", request.seq),
+                "id": id,
                 "object": "chat.completion",
                 "created": 0,
-                "model": request.model(),
+                "model": model,
                 "choices": [{
                     "index": 0,
                     "message": {"role": "assistant", "content": text},

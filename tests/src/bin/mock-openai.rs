@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::time::Duration;
 
-use rlm_tests::{MockServer, Reply, ServerRequest};
+use rlm_tests::{MockServer, Reply, ServerRequest, scripted_turn};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 struct Args {
@@ -75,17 +75,7 @@ fn parse_args() -> Result<Args, String> {
 
 fn reply(args: &Args, request: &ServerRequest) -> Reply {
     if let Some(script) = args.roots.get(request.model()) {
-        let turn = request.assistant_turns();
-        let reply = match script.get(turn) {
-            Some(text) => Reply::completion_for(request, text.clone()),
-            None => Reply::error(
-                400,
-                "invalid_request_error",
-                "script_exhausted",
-                &format!("no scripted reply for turn {turn}"),
-            ),
-        };
-        return reply.after(args.root_latency);
+        return scripted_turn(request, script).after(args.root_latency);
     }
     let prompt = request.last_user();
     let text = match &args.sub_find {
