@@ -292,9 +292,10 @@ impl SubCaller {
             .wait(async move { backend.complete_batch(requests, &options).await }.instrument(span))
             .unwrap_or_default();
         let mut failed = 0;
-        for (i, answer) in answers.iter_mut().take(granted).enumerate() {
-            *answer = match results.get(i) {
-                Some(Ok(completion)) => completion.text.clone(),
+        let mut results = results.into_iter();
+        for answer in answers.iter_mut().take(granted) {
+            *answer = match results.next() {
+                Some(Ok(completion)) => completion.text,
                 Some(Err(LlmError::Cancelled)) => {
                     failed += 1;
                     self.run.refusal()
