@@ -139,6 +139,20 @@ impl LlmError {
         )
     }
 
+    /// Whether every other request to the same model and server will fail the same way:
+    /// credentials refused (401/403), no quota left, or a model or endpoint the server does
+    /// not have (404, `model_not_found`). Sending more such requests is pointless; a run
+    /// should stop and say so.
+    pub fn affects_every_request(&self) -> bool {
+        match self {
+            LlmError::Auth { .. } | LlmError::QuotaExhausted { .. } => true,
+            LlmError::BadRequest { status, code, .. } => {
+                *status == 404 || code.as_deref() == Some("model_not_found")
+            }
+            _ => false,
+        }
+    }
+
     /// The provider's requested wait before a retry, if it gave one.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {

@@ -33,13 +33,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::{
-    BatchExecutor, Completion, CompletionRequest, FinishReason, LlmBackend, LlmError, Usage,
+    BatchExecutor, Completion, CompletionRequest, LlmBackend, LlmError, Usage,
     estimate_tokens,
 };
 
 type Responder = dyn Fn(&CompletionRequest) -> Result<String, LlmError> + Send + Sync;
 type Predicate = dyn Fn(&CompletionRequest) -> bool + Send + Sync;
 type LatencyFn = dyn Fn(&CompletionRequest) -> Duration + Send + Sync;
+type ShapeFn = dyn Fn(&CompletionRequest, Completion) -> Completion + Send + Sync;
 
 #[derive(Default)]
 struct State {
@@ -58,6 +59,7 @@ pub struct MockBackend {
     responder: Arc<Responder>,
     failures: Vec<(Arc<Predicate>, LlmError)>,
     latency: Option<Arc<LatencyFn>>,
+    shape: Option<Arc<ShapeFn>>,
     state: Arc<State>,
 }
 
@@ -71,6 +73,7 @@ impl MockBackend {
             responder: Arc::new(responder),
             failures: Vec::new(),
             latency: None,
+            shape: None,
             state: Arc::default(),
         }
     }
@@ -113,6 +116,16 @@ impl MockBackend {
         F: Fn(&CompletionRequest) -> Duration + Send + Sync + 'static,
     {
         self.latency = Some(Arc::new(latency));
+        self
+    }
+
+    /// Reshapes every completion before it is returned: for example to mark a reply as cut
+    /// (`finish_reason: length`) or to give it reasoning and no text, as real providers do.
+    pub fn with_shape<F>(mut self, shape: F) -> Self
+    where
+        F: Fn(&CompletionRequest, Completion) -> Completion + Send + Sync + 'static,
+    {
+        self.shape = Some(Arc::new(shape));
         self
     }
 
@@ -200,11 +213,10 @@ impl LlmBackend for MockBackend {
         }
         let text = (self.responder)(&request)?;
         let usage = Usage::new(request.estimated_prompt_tokens(), estimate_tokens(&text));
-        Ok(Completion {
-            text,
-            model: request.model,
-            finish_reason: Some(FinishReason::Stop),
-            usage,
+        let completion = Completion::new(request.model.clone(), text).with_usage(usage);
+        Ok(match &self.shape {
+            Some(shape) => shape(&request, completion),
+            None => completion,
         })
     }
 }

@@ -330,6 +330,11 @@ pub struct Completion {
     /// Tokens consumed; zero when the provider did not report usage.
     #[serde(default)]
     pub usage: Usage,
+    /// The model's reasoning, when the provider returned it apart from the answer
+    /// (`reasoning_content` or `reasoning`). Never part of [`text`](Self::text); a reply with
+    /// reasoning and no text is an empty answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<String>,
 }
 
 impl Completion {
@@ -340,6 +345,7 @@ impl Completion {
             model: model.into(),
             finish_reason: Some(FinishReason::Stop),
             usage: Usage::default(),
+            reasoning: None,
         }
     }
 
@@ -347,6 +353,44 @@ impl Completion {
     pub fn with_usage(mut self, usage: Usage) -> Self {
         self.usage = usage;
         self
+    }
+
+    /// Sets why generation stopped.
+    pub fn with_finish_reason(mut self, reason: Option<FinishReason>) -> Self {
+        self.finish_reason = reason;
+        self
+    }
+
+    /// Sets the reasoning text.
+    pub fn with_reasoning(mut self, reasoning: impl Into<String>) -> Self {
+        self.reasoning = Some(reasoning.into());
+        self
+    }
+
+    /// Whether the provider cut the reply at its token limit (`finish_reason: "length"`).
+    pub fn is_cut(&self) -> bool {
+        self.finish_reason == Some(FinishReason::Length)
+    }
+
+    /// Why a reply carries no answer text, or `None` when it has text.
+    ///
+    /// An answer is missing when the text is empty or blank: the reply was cut before any
+    /// text, held only reasoning, only tool calls, or nothing at all (`content: null`).
+    pub fn missing_text(&self) -> Option<&'static str> {
+        if !self.text.trim().is_empty() {
+            return None;
+        }
+        Some(if self.is_cut() {
+            "it was cut at the token limit before any text (finish_reason: length)"
+        } else if self.reasoning.as_deref().is_some_and(|r| !r.trim().is_empty()) {
+            "it held only reasoning (reasoning_content) and no answer text"
+        } else if self.finish_reason == Some(FinishReason::ToolCalls) {
+            "it held only tool calls and no answer text"
+        } else if self.finish_reason == Some(FinishReason::ContentFilter) {
+            "the provider's content filter withheld it (finish_reason: content_filter)"
+        } else {
+            "its content was empty (null or blank)"
+        })
     }
 }
 

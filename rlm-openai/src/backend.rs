@@ -25,6 +25,8 @@ use crate::wire::{self, ChatBody};
 #[derive(Clone)]
 pub struct OpenAiBackend {
     inner: Arc<Inner>,
+    /// The time one attempt may take (the config's, unless this handle overrides it).
+    request_timeout: Duration,
 }
 
 struct Inner {
@@ -148,6 +150,7 @@ impl OpenAiBackend {
             })?;
 
         Ok(Self {
+            request_timeout: config.request_timeout,
             inner: Arc::new(Inner {
                 client,
                 url,
@@ -161,6 +164,25 @@ impl OpenAiBackend {
     /// A backend configured from the environment ([`OpenAiConfig::from_env`]).
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::new(OpenAiConfig::from_env())
+    }
+
+    /// A handle on the same HTTP client, connection pool and rate limits whose attempts time
+    /// out after `timeout` instead (for example sub-calls with a shorter limit than root
+    /// calls). Each retry gets its own `timeout`. A zero `timeout` keeps the current one.
+    pub fn with_request_timeout(&self, timeout: Duration) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+            request_timeout: if timeout.is_zero() {
+                self.request_timeout
+            } else {
+                timeout
+            },
+        }
+    }
+
+    /// The time one attempt may take before it fails with [`LlmError::Timeout`].
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
     }
 
     /// The settings it was built with.
@@ -206,7 +228,13 @@ impl OpenAiBackend {
         body: Bytes,
     ) -> (Result<Completion, LlmError>, Option<bool>) {
         let inner = &*self.inner;
-        let sent = inner.client.post(inner.url.clone()).body(body).send().await;
+        let sent = inner
+            .client
+            .post(inner.url.clone())
+            .timeout(self.request_timeout)
+            .body(body)
+            .send()
+            .await;
         let response = match sent {
             Ok(response) => response,
             Err(e) => return (Err(self.transport_error(e)), None),

@@ -85,6 +85,14 @@ struct WireChoice {
 struct WireMessage {
     #[serde(default, deserialize_with = "content")]
     content: String,
+    /// DeepSeek, vLLM and others: the reasoning, apart from the answer.
+    #[serde(default, deserialize_with = "lenient")]
+    reasoning_content: Option<String>,
+    /// OpenRouter's spelling of the same.
+    #[serde(default, deserialize_with = "lenient")]
+    reasoning: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    tool_calls: Option<Vec<Value>>,
 }
 
 #[derive(Deserialize)]
@@ -178,10 +186,22 @@ pub(crate) fn parse_completion(
             excerpt(body, redact)
         )));
     };
-    let text = match (choice.message, choice.text) {
-        (Some(message), _) => message.content,
-        (None, Some(text)) => text,
-        (None, None) => String::new(),
+    let mut finish_reason = choice
+        .finish_reason
+        .map(|reason| FinishReason::from(redact(&reason).as_str()));
+    let (text, reasoning) = match (choice.message, choice.text) {
+        (Some(message), _) => {
+            if finish_reason.is_none() && message.tool_calls.is_some_and(|c| !c.is_empty()) {
+                finish_reason = Some(FinishReason::ToolCalls);
+            }
+            let reasoning = message
+                .reasoning_content
+                .or(message.reasoning)
+                .filter(|r| !r.is_empty());
+            (message.content, reasoning)
+        }
+        (None, Some(text)) => (text, None),
+        (None, None) => (String::new(), None),
     };
     let usage = wire
         .usage
@@ -198,10 +218,9 @@ pub(crate) fn parse_completion(
             .model
             .filter(|m| !m.is_empty())
             .map_or_else(|| fallback_model.to_owned(), |m| redact(&m)),
-        finish_reason: choice
-            .finish_reason
-            .map(|reason| FinishReason::from(redact(&reason).as_str())),
+        finish_reason,
         usage,
+        reasoning,
     })
 }
 
@@ -395,6 +414,17 @@ mod tests {
         let c = parse(json!({"choices": [{"message": {}}], "usage": {"prompt_tokens": null}}))
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.text, "");
+        let c = parse(json!({"choices": [{"message": {"content": null,
+            "reasoning_content": "thinking..."}, "finish_reason": "stop"}]}))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.text, "");
+        assert_eq!(c.reasoning.as_deref(), Some("thinking..."));
+        assert!(c.missing_text().is_some_and(|why| why.contains("reasoning")));
+        let c = parse(json!({"choices": [{"message": {"content": null,
+            "tool_calls": [{"id": "1", "type": "function"}]}}]}))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.finish_reason, Some(FinishReason::ToolCalls));
+        assert!(c.missing_text().is_some_and(|why| why.contains("tool calls")));
         let c = parse(json!({"choices": [{"text": "legacy", "finish_reason": "length"}]}))
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.text, "legacy");

@@ -22,6 +22,16 @@ pub enum RlmError {
         #[source]
         source: LlmError,
     },
+    /// The sub model refused a call for a reason that every other call shares (credentials,
+    /// quota, an unknown model): the run stopped at once rather than answer from failures.
+    #[error("the sub model ({model}) cannot be used: {source}")]
+    SubModel {
+        /// The model of `llm_query` / `llm_batch`.
+        model: String,
+        /// What the backend reported.
+        #[source]
+        source: LlmError,
+    },
     /// A bug in rlm (e.g. the REPL thread panicked). Please report it.
     #[error("internal error: {0}")]
     Internal(String),

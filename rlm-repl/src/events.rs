@@ -165,6 +165,9 @@ pub enum Event {
         elapsed_ms: u64,
         /// Calls and tokens per model.
         usage: std::collections::BTreeMap<String, ModelUsage>,
+        /// Why the answer may not be trusted as it is (see
+        /// [`RunResult::warnings`](crate::RunResult::warnings)).
+        warnings: Vec<String>,
     },
 }
 

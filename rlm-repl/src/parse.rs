@@ -1,17 +1,24 @@
 //! Reading a root reply: its code blocks and its text-level `FINAL(...)` / `FINAL_VAR(...)`.
 //!
-//! Fenced blocks tagged `repl` or `rhai` run, in order. Untagged blocks run only when the
-//! reply has no tagged block (a model that forgets the tag still meant code; a model that tags
-//! its code and also shows an untagged snippet meant an illustration). Blocks in other
-//! languages (`python`, `json`, ...) never run; the model is told so. A `FINAL` marker counts
-//! only on a line outside every fence.
+//! Fences are ```` ``` ```` or `~~~`, three or more, closed by a bare fence of the same
+//! character at least as long (as in Markdown). Blocks tagged `repl` or `rhai` run, in order.
+//! Untagged blocks run only when the reply has no tagged block (a model that forgets the tag
+//! still meant code; a model that tags its code and also shows an untagged snippet meant an
+//! illustration). Blocks in other languages (`python`, `json`, ...) never run; the model is
+//! told so.
+//!
+//! A marker is `FINAL(` or `FINAL_VAR(` at the start of a line (after indentation and Markdown
+//! decoration such as `**`, `>`, `-`, `#`), outside every fence and not inside inline code.
+//! `FINAL(` takes the text up to the parenthesis that balances it, across lines; prose after
+//! it is not part of the answer. Only when it never balances does a fallback apply: the text
+//! up to the reply's last `)`, or all of it.
 
 /// A text-level end marker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum FinalMarker {
     /// `FINAL(answer)`.
     Value(String),
-    /// `FINAL_VAR(name)`.
+    /// `FINAL_VAR(name)` (or `FINAL_VAR(expression)`).
     Var(String),
 }
 
@@ -20,105 +27,210 @@ pub(crate) enum FinalMarker {
 pub(crate) struct ParsedReply {
     /// Code to run, in order.
     pub(crate) blocks: Vec<String>,
-    /// The first end marker outside code fences.
+    /// The first end marker outside code.
     pub(crate) final_marker: Option<FinalMarker>,
+    /// The `FINAL(` marker never balanced: its answer is a fallback, possibly cut.
+    pub(crate) final_unbalanced: bool,
     /// A fence was opened and never closed (its code does not run).
     pub(crate) unterminated: bool,
-    /// Languages of blocks that were not run.
+    /// Languages of blocks that were not run (`""` for an untagged illustration).
     pub(crate) skipped: Vec<String>,
 }
 
-struct Fence {
+impl ParsedReply {
+    /// Whether the reply holds code the model meant to run: blocks that run, a block cut
+    /// short, or a block in another programming language. Data shown in a fence (`json`,
+    /// `text`, an untagged illustration beside tagged code) is not code.
+    pub(crate) fn has_code(&self) -> bool {
+        !self.blocks.is_empty()
+            || self.unterminated
+            || self.skipped.iter().any(|lang| !is_data_language(lang))
+    }
+
+    /// The first skipped block in a programming language, if any.
+    pub(crate) fn skipped_code(&self) -> Option<&str> {
+        self.skipped
+            .iter()
+            .map(String::as_str)
+            .find(|lang| !is_data_language(lang))
+    }
+}
+
+/// An open fence: its character, its length, its language and its lines so far.
+struct OpenFence<'a> {
+    mark: char,
+    length: usize,
     lang: String,
-    code: String,
+    body: Vec<&'a str>,
 }
 
 /// Splits `reply` into code blocks and text.
 pub(crate) fn parse_reply(reply: &str) -> ParsedReply {
     let mut parsed = ParsedReply::default();
-    let mut fences: Vec<Fence> = Vec::new();
-    // The open fence: its language, its length in backticks, and its lines so far.
-    let mut open: Option<(String, usize, Vec<&str>)> = None;
-    let lines: Vec<&str> = reply.lines().collect();
-    let mut i = 0;
-    while i < lines.len() {
-        let line = lines[i];
+    let mut fences: Vec<(String, String)> = Vec::new();
+    let mut open: Option<OpenFence<'_>> = None;
+    // Byte offset of each line's start, so that a marker can take text across lines.
+    let mut offset = 0;
+    // Lines before this offset belong to a FINAL(...) answer already taken.
+    let mut consumed_until = 0;
+    for line in reply.split_inclusive('\n') {
+        let start = offset;
+        offset += line.len();
+        if start < consumed_until {
+            continue;
+        }
+        let line = line.strip_suffix('\n').unwrap_or(line);
+        let line = line.strip_suffix('\r').unwrap_or(line);
         let trimmed = line.trim();
-        let ticks = trimmed.len() - trimmed.trim_start_matches('`').len();
-        match &mut open {
-            Some((lang, length, body)) => {
-                // As in Markdown, only a bare fence at least as long as the opening one
-                // closes it: a ````repl block may hold ``` lines.
-                if ticks >= *length && trimmed.trim_start_matches('`').trim().is_empty() {
-                    fences.push(Fence {
-                        lang: std::mem::take(lang),
-                        code: body.join("\n"),
-                    });
-                    open = None;
-                } else {
-                    body.push(line);
-                }
+        if let Some(fence) = &mut open {
+            let (mark, length) = fence_run(trimmed);
+            if mark == Some(fence.mark)
+                && length >= fence.length
+                && trimmed[length..].trim().is_empty()
+            {
+                fences.push((std::mem::take(&mut fence.lang), fence.body.join("\n")));
+                open = None;
+            } else {
+                fence.body.push(line);
             }
-            None => {
-                if let Some(info) = trimmed.strip_prefix("```") {
-                    let lang = info
-                        .trim_start_matches('`')
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or("")
-                        .to_ascii_lowercase();
-                    open = Some((lang, ticks, Vec::new()));
-                } else if parsed.final_marker.is_none() {
-                    parsed.final_marker = final_marker(line, &lines[i + 1..]);
-                }
+            continue;
+        }
+        if let (Some(mark), length @ 3..) = fence_run(trimmed) {
+            let info = &trimmed[length..];
+            // A backtick fence's info string has no backticks (CommonMark): "```x```" is
+            // inline code, not a fence.
+            if mark == '`' && info.contains('`') {
+                continue;
+            }
+            let lang = info
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            open = Some(OpenFence {
+                mark,
+                length,
+                lang,
+                body: Vec::new(),
+            });
+            continue;
+        }
+        if parsed.final_marker.is_none() {
+            let decorated = line.len()
+                - line
+                    .trim_start_matches(|c: char| c.is_whitespace() || "*>#-_+".contains(c))
+                    .len();
+            if let Some((marker, end, balanced)) = final_marker(&reply[start + decorated..]) {
+                parsed.final_marker = Some(marker);
+                parsed.final_unbalanced = !balanced;
+                consumed_until = start + decorated + end;
             }
         }
-        i += 1;
     }
     parsed.unterminated = open.is_some();
-    let tagged = fences.iter().any(|f| is_rhai(&f.lang));
-    for fence in fences {
-        if is_rhai(&fence.lang) || (!tagged && fence.lang.is_empty()) {
-            if !fence.code.trim().is_empty() {
-                parsed.blocks.push(fence.code);
+    let tagged = fences.iter().any(|(lang, _)| is_rhai(lang));
+    for (lang, code) in fences {
+        if is_rhai(&lang) || (!tagged && lang.is_empty()) {
+            if !code.trim().is_empty() {
+                parsed.blocks.push(code);
             }
         } else {
-            parsed.skipped.push(fence.lang);
+            parsed.skipped.push(lang);
         }
     }
     parsed
+}
+
+/// The fence character a line starts with and how many times it repeats.
+fn fence_run(trimmed: &str) -> (Option<char>, usize) {
+    let Some(mark) = trimmed.chars().next().filter(|c| matches!(c, '`' | '~')) else {
+        return (None, 0);
+    };
+    let length = trimmed.len() - trimmed.trim_start_matches(mark).len();
+    (Some(mark), length)
 }
 
 fn is_rhai(lang: &str) -> bool {
     matches!(lang, "repl" | "rhai")
 }
 
-/// A marker at the start of `line` (after indentation and Markdown decoration).
-fn final_marker(line: &str, following: &[&str]) -> Option<FinalMarker> {
-    let text = line.trim_start_matches(|c: char| c.is_whitespace() || "*>#-`_".contains(c));
+/// Fence languages that show data or prose, not code to run.
+fn is_data_language(lang: &str) -> bool {
+    matches!(
+        lang,
+        "" | "json"
+            | "jsonl"
+            | "text"
+            | "txt"
+            | "plaintext"
+            | "plain"
+            | "markdown"
+            | "md"
+            | "csv"
+            | "tsv"
+            | "yaml"
+            | "yml"
+            | "toml"
+            | "xml"
+            | "html"
+            | "output"
+            | "console"
+            | "log"
+    )
+}
+
+/// A marker at the very start of `text`: the marker, the byte length it spans in `text`, and
+/// whether its parenthesis balanced.
+fn final_marker(text: &str) -> Option<(FinalMarker, usize, bool)> {
     if let Some(rest) = text.strip_prefix("FINAL_VAR(") {
-        // A name has no `)`: anything after the first one is prose.
-        let name = rest.find(')').map_or(rest, |end| &rest[..end]);
-        let name = unquote(name.trim());
-        return (!name.is_empty()).then(|| FinalMarker::Var(name.to_owned()));
+        // A name (or a short expression) on the marker's line.
+        let line = rest.split('\n').next().unwrap_or(rest);
+        let (inner, _) = balanced(line).unwrap_or_else(|| {
+            let end = line.find(')').unwrap_or(line.len());
+            (&line[..end], false)
+        });
+        let name = unquote(inner.trim());
+        let spanned = "FINAL_VAR(".len() + line.len();
+        return (!name.is_empty()).then(|| (FinalMarker::Var(name.to_owned()), spanned, true));
     }
     let rest = text.strip_prefix("FINAL(")?;
-    let answer = match rest.rfind(')') {
-        Some(end) => rest[..end].to_owned(),
-        // The answer spans lines: take everything up to the last `)` of the reply.
-        None => {
-            let mut all = rest.to_owned();
-            for next in following {
-                all.push('\n');
-                all.push_str(next);
-            }
-            match all.rfind(')') {
-                Some(end) => all[..end].to_owned(),
-                None => all,
-            }
+    let (answer, spanned, balanced) = match balanced(rest) {
+        Some((inner, _)) => {
+            // The answer ends at its parenthesis; the rest of that line is prose.
+            let after = &rest[inner.len()..];
+            let line_end = after.find('\n').map_or(after.len(), |i| i + 1);
+            (inner, "FINAL(".len() + inner.len() + line_end, true)
         }
+        // Never balanced: up to the last `)`, or everything.
+        None => (
+            rest.rfind(')').map_or(rest, |end| &rest[..end]),
+            text.len(),
+            false,
+        ),
     };
-    Some(FinalMarker::Value(unquote(answer.trim()).to_owned()))
+    Some((
+        FinalMarker::Value(unquote(answer.trim()).to_owned()),
+        spanned,
+        balanced,
+    ))
+}
+
+/// The text before the `)` that closes an already open `(`, if one does.
+fn balanced(text: &str) -> Option<(&str, bool)> {
+    let mut depth = 1usize;
+    for (i, c) in text.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some((&text[..i], true));
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// `text` without one pair of matching surrounding quotes.
@@ -134,6 +246,10 @@ fn unquote(text: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn value(text: &str) -> Option<FinalMarker> {
+        Some(FinalMarker::Value(text.into()))
+    }
 
     #[test]
     fn runs_tagged_blocks_in_order() {
@@ -153,34 +269,87 @@ mod tests {
         let python = parse_reply("```python\nprint(1)\n```");
         assert!(python.blocks.is_empty());
         assert_eq!(python.skipped, ["python"]);
+        assert!(python.has_code());
+        assert!(!parse_reply("```json\n{}\n```").has_code());
     }
 
     #[test]
     fn final_markers_outside_fences_only() {
         let parsed =
             parse_reply("```repl\nFINAL(\"in code\")\n```\nFINAL(The answer (really) is 42).");
-        assert_eq!(
-            parsed.final_marker,
-            Some(FinalMarker::Value("The answer (really) is 42".into()))
-        );
+        assert_eq!(parsed.final_marker, value("The answer (really) is 42"));
         assert_eq!(parsed.blocks, ["FINAL(\"in code\")"]);
         let var = parse_reply("Done.\n**FINAL_VAR(answer)**");
         assert_eq!(var.final_marker, Some(FinalMarker::Var("answer".into())));
         let quoted = parse_reply("FINAL_VAR(\"answer\")");
         assert_eq!(quoted.final_marker, Some(FinalMarker::Var("answer".into())));
         let multi = parse_reply("FINAL(line one\nline two)");
-        assert_eq!(
-            multi.final_marker,
-            Some(FinalMarker::Value("line one\nline two".into()))
-        );
+        assert_eq!(multi.final_marker, value("line one\nline two"));
         assert_eq!(
             parse_reply("The FINAL(x) is not at the start").final_marker,
             None
         );
+        assert_eq!(parse_reply("FINAL(\"quoted\")").final_marker, value("quoted"));
+        assert_eq!(parse_reply("> - FINAL(42)").final_marker, value("42"));
+    }
+
+    #[test]
+    fn a_final_answer_runs_to_its_balancing_parenthesis_across_lines() {
+        // The issue's input: the first line holds a parenthetical.
+        let reply = "FINAL(The three duels (in story order):\n1. Ahab and the whale (first)\n\
+                     2. The mate and the harpooner\n3. The last one, though it never happened)";
+        let parsed = parse_reply(reply);
         assert_eq!(
-            parse_reply("FINAL(\"quoted\")").final_marker,
-            Some(FinalMarker::Value("quoted".into()))
+            parsed.final_marker,
+            value(
+                "The three duels (in story order):\n1. Ahab and the whale (first)\n\
+                 2. The mate and the harpooner\n3. The last one, though it never happened"
+            )
         );
+        assert!(!parsed.final_unbalanced);
+        // Prose after the closing parenthesis is not part of the answer.
+        let parsed = parse_reply("FINAL(42) (I counted twice.)\nThanks!");
+        assert_eq!(parsed.final_marker, value("42"));
+        // Never balanced: the fallback, marked as such.
+        let parsed = parse_reply("FINAL(The answer is (a) or");
+        assert_eq!(parsed.final_marker, value("The answer is (a"));
+        assert!(parsed.final_unbalanced);
+        let parsed = parse_reply("FINAL(cut mid-way");
+        assert_eq!(parsed.final_marker, value("cut mid-way"));
+        assert!(parsed.final_unbalanced);
+    }
+
+    #[test]
+    fn an_answer_may_hold_fences_without_making_them_code() {
+        let reply = "FINAL(Use this:\n```python\nprint(1)\n```\n)";
+        let parsed = parse_reply(reply);
+        assert_eq!(
+            parsed.final_marker,
+            value("Use this:\n```python\nprint(1)\n```")
+        );
+        assert!(!parsed.has_code());
+    }
+
+    #[test]
+    fn tilde_fences_run() {
+        // The issue's input: the code runs, and its FINAL is code, not text.
+        let parsed = parse_reply("~~~repl\nlet x = \"the real value\";\nFINAL(x)\n~~~");
+        assert_eq!(parsed.blocks, ["let x = \"the real value\";\nFINAL(x)"]);
+        assert_eq!(parsed.final_marker, None);
+        // A tilde fence is closed only by tildes, at least as many.
+        let parsed = parse_reply("~~~~repl\nlet s = `\n```\n~~~\n`;\n~~~~\nFINAL(done)");
+        assert_eq!(parsed.blocks, ["let s = `\n```\n~~~\n`;"]);
+        assert_eq!(parsed.final_marker, value("done"));
+    }
+
+    #[test]
+    fn a_marker_in_inline_code_is_not_a_marker() {
+        let reply = "`FINAL_VAR(answer)` is what I will call once the count is verified.\n\
+                     ```repl\nprint(answer.len());\n```";
+        let parsed = parse_reply(reply);
+        assert_eq!(parsed.final_marker, None);
+        assert_eq!(parsed.blocks, ["print(answer.len());"]);
+        assert_eq!(parse_reply("`FINAL(42)`").final_marker, None);
     }
 
     #[test]
@@ -194,13 +363,13 @@ mod tests {
             ["let p = `Reply like this:\n```json\n{}\n```\n`;\nprint(p);"]
         );
         assert!(!parsed.unterminated);
-        assert_eq!(parsed.final_marker, Some(FinalMarker::Value("done".into())));
+        assert_eq!(parsed.final_marker, value("done"));
         // A fence closes only with at least as many backticks as it opened with.
         let parsed = parse_reply("````repl\nprint(1);\n```\n");
         assert!(parsed.unterminated);
         let parsed = parse_reply("```repl\nprint(1);\n`````\nFINAL(x)");
         assert_eq!(parsed.blocks, ["print(1);"]);
-        assert_eq!(parsed.final_marker, Some(FinalMarker::Value("x".into())));
+        assert_eq!(parsed.final_marker, value("x"));
     }
 
     #[test]
@@ -209,6 +378,11 @@ mod tests {
         assert_eq!(parsed.final_marker, Some(FinalMarker::Var("answer".into())));
         let parsed = parse_reply("FINAL_VAR(\"answer\").");
         assert_eq!(parsed.final_marker, Some(FinalMarker::Var("answer".into())));
+        let parsed = parse_reply("FINAL_VAR(counts(1)) then");
+        assert_eq!(
+            parsed.final_marker,
+            Some(FinalMarker::Var("counts(1)".into()))
+        );
     }
 
     #[test]
@@ -216,6 +390,7 @@ mod tests {
         let parsed = parse_reply("```repl\nprint(1);\n");
         assert!(parsed.unterminated);
         assert!(parsed.blocks.is_empty());
+        assert!(parsed.has_code());
         assert_eq!(parse_reply(""), ParsedReply::default());
         let inside = parse_reply("```repl\nlet x = 1;\nFINAL(x)\n");
         assert_eq!(

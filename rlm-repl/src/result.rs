@@ -65,6 +65,10 @@ pub struct RunResult {
     pub usage: BTreeMap<String, ModelUsage>,
     /// Sub-calls made (`llm_query` calls plus `llm_batch` items).
     pub sub_calls: u64,
+    /// Why the answer may not be trusted as it is, one sentence each: answers held for
+    /// confirmation, sub-calls cut at the token limit or without text, an answer given after
+    /// failed sub-calls, and (with an empty answer) why there is none. Empty for a clean run.
+    pub warnings: Vec<String>,
     /// Every turn, in order.
     pub trajectory: Vec<Turn>,
 }

@@ -19,6 +19,9 @@ use crate::{
     BlockRecord, Context, Event, Repl, Rlm, RlmError, RunResult, StopReason, SubCallRecord, Turn,
 };
 
+/// The pause before the one retry of an unreadable root reply.
+const INVALID_REPLY_PAUSE: Duration = Duration::from_millis(500);
+
 /// Aborts the wrapped task when dropped (the run's time watchdog).
 struct AbortOnDrop(JoinHandle<()>);
 
@@ -37,9 +40,132 @@ struct TurnWork {
     repl: Repl,
     blocks: Vec<BlockRecord>,
     sub_calls: Vec<SubCallRecord>,
-    answer: Option<String>,
-    notes: Vec<String>,
+    /// A `FINAL` called in code, and whether its block raised lint warnings.
+    code_final: Option<(String, bool)>,
+    /// Any block raised lint warnings.
+    warned: bool,
+    /// The block that failed (from 0); the blocks after it did not run.
+    failed: Option<usize>,
+    /// Blocks not run because the run had to stop.
     not_run: usize,
+    /// The value of a text `FINAL_VAR(name)`, or why there is none.
+    text_var: Option<Result<String, String>>,
+}
+
+/// What the loop makes of a reply's end markers.
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    /// The run ends with this answer.
+    Accept(String),
+    /// Not yet: the model is told why and must confirm (the next FINAL stands).
+    Hold(String),
+    /// Not accepted; the model is told why.
+    Refuse(String),
+    /// The reply gave no answer.
+    None,
+}
+
+/// Applies the answer-acceptance rules (design.md, "Answer acceptance") to one reply.
+/// `held` says whether an answer of this run was already held once.
+fn verdict(parsed: &ParsedReply, work: &TurnWork, cut: bool, held: bool) -> Verdict {
+    let (answer, warned) = if let Some((answer, warned)) = &work.code_final {
+        (answer.clone(), *warned)
+    } else {
+        match (&parsed.final_marker, &work.text_var) {
+            (None, _) => return Verdict::None,
+            (Some(FinalMarker::Value(_)), _) if cut => {
+                return Verdict::Refuse(
+                    "Your FINAL(...) was not accepted: the reply was cut at the token limit, so \
+                     the answer may be cut too. Give it again, shorter, or store it in a \
+                     variable and give FINAL_VAR(name)."
+                        .to_owned(),
+                );
+            }
+            (Some(FinalMarker::Value(_)), _) if parsed.has_code() => {
+                return Verdict::Refuse(
+                    "Your FINAL(...) was not accepted: you wrote it before you saw the output \
+                     above. If it still holds, repeat it (FINAL(...) on its own line, or \
+                     FINAL_VAR(name))."
+                        .to_owned(),
+                );
+            }
+            (Some(FinalMarker::Value(value)), _) => (value.clone(), false),
+            (Some(FinalMarker::Var(name)), _) if cut => {
+                return Verdict::Refuse(format!(
+                    "Your FINAL_VAR({name}) was not accepted: the reply was cut at the token \
+                     limit. Give it again."
+                ));
+            }
+            (Some(FinalMarker::Var(name)), _) if work.failed.is_some() || work.not_run > 0 => {
+                return Verdict::Refuse(format!(
+                    "Your FINAL_VAR({name}) was not accepted: not every block ran without \
+                     error. Fix the code, then give FINAL_VAR({name}) again."
+                ));
+            }
+            (Some(FinalMarker::Var(_)), Some(Ok(value))) => (value.clone(), work.warned),
+            (Some(FinalMarker::Var(_)), Some(Err(why))) => return Verdict::Refuse(why.clone()),
+            (Some(FinalMarker::Var(_)), None) => return Verdict::None,
+        }
+    };
+    if cut {
+        return Verdict::Refuse(
+            "Your FINAL was not accepted: the reply was cut at the token limit, and nothing in \
+             a cut reply ends the run. Give it again, shorter."
+                .to_owned(),
+        );
+    }
+    if !held {
+        if warned {
+            return Verdict::Hold(
+                "the block that gave it raised a warning (see above), which often means a \
+                 silently wrong value"
+                    .to_owned(),
+            );
+        }
+        if answer.trim_start().starts_with("Error:") {
+            return Verdict::Hold(
+                "it is an \"Error: ...\" string from a failed call, not an answer".to_owned(),
+            );
+        }
+    }
+    Verdict::Accept(answer)
+}
+
+/// The sub model's fatal failure as the run's error, reported to observers.
+fn sub_model_failure(run: &RunState, model: &str) -> Option<RlmError> {
+    let source = run.fatal()?;
+    run.emitter.emit_with(|| Event::RunError {
+        turn: run.turn(),
+        error: format!("the sub model ({model}) cannot be used: {source}"),
+    });
+    Some(RlmError::SubModel {
+        model: model.to_owned(),
+        source,
+    })
+}
+
+/// The start of a reply, quoted for a message.
+fn quote_start(text: &str) -> String {
+    const QUOTED_CHARS: usize = 160;
+    let text = text.trim();
+    match text.char_indices().nth(QUOTED_CHARS) {
+        Some((end, _)) => format!("{:?}...", &text[..end]),
+        None => format!("{text:?}"),
+    }
+}
+
+/// `1 sub-call was`, `2 sub-calls were`.
+fn count_verb(n: u64, what: &str, one: &str, many: &str) -> String {
+    format!("{} {}", count(n, what), if n == 1 { one } else { many })
+}
+
+/// `1 sub-call`, `2 sub-calls`.
+fn count(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
 }
 
 pub(crate) async fn run(rlm: &Rlm, query: String, context: Context) -> Result<RunResult, RlmError> {
@@ -96,6 +222,9 @@ pub(crate) async fn run(rlm: &Rlm, query: String, context: Context) -> Result<Ru
     ];
     let mut trajectory: Vec<Turn> = Vec::new();
     let mut answer: Option<String> = None;
+    let mut warnings: Vec<String> = Vec::new();
+    let mut held = false;
+    let mut empty_streak = 0;
 
     for turn in 1..=config.max_iterations {
         if run.stopped().is_some() {
@@ -106,11 +235,24 @@ pub(crate) async fn run(rlm: &Rlm, query: String, context: Context) -> Result<Ru
         let Some((reply, root_latency)) = ask_root(rlm, &root, &messages, turn, &run).await? else {
             break;
         };
+        let cut = reply.is_cut();
         let parsed = parse_reply(&reply.text);
-        let work = run_blocks(repl, parsed.clone(), turn, Arc::clone(&run))
+        let work = run_blocks(repl, parsed.clone(), cut, turn, Arc::clone(&run))
             .await
             .map_err(internal)?;
+        if let Some(error) = sub_model_failure(&run, &sub_model) {
+            return Err(error);
+        }
+        let verdict = verdict(&parsed, &work, cut, held);
         repl = work.repl;
+        let empty = reply.missing_text();
+        empty_streak = if empty.is_some() { empty_streak + 1 } else { 0 };
+        if let (2, Some(why)) = (empty_streak, empty) {
+            warnings.push(format!(
+                "the root model gave empty replies on turns {} and {turn}: {why}",
+                turn - 1
+            ));
+        }
         let record = Turn {
             turn,
             reply: reply.text.clone(),
@@ -122,23 +264,38 @@ pub(crate) async fn run(rlm: &Rlm, query: String, context: Context) -> Result<Ru
         emitter.emit_with(|| Event::TurnEnd {
             turn: record.clone(),
         });
-        let feedback = (work.answer.is_none()).then(|| {
-            feedback(
-                &reply.text,
-                &parsed,
-                &record.blocks,
-                &work.notes,
-                work.not_run,
-                config.max_iterations - turn,
-            )
-        });
-        trajectory.push(record);
-        if work.answer.is_some() {
-            answer = work.answer;
-            break;
+        let mut notes = Vec::new();
+        match verdict {
+            Verdict::Accept(value) => {
+                trajectory.push(record);
+                answer = Some(value);
+                break;
+            }
+            Verdict::Hold(why) => {
+                held = true;
+                warnings.push(format!(
+                    "turn {turn}: the answer was held for confirmation: {why}"
+                ));
+                notes.push(format!(
+                    "Your final answer was not accepted yet: {why}. Check it. If it is right, \
+                     give FINAL again (it will be accepted); if not, fix it first."
+                ));
+            }
+            Verdict::Refuse(why) => notes.push(why),
+            Verdict::None => {}
         }
+        let feedback = feedback(
+            &reply,
+            &parsed,
+            &record.blocks,
+            work.failed,
+            &notes,
+            work.not_run,
+            config.max_iterations - turn,
+        );
+        trajectory.push(record);
         messages.push(Message::assistant(reply.text));
-        messages.push(Message::user(feedback.unwrap_or_default()));
+        messages.push(Message::user(feedback));
     }
 
     let mut stopped = match (&answer, run.stopped()) {
@@ -167,41 +324,26 @@ pub(crate) async fn run(rlm: &Rlm, query: String, context: Context) -> Result<Ru
         run.turn.store(turn, std::sync::atomic::Ordering::SeqCst);
         emitter.emit_with(|| Event::TurnStart { turn });
         if let Ok(Some((reply, root_latency))) = ask_root(rlm, &root, &messages, turn, &run).await {
-            let parsed = parse_reply(&reply.text);
-            let mut blocks = Vec::new();
-            let mut sub_calls = Vec::new();
-            let given = match &parsed.final_marker {
-                Some(FinalMarker::Value(value)) => Some(value.clone()),
-                Some(FinalMarker::Var(name)) => repl.final_var(name).ok(),
-                // Out of habit, the model may give its answer as code (FINAL(x) in a ```repl
-                // block): run the blocks that do, rather than take the code as the answer.
-                None if parsed.blocks.iter().any(|code| code.contains("FINAL")) => {
-                    let finishing = ParsedReply {
-                        blocks: parsed
-                            .blocks
-                            .iter()
-                            .filter(|code| code.contains("FINAL"))
-                            .cloned()
-                            .collect(),
-                        ..ParsedReply::default()
-                    };
-                    let work = run_blocks(repl, finishing, turn, Arc::clone(&run))
-                        .await
-                        .map_err(internal)?;
-                    blocks = work.blocks;
-                    sub_calls = work.sub_calls;
-                    work.answer
-                }
-                None => None,
-            };
-            answer = Some(given.unwrap_or_else(|| reply.text.trim().to_owned()));
+            let (_, given) = final_reply(repl, &reply, turn, &run, &mut warnings).await?;
+            if let Some(error) = sub_model_failure(&run, &sub_model) {
+                return Err(error);
+            }
+            if given.answer.is_none() {
+                warnings.push(format!(
+                    "no answer: {} and the reply to the final ask had no FINAL(...) or \
+                     FINAL_VAR(...); it began: {}",
+                    stopped_why(stopped),
+                    quote_start(&reply.text)
+                ));
+            }
+            answer = given.answer;
             let record = Turn {
                 turn,
                 reply: reply.text,
                 usage: reply.usage,
                 root_latency,
-                blocks,
-                sub_calls,
+                blocks: given.blocks,
+                sub_calls: given.sub_calls,
             };
             emitter.emit_with(|| Event::TurnEnd {
                 turn: record.clone(),
@@ -213,7 +355,17 @@ pub(crate) async fn run(rlm: &Rlm, query: String, context: Context) -> Result<Ru
             stopped = run.stopped().unwrap_or(stopped);
         }
     }
+    if let Some(error) = sub_model_failure(&run, &sub_model) {
+        return Err(error);
+    }
 
+    warnings.extend(sub_call_warnings(&run, &trajectory, answer.is_some()));
+    if answer
+        .as_deref()
+        .is_some_and(|a| a.trim_start().starts_with("Error:"))
+    {
+        warnings.push("the answer is an \"Error: ...\" string, not an answer".to_owned());
+    }
     let result = RunResult {
         answer: answer.unwrap_or_default(),
         iterations: trajectory.len(),
@@ -221,6 +373,7 @@ pub(crate) async fn run(rlm: &Rlm, query: String, context: Context) -> Result<Ru
         elapsed: started.elapsed(),
         usage: run.usage.snapshot(),
         sub_calls: run.sub_calls(),
+        warnings,
         trajectory,
     };
     emitter.emit_with(|| Event::Final {
@@ -229,8 +382,110 @@ pub(crate) async fn run(rlm: &Rlm, query: String, context: Context) -> Result<Ru
         iterations: result.iterations,
         elapsed_ms: millis(result.elapsed),
         usage: result.usage.clone(),
+        warnings: result.warnings.clone(),
     });
     Ok(result)
+}
+
+/// Why a budget stop left no answer, for the warning.
+fn stopped_why(stopped: StopReason) -> &'static str {
+    match stopped {
+        StopReason::MaxIterations => "the turn budget (--max-iterations) ran out",
+        StopReason::MaxSubCalls => "the sub-call budget (--max-sub-calls) ran out",
+        _ => "the run stopped",
+    }
+}
+
+/// The answer in the reply to the final ask, if it gave one: a text marker, or code that
+/// calls FINAL (run for that alone). Also the blocks run and their sub-calls.
+async fn final_reply(
+    repl: Repl,
+    reply: &Completion,
+    turn: usize,
+    run: &Arc<RunState>,
+    warnings: &mut Vec<String>,
+) -> Result<(Repl, FinalWork), RlmError> {
+    let parsed = parse_reply(&reply.text);
+    let cut = reply.is_cut();
+    let finishing = ParsedReply {
+        // Out of habit, the model may give its answer as code (FINAL(x) in a ```repl
+        // block): run the blocks that do, rather than take the code as the answer.
+        blocks: match parsed.final_marker {
+            None if !cut => parsed
+                .blocks
+                .iter()
+                .filter(|code| code.contains("FINAL"))
+                .cloned()
+                .collect(),
+            _ => Vec::new(),
+        },
+        // A cut reply whose FINAL( never closed may hold half an answer.
+        final_marker: parsed
+            .final_marker
+            .clone()
+            .filter(|_| !(cut && parsed.final_unbalanced)),
+        ..ParsedReply::default()
+    };
+    let work = run_blocks(repl, finishing.clone(), false, turn, Arc::clone(run))
+        .await
+        .map_err(internal)?;
+    let given = match (&finishing.final_marker, work.code_final) {
+        (Some(FinalMarker::Value(value)), _) => Some(value.clone()),
+        (Some(FinalMarker::Var(_)), _) => work.text_var.and_then(Result::ok),
+        (None, code_final) => code_final.map(|(answer, _)| answer),
+    };
+    if given.is_some() && cut {
+        warnings.push(
+            "the reply that gave the answer was cut at the token limit after it".to_owned(),
+        );
+    }
+    Ok((
+        work.repl,
+        FinalWork {
+            answer: given,
+            blocks: work.blocks,
+            sub_calls: work.sub_calls,
+        },
+    ))
+}
+
+/// What the reply to the final ask gave.
+struct FinalWork {
+    answer: Option<String>,
+    blocks: Vec<BlockRecord>,
+    sub_calls: Vec<SubCallRecord>,
+}
+
+/// Warnings about the sub-calls of a run: cut and empty replies, failures an answer was
+/// built on.
+fn sub_call_warnings(run: &RunState, trajectory: &[Turn], answered: bool) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let cut = run.cut_sub_calls.load(std::sync::atomic::Ordering::SeqCst);
+    if cut > 0 {
+        warnings.push(format!(
+            "{} cut at the token limit (the script got \"Error: ...\" with the partial text)",
+            count_verb(cut, "sub-call", "was", "were")
+        ));
+    }
+    let empty = run.empty_sub_calls.load(std::sync::atomic::Ordering::SeqCst);
+    if empty > 0 {
+        warnings.push(format!(
+            "{} no answer text (only reasoning or tool calls, or empty content)",
+            count_verb(empty, "sub-call", "had", "had")
+        ));
+    }
+    let records = trajectory.iter().flat_map(|turn| &turn.sub_calls);
+    let (total, failed) = records.fold((0u64, 0u64), |(total, failed), call| {
+        (total + 1, failed + u64::from(!call.ok))
+    });
+    if answered && failed > 0 {
+        warnings.push(format!(
+            "the answer was given after {failed} of {} failed; it may rest on their \
+             \"Error: ...\" strings",
+            count(total, "sub-call")
+        ));
+    }
+    warnings
 }
 
 /// One root call. `None` when the run was cancelled (or ran out of time) meanwhile.
@@ -255,11 +510,24 @@ async fn ask_root(
         completion_tokens = tracing::field::Empty,
     );
     let started = Instant::now();
-    let result = tokio::select! {
+    let mut result = tokio::select! {
         biased;
         () = run.cancel.cancelled() => return Ok(None),
-        result = root.complete(request).instrument(span.clone()) => result,
+        result = root.complete(request.clone()).instrument(span.clone()) => result,
     };
+    // A 200 reply holding an error object or a body that is not JSON: proxies send
+    // transient upstream failures this way. One more try, after a pause.
+    if let Err(LlmError::InvalidResponse { .. }) = &result {
+        tracing::warn!(turn, "the root reply was unreadable; trying once more");
+        result = tokio::select! {
+            biased;
+            () = run.cancel.cancelled() => return Ok(None),
+            result = async {
+                tokio::time::sleep(INVALID_REPLY_PAUSE).await;
+                root.complete(request).await
+            }.instrument(span.clone()) => result,
+        };
+    }
     let latency = started.elapsed();
     match result {
         Ok(reply) => {
@@ -288,18 +556,21 @@ async fn ask_root(
     }
 }
 
-/// Runs the reply's blocks in order on a blocking thread; stops after a `FINAL` or once the
-/// run must stop.
+/// Runs the reply's blocks in order on a blocking thread; stops after a `FINAL`, after a
+/// block that fails, or once the run must stop. Then reads a text `FINAL_VAR`, unless the
+/// reply was `cut`.
 async fn run_blocks(
     mut repl: Repl,
     parsed: ParsedReply,
+    cut: bool,
     turn: usize,
     run: Arc<RunState>,
 ) -> Result<TurnWork, tokio::task::JoinError> {
     tokio::task::spawn_blocking(move || {
         let mut blocks = Vec::new();
-        let mut answer = None;
-        let mut notes = Vec::new();
+        let mut code_final = None;
+        let mut warned = false;
+        let mut failed = None;
         let mut not_run = 0;
         for (index, code) in parsed.blocks.iter().enumerate() {
             // Cancellation stops everything; a spent budget stops after the block that spent
@@ -319,14 +590,20 @@ async fn run_blocks(
                 error: outcome.error.clone(),
                 elapsed_ms: millis(outcome.elapsed),
             });
+            warned |= !outcome.warnings.is_empty();
+            let error = outcome.error.is_some();
             blocks.push(BlockRecord {
                 code: code.clone(),
                 output: outcome.output,
                 error: outcome.error,
                 elapsed: outcome.elapsed,
             });
-            if outcome.final_answer.is_some() {
-                answer = outcome.final_answer;
+            if let Some(answer) = outcome.final_answer {
+                code_final = Some((answer, !outcome.warnings.is_empty()));
+                break;
+            }
+            if error {
+                failed = Some(index);
                 break;
             }
         }
@@ -334,69 +611,92 @@ async fn run_blocks(
             run.stopped(),
             Some(StopReason::Cancelled | StopReason::MaxTime)
         );
-        if answer.is_none() && !cancelled {
-            match &parsed.final_marker {
-                Some(FinalMarker::Value(value)) => answer = Some(value.clone()),
-                Some(FinalMarker::Var(name)) => match repl.final_var(name) {
-                    Ok(value) => answer = Some(value),
-                    Err(message) => notes.push(message),
-                },
-                None => {}
+        let text_var = match &parsed.final_marker {
+            Some(FinalMarker::Var(name)) if code_final.is_none() && !cancelled && !cut => {
+                Some(repl.final_expression(name))
             }
-        }
+            _ => None,
+        };
         let sub_calls = repl.take_sub_calls();
         TurnWork {
             repl,
             blocks,
             sub_calls,
-            answer,
-            notes,
+            code_final,
+            warned,
+            failed,
             not_run,
+            text_var,
         }
     })
     .await
 }
 
-/// The next user message: each block's output, or a nudge for a malformed reply.
+/// Why a root reply that ran no code and gave no answer did nothing, and what to do.
+fn nudge(reply: &Completion, parsed: &ParsedReply) -> String {
+    if let Some(why) = reply.missing_text() {
+        return format!(
+            "Your reply was empty: {why}. Write ```repl code to explore `context`, or answer \
+             with FINAL(answer) on its own line."
+        );
+    }
+    if parsed.unterminated {
+        return "Your code block was not closed with a fence on its own line, so it did not \
+                run. Send the code again in a complete block."
+            .to_owned();
+    }
+    if let Some(lang) = parsed.skipped_code() {
+        return format!(
+            "Your ```{lang} block did not run: only ```repl blocks run, and their language is \
+             Rhai (see the cheat-sheet), not Python."
+        );
+    }
+    if !parsed.skipped.is_empty() {
+        return format!(
+            "Your ```{} block did not run: it is not code. Put code in ```repl blocks, or \
+             answer with FINAL(answer) on its own line.",
+            parsed.skipped[0]
+        );
+    }
+    "Your reply had no ```repl code block and no FINAL(...) at the start of a line outside \
+     code. Write code in ```repl blocks to explore `context`, or answer with FINAL(answer) on \
+     its own line."
+        .to_owned()
+}
+
+/// The next user message: each block's output, which blocks did not run and why, and notes
+/// on the reply (cut, not accepted, held); or a nudge for a reply that did nothing.
 fn feedback(
-    reply: &str,
+    reply: &Completion,
     parsed: &ParsedReply,
     blocks: &[BlockRecord],
+    failed: Option<usize>,
     notes: &[String],
     not_run: usize,
     turns_left: usize,
 ) -> String {
     let mut out = String::new();
+    if reply.is_cut() {
+        out.push_str(
+            "Your reply was cut at the token limit (finish_reason: length): nothing in it ends \
+             the run, and an unfinished block did not run. Write shorter replies; give a long \
+             answer with FINAL_VAR(name) after storing it in a variable.\n\n",
+        );
+    }
     if blocks.is_empty() && parsed.final_marker.is_none() {
-        out.push_str(&if reply.trim().is_empty() {
-            "Your reply was empty. Write ```repl code to explore `context`, or answer with \
-             FINAL(answer) on its own line."
-                .to_owned()
-        } else if parsed.unterminated {
-            "Your ```repl block was not closed with ``` on its own line, so it did not run. \
-             Send the code again in a complete block."
-                .to_owned()
-        } else if !parsed.skipped.is_empty() {
-            format!(
-                "Your ```{} block did not run: only ```repl blocks run, and their language is \
-                 Rhai (see the cheat-sheet), not Python.",
-                parsed.skipped[0]
-            )
-        } else {
-            "Your reply had no ```repl code block and no FINAL(...). Write code in ```repl \
-             blocks to explore `context`, or answer with FINAL(answer) on its own line."
-                .to_owned()
-        });
+        if !reply.is_cut() {
+            out.push_str(&nudge(reply, parsed));
+        }
     } else {
-        let many = blocks.len() > 1;
+        let many = parsed.blocks.len() > 1;
         for (i, block) in blocks.iter().enumerate() {
             if i > 0 {
                 out.push('\n');
             }
-            let title = if many {
-                format!("Block {} output:", i + 1)
-            } else {
-                "Output:".to_owned()
+            let title = match (many, failed == Some(i)) {
+                (true, true) => format!("Block {} failed:", i + 1),
+                (true, false) => format!("Block {} output:", i + 1),
+                (false, _) => "Output:".to_owned(),
             };
             out.push_str(&title);
             out.push('\n');
@@ -409,21 +709,30 @@ fn feedback(
                 }
             }
         }
-        if not_run > 0 {
+        let skipped = parsed.blocks.len().saturating_sub(blocks.len());
+        if let Some(index) = failed.filter(|_| skipped > 0) {
             out.push_str(&format!(
-                "\n{not_run} more block(s) did not run: the run's budget is spent.\n"
+                "\nBlock {} failed, so {} after it did not run: fix the error and send them \
+                 again.\n",
+                index + 1,
+                if skipped == 1 {
+                    "the block".to_owned()
+                } else {
+                    format!("the {skipped} blocks")
+                }
+            ));
+        } else if not_run > 0 {
+            out.push_str(&format!(
+                "\n{} did not run: the run's budget is spent.\n",
+                count(not_run as u64, "more block")
             ));
         }
-        if parsed.unterminated {
-            out.push_str("\nYour last ```repl block was not closed with ```, so it did not run.\n");
+        if parsed.unterminated && !reply.is_cut() {
+            out.push_str(
+                "\nYour last code block was not closed with a fence, so it did not run.\n",
+            );
         }
-        let skipped: Vec<&str> = parsed
-            .skipped
-            .iter()
-            .filter(|lang| !lang.is_empty())
-            .map(String::as_str)
-            .collect();
-        if let Some(lang) = skipped.first() {
+        if let Some(lang) = parsed.skipped_code() {
             out.push_str(&format!(
                 "\nYour ```{lang} block did not run: only ```repl blocks (Rhai) run.\n"
             ));
@@ -437,12 +746,80 @@ fn feedback(
     if (1..=2).contains(&turns_left) {
         out.push_str(&format!(
             "\n({} left: finish soon with FINAL(answer).)",
-            if turns_left == 1 {
-                "1 turn".to_owned()
-            } else {
-                format!("{turns_left} turns")
-            }
+            count(turns_left as u64, "turn")
         ));
     }
-    out.trim_end().to_owned()
+    out.trim().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn work(code_final: Option<(&str, bool)>, failed: Option<usize>) -> TurnWork {
+        TurnWork {
+            repl: Repl::builder(Context::Text(String::new().into())).build(),
+            blocks: Vec::new(),
+            sub_calls: Vec::new(),
+            code_final: code_final.map(|(a, w)| (a.to_owned(), w)),
+            warned: code_final.is_some_and(|(_, w)| w),
+            failed,
+            not_run: 0,
+            text_var: None,
+        }
+    }
+
+    #[test]
+    fn a_text_final_with_code_waits_for_the_output() {
+        let parsed = parse_reply("```repl\nprint(1);\n```\nOutput: 1\nFINAL(999)");
+        assert!(matches!(
+            verdict(&parsed, &work(None, None), false, false),
+            Verdict::Refuse(why) if why.contains("before you saw the output")
+        ));
+        let alone = parse_reply("FINAL(999)");
+        assert_eq!(
+            verdict(&alone, &work(None, None), false, false),
+            Verdict::Accept("999".into())
+        );
+        assert!(matches!(
+            verdict(&alone, &work(None, None), true, false),
+            Verdict::Refuse(why) if why.contains("cut")
+        ));
+    }
+
+    #[test]
+    fn warned_and_error_answers_are_held_once() {
+        let parsed = parse_reply("```repl\nFINAL(x)\n```");
+        let warned = work(Some(("42", true)), None);
+        assert!(matches!(
+            verdict(&parsed, &warned, false, false),
+            Verdict::Hold(_)
+        ));
+        assert_eq!(
+            verdict(&parsed, &warned, false, true),
+            Verdict::Accept("42".into())
+        );
+        let error = work(Some(("Error: timed out", false)), None);
+        assert!(matches!(
+            verdict(&parsed, &error, false, false),
+            Verdict::Hold(why) if why.contains("Error")
+        ));
+    }
+
+    #[test]
+    fn a_text_final_var_needs_every_block_to_run() {
+        let parsed = parse_reply("```repl\nlet a = 1;\n```\n```repl\nbad(\n```\nFINAL_VAR(a)");
+        let mut failed = work(None, Some(1));
+        failed.text_var = Some(Ok("1".into()));
+        assert!(matches!(
+            verdict(&parsed, &failed, false, false),
+            Verdict::Refuse(why) if why.contains("not every block")
+        ));
+        let mut ok = work(None, None);
+        ok.text_var = Some(Ok("1".into()));
+        assert_eq!(
+            verdict(&parsed, &ok, false, false),
+            Verdict::Accept("1".into())
+        );
+    }
 }

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use rlm_core::{CancellationToken, UsageTracker};
+use rlm_core::{CancellationToken, LlmError, UsageTracker};
 
 use crate::{Event, Observer, StopReason};
 
@@ -69,6 +69,13 @@ pub(crate) struct RunState {
     pub(crate) turn: AtomicUsize,
     /// Observers of the run.
     pub(crate) emitter: Emitter,
+    /// A sub-call failure that every other sub-call would share (bad key, unknown model):
+    /// the run stops with it.
+    fatal: Mutex<Option<LlmError>>,
+    /// Sub-calls whose reply was cut at the token limit.
+    pub(crate) cut_sub_calls: AtomicU64,
+    /// Sub-calls whose reply carried no answer text.
+    pub(crate) empty_sub_calls: AtomicU64,
 }
 
 impl RunState {
@@ -88,7 +95,22 @@ impl RunState {
             usage: UsageTracker::new(),
             turn: AtomicUsize::new(0),
             emitter,
+            fatal: Mutex::new(None),
+            cut_sub_calls: AtomicU64::new(0),
+            empty_sub_calls: AtomicU64::new(0),
         }
+    }
+
+    /// Records a sub-call failure that no retry can fix and that every other sub-call would
+    /// share, and stops the run at once (the first such failure wins).
+    pub(crate) fn fail(&self, error: &LlmError) {
+        lock(&self.fatal).get_or_insert_with(|| error.clone());
+        self.cancel.cancel();
+    }
+
+    /// The failure that stopped the run, if one did.
+    pub(crate) fn fatal(&self) -> Option<LlmError> {
+        lock(&self.fatal).clone()
     }
 
     /// Records why the run must stop (the first reason wins). Time and cancellation also
@@ -185,6 +207,9 @@ impl RunState {
 
     /// The text a refused or cancelled sub-call returns to the script.
     pub(crate) fn refusal(&self) -> String {
+        if let Some(error) = self.fatal() {
+            return format!("Error: the run is stopping, no sub-call can succeed: {error}");
+        }
         match self.stopped().or_else(|| self.budget_exhausted()) {
             Some(StopReason::MaxSubCalls) => format!(
                 "Error: sub-call budget exhausted (at most {} sub-calls per run); no more \

@@ -87,7 +87,7 @@ async fn final_var_of_an_unknown_variable_is_an_error_the_model_sees() {
 async fn batch_concurrency_order_and_failures() {
     let code = r#"let prompts = range(24).map(|i| `p${i}`);
 let a = llm_batch(prompts);
-let b = llm_batch(prompts, 7);
+let b = llm_batch(prompts, 3);
 print(a == b);
 print(a[0]); print(a[5]); print(a[23]);
 FINAL(a.len());"#;
@@ -109,7 +109,7 @@ FINAL(a.len());"#;
     assert_eq!(output, "true\necho: p0\nError: boom\necho: p23\n");
     // The peak over both batches is the larger limit; each batch's own limit is checked
     // through the events below.
-    assert_eq!(sub.peak_in_flight(), 7);
+    assert_eq!(sub.peak_in_flight(), 4);
     let starts: Vec<usize> = events
         .all()
         .iter()
@@ -125,9 +125,9 @@ FINAL(a.len());"#;
             _ => None,
         })
         .collect();
-    assert_eq!(starts, [4, 7]);
+    assert_eq!(starts, [4, 3]);
     // In flight at most `max_concurrent` per batch, measured from the events.
-    for (batch, limit) in [(1, 4), (2, 7)] {
+    for (batch, limit) in [(1, 4), (2, 3)] {
         let mut in_flight = 0i64;
         let mut peak = 0;
         for event in events.all() {
@@ -333,10 +333,11 @@ async fn sub_calls_after_a_cancel_are_neither_counted_nor_reported() {
         .filter(|e| matches!(e, Event::SubCallStart { .. }))
         .count();
     assert_eq!(starts, 1);
+    // Either the script saw the refusal, or the watchdog stopped it first.
     assert!(
-        result.trajectory[0].blocks[0]
-            .output
-            .contains("Error: cancelled")
+        result.trajectory[0].blocks[0].output.contains("cancelled"),
+        "{:?}",
+        result.trajectory[0].blocks
     );
 }
 
@@ -354,7 +355,7 @@ async fn malformed_replies_get_a_nudge_and_the_loop_goes_on() {
     let result = run_ok(&rlm, "q", Context::from("x")).await;
     assert_eq!(result.answer, "done");
     assert_eq!(result.iterations, 6);
-    assert!(seen(&root, 1).contains("Your reply was empty."));
+    assert!(seen(&root, 1).contains("Your reply was empty: its content was empty"));
     assert!(seen(&root, 2).contains("no ```repl code block and no FINAL"));
     assert!(seen(&root, 3).contains("was not closed"));
     assert!(seen(&root, 4).contains("```python block did not run"));

@@ -43,6 +43,10 @@ pub struct BlockOutcome {
     pub error: Option<String>,
     /// The answer, when the block called `FINAL(...)` or `FINAL_VAR(...)`.
     pub final_answer: Option<String>,
+    /// Warnings about code that runs but may silently do the wrong thing (also at the top
+    /// of [`output`](Self::output)). An answer from a block with warnings is held once for
+    /// the root model to confirm.
+    pub warnings: Vec<String>,
     /// Wall time of the block, sub-calls included.
     pub elapsed: Duration,
 }
@@ -326,6 +330,7 @@ impl Repl {
             output,
             error,
             final_answer,
+            warnings,
             elapsed: started.elapsed(),
         }
     }
@@ -413,6 +418,21 @@ impl Repl {
     /// JSON), or a message saying why there is none.
     pub fn final_var(&self, name: &str) -> Result<String, String> {
         final_value(name, self.scope.get(name))
+    }
+
+    /// The value of `expression` as answer text: a variable's name (as
+    /// [`final_var`](Self::final_var)) or any other expression (`cities[0]`, `m.total`),
+    /// evaluated in the scope like `FINAL_VAR(expression)` in code.
+    pub(crate) fn final_expression(&mut self, expression: &str) -> Result<String, String> {
+        if is_identifier(expression) {
+            return self.final_var(expression);
+        }
+        let outcome = self.execute(&format!("FINAL_VAR({expression})"));
+        match (outcome.final_answer, outcome.error) {
+            (Some(answer), _) => Ok(answer),
+            (None, Some(error)) => Err(format!("FINAL_VAR({expression}) failed: {error}")),
+            (None, None) => Err(format!("FINAL_VAR({expression}) gave no value")),
+        }
     }
 
     /// The variables defined so far, one per line, with their types and sizes (what
@@ -862,7 +882,8 @@ fn batch(
             .map(|_| Dynamic::from("Error: no sub-model is configured for llm_batch"))
             .collect());
     };
-    let limit = max_concurrent.unwrap_or(sub.max_concurrent());
+    // The configured concurrency is the default and the ceiling.
+    let limit = max_concurrent.map_or(sub.max_concurrent(), |n| n.min(sub.max_concurrent()));
     Ok(sub
         .batch(prompts, limit)
         .into_iter()

@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rlm_core::{
-    BatchExecutor, BatchObserver, BatchOptions, BatchResult, CompletionRequest, LlmError,
+    BatchExecutor, BatchObserver, BatchOptions, BatchResult, Completion, CompletionRequest,
+    LlmError,
 };
 use tokio::runtime::Handle;
 use tracing::Instrument;
@@ -209,21 +210,28 @@ impl SubCaller {
         span.record("prompt_tokens", usage.prompt_tokens);
         span.record("completion_tokens", usage.completion_tokens);
         self.run.add_tokens(usage.total());
+        let error = judge(&self.run, &result);
         let record = SubCallRecord {
             id,
             batch: None,
             index: None,
             model: self.model.clone(),
             prompt_chars,
-            ok: result.is_ok(),
-            error: result.as_ref().err().map(ToString::to_string),
+            ok: error.is_none(),
+            error,
             usage,
             latency,
         };
         emitter.emit_with(|| end_event(turn, &record, &result));
         lock(&self.records).push(record);
+        self.script_text(result)
+    }
+
+    /// What the script gets for a sub-call: the reply's text, or an `Error: ...` string that
+    /// says why there is none (cut and empty replies keep their partial text after it).
+    fn script_text(&self, result: BatchResult) -> String {
         match result {
-            Ok(completion) => completion.text,
+            Ok(completion) => answer_text(completion),
             Err(LlmError::Cancelled) => self.run.refusal(),
             Err(error) => format!("Error: {error}"),
         }
@@ -294,21 +302,13 @@ impl SubCaller {
         let mut failed = 0;
         let mut results = results.into_iter();
         for answer in answers.iter_mut().take(granted) {
-            *answer = match results.next() {
-                Some(Ok(completion)) => completion.text,
-                Some(Err(LlmError::Cancelled)) => {
-                    failed += 1;
-                    self.run.refusal()
-                }
-                Some(Err(error)) => {
-                    failed += 1;
-                    format!("Error: {error}")
-                }
-                None => {
-                    failed += 1;
-                    "Error: the batch ended without a result for this prompt".to_owned()
-                }
-            };
+            let result = results.next().unwrap_or_else(|| {
+                Err(LlmError::other(
+                    "the batch ended without a result for this prompt",
+                ))
+            });
+            failed += usize::from(!result.as_ref().is_ok_and(is_answer));
+            *answer = self.script_text(result);
         }
         // Items reserved but never sent (the batch was cancelled before they started) go
         // back to the budget.
@@ -333,6 +333,52 @@ fn started_count(tracker: &BatchTracker) -> usize {
         .iter()
         .filter(|id| id.load(Ordering::SeqCst) != 0)
         .count()
+}
+
+/// Why a finished sub-call counts as failed (for records, traces and progress), or `None`
+/// when it succeeded. Notes cut and empty replies, and stops the run on a failure that every
+/// other sub-call would share.
+fn judge(run: &RunState, result: &BatchResult) -> Option<String> {
+    match result {
+        Ok(completion) if completion.is_cut() => {
+            run.cut_sub_calls.fetch_add(1, Ordering::SeqCst);
+            Some("the reply was cut at the token limit (finish_reason: length)".to_owned())
+        }
+        Ok(completion) => completion.missing_text().map(|why| {
+            run.empty_sub_calls.fetch_add(1, Ordering::SeqCst);
+            format!("no answer text: {why}")
+        }),
+        Err(error) => {
+            if error.affects_every_request() {
+                run.fail(error);
+            }
+            Some(error.to_string())
+        }
+    }
+}
+
+/// Whether a completion carries a whole answer (neither cut nor empty).
+fn is_answer(completion: &Completion) -> bool {
+    !completion.is_cut() && completion.missing_text().is_none()
+}
+
+/// The text of a completion for the script: a cut or empty reply is an `Error: ...` string
+/// (a cut one keeps its partial text after the explanation).
+fn answer_text(completion: Completion) -> String {
+    if completion.is_cut() {
+        return format!(
+            "Error: the sub-model's reply was cut at its token limit (finish_reason: length); \
+             ask for a shorter answer or send a smaller piece. Partial text: {}",
+            completion.text
+        );
+    }
+    match completion.missing_text() {
+        Some(why) => format!(
+            "Error: the sub-model gave no answer text ({why}); ask again, for a short \
+             fixed-format answer"
+        ),
+        None => completion.text,
+    }
 }
 
 pub(crate) fn millis(duration: Duration) -> u64 {
@@ -395,6 +441,7 @@ impl BatchObserver for BatchTracker {
             // The token budget is spent: send nothing more.
             self.cancel.cancel();
         }
+        let error = judge(&self.run, result);
         let record = SubCallRecord {
             id: self
                 .ids
@@ -404,8 +451,8 @@ impl BatchObserver for BatchTracker {
             index: Some(index),
             model: self.model.clone(),
             prompt_chars: self.prompt_chars.get(index).copied().unwrap_or_default(),
-            ok: result.is_ok(),
-            error: result.as_ref().err().map(ToString::to_string),
+            ok: error.is_none(),
+            error,
             usage,
             latency: elapsed,
         };
@@ -413,7 +460,7 @@ impl BatchObserver for BatchTracker {
         // threads, and the progress observers see must still count up.
         let mut progress = lock(&self.progress);
         progress.0 += 1;
-        progress.1 += usize::from(result.is_err());
+        progress.1 += usize::from(!record.ok);
         let (done, failed) = *progress;
         let emitter = &self.run.emitter;
         if emitter.active() {

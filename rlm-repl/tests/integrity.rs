@@ -1,0 +1,321 @@
+//! Answer integrity: the run never returns a wrong answer silently. Each test is an input
+//! that used to end a run with a wrong, cut or premature answer (design.md, "Answer
+//! acceptance").
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use common::{BuildOk, builder, fence, run_ok, seen};
+use rlm_core::mock::MockBackend;
+use rlm_core::{Completion, FinishReason, LlmError};
+use rlm_repl::{Context, RlmError, StopReason};
+
+/// A root model whose replies marked `[cut]` come back cut at the token limit (the marker
+/// itself removed), as `finish_reason: "length"`.
+fn root_with_cuts<const N: usize>(replies: [&str; N]) -> MockBackend {
+    MockBackend::scripted(replies.map(str::to_owned)).with_shape(|_, completion| {
+        match completion.text.strip_suffix("[cut]") {
+            Some(text) => Completion::new(completion.model.clone(), text)
+                .with_usage(completion.usage)
+                .with_finish_reason(Some(FinishReason::Length)),
+            None => completion,
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_multi_line_final_is_kept_whole() {
+    let answer = "The three duels (in story order):\n1. Tybalt and Mercutio\n\
+                  2. Romeo and Tybalt\n3. Romeo and Paris, though it never happened";
+    let root = MockBackend::scripted([format!("FINAL({answer})")]);
+    let rlm = builder(&root, &MockBackend::echo()).build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
+    assert_eq!(result.answer, answer);
+    assert_eq!(result.stopped, StopReason::Final);
+}
+
+#[tokio::test]
+async fn tilde_fences_run_and_their_final_is_code() {
+    let root = MockBackend::scripted(["~~~repl\nlet x = \"the real value\";\nFINAL(x)\n~~~"]);
+    let rlm = builder(&root, &MockBackend::echo()).build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
+    assert_eq!(result.answer, "the real value");
+}
+
+#[tokio::test]
+async fn a_marker_in_inline_code_does_not_end_the_run() {
+    let root = MockBackend::scripted([
+        fence("let answer = \"draft\";"),
+        "`FINAL_VAR(answer)` is what I will call once the count is verified.\n```repl\n\
+         answer = \"verified\";\nprint(answer);\n```"
+            .to_owned(),
+        "FINAL_VAR(answer)".to_owned(),
+    ]);
+    let rlm = builder(&root, &MockBackend::echo()).build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
+    assert_eq!(result.answer, "verified");
+    assert_eq!(result.iterations, 3);
+}
+
+#[tokio::test]
+async fn a_final_written_before_the_output_is_not_accepted() {
+    let context = "Some text. The magic number is 4242. More text.";
+    for first in [
+        "```repl\nlet hits = regex_find_all(context, \"magic number is \\\\d+\");\nprint(hits);\n```\n\
+         Output: [\"magic number is 999\"]\nFINAL(999)",
+        "```repl\ncontext.no_such_method();\n```\nFINAL(777)",
+    ] {
+        let root = MockBackend::scripted([first, "FINAL(4242)"]);
+        let rlm = builder(&root, &MockBackend::echo()).build_ok();
+        let result = run_ok(&rlm, "What is the magic number?", Context::from(context)).await;
+        assert_eq!(result.answer, "4242", "{first}");
+        assert_eq!(result.iterations, 2);
+        let shown = seen(&root, 1);
+        assert!(shown.contains("before you saw the output"), "{shown}");
+    }
+}
+
+#[tokio::test]
+async fn blocks_after_a_failed_block_do_not_run() {
+    let root = MockBackend::scripted([
+        "```repl\nprint(\"first\");\n```\n```repl\nlet y = undefined_thing + 1;\n```\n\
+         ```repl\nprint(\"third\");\n```\nFINAL_VAR(y)",
+        "FINAL(done)",
+    ]);
+    let rlm = builder(&root, &MockBackend::echo()).build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
+    assert_eq!(result.answer, "done");
+    assert_eq!(result.trajectory[0].blocks.len(), 2);
+    let shown = seen(&root, 1);
+    assert!(shown.contains("Block 2 failed:"), "{shown}");
+    assert!(
+        shown.contains("Block 2 failed, so the block after it did not run"),
+        "{shown}"
+    );
+    assert!(!shown.contains("third"), "{shown}");
+    assert!(shown.contains("FINAL_VAR(y) was not accepted"), "{shown}");
+}
+
+#[tokio::test]
+async fn a_text_final_var_with_code_is_accepted_when_every_block_ran() {
+    let root = MockBackend::scripted(["```repl\nlet total = 40 + 2;\nprint(total);\n```\nFINAL_VAR(total)"]);
+    let rlm = builder(&root, &MockBackend::echo()).build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
+    assert_eq!(result.answer, "42");
+    assert_eq!(result.iterations, 1);
+}
+
+#[tokio::test]
+async fn answers_from_warned_blocks_and_error_strings_are_held_once() {
+    // A raw `\n` inside backticks: a silent trap the lint warns about.
+    let root = MockBackend::scripted([
+        fence("let s = `a\\nb`;\nFINAL(s);"),
+        fence("FINAL(s);"),
+    ]);
+    let rlm = builder(&root, &MockBackend::echo()).build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
+    assert_eq!(result.iterations, 2);
+    assert_eq!(result.answer, "a\\nb");
+    assert!(seen(&root, 1).contains("not accepted yet"));
+    assert!(
+        result.warnings.iter().any(|w| w.contains("held")),
+        "{:?}",
+        result.warnings
+    );
+
+    let root = MockBackend::scripted([
+        fence("let r = llm_query(\"x\");\nFINAL(r);"),
+        fence("FINAL(r);"),
+    ]);
+    let sub = MockBackend::echo().fail_when(|_| true, LlmError::other("boom"));
+    let rlm = builder(&root, &sub).build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
+    assert_eq!(result.iterations, 2);
+    assert_eq!(result.answer, "Error: boom");
+    assert!(seen(&root, 1).contains("Error: ...\" string"));
+    assert!(
+        result
+            .warnings
+            .iter()
+            .any(|w| w.contains("is an \"Error: ...\" string")),
+        "{:?}",
+        result.warnings
+    );
+}
+
+#[tokio::test]
+async fn a_cut_root_reply_never_ends_the_run() {
+    let root = root_with_cuts([
+        "FINAL(The answer is a long list: one, two, thr[cut]",
+        "```repl\nlet a = \"whole\";\nFINAL(a);\n```\nmore text that was cut[cut]",
+        "FINAL(one, two, three)",
+    ]);
+    let rlm = builder(&root, &MockBackend::echo()).build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
+    assert_eq!(result.answer, "one, two, three");
+    assert_eq!(result.iterations, 3);
+    for turn in [1, 2] {
+        let shown = seen(&root, turn);
+        assert!(shown.contains("cut at the token limit"), "{shown}");
+    }
+}
+
+#[tokio::test]
+async fn cut_and_empty_sub_calls_are_failed_items() {
+    let sub = MockBackend::echo().with_shape(|request, completion| {
+        match request.last_user_message() {
+            Some("thinks") => Completion::new(completion.model.clone(), "")
+                .with_reasoning("Let me think step by step..."),
+            Some("tools") => Completion::new(completion.model.clone(), "")
+                .with_finish_reason(Some(FinishReason::ToolCalls)),
+            Some("long") => Completion::new(completion.model.clone(), "The answer is half a sen")
+                .with_finish_reason(Some(FinishReason::Length)),
+            _ => completion,
+        }
+    });
+    let root = MockBackend::scripted([
+        fence("let r = llm_batch([\"thinks\", \"tools\", \"long\", \"fine\"]);\nfor x in r { print(x); }"),
+        fence("let one = llm_query(\"long\");\nprint(one);"),
+        "FINAL(done)".to_owned(),
+    ]);
+    let rlm = builder(&root, &sub).build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
+    let shown = seen(&root, 1);
+    let lines: Vec<&str> = shown.lines().skip(1).collect();
+    assert!(
+        lines[0].starts_with("Error: the sub-model gave no answer text (it held only reasoning"),
+        "{shown}"
+    );
+    assert!(lines[1].contains("only tool calls"), "{shown}");
+    assert!(
+        lines[2].starts_with("Error: the sub-model's reply was cut at its token limit")
+            && lines[2].ends_with("Partial text: The answer is half a sen"),
+        "{shown}"
+    );
+    assert_eq!(lines[3], "echo: fine");
+    assert!(seen(&root, 2).contains("cut at its token limit"));
+    let records: Vec<_> = result
+        .trajectory
+        .iter()
+        .flat_map(|t| &t.sub_calls)
+        .collect();
+    assert_eq!(records.iter().filter(|r| !r.ok).count(), 4);
+    let warnings = result.warnings.join("\n");
+    assert!(
+        warnings.contains("2 sub-calls were cut at the token limit"),
+        "{warnings}"
+    );
+    assert!(warnings.contains("2 sub-calls had no answer text"), "{warnings}");
+    assert!(
+        warnings.contains("after 4 of 5 sub-calls failed"),
+        "{warnings}"
+    );
+}
+
+#[tokio::test]
+async fn a_sub_model_that_cannot_work_stops_the_run() {
+    let root = MockBackend::scripted([
+        fence("let r = llm_batch(range(84).map(|i| `chunk ${i}`));\nprint(r[0]);"),
+        "FINAL(made of errors)".to_owned(),
+    ]);
+    let sub = MockBackend::echo()
+        .with_latency(std::time::Duration::from_millis(5))
+        .fail_when(
+            |_| true,
+            LlmError::from_http_status(
+                404,
+                "The model `gpt-typo` does not exist",
+                None,
+                Some("model_not_found"),
+                None,
+            ),
+        );
+    let rlm = builder(&root, &sub).max_concurrent(4).build_ok();
+    let error = rlm
+        .run("q", Context::from("x"))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("the run must fail"));
+    match &error {
+        RlmError::SubModel { model, source } => {
+            assert_eq!(model, "sub");
+            assert_eq!(source.status(), Some(404));
+        }
+        other => panic!("{other}"),
+    }
+    assert!(error.to_string().contains("does not exist"), "{error}");
+    // Stopped at once: one wave at most, not 84 calls.
+    assert!(sub.calls() <= 4, "{} calls", sub.calls());
+    assert_eq!(root.calls(), 1);
+}
+
+#[tokio::test]
+async fn max_concurrent_is_the_ceiling_of_llm_batch() {
+    let root = MockBackend::scripted([fence(
+        "let r = llm_batch(range(200).map(|i| `p${i}`), 100000);\nFINAL(r.len());",
+    )]);
+    let sub = MockBackend::echo().with_latency(std::time::Duration::from_millis(2));
+    let rlm = builder(&root, &sub).max_concurrent(4).build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
+    assert_eq!(result.answer, "200");
+    assert_eq!(sub.peak_in_flight(), 4);
+}
+
+#[tokio::test]
+async fn no_marker_in_the_final_ask_means_no_answer() {
+    let root = MockBackend::scripted([
+        fence("print(context.len());"),
+        "I believe the answer is probably 42, but let me check:\n```repl\nprint(1);\n```"
+            .to_owned(),
+    ]);
+    let rlm = builder(&root, &MockBackend::echo())
+        .max_iterations(1)
+        .build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
+    assert_eq!(result.answer, "");
+    assert_eq!(result.stopped, StopReason::MaxIterations);
+    let warning = &result.warnings[0];
+    assert!(warning.starts_with("no answer: the turn budget"), "{warning}");
+    assert!(
+        warning.contains("\"I believe the answer is probably 42"),
+        "{warning}"
+    );
+}
+
+#[tokio::test]
+async fn empty_root_replies_are_explained_and_warned_about() {
+    let root = MockBackend::scripted(["", "", "FINAL(ok)"]).with_shape(|_, completion| {
+        if completion.text.is_empty() {
+            completion.with_reasoning("thinking about it")
+        } else {
+            completion
+        }
+    });
+    let rlm = builder(&root, &MockBackend::echo()).build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
+    assert_eq!(result.answer, "ok");
+    assert!(seen(&root, 1).contains("it held only reasoning"));
+    assert_eq!(result.warnings.len(), 1, "{:?}", result.warnings);
+    assert!(result.warnings[0].contains("empty replies on turns 1 and 2"));
+}
+
+#[tokio::test]
+async fn an_unreadable_root_reply_is_retried_once() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let root = MockBackend::from_fn(move |_| {
+        if counter.fetch_add(1, Ordering::SeqCst) == 0 {
+            Err(LlmError::invalid_response(
+                "the reply (HTTP 200) holds an error and no choices: upstream overloaded",
+            ))
+        } else {
+            Ok("FINAL(fine)".to_owned())
+        }
+    });
+    let rlm = builder(&root, &MockBackend::echo()).build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
+    assert_eq!(result.answer, "fine");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
