@@ -25,9 +25,23 @@ Output:
   stdout gets the answer alone (with --json, one JSON object:
   {\"answer\", \"iterations\", \"stopped\", \"elapsed_ms\", \"usage\": {MODEL: {\"calls\",
   \"prompt_tokens\", \"completion_tokens\"}}, \"sub_calls\", \"failed_sub_calls\",
-  \"cache\"}). A usage summary, warnings and errors go to stderr; progress too,
-  when stderr is a terminal.
-  On an error nothing is printed on stdout. RUST_LOG (e.g.
+  \"warnings\", \"cache\"}). A usage summary, warnings and errors go to stderr;
+  progress too, when stderr is a terminal.
+  On an error nothing is printed on stdout.
+
+Answers:
+  An answer is accepted only after the root model saw the output it rests on: a
+  FINAL(...) written in a reply with code is not accepted (the model sees the
+  output and must repeat it); a reply cut at the token limit never ends the run;
+  cut or empty sub-call replies are \"Error: ...\" items. \"warnings\" (and stderr)
+  list held answers, cut or empty sub-answers and answers given after failed
+  sub-calls. When a budget ends the run and the final ask gets no FINAL, there is
+  no answer: stdout stays empty, stderr says why, and the exit status is 3.
+
+Time:
+  One call tries at most --max-retries + 1 times, each attempt bounded by
+  --timeout (root calls) or --sub-timeout (sub-calls). --max-time bounds the
+  whole run, whatever it is doing. RUST_LOG (e.g.
   RUST_LOG=rlm_openai=debug) turns on logs.
 
 Trace (--trace FILE):
@@ -172,8 +186,9 @@ pub(crate) struct RunArgs {
     )]
     pub(crate) api_key_env: String,
 
-    /// Seconds one HTTP attempt may take, from sending to the whole answer (fractions
-    /// allowed). Each retry gets the full time again.
+    /// Seconds one HTTP attempt of a root call may take, from sending to the whole answer
+    /// (fractions allowed). Each retry gets the full time again, so one call may take up to
+    /// (--max-retries + 1) x --timeout plus the backoff waits; --max-time bounds the run.
     #[arg(
         long,
         value_name = "SECS",
@@ -182,6 +197,18 @@ pub(crate) struct RunArgs {
         help_heading = "Models and server"
     )]
     pub(crate) timeout: Duration,
+
+    /// Seconds one HTTP attempt of a sub-call (llm_query, an llm_batch item) may take. Shorter
+    /// than --timeout, so that one hung sub-call cannot hold a run for long: it fails as
+    /// an "Error: timed out" item after its retries, and the rest of its batch is kept.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value = "120",
+        value_parser = parse_seconds,
+        help_heading = "Models and server"
+    )]
+    pub(crate) sub_timeout: Duration,
 
     /// Retries of a failed call (429, 5xx, timeouts, dropped connections), with exponential
     /// backoff or the server's Retry-After. 0 disables retries.
@@ -270,7 +297,8 @@ pub(crate) struct RunArgs {
     #[arg(long, help_heading = "Output and behaviour")]
     pub(crate) json: bool,
 
-    /// No progress, summary or warnings on stderr (errors still).
+    /// No progress, summary or input warnings on stderr (errors, and warnings about the
+    /// answer, still).
     #[arg(long, help_heading = "Output and behaviour")]
     pub(crate) quiet: bool,
 }

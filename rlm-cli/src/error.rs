@@ -100,11 +100,29 @@ impl CliError {
         }
     }
 
+    /// A sub-call failure that every sub-call shares (the run stopped at once).
+    pub(crate) fn from_sub_model(error: &LlmError, base_url: &str, model: &str) -> Self {
+        let what = format!("the sub model ({model}) cannot be used, so the run stopped: {error}");
+        match error {
+            LlmError::Auth { .. } => CliError::Auth(format!(
+                "{what} (check the API key in OPENAI_API_KEY or --api-key-env)"
+            )),
+            LlmError::QuotaExhausted { .. } => {
+                CliError::Auth(format!("{what} (the account is out of quota or credit)"))
+            }
+            _ => CliError::Model(format!(
+                "{what} (is {model:?} a model the server at {base_url} serves? set it with \
+                 --sub-model)"
+            )),
+        }
+    }
+
     /// An error of the RLM loop.
     pub(crate) fn from_rlm(error: RlmError, base_url: &str, model: &str) -> Self {
         match error {
             RlmError::Config(message) => CliError::Usage(message),
             RlmError::Root { turn, source } => Self::from_llm(&source, turn, base_url, model),
+            RlmError::SubModel { model, source } => Self::from_sub_model(&source, base_url, &model),
             RlmError::Internal(message) => {
                 CliError::Internal(format!("internal error (a bug in rlm): {message}"))
             }
@@ -151,5 +169,17 @@ mod tests {
             CliError::from_rlm(RlmError::Config("x".into()), url, "m").exit_code(),
             exit::USAGE
         );
+        let sub = RlmError::SubModel {
+            model: "gpt-typo".into(),
+            source: unknown,
+        };
+        let e = CliError::from_rlm(sub, url, "m");
+        assert_eq!(e.exit_code(), exit::MODEL);
+        assert!(e.to_string().contains("sub model (gpt-typo)"), "{e}");
+        let sub = RlmError::SubModel {
+            model: "s".into(),
+            source: auth,
+        };
+        assert_eq!(CliError::from_rlm(sub, url, "m").exit_code(), exit::AUTH);
     }
 }

@@ -126,10 +126,12 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
         );
     }
     let backend = OpenAiBackend::new(config).map_err(config_error)?;
+    // Sub-calls share the client, pool and rate limits, with their own attempt timeout.
+    let sub_backend = backend.with_request_timeout(args.sub_timeout);
     // Metered below the cache: usage counts what the server was really asked.
     let tracker = UsageTracker::new();
-    let metered = Metered::new(backend, tracker.clone());
-    let root: Arc<dyn LlmBackend> = Arc::new(metered.clone());
+    let root: Arc<dyn LlmBackend> = Arc::new(Metered::new(backend, tracker.clone()));
+    let metered = Metered::new(sub_backend, tracker.clone());
     let cache = (!args.no_cache).then(|| Arc::new(CachedBackend::new(metered.clone())));
     let sub: Arc<dyn BatchExecutor> = match &cache {
         Some(cache) => cache.clone(),
@@ -228,6 +230,10 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
     if args.json || result.stopped != StopReason::Cancelled {
         print_result(&result, &usage, cache_stats, args.json)?;
     }
+    // What the engine cannot vouch for goes to stderr even with --quiet.
+    for warning in &result.warnings {
+        eprintln!("warning: {warning}");
+    }
     if !quiet {
         eprint!("{}", summary(&result, &usage, cache_stats));
     }
@@ -304,6 +310,7 @@ struct JsonOutput<'a> {
     usage: BTreeMap<&'a str, JsonUsage>,
     sub_calls: u64,
     failed_sub_calls: u64,
+    warnings: &'a [String],
     cache: Option<CacheStats>,
 }
 
@@ -343,6 +350,7 @@ fn print_result(
                 .collect(),
             sub_calls: result.sub_calls,
             failed_sub_calls: failed_sub_calls(result),
+            warnings: &result.warnings,
             cache,
         };
         let mut text = serde_json::to_string(&output)
@@ -382,6 +390,9 @@ fn summary(
     let how = match result.stopped {
         StopReason::Final => "final answer".to_owned(),
         StopReason::Cancelled => "cancelled".to_owned(),
+        other if result.answer.is_empty() => {
+            format!("stopped by the {} budget, with no answer", other.as_str())
+        }
         other => format!(
             "stopped by the {} budget (best answer so far)",
             other.as_str()

@@ -808,3 +808,153 @@ async fn rpm_paces_each_model_at_the_server() {
         "six requests at 120/min cannot arrive within {spread:?}"
     );
 }
+
+// Answer integrity (design.md, "Answer acceptance"): what used to end a run silently wrong.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_written_before_the_output_is_not_the_answer() {
+    let premature = format!(
+        "{}\nOutput: [\"magic number is 999\"]\nFINAL(999)",
+        code(r#"let hits = regex_find_all(context, "magic number is \\d+"); print(hits);"#)
+    );
+    let server = server(vec![premature, "FINAL(4242)".to_owned()], upper).await;
+    let out = run(
+        &server,
+        &["--query", "What is the magic number?", "--context", "-"],
+        Some(b"Some text. The magic number is 4242. More text."),
+    )
+    .await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert_eq!(out.stdout, "4242\n");
+    let root = requests_for(&server, ROOT);
+    assert_eq!(root.len(), 2);
+    assert!(root[1].last_user().contains("[\"magic number is 4242\"]"));
+    assert!(root[1].last_user().contains("before you saw the output"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sub_model_the_server_does_not_have_stops_the_run() {
+    let script = code(r#"let r = llm_batch(range(84).map(|i| `chunk ${i}`)); print(r[0]);"#);
+    let scripted = rlm_handler(
+        ROOT,
+        vec![script, "FINAL(built from errors)".to_owned()],
+        upper,
+    );
+    let server = MockServer::start(move |request: &ServerRequest| {
+        if request.model() == SUB {
+            return Reply::error(
+                404,
+                "invalid_request_error",
+                "model_not_found",
+                "The model `sub-model` does not exist",
+            );
+        }
+        scripted(request)
+    })
+    .await
+    .expect("server");
+    let out = run(&server, &["--query", "q", "--max-concurrent", "4"], None).await;
+    out.assert_clean_error(5);
+    assert!(out.stderr.contains("sub model (sub-model)"), "{out:#?}");
+    assert!(out.stderr.contains("does not exist"), "{out:#?}");
+    let sent = requests_for(&server, SUB).len();
+    assert!(sent <= 4, "stopped at once, yet {sent} sub-calls were sent");
+    assert_eq!(requests_for(&server, ROOT).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_final_in_the_reply_to_the_final_ask_is_no_answer() {
+    let replies = vec![
+        code("print(1);"),
+        "I think it is 42.\n```repl\nprint(2);\n```".to_owned(),
+    ];
+    let server = server(replies, upper).await;
+    let out = run(&server, &["--query", "q", "--max-iterations", "1"], None).await;
+    assert_eq!(out.code, Some(3), "{out:#?}");
+    assert_eq!(out.stdout, "", "no code, fence or prose as an answer");
+    assert!(
+        out.stderr
+            .contains("warning: no answer: the turn budget (--max-iterations) ran out"),
+        "{out:#?}"
+    );
+    assert!(out.stderr.contains("\"I think it is 42."), "{out:#?}");
+    let out = run(
+        &server,
+        &["--query", "q", "--max-iterations", "1", "--json"],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, Some(3), "{out:#?}");
+    let json: Value = serde_json::from_str(&out.stdout).expect("JSON");
+    assert_eq!(json["answer"], "");
+    assert_eq!(json["stopped"], "max_iterations");
+    assert!(
+        json["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.starts_with("no answer:")),
+        "{json}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_and_empty_sub_answers_are_failed_items_with_warnings() {
+    let script = code(r#"let r = llm_batch(["thinks", "long", "ok"]); print(r); FINAL(r[2]);"#);
+    let scripted = rlm_handler(ROOT, vec![script], upper);
+    let server = MockServer::start(move |request: &ServerRequest| {
+        let choice = match (request.model(), request.last_user()) {
+            (SUB, "thinks") => serde_json::json!({
+                "message": {"role": "assistant", "content": null,
+                            "reasoning_content": "Let me think..."},
+                "finish_reason": "stop"}),
+            (SUB, "long") => serde_json::json!({
+                "message": {"role": "assistant", "content": "The answer is half a sen"},
+                "finish_reason": "length"}),
+            _ => return scripted(request),
+        };
+        Reply::json(200, &serde_json::json!({"model": SUB, "choices": [choice]}))
+    })
+    .await
+    .expect("server");
+    let out = run(&server, &["--query", "q", "--json"], None).await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    let json: Value = serde_json::from_str(&out.stdout).expect("JSON");
+    assert_eq!(json["answer"], "OK");
+    assert_eq!(json["failed_sub_calls"], 2);
+    let warnings = json["warnings"].to_string();
+    assert!(
+        warnings.contains("1 sub-call was cut at the token limit"),
+        "{warnings}"
+    );
+    assert!(
+        warnings.contains("1 sub-call had no answer text"),
+        "{warnings}"
+    );
+    assert!(
+        warnings.contains("after 2 of 3 sub-calls failed"),
+        "{warnings}"
+    );
+    assert!(
+        out.stderr.contains("warning: 1 sub-call was cut"),
+        "{out:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_concurrent_is_the_ceiling_of_a_scripts_own_limit() {
+    let server = MockServer::builder()
+        .latency(Duration::from_millis(20))
+        .start(rlm_handler(
+            ROOT,
+            vec![code(
+                r#"let r = llm_batch(range(200).map(|i| `p${i}`), 100000); FINAL(r.len());"#,
+            )],
+            upper,
+        ))
+        .await
+        .expect("server");
+    let out = run(&server, &["--query", "q", "--max-concurrent", "4"], None).await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert_eq!(out.stdout, "200\n");
+    let peak = server.peak_in_flight();
+    assert!(peak <= 4, "at most --max-concurrent in flight, saw {peak}");
+}

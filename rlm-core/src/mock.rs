@@ -33,8 +33,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::{
-    BatchExecutor, Completion, CompletionRequest, LlmBackend, LlmError, Usage,
-    estimate_tokens,
+    BatchExecutor, Completion, CompletionRequest, LlmBackend, LlmError, Usage, estimate_tokens,
 };
 
 type Responder = dyn Fn(&CompletionRequest) -> Result<String, LlmError> + Send + Sync;

@@ -382,7 +382,11 @@ impl Completion {
         }
         Some(if self.is_cut() {
             "it was cut at the token limit before any text (finish_reason: length)"
-        } else if self.reasoning.as_deref().is_some_and(|r| !r.trim().is_empty()) {
+        } else if self
+            .reasoning
+            .as_deref()
+            .is_some_and(|r| !r.trim().is_empty())
+        {
             "it held only reasoning (reasoning_content) and no answer text"
         } else if self.finish_reason == Some(FinishReason::ToolCalls) {
             "it held only tool calls and no answer text"

@@ -419,12 +419,18 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.text, "");
         assert_eq!(c.reasoning.as_deref(), Some("thinking..."));
-        assert!(c.missing_text().is_some_and(|why| why.contains("reasoning")));
+        assert!(
+            c.missing_text()
+                .is_some_and(|why| why.contains("reasoning"))
+        );
         let c = parse(json!({"choices": [{"message": {"content": null,
             "tool_calls": [{"id": "1", "type": "function"}]}}]}))
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.finish_reason, Some(FinishReason::ToolCalls));
-        assert!(c.missing_text().is_some_and(|why| why.contains("tool calls")));
+        assert!(
+            c.missing_text()
+                .is_some_and(|why| why.contains("tool calls"))
+        );
         let c = parse(json!({"choices": [{"text": "legacy", "finish_reason": "length"}]}))
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.text, "legacy");

@@ -289,7 +289,10 @@ mod tests {
             parse_reply("The FINAL(x) is not at the start").final_marker,
             None
         );
-        assert_eq!(parse_reply("FINAL(\"quoted\")").final_marker, value("quoted"));
+        assert_eq!(
+            parse_reply("FINAL(\"quoted\")").final_marker,
+            value("quoted")
+        );
         assert_eq!(parse_reply("> - FINAL(42)").final_marker, value("42"));
     }
 

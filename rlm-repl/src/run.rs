@@ -435,9 +435,8 @@ async fn final_reply(
         (None, code_final) => code_final.map(|(answer, _)| answer),
     };
     if given.is_some() && cut {
-        warnings.push(
-            "the reply that gave the answer was cut at the token limit after it".to_owned(),
-        );
+        warnings
+            .push("the reply that gave the answer was cut at the token limit after it".to_owned());
     }
     Ok((
         work.repl,
@@ -467,7 +466,9 @@ fn sub_call_warnings(run: &RunState, trajectory: &[Turn], answered: bool) -> Vec
             count_verb(cut, "sub-call", "was", "were")
         ));
     }
-    let empty = run.empty_sub_calls.load(std::sync::atomic::Ordering::SeqCst);
+    let empty = run
+        .empty_sub_calls
+        .load(std::sync::atomic::Ordering::SeqCst);
     if empty > 0 {
         warnings.push(format!(
             "{} no answer text (only reasoning or tool calls, or empty content)",
@@ -758,7 +759,7 @@ mod tests {
 
     fn work(code_final: Option<(&str, bool)>, failed: Option<usize>) -> TurnWork {
         TurnWork {
-            repl: Repl::builder(Context::Text(String::new().into())).build(),
+            repl: Repl::builder(Context::from("")).build(),
             blocks: Vec::new(),
             sub_calls: Vec::new(),
             code_final: code_final.map(|(a, w)| (a.to_owned(), w)),

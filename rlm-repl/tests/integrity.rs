@@ -100,7 +100,9 @@ async fn blocks_after_a_failed_block_do_not_run() {
 
 #[tokio::test]
 async fn a_text_final_var_with_code_is_accepted_when_every_block_ran() {
-    let root = MockBackend::scripted(["```repl\nlet total = 40 + 2;\nprint(total);\n```\nFINAL_VAR(total)"]);
+    let root = MockBackend::scripted([
+        "```repl\nlet total = 40 + 2;\nprint(total);\n```\nFINAL_VAR(total)",
+    ]);
     let rlm = builder(&root, &MockBackend::echo()).build_ok();
     let result = run_ok(&rlm, "q", Context::from("x")).await;
     assert_eq!(result.answer, "42");
@@ -110,10 +112,7 @@ async fn a_text_final_var_with_code_is_accepted_when_every_block_ran() {
 #[tokio::test]
 async fn answers_from_warned_blocks_and_error_strings_are_held_once() {
     // A raw `\n` inside backticks: a silent trap the lint warns about.
-    let root = MockBackend::scripted([
-        fence("let s = `a\\nb`;\nFINAL(s);"),
-        fence("FINAL(s);"),
-    ]);
+    let root = MockBackend::scripted([fence("let s = `a\\nb`;\nFINAL(s);"), fence("FINAL(s);")]);
     let rlm = builder(&root, &MockBackend::echo()).build_ok();
     let result = run_ok(&rlm, "q", Context::from("x")).await;
     assert_eq!(result.iterations, 2);
@@ -164,8 +163,8 @@ async fn a_cut_root_reply_never_ends_the_run() {
 
 #[tokio::test]
 async fn cut_and_empty_sub_calls_are_failed_items() {
-    let sub = MockBackend::echo().with_shape(|request, completion| {
-        match request.last_user_message() {
+    let sub =
+        MockBackend::echo().with_shape(|request, completion| match request.last_user_message() {
             Some("thinks") => Completion::new(completion.model.clone(), "")
                 .with_reasoning("Let me think step by step..."),
             Some("tools") => Completion::new(completion.model.clone(), "")
@@ -173,10 +172,11 @@ async fn cut_and_empty_sub_calls_are_failed_items() {
             Some("long") => Completion::new(completion.model.clone(), "The answer is half a sen")
                 .with_finish_reason(Some(FinishReason::Length)),
             _ => completion,
-        }
-    });
+        });
     let root = MockBackend::scripted([
-        fence("let r = llm_batch([\"thinks\", \"tools\", \"long\", \"fine\"]);\nfor x in r { print(x); }"),
+        fence(
+            "let r = llm_batch([\"thinks\", \"tools\", \"long\", \"fine\"]);\nfor x in r { print(x); }",
+        ),
         fence("let one = llm_query(\"long\");\nprint(one);"),
         "FINAL(done)".to_owned(),
     ]);
@@ -207,7 +207,10 @@ async fn cut_and_empty_sub_calls_are_failed_items() {
         warnings.contains("2 sub-calls were cut at the token limit"),
         "{warnings}"
     );
-    assert!(warnings.contains("2 sub-calls had no answer text"), "{warnings}");
+    assert!(
+        warnings.contains("2 sub-calls had no answer text"),
+        "{warnings}"
+    );
     assert!(
         warnings.contains("after 4 of 5 sub-calls failed"),
         "{warnings}"
@@ -277,7 +280,10 @@ async fn no_marker_in_the_final_ask_means_no_answer() {
     assert_eq!(result.answer, "");
     assert_eq!(result.stopped, StopReason::MaxIterations);
     let warning = &result.warnings[0];
-    assert!(warning.starts_with("no answer: the turn budget"), "{warning}");
+    assert!(
+        warning.starts_with("no answer: the turn budget"),
+        "{warning}"
+    );
     assert!(
         warning.contains("\"I believe the answer is probably 42"),
         "{warning}"

@@ -148,12 +148,19 @@ async fn rate_limits_are_waited_out_not_turned_into_empty_answers() {
 
 #[tokio::test]
 async fn a_refused_sub_call_is_an_error_the_root_model_sees() {
-    // The chunk holding the needle is refused for good (401); every other item is kept.
+    // The chunk holding the needle is refused for good (a 400 no retry can fix, for this
+    // prompt alone); every other item is kept. (A 401 would stop the run: every call shares
+    // it.)
     let handler = {
         let inner = rlm_handler("root", root_script(8), reader);
         move |request: &ServerRequest| {
             if request.model() == "sub" && request.last_user().contains("vault code is") {
-                return Reply::error(401, "invalid_request_error", "invalid_api_key", "bad key");
+                return Reply::error(
+                    400,
+                    "invalid_request_error",
+                    "content_policy_violation",
+                    "refused by policy",
+                );
             }
             inner(request)
         }
@@ -168,7 +175,7 @@ async fn a_refused_sub_call_is_an_error_the_root_model_sees() {
     // items fail, visibly, and the other 32 answers are kept.
     assert!(output.contains("17 chunks, 2 failed"), "{output}");
     assert!(
-        output.contains("Error: authentication failed (HTTP 401): bad key"),
+        output.contains("Error: bad request (HTTP 400): refused by policy"),
         "{output}"
     );
     assert!(!output.contains("sk-stack-test"));
