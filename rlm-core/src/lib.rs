@@ -14,6 +14,8 @@
 //!   [`ConcurrentExecutor`].
 //! - [`LlmError`]: one error enum that classifies failures and says whether to retry.
 //! - [`UsageTracker`] and the [`Metered`] decorator: calls and tokens per model.
+//! - [`Prices`], [`CostReport`] and [`CostBudget`]: cost in dollars and the `--max-cost`
+//!   budget.
 //! - [`blocking`]: entry points for code without an async runtime.
 //! - `mock` (feature `mock`): a scripted `mock::MockBackend` for tests.
 //!
@@ -47,6 +49,7 @@
 mod backend;
 mod batch;
 pub mod blocking;
+mod cost;
 mod error;
 #[cfg(feature = "mock")]
 pub mod mock;
@@ -57,6 +60,10 @@ pub use backend::LlmBackend;
 pub use batch::{
     BatchExecutor, BatchObserver, BatchOptions, BatchResult, ConcurrentExecutor,
     DEFAULT_MAX_CONCURRENT, execute_bounded,
+};
+pub use cost::{
+    BUILTIN_PRICES_DATE, CostBudget, CostReport, DEFAULT_COMPLETION_ESTIMATE, Price, Prices,
+    Reservation,
 };
 pub use error::LlmError;
 pub use tokio_util::sync::CancellationToken;

@@ -281,15 +281,32 @@ pub struct Usage {
     pub prompt_tokens: u64,
     /// Tokens generated.
     pub completion_tokens: u64,
+    /// Of `prompt_tokens`, those the provider served from its prompt cache (billed at the
+    /// cached-input price), when it reports them (OpenAI:
+    /// `usage.prompt_tokens_details.cached_tokens`). Omitted from JSON when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cached_tokens: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Usage {
-    /// Usage of `prompt_tokens` in and `completion_tokens` out.
+    /// Usage of `prompt_tokens` in and `completion_tokens` out (none of them cached).
     pub fn new(prompt_tokens: u64, completion_tokens: u64) -> Self {
         Self {
             prompt_tokens,
             completion_tokens,
+            cached_tokens: 0,
         }
+    }
+
+    /// The same usage, with `cached_tokens` of the prompt served from the provider's cache
+    /// (at most `prompt_tokens`).
+    pub fn with_cached_tokens(mut self, cached_tokens: u64) -> Self {
+        self.cached_tokens = cached_tokens.min(self.prompt_tokens);
+        self
     }
 
     /// Prompt plus completion tokens (saturating: counts come from providers, and an absurd
@@ -304,10 +321,11 @@ impl Add for Usage {
 
     /// Field by field, saturating.
     fn add(self, rhs: Usage) -> Usage {
-        Usage::new(
-            self.prompt_tokens.saturating_add(rhs.prompt_tokens),
-            self.completion_tokens.saturating_add(rhs.completion_tokens),
-        )
+        Usage {
+            prompt_tokens: self.prompt_tokens.saturating_add(rhs.prompt_tokens),
+            completion_tokens: self.completion_tokens.saturating_add(rhs.completion_tokens),
+            cached_tokens: self.cached_tokens.saturating_add(rhs.cached_tokens),
+        }
     }
 }
 

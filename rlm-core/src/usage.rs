@@ -23,6 +23,9 @@ pub struct ModelUsage {
     /// Calls that failed (not counted in `calls`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub failed: u64,
+    /// Of `prompt_tokens`, those served from the provider's prompt cache.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cached_tokens: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -44,6 +47,7 @@ impl ModelUsage {
             .completion_tokens
             .saturating_add(other.completion_tokens);
         self.failed = self.failed.saturating_add(other.failed);
+        self.cached_tokens = self.cached_tokens.saturating_add(other.cached_tokens);
     }
 }
 
@@ -77,6 +81,7 @@ impl UsageTracker {
                 prompt_tokens: usage.prompt_tokens,
                 completion_tokens: usage.completion_tokens,
                 failed: 0,
+                cached_tokens: usage.cached_tokens,
             },
         );
     }
@@ -242,6 +247,7 @@ mod tests {
             prompt_tokens: 10,
             completion_tokens: 4,
             failed: 0,
+            cached_tokens: 0,
         };
         assert_eq!(
             serde_json::to_value(usage).unwrap_or_default(),

@@ -101,6 +101,14 @@ struct WireUsage {
     prompt_tokens: Option<u64>,
     #[serde(default, deserialize_with = "lenient")]
     completion_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    prompt_tokens_details: Option<WirePromptDetails>,
+}
+
+#[derive(Deserialize)]
+struct WirePromptDetails {
+    #[serde(default, deserialize_with = "lenient")]
+    cached_tokens: Option<u64>,
 }
 
 /// A field read as `T` when it is one, and as missing when it is anything else.
@@ -209,6 +217,11 @@ pub(crate) fn parse_completion(
             Usage::new(
                 u.prompt_tokens.unwrap_or_default(),
                 u.completion_tokens.unwrap_or_default(),
+            )
+            .with_cached_tokens(
+                u.prompt_tokens_details
+                    .and_then(|d| d.cached_tokens)
+                    .unwrap_or_default(),
             )
         })
         .unwrap_or_default();
@@ -390,6 +403,15 @@ mod tests {
         assert_eq!((c.text.as_str(), c.model.as_str()), ("hello", "gpt"));
         assert_eq!(c.usage, Usage::new(3, 1));
         assert_eq!(c.finish_reason, Some(FinishReason::Stop));
+
+        let c = parse(json!({
+            "choices": [{"message": {"content": "x"}}],
+            "usage": {"prompt_tokens": 2000, "completion_tokens": 5,
+                      "prompt_tokens_details": {"cached_tokens": 1536}}
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.usage, Usage::new(2000, 5).with_cached_tokens(1536));
+        assert_eq!(c.usage.cached_tokens, 1536);
 
         let c = parse(
             json!({"choices": [{"message": {"content": null, "refusal": "no"},
