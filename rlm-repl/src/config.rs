@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use rlm_core::DEFAULT_MAX_CONCURRENT;
+use rlm_core::{DEFAULT_MAX_CONCURRENT, Prices};
 
 /// Limits that stop runaway code. Each applies to one code block; a block that hits one
 /// fails with an error the root model sees, and the run goes on. A limit of 0 means no limit
@@ -56,6 +56,11 @@ pub struct RlmConfig {
     pub max_total_tokens: Option<u64>,
     /// Wall time allowed for the run.
     pub max_time: Option<Duration>,
+    /// USD allowed over the run (issue 12): each root and sub call reserves its estimated cost
+    /// before it is sent and settles it with the reported usage.
+    pub max_cost: Option<f64>,
+    /// Prices of the models, for the run's cost and `max_cost` (default: the built-in table).
+    pub prices: Prices,
     /// Default concurrency of `llm_batch` (a script may pass its own).
     pub max_concurrent: usize,
     /// Characters of a code block's output shown to the root model (head and tail kept).
@@ -75,6 +80,8 @@ impl Default for RlmConfig {
             max_sub_calls: None,
             max_total_tokens: None,
             max_time: None,
+            max_cost: None,
+            prices: Prices::builtin(),
             max_concurrent: DEFAULT_MAX_CONCURRENT,
             max_output_chars: 20_000,
             system_prompt: None,

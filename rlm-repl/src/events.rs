@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use rlm_core::{ModelUsage, Usage};
+use rlm_core::{CostReport, ModelUsage, Usage};
 use serde::Serialize;
 
 use crate::{ContextInfo, StopReason, Turn};
@@ -168,6 +168,8 @@ pub enum Event {
         /// Why the answer may not be trusted as it is (see
         /// [`RunResult::warnings`](crate::RunResult::warnings)).
         warnings: Vec<String>,
+        /// What the run cost in USD: `{"total", "by_model", "unpriced"}`.
+        cost_usd: CostReport,
     },
 }
 

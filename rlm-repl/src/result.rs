@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use rlm_core::{ModelUsage, Usage};
+use rlm_core::{CostReport, ModelUsage, Usage};
 use serde::{Serialize, Serializer};
 
 /// Why a run stopped.
@@ -23,6 +23,8 @@ pub enum StopReason {
     MaxTime,
     /// The run was cancelled (e.g. Ctrl-C).
     Cancelled,
+    /// The cost budget (`max_cost`) ran out.
+    MaxCost,
 }
 
 impl StopReason {
@@ -35,6 +37,7 @@ impl StopReason {
             StopReason::MaxTokens => "max_tokens",
             StopReason::MaxTime => "max_time",
             StopReason::Cancelled => "cancelled",
+            StopReason::MaxCost => "max_cost",
         }
     }
 }
@@ -69,6 +72,10 @@ pub struct RunResult {
     /// confirmation, sub-calls cut at the token limit or without text, an answer given after
     /// failed sub-calls, and (with an empty answer) why there is none. Empty for a clean run.
     pub warnings: Vec<String>,
+    /// What the run cost in USD, by the run's prices (see
+    /// [`RlmBuilder::prices`](crate::RlmBuilder::prices)).
+    #[serde(rename = "cost_usd")]
+    pub cost: CostReport,
     /// Every turn, in order.
     pub trajectory: Vec<Turn>,
 }

@@ -143,6 +143,23 @@ impl RlmBuilder {
         self
     }
 
+    /// USD allowed over a run (default: unlimited). Every root and sub call reserves its
+    /// estimated cost (see [`Prices::estimate`](rlm_core::Prices::estimate)) before it is
+    /// sent, and a call that does not fit is refused: the run stops with
+    /// [`StopReason::MaxCost`](crate::StopReason::MaxCost). The final ask for an answer after
+    /// the stop is still made, and may pass the budget by that one call.
+    pub fn max_cost(mut self, usd: f64) -> Self {
+        self.config.max_cost = Some(usd);
+        self
+    }
+
+    /// Prices of the models, for the run's cost and [`max_cost`](Self::max_cost) (default:
+    /// [`Prices::builtin`](rlm_core::Prices::builtin)).
+    pub fn prices(mut self, prices: rlm_core::Prices) -> Self {
+        self.config.prices = prices;
+        self
+    }
+
     /// Default concurrency of `llm_batch` (default 16).
     pub fn max_concurrent(mut self, max_concurrent: usize) -> Self {
         self.config.max_concurrent = max_concurrent;
@@ -190,6 +207,15 @@ impl RlmBuilder {
     pub fn build(self) -> Result<Rlm, RlmError> {
         if self.config.root_model.trim().is_empty() {
             return Err(RlmError::Config("a root model name is required".into()));
+        }
+        if self
+            .config
+            .max_cost
+            .is_some_and(|usd| !usd.is_finite() || usd < 0.0)
+        {
+            return Err(RlmError::Config(
+                "max_cost must be a number of dollars, at least 0".into(),
+            ));
         }
         if self.config.max_iterations == 0 {
             return Err(RlmError::Config("max_iterations must be at least 1".into()));

@@ -172,12 +172,16 @@ pub(crate) async fn run(rlm: &Rlm, query: String, context: Context) -> Result<Ru
     let started = Instant::now();
     let config = &rlm.config;
     let emitter = Emitter::new(rlm.observers.clone());
-    let run = Arc::new(RunState::new(
-        rlm.cancel.child_token(),
-        config.max_sub_calls,
-        config.max_total_tokens,
-        emitter.clone(),
-    ));
+    let run = Arc::new(
+        RunState::new(
+            rlm.cancel.child_token(),
+            config.max_sub_calls,
+            config.max_total_tokens,
+            emitter.clone(),
+        )
+        // Cost budget (issue 12).
+        .with_cost_budget(Arc::new(config.prices.clone()), config.max_cost),
+    );
     // If the caller drops this future, running code and sub-calls stop too.
     let _stop_on_drop = run.cancel.clone().drop_guard();
     let root = Metered::new(Arc::clone(&rlm.root), run.usage.clone());
@@ -232,7 +236,8 @@ pub(crate) async fn run(rlm: &Rlm, query: String, context: Context) -> Result<Ru
         }
         run.turn.store(turn, std::sync::atomic::Ordering::SeqCst);
         emitter.emit_with(|| Event::TurnStart { turn });
-        let Some((reply, root_latency)) = ask_root(rlm, &root, &messages, turn, &run).await? else {
+        let Some((reply, root_latency)) = ask_root(rlm, &root, &messages, turn, &run, true).await?
+        else {
             break;
         };
         let cut = reply.is_cut();
@@ -306,11 +311,16 @@ pub(crate) async fn run(rlm: &Rlm, query: String, context: Context) -> Result<Ru
         (None, Some(reason)) => reason,
         (None, None) => StopReason::MaxIterations,
     };
-    if answer.is_none() && matches!(stopped, StopReason::MaxIterations | StopReason::MaxSubCalls) {
-        let reason = if stopped == StopReason::MaxIterations {
-            "You have used all your turns."
-        } else {
-            "The sub-call budget of this run is spent."
+    if answer.is_none()
+        && matches!(
+            stopped,
+            StopReason::MaxIterations | StopReason::MaxSubCalls | StopReason::MaxCost
+        )
+    {
+        let reason = match stopped {
+            StopReason::MaxIterations => "You have used all your turns.",
+            StopReason::MaxCost => "The cost budget of this run is spent.",
+            _ => "The sub-call budget of this run is spent.",
         };
         // The last feedback is the last message; the ask is appended to it.
         match messages.last_mut() {
@@ -323,7 +333,10 @@ pub(crate) async fn run(rlm: &Rlm, query: String, context: Context) -> Result<Ru
         let turn = trajectory.len() + 1;
         run.turn.store(turn, std::sync::atomic::Ordering::SeqCst);
         emitter.emit_with(|| Event::TurnStart { turn });
-        if let Ok(Some((reply, root_latency))) = ask_root(rlm, &root, &messages, turn, &run).await {
+        // Not budgeted: the final ask is made even when the cost budget is spent.
+        if let Ok(Some((reply, root_latency))) =
+            ask_root(rlm, &root, &messages, turn, &run, false).await
+        {
             let (_, given) = final_reply(repl, &reply, turn, &run, &mut warnings).await?;
             if let Some(error) = sub_model_failure(&run, &sub_model) {
                 return Err(error);
@@ -366,14 +379,19 @@ pub(crate) async fn run(rlm: &Rlm, query: String, context: Context) -> Result<Ru
     {
         warnings.push("the answer is an \"Error: ...\" string, not an answer".to_owned());
     }
+    let usage = run.usage.snapshot();
+    let cost = config
+        .prices
+        .report(usage.iter().map(|(model, usage)| (model.as_str(), usage)));
     let result = RunResult {
         answer: answer.unwrap_or_default(),
         iterations: trajectory.len(),
         stopped,
         elapsed: started.elapsed(),
-        usage: run.usage.snapshot(),
+        usage,
         sub_calls: run.sub_calls(),
         warnings,
+        cost,
         trajectory,
     };
     emitter.emit_with(|| Event::Final {
@@ -383,6 +401,7 @@ pub(crate) async fn run(rlm: &Rlm, query: String, context: Context) -> Result<Ru
         elapsed_ms: millis(result.elapsed),
         usage: result.usage.clone(),
         warnings: result.warnings.clone(),
+        cost_usd: result.cost.clone(),
     });
     Ok(result)
 }
@@ -392,6 +411,7 @@ fn stopped_why(stopped: StopReason) -> &'static str {
     match stopped {
         StopReason::MaxIterations => "the turn budget (--max-iterations) ran out",
         StopReason::MaxSubCalls => "the sub-call budget (--max-sub-calls) ran out",
+        StopReason::MaxCost => "the cost budget (--max-cost) ran out",
         _ => "the run stopped",
     }
 }
@@ -489,13 +509,15 @@ fn sub_call_warnings(run: &RunState, trajectory: &[Turn], answered: bool) -> Vec
     warnings
 }
 
-/// One root call. `None` when the run was cancelled (or ran out of time) meanwhile.
+/// One root call. `None` when the run was cancelled (or ran out of time) meanwhile, or, when
+/// `budgeted`, when the cost budget cannot cover it.
 async fn ask_root(
     rlm: &Rlm,
     root: &Metered<Arc<dyn LlmBackend>>,
     messages: &[Message],
     turn: usize,
     run: &RunState,
+    budgeted: bool,
 ) -> Result<Option<(Completion, Duration)>, RlmError> {
     let model = &rlm.config.root_model;
     let request = CompletionRequest {
@@ -503,6 +525,33 @@ async fn ask_root(
         messages: messages.to_vec(),
         ..CompletionRequest::default()
     };
+    // Cost budget (issue 12): reserved before the call, settled below.
+    let reservation = if budgeted {
+        match run.reserve_cost(&request) {
+            Some(reservation) => reservation,
+            None => return Ok(None),
+        }
+    } else {
+        rlm_core::Reservation::none()
+    };
+    let result = ask_root_once(rlm, root, request, turn, run).await;
+    let usage = match &result {
+        Ok(Some((reply, _))) => reply.usage,
+        _ => rlm_core::Usage::default(),
+    };
+    run.settle_cost(reservation, model, &usage);
+    result
+}
+
+/// [`ask_root`] without the cost budget.
+async fn ask_root_once(
+    rlm: &Rlm,
+    root: &Metered<Arc<dyn LlmBackend>>,
+    request: CompletionRequest,
+    turn: usize,
+    run: &RunState,
+) -> Result<Option<(Completion, Duration)>, RlmError> {
+    let model = &rlm.config.root_model;
     let span = tracing::info_span!(
         "rlm_turn",
         turn,

@@ -4,7 +4,10 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use rlm_core::{CancellationToken, LlmError, UsageTracker};
+use rlm_core::{
+    CancellationToken, CompletionRequest, CostBudget, LlmError, Prices, Reservation, Usage,
+    UsageTracker,
+};
 
 use crate::{Event, Observer, StopReason};
 
@@ -76,6 +79,15 @@ pub(crate) struct RunState {
     pub(crate) cut_sub_calls: AtomicU64,
     /// Sub-calls whose reply carried no answer text.
     pub(crate) empty_sub_calls: AtomicU64,
+    /// The cost budget (issue 12), if any.
+    cost: Option<CostMeter>,
+}
+
+/// `max_cost` (issue 12): the prices and the budget in USD. Kept apart so the budget can move
+/// into a ledger for a recursion tree as one piece.
+struct CostMeter {
+    prices: Arc<Prices>,
+    budget: CostBudget,
 }
 
 impl RunState {
@@ -98,6 +110,50 @@ impl RunState {
             fatal: Mutex::new(None),
             cut_sub_calls: AtomicU64::new(0),
             empty_sub_calls: AtomicU64::new(0),
+            cost: None,
+        }
+    }
+
+    /// Adds a cost budget of `max_usd`, priced by `prices`.
+    pub(crate) fn with_cost_budget(mut self, prices: Arc<Prices>, max_usd: Option<f64>) -> Self {
+        self.cost = max_usd.map(|max| CostMeter {
+            prices,
+            budget: CostBudget::new(max),
+        });
+        self
+    }
+
+    /// Reserves the estimated cost of `request` before it is sent; `None` (and the run
+    /// marked [`StopReason::MaxCost`]) when it does not fit.
+    pub(crate) fn reserve_cost(&self, request: &CompletionRequest) -> Option<Reservation> {
+        let Some(cost) = &self.cost else {
+            return Some(Reservation::none());
+        };
+        let reservation = cost.budget.reserve(cost.prices.estimate(request));
+        if reservation.is_none() {
+            self.stop(StopReason::MaxCost);
+        }
+        reservation
+    }
+
+    /// A call of `model` ended with `usage`: settles its reservation with its real cost.
+    /// Returns whether the cost budget is now spent (and marks the stop if so).
+    pub(crate) fn settle_cost(&self, reservation: Reservation, model: &str, usage: &Usage) -> bool {
+        let Some(cost) = &self.cost else {
+            return false;
+        };
+        let actual = cost.prices.call_cost(model, usage).unwrap_or(0.0);
+        let spent = cost.budget.settle(reservation, actual);
+        if spent {
+            self.stop(StopReason::MaxCost);
+        }
+        spent
+    }
+
+    /// Hands back the reservation of a call that was never sent.
+    pub(crate) fn release_cost(&self, reservation: Reservation) {
+        if let Some(cost) = &self.cost {
+            cost.budget.release(reservation);
         }
     }
 
@@ -202,6 +258,9 @@ impl RunState {
         {
             return Some(StopReason::MaxSubCalls);
         }
+        if self.cost.as_ref().is_some_and(|c| c.budget.exhausted()) {
+            return Some(StopReason::MaxCost);
+        }
         None
     }
 
@@ -222,6 +281,14 @@ impl RunState {
                 self.max_tokens.unwrap_or_default()
             ),
             Some(StopReason::MaxTime) => "Error: the run's time budget ran out".to_owned(),
+            Some(StopReason::MaxCost) => format!(
+                "Error: cost budget exhausted (at most ${} per run); no more sub-calls will be \
+                 made: give your final answer with what you have",
+                self.cost
+                    .as_ref()
+                    .map(|c| c.budget.max_usd())
+                    .unwrap_or_default()
+            ),
             _ => "Error: cancelled".to_owned(),
         }
     }

@@ -623,3 +623,71 @@ async fn the_system_prompt_examples_run() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_cost_budget_refuses_what_it_cannot_cover_and_reports_the_cost() {
+    use rlm_core::{Price, Prices};
+    let root = MockBackend::scripted([
+        fence("let a = llm_batch([\"1\", \"2\", \"3\", \"4\", \"5\"]);\nprint(a);"),
+        "FINAL(with what I have)".to_owned(),
+    ]);
+    let sub = MockBackend::echo();
+    let events = Arc::new(Events::default());
+    // $1,000 per million tokens: each item is estimated at 5 prompt tokens and 1,000
+    // completion tokens, $1.005; three fit in $3.20, the fourth does not.
+    let prices = Prices::from_iter([("sub", Price::new(1000.0, 1000.0, 1000.0))]);
+    let rlm = builder(&root, &sub)
+        .prices(prices)
+        .max_cost(3.2)
+        .observer(events.clone())
+        .build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
+    assert_eq!(result.stopped, StopReason::MaxCost);
+    assert_eq!(result.stopped.as_str(), "max_cost");
+    assert_eq!(sub.calls(), 3);
+    assert_eq!(result.sub_calls, 3);
+    // The final ask was still made, and said why.
+    assert_eq!(result.answer, "with what I have");
+    let ask = seen(&root, 1);
+    assert_eq!(ask.matches("cost budget exhausted").count(), 2, "{ask}");
+    assert!(
+        ask.contains("The cost budget of this run is spent."),
+        "{ask}"
+    );
+    // The cost of what was really used: the sub model is priced, the root is not.
+    let sub_usage = result.usage["sub"];
+    let expected = (sub_usage.prompt_tokens + sub_usage.completion_tokens) as f64 * 1e-3;
+    assert!(expected > 0.0);
+    assert!((result.cost.by_model["sub"] - expected).abs() < 1e-6);
+    assert!((result.cost.total - expected).abs() < 1e-6);
+    assert_eq!(result.cost.unpriced, vec!["root".to_owned()]);
+    // The trace's final event carries the same report.
+    let last = events.all().pop();
+    assert!(
+        matches!(&last, Some(Event::Final { cost_usd, .. }) if *cost_usd == result.cost),
+        "{last:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_root_call_the_cost_budget_cannot_cover_stops_the_run_before_it_is_sent() {
+    use rlm_core::{Price, Prices};
+    let root = MockBackend::scripted([
+        fence("let a = llm_query(\"hi\");\nprint(a);"),
+        "FINAL(done)".to_owned(),
+        "FINAL(never asked)".to_owned(),
+    ]);
+    let sub = MockBackend::echo();
+    // The root model costs $1 per thousand tokens; a budget of a nanodollar covers no turn.
+    let prices = Prices::from_iter([("root", Price::new(1000.0, 1000.0, 1000.0))]);
+    let rlm = builder(&root, &sub)
+        .prices(prices)
+        .max_cost(1e-9)
+        .build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
+    assert_eq!(result.stopped, StopReason::MaxCost);
+    // No turn was affordable; only the (unbudgeted) final ask went out.
+    assert_eq!(root.calls(), 1);
+    assert_eq!(sub.calls(), 0);
+    assert!(result.cost.total > 0.0);
+}

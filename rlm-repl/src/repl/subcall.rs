@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use rlm_core::{
     BatchExecutor, BatchObserver, BatchOptions, BatchResult, Completion, CompletionRequest,
-    LlmError,
+    LlmError, Reservation,
 };
 use tokio::runtime::Handle;
 use tracing::Instrument;
@@ -164,6 +164,13 @@ impl SubCaller {
         if self.run.cancel.is_cancelled() || self.run.reserve_sub_calls(1) == 0 {
             return self.run.refusal();
         }
+        let request = CompletionRequest::prompt(self.model.clone(), prompt);
+        // Cost budget (issue 12): the estimate is reserved before the call is sent.
+        let Some(reservation) = self.run.reserve_cost(&request) else {
+            self.run.release_sub_calls(1);
+            return self.run.refusal();
+        };
+        let prompt = request.last_user_message().unwrap_or_default();
         let id = self.next_id.fetch_add(1, Ordering::SeqCst) + 1;
         let turn = self.run.turn();
         let emitter = &self.run.emitter;
@@ -174,7 +181,7 @@ impl SubCaller {
             batch: None,
             index: None,
             model: self.model.clone(),
-            prompt: prefix(&prompt, PROMPT_PREVIEW_CHARS).to_owned(),
+            prompt: prefix(prompt, PROMPT_PREVIEW_CHARS).to_owned(),
             prompt_chars,
         });
         let span = tracing::info_span!(
@@ -185,7 +192,6 @@ impl SubCaller {
             prompt_tokens = tracing::field::Empty,
             completion_tokens = tracing::field::Empty,
         );
-        let request = CompletionRequest::prompt(self.model.clone(), prompt);
         let backend = Arc::clone(&self.backend);
         let cancel = self.run.cancel.clone();
         let started = Instant::now();
@@ -210,6 +216,7 @@ impl SubCaller {
         span.record("prompt_tokens", usage.prompt_tokens);
         span.record("completion_tokens", usage.completion_tokens);
         self.run.add_tokens(usage.total());
+        self.run.settle_cost(reservation, &self.model, &usage);
         let error = judge(&self.run, &result);
         let record = SubCallRecord {
             id,
@@ -247,7 +254,7 @@ impl SubCaller {
         if self.run.cancel.is_cancelled() {
             return vec![self.run.refusal(); total];
         }
-        let granted = usize::try_from(self.run.reserve_sub_calls(total as u64)).unwrap_or(0);
+        let mut granted = usize::try_from(self.run.reserve_sub_calls(total as u64)).unwrap_or(0);
         let mut answers = vec![String::new(); total];
         if granted < total {
             let refusal = self.run.refusal();
@@ -257,6 +264,33 @@ impl SubCaller {
         }
         if granted == 0 {
             return answers;
+        }
+        let mut requests: Vec<CompletionRequest> = prompts
+            .into_iter()
+            .take(granted)
+            .map(|prompt| CompletionRequest::prompt(self.model.clone(), prompt))
+            .collect();
+        // Cost budget (issue 12): each item's estimate is reserved before the batch is sent;
+        // the items that do not fit are refused, like those over the sub-call budget.
+        let mut reservations = Vec::with_capacity(granted);
+        for request in &requests {
+            match self.run.reserve_cost(request) {
+                Some(reservation) => reservations.push(Some(reservation)),
+                None => break,
+            }
+        }
+        if reservations.len() < granted {
+            self.run
+                .release_sub_calls((granted - reservations.len()) as u64);
+            let refusal = self.run.refusal();
+            for answer in &mut answers[reservations.len()..granted] {
+                answer.clone_from(&refusal);
+            }
+            granted = reservations.len();
+            requests.truncate(granted);
+            if granted == 0 {
+                return answers;
+            }
         }
         let max_concurrent = max_concurrent.max(1);
         let batch = self.next_batch.fetch_add(1, Ordering::SeqCst) + 1;
@@ -268,11 +302,6 @@ impl SubCaller {
             total: granted,
             max_concurrent,
         });
-        let requests: Vec<CompletionRequest> = prompts
-            .into_iter()
-            .take(granted)
-            .map(|prompt| CompletionRequest::prompt(self.model.clone(), prompt))
-            .collect();
         let cancel = self.run.cancel.child_token();
         let tracker = Arc::new(BatchTracker {
             turn,
@@ -289,6 +318,7 @@ impl SubCaller {
                 .collect(),
             progress: Mutex::new((0, 0)),
             records: Arc::clone(&self.records),
+            reservations: Mutex::new(reservations),
         });
         let options = BatchOptions::new(max_concurrent)
             .with_cancel(cancel)
@@ -315,6 +345,12 @@ impl SubCaller {
         if tracker.cancel.is_cancelled() {
             let unsent = granted.saturating_sub(started_count(&tracker));
             self.run.release_sub_calls(unsent as u64);
+        }
+        // The cost reserved for items that never finished goes back too.
+        for reservation in lock(&tracker.reservations).iter_mut() {
+            if let Some(reservation) = reservation.take() {
+                self.run.release_cost(reservation);
+            }
         }
         emitter.emit_with(|| Event::BatchEnd {
             turn,
@@ -413,6 +449,8 @@ struct BatchTracker {
     /// Items finished and failed so far.
     progress: Mutex<(usize, usize)>,
     records: Arc<Mutex<Vec<SubCallRecord>>>,
+    /// Each item's cost reservation (issue 12), taken when it is settled.
+    reservations: Mutex<Vec<Option<Reservation>>>,
 }
 
 impl BatchObserver for BatchTracker {
@@ -440,6 +478,15 @@ impl BatchObserver for BatchTracker {
         if self.run.add_tokens(usage.total()) {
             // The token budget is spent: send nothing more.
             self.cancel.cancel();
+        }
+        let reservation = lock(&self.reservations)
+            .get_mut(index)
+            .and_then(Option::take);
+        if let Some(reservation) = reservation {
+            if self.run.settle_cost(reservation, &self.model, &usage) {
+                // The cost budget is spent: send nothing more.
+                self.cancel.cancel();
+            }
         }
         let error = judge(&self.run, result);
         let record = SubCallRecord {
