@@ -1,0 +1,177 @@
+//! The page's data, read back from rendered pages: counts, runs, notices and cost.
+
+use rlm_view::synth::{self, SynthOptions};
+use rlm_view::{ViewError, ViewOptions, render};
+
+/// The JSON data embedded in a page.
+fn data(html: &str) -> serde_json::Value {
+    let start = html
+        .find("<script id=\"trace-data\" type=\"application/json\">")
+        .map(|i| i + "<script id=\"trace-data\" type=\"application/json\">".len())
+        .unwrap_or_else(|| panic!("no data element"));
+    let end = html[start..]
+        .find("</script>")
+        .map(|i| start + i)
+        .unwrap_or_else(|| panic!("data not closed"));
+    serde_json::from_str(&html[start..end]).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn page(options: &SynthOptions) -> (rlm_view::Rendered, serde_json::Value) {
+    let text = synth::trace(options);
+    let page = render(&text, &ViewOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let data = data(&page.html);
+    (page, data)
+}
+
+#[test]
+fn a_plain_trace_gives_its_summary_and_every_call() {
+    let (page, data) = page(&SynthOptions {
+        sub_calls: 250,
+        batch_size: 100,
+        fail_every: 10,
+        ..SynthOptions::default()
+    });
+    assert_eq!(page.sub_calls, 250);
+    assert_eq!(page.runs, 1);
+    assert!(page.notices.is_empty(), "{:?}", page.notices);
+    let s = &data["summary"];
+    assert_eq!(s["query"], synth::QUERY);
+    assert_eq!(s["answer"], synth::ANSWER);
+    assert_eq!(s["stopped"], "final");
+    assert_eq!(s["sub_calls"], 250);
+    assert_eq!(s["failed"], 25);
+    assert_eq!(s["turns"], 2);
+    assert_eq!(s["peak_in_flight"], 16);
+    assert_eq!(s["cost_source"], "trace");
+    assert!(s["cost"]["total"].as_f64().unwrap_or(0.0) > 0.0);
+    assert_eq!(data["calls"]["id"].as_array().map(Vec::len), Some(250));
+    // Grouped by batch, in batch order, items in order.
+    let batches = data["batches"].as_array().cloned().unwrap_or_default();
+    assert_eq!(batches.len(), 3);
+    assert_eq!(batches[0]["rows"], 100);
+    assert_eq!(batches[2]["first_row"], 200);
+    assert_eq!(data["calls"]["index"][0], 0);
+    assert_eq!(data["calls"]["index"][99], 99);
+    assert_eq!(data["calls"]["batch"][100], 2);
+    // The turns, with their blocks.
+    let turns = data["runs"][0]["turns"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(turns.len(), 2);
+    assert_eq!(turns[0]["blocks"].as_array().map(Vec::len), Some(2));
+}
+
+#[test]
+fn a_recursive_trace_gives_the_tree() {
+    let (page, data) = page(&SynthOptions {
+        sub_calls: 400,
+        children: 3,
+        ..SynthOptions::default()
+    });
+    assert_eq!(page.runs, 4);
+    let runs = data["runs"].as_array().cloned().unwrap_or_default();
+    let ids: Vec<&str> = runs.iter().filter_map(|r| r["id"].as_str()).collect();
+    assert_eq!(ids, ["0", "0.1", "0.2", "0.3"]);
+    assert!(
+        runs[1..]
+            .iter()
+            .all(|r| r["parent"] == "0" && r["depth"] == 1)
+    );
+    assert_eq!(data["summary"]["max_depth"], 1);
+    // The children's calls overlap: more than one batch's worth in flight.
+    assert!(data["summary"]["peak_in_flight"].as_u64().unwrap_or(0) > 16);
+    let calls: u64 = runs.iter().filter_map(|r| r["sub_calls"].as_u64()).sum();
+    assert_eq!(calls, 400);
+}
+
+#[test]
+fn a_cut_trace_renders_with_notices() {
+    let options = SynthOptions {
+        sub_calls: 60,
+        finished: false,
+        cut: true,
+        ..SynthOptions::default()
+    };
+    let text = synth::trace(&options);
+    assert!(!text.ends_with('\n'));
+    let page = render(&text, &ViewOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let notices = page.notices.join("\n");
+    assert!(notices.contains("cut short"), "{notices}");
+    assert!(notices.contains("no final event"), "{notices}");
+    let data = data(&page.html);
+    assert!(data["summary"]["stopped"].is_null());
+    // Without a final event, usage is added up from the events and priced here.
+    assert_eq!(data["summary"]["usage_source"], "events");
+    assert_eq!(data["summary"]["cost_source"], "prices");
+    assert!(data["summary"]["cost"]["total"].as_f64().unwrap_or(0.0) > 0.0);
+}
+
+#[test]
+fn calls_cut_off_mid_flight_are_unfinished_and_bad_lines_are_skipped() {
+    let text = "{\"t_ms\":0,\"event\":\"run_start\",\"query\":\"q\",\"root_model\":\"r\",\"sub_model\":\"s\"}\n\
+                not json\n\
+                {\"t_ms\":5,\"event\":\"sub_call_start\",\"turn\":1,\"id\":1,\"model\":\"s\",\"prompt\":\"p\"}\n\
+                {\"t_ms\":9,\"event\":\"sub_call_end\",\"turn\":1,\"id\":2,\"model\":\"s\",\"latency_ms\":4,\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}\n\
+                [1,2]\n";
+    let page = render(text, &ViewOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let data = data(&page.html);
+    assert_eq!(data["summary"]["sub_calls"], 2);
+    assert_eq!(data["summary"]["unfinished"], 1);
+    // The end without a start is placed by its latency.
+    let starts = data["calls"]["start"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(starts.contains(&serde_json::json!(5)));
+    assert!(
+        page.notices
+            .iter()
+            .any(|n| n.contains("2 line(s)") && n.contains("line 2"))
+    );
+    assert_eq!(
+        data["summary"]["cost"]["unpriced"],
+        serde_json::json!(["s"])
+    );
+}
+
+#[test]
+fn text_that_closes_the_script_element_stays_data() {
+    let text = "{\"t_ms\":0,\"event\":\"run_start\",\"query\":\"</script><script>alert(1)</script><!--\",\"root_model\":\"r\",\"sub_model\":\"s\"}\n";
+    let page = render(text, &ViewOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!page.html.contains("alert(1)</script>"));
+    assert_eq!(
+        data(&page.html)["summary"]["query"],
+        "</script><script>alert(1)</script><!--"
+    );
+}
+
+#[test]
+fn a_file_without_events_is_an_error() {
+    for text in ["", "\n\n", "hello\nworld\n"] {
+        assert!(matches!(
+            render(text, &ViewOptions::default()),
+            Err(ViewError::NoEvents { .. })
+        ));
+    }
+}
+
+#[test]
+fn a_big_trace_keeps_the_page_small() {
+    let (page, data) = page(&SynthOptions {
+        sub_calls: 20_000,
+        ..SynthOptions::default()
+    });
+    assert_eq!(page.sub_calls, 20_000);
+    let chars = data["preview_chars"].as_u64().unwrap_or(0);
+    assert!(chars > 0 && chars < 240, "{chars}");
+    assert!(
+        data["calls"]["prompt"][0]
+            .as_str()
+            .unwrap_or("")
+            .chars()
+            .count()
+            <= chars as usize + 1
+    );
+    assert!(page.notices.iter().any(|n| n.contains("cut to")));
+}
