@@ -25,7 +25,8 @@ Output:
   stdout gets the answer alone (with --json, one JSON object:
   {\"answer\", \"iterations\", \"stopped\", \"elapsed_ms\", \"usage\": {MODEL: {\"calls\",
   \"prompt_tokens\", \"completion_tokens\"}}, \"sub_calls\", \"failed_sub_calls\",
-  \"warnings\", \"cache\"}). A usage summary, warnings and errors go to stderr;
+  \"warnings\", \"cost_usd\": {\"total\", \"by_model\": {MODEL: USD},
+  \"unpriced\": [MODEL]}, \"cache\"}). A usage summary, warnings and errors go to stderr;
   progress too, when stderr is a terminal.
   On an error nothing is printed on stdout.
 
@@ -48,7 +49,8 @@ Trace (--trace FILE):
   JSON Lines, one object per event, written as it happens: {\"t_ms\": <ms since
   start>, \"event\": NAME, ...} with NAME one of run_start, turn_start,
   root_reply, code_block, sub_call_start, sub_call_end, batch_start,
-  batch_progress, batch_end, turn_end, final. The API key is never in it.
+  batch_progress, batch_end, turn_end, final (with cost_usd). The API key is
+  never in it. `rlm view FILE` makes an HTML page of it.
 
 Environment:
   OPENAI_API_KEY     the API key (sent as a bearer token; never printed or traced)
@@ -86,6 +88,42 @@ pub(crate) enum Command {
     /// llm_batch, timed.
     #[command(after_help = EXIT_CODES_HELP)]
     Demo(DemoArgs),
+    /// Make one self-contained HTML page from a --trace file: the summary and cost, every
+    /// turn, a timeline of the sub-calls, and the recursion tree. Opens from file://, loads
+    /// nothing from the network.
+    #[command(after_help = VIEW_AFTER_HELP)]
+    View(ViewArgs),
+}
+
+const VIEW_AFTER_HELP: &str = "\
+The page is written beside the trace (t.jsonl -> t.html) unless -o names another file;
+its path is printed on stdout. A trace cut short (a killed run) still renders, with a
+notice. Cost comes from the trace's final event, or, for a trace without one, from the
+built-in prices and --prices.
+
+Exit status:
+  0    the page was written
+  2    bad flags
+  4    the trace or the prices could not be read, or the page not written";
+
+/// Flags of `rlm view`.
+#[derive(Debug, Args)]
+pub(crate) struct ViewArgs {
+    /// The trace file (JSON Lines, as `rlm run --trace` writes it).
+    #[arg(value_name = "TRACE.jsonl")]
+    pub(crate) trace: PathBuf,
+
+    /// Where to write the page (default: beside the trace, with the extension .html).
+    #[arg(short, long, value_name = "FILE.html")]
+    pub(crate) output: Option<PathBuf>,
+
+    /// Prices for traces without cost (see `rlm run --help`).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) prices: Option<PathBuf>,
+
+    /// Print nothing on stderr but errors.
+    #[arg(long)]
+    pub(crate) quiet: bool,
 }
 
 /// How to read a context file or stdin.
@@ -283,6 +321,20 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "SECS", value_parser = parse_seconds, help_heading = "Budgets")]
     pub(crate) max_time: Option<Duration>,
 
+    /// US dollars the run may spend, by the prices (default: no limit). Each call reserves
+    /// its estimated cost before it is sent (prompt at ~4 bytes a token plus 1,000
+    /// completion tokens) and settles it with the usage the server reports; a call that does
+    /// not fit is refused and the run stops (exit 3). The final ask for an answer is still
+    /// made and may pass the budget by that call. Models without a price cost nothing.
+    #[arg(long, value_name = "USD", value_parser = parse_usd, help_heading = "Budgets")]
+    pub(crate) max_cost: Option<f64>,
+
+    /// Prices per model, in USD per million tokens, over the built-in table: a JSON or TOML
+    /// file of {MODEL: {input, cached_input, output}} (cached_input optional). See the README
+    /// for the built-in table and its date.
+    #[arg(long, value_name = "FILE", help_heading = "Budgets")]
+    pub(crate) prices: Option<PathBuf>,
+
     /// Send every sub-call, even one identical to an earlier one (by default identical
     /// sub-calls of a run are sent once and share the answer).
     #[arg(long, help_heading = "Output and behaviour")]
@@ -349,6 +401,19 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|_| "too large".to_owned())
 }
 
+/// Dollars as a number, at least 0.
+fn parse_usd(text: &str) -> Result<f64, String> {
+    let usd: f64 = text
+        .trim()
+        .trim_start_matches('$')
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of US dollars"))?;
+    if !usd.is_finite() || usd < 0.0 {
+        return Err("must be a number of US dollars, at least 0".to_owned());
+    }
+    Ok(usd)
+}
+
 /// `MIN-MAX` or `N` milliseconds.
 fn parse_latency(text: &str) -> Result<(u64, u64), String> {
     let number = |s: &str| {
@@ -393,6 +458,25 @@ mod tests {
         assert_eq!(parse_latency("5"), Ok((5, 5)));
         assert!(parse_latency("300-100").is_err());
         assert!(parse_latency("a-b").is_err());
+        assert_eq!(parse_usd("0.5"), Ok(0.5));
+        assert_eq!(parse_usd("$2"), Ok(2.0));
+        assert!(parse_usd("-1").is_err());
+        assert!(parse_usd("inf").is_err());
+        assert!(parse_usd("cheap").is_err());
+    }
+
+    #[test]
+    fn view_flags_parse() {
+        let cli = Cli::try_parse_from(["rlm", "view", "t.jsonl", "-o", "x.html"]);
+        let Ok(Cli {
+            command: Command::View(args),
+        }) = cli
+        else {
+            panic!("did not parse: {cli:?}");
+        };
+        assert_eq!(args.trace, PathBuf::from("t.jsonl"));
+        assert_eq!(args.output, Some(PathBuf::from("x.html")));
+        assert!(Cli::try_parse_from(["rlm", "view"]).is_err());
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub(crate) mod exit {
     /// Bad flags or settings.
     pub(crate) const USAGE: u8 = 2;
     /// A budget ran out (`--max-iterations`, `--max-sub-calls`, `--max-total-tokens`,
-    /// `--max-time`): the best answer available is still printed.
+    /// `--max-time`, `--max-cost`): the best answer available is still printed.
     pub(crate) const BUDGET: u8 = 3;
     /// The query or context could not be read, or the trace file could not be written.
     pub(crate) const INPUT: u8 = 4;
@@ -33,7 +33,7 @@ Exit status:
   1    internal error (a bug in rlm; please report it)
   2    bad flags or settings
   3    a budget ran out (--max-iterations, --max-sub-calls, --max-total-tokens,
-       --max-time); the best answer available is still printed
+       --max-time, --max-cost); the best answer available is still printed
   4    the query or context could not be read, or the trace file not written
   5    the model server failed: unreachable, timed out, server errors after
        retries, unknown model, request rejected, or an unreadable reply

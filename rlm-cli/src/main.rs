@@ -17,9 +17,11 @@ mod cli;
 mod context;
 mod demo;
 mod error;
+mod prices;
 mod progress;
 mod run;
 mod trace;
+mod view;
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -38,6 +40,7 @@ fn main() -> ExitCode {
     let quiet = match &cli.command {
         Command::Run(args) => args.quiet,
         Command::Demo(args) => args.quiet,
+        Command::View(args) => args.quiet,
     };
     init_tracing(quiet);
 
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
             match cli.command {
                 Command::Run(args) => run::run(args).await,
                 Command::Demo(args) => demo::demo(args).await,
+                Command::View(args) => view::view(&args),
             }
         })
     }));

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rlm_cache::{CacheStats, CachedBackend};
-use rlm_core::{BatchExecutor, CancellationToken, LlmBackend, Metered, ModelUsage, UsageTracker};
+use rlm_core::{
+    BatchExecutor, CancellationToken, CostReport, LlmBackend, Metered, ModelUsage, UsageTracker,
+};
 use rlm_openai::{ConfigError, OpenAiBackend, OpenAiConfig, RateLimit};
 use rlm_repl::{Rlm, RunResult, StopReason};
 use serde::Serialize;
@@ -78,6 +80,7 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
         std::io::stdin().lock(),
     )?;
     warnings.extend(loaded.warnings);
+    let prices = crate::prices::load(args.prices.as_deref())?;
     if !quiet {
         for warning in &warnings {
             eprintln!("warning: {warning}");
@@ -163,6 +166,10 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
     if let Some(time) = args.max_time {
         builder = builder.max_time(time);
     }
+    builder = builder.prices(prices.clone());
+    if let Some(usd) = args.max_cost {
+        builder = builder.max_cost(usd);
+    }
     if let Some(prompt) = system_prompt {
         builder = builder.system_prompt(prompt);
     }
@@ -226,16 +233,18 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
     // A run whose token was cancelled already says `cancelled` (rlm-repl does not count
     // what a script made of cancelled sub-calls as a final answer).
     let usage = tracker.snapshot();
+    // Priced from what the server was really asked (cache hits cost nothing).
+    let cost = prices.report(usage.iter().map(|(model, u)| (model.as_str(), u)));
     let cache_stats = cache.as_ref().map(|c| c.stats());
     if args.json || result.stopped != StopReason::Cancelled {
-        print_result(&result, &usage, cache_stats, args.json)?;
+        print_result(&result, &usage, &cost, cache_stats, args.json)?;
     }
     // What the engine cannot vouch for goes to stderr even with --quiet.
     for warning in &result.warnings {
         eprintln!("warning: {warning}");
     }
     if !quiet {
-        eprint!("{}", summary(&result, &usage, cache_stats));
+        eprint!("{}", summary(&result, &usage, &cost, cache_stats));
     }
     Ok(match result.stopped {
         StopReason::Final => exit::OK,
@@ -311,6 +320,7 @@ struct JsonOutput<'a> {
     sub_calls: u64,
     failed_sub_calls: u64,
     warnings: &'a [String],
+    cost_usd: &'a CostReport,
     cache: Option<CacheStats>,
 }
 
@@ -326,6 +336,7 @@ fn failed_sub_calls(result: &RunResult) -> u64 {
 fn print_result(
     result: &RunResult,
     usage: &BTreeMap<String, ModelUsage>,
+    cost: &CostReport,
     cache: Option<CacheStats>,
     json: bool,
 ) -> Result<(), CliError> {
@@ -351,6 +362,7 @@ fn print_result(
             sub_calls: result.sub_calls,
             failed_sub_calls: failed_sub_calls(result),
             warnings: &result.warnings,
+            cost_usd: cost,
             cache,
         };
         let mut text = serde_json::to_string(&output)
@@ -385,6 +397,7 @@ pub(crate) fn write_stdout(text: &str) -> Result<(), CliError> {
 fn summary(
     result: &RunResult,
     usage: &BTreeMap<String, ModelUsage>,
+    cost: &CostReport,
     cache: Option<CacheStats>,
 ) -> String {
     let how = match result.stopped {
@@ -435,15 +448,40 @@ fn summary(
         } else {
             String::new()
         };
+        let price = match cost.by_model.get(model) {
+            Some(usd) => format!(", {}", dollars(*usd)),
+            None => ", unpriced".to_owned(),
+        };
         text.push_str(&format!(
-            "  {model:<width$}  {:>calls_width$} {}{failed}, {} prompt + {} completion tokens\n",
+            "  {model:<width$}  {:>calls_width$} {}{failed}, {} prompt + {} completion tokens{price}\n",
             thousands(u.calls),
             if u.calls == 1 { "call" } else { "calls" },
             thousands(u.prompt_tokens),
             thousands(u.completion_tokens),
         ));
     }
+    if !usage.is_empty() {
+        text.push_str(&format!("  cost: {}", dollars(cost.total)));
+        if !cost.unpriced.is_empty() {
+            text.push_str(&format!(
+                " (no price for {}: counted as free; see --prices)",
+                cost.unpriced.join(", ")
+            ));
+        }
+        text.push('\n');
+    }
     text
+}
+
+/// Dollars for people: `$0.0042`, `$12.35`.
+fn dollars(usd: f64) -> String {
+    if usd == 0.0 {
+        "$0".to_owned()
+    } else if usd < 1.0 {
+        format!("${usd:.4}")
+    } else {
+        format!("${usd:.2}")
+    }
 }
 
 /// `1234567` as `1,234,567`.
@@ -504,5 +542,8 @@ mod tests {
         assert_eq!(human_duration(Duration::from_millis(850)), "850 ms");
         assert_eq!(human_duration(Duration::from_millis(4210)), "4.21 s");
         assert_eq!(human_duration(Duration::from_secs(185)), "3 min 05 s");
+        assert_eq!(dollars(0.0), "$0");
+        assert_eq!(dollars(0.00421), "$0.0042");
+        assert_eq!(dollars(12.345), "$12.35");
     }
 }

@@ -1,0 +1,40 @@
+//! `rlm view TRACE.jsonl [-o FILE.html]`: the trace as one self-contained HTML page.
+
+use rlm_view::{ViewError, ViewOptions};
+
+use crate::cli::ViewArgs;
+use crate::error::{CliError, exit};
+use crate::prices;
+use crate::run::write_stdout;
+
+/// Writes the page and prints its path on stdout; returns the exit status.
+pub(crate) fn view(args: &ViewArgs) -> Result<u8, CliError> {
+    let prices = prices::load(args.prices.as_deref())?;
+    let out = args
+        .output
+        .clone()
+        .unwrap_or_else(|| rlm_view::default_output(&args.trace));
+    let options = ViewOptions {
+        title: None,
+        prices,
+    };
+    let page = rlm_view::render_file(&args.trace, &out, &options).map_err(|e| match e {
+        ViewError::Serialize(_) => CliError::Internal(e.to_string()),
+        other => CliError::Input(other.to_string()),
+    })?;
+    if !args.quiet {
+        for notice in &page.notices {
+            eprintln!("note: {notice}");
+        }
+        eprintln!(
+            "rlm: {} events, {} sub-calls, {} {}; page of {} bytes",
+            page.events,
+            page.sub_calls,
+            page.runs,
+            if page.runs == 1 { "run" } else { "runs" },
+            page.html.len()
+        );
+    }
+    write_stdout(&format!("{}\n", out.display()))?;
+    Ok(exit::OK)
+}

@@ -1,0 +1,251 @@
+//! `--max-cost`, `--prices`, `cost_usd` and `rlm view`, end to end: the built `rlm` binary
+//! against the loopback mock server.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use rlm_tests::{MockServer, rlm_handler};
+use serde_json::Value;
+
+const ROOT: &str = "root-model";
+const SUB: &str = "sub-model";
+
+#[derive(Debug)]
+struct Outcome {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+async fn rlm(args: &[&str]) -> Outcome {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_rlm"));
+    command.args(args);
+    for var in ["OPENAI_BASE_URL", "RLM_MODEL", "RLM_SUB_MODEL", "RUST_LOG"] {
+        command.env_remove(var);
+    }
+    command
+        .env("OPENAI_API_KEY", "sk-test-cost")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(120), command.output())
+        .await
+        .expect("rlm finished (safety bound, not a timing assertion)")
+        .expect("rlm ran");
+    Outcome {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+async fn run(server: &MockServer, extra: &[&str]) -> Outcome {
+    let base_url = server.base_url();
+    let mut args = vec![
+        "run",
+        "--base-url",
+        &base_url,
+        "--model",
+        ROOT,
+        "--sub-model",
+        SUB,
+        "--max-retries",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    rlm(&args).await
+}
+
+fn code(code: &str) -> String {
+    format!("Running some code.\n\n```repl\n{code}\n```")
+}
+
+fn upper(prompt: &str) -> String {
+    prompt.to_uppercase()
+}
+
+async fn server(replies: Vec<String>) -> MockServer {
+    MockServer::start(rlm_handler(ROOT, replies, upper))
+        .await
+        .expect("the mock server starts")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("rlm-cli-cost-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+fn path_str(path: &std::path::Path) -> &str {
+    path.to_str().expect("utf-8 temp path")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cost_budget_refuses_sub_calls_and_stops_with_status_3() {
+    let dir = scratch("budget");
+    let prices = dir.join("prices.json");
+    // $1,000 per million tokens: each sub-call is estimated at about $1.005 (a few prompt
+    // tokens and 1,000 completion tokens), so three fit in $3.20 and the rest are refused.
+    std::fs::write(
+        &prices,
+        format!(r#"{{"{SUB}": {{"input": 1000, "output": 1000}}}}"#),
+    )
+    .expect("write prices");
+    let server = server(vec![
+        code(r#"let r = llm_batch(["a", "b", "c", "d", "e"]); print(r);"#),
+        "FINAL(what I have)".to_owned(),
+    ])
+    .await;
+    let out = run(
+        &server,
+        &[
+            "--query",
+            "q",
+            "--json",
+            "--prices",
+            path_str(&prices),
+            "--max-cost",
+            "3.2",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, Some(3), "{out:#?}");
+    let json: Value = serde_json::from_str(&out.stdout).expect("JSON");
+    assert_eq!(json["stopped"], "max_cost");
+    assert_eq!(json["answer"], "what I have");
+    assert_eq!(json["sub_calls"], 3);
+    let sub_requests = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.model() == SUB)
+        .count();
+    assert_eq!(sub_requests, 3, "refused calls never reach the server");
+    let cost = &json["cost_usd"];
+    let usage = &json["usage"][SUB];
+    let tokens = usage["prompt_tokens"].as_u64().unwrap_or(0)
+        + usage["completion_tokens"].as_u64().unwrap_or(0);
+    let expected = tokens as f64 * 1e-3;
+    assert!(
+        (cost["by_model"][SUB].as_f64().unwrap_or(-1.0) - expected).abs() < 1e-6,
+        "{cost}"
+    );
+    assert!(
+        (cost["total"].as_f64().unwrap_or(-1.0) - expected).abs() < 1e-6,
+        "{cost}"
+    );
+    assert_eq!(cost["unpriced"], serde_json::json!([ROOT]));
+    // The stderr summary has the cost too.
+    assert!(out.stderr.contains("cost: $"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("no price for root-model"),
+        "{}",
+        out.stderr
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_cost_flags_are_clean_errors() {
+    let out = rlm(&["run", "--query", "q", "--model", "m", "--max-cost", "-1"]).await;
+    assert_eq!(out.code, Some(2), "{out:#?}");
+    let out = rlm(&[
+        "run",
+        "--query",
+        "q",
+        "--model",
+        "m",
+        "--base-url",
+        "http://127.0.0.1:9",
+        "--prices",
+        "/nonexistent/prices.toml",
+    ])
+    .await;
+    assert_eq!(out.code, Some(4), "{out:#?}");
+    assert!(
+        out.stderr.starts_with("error: cannot read the prices file"),
+        "{out:#?}"
+    );
+    assert_eq!(out.stderr.lines().count(), 1, "{out:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_has_its_cost_and_becomes_a_page() {
+    let dir = scratch("view");
+    let trace = dir.join("run.jsonl");
+    let prices = dir.join("prices.toml");
+    std::fs::write(
+        &prices,
+        format!("[\"{ROOT}\"]\ninput = 2.0\noutput = 8.0\n[\"{SUB}\"]\ninput = 0.5\ncached_input = 0.1\noutput = 1.0\n"),
+    )
+    .expect("write prices");
+    let server = server(vec![
+        code(r#"let r = llm_batch(["x", "y", "z"]); print(r);"#),
+        "FINAL(done)".to_owned(),
+    ])
+    .await;
+    let out = run(
+        &server,
+        &[
+            "--query",
+            "trace me",
+            "--trace",
+            path_str(&trace),
+            "--prices",
+            path_str(&prices),
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    let json: Value = serde_json::from_str(&out.stdout).expect("JSON");
+    assert!(
+        json["cost_usd"]["total"].as_f64().unwrap_or(0.0) > 0.0,
+        "{json}"
+    );
+    assert_eq!(json["cost_usd"]["unpriced"], serde_json::json!([]));
+    let text = std::fs::read_to_string(&trace).expect("trace");
+    let last: Value = serde_json::from_str(text.lines().last().unwrap_or("")).expect("JSON line");
+    assert_eq!(last["event"], "final");
+    assert!(
+        last["cost_usd"]["by_model"][SUB].as_f64().unwrap_or(0.0) > 0.0,
+        "{last}"
+    );
+
+    // The page, beside the trace by default; its path on stdout.
+    let out = rlm(&["view", path_str(&trace)]).await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    let page = dir.join("run.html");
+    assert_eq!(out.stdout.trim(), path_str(&page));
+    let html = std::fs::read_to_string(&page).expect("the page");
+    assert!(html.starts_with("<!DOCTYPE html>"));
+    assert!(html.contains("trace me"));
+    assert!(
+        !html.contains("src=\"http") && !html.contains("href=\"http"),
+        "no network loads"
+    );
+
+    // A trace cut mid-line still renders, with a notice; -o names the page.
+    let cut = dir.join("cut.jsonl");
+    std::fs::write(&cut, &text[..text.len() - 20]).expect("write cut trace");
+    let other = dir.join("other.html");
+    let out = rlm(&["view", path_str(&cut), "-o", path_str(&other)]).await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert!(out.stderr.contains("cut short"), "{out:#?}");
+    assert!(other.is_file());
+
+    // Not a trace: a clean input error.
+    let junk = dir.join("junk.jsonl");
+    std::fs::write(&junk, "hello\n").expect("write");
+    let out = rlm(&["view", path_str(&junk)]).await;
+    assert_eq!(out.code, Some(4), "{out:#?}");
+    assert!(
+        out.stderr.starts_with("error: ") && out.stderr.contains("no trace events"),
+        "{out:#?}"
+    );
+    let out = rlm(&["view", path_str(&dir.join("missing.jsonl"))]).await;
+    assert_eq!(out.code, Some(4), "{out:#?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
