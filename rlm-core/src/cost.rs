@@ -237,10 +237,10 @@ impl Prices {
                     );
                     *report.by_model.entry(model.to_owned()).or_default() += cost;
                 }
-                None if usage.calls > 0 || usage.total_tokens() > 0 => {
-                    if !report.unpriced.iter().any(|m| m == model) {
-                        report.unpriced.push(model.to_owned());
-                    }
+                None if (usage.calls > 0 || usage.total_tokens() > 0)
+                    && !report.unpriced.iter().any(|m| m == model) =>
+                {
+                    report.unpriced.push(model.to_owned());
                 }
                 None => {}
             }

@@ -275,7 +275,7 @@ impl<'p> Builder<'p> {
         index
     }
 
-    fn turn<'a>(run: &'a mut RunView, turn: u64, t_ms: u64) -> &'a mut TurnView {
+    fn turn(run: &mut RunView, turn: u64, t_ms: u64) -> &mut TurnView {
         let position = run.turns.iter().rposition(|t| t.turn == turn);
         match position {
             Some(position) => &mut run.turns[position],

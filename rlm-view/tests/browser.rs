@@ -191,11 +191,10 @@ fn check(chromium: &Path, work: &Path, name: &str, options: &SynthOptions) -> Lo
         options.sub_calls.to_string()
     );
     assert_eq!(text_of(dom, "sum-subcalls"), thousands(options.sub_calls));
-    let failed = if options.fail_every == 0 {
-        0
-    } else {
-        options.sub_calls / options.fail_every
-    };
+    let failed = options
+        .sub_calls
+        .checked_div(options.fail_every)
+        .unwrap_or(0);
     assert_eq!(text_of(dom, "sum-failed"), thousands(failed), "{name}");
     assert_eq!(text_of(dom, "sum-query"), synth::QUERY);
     eprintln!(
