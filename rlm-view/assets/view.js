@@ -245,11 +245,11 @@
     TOKEN.lastIndex = 0;
     while ((m = TOKEN.exec(code))) {
       out += esc(code.slice(last, m.index));
-      if (m[1]) out += '<span class="com">' + esc(m[1]) + "</span>";
-      else if (m[2]) out += '<span class="str">' + esc(m[2]) + "</span>";
-      else if (m[3]) out += '<span class="num">' + esc(m[3]) + "</span>";
-      else if (KW[m[4]]) out += '<span class="kw">' + m[4] + "</span>";
-      else if (FN[m[4]]) out += '<span class="fn">' + m[4] + "</span>";
+      if (m[1]) out += '<span class="hl-com">' + esc(m[1]) + "</span>";
+      else if (m[2]) out += '<span class="hl-str">' + esc(m[2]) + "</span>";
+      else if (m[3]) out += '<span class="hl-num">' + esc(m[3]) + "</span>";
+      else if (KW[m[4]]) out += '<span class="hl-kw">' + m[4] + "</span>";
+      else if (FN[m[4]]) out += '<span class="hl-fn">' + m[4] + "</span>";
       else out += esc(m[4]);
       last = TOKEN.lastIndex;
     }

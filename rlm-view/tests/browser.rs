@@ -242,7 +242,7 @@ fn generated_pages_render_in_chromium() {
     );
     assert_eq!(plain.dom.matches("class=\"turn\"").count(), 2);
     // Code is highlighted.
-    assert!(plain.dom.contains("<span class=\"fn\">llm_batch</span>"));
+    assert!(plain.dom.contains("<span class=\"hl-fn\">llm_batch</span>"));
     // The rows in view are drawn (16 px each in a 420 px box).
     let drawn: usize = attr_of(&plain.dom, "timeline", "data-drawn")
         .parse()
