@@ -3,12 +3,14 @@
 //! `rlm run` answers a query over a context of any size: the context lives in a sandboxed
 //! Rhai REPL, and a root model writes code that reads it and calls sub-models with
 //! `llm_query` / `llm_batch`, against any OpenAI-compatible endpoint. `rlm demo` shows the
-//! same job done with sequential `llm_query` and with `llm_batch`, offline.
+//! same job done with sequential `llm_query` and with `llm_batch`, offline. `rlm view` turns
+//! a `--trace` file into one self-contained HTML page.
 //!
 //! ```text
 //! rlm run --model gpt-4o --sub-model gpt-4o-mini \
 //!     --context ./docs --query "Which documents mention a refund, and why?"
 //! rlm demo
+//! rlm view run.jsonl
 //! ```
 //!
 //! See `rlm run --help` for every flag, the exit codes and the `--json` / `--trace` formats.
