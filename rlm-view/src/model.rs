@@ -216,13 +216,38 @@ fn preview(text: &str, n: usize) -> String {
     }
 }
 
-/// Whether a reply has a FINAL / FINAL_VAR marker at the start of a line (after Markdown
-/// decoration), the way the engine looks for one.
+/// Whether a reply has a text FINAL / FINAL_VAR marker: at the start of a line (after
+/// Markdown decoration), outside fenced code, the way the engine looks for one.
 fn has_final_marker(reply: &str) -> bool {
-    reply.lines().any(|line| {
-        let line = line.trim_start_matches(|c: char| c.is_whitespace() || "*>-#_".contains(c));
-        line.starts_with("FINAL(") || line.starts_with("FINAL_VAR(")
-    })
+    let mut fence: Option<String> = None;
+    for line in reply.lines() {
+        let trimmed = line.trim();
+        let run: String = trimmed
+            .chars()
+            .take_while(|&c| c == '`' || c == '~')
+            .collect();
+        let is_fence = run.len() >= 3 && run.chars().all(|c| Some(c) == run.chars().next());
+        match &fence {
+            Some(open) => {
+                let closes = is_fence
+                    && run.len() >= open.len()
+                    && run.starts_with(&open[..1])
+                    && trimmed.len() == run.len();
+                if closes {
+                    fence = None;
+                }
+            }
+            None if is_fence => fence = Some(run),
+            None => {
+                let text =
+                    line.trim_start_matches(|c: char| c.is_whitespace() || "*>-#_".contains(c));
+                if text.starts_with("FINAL(") || text.starts_with("FINAL_VAR(") {
+                    return true;
+                }
+            }
+        }
+    }
+    false
 }
 
 /// The id of the run an event belongs to: its `run` field, or `"0"` (traces before
@@ -773,6 +798,9 @@ mod tests {
         assert!(has_final_marker("done\n**FINAL(42)**"));
         assert!(has_final_marker("> FINAL_VAR(x)"));
         assert!(!has_final_marker("call `FINAL(x)` when done"));
+        assert!(!has_final_marker("```repl\nFINAL(x)\n```"));
+        assert!(!has_final_marker("~~~~\n```\nFINAL(x)\n~~~~~\n"));
+        assert!(has_final_marker("```repl\nprint(1);\n```\nFINAL(1)"));
     }
 
     #[test]

@@ -175,3 +175,49 @@ fn a_big_trace_keeps_the_page_small() {
     );
     assert!(page.notices.iter().any(|n| n.contains("cut to")));
 }
+
+#[test]
+fn held_and_refused_answers_are_marked_on_their_turns() {
+    let lines = [
+        r#"{"t_ms":0,"event":"run_start","query":"q","root_model":"r","sub_model":"s","context":{}}"#,
+        r#"{"t_ms":1,"event":"turn_start","turn":1}"#,
+        "{\"t_ms\":2,\"event\":\"root_reply\",\"turn\":1,\"text\":\"```repl\\nprint(1);\\n```\\nFINAL(9)\",\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":1},\"elapsed_ms\":1}",
+        r#"{"t_ms":3,"event":"code_block","turn":1,"block":0,"code":"print(1);","output":"1","elapsed_ms":0}"#,
+        r#"{"t_ms":4,"event":"turn_start","turn":2}"#,
+        "{\"t_ms\":5,\"event\":\"root_reply\",\"turn\":2,\"text\":\"```repl\\nFINAL(x)\\n```\",\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":1},\"elapsed_ms\":1}",
+        r#"{"t_ms":6,"event":"code_block","turn":2,"block":0,"code":"FINAL(x)","output":"","error":"Variable not found: x","elapsed_ms":0}"#,
+        r#"{"t_ms":7,"event":"turn_start","turn":3}"#,
+        r#"{"t_ms":8,"event":"root_reply","turn":3,"text":"FINAL(1)","usage":{"prompt_tokens":5,"completion_tokens":1},"elapsed_ms":1}"#,
+        r#"{"t_ms":9,"event":"turn_start","turn":4}"#,
+        r#"{"t_ms":10,"event":"root_reply","turn":4,"text":"FINAL(1)","usage":{"prompt_tokens":5,"completion_tokens":1},"elapsed_ms":1}"#,
+        r#"{"t_ms":11,"event":"final","answer":"1","stopped":"final","iterations":4,"elapsed_ms":11,"usage":{"r":{"calls":4,"prompt_tokens":20,"completion_tokens":4}},"warnings":["turn 3: the answer was held for confirmation: it is an \"Error: ...\" string"]}"#,
+    ];
+    let text = lines.join("\n") + "\n";
+    let page = render(&text, &ViewOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let data = data(&page.html);
+    let turns = data["runs"][0]["turns"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let flags: Vec<(bool, bool)> = turns
+        .iter()
+        .map(|t| {
+            (
+                t["held"].as_bool().unwrap_or(false),
+                t["final_refused"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect();
+    // Turn 1: a text FINAL written beside code, not accepted. Turn 2: code, no text marker.
+    // Turn 3: held. Turn 4: the answer.
+    assert_eq!(
+        flags,
+        [(false, true), (false, false), (true, false), (false, false)]
+    );
+    assert_eq!(turns[1]["blocks"][0]["error"], "Variable not found: x");
+    assert_eq!(data["summary"]["usage_source"], "final");
+    assert_eq!(
+        data["summary"]["cost"]["unpriced"],
+        serde_json::json!(["r"])
+    );
+}
