@@ -226,7 +226,7 @@ fn has_final_marker(reply: &str) -> bool {
             .chars()
             .take_while(|&c| c == '`' || c == '~')
             .collect();
-        let is_fence = run.len() >= 3 && run.chars().all(|c| Some(c) == run.chars().next());
+        let is_fence = run.len() >= 3 && run.chars().all(|c| run.starts_with(c));
         match &fence {
             Some(open) => {
                 let closes = is_fence
