@@ -281,7 +281,8 @@ fn strip_version(model: &str) -> Option<&str> {
 
 /// Rounds to a millionth of a dollar (floating-point sums print as `0.30000000000000004`).
 fn round_usd(usd: f64) -> f64 {
-    (usd * 1e6).round() / 1e6
+    // `+ 0.0` turns -0.0 (an empty sum of floats is -0.0) into 0.0, which prints as `0.0`.
+    (usd * 1e6).round() / 1e6 + 0.0
 }
 
 /// What a run cost: `{"total": float, "by_model": {MODEL: float}, "unpriced": [MODEL]}`, in
@@ -466,6 +467,12 @@ mod tests {
         assert_eq!(report.total, 2.0);
         assert_eq!(report.by_model.get("a"), Some(&2.0));
         assert_eq!(report.unpriced, vec!["local".to_owned()]);
+        // Nothing priced: the total is 0.0, never -0.0.
+        let none = Prices::default().report([("x", &usage(1, 0, 1))]);
+        assert_eq!(
+            serde_json::to_string(&none).unwrap_or_default(),
+            r#"{"total":0.0,"by_model":{},"unpriced":["x"]}"#
+        );
         assert_eq!(
             serde_json::to_value(&report).unwrap_or_default(),
             serde_json::json!({"total": 2.0, "by_model": {"a": 2.0}, "unpriced": ["local"]})
