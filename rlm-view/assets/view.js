@@ -118,7 +118,7 @@
   if (N === 0) timeline.style.height = "40px";
   var batchCount = D.batches.filter(function (b) { return b.batch >= 0; }).length;
   $("timeline-head").appendChild(el("p", { id: "peak", text: int(N) + " sub-calls in " + int(batchCount) + (batchCount === 1 ? " batch" : " batches") +
-    " and " + int(D.batches.length - batchCount) + " single calls · peak " + int(S.peak_in_flight) + " in flight" +
+    " and " + int(D.batches.length - batchCount) + (D.batches.length - batchCount === 1 ? " single call" : " single calls") + " · peak " + int(S.peak_in_flight) + " in flight" +
     (S.peak_in_flight ? " at " + ms(S.peak_at_ms) : "") + " · wall " + ms(D.wall_ms) +
     (N > 5000 ? " · one pixel row per call: scroll, or hover for details" : "") }));
   var legend = $("legend");
