@@ -52,6 +52,19 @@ let answer = llm_query("Using these excerpts, who was the lighthouse keeper?\n\n
 FINAL(answer);
 ```"#;
 
+/// What the system prompt adds when code may start child runs (`--max-depth` above 1). Its
+/// example is run by the crate's tests.
+pub const RECURSION_PROMPT: &str = r#"
+
+Child runs
+- rlm_query(query, piece) starts a child RLM: a model with its own REPL whose `context` is `piece` (a string, array or map); it writes code, calls sub-models, and returns its final answer as a string ("Error: ..." if it gave none). rlm_query(prompt): the prompt is its task and its context. rlm_batch(queries, pieces) or rlm_batch(prompts) runs several at once, in order.
+- Use a child for a sub-task that itself needs code over a large piece (counting, cross-referencing, searching many parts); use llm_query for a question one call can answer from text that fits in a prompt. A child costs several calls.
+```repl
+let parts = chunk(context, 2000000);
+let counts = rlm_batch(parts.map(|p| "How many lines mention a disk error? Answer with the number only."), parts);
+print(counts);
+```"#;
+
 /// The system prompt for `config`: its override if set, else [`SYSTEM_PROMPT`] with the
 /// default concurrency of `llm_batch` filled in.
 pub fn system_prompt(config: &RlmConfig) -> String {
