@@ -114,7 +114,12 @@ fn sales() -> Task {
     }
     let top = rows
         .iter()
-        .max_by(|a, b| a["amount"].as_f64().partial_cmp(&b["amount"].as_f64()).unwrap())
+        .max_by(|a, b| {
+            a["amount"]
+                .as_f64()
+                .partial_cmp(&b["amount"].as_f64())
+                .unwrap()
+        })
         .map(|r| r["customer"].as_str().unwrap_or_default().to_owned())
         .unwrap_or_default();
     Task {
@@ -638,7 +643,7 @@ struct Outcome {
 fn run_reply(task: &Task, reply: &Reply) -> Outcome {
     let sub = MockBackend::from_fn({
         let f = task.sub;
-        move |request| Ok(f(&request.last_user_message().unwrap_or_default()))
+        move |request| Ok(f(request.last_user_message().unwrap_or_default()))
     });
     let sub: Arc<dyn BatchExecutor> = Arc::new(sub);
     let mut repl = Repl::builder(task.context.clone())
@@ -708,7 +713,10 @@ fn recorded_replies_are_right_or_loud() {
     let mut mismatches = Vec::new();
     let mut traps_quiet = 0;
     for task in &tasks {
-        println!("\n## {} (expected {})", task.name, task.expected);
+        println!(
+            "\n## {}: {} (expected {})",
+            task.name, task.query, task.expected
+        );
         for reply in &task.replies {
             let outcome = run_reply(task, reply);
             total += 1;
@@ -718,7 +726,10 @@ fn recorded_replies_are_right_or_loud() {
                 Verdict::ParseError | Verdict::RunError
             ));
             correct += usize::from(outcome.verdict == Verdict::Correct);
-            let trap = reply.trap.map(|t| format!(" [trap: {t}]")).unwrap_or_default();
+            let trap = reply
+                .trap
+                .map(|t| format!(" [trap: {t}]"))
+                .unwrap_or_default();
             println!(
                 "- {:<11} {}{trap}: answer {:?}",
                 format!("{:?}", outcome.verdict),

@@ -972,8 +972,8 @@ mod tests {
         let cache = RegexCache::default();
         let all = regex_find_all(&cache, "a1 b22 c333", r"\d+", limits()).unwrap_or_default();
         assert_eq!(strings(&all), ["1", "22", "333"]);
-        let whole =
-            regex_find_all(&cache, "GET /a POST /b", r"(GET|POST) /\w", limits()).unwrap_or_default();
+        let whole = regex_find_all(&cache, "GET /a POST /b", r"(GET|POST) /\w", limits())
+            .unwrap_or_default();
         assert_eq!(strings(&whole), ["GET /a", "POST /b"]);
         let groups =
             regex_captures(&cache, "a1 b22", r"([a-z])(\d+)", limits()).unwrap_or_default();

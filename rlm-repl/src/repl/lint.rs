@@ -84,24 +84,53 @@ fn for_each_with_argument(code: &str) -> Vec<usize> {
 fn find_all_with_groups(code: &str) -> Vec<usize> {
     static PATTERN: OnceLock<Option<Regex>> = OnceLock::new();
     let Some(pattern) = PATTERN
-        .get_or_init(|| Regex::new(r#"\bregex_find_all\s*\((.*)"#).ok())
+        .get_or_init(|| Regex::new(r"\bregex_find_all\s*\(([^\n]*)").ok())
         .as_ref()
     else {
         return Vec::new();
     };
     let mut found = Vec::new();
     for (i, line) in code.lines().enumerate() {
-        let Some(args) = pattern.captures(line).and_then(|c| c.get(1)) else {
-            continue;
-        };
-        if string_literals(args.as_str())
-            .into_iter()
-            .any(|literal| has_capturing_group(&literal))
-        {
+        let grouped = pattern.captures_iter(line).any(|caps| {
+            caps.get(1).is_some_and(|rest| {
+                string_literals(call_arguments(rest.as_str()))
+                    .into_iter()
+                    .any(|literal| has_capturing_group(&literal))
+            })
+        });
+        if grouped {
             found.push(i + 1);
         }
     }
     found
+}
+
+/// The arguments of a call, from just after its `(` to its closing `)` (or the line's end).
+fn call_arguments(rest: &str) -> &str {
+    let mut depth = 0usize;
+    let mut quote = None;
+    let mut escaped = false;
+    for (i, c) in rest.char_indices() {
+        match quote {
+            Some(q) => {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' && q == '"' {
+                    escaped = true;
+                } else if c == q {
+                    quote = None;
+                }
+            }
+            None => match c {
+                '"' | '`' => quote = Some(c),
+                '(' | '[' | '{' => depth += 1,
+                ')' | ']' | '}' if depth == 0 => return &rest[..i],
+                ')' | ']' | '}' => depth -= 1,
+                _ => {}
+            },
+        }
+    }
+    rest
 }
 
 /// The values of the "..." and `...` literals on a line (escapes in "..." resolved as Rhai
@@ -181,8 +210,7 @@ fn has_capturing_group(pattern: &str) -> bool {
                 if matches!(chars.peek(), Some('P' | '<')) {
                     let mut rest = chars.clone();
                     rest.next_if_eq(&'P');
-                    if rest.next() == Some('<') && rest.peek().is_some_and(|c| c.is_alphabetic())
-                    {
+                    if rest.next() == Some('<') && rest.peek().is_some_and(|c| c.is_alphabetic()) {
                         return true;
                     }
                 }
@@ -348,8 +376,14 @@ mod tests {
 
     #[test]
     fn flags_for_each_with_an_argument() {
-        assert_eq!(for_each_with_argument("xs.for_each(|x| total += x);"), vec![1]);
-        assert_eq!(for_each_with_argument("for_each(xs, |x| print(x));"), vec![1]);
+        assert_eq!(
+            for_each_with_argument("xs.for_each(|x| total += x);"),
+            vec![1]
+        );
+        assert_eq!(
+            for_each_with_argument("for_each(xs, |x| print(x));"),
+            vec![1]
+        );
         assert!(for_each_with_argument("xs.for_each(|| this *= 2);").is_empty());
         assert!(for_each_with_argument("for x in xs { print(x); }").is_empty());
         assert!(for_each_with_argument("// xs.for_each(|x| f(x));").is_empty());
@@ -370,6 +404,10 @@ mod tests {
         assert!(find_all_with_groups("regex_find_all(t, \"[(]x\")").is_empty());
         assert!(find_all_with_groups("regex_captures(t, \"(x)\")").is_empty());
         assert!(find_all_with_groups("regex_find_all(f(t), p)").is_empty());
+        assert!(
+            find_all_with_groups("f(regex_find_all(t, \"x\")); regex_captures(t, \"(x)\")")
+                .is_empty()
+        );
     }
 
     #[test]

@@ -20,18 +20,22 @@ type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
 pub(crate) fn register(engine: &mut Engine) {
     for name in ["sort", "sort_by"] {
         // Not pure: they change their target, so `context.sort(...)` fails loudly.
-        FuncRegistration::new(name).with_purity(false).register_into_engine(
-            engine,
-            move |ctx: NativeCallContext<'_>, items: &mut Array, f: FnPtr| {
-                sort_in_place(&ctx, name, items, &f, false)
-            },
-        );
-        FuncRegistration::new(name).with_purity(false).register_into_engine(
-            engine,
-            move |ctx: NativeCallContext<'_>, items: &mut Array, f: FnPtr, descending: bool| {
-                sort_in_place(&ctx, name, items, &f, descending)
-            },
-        );
+        FuncRegistration::new(name)
+            .with_purity(false)
+            .register_into_engine(
+                engine,
+                move |ctx: NativeCallContext<'_>, items: &mut Array, f: FnPtr| {
+                    sort_in_place(&ctx, name, items, &f, false)
+                },
+            );
+        FuncRegistration::new(name)
+            .with_purity(false)
+            .register_into_engine(
+                engine,
+                move |ctx: NativeCallContext<'_>, items: &mut Array, f: FnPtr, descending: bool| {
+                    sort_in_place(&ctx, name, items, &f, descending)
+                },
+            );
     }
     for name in ["sorted_by", "sorted"] {
         engine.register_fn(
@@ -175,7 +179,9 @@ fn compared(
     }
     if let Ok(x) = result.as_float() {
         return x.partial_cmp(&0.0).ok_or_else(|| {
-            script_error(format!("{function}: the comparer returned NaN (not a number)"))
+            script_error(format!(
+                "{function}: the comparer returned NaN (not a number)"
+            ))
         });
     }
     if let Ok(first) = result.as_bool() {
