@@ -77,7 +77,18 @@ fn integer_divisions(code: &str) -> Vec<(usize, i64, i64)> {
 
 /// Lines (from 1) that call `for_each` with a closure taking an argument.
 fn for_each_with_argument(code: &str) -> Vec<usize> {
-    lines_matching(code, r"\bfor_each\s*\(\s*(?:[\w.\[\]]+\s*,\s*)?\|\s*\w")
+    static PATTERN: OnceLock<Option<Regex>> = OnceLock::new();
+    let Some(pattern) = PATTERN
+        .get_or_init(|| Regex::new(r"\bfor_each\s*\(\s*(?:[\w.\[\]]+\s*,\s*)?\|\s*\w").ok())
+        .as_ref()
+    else {
+        return Vec::new();
+    };
+    code.lines()
+        .enumerate()
+        .filter(|(_, line)| pattern.is_match(line.split("//").next().unwrap_or(line)))
+        .map(|(i, _)| i + 1)
+        .collect()
 }
 
 /// Lines (from 1) that call `regex_find_all` with a pattern literal holding a capturing group.
@@ -219,18 +230,6 @@ fn has_capturing_group(pattern: &str) -> bool {
         }
     }
     false
-}
-
-/// Lines (from 1) matching `pattern`, comments aside.
-fn lines_matching(code: &str, pattern: &str) -> Vec<usize> {
-    let Ok(regex) = Regex::new(pattern) else {
-        return Vec::new();
-    };
-    code.lines()
-        .enumerate()
-        .filter(|(_, line)| regex.is_match(line.split("//").next().unwrap_or(line)))
-        .map(|(i, _)| i + 1)
-        .collect()
 }
 
 /// Lines (from 1) with a backslash escape inside a backtick string.
