@@ -5,6 +5,7 @@ mod errors;
 mod helpers;
 mod lint;
 pub(crate) mod output;
+mod sorting;
 pub(crate) mod subcall;
 
 use std::fmt;
@@ -875,6 +876,13 @@ fn build_engine(
     // Sub-calls.
     let s = Arc::clone(shared);
     engine.register_fn("llm_query", move |prompt: Dynamic| {
+        if prompt.is_array() {
+            return Err(script_error(
+                "llm_query takes one prompt string, not an array: for an array of prompts \
+                 use llm_batch(prompts), which runs them concurrently and returns the answers \
+                 in the same order",
+            ));
+        }
         let prompt = prompt_text("llm_query", &prompt)?;
         Ok::<_, Box<EvalAltResult>>(match &s.sub {
             Some(sub) => sub.query(prompt),
