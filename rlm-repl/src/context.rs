@@ -80,6 +80,63 @@ impl Context {
     }
 }
 
+/// What a child run's root model is told about its context, a value of its parent's scope
+/// (only the first items are converted for the preview and the keys).
+pub(crate) fn value_info(value: &rhai::Dynamic) -> ContextInfo {
+    const SHOWN_ITEMS: usize = 10;
+    let json = |item: &rhai::Dynamic| {
+        rhai::serde::from_dynamic::<Value>(item).unwrap_or_else(|_| Value::String(item.to_string()))
+    };
+    let chars = |item: &rhai::Dynamic| match item.as_immutable_string_ref() {
+        Ok(text) => text.chars().count(),
+        Err(_) => json_chars(&json(item)),
+    };
+    let mut info = ContextInfo {
+        kind: "value",
+        total_chars: 0,
+        lines: None,
+        items: None,
+        first_item_chars: Vec::new(),
+        keys: Vec::new(),
+        preview: String::new(),
+    };
+    if let Ok(text) = value.as_immutable_string_ref() {
+        info.kind = "string";
+        info.total_chars = text.chars().count();
+        info.lines = Some(count_lines(&text));
+        info.preview = preview(&text);
+    } else if let Ok(items) = value.as_array_ref() {
+        info.kind = if items.iter().all(rhai::Dynamic::is_string) {
+            "array of strings"
+        } else {
+            "array"
+        };
+        info.total_chars = items.iter().map(chars).sum();
+        info.items = Some(items.len());
+        info.first_item_chars = items.iter().take(SHOWN_ITEMS).map(chars).collect();
+        info.preview = items_preview(items.iter().take(SHOWN_ITEMS).map(json));
+    } else if let Ok(map) = value.as_map_ref() {
+        let first: serde_json::Map<String, Value> = map
+            .iter()
+            .take(SHOWN_KEYS)
+            .map(|(key, item)| (key.to_string(), json(item)))
+            .collect();
+        info.kind = "map";
+        info.total_chars = chars(value);
+        info.items = Some(map.len());
+        info.first_item_chars = map.values().take(SHOWN_ITEMS).map(chars).collect();
+        info.keys = describe_keys(&first);
+        if map.len() > SHOWN_KEYS {
+            info.keys
+                .push(format!("... {} more", map.len() - SHOWN_KEYS));
+        }
+    } else {
+        info.total_chars = chars(value);
+        info.preview = preview(&value.to_string());
+    }
+    info
+}
+
 /// Lines of `text` (a last line without a line break counts).
 fn count_lines(text: &str) -> usize {
     let breaks = text.bytes().filter(|&b| b == b'\n').count();

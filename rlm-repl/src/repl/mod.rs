@@ -228,7 +228,7 @@ impl ReplBuilder {
     pub fn build(self) -> Repl {
         let (info, context) = match self.context {
             Source::Context(context) => (context.info(), context_value(context)),
-            Source::Value(value) => (value_info(&value), value),
+            Source::Value(value) => (crate::context::value_info(&value), value),
         };
         let limits = fit_limits(self.limits, &context);
         let run = self.run.unwrap_or_else(|| {
@@ -629,46 +629,6 @@ fn context_value(context: Context) -> Dynamic {
         Context::Json(value) => {
             rhai::serde::to_dynamic(&value).unwrap_or_else(|_| Dynamic::from(value.to_string()))
         }
-    }
-}
-
-/// What a child run's root model is told about its context, a value of its parent's scope.
-fn value_info(value: &Dynamic) -> ContextInfo {
-    const SHOWN_ITEMS: usize = 10;
-    if let Ok(text) = value.as_immutable_string_ref() {
-        return ContextInfo {
-            kind: "string",
-            total_chars: text.chars().count(),
-            items: None,
-            first_item_chars: Vec::new(),
-        };
-    }
-    let chars = |item: &Dynamic| match item.as_immutable_string_ref() {
-        Ok(text) => text.chars().count(),
-        Err(_) => to_text(item).chars().count(),
-    };
-    if let Ok(items) = value.as_array_ref() {
-        let strings = items.iter().all(|item| item.is_string());
-        return ContextInfo {
-            kind: if strings { "array of strings" } else { "array" },
-            total_chars: items.iter().map(chars).sum(),
-            items: Some(items.len()),
-            first_item_chars: items.iter().take(SHOWN_ITEMS).map(chars).collect(),
-        };
-    }
-    if let Ok(map) = value.as_map_ref() {
-        return ContextInfo {
-            kind: "map",
-            total_chars: chars(value),
-            items: Some(map.len()),
-            first_item_chars: map.values().take(SHOWN_ITEMS).map(chars).collect(),
-        };
-    }
-    ContextInfo {
-        kind: "value",
-        total_chars: chars(value),
-        items: None,
-        first_item_chars: Vec::new(),
     }
 }
 
