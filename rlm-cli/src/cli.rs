@@ -25,9 +25,10 @@ Output:
   stdout gets the answer alone (with --json, one JSON object:
   {\"answer\", \"iterations\", \"stopped\", \"elapsed_ms\", \"usage\": {MODEL: {\"calls\",
   \"prompt_tokens\", \"completion_tokens\"}}, \"sub_calls\", \"failed_sub_calls\",
-  \"warnings\", \"cost_usd\": {\"total\", \"by_model\": {MODEL: USD},
-  \"unpriced\": [MODEL]}, \"cache\"}). A usage summary, warnings and errors go to stderr;
-  progress too, when stderr is a terminal.
+  \"max_depth_reached\", \"child_runs\", \"warnings\", \"cost_usd\": {\"total\",
+  \"by_model\": {MODEL: USD}, \"unpriced\": [MODEL]}, \"cache\"}). A usage
+  summary, warnings and errors go to stderr; progress too, when stderr is a
+  terminal.
   On an error nothing is printed on stdout.
 
 Answers:
@@ -47,10 +48,12 @@ Time:
 
 Trace (--trace FILE):
   JSON Lines, one object per event, written as it happens: {\"t_ms\": <ms since
-  start>, \"event\": NAME, ...} with NAME one of run_start, turn_start,
-  root_reply, code_block, sub_call_start, sub_call_end, batch_start,
-  batch_progress, batch_end, turn_end, final (with cost_usd). The API key is
-  never in it. `rlm view FILE` makes an HTML page of it.
+  start>, \"depth\": D, \"run\": ID, \"event\": NAME, ...} with NAME one of run_start,
+  turn_start, root_reply, code_block, sub_call_start, sub_call_end, batch_start,
+  batch_progress, batch_end, turn_end, final (with cost_usd), run_error. depth
+  is 0 for the top-level run; run is its id path (\"0\", \"0.3\", \"0.3.1\"); a
+  child's run_start names its parent. The API key is never in it. `rlm view
+  FILE` makes an HTML page of it.
 
 Environment:
   OPENAI_API_KEY     the API key (sent as a bearer token; never printed or traced)
@@ -308,14 +311,41 @@ pub(crate) struct RunArgs {
     )]
     pub(crate) max_concurrent: u32,
 
-    /// Sub-calls allowed over the run (default: no limit).
+    /// Calls allowed below the top-level root over the whole run: llm_query calls, llm_batch
+    /// items, and every call of child runs, their root turns included (default: no limit).
     #[arg(long, value_name = "N", help_heading = "Budgets")]
     pub(crate) max_sub_calls: Option<u64>,
 
-    /// Tokens allowed over the run: root and sub-calls, prompt and completion (default: no
-    /// limit).
+    /// Tokens allowed over the run: root and sub-calls, children's too, prompt and
+    /// completion (default: no limit). The final ask after a budget stop may exceed it by
+    /// that one call.
     #[arg(long, value_name = "N", help_heading = "Budgets")]
     pub(crate) max_total_tokens: Option<u64>,
+
+    /// Levels of runs: the top-level run is depth 0, and at depth N-1 rlm_query is a plain
+    /// llm_query (2: the root may start child runs; 1: no recursion).
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Recursion")]
+    pub(crate) max_depth: u32,
+
+    /// The root model of child runs started by rlm_query / rlm_batch (default: the sub
+    /// model).
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "RLM_CHILD_MODEL",
+        help_heading = "Recursion"
+    )]
+    pub(crate) child_model: Option<String>,
+
+    /// Root turns of a child run before it is asked for its best answer.
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Recursion")]
+    pub(crate) child_max_iterations: u32,
+
+    /// The largest sub-call prompt, in estimated tokens (about four bytes each): a larger
+    /// llm_query / llm_batch item fails at once with an "Error:" naming both sizes, instead
+    /// of a 400 from the server after a round trip (default: no limit).
+    #[arg(long, value_name = "N", help_heading = "Recursion")]
+    pub(crate) sub_max_prompt_tokens: Option<u64>,
 
     /// Seconds the whole run may take (default: no limit).
     #[arg(long, value_name = "SECS", value_parser = parse_seconds, help_heading = "Budgets")]

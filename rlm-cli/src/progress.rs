@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use rlm_repl::{Event, Observer};
+use rlm_repl::{Event, Observer, RunPlace};
 
 use crate::run::{human_duration, thousands};
 
@@ -61,6 +61,14 @@ impl Progress {
 }
 
 impl Observer for Progress {
+    /// Only the top-level run is drawn: children's turns and batches would fight over the
+    /// bars (the trace has them all).
+    fn on_run_event(&self, place: &RunPlace, event: &Event) {
+        if place.depth == 0 {
+            self.on_event(event);
+        }
+    }
+
     fn on_event(&self, event: &Event) {
         match event {
             Event::RunStart {

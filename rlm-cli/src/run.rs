@@ -156,7 +156,15 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
         .sub_backend(sub)
         .max_iterations(args.max_iterations as usize)
         .max_concurrent(args.max_concurrent as usize)
+        .max_depth(args.max_depth as usize)
+        .child_max_iterations(args.child_max_iterations as usize)
         .cancel_token(cancel.clone());
+    if let Some(child) = &args.child_model {
+        builder = builder.child_model(non_empty(child, "--child-model (or RLM_CHILD_MODEL)")?);
+    }
+    if let Some(tokens) = args.sub_max_prompt_tokens {
+        builder = builder.sub_max_prompt_tokens(tokens);
+    }
     if let Some(calls) = args.max_sub_calls {
         builder = builder.max_sub_calls(calls);
     }
@@ -319,18 +327,11 @@ struct JsonOutput<'a> {
     usage: BTreeMap<&'a str, JsonUsage>,
     sub_calls: u64,
     failed_sub_calls: u64,
+    max_depth_reached: usize,
+    child_runs: u64,
     warnings: &'a [String],
     cost_usd: &'a CostReport,
     cache: Option<CacheStats>,
-}
-
-fn failed_sub_calls(result: &RunResult) -> u64 {
-    result
-        .trajectory
-        .iter()
-        .flat_map(|turn| &turn.sub_calls)
-        .filter(|call| !call.ok)
-        .count() as u64
 }
 
 fn print_result(
@@ -360,7 +361,9 @@ fn print_result(
                 })
                 .collect(),
             sub_calls: result.sub_calls,
-            failed_sub_calls: failed_sub_calls(result),
+            failed_sub_calls: result.failed_sub_calls,
+            max_depth_reached: result.max_depth_reached,
+            child_runs: result.child_runs,
             warnings: &result.warnings,
             cost_usd: cost,
             cache,
@@ -416,18 +419,35 @@ fn summary(
     } else {
         "turns"
     };
-    let failed = failed_sub_calls(result);
+    let failed = result.failed_sub_calls;
     let failed = if failed > 0 {
         format!(" ({failed} failed)")
     } else {
         String::new()
     };
     let mut text = format!(
-        "rlm: {how} after {} {turns} in {}; {} sub-calls{failed}",
+        "rlm: {how} after {} {turns} in {}; {} {}{failed}",
         result.iterations,
         human_duration(result.elapsed),
         thousands(result.sub_calls),
+        if result.sub_calls == 1 {
+            "sub-call"
+        } else {
+            "sub-calls"
+        },
     );
+    if result.child_runs > 0 {
+        text.push_str(&format!(
+            "; {} child {} (depth {})",
+            thousands(result.child_runs),
+            if result.child_runs == 1 {
+                "run"
+            } else {
+                "runs"
+            },
+            result.max_depth_reached
+        ));
+    }
     if let Some(cache) = cache {
         text.push_str(&format!(
             "; cache: {} hits, {} duplicates shared",

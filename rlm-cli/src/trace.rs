@@ -1,8 +1,9 @@
 //! `--trace FILE`: one JSON object per event, one line each, written as it happens.
 //!
 //! Each line is the rlm-repl [`Event`] as it serializes (tagged by `"event"`), with `t_ms`,
-//! the milliseconds since the run started, first:
-//! `{"t_ms":12,"event":"turn_start","turn":1}`. Every line is written with one `write` call
+//! the milliseconds since the run started, `depth` and `run` (where in the recursion tree
+//! the event happened: `0` / `"0"` for the top-level run) first:
+//! `{"t_ms":12,"depth":0,"run":"0","event":"turn_start","turn":1}`. Every line is written with one `write` call
 //! straight to the file (no buffer), so a run that is killed keeps every line written so far.
 //! Events hold no credentials; nothing else is written.
 
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use rlm_repl::{Event, Observer};
+use rlm_repl::{Event, Observer, RunPlace};
 
 use crate::error::CliError;
 
@@ -52,13 +53,18 @@ impl TraceWriter {
         })
     }
 
-    /// One line for `event`.
-    fn line(&self, event: &Event) -> String {
+    /// One line for `event` of the run at `place`.
+    fn line(&self, place: &RunPlace, event: &Event) -> String {
         let t_ms = self.start.elapsed().as_millis();
+        let depth = place.depth;
+        let run = serde_json::Value::String(place.run.clone());
         match serde_json::to_string(event) {
             // An internally tagged enum always serializes as an object: `{"event":...}`.
             Ok(json) if json.starts_with('{') && json.len() > 2 => {
-                format!("{{\"t_ms\":{t_ms},{}\n", &json[1..])
+                format!(
+                    "{{\"t_ms\":{t_ms},\"depth\":{depth},\"run\":{run},{}\n",
+                    &json[1..]
+                )
             }
             Ok(json) => format!("{{\"t_ms\":{t_ms},\"value\":{json}}}\n"),
             Err(e) => format!(
@@ -83,7 +89,11 @@ impl TraceWriter {
 
 impl Observer for TraceWriter {
     fn on_event(&self, event: &Event) {
-        let line = self.line(event);
+        self.on_run_event(&RunPlace::default(), event);
+    }
+
+    fn on_run_event(&self, place: &RunPlace, event: &Event) {
+        let line = self.line(place, event);
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if state.error.is_some() {
             return;
@@ -115,6 +125,8 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[1]["event"], "turn_start");
         assert_eq!(lines[1]["turn"], 2);
+        assert_eq!(lines[1]["depth"], 0);
+        assert_eq!(lines[1]["run"], "0");
         assert!(lines[0]["t_ms"].is_u64());
         assert!(text.starts_with("{\"t_ms\":"));
     }

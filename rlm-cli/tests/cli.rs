@@ -958,3 +958,90 @@ async fn max_concurrent_is_the_ceiling_of_a_scripts_own_limit() {
     let peak = server.peak_in_flight();
     assert!(peak <= 4, "at most --max-concurrent in flight, saw {peak}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_runs_answer_over_chunks_with_one_budget_and_a_trace_tree() {
+    const CHILD: &str = "child-model";
+    let root = code(
+        r#"let parts = chunk(context, 10);
+let r = rlm_batch(parts.map(|p| "Count the letters"), parts);
+FINAL(join(r, "|"));"#,
+    );
+    let scripted = rlm_handler(ROOT, vec![root], upper);
+    let child_script = vec![
+        code(r#"let r = llm_query("count: " + context); print(r);"#),
+        "FINAL_VAR(r)".to_owned(),
+    ];
+    let server = MockServer::start(move |request: &ServerRequest| {
+        if request.model() == CHILD {
+            return rlm_tests::scripted_turn(request, &child_script);
+        }
+        scripted(request)
+    })
+    .await
+    .expect("server");
+    let scratch = Scratch::new("children");
+    let trace = scratch.path("trace.jsonl");
+    let trace_arg = trace.to_string_lossy().into_owned();
+    let context: String = "abcdefgh"
+        .chars()
+        .map(|c| c.to_string().repeat(10))
+        .collect();
+    let out = run(
+        &server,
+        &[
+            "--query",
+            "q",
+            "--context",
+            "-",
+            "--child-model",
+            CHILD,
+            "--json",
+            "--trace",
+            &trace_arg,
+        ],
+        Some(context.as_bytes()),
+    )
+    .await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    let json: Value = serde_json::from_str(&out.stdout).expect("JSON");
+    let answer = json["answer"].as_str().expect("an answer");
+    assert_eq!(answer.split('|').count(), 8, "{answer}");
+    for (part, letter) in answer.split('|').zip("ABCDEFGH".chars()) {
+        assert_eq!(part, format!("COUNT: {}", letter.to_string().repeat(10)));
+    }
+    assert_eq!(json["child_runs"], 8);
+    assert_eq!(json["max_depth_reached"], 1);
+    // Below the root: 8 children x 2 root turns, and their 8 sub-calls.
+    assert_eq!(json["sub_calls"], 24);
+    assert_eq!(json["usage"][CHILD]["calls"], 16);
+    assert_eq!(json["usage"][SUB]["calls"], 8);
+    assert_eq!(requests_for(&server, CHILD).len(), 16);
+    assert_eq!(requests_for(&server, SUB).len(), 8);
+    let lines: Vec<Value> = std::fs::read_to_string(&trace)
+        .expect("trace")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["depth"].is_u64() && l["run"].is_string())
+    );
+    let mut children: Vec<String> = lines
+        .iter()
+        .filter(|l| l["event"] == "run_start" && l["depth"] == 1)
+        .map(|l| {
+            assert_eq!(l["parent"], "0");
+            l["run"].as_str().unwrap_or_default().to_owned()
+        })
+        .collect();
+    children.sort();
+    let expected: Vec<String> = (1..=8).map(|i| format!("0.{i}")).collect();
+    assert_eq!(children, expected);
+    let child_finals = lines
+        .iter()
+        .filter(|l| l["event"] == "final" && l["depth"] == 1)
+        .count();
+    assert_eq!(child_finals, 8);
+}

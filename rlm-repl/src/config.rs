@@ -69,6 +69,31 @@ pub struct RlmConfig {
     pub system_prompt: Option<String>,
     /// Limits of the sandbox.
     pub sandbox: SandboxLimits,
+    /// Levels of runs: the top-level run is depth 0, and a run at depth `max_depth - 1`
+    /// gets `rlm_query` as a plain `llm_query` (default 2: the top-level run may start
+    /// children; its children cannot). 1 turns recursion off.
+    pub max_depth: usize,
+    /// The root model of child runs (default: the sub model).
+    pub child_model: Option<String>,
+    /// Root turns of a child run before it is asked for its best answer (default 10).
+    pub child_max_iterations: usize,
+    /// The largest sub-call prompt, in estimated tokens (about four bytes each): a larger
+    /// `llm_query` / `llm_batch` item fails at once with an `Error:` naming both sizes.
+    pub sub_max_prompt_tokens: Option<u64>,
+}
+
+impl RlmConfig {
+    /// The model of `llm_query` / `llm_batch`.
+    pub fn sub_model(&self) -> &str {
+        self.sub_model.as_deref().unwrap_or(&self.root_model)
+    }
+
+    /// The root model of child runs.
+    pub fn child_model(&self) -> &str {
+        self.child_model
+            .as_deref()
+            .unwrap_or_else(|| self.sub_model())
+    }
 }
 
 impl Default for RlmConfig {
@@ -86,6 +111,10 @@ impl Default for RlmConfig {
             max_output_chars: 20_000,
             system_prompt: None,
             sandbox: SandboxLimits::default(),
+            max_depth: 2,
+            child_model: None,
+            child_max_iterations: 10,
+            sub_max_prompt_tokens: None,
         }
     }
 }

@@ -23,41 +23,186 @@ impl Context {
             Context::Text(text) => ContextInfo {
                 kind: "string",
                 total_chars: text.chars().count(),
+                lines: Some(count_lines(text)),
                 items: None,
                 first_item_chars: Vec::new(),
+                keys: Vec::new(),
+                preview: preview(text),
             },
             Context::Documents(documents) => ContextInfo {
                 kind: "array of strings",
                 total_chars: documents.iter().map(|d| d.chars().count()).sum(),
+                lines: None,
                 items: Some(documents.len()),
                 first_item_chars: documents
                     .iter()
                     .take(SHOWN_ITEMS)
                     .map(|d| d.chars().count())
                     .collect(),
+                keys: Vec::new(),
+                preview: items_preview(documents.iter().map(|d| Value::String(d.clone()))),
             },
             Context::Json(value) => {
-                let (kind, items, first_item_chars) = match value {
+                let (kind, items, first_item_chars, keys) = match value {
                     Value::Array(items) => (
                         "array (from JSON)",
                         Some(items.len()),
                         items.iter().take(SHOWN_ITEMS).map(json_chars).collect(),
+                        match items.first() {
+                            Some(Value::Object(first)) => describe_keys(first),
+                            _ => Vec::new(),
+                        },
                     ),
                     Value::Object(map) => (
                         "map (from JSON)",
                         Some(map.len()),
                         map.values().take(SHOWN_ITEMS).map(json_chars).collect(),
+                        describe_keys(map),
                     ),
-                    _ => ("value (from JSON)", None, Vec::new()),
+                    _ => ("value (from JSON)", None, Vec::new(), Vec::new()),
+                };
+                let preview = match value {
+                    Value::Array(items) => items_preview(items.iter().cloned()),
+                    Value::String(text) => preview(text),
+                    other => preview(&other.to_string()),
                 };
                 ContextInfo {
                     kind,
                     total_chars: json_chars(value),
+                    lines: None,
                     items,
                     first_item_chars,
+                    keys,
+                    preview,
                 }
             }
         }
+    }
+}
+
+/// What a child run's root model is told about its context, a value of its parent's scope
+/// (only the first items are converted for the preview and the keys).
+pub(crate) fn value_info(value: &rhai::Dynamic) -> ContextInfo {
+    const SHOWN_ITEMS: usize = 10;
+    let json = |item: &rhai::Dynamic| {
+        rhai::serde::from_dynamic::<Value>(item).unwrap_or_else(|_| Value::String(item.to_string()))
+    };
+    let chars = |item: &rhai::Dynamic| match item.as_immutable_string_ref() {
+        Ok(text) => text.chars().count(),
+        Err(_) => json_chars(&json(item)),
+    };
+    let mut info = ContextInfo {
+        kind: "value",
+        total_chars: 0,
+        lines: None,
+        items: None,
+        first_item_chars: Vec::new(),
+        keys: Vec::new(),
+        preview: String::new(),
+    };
+    if let Ok(text) = value.as_immutable_string_ref() {
+        info.kind = "string";
+        info.total_chars = text.chars().count();
+        info.lines = Some(count_lines(&text));
+        info.preview = preview(&text);
+    } else if let Ok(items) = value.as_array_ref() {
+        info.kind = if items.iter().all(rhai::Dynamic::is_string) {
+            "array of strings"
+        } else {
+            "array"
+        };
+        info.total_chars = items.iter().map(chars).sum();
+        info.items = Some(items.len());
+        info.first_item_chars = items.iter().take(SHOWN_ITEMS).map(chars).collect();
+        info.preview = items_preview(items.iter().take(SHOWN_ITEMS).map(json));
+    } else if let Ok(map) = value.as_map_ref() {
+        let first: serde_json::Map<String, Value> = map
+            .iter()
+            .take(SHOWN_KEYS)
+            .map(|(key, item)| (key.to_string(), json(item)))
+            .collect();
+        info.kind = "map";
+        info.total_chars = chars(value);
+        info.items = Some(map.len());
+        info.first_item_chars = map.values().take(SHOWN_ITEMS).map(chars).collect();
+        info.keys = describe_keys(&first);
+        if map.len() > SHOWN_KEYS {
+            info.keys
+                .push(format!("... {} more", map.len() - SHOWN_KEYS));
+        }
+    } else {
+        info.total_chars = chars(value);
+        info.preview = preview(&value.to_string());
+    }
+    info
+}
+
+/// Lines of `text` (a last line without a line break counts).
+fn count_lines(text: &str) -> usize {
+    let breaks = text.bytes().filter(|&b| b == b'\n').count();
+    breaks + usize::from(!text.is_empty() && !text.ends_with('\n'))
+}
+
+/// Characters of the context shown to the root model as a preview.
+pub(crate) const PREVIEW_CHARS: usize = 200;
+
+/// Keys described in the first message (a map with more says how many more).
+const SHOWN_KEYS: usize = 20;
+
+/// The first [`PREVIEW_CHARS`] characters of `text`.
+fn preview(text: &str) -> String {
+    match text.char_indices().nth(PREVIEW_CHARS) {
+        Some((end, _)) => text[..end].to_owned(),
+        None => text.to_owned(),
+    }
+}
+
+/// The first items as JSON text, one a line, within about [`PREVIEW_CHARS`] characters.
+fn items_preview(items: impl Iterator<Item = Value>) -> String {
+    let mut out = String::new();
+    for (i, item) in items.enumerate() {
+        let used = out.chars().count();
+        if used >= PREVIEW_CHARS {
+            break;
+        }
+        let line = format!("[{i}] {item}");
+        out.push_str(&preview_of(&line, PREVIEW_CHARS - used));
+        out.push('\n');
+    }
+    out.truncate(out.trim_end().len());
+    out
+}
+
+fn preview_of(text: &str, chars: usize) -> String {
+    match text.char_indices().nth(chars) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
+/// `name (type)` for the first [`SHOWN_KEYS`] keys of a map, then how many more there are.
+fn describe_keys(map: &serde_json::Map<String, Value>) -> Vec<String> {
+    let mut keys: Vec<String> = map
+        .iter()
+        .take(SHOWN_KEYS)
+        .map(|(key, value)| format!("{key} ({})", value_type(value)))
+        .collect();
+    if map.len() > SHOWN_KEYS {
+        keys.push(format!("... {} more", map.len() - SHOWN_KEYS));
+    }
+    keys
+}
+
+/// A JSON value's type as the REPL sees it.
+fn value_type(value: &Value) -> String {
+    match value {
+        Value::Null => "()".to_owned(),
+        Value::Bool(_) => "bool".to_owned(),
+        Value::Number(n) if n.is_f64() => "float".to_owned(),
+        Value::Number(_) => "int".to_owned(),
+        Value::String(s) => format!("string, {} chars", s.chars().count()),
+        Value::Array(items) => format!("array, {} items", items.len()),
+        Value::Object(map) => format!("map, {} keys", map.len()),
     }
 }
 
@@ -100,12 +245,23 @@ pub struct ContextInfo {
     pub kind: &'static str,
     /// Characters over the whole context.
     pub total_chars: usize,
+    /// Number of lines, for a string.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lines: Option<usize>,
     /// Number of items, for lists and maps.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub items: Option<usize>,
     /// Characters of the first few items, for lists and maps.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub first_item_chars: Vec<usize>,
+    /// `name (type)` of a map's keys (of the first item's, for an array of maps), at most 20,
+    /// then `... N more`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<String>,
+    /// The start of the data (about 200 characters; the first items of an array, one a
+    /// line). Shown to the root model, not written to traces.
+    #[serde(skip)]
+    pub preview: String,
 }
 
 #[cfg(test)]

@@ -26,6 +26,9 @@ pub enum Event {
         sub_model: String,
         /// What the root model is told about the context.
         context: ContextInfo,
+        /// The id of the run that started this one (`None` for the top-level run).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        parent: Option<String>,
     },
     /// A root turn began: the root model is about to be asked.
     TurnStart {
@@ -173,13 +176,40 @@ pub enum Event {
     },
 }
 
-/// Receives every [`Event`] of a run, in order.
+/// Where in the recursion tree a run is: its depth (0: the top-level run) and its id path
+/// (`"0"`, `"0.3"`, `"0.3.1"`: the third child of the top-level run, and that child's first
+/// child). The CLI's `--trace` writes both on every line as `depth` and `run`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct RunPlace {
+    /// Depth in the tree: 0 for the top-level run, 1 for its children, ...
+    pub depth: usize,
+    /// The id path: the parent's id, a dot, and the child's number (from 1).
+    pub run: String,
+}
+
+impl Default for RunPlace {
+    fn default() -> Self {
+        Self {
+            depth: 0,
+            run: "0".to_owned(),
+        }
+    }
+}
+
+/// Receives every [`Event`] of a run, in order, children's events included.
 ///
 /// Called synchronously from the run (sometimes from the REPL's blocking thread): keep it
 /// quick, and never block on the run itself.
 pub trait Observer: Send + Sync {
     /// Something happened.
     fn on_event(&self, event: &Event);
+
+    /// Something happened in the run at `place` of the recursion tree (a child run started
+    /// by `rlm_query` has depth 1 or more). By default, [`on_event`](Self::on_event).
+    fn on_run_event(&self, place: &RunPlace, event: &Event) {
+        let _ = place;
+        self.on_event(event);
+    }
 }
 
 impl<F: Fn(&Event) + Send + Sync> Observer for F {
@@ -191,5 +221,9 @@ impl<F: Fn(&Event) + Send + Sync> Observer for F {
 impl<T: Observer + ?Sized> Observer for Arc<T> {
     fn on_event(&self, event: &Event) {
         (**self).on_event(event)
+    }
+
+    fn on_run_event(&self, place: &RunPlace, event: &Event) {
+        (**self).on_run_event(place, event)
     }
 }

@@ -66,8 +66,19 @@ pub struct RunResult {
     pub elapsed: Duration,
     /// Calls and tokens per model (root and sub models alike).
     pub usage: BTreeMap<String, ModelUsage>,
-    /// Sub-calls made (`llm_query` calls plus `llm_batch` items).
+    /// Calls made below the top-level root: `llm_query` calls, `llm_batch` items, and every
+    /// call of child runs (their root turns and their sub-calls).
     pub sub_calls: u64,
+    /// Sub-calls that failed (errors, replies cut at the token limit, replies without text),
+    /// children's included.
+    pub failed_sub_calls: u64,
+    /// The deepest child run started (0: none).
+    pub max_depth_reached: usize,
+    /// Child runs started by `rlm_query` / `rlm_batch`, at every depth.
+    pub child_runs: u64,
+    /// Calls and tokens per model of the runs at each depth (index 0: the top-level run's
+    /// root turns and sub-calls; 1: its children's; ...). Sums to [`usage`](Self::usage).
+    pub usage_by_depth: Vec<BTreeMap<String, ModelUsage>>,
     /// Why the answer may not be trusted as it is, one sentence each: answers held for
     /// confirmation, sub-calls cut at the token limit or without text, an answer given after
     /// failed sub-calls, and (with an empty answer) why there is none. Empty for a clean run.

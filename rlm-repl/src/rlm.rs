@@ -178,6 +178,30 @@ impl RlmBuilder {
         self
     }
 
+    /// Levels of runs (default 2): see [`RlmConfig::max_depth`].
+    pub fn max_depth(mut self, depth: usize) -> Self {
+        self.config.max_depth = depth;
+        self
+    }
+
+    /// The root model of child runs (default: the sub model).
+    pub fn child_model(mut self, model: impl Into<String>) -> Self {
+        self.config.child_model = Some(model.into());
+        self
+    }
+
+    /// Root turns of a child run (default 10).
+    pub fn child_max_iterations(mut self, turns: usize) -> Self {
+        self.config.child_max_iterations = turns;
+        self
+    }
+
+    /// The largest sub-call prompt in estimated tokens (default: no limit).
+    pub fn sub_max_prompt_tokens(mut self, tokens: u64) -> Self {
+        self.config.sub_max_prompt_tokens = Some(tokens);
+        self
+    }
+
     /// Limits of the sandbox.
     pub fn sandbox(mut self, limits: SandboxLimits) -> Self {
         self.config.sandbox = limits;

@@ -1,6 +1,8 @@
 //! The RLM loop: ask the root model, run its code, feed back the output, until a final answer
 //! or a budget ends the run.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,11 +14,12 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::parse::{FinalMarker, ParsedReply, parse_reply};
-use crate::prompt::{final_ask, first_message, system_prompt};
+use crate::prompt::{RECURSION_PROMPT, final_ask, first_message, system_prompt};
 use crate::repl::subcall::millis;
-use crate::state::{Emitter, RunState};
+use crate::state::{Emitter, Ledger, RunState, lock};
 use crate::{
-    BlockRecord, Context, Event, Repl, Rlm, RlmError, RunResult, StopReason, SubCallRecord, Turn,
+    BlockRecord, Context, Event, Repl, Rlm, RlmConfig, RlmError, RunResult, StopReason,
+    SubCallRecord, Turn,
 };
 
 /// The pause before the one retry of an unreadable root reply.
@@ -168,29 +171,38 @@ fn count(n: u64, what: &str) -> String {
     }
 }
 
+/// What every run of one recursion tree shares besides the ledger: the backends (not yet
+/// metered), the settings and the runtime that runs sub-calls.
+pub(crate) struct Tree {
+    pub(crate) root: Arc<dyn LlmBackend>,
+    pub(crate) sub: Arc<dyn BatchExecutor>,
+    pub(crate) config: RlmConfig,
+    pub(crate) handle: Option<Handle>,
+}
+
+/// Where a run's context comes from.
+pub(crate) enum Source {
+    /// The user's context.
+    Context(Context),
+    /// A value of the parent's scope, shared with it (strings are not copied).
+    Value(rhai::Dynamic),
+}
+
+/// The top-level run of `rlm`: a tree of runs over one ledger.
 pub(crate) async fn run(rlm: &Rlm, query: String, context: Context) -> Result<RunResult, RlmError> {
-    let started = Instant::now();
     let config = &rlm.config;
-    let emitter = Emitter::new(rlm.observers.clone());
     let run = Arc::new(
         RunState::new(
             rlm.cancel.child_token(),
             config.max_sub_calls,
             config.max_total_tokens,
-            emitter.clone(),
+            Emitter::new(rlm.observers.clone()),
         )
-        // Cost budget (issue 12).
+        // Cost budget (issue 12), over the whole tree.
         .with_cost_budget(Arc::new(config.prices.clone()), config.max_cost),
     );
-    // If the caller drops this future, running code and sub-calls stop too.
+    // If the caller drops this future, running code, sub-calls and children stop too.
     let _stop_on_drop = run.cancel.clone().drop_guard();
-    let root = Metered::new(Arc::clone(&rlm.root), run.usage.clone());
-    let sub: Arc<dyn BatchExecutor> =
-        Arc::new(Metered::new(Arc::clone(&rlm.sub), run.usage.clone()));
-    let sub_model = config
-        .sub_model
-        .clone()
-        .unwrap_or_else(|| config.root_model.clone());
     let _watchdog = config.max_time.map(|limit| {
         let run = Arc::clone(&run);
         AbortOnDrop(tokio::spawn(async move {
@@ -198,15 +210,62 @@ pub(crate) async fn run(rlm: &Rlm, query: String, context: Context) -> Result<Ru
             run.stop(StopReason::MaxTime);
         }))
     });
+    let tree = Arc::new(Tree {
+        root: Arc::clone(&rlm.root),
+        sub: Arc::clone(&rlm.sub),
+        config: config.clone(),
+        handle: Handle::try_current().ok(),
+    });
+    run_tree(tree, run, query, Source::Context(context)).await
+}
+
+/// One run of the tree: the top-level run (depth 0) or a child. A child's root turns are
+/// calls below the top-level root: each is reserved from the sub-call budget first.
+pub(crate) async fn run_tree(
+    tree: Arc<Tree>,
+    run: Arc<RunState>,
+    query: String,
+    source: Source,
+) -> Result<RunResult, RlmError> {
+    let started = Instant::now();
+    let config = &tree.config;
+    let emitter = run.emitter.clone();
+    let place = emitter.place().clone();
+    let child = place.depth > 0;
+    let ledger = Arc::clone(&run.ledger);
+    let metered_root = Metered::new(
+        Metered::new(Arc::clone(&tree.root), ledger.usage_at(place.depth)),
+        ledger.usage.clone(),
+    );
+    let root: Arc<dyn LlmBackend> = Arc::new(metered_root);
+    let sub: Arc<dyn BatchExecutor> = Arc::new(Metered::new(
+        Metered::new(Arc::clone(&tree.sub), ledger.usage_at(place.depth)),
+        ledger.usage.clone(),
+    ));
+    let root_model = if child {
+        config.child_model().to_owned()
+    } else {
+        config.root_model.clone()
+    };
+    let sub_model = config.sub_model().to_owned();
+    let max_iterations = if child {
+        config.child_max_iterations
+    } else {
+        config.max_iterations
+    };
 
     // Loading a large context is a pass over it: keep it off the async threads.
-    let mut builder = Repl::builder(context)
-        .limits(config.sandbox.clone())
-        .max_output_chars(config.max_output_chars)
-        .sub_backend(sub, sub_model.clone())
-        .max_concurrent(config.max_concurrent)
-        .run_state(Arc::clone(&run));
-    if let Ok(handle) = Handle::try_current() {
+    let mut builder = match source {
+        Source::Context(context) => Repl::builder(context),
+        Source::Value(value) => Repl::builder_for_value(value),
+    }
+    .limits(config.sandbox.clone())
+    .max_output_chars(config.max_output_chars)
+    .sub_backend(sub, sub_model.clone())
+    .max_concurrent(config.max_concurrent)
+    .run_state(Arc::clone(&run))
+    .tree(Arc::clone(&tree));
+    if let Some(handle) = tree.handle.clone().or_else(|| Handle::try_current().ok()) {
         builder = builder.runtime_handle(handle);
     }
     let mut repl = tokio::task::spawn_blocking(move || builder.build())
@@ -215,13 +274,32 @@ pub(crate) async fn run(rlm: &Rlm, query: String, context: Context) -> Result<Ru
     let info = repl.context_info().clone();
     emitter.emit_with(|| Event::RunStart {
         query: query.clone(),
-        root_model: config.root_model.clone(),
+        root_model: root_model.clone(),
         sub_model: sub_model.clone(),
         context: info.clone(),
+        parent: child.then(|| parent_of(&place.run).to_owned()),
     });
+    let asker = RootAsker {
+        root: &root,
+        model: &root_model,
+        run: &run,
+        reserve: child,
+    };
 
+    let recursion = RecursionNote {
+        allowed: place.depth + 1 < config.max_depth,
+        depth: place.depth,
+    };
+    let mut system = system_prompt(config);
+    if config.system_prompt.is_none() {
+        if recursion.allowed {
+            system.push_str(RECURSION_PROMPT);
+        } else if child {
+            system.push_str(&recursion.text());
+        }
+    }
     let mut messages = vec![
-        Message::system(system_prompt(config)),
+        Message::system(system),
         Message::user(first_message(&query, &info)),
     ];
     let mut trajectory: Vec<Turn> = Vec::new();
@@ -230,14 +308,13 @@ pub(crate) async fn run(rlm: &Rlm, query: String, context: Context) -> Result<Ru
     let mut held = false;
     let mut empty_streak = 0;
 
-    for turn in 1..=config.max_iterations {
+    for turn in 1..=max_iterations {
         if run.stopped().is_some() {
             break;
         }
         run.turn.store(turn, std::sync::atomic::Ordering::SeqCst);
         emitter.emit_with(|| Event::TurnStart { turn });
-        let Some((reply, root_latency)) = ask_root(rlm, &root, &messages, turn, &run, true).await?
-        else {
+        let Some((reply, root_latency)) = asker.ask(&messages, turn, true).await? else {
             break;
         };
         let cut = reply.is_cut();
@@ -296,7 +373,7 @@ pub(crate) async fn run(rlm: &Rlm, query: String, context: Context) -> Result<Ru
             work.failed,
             &notes,
             work.not_run,
-            config.max_iterations - turn,
+            max_iterations - turn,
         );
         trajectory.push(record);
         messages.push(Message::assistant(reply.text));
@@ -311,12 +388,14 @@ pub(crate) async fn run(rlm: &Rlm, query: String, context: Context) -> Result<Ru
         (None, Some(reason)) => reason,
         (None, None) => StopReason::MaxIterations,
     };
-    if answer.is_none()
-        && matches!(
-            stopped,
-            StopReason::MaxIterations | StopReason::MaxSubCalls | StopReason::MaxCost
-        )
-    {
+    // The final ask: the top-level root always gets it after a turn or sub-call budget stop;
+    // a child only after its own turns ran out (a spent budget leaves it no call to make).
+    let ask = match stopped {
+        StopReason::MaxIterations => true,
+        StopReason::MaxSubCalls | StopReason::MaxCost => !child,
+        _ => false,
+    };
+    if answer.is_none() && ask {
         let reason = match stopped {
             StopReason::MaxIterations => "You have used all your turns.",
             StopReason::MaxCost => "The cost budget of this run is spent.",
@@ -333,10 +412,8 @@ pub(crate) async fn run(rlm: &Rlm, query: String, context: Context) -> Result<Ru
         let turn = trajectory.len() + 1;
         run.turn.store(turn, std::sync::atomic::Ordering::SeqCst);
         emitter.emit_with(|| Event::TurnStart { turn });
-        // Not budgeted: the final ask is made even when the cost budget is spent.
-        if let Ok(Some((reply, root_latency))) =
-            ask_root(rlm, &root, &messages, turn, &run, false).await
-        {
+        // Not cost-budgeted: the final ask is made even when the cost budget is spent.
+        if let Ok(Some((reply, root_latency))) = asker.ask(&messages, turn, false).await {
             let (_, given) = final_reply(repl, &reply, turn, &run, &mut warnings).await?;
             if let Some(error) = sub_model_failure(&run, &sub_model) {
                 return Err(error);
@@ -372,14 +449,29 @@ pub(crate) async fn run(rlm: &Rlm, query: String, context: Context) -> Result<Ru
         return Err(error);
     }
 
-    warnings.extend(sub_call_warnings(&run, &trajectory, answer.is_some()));
+    let failed_sub_calls = ledger
+        .failed_sub_calls
+        .load(std::sync::atomic::Ordering::SeqCst);
+    if !child {
+        warnings.extend(lock(&ledger.child_warnings).drain(..));
+        warnings.extend(sub_call_warnings(
+            &ledger,
+            failed_sub_calls,
+            answer.is_some(),
+        ));
+    }
     if answer
         .as_deref()
         .is_some_and(|a| a.trim_start().starts_with("Error:"))
     {
         warnings.push("the answer is an \"Error: ...\" string, not an answer".to_owned());
     }
-    let usage = run.usage.snapshot();
+    let usage_by_depth = ledger.usage_by_depth();
+    let usage = if child {
+        usage_by_depth.get(place.depth).cloned().unwrap_or_default()
+    } else {
+        ledger.usage.snapshot()
+    };
     let cost = config
         .prices
         .report(usage.iter().map(|(model, usage)| (model.as_str(), usage)));
@@ -389,9 +481,15 @@ pub(crate) async fn run(rlm: &Rlm, query: String, context: Context) -> Result<Ru
         stopped,
         elapsed: started.elapsed(),
         usage,
-        sub_calls: run.sub_calls(),
-        warnings,
         cost,
+        sub_calls: run.sub_calls(),
+        failed_sub_calls,
+        warnings,
+        max_depth_reached: ledger
+            .max_depth_reached
+            .load(std::sync::atomic::Ordering::SeqCst),
+        child_runs: ledger.child_runs.load(std::sync::atomic::Ordering::SeqCst),
+        usage_by_depth,
         trajectory,
     };
     emitter.emit_with(|| Event::Final {
@@ -404,6 +502,68 @@ pub(crate) async fn run(rlm: &Rlm, query: String, context: Context) -> Result<Ru
         cost_usd: result.cost.clone(),
     });
     Ok(result)
+}
+
+/// Runs a child RLM and gives its answer for the parent's script: the final answer, or an
+/// `Error: ...` string saying why there is none. Its warnings reach the top-level result.
+pub(crate) fn child_answer(
+    tree: Arc<Tree>,
+    child: Arc<RunState>,
+    query: String,
+    context: rhai::Dynamic,
+) -> Pin<Box<dyn Future<Output = String> + Send>> {
+    Box::pin(async move {
+        let id = child.emitter.place().run.clone();
+        let ledger = Arc::clone(&child.ledger);
+        let refusal = Arc::clone(&child);
+        match run_tree(tree, child, query, Source::Value(context)).await {
+            Ok(result) => {
+                lock(&ledger.child_warnings).extend(
+                    result
+                        .warnings
+                        .iter()
+                        .map(|warning| format!("child run {id}: {warning}")),
+                );
+                match result.stopped {
+                    StopReason::Final | StopReason::MaxIterations if !result.answer.is_empty() => {
+                        result.answer
+                    }
+                    StopReason::MaxIterations => format!(
+                        "Error: the child run {id} used its {} turns without an answer",
+                        result.iterations
+                    ),
+                    StopReason::MaxSubCalls | StopReason::MaxTokens => format!(
+                        "Error: budget exhausted: the child run {id} stopped before it \
+                         answered ({})",
+                        result.stopped
+                    ),
+                    _ => refusal.refusal(),
+                }
+            }
+            Err(error) => format!("Error: the child run {id} failed: {error}"),
+        }
+    })
+}
+
+/// The id of the parent of the run `id` (`"0.3"` for `"0.3.1"`).
+fn parent_of(id: &str) -> &str {
+    id.rsplit_once('.').map_or(id, |(parent, _)| parent)
+}
+
+/// What a run at the deepest level is told about `rlm_query`.
+struct RecursionNote {
+    allowed: bool,
+    depth: usize,
+}
+
+impl RecursionNote {
+    fn text(&self) -> String {
+        format!(
+            "\n\nYou are a child run at depth {}, the deepest level: here rlm_query(...) and \
+             rlm_batch(...) are plain llm_query / llm_batch calls (no code runs below you).",
+            self.depth
+        )
+    }
 }
 
 /// Why a budget stop left no answer, for the warning.
@@ -475,18 +635,20 @@ struct FinalWork {
     sub_calls: Vec<SubCallRecord>,
 }
 
-/// Warnings about the sub-calls of a run: cut and empty replies, failures an answer was
+/// Warnings about the sub-calls of a tree: cut and empty replies, failures an answer was
 /// built on.
-fn sub_call_warnings(run: &RunState, trajectory: &[Turn], answered: bool) -> Vec<String> {
+fn sub_call_warnings(ledger: &Ledger, failed: u64, answered: bool) -> Vec<String> {
     let mut warnings = Vec::new();
-    let cut = run.cut_sub_calls.load(std::sync::atomic::Ordering::SeqCst);
+    let cut = ledger
+        .cut_sub_calls
+        .load(std::sync::atomic::Ordering::SeqCst);
     if cut > 0 {
         warnings.push(format!(
             "{} cut at the token limit (the script got \"Error: ...\" with the partial text)",
             count_verb(cut, "sub-call", "was", "were")
         ));
     }
-    let empty = run
+    let empty = ledger
         .empty_sub_calls
         .load(std::sync::atomic::Ordering::SeqCst);
     if empty > 0 {
@@ -495,63 +657,81 @@ fn sub_call_warnings(run: &RunState, trajectory: &[Turn], answered: bool) -> Vec
             count_verb(empty, "sub-call", "had", "had")
         ));
     }
-    let records = trajectory.iter().flat_map(|turn| &turn.sub_calls);
-    let (total, failed) = records.fold((0u64, 0u64), |(total, failed), call| {
-        (total + 1, failed + u64::from(!call.ok))
-    });
     if answered && failed > 0 {
         warnings.push(format!(
             "the answer was given after {failed} of {} failed; it may rest on their \
              \"Error: ...\" strings",
-            count(total, "sub-call")
+            count(ledger.sub_calls(), "sub-call")
         ));
     }
     warnings
 }
 
-/// One root call. `None` when the run was cancelled (or ran out of time) meanwhile, or, when
-/// `budgeted`, when the cost budget cannot cover it.
+/// Asks a run's root model.
+struct RootAsker<'a> {
+    root: &'a Arc<dyn LlmBackend>,
+    model: &'a str,
+    run: &'a RunState,
+    /// A child's root turns are reserved from the sub-call budget.
+    reserve: bool,
+}
+
+impl RootAsker<'_> {
+    /// One root call. `None` when the run was cancelled (or ran out of time, or, for a
+    /// child, out of budget) meanwhile, or, when `budgeted`, when the cost budget cannot
+    /// cover it.
+    async fn ask(
+        &self,
+        messages: &[Message],
+        turn: usize,
+        budgeted: bool,
+    ) -> Result<Option<(Completion, Duration)>, RlmError> {
+        if self.reserve && (self.run.cancel.is_cancelled() || self.run.reserve_sub_calls(1) == 0) {
+            return Ok(None);
+        }
+        // Cost budget (issue 12): the call's estimate is reserved before it is sent and
+        // settled with its usage after.
+        let reservation = if budgeted {
+            let request = CompletionRequest {
+                model: self.model.to_owned(),
+                messages: messages.to_vec(),
+                ..CompletionRequest::default()
+            };
+            match self.run.reserve_cost(&request) {
+                Some(reservation) => reservation,
+                None => {
+                    if self.reserve {
+                        self.run.release_sub_calls(1);
+                    }
+                    return Ok(None);
+                }
+            }
+        } else {
+            rlm_core::Reservation::none()
+        };
+        let result = ask_root(self.root, self.model, messages, turn, self.run).await;
+        let usage = match &result {
+            Ok(Some((reply, _))) => reply.usage,
+            _ => rlm_core::Usage::default(),
+        };
+        self.run.settle_cost(reservation, self.model, &usage);
+        result
+    }
+}
+
+/// One root call. `None` when the run was cancelled (or ran out of time) meanwhile.
 async fn ask_root(
-    rlm: &Rlm,
-    root: &Metered<Arc<dyn LlmBackend>>,
+    root: &Arc<dyn LlmBackend>,
+    model: &str,
     messages: &[Message],
     turn: usize,
     run: &RunState,
-    budgeted: bool,
 ) -> Result<Option<(Completion, Duration)>, RlmError> {
-    let model = &rlm.config.root_model;
     let request = CompletionRequest {
-        model: model.clone(),
+        model: model.to_owned(),
         messages: messages.to_vec(),
         ..CompletionRequest::default()
     };
-    // Cost budget (issue 12): reserved before the call, settled below.
-    let reservation = if budgeted {
-        match run.reserve_cost(&request) {
-            Some(reservation) => reservation,
-            None => return Ok(None),
-        }
-    } else {
-        rlm_core::Reservation::none()
-    };
-    let result = ask_root_once(rlm, root, request, turn, run).await;
-    let usage = match &result {
-        Ok(Some((reply, _))) => reply.usage,
-        _ => rlm_core::Usage::default(),
-    };
-    run.settle_cost(reservation, model, &usage);
-    result
-}
-
-/// [`ask_root`] without the cost budget.
-async fn ask_root_once(
-    rlm: &Rlm,
-    root: &Metered<Arc<dyn LlmBackend>>,
-    request: CompletionRequest,
-    turn: usize,
-    run: &RunState,
-) -> Result<Option<(Completion, Duration)>, RlmError> {
-    let model = &rlm.config.root_model;
     let span = tracing::info_span!(
         "rlm_turn",
         turn,

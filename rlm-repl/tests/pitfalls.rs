@@ -187,3 +187,168 @@ fn python_blocks_and_comments_get_hints() {
     assert_sees("let ok = 1 > 0 and 2 > 1;", &["`&&`, `||` and `!`"]);
     assert_sees("let s = 'hello';", &["\"double quotes\""]);
 }
+
+// Found later (issue 14): silent traps made loud or made to work, and errors that point at the
+// fix. Each quotes the exact error text Rhai produces.
+
+#[test]
+fn a_comparer_over_floats_sorts_by_its_sign() {
+    assert_sees(
+        "let rows = [#{v: 1.5}, #{v: 3.25}, #{v: 2.5}];\nrows.sort(|a, b| b.v - a.v);\nprint(rows.map(|r| r.v));",
+        &["[3.25, 2.5, 1.5]"],
+    );
+    // Rhai's own forms keep working: integer comparers, booleans meaning "a comes first".
+    assert_sees(
+        "let xs = [3, 1, 2];\nxs.sort(|a, b| b - a);\nprint(xs);\nlet ys = [3, 1, 2, 1];\nys.sort(|a, b| a < b);\nprint(ys);\nlet zs = [2, 3, 1];\nsort_by(zs, |a, b| a - b);\nprint(zs);",
+        &["[3, 2, 1]\n[1, 1, 2, 3]\n[1, 2, 3]"],
+    );
+}
+
+#[test]
+fn sort_by_and_sorted_by_take_a_key() {
+    assert_sees(
+        "let rows = [#{n: \"b\", v: 2.5}, #{n: \"a\", v: 9}, #{n: \"c\", v: 0.5}];\nsort_by(rows, |r| r.v);\nprint(rows.map(|r| r.n));\nrows.sort_by(|r| r.n, true);\nprint(rows.map(|r| r.n));\nlet top = sorted_by(rows, |r| r.v, true);\nprint(top[0].n);\nprint(rows[0].n);\nprint(sorted(rows, |r| [r.v > 1, r.n]).map(|r| r.n));",
+        &["[\"c\", \"b\", \"a\"]\n[\"c\", \"b\", \"a\"]\na\nc\n[\"c\", \"a\", \"b\"]"],
+    );
+    // Ties keep their order, ascending and descending.
+    assert_sees(
+        "let xs = [#{k: 1, id: 1}, #{k: 0, id: 2}, #{k: 1, id: 3}];\nprint(sorted_by(xs, |x| x.k).map(|x| x.id));\nprint(sorted_by(xs, |x| x.k, true).map(|x| x.id));",
+        &["[2, 1, 3]\n[1, 3, 2]"],
+    );
+}
+
+#[test]
+fn sorting_problems_are_errors_not_silence() {
+    assert_sees(
+        "let xs = [\"b\", \"a\"];\nxs.sort(|a, b| a + b);\nprint(xs);",
+        &["the comparer returned a string", "sort_by(xs, |x| x.field)"],
+    );
+    assert_sees(
+        "let rows = [#{v: 1}, #{v: 2}];\nrows.sort(|a, b| a.missing - b.v);",
+        &["Property not found: missing"],
+    );
+    assert_sees(
+        "let rows = [#{v: 1}, #{v: \"x\"}];\nsort_by(rows, |r| r.v);",
+        &["sort_by: cannot compare the keys"],
+    );
+    assert_sees(
+        "let xs = [1, 2];\nxs.sort(|| 0);",
+        &["the closure must take one argument"],
+    );
+}
+
+#[test]
+fn for_each_with_an_argument_is_flagged() {
+    assert_sees(
+        "let total = 0;\n[10, 20, 30].for_each(|x| total += x);\nprint(total);",
+        &[
+            "warning (line 2): for_each passes the item as `this` and the INDEX",
+            "for x in xs",
+            "\n3",
+        ],
+    );
+}
+
+#[test]
+fn regex_find_all_gives_whole_matches_and_regex_captures_the_groups() {
+    assert_sees(
+        "let t = \"GET /a then POST /b\";\nprint(regex_find_all(t, \"(GET|POST) /\\\\w\"));\nprint(regex_captures(t, \"(GET|POST) /(\\\\w)\"));",
+        &[
+            "warning (line 2): regex_find_all gives the WHOLE matches",
+            "regex_captures(text, pattern)",
+            "[\"GET /a\", \"POST /b\"]\n[[\"GET\", \"a\"], [\"POST\", \"b\"]]",
+        ],
+    );
+    assert!(!seen_after("print(regex_find_all(\"a1\", \"(?:a)\\\\d\"));").contains("warning"));
+}
+
+#[test]
+fn llm_query_on_an_array_points_to_llm_batch() {
+    let root = MockBackend::scripted([
+        fence("let a = llm_query([\"a\", \"b\"]);"),
+        "FINAL(done)".to_owned(),
+    ]);
+    let sub = MockBackend::echo();
+    let rlm = builder(&root, &sub)
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let result = rlm
+        .run_blocking("q", Context::from("x"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(result.answer, "done");
+    let shown = seen(&root, 1);
+    assert!(
+        shown.contains("llm_query takes one prompt string, not an array")
+            && shown.contains("llm_batch(prompts)"),
+        "{shown}"
+    );
+    assert!(sub.requests().is_empty(), "nothing was sent");
+}
+
+#[test]
+fn numbers_format_and_round() {
+    assert_sees(
+        "print(fmt(7, 2));\nprint(fmt(23.6, 2));\nprint(round(23.456, 2));\nprint(fmt(2.0 / 3, 3));",
+        &["7.00\n23.60\n23.46\n0.667"],
+    );
+    assert_sees(
+        "print(round(\"2.5\", 1));",
+        &["Function not found: round", "fmt(x, 2)"],
+    );
+}
+
+#[test]
+fn a_data_race_names_the_line_and_the_fix() {
+    assert_sees(
+        "let xs = [1, 2, 3];\nlet ys = xs.filter(|x| x < xs.len());",
+        &[
+            "Error at line 2, column 10: Data race detected on argument #1 of function 'filter'",
+            "uses `xs`, the value filter is called on",
+            "let n = xs.len();",
+        ],
+    );
+    assert_sees(
+        "let m = #{a: 1, b: 2};\nlet ks = m.keys().filter(|k| m[k] > 1);",
+        &[
+            "Error at line 2, column 10: Data race detected on argument #2 of function 'filter'",
+            "uses `m`",
+            "let ks = m.keys();",
+        ],
+    );
+    // The fixes it suggests run.
+    assert_sees(
+        "let xs = [1, 2, 3];\nlet n = xs.len();\nprint(xs.filter(|x| x < n));\nlet m = #{a: 1, b: 2};\nlet ks = m.keys();\nprint(ks.filter(|k| m[k] > 1));",
+        &["[1, 2]\n[\"b\"]"],
+    );
+}
+
+#[test]
+fn counting_into_a_new_key_shows_the_idiom() {
+    assert_sees(
+        "let m = #{};\nlet k = \"x\";\nm[k] += 1;",
+        &[
+            "Function not found: + ((), i64)",
+            "a value here is () (nothing): a map key that is not set yet",
+            "m[k] = (m.get(k) ?? 0) + 1;",
+        ],
+    );
+    assert_sees(
+        "let m = #{};\nfor w in [\"a\", \"b\", \"a\"] { m[w] = (m.get(w) ?? 0) + 1; }\nprint(m);",
+        &["#{\"a\": 2, \"b\": 1}"],
+    );
+}
+
+#[test]
+fn a_number_as_a_map_key_gets_a_hint() {
+    assert_sees(
+        "let m = #{};\nm[5] = \"five\";",
+        &[
+            "Data type incorrect: i64 (expecting string)",
+            "map keys are strings: write m[str(k)]",
+        ],
+    );
+    assert_sees(
+        "let m = #{};\nm[str(5)] = \"five\";\nprint(m[str(5)]);",
+        &["five"],
+    );
+}

@@ -83,7 +83,8 @@ fn helpers_work_on_text() {
         r##"
 let hits = grep(context, "secret code");
 print(hits[0].line);
-print(regex_find_all(context, "code is (\\d+)")[0]);
+print(regex_find_all(context, "code is \\d+")[0]);
+print(regex_captures(context, "code is (\\d+)")[0][0]);
 print(regex_count(context, "(?i)SECRET"));
 print(regex_test(context, "^The secret"));
 print(chunk(context, 100000).len());
@@ -103,6 +104,7 @@ print(to_json(#{k: [1, "two"]}));
         lines,
         [
             "4322",
+            "code is 8675309",
             "8675309",
             "1",
             "false",

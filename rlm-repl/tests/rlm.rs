@@ -220,7 +220,11 @@ async fn the_sub_call_budget_stops_the_run_after_the_block() {
     assert_eq!(sub.calls(), 3);
     assert_eq!(result.sub_calls, 3);
     let ask = seen(&root, 1);
-    assert_eq!(ask.matches("sub-call budget exhausted").count(), 2, "{ask}");
+    assert_eq!(
+        ask.matches("budget exhausted: the sub-call budget").count(),
+        2,
+        "{ask}"
+    );
     assert!(ask.contains("echo: 3"));
     assert!(ask.contains("The sub-call budget of this run is spent."));
 }
@@ -238,7 +242,10 @@ async fn the_token_budget_stops_sub_calls_and_the_run() {
     assert_eq!(result.iterations, 1);
     assert!(sub.calls() < 20, "sub-calls stopped early: {}", sub.calls());
     let output = &result.trajectory[0].blocks[0].output;
-    assert!(output.contains("token budget exhausted"), "{output}");
+    assert!(
+        output.contains("budget exhausted: the token budget"),
+        "{output}"
+    );
     let total: u64 = result.usage.values().map(|u| u.total_tokens()).sum();
     assert!(total >= 3_000);
 }
@@ -649,7 +656,12 @@ async fn the_cost_budget_refuses_what_it_cannot_cover_and_reports_the_cost() {
     // The final ask was still made, and said why.
     assert_eq!(result.answer, "with what I have");
     let ask = seen(&root, 1);
-    assert_eq!(ask.matches("cost budget exhausted").count(), 2, "{ask}");
+    assert_eq!(
+        ask.matches("the cost budget (at most $3.2 per run) is spent")
+            .count(),
+        2,
+        "{ask}"
+    );
     assert!(
         ask.contains("The cost budget of this run is spent."),
         "{ask}"

@@ -23,7 +23,17 @@ pub(crate) fn format_eval_error(err: &EvalAltResult, code: &str, limits: &Sandbo
     }
     let message = describe(inner, limits);
     let mut out = String::new();
-    let cause_pos = inner.position();
+    let mut cause_pos = inner.position();
+    // Rhai reports a data race without a position: find the call in the code.
+    let race = match inner {
+        EvalAltResult::ErrorDataRace(what, _) => Some(data_race_site(code, what)),
+        _ => None,
+    };
+    if let Some(site) = &race {
+        if cause_pos.is_none() {
+            cause_pos = site.position;
+        }
+    }
     let outer_pos = err.position();
     match location(cause_pos) {
         Some(at) => out.push_str(&format!("Error at {at}: {message}")),
@@ -44,15 +54,99 @@ pub(crate) fn format_eval_error(err: &EvalAltResult, code: &str, limits: &Sandbo
     let defined_here = chain
         .last()
         .is_none_or(|(name, _)| name.starts_with("anon$") || defines_fn(code, name));
-    let shown = if defined_here { cause_pos } else { outer_pos };
+    let shown = if defined_here || race.is_some() {
+        cause_pos
+    } else {
+        outer_pos
+    };
     out.push_str(&code_excerpt(code, shown));
     let line = shown
         .line()
         .and_then(|l| code.lines().nth(l.saturating_sub(1)))
         .unwrap_or("");
-    let hints = eval_hints(inner, !chain.is_empty(), code, line);
+    let mut hints = eval_hints(inner, !chain.is_empty(), code, line);
+    if let Some(site) = race {
+        hints.insert(0, site.hint());
+    }
     push_hints(&mut out, &hints);
     out
+}
+
+/// Where a data race happened: a closure that uses the value its method is called on.
+struct RaceSite {
+    function: String,
+    receiver: Option<String>,
+    position: Position,
+}
+
+impl RaceSite {
+    fn hint(&self) -> String {
+        let f = &self.function;
+        match &self.receiver {
+            Some(r) => format!(
+                "the closure passed to {f} uses `{r}`, the value {f} is called on, which is \
+                 busy during the call. Compute what the closure needs first (e.g. \
+                 `let n = {r}.len();` or `let ks = {r}.keys();`, then call {f} on that), or \
+                 write a for loop."
+            ),
+            None => format!(
+                "a closure passed to {f} uses the value {f} is called on (e.g. \
+                 `xs.{f}(|x| x < xs.len())`), which is busy during the call. Compute what the \
+                 closure needs first (`let n = xs.len();`), or write a for loop."
+            ),
+        }
+    }
+}
+
+/// Finds the call behind `Data race detected on argument #N of function 'NAME'`: the first
+/// `x.NAME(|..| ...)` (or `x.m().NAME(...)`, `NAME(x, |..| ...)`) whose closure mentions `x`,
+/// else the first call of NAME.
+fn data_race_site(code: &str, what: &str) -> RaceSite {
+    let function = what
+        .split("function '")
+        .nth(1)
+        .and_then(|rest| rest.split('\'').next())
+        .filter(|name| !name.is_empty() && name.chars().all(|c| c.is_alphanumeric() || c == '_'))
+        .unwrap_or("filter")
+        .to_owned();
+    let f = regex::escape(&function);
+    let method = regex::Regex::new(&format!(
+        r"(\w+)(?:\s*\.\s*\w+\s*\([^()]*\))*\s*\.\s*{f}\s*\(\s*\|[^|]*\|(.*)"
+    ));
+    let call = regex::Regex::new(&format!(r"\b{f}\s*\(\s*(\w+)\s*,\s*\|[^|]*\|(.*)"));
+    let mut first_call = None;
+    for (i, line) in code.lines().enumerate() {
+        for pattern in [&method, &call].into_iter().flatten() {
+            for caps in pattern.captures_iter(line) {
+                let (Some(receiver), Some(body)) = (caps.get(1), caps.get(2)) else {
+                    continue;
+                };
+                let at = position(i, line, receiver.start());
+                if contains_word(body.as_str(), receiver.as_str()) {
+                    return RaceSite {
+                        function,
+                        receiver: Some(receiver.as_str().to_owned()),
+                        position: at,
+                    };
+                }
+                first_call.get_or_insert(at);
+            }
+        }
+    }
+    RaceSite {
+        function,
+        receiver: None,
+        position: first_call.unwrap_or(Position::NONE),
+    }
+}
+
+/// The position of byte `at` of `line` (line `index` from 0), if it fits.
+fn position(index: usize, line: &str, at: usize) -> Position {
+    let column = line[..at].chars().count() + 1;
+    match (u16::try_from(index + 1), u16::try_from(column)) {
+        (Ok(line), Ok(column)) => Position::new(line, column),
+        _ => Position::NONE,
+    }
 }
 
 /// A parse error, formatted for the model.
@@ -196,9 +290,22 @@ fn eval_hints(err: &EvalAltResult, in_function: bool, code: &str, line: &str) ->
     let mut hints = Vec::new();
     match err {
         EvalAltResult::ErrorFunctionNotFound(signature, _) => {
-            if let Some(hint) = function_hint(function_name(signature)) {
+            let name = function_name(signature);
+            if takes_unit(signature) {
+                hints.push(unit_operand_hint(name));
+            }
+            if let Some(hint) = function_hint(name) {
                 hints.push(hint);
             }
+        }
+        EvalAltResult::ErrorMismatchDataType(..) | EvalAltResult::ErrorIndexingType(..)
+            if err.to_string().contains("(expecting string)") && line.contains('[') =>
+        {
+            hints.push(
+                "map keys are strings: write m[str(k)] (or m[`${k}`]) to use a number as a \
+                 key, and read it back the same way."
+                    .to_owned(),
+            );
         }
         EvalAltResult::ErrorVariableNotFound(name, _) => {
             if let Some(hint) = variable_hint(name) {
@@ -252,6 +359,31 @@ fn eval_hints(err: &EvalAltResult, in_function: bool, code: &str, line: &str) ->
         hints = line_hints(line);
     }
     hints
+}
+
+/// Whether one of the argument types in `name (type, type)` is `()`.
+fn takes_unit(signature: &str) -> bool {
+    let name = function_name(signature);
+    signature[name.len()..]
+        .trim()
+        .strip_prefix('(')
+        .and_then(|s| s.strip_suffix(')'))
+        .is_some_and(|args| args.split(", ").any(|a| a.trim() == "()"))
+}
+
+fn unit_operand_hint(name: &str) -> String {
+    let operator = !name.chars().any(|c| c.is_alphanumeric());
+    let fix = if operator {
+        " To count or sum into a map, start a new key from 0: \
+         `m[k] = (m.get(k) ?? 0) + 1;` (`??` gives the right side when the left is ())."
+    } else {
+        ""
+    };
+    format!(
+        "a value here is () (nothing): a map key that is not set yet (m[k] and m.get(k) give \
+         () until then), the result of an in-place method such as sort() or push(), or a \
+         block ending in `;`.{fix}"
+    )
 }
 
 /// `name = ...` (not `==`, not `let name`) appears in the code.
@@ -308,8 +440,8 @@ fn function_hint(name: &str) -> Option<String> {
             "use type_of(x), which gives \"string\", \"i64\", \"array\", \"map\", ..."
         }
         "get" => {
-            "m.get(key) takes one argument and gives () when the key is missing; for a \
-                  default use `if key in m { m[key] } else { default }`."
+            "m.get(key) takes one string key (map keys are strings: m.get(str(n))) and gives () \
+             when the key is missing; for a default write `m.get(key) ?? default`."
         }
         "open" | "read" | "input" | "exec" | "eval" | "system" | "getenv" | "env" => {
             "there is no file, environment or network access (and no eval): everything is in \
@@ -320,21 +452,29 @@ fn function_hint(name: &str) -> Option<String> {
         }
         "join" => "join(array, separator) or separator.join(array); items need not be strings.",
         "len" => "len(x) / x.len() work on strings, arrays and maps.",
-        "sort" | "sorted" | "reverse" | "reversed" => {
+        "sort" | "sorted" | "reverse" | "reversed" | "sort_by" | "sorted_by" => {
             "arr.sort() sorts in place and returns (); sorted(arr) returns a sorted copy; \
-             arr.sort(|a, b| b - a) sorts with a comparer (numbers) and \
-             arr.sort(|a, b| if a < b { -1 } else if a > b { 1 } else { 0 }) for text."
+             sort_by(arr, |x| x.price) sorts in place by a key, sorted_by(arr, |x| x.price) \
+             returns a sorted copy, and a third argument `true` sorts descending."
         }
         "FINAL" | "FINAL_VAR" => {
             "FINAL(value) takes one value; FINAL_VAR(\"name\") takes one variable name."
         }
-        "llm_query" => "llm_query(prompt) takes one prompt string.",
+        "llm_query" => {
+            "llm_query(prompt) takes one prompt string; for an array of prompts use \
+             llm_batch(prompts)."
+        }
         "llm_batch" | "llm_query_batched" => {
             "llm_batch(prompts) takes an array of prompt strings (and optionally the number to \
              run at once)."
         }
         "keys" | "values" => "keys() and values() are methods of maps: m.keys().",
-        "abs" | "round" | "floor" | "ceiling" | "sqrt" => {
+        "round" => {
+            "round(x) rounds a float, round(x, 2) to two decimals; for text with a fixed \
+             number of decimals use fmt(x, 2) (\"23.60\"). Convert text first with float(s)."
+        }
+        "fmt" => "fmt(number, digits) formats an int or float: fmt(7, 2) is \"7.00\".",
+        "abs" | "floor" | "ceiling" | "sqrt" => {
             "math functions work on numbers: convert text first with int(s) or float(s)."
         }
         "contains" => "s.contains(x) for text, arr.contains(x) for arrays, `key in m` for maps.",

@@ -286,6 +286,7 @@ fn string_array<'a>(pieces: impl Iterator<Item = &'a str>, mut tally: Tally) -> 
     Ok(array)
 }
 
+/// Every whole match of `pattern` (groups or not: their parts come from [`regex_captures`]).
 fn regex_find_all(
     cache: &RegexCache,
     text: &str,
@@ -293,29 +294,37 @@ fn regex_find_all(
     limits: ResultLimits,
 ) -> RhaiResult<Array> {
     let regex = cache.get("regex_find_all", pattern)?;
+    string_array(
+        regex.find_iter(text).map(|m| m.as_str()),
+        limits.tally("regex_find_all"),
+    )
+}
+
+/// For every match of `pattern`, the array of its groups `(...)` in order (`""` for a group
+/// that took no part); a pattern without groups gives `[whole match]`.
+fn regex_captures(
+    cache: &RegexCache,
+    text: &str,
+    pattern: &str,
+    limits: ResultLimits,
+) -> RhaiResult<Array> {
+    let regex = cache.get("regex_captures", pattern)?;
     let groups = regex.captures_len();
-    let mut tally = limits.tally("regex_find_all");
+    let wanted = if groups == 1 { 0..1 } else { 1..groups };
+    let mut tally = limits.tally("regex_captures");
     let mut found = Array::new();
-    if groups == 1 {
-        return string_array(regex.find_iter(text).map(|m| m.as_str()), tally);
-    }
     for caps in regex.captures_iter(text) {
-        // Like Python's re.findall: one group gives the group, several give all groups.
-        if groups == 2 {
-            let group = caps.get(1).map_or("", |m| m.as_str());
-            tally.add(1, 0, group.len())?;
-            found.push(Dynamic::from(ImmutableString::from(group)));
-        } else {
-            let all: Vec<&str> = (1..groups)
-                .map(|g| caps.get(g).map_or("", |m| m.as_str()))
-                .collect();
-            tally.add(all.len() + 1, 0, all.iter().map(|g| g.len()).sum())?;
-            found.push(Dynamic::from_array(
-                all.into_iter()
-                    .map(|g| Dynamic::from(ImmutableString::from(g)))
-                    .collect(),
-            ));
-        }
+        let parts: Vec<&str> = wanted
+            .clone()
+            .map(|g| caps.get(g).map_or("", |m| m.as_str()))
+            .collect();
+        tally.add(parts.len() + 1, 0, parts.iter().map(|p| p.len()).sum())?;
+        found.push(Dynamic::from_array(
+            parts
+                .into_iter()
+                .map(|p| Dynamic::from(ImmutableString::from(p)))
+                .collect(),
+        ));
     }
     Ok(found)
 }
@@ -626,8 +635,9 @@ fn sum(items: &Array) -> RhaiResult<Dynamic> {
     })
 }
 
-/// Orders two values of comparable types (numbers, strings, characters, booleans).
-fn compare(a: &Dynamic, b: &Dynamic) -> Option<Ordering> {
+/// Orders two values of comparable types (numbers, strings, characters, booleans, and
+/// arrays of them, item by item as Python orders tuples).
+pub(crate) fn compare(a: &Dynamic, b: &Dynamic) -> Option<Ordering> {
     if let (Ok(x), Ok(y)) = (a.as_int(), b.as_int()) {
         return Some(x.cmp(&y));
     }
@@ -647,6 +657,15 @@ fn compare(a: &Dynamic, b: &Dynamic) -> Option<Ordering> {
     }
     if let (Ok(x), Ok(y)) = (a.as_bool(), b.as_bool()) {
         return Some(x.cmp(&y));
+    }
+    if let (Ok(x), Ok(y)) = (a.as_array_ref(), b.as_array_ref()) {
+        for (x, y) in x.iter().zip(y.iter()) {
+            match compare(x, y)? {
+                Ordering::Equal => {}
+                order => return Some(order),
+            }
+        }
+        return Some(x.len().cmp(&y.len()));
     }
     None
 }
@@ -687,6 +706,39 @@ fn extreme(function: &str, items: &Array, wanted: Ordering) -> RhaiResult<Dynami
     }
     best.cloned()
         .ok_or_else(|| script_error(format!("{function}: the array is empty")))
+}
+
+/// Most digits `fmt` and `round` take after the point (f64 holds about 17).
+const MAX_DIGITS: INT = 17;
+
+fn digits(function: &str, digits: INT) -> RhaiResult<usize> {
+    if !(0..=MAX_DIGITS).contains(&digits) {
+        return Err(script_error(format!(
+            "{function}: digits must be 0 to {MAX_DIGITS}, got {digits}"
+        )));
+    }
+    Ok(digits as usize)
+}
+
+/// `x` with exactly `digits` digits after the point: `fmt(7, 2)` is `"7.00"`.
+fn format_number(x: f64, places: INT) -> RhaiResult<String> {
+    let places = digits("fmt", places)?;
+    Ok(format!("{x:.places$}"))
+}
+
+/// `x` rounded to `digits` digits after the point (Python's round(x, n)); a number, not text:
+/// fmt(x, n) gives the text with trailing zeros.
+fn round_to(x: f64, places: INT) -> RhaiResult<f64> {
+    let places = digits("round", places)?;
+    // Through the decimal text, so 2.675 rounds as it prints, not as 2.67499999...
+    format!("{x:.places$}")
+        .parse::<f64>()
+        .map_err(|_| script_error(format!("round: cannot round {x}")))
+}
+
+/// An integer is already round to any number of digits after the point.
+fn round_int(x: INT, places: INT) -> RhaiResult<INT> {
+    digits("round", places).map(|_| x)
 }
 
 fn int_range(from: INT, to: INT, step: INT, limit: usize) -> RhaiResult<Array> {
@@ -746,6 +798,10 @@ pub(crate) fn register(engine: &mut Engine, regexes: &Arc<RegexCache>, limits: &
     let cache = Arc::clone(regexes);
     engine.register_fn("regex_find_all", move |text: &str, pattern: &str| {
         regex_find_all(&cache, text, pattern, limits)
+    });
+    let cache = Arc::clone(regexes);
+    engine.register_fn("regex_captures", move |text: &str, pattern: &str| {
+        regex_captures(&cache, text, pattern, limits)
     });
     let cache = Arc::clone(regexes);
     engine.register_fn("regex_count", move |text: &str, pattern: &str| {
@@ -831,6 +887,12 @@ pub(crate) fn register(engine: &mut Engine, regexes: &Arc<RegexCache>, limits: &
         items.reverse();
         items
     });
+    super::sorting::register(engine);
+    engine.register_fn("fmt", |x: INT, digits: INT| format_number(x as f64, digits));
+    engine.register_fn("fmt", |x: f64, digits: INT| format_number(x, digits));
+    engine.register_fn("round", |x: f64, digits: INT| round_to(x, digits));
+    engine.register_fn("round", |x: INT, digits: INT| round_int(x, digits));
+    engine.register_fn("round", |x: INT| x);
 
     // Rhai's in-place string methods also return the new value, so that the Python habit
     // `let t = s.trim();` works instead of silently giving ().
@@ -906,16 +968,39 @@ mod tests {
     }
 
     #[test]
-    fn find_all_follows_python_group_rules() {
+    fn find_all_gives_whole_matches_and_captures_the_groups() {
         let cache = RegexCache::default();
         let all = regex_find_all(&cache, "a1 b22 c333", r"\d+", limits()).unwrap_or_default();
         assert_eq!(strings(&all), ["1", "22", "333"]);
+        let whole = regex_find_all(&cache, "GET /a POST /b", r"(GET|POST) /\w", limits())
+            .unwrap_or_default();
+        assert_eq!(strings(&whole), ["GET /a", "POST /b"]);
         let groups =
-            regex_find_all(&cache, "a1 b22", r"([a-z])(\d+)", limits()).unwrap_or_default();
+            regex_captures(&cache, "a1 b22", r"([a-z])(\d+)", limits()).unwrap_or_default();
         assert_eq!(strings(&groups), [r#"["a","1"]"#, r#"["b","22"]"#]);
-        let one = regex_find_all(&cache, "x=1, y=2", r"=(\d)", limits()).unwrap_or_default();
-        assert_eq!(strings(&one), ["1", "2"]);
+        let one = regex_captures(&cache, "x=1, y=2", r"=(\d)", limits()).unwrap_or_default();
+        assert_eq!(strings(&one), [r#"["1"]"#, r#"["2"]"#]);
+        let none = regex_captures(&cache, "x=1, y=2", r"\d", limits()).unwrap_or_default();
+        assert_eq!(strings(&none), [r#"["1"]"#, r#"["2"]"#]);
+        let optional =
+            regex_captures(&cache, "a b1", r"([a-z])(\d)?", limits()).unwrap_or_default();
+        assert_eq!(strings(&optional), [r#"["a",""]"#, r#"["b","1"]"#]);
         assert!(regex_find_all(&cache, "x", "(", limits()).is_err());
+        assert!(regex_captures(&cache, "x", "(", limits()).is_err());
+    }
+
+    #[test]
+    fn formats_and_rounds_numbers() {
+        assert_eq!(format_number(7.0, 2).unwrap_or_default(), "7.00");
+        assert_eq!(format_number(23.6, 2).unwrap_or_default(), "23.60");
+        assert_eq!(format_number(2.5, 0).unwrap_or_default(), "2");
+        assert_eq!(format_number(-1.005, 1).unwrap_or_default(), "-1.0");
+        assert!(format_number(1.0, -1).is_err());
+        assert!(format_number(1.0, 40).is_err());
+        assert_eq!(round_to(23.456, 2).unwrap_or_default(), 23.46);
+        assert_eq!(round_to(2.0 / 3.0, 3).unwrap_or_default(), 0.667);
+        assert_eq!(round_int(7, 2).unwrap_or_default(), 7);
+        assert!(round_to(1.0, -2).is_err());
     }
 
     #[test]

@@ -26,6 +26,20 @@ pub(crate) fn lint(code: &str) -> Vec<String> {
             }
         ));
     }
+    for line in for_each_with_argument(code) {
+        warnings.push(format!(
+            "warning (line {line}): for_each passes the item as `this` and the INDEX as the \
+             closure's argument, so `|x|` gets 0, 1, 2, ...: use a loop instead: \
+             `for x in xs {{ total += x; }}`."
+        ));
+    }
+    for line in find_all_with_groups(code) {
+        warnings.push(format!(
+            "warning (line {line}): regex_find_all gives the WHOLE matches, not the parts in \
+             ( ): for the groups use regex_captures(text, pattern), an array of [group1, \
+             group2, ...] per match (or write (?:...) for a group that only groups)."
+        ));
+    }
     for (line, a, b) in integer_divisions(code) {
         warnings.push(format!(
             "warning (line {line}): {a} / {b} divides integers, which gives {} (the fraction is \
@@ -59,6 +73,163 @@ fn integer_divisions(code: &str) -> Vec<(usize, i64, i64)> {
         }
     }
     found
+}
+
+/// Lines (from 1) that call `for_each` with a closure taking an argument.
+fn for_each_with_argument(code: &str) -> Vec<usize> {
+    static PATTERN: OnceLock<Option<Regex>> = OnceLock::new();
+    let Some(pattern) = PATTERN
+        .get_or_init(|| Regex::new(r"\bfor_each\s*\(\s*(?:[\w.\[\]]+\s*,\s*)?\|\s*\w").ok())
+        .as_ref()
+    else {
+        return Vec::new();
+    };
+    code.lines()
+        .enumerate()
+        .filter(|(_, line)| pattern.is_match(line.split("//").next().unwrap_or(line)))
+        .map(|(i, _)| i + 1)
+        .collect()
+}
+
+/// Lines (from 1) that call `regex_find_all` with a pattern literal holding a capturing group.
+fn find_all_with_groups(code: &str) -> Vec<usize> {
+    static PATTERN: OnceLock<Option<Regex>> = OnceLock::new();
+    let Some(pattern) = PATTERN
+        .get_or_init(|| Regex::new(r"\bregex_find_all\s*\(([^\n]*)").ok())
+        .as_ref()
+    else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for (i, line) in code.lines().enumerate() {
+        let grouped = pattern.captures_iter(line).any(|caps| {
+            caps.get(1).is_some_and(|rest| {
+                string_literals(call_arguments(rest.as_str()))
+                    .into_iter()
+                    .any(|literal| has_capturing_group(&literal))
+            })
+        });
+        if grouped {
+            found.push(i + 1);
+        }
+    }
+    found
+}
+
+/// The arguments of a call, from just after its `(` to its closing `)` (or the line's end).
+fn call_arguments(rest: &str) -> &str {
+    let mut depth = 0usize;
+    let mut quote = None;
+    let mut escaped = false;
+    for (i, c) in rest.char_indices() {
+        match quote {
+            Some(q) => {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' && q == '"' {
+                    escaped = true;
+                } else if c == q {
+                    quote = None;
+                }
+            }
+            None => match c {
+                '"' | '`' => quote = Some(c),
+                '(' | '[' | '{' => depth += 1,
+                ')' | ']' | '}' if depth == 0 => return &rest[..i],
+                ')' | ']' | '}' => depth -= 1,
+                _ => {}
+            },
+        }
+    }
+    rest
+}
+
+/// The values of the "..." and `...` literals on a line (escapes in "..." resolved as Rhai
+/// resolves them, so `"\\d"` is `\d`).
+fn string_literals(line: &str) -> Vec<String> {
+    let mut literals = Vec::new();
+    let mut start = None;
+    let mut quote = '"';
+    let mut escaped = false;
+    for (i, c) in line.char_indices() {
+        match start {
+            None if c == '"' || c == '`' => {
+                quote = c;
+                start = Some(i + 1);
+            }
+            None => {}
+            Some(from) => {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' && quote == '"' {
+                    escaped = true;
+                } else if c == quote {
+                    let raw = &line[from..i];
+                    literals.push(if quote == '"' {
+                        unescape(raw)
+                    } else {
+                        raw.to_owned()
+                    });
+                    start = None;
+                }
+            }
+        }
+    }
+    literals
+}
+
+/// A double-quoted literal's value: `\\` is one backslash, `\"` a quote; other escapes are
+/// kept as written (they hold no parentheses).
+fn unescape(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            match chars.next() {
+                Some(e @ ('\\' | '"')) => out.push(e),
+                Some(other) => {
+                    out.push('\\');
+                    out.push(other);
+                }
+                None => out.push('\\'),
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Whether a regex has a `(` group that captures.
+fn has_capturing_group(pattern: &str) -> bool {
+    let mut chars = pattern.chars().peekable();
+    let mut in_class = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                // An escape in the literal and the regex alike: skip what it escapes.
+                chars.next();
+            }
+            '[' => in_class = true,
+            ']' => in_class = false,
+            '(' if !in_class => {
+                if chars.peek() != Some(&'?') {
+                    return true;
+                }
+                chars.next();
+                // (?P<name>...) and (?<name>...) capture too.
+                if matches!(chars.peek(), Some('P' | '<')) {
+                    let mut rest = chars.clone();
+                    rest.next_if_eq(&'P');
+                    if rest.next() == Some('<') && rest.peek().is_some_and(|c| c.is_alphabetic()) {
+                        return true;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    false
 }
 
 /// Lines (from 1) with a backslash escape inside a backtick string.
@@ -200,6 +371,42 @@ mod tests {
         assert!(unit_assignments("let n = xs.len();").is_empty());
         assert!(unit_assignments("if a == b.sort() {}").is_empty());
         assert_eq!(lint("let t = xs.sort();").len(), 1);
+    }
+
+    #[test]
+    fn flags_for_each_with_an_argument() {
+        assert_eq!(
+            for_each_with_argument("xs.for_each(|x| total += x);"),
+            vec![1]
+        );
+        assert_eq!(
+            for_each_with_argument("for_each(xs, |x| print(x));"),
+            vec![1]
+        );
+        assert!(for_each_with_argument("xs.for_each(|| this *= 2);").is_empty());
+        assert!(for_each_with_argument("for x in xs { print(x); }").is_empty());
+        assert!(for_each_with_argument("// xs.for_each(|x| f(x));").is_empty());
+    }
+
+    #[test]
+    fn flags_find_all_with_capturing_groups() {
+        assert_eq!(
+            find_all_with_groups("let h = regex_find_all(context, \"(GET|POST) /\\\\w\");"),
+            vec![1]
+        );
+        assert_eq!(
+            find_all_with_groups("regex_find_all(t, \"(?P<n>\\\\d+)\")"),
+            vec![1]
+        );
+        assert!(find_all_with_groups("regex_find_all(t, \"(?:GET|POST) /x\")").is_empty());
+        assert!(find_all_with_groups("regex_find_all(t, \"\\\\(\\\\d+\\\\)\")").is_empty());
+        assert!(find_all_with_groups("regex_find_all(t, \"[(]x\")").is_empty());
+        assert!(find_all_with_groups("regex_captures(t, \"(x)\")").is_empty());
+        assert!(find_all_with_groups("regex_find_all(f(t), p)").is_empty());
+        assert!(
+            find_all_with_groups("f(regex_find_all(t, \"x\")); regex_captures(t, \"(x)\")")
+                .is_empty()
+        );
     }
 
     #[test]

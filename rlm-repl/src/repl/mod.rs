@@ -5,6 +5,7 @@ mod errors;
 mod helpers;
 mod lint;
 pub(crate) mod output;
+mod sorting;
 pub(crate) mod subcall;
 
 use std::fmt;
@@ -24,6 +25,7 @@ use self::errors::{STOP_CANCELLED, STOP_FINAL, STOP_TIMEOUT};
 use self::helpers::{script_error, to_text};
 use self::output::OutputBuffer;
 use self::subcall::{BlockClock, SubCaller};
+use crate::run::Tree;
 use crate::state::{RunState, lock};
 use crate::{Context, ContextInfo, SandboxLimits, SubCallRecord};
 
@@ -137,7 +139,7 @@ impl fmt::Debug for Repl {
 
 /// Builds a [`Repl`].
 pub struct ReplBuilder {
-    context: Context,
+    context: Source,
     limits: SandboxLimits,
     max_output_chars: usize,
     sub: Option<(Arc<dyn BatchExecutor>, String)>,
@@ -145,6 +147,16 @@ pub struct ReplBuilder {
     cancel: Option<CancellationToken>,
     run: Option<Arc<RunState>>,
     handle: Option<Handle>,
+    tree: Option<Arc<Tree>>,
+}
+
+/// Where a REPL's context comes from.
+enum Source {
+    /// The user's context, loaded once.
+    Context(Context),
+    /// A value of a parent run's scope (`rlm_query`'s context): shared, not copied, where
+    /// Rhai shares it (strings).
+    Value(Dynamic),
 }
 
 impl fmt::Debug for ReplBuilder {
@@ -206,10 +218,18 @@ impl ReplBuilder {
         self
     }
 
+    /// The tree this REPL's run belongs to: `rlm_query` starts children in it.
+    pub(crate) fn tree(mut self, tree: Arc<Tree>) -> Self {
+        self.tree = Some(tree);
+        self
+    }
+
     /// Loads the context and builds the REPL. Loading a large context takes one pass over it.
     pub fn build(self) -> Repl {
-        let info = self.context.info();
-        let context = context_value(self.context);
+        let (info, context) = match self.context {
+            Source::Context(context) => (context.info(), context_value(context)),
+            Source::Value(value) => (crate::context::value_info(&value), value),
+        };
         let limits = fit_limits(self.limits, &context);
         let run = self.run.unwrap_or_else(|| {
             Arc::new(RunState::new(
@@ -221,6 +241,7 @@ impl ReplBuilder {
         });
         let handle = self.handle.or_else(|| Handle::try_current().ok());
         let clock = Arc::new(BlockClock::new());
+        let tree = self.tree;
         let sub = self.sub.map(|(backend, model)| {
             SubCaller::new(
                 backend,
@@ -230,6 +251,7 @@ impl ReplBuilder {
                 Arc::clone(&run),
                 Arc::clone(&clock),
             )
+            .in_tree(tree)
         });
         let shared = Arc::new(Shared {
             output: Mutex::new(OutputBuffer::new(self.max_output_chars)),
@@ -265,6 +287,15 @@ impl Repl {
 
     /// Starts building a REPL over `context`.
     pub fn builder(context: Context) -> ReplBuilder {
+        Self::builder_from(Source::Context(context))
+    }
+
+    /// Starts building a child run's REPL over a value of its parent's scope.
+    pub(crate) fn builder_for_value(value: Dynamic) -> ReplBuilder {
+        Self::builder_from(Source::Value(value))
+    }
+
+    fn builder_from(context: Source) -> ReplBuilder {
         ReplBuilder {
             context,
             limits: SandboxLimits::default(),
@@ -274,6 +305,7 @@ impl Repl {
             cancel: None,
             run: None,
             handle: None,
+            tree: None,
         }
     }
 
@@ -804,6 +836,13 @@ fn build_engine(
     // Sub-calls.
     let s = Arc::clone(shared);
     engine.register_fn("llm_query", move |prompt: Dynamic| {
+        if prompt.is_array() {
+            return Err(script_error(
+                "llm_query takes one prompt string, not an array: for an array of prompts \
+                 use llm_batch(prompts), which runs them concurrently and returns the answers \
+                 in the same order",
+            ));
+        }
         let prompt = prompt_text("llm_query", &prompt)?;
         Ok::<_, Box<EvalAltResult>>(match &s.sub {
             Some(sub) => sub.query(prompt),
@@ -820,6 +859,42 @@ fn build_engine(
             batch(&s, name, &prompts, Some(concurrency(max_concurrent)))
         });
     }
+
+    // Child runs.
+    let s = Arc::clone(shared);
+    engine.register_fn("rlm_query", move |prompt: Dynamic| {
+        let prompt = prompt_text("rlm_query", &prompt)?;
+        let context = Dynamic::from(ImmutableString::from(prompt.as_str()));
+        Ok::<_, Box<EvalAltResult>>(children(&s, vec![(prompt, context)], None).remove(0))
+    });
+    let s = Arc::clone(shared);
+    engine.register_fn("rlm_query", move |query: Dynamic, context: Dynamic| {
+        let task = child_task("rlm_query", &query, context)?;
+        Ok::<_, Box<EvalAltResult>>(children(&s, vec![task], None).remove(0))
+    });
+    let s = Arc::clone(shared);
+    engine.register_fn("rlm_batch", move |prompts: Dynamic| {
+        let tasks = prompt_tasks(&prompts)?;
+        Ok::<_, Box<EvalAltResult>>(answers(children(&s, tasks, None)))
+    });
+    let s = Arc::clone(shared);
+    engine.register_fn("rlm_batch", move |prompts: Dynamic, n: INT| {
+        let tasks = prompt_tasks(&prompts)?;
+        Ok::<_, Box<EvalAltResult>>(answers(children(&s, tasks, Some(concurrency(n)))))
+    });
+    let s = Arc::clone(shared);
+    engine.register_fn("rlm_batch", move |queries: Dynamic, contexts: Dynamic| {
+        let tasks = query_tasks(&queries, &contexts)?;
+        Ok::<_, Box<EvalAltResult>>(answers(children(&s, tasks, None)))
+    });
+    let s = Arc::clone(shared);
+    engine.register_fn(
+        "rlm_batch",
+        move |queries: Dynamic, contexts: Dynamic, n: INT| {
+            let tasks = query_tasks(&queries, &contexts)?;
+            Ok::<_, Box<EvalAltResult>>(answers(children(&s, tasks, Some(concurrency(n)))))
+        },
+    );
 
     // Finishing.
     let s = Arc::clone(shared);
@@ -867,6 +942,111 @@ fn build_engine(
     });
     debug_assert!(registered.is_ok());
     engine
+}
+
+/// Runs child RLMs (or, at the deepest level or without a tree, plain sub-calls); one answer
+/// per task, in order.
+fn children(
+    shared: &Shared,
+    tasks: Vec<(String, Dynamic)>,
+    max_concurrent: Option<usize>,
+) -> Vec<String> {
+    let Some(sub) = &shared.sub else {
+        return tasks
+            .iter()
+            .map(|_| "Error: no sub-model is configured for rlm_query".to_owned())
+            .collect();
+    };
+    let limit = max_concurrent.map_or(sub.max_concurrent(), |n| n.min(sub.max_concurrent()));
+    if sub.can_recurse() {
+        return sub.children(tasks, limit);
+    }
+    // The deepest level: the query and its context as one prompt.
+    let prompts: Vec<String> = tasks
+        .into_iter()
+        .map(|(query, context)| match context.as_immutable_string_ref() {
+            Ok(text) if text.as_str() == query => query,
+            _ => format!("{query}\n\n{}", to_text(&context)),
+        })
+        .collect();
+    match prompts.len() {
+        1 => prompts
+            .into_iter()
+            .map(|prompt| sub.query(prompt))
+            .collect(),
+        _ => sub.batch(prompts, limit),
+    }
+}
+
+fn answers(answers: Vec<String>) -> Array {
+    answers
+        .into_iter()
+        .map(|answer| Dynamic::from(ImmutableString::from(answer)))
+        .collect()
+}
+
+/// `rlm_query(query, context)`: the query's text and the context value (shared).
+fn child_task(
+    function: &str,
+    query: &Dynamic,
+    context: Dynamic,
+) -> Result<(String, Dynamic), Box<EvalAltResult>> {
+    let query = prompt_text(function, query)?;
+    let context = context.flatten();
+    if context.is_unit() {
+        return Err(script_error(format!(
+            "{function}: the context is () (nothing); pass a string, array or map"
+        )));
+    }
+    Ok((query, context))
+}
+
+/// `rlm_batch(prompts)`: each prompt is both a child's task and its context.
+fn prompt_tasks(prompts: &Dynamic) -> Result<Vec<(String, Dynamic)>, Box<EvalAltResult>> {
+    Ok(batch_prompts("rlm_batch", prompts)?
+        .into_iter()
+        .map(|prompt| {
+            let context = Dynamic::from(ImmutableString::from(prompt.as_str()));
+            (prompt, context)
+        })
+        .collect())
+}
+
+/// `rlm_batch(queries, contexts)`: pairs, in order.
+fn query_tasks(
+    queries: &Dynamic,
+    contexts: &Dynamic,
+) -> Result<Vec<(String, Dynamic)>, Box<EvalAltResult>> {
+    let queries = batch_prompts("rlm_batch", queries)?;
+    let contexts = contexts.flatten_clone();
+    let Ok(contexts) = contexts.into_array() else {
+        return Err(script_error(
+            "rlm_batch(queries, contexts): contexts must be an array, one context per query"
+                .to_owned(),
+        ));
+    };
+    if contexts.len() != queries.len() {
+        return Err(script_error(format!(
+            "rlm_batch(queries, contexts): {} queries but {} contexts; pass one context per \
+             query",
+            queries.len(),
+            contexts.len()
+        )));
+    }
+    queries
+        .into_iter()
+        .zip(contexts)
+        .enumerate()
+        .map(|(i, (query, context))| {
+            let context = context.flatten();
+            if context.is_unit() {
+                return Err(script_error(format!(
+                    "rlm_batch: context {i} is () (nothing); pass a string, array or map"
+                )));
+            }
+            Ok((query, context))
+        })
+        .collect()
 }
 
 fn batch(

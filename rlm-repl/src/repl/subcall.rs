@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
+use rhai::Dynamic;
 use rlm_core::{
     BatchExecutor, BatchObserver, BatchOptions, BatchResult, Completion, CompletionRequest,
     LlmError, Reservation,
@@ -14,6 +16,7 @@ use tokio::runtime::Handle;
 use tracing::Instrument;
 
 use super::output::prefix;
+use crate::run::Tree;
 use crate::state::{RunState, lock};
 use crate::{Event, SubCallRecord};
 
@@ -97,6 +100,8 @@ pub(crate) struct SubCaller {
     next_id: Arc<AtomicU64>,
     next_batch: AtomicU64,
     records: Arc<Mutex<Vec<SubCallRecord>>>,
+    /// The recursion tree of the run, when code may start child runs.
+    tree: Option<Arc<Tree>>,
 }
 
 impl SubCaller {
@@ -118,7 +123,67 @@ impl SubCaller {
             next_id: Arc::new(AtomicU64::new(0)),
             next_batch: AtomicU64::new(0),
             records: Arc::default(),
+            tree: None,
         }
+    }
+
+    /// Lets `rlm_query` start child runs in `tree`.
+    pub(crate) fn in_tree(mut self, tree: Option<Arc<Tree>>) -> Self {
+        self.tree = tree;
+        self
+    }
+
+    /// Whether `rlm_query` starts a child run here (else it is a plain `llm_query`: no tree,
+    /// or this run is at the deepest level).
+    pub(crate) fn can_recurse(&self) -> bool {
+        self.tree
+            .as_ref()
+            .is_some_and(|tree| self.run.depth() + 1 < tree.config.max_depth)
+    }
+
+    /// Child runs, at most `max_concurrent` at once; their answers in order (an
+    /// `Error: ...` string for a child that gave none).
+    pub(crate) fn children(
+        &self,
+        tasks: Vec<(String, Dynamic)>,
+        max_concurrent: usize,
+    ) -> Vec<String> {
+        let total = tasks.len();
+        let Some(tree) = &self.tree else {
+            return vec!["Error: child runs are not available here".to_owned(); total];
+        };
+        if self.run.cancel.is_cancelled() {
+            return vec![self.run.refusal(); total];
+        }
+        let tree = Arc::clone(tree);
+        let parent = Arc::clone(&self.run);
+        // Each child's state (and id) is made when it starts, in order.
+        let children =
+            futures_util::stream::iter(tasks.into_iter().map(move |(query, context)| {
+                let child = Arc::new(parent.child());
+                crate::run::child_answer(Arc::clone(&tree), child, query, context)
+            }))
+            .buffered(max_concurrent.max(1))
+            .collect::<Vec<String>>();
+        let mut answers = self.wait(children).unwrap_or_default();
+        answers.resize_with(total, || {
+            "Error: the child run ended without an answer".to_owned()
+        });
+        answers
+    }
+
+    /// The `Error: ...` for a prompt over `--sub-max-prompt-tokens`, if it is one.
+    fn oversized(&self, prompt: &str) -> Option<String> {
+        let max = self.tree.as_ref()?.config.sub_max_prompt_tokens?;
+        let estimate = rlm_core::estimate_tokens(prompt);
+        (estimate > max).then(|| {
+            format!(
+                "Error: this prompt is about {estimate} tokens ({} characters), over the \
+                 sub-call limit of {max} tokens; split it (chunk(text, size)) and send the \
+                 pieces with llm_batch",
+                prompt.chars().count()
+            )
+        })
     }
 
     /// The default concurrency of `llm_batch`.
@@ -159,6 +224,9 @@ impl SubCaller {
 
     /// One sub-call; the reply text, or a string starting `Error:`.
     pub(crate) fn query(&self, prompt: String) -> String {
+        if let Some(error) = self.oversized(&prompt) {
+            return error;
+        }
         // After a cancel the script runs on for a few operations: what it asks for then is
         // never sent, so it is neither counted nor reported.
         if self.run.cancel.is_cancelled() || self.run.reserve_sub_calls(1) == 0 {
@@ -247,6 +315,25 @@ impl SubCaller {
     /// Many sub-calls at once, at most `max_concurrent` in flight; one string per prompt, in
     /// order, failures as `Error: ...`.
     pub(crate) fn batch(&self, prompts: Vec<String>, max_concurrent: usize) -> Vec<String> {
+        // Prompts over the size limit fail here; the others are sent.
+        let oversized: Vec<Option<String>> = prompts.iter().map(|p| self.oversized(p)).collect();
+        if oversized.iter().all(Option::is_none) {
+            return self.send_batch(prompts, max_concurrent);
+        }
+        let sendable: Vec<String> = prompts
+            .into_iter()
+            .zip(&oversized)
+            .filter(|(_, error)| error.is_none())
+            .map(|(prompt, _)| prompt)
+            .collect();
+        let mut sent = self.send_batch(sendable, max_concurrent).into_iter();
+        oversized
+            .into_iter()
+            .map(|error| error.unwrap_or_else(|| sent.next().unwrap_or_default()))
+            .collect()
+    }
+
+    fn send_batch(&self, prompts: Vec<String>, max_concurrent: usize) -> Vec<String> {
         let total = prompts.len();
         if total == 0 {
             return Vec::new();
@@ -375,13 +462,21 @@ fn started_count(tracker: &BatchTracker) -> usize {
 /// when it succeeded. Notes cut and empty replies, and stops the run on a failure that every
 /// other sub-call would share.
 fn judge(run: &RunState, result: &BatchResult) -> Option<String> {
+    let failure = judged(run, result);
+    if failure.is_some() {
+        run.ledger.failed_sub_calls.fetch_add(1, Ordering::SeqCst);
+    }
+    failure
+}
+
+fn judged(run: &RunState, result: &BatchResult) -> Option<String> {
     match result {
         Ok(completion) if completion.is_cut() => {
-            run.cut_sub_calls.fetch_add(1, Ordering::SeqCst);
+            run.ledger.cut_sub_calls.fetch_add(1, Ordering::SeqCst);
             Some("the reply was cut at the token limit (finish_reason: length)".to_owned())
         }
         Ok(completion) => completion.missing_text().map(|why| {
-            run.empty_sub_calls.fetch_add(1, Ordering::SeqCst);
+            run.ledger.empty_sub_calls.fetch_add(1, Ordering::SeqCst);
             format!("no answer text: {why}")
         }),
         Err(error) => {
