@@ -59,6 +59,12 @@
     if (cls) td.className = cls;
     return el("tr", null, [el("th", { text: label }), td]);
   }
+  function childModels() {
+    var seen = {};
+    D.runs.forEach(function (r) { if (r.depth > 0 && r.root_model) seen[r.root_model] = 1; });
+    var names = Object.keys(seen);
+    return names.length ? ", children " + names.join(", ") : "";
+  }
   var left = el("div", { "class": "box" }, [
     el("div", { "class": "muted", text: "Query" }),
     el("div", { "class": "answer", id: "sum-query", text: S.query || "(no run_start event)" }),
@@ -74,7 +80,7 @@
   }
   var facts = el("table", null, [
     row("Stopped", S.stopped || "(did not finish)", "sum-stopped", S.stopped && S.stopped !== "final" ? "warn" : ""),
-    row("Models", "root " + (S.root_model || "?") + ", sub " + (S.sub_model || "?"), "sum-models"),
+    row("Models", "root " + (S.root_model || "?") + ", sub " + (S.sub_model || "?") + childModels(), "sum-models"),
     row("Turns", int(S.turns), "sum-turns"),
     row("Sub-calls", int(S.sub_calls), "sum-subcalls"),
     row("Failed", int(S.failed), "sum-failed", S.failed ? "bad" : ""),
@@ -335,6 +341,17 @@
     var parent = r.parent != null ? byId[r.parent] : null;
     if (parent) parent.children.push(byId[r.id]); else roots.push(byId[r.id]);
   });
+  // Children in id order: 0.2 before 0.10.
+  function byPath(a, b) {
+    var x = a.run.id.split("."), y = b.run.id.split(".");
+    for (var i = 0; i < Math.max(x.length, y.length); i++) {
+      var d = (Number(x[i]) || 0) - (Number(y[i]) || 0);
+      if (d) return d;
+    }
+    return 0;
+  }
+  Object.keys(byId).forEach(function (id) { byId[id].children.sort(byPath); });
+  roots.sort(byPath);
   if (D.runs.length > 1) $("runs-title").textContent = "Runs (recursion tree: " + D.runs.length + " runs, depth " + S.max_depth + ")";
   roots.forEach(function (r) { $("runs").appendChild(runNode(r.run, r.children, true)); });
 

@@ -263,6 +263,11 @@ fn generated_pages_render_in_chromium() {
     assert_eq!(tree.dom.matches("class=\"run\"").count(), 4);
     assert!(tree.dom.contains("data-run=\"0.3\" data-depth=\"1\""));
     assert!(text_of(&tree.dom, "runs-title").contains("4 runs"));
+    assert!(text_of(&tree.dom, "sum-models").ends_with(", children gpt-4o-mini"));
+    // Children in id order.
+    let first = tree.dom.find("data-run=\"0.1\"").unwrap_or(usize::MAX);
+    let third = tree.dom.find("data-run=\"0.3\"").unwrap_or(0);
+    assert!(first < third);
 
     // A killed run: the trace is cut mid-line and has no final event.
     let cut = check(
