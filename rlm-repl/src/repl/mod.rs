@@ -4,12 +4,13 @@
 mod errors;
 mod helpers;
 mod lint;
+mod memory;
 pub(crate) mod output;
 pub(crate) mod subcall;
 
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,7 +21,7 @@ use rhai::{
 use rlm_core::{BatchExecutor, CancellationToken};
 use tokio::runtime::Handle;
 
-use self::errors::{STOP_CANCELLED, STOP_FINAL, STOP_TIMEOUT};
+use self::errors::{STOP_CANCELLED, STOP_FINAL, STOP_MEMORY, STOP_TIMEOUT};
 use self::helpers::{script_error, to_text};
 use self::output::OutputBuffer;
 use self::subcall::{BlockClock, SubCaller};
@@ -57,8 +58,12 @@ struct Shared {
     run: Arc<RunState>,
     sub: Option<SubCaller>,
     block_timeout: Duration,
-    /// Why the running block must stop ([`HALT_CANCELLED`], [`HALT_TIMEOUT`]; 0: it need
-    /// not), set by its watchdog and read at every operation.
+    /// The memory budget ([`SandboxLimits::max_memory`]; 0: none).
+    max_memory: usize,
+    /// Resident bytes of the process when the running block started (0: unknown).
+    resident_at_start: AtomicUsize,
+    /// Why the running block must stop ([`HALT_CANCELLED`], [`HALT_TIMEOUT`],
+    /// [`HALT_MEMORY`]; 0: it need not), set by its watchdog and read at every operation.
     halt: AtomicU8,
 }
 
@@ -66,6 +71,11 @@ struct Shared {
 const HALT_CANCELLED: u8 = 1;
 /// The block ran out of script time.
 const HALT_TIMEOUT: u8 = 2;
+/// The process's memory grew past the budget while the block ran.
+const HALT_MEMORY: u8 = 3;
+
+/// Longest single sleep of `sleep` before it looks again whether the block must stop.
+const SLEEP_SLICE: Duration = Duration::from_millis(10);
 
 impl Shared {
     fn print(&self, text: &str) {
@@ -88,7 +98,64 @@ impl Shared {
                 self.halt.store(HALT_TIMEOUT, Ordering::SeqCst);
                 return;
             }
+            if self.memory_grew_too_much() {
+                self.halt.store(HALT_MEMORY, Ordering::SeqCst);
+                return;
+            }
             std::thread::park_timeout((self.block_timeout - used).min(POLL));
+        }
+    }
+
+    /// Whether the process's resident memory grew by more than the budget since the block
+    /// started (never, where it cannot be read).
+    fn memory_grew_too_much(&self) -> bool {
+        let start = self.resident_at_start.load(Ordering::Relaxed);
+        if self.max_memory == 0 || start == 0 {
+            return false;
+        }
+        memory::resident_bytes().is_some_and(|now| now.saturating_sub(start) > self.max_memory)
+    }
+
+    /// Why the running block must stop now, if it must: what its watchdog found, or (its
+    /// backstop) the run's cancellation and the block's clock.
+    fn halted(&self, check_clock: bool) -> Option<&'static str> {
+        match self.halt.load(Ordering::Relaxed) {
+            HALT_CANCELLED => return Some(STOP_CANCELLED),
+            HALT_TIMEOUT => return Some(STOP_TIMEOUT),
+            HALT_MEMORY => return Some(STOP_MEMORY),
+            _ => {}
+        }
+        if !check_clock {
+            return None;
+        }
+        if self.run.cancel.is_cancelled() {
+            return Some(STOP_CANCELLED);
+        }
+        if self.clock.script_time() > self.block_timeout {
+            return Some(STOP_TIMEOUT);
+        }
+        None
+    }
+
+    /// `sleep(seconds)`: sleeps in short slices, and stops with the block (its time limit,
+    /// the run's cancellation). Negative, NaN and zero durations do not sleep; huge ones
+    /// sleep until the block's time runs out.
+    fn sleep(&self, seconds: f64) -> Result<(), Box<EvalAltResult>> {
+        let wanted = if seconds.is_finite() && seconds > 0.0 {
+            Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX)
+        } else {
+            Duration::ZERO
+        };
+        let until = Instant::now().checked_add(wanted);
+        loop {
+            if let Some(token) = self.halted(true) {
+                return Err(stop(token));
+            }
+            let left = until.map_or(SLEEP_SLICE, |t| t.saturating_duration_since(Instant::now()));
+            if left.is_zero() {
+                return Ok(());
+            }
+            std::thread::sleep(left.min(SLEEP_SLICE));
         }
     }
 }
@@ -236,6 +303,8 @@ impl ReplBuilder {
             run,
             sub,
             block_timeout: limits.block_timeout,
+            max_memory: limits.max_memory,
+            resident_at_start: AtomicUsize::new(0),
             halt: AtomicU8::new(0),
         });
         let lengths = helpers::ContextLengths::of(&context);
@@ -360,6 +429,16 @@ impl Repl {
             }
         }
         ran.notes = tidy_scope(&mut self.scope);
+        if let Some(message) = memory::fit_scope(&mut self.scope, &self.limits) {
+            // What did not fit is an error of the block, even if the block itself succeeded.
+            match &mut ran.error {
+                Some(error) => {
+                    error.push('\n');
+                    error.push_str(&message);
+                }
+                None => ran.error = Some(message),
+            }
+        }
         ran
     }
 
@@ -368,6 +447,12 @@ impl Repl {
         *lock(&self.shared.final_answer) = None;
         self.shared.printed_unit.store(false, Ordering::SeqCst);
         self.shared.halt.store(0, Ordering::SeqCst);
+        if self.shared.max_memory > 0 {
+            let resident = memory::resident_bytes().unwrap_or(0);
+            self.shared
+                .resident_at_start
+                .store(resident, Ordering::SeqCst);
+        }
         self.shared.clock.begin();
     }
 
@@ -737,9 +822,12 @@ fn build_engine(
     engine.set_module_resolver(NoModules);
     engine.disable_symbol("eval");
     engine.set_max_operations(limits.max_operations);
-    engine.set_max_string_size(limits.max_string_size);
-    engine.set_max_array_size(limits.max_array_size);
-    engine.set_max_map_size(limits.max_map_size);
+    // Rhai's own size limits re-measure a whole value after every call that may change it
+    // (O(n) per `push`, quadratic loops): the REPL checks sizes itself, in O(1) per use (see
+    // `memory`), so Rhai's stay off.
+    engine.set_max_string_size(0);
+    engine.set_max_array_size(0);
+    engine.set_max_map_size(0);
     engine.set_max_call_levels(limits.max_call_depth);
     engine.set_max_expr_depths(limits.max_expr_depth, limits.max_expr_depth);
     engine.set_fail_on_invalid_map_property(true);
@@ -750,23 +838,26 @@ fn build_engine(
     engine.on_debug(move |text, _, _| s.print(text));
     let s = Arc::clone(shared);
     engine.on_progress(move |ops| {
-        match s.halt.load(Ordering::Relaxed) {
-            HALT_CANCELLED => return Some(Dynamic::from(STOP_CANCELLED)),
-            HALT_TIMEOUT => return Some(Dynamic::from(STOP_TIMEOUT)),
-            _ => {}
-        }
-        // The watchdog's backstop, in case its thread could not start.
-        if ops % 256 != 0 {
-            return None;
-        }
-        if s.run.cancel.is_cancelled() {
-            return Some(Dynamic::from(STOP_CANCELLED));
-        }
-        if s.clock.script_time() > s.block_timeout {
-            return Some(Dynamic::from(STOP_TIMEOUT));
-        }
-        None
+        // The clock is the watchdog's backstop, in case its thread could not start.
+        s.halted(ops % 256 == 0).map(Dynamic::from)
     });
+    // Every read of a variable checks its own size (O(1)): a loop that grows a value past a
+    // limit (`m[k] = v`, `xs.push(x)`, `s += t`) stops at its next use of it.
+    let size_limits = limits.clone();
+    // `on_var` is marked volatile (not deprecated) by Rhai; its shape has been stable since 1.0.
+    #[allow(deprecated)]
+    engine.on_var(move |name, _, context| {
+        if let Some(value) = context.scope().get(name) {
+            memory::check_own_size(value, &size_limits)?;
+        }
+        Ok(None)
+    });
+    // Rhai's own `sleep` blocks for as long as asked, past every limit (and panics on
+    // `sleep(1.0e300)`).
+    let s = Arc::clone(shared);
+    engine.register_fn("sleep", move |seconds: f64| s.sleep(seconds));
+    let s = Arc::clone(shared);
+    engine.register_fn("sleep", move |seconds: INT| s.sleep(seconds as f64));
 
     // `()` made visible: print(()) and `${()}` show "()" (and a note), not an empty line.
     let s = Arc::clone(shared);
@@ -777,6 +868,7 @@ fn build_engine(
     engine.register_fn("to_string", |_: ()| "()".to_owned());
 
     helpers::register(&mut engine, &Arc::default(), limits);
+    helpers::register_checked_builtins(&mut engine, limits);
     // Shadows the standard package's `len` for strings (the engine's own functions come
     // first): the same answer, without recounting the context on every call.
     engine.register_fn("len", move |text: &str| lengths.len(text));
