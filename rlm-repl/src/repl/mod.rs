@@ -497,7 +497,7 @@ impl Repl {
     /// The value of variable `name` as answer text (strings as they are, arrays and maps as
     /// JSON), or a message saying why there is none.
     pub fn final_var(&self, name: &str) -> Result<String, String> {
-        final_value(name, self.scope.get(name))
+        final_value(name, self.scope.get(name), self.limits.max_string_size)
     }
 
     /// The variables defined so far, one per line, with their types and sizes (what
@@ -718,20 +718,31 @@ impl rhai::ModuleResolver for NoModules {
     }
 }
 
-fn final_value(name: &str, value: Option<&Dynamic>) -> Result<String, String> {
+fn final_value(name: &str, value: Option<&Dynamic>, max_bytes: usize) -> Result<String, String> {
     match value {
         None => Err(format!(
             "FINAL_VAR: there is no variable named `{name}`. Pass the name of a variable \
              defined at the top level (e.g. `let answer = ...;` then FINAL_VAR(\"answer\")), \
              or give the value itself with FINAL(value)."
         )),
-        Some(value) => answer_text(&value.flatten_clone())
+        Some(value) => answer_text(&value.flatten_clone(), max_bytes)
             .map_err(|e| format!("FINAL_VAR: variable `{name}` {e}")),
     }
 }
 
-/// The answer text of a value; `()` is refused.
-fn answer_text(value: &Dynamic) -> Result<String, String> {
+/// The answer text of a value; `()` is refused, and so is a value larger than `max_bytes` (the
+/// string limit; 0: none), measured before any text is built.
+fn answer_text(value: &Dynamic, max_bytes: usize) -> Result<String, String> {
+    if max_bytes > 0 {
+        let bytes = memory::estimate_bytes(value, max_bytes);
+        if bytes > max_bytes {
+            return Err(format!(
+                "is about {} or more, over the string limit ({max_bytes} bytes): an answer \
+                 must fit in one string; summarize it",
+                memory::human(bytes)
+            ));
+        }
+    }
     if value.is_unit() {
         return Err(
             "holds () (nothing): compute the answer first; remember that in-place \
@@ -894,11 +905,12 @@ fn build_engine(
     }
 
     // Finishing.
+    let max_answer = limits.max_string_size;
     let s = Arc::clone(shared);
     engine.register_fn(
         "FINAL",
         move |value: Dynamic| -> Result<(), Box<EvalAltResult>> {
-            let answer = answer_text(&value.flatten_clone())
+            let answer = answer_text(&value.flatten_clone(), max_answer)
                 .map_err(|e| script_error(format!("FINAL: the value {e}")))?;
             *lock(&s.final_answer) = Some(answer);
             Err(stop(STOP_FINAL))
@@ -912,7 +924,7 @@ fn build_engine(
             let expr = &inputs[0];
             let answer = if let Some(name) = expr.get_string_value() {
                 let name = name.to_owned();
-                final_value(&name, context.scope().get(&name)).map_err(script_error)?
+                final_value(&name, context.scope().get(&name), max_answer).map_err(script_error)?
             } else {
                 // Any other expression: a variable's name, or (leniently) the answer itself.
                 let value = context.eval_expression_tree(expr)?.flatten();
@@ -922,10 +934,9 @@ fn build_engine(
                     .map(|s| s.as_str().to_owned())
                     .filter(|s| is_identifier(s));
                 match named {
-                    Some(name) => {
-                        final_value(&name, context.scope().get(&name)).map_err(script_error)?
-                    }
-                    None => answer_text(&value)
+                    Some(name) => final_value(&name, context.scope().get(&name), max_answer)
+                        .map_err(script_error)?,
+                    None => answer_text(&value, max_answer)
                         .map_err(|e| script_error(format!("FINAL_VAR: the value {e}")))?,
                 }
             };
