@@ -216,27 +216,6 @@ fn the_memory_budget_holds_across_blocks_and_the_run_goes_on() {
     );
 }
 
-#[cfg(target_os = "linux")]
-#[test]
-fn a_block_whose_memory_grows_past_the_budget_is_stopped() {
-    const MB: usize = 1 << 20;
-    let mut repl = repl_with(SandboxLimits {
-        max_memory: 64 * MB,
-        max_string_size: 16 * MB,
-        block_timeout: Duration::from_secs(120),
-        ..SandboxLimits::default()
-    });
-    // Before: 40 variables of 128 MB each, every one within the string limit, took 5.3 GiB
-    // in one block. Here: 400 of 8 MB against a 64 MB budget.
-    let outcome = repl.execute(
-        "let s = \"\"; s.pad(8000000, 'x'); let all = []; \
-         for i in 0..400 { all.push(s + i); }",
-    );
-    let error = outcome.error.unwrap_or_default();
-    assert!(error.contains("memory"), "{error}");
-    assert!(repl.execute("print(1)").output == "1\n");
-}
-
 #[test]
 fn a_final_answer_larger_than_the_string_limit_is_refused() {
     let mut repl = repl_with(small());
@@ -244,4 +223,69 @@ fn a_final_answer_larger_than_the_string_limit_is_refused() {
     assert_eq!(outcome.final_answer, None);
     let error = outcome.error.unwrap_or_default();
     assert!(error.contains("FINAL"), "{error}");
+}
+
+#[test]
+fn a_batch_too_large_to_hold_fails_whole_before_anything_is_sent() {
+    let mock = std::sync::Arc::new(rlm_core::mock::MockBackend::echo());
+    let mut repl = Repl::builder(Context::from("ctx"))
+        .limits(SandboxLimits {
+            max_memory: 64 << 20,
+            ..SandboxLimits::default()
+        })
+        .sub_backend(mock.clone(), "sub")
+        .build();
+    // Before: 5,000,000 short prompts took about 1 KiB each before sending, then aborted.
+    let outcome = repl.execute("let ps = range(200000).map(|i| `p${i}`); let a = llm_batch(ps);");
+    let error = outcome.error.unwrap_or_default();
+    assert!(error.contains("more than one batch may hold"), "{error}");
+    assert_eq!(mock.calls(), 0);
+    assert_eq!(repl.execute("print(ps.len())").output, "200000\n");
+}
+
+#[test]
+fn batch_answers_past_the_budget_become_errors_and_the_rest_are_kept() {
+    const MB: usize = 1 << 20;
+    let mock = std::sync::Arc::new(rlm_core::mock::MockBackend::from_fn(|_| Ok("a".repeat(MB))));
+    let mut repl = Repl::builder(Context::from("ctx"))
+        .limits(SandboxLimits {
+            max_memory: 5 * MB + MB / 2,
+            ..SandboxLimits::default()
+        })
+        .sub_backend(mock.clone(), "sub")
+        .build();
+    // Before: a batch whose answers passed the size limit lost every one of them.
+    let outcome = repl.execute(
+        "let a = llm_batch(range(10).map(|i| `q${i}`)); \
+         let kept = a.filter(|x| !x.starts_with(\"Error:\")).len(); \
+         let refused = a.filter(|x| x.starts_with(\"Error:\") && x.contains(\"paid\")).len(); \
+         print(`${kept} ${refused}`);",
+    );
+    assert_eq!(outcome.error, None);
+    assert_eq!(outcome.output, "5 5\n");
+    assert_eq!(mock.calls(), 10);
+    // The kept answers stay: the variables fit the budget.
+    assert_eq!(repl.execute("print(a[0].len())").output, format!("{MB}\n"));
+}
+
+#[test]
+fn an_answer_longer_than_the_string_limit_keeps_its_start() {
+    let mock = std::sync::Arc::new(rlm_core::mock::MockBackend::from_fn(|_| {
+        Ok("b".repeat(5000))
+    }));
+    let mut repl = Repl::builder(Context::from("ctx"))
+        .limits(small())
+        .sub_backend(mock, "sub")
+        .build();
+    let outcome = repl
+        .execute("let a = llm_query(\"q\"); print(a.sub_string(0, 40)); print(a.len() < 1000);");
+    assert_eq!(outcome.error, None);
+    assert!(
+        outcome
+            .output
+            .starts_with("Error: the answer was 5000 bytes"),
+        "{}",
+        outcome.output
+    );
+    assert!(outcome.output.ends_with("true\n"), "{}", outcome.output);
 }

@@ -158,8 +158,12 @@ pub(crate) fn human(bytes: usize) -> String {
 
 /// After a block: removes the variables (never `context`, the first entry) that are over a
 /// size limit, then, largest first, those that do not fit the memory budget. Returns the
-/// message the model sees, if any variable was removed.
-pub(crate) fn fit_scope(scope: &mut Scope<'static>, limits: &SandboxLimits) -> Option<String> {
+/// bytes the variables kept hold (an estimate) and the message the model sees, if any
+/// variable was removed.
+pub(crate) fn fit_scope(
+    scope: &mut Scope<'static>,
+    limits: &SandboxLimits,
+) -> (usize, Option<String>) {
     let budget = cap(limits.max_memory);
     let mut sizes: Vec<(usize, String, usize, bool)> = Vec::new();
     let count = scope.len();
@@ -215,7 +219,7 @@ pub(crate) fn fit_scope(scope: &mut Scope<'static>, limits: &SandboxLimits) -> O
         );
     }
     if lines.is_empty() {
-        return None;
+        return (total, None);
     }
     let entries = std::mem::take(scope).into_iter().enumerate();
     scope.extend(
@@ -223,12 +227,13 @@ pub(crate) fn fit_scope(scope: &mut Scope<'static>, limits: &SandboxLimits) -> O
             .filter(|(index, _)| !removed.get(*index).copied().unwrap_or(false))
             .map(|(_, (name, value, _))| (name, value.is_read_only(), value)),
     );
-    Some(format!(
+    let message = format!(
         "Error: memory: {}. Keep less: store counts, short summaries or the few items you \
          need instead of whole copies of the context; free a variable you no longer need with \
          `x = ();` (SHOW_VARS() lists sizes).",
         lines.join("; ")
-    ))
+    );
+    (total, Some(message))
 }
 
 #[cfg(test)]
@@ -267,11 +272,11 @@ mod tests {
         scope.push_constant_dynamic("context", Dynamic::from("c".repeat(50_000)));
         scope.push_dynamic("small", Dynamic::from("s".repeat(100)));
         scope.push_dynamic("big", Dynamic::from("b".repeat(20_000)));
-        let message = fit_scope(&mut scope, &limits).unwrap_or_default();
+        let message = fit_scope(&mut scope, &limits).1.unwrap_or_default();
         assert!(message.contains("`big`"), "{message}");
         assert!(!message.contains("`small`"), "{message}");
         assert!(scope.contains("context") && scope.contains("small"));
         assert!(!scope.contains("big"));
-        assert_eq!(fit_scope(&mut scope, &limits), None);
+        assert_eq!(fit_scope(&mut scope, &limits).1, None);
     }
 }

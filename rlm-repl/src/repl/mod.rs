@@ -10,7 +10,7 @@ pub(crate) mod subcall;
 
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -60,8 +60,6 @@ struct Shared {
     block_timeout: Duration,
     /// The memory budget ([`SandboxLimits::max_memory`]; 0: none).
     max_memory: usize,
-    /// Resident bytes of the process when the running block started (0: unknown).
-    resident_at_start: AtomicUsize,
     /// Why the running block must stop ([`HALT_CANCELLED`], [`HALT_TIMEOUT`],
     /// [`HALT_MEMORY`]; 0: it need not), set by its watchdog and read at every operation.
     halt: AtomicU8,
@@ -109,11 +107,11 @@ impl Shared {
     /// Whether the process's resident memory grew by more than the budget since the block
     /// started (never, where it cannot be read).
     fn memory_grew_too_much(&self) -> bool {
-        let start = self.resident_at_start.load(Ordering::Relaxed);
-        if self.max_memory == 0 || start == 0 {
-            return false;
-        }
-        memory::resident_bytes().is_some_and(|now| now.saturating_sub(start) > self.max_memory)
+        self.max_memory > 0
+            && self
+                .clock
+                .memory_growth()
+                .is_some_and(|growth| growth > self.max_memory)
     }
 
     /// Why the running block must stop now, if it must: what its watchdog found, or (its
@@ -186,6 +184,8 @@ pub struct Repl {
     shared: Arc<Shared>,
     limits: SandboxLimits,
     info: ContextInfo,
+    /// Bytes the variables held after the last block (an estimate; the context excepted).
+    held: usize,
 }
 
 impl fmt::Debug for Repl {
@@ -283,7 +283,7 @@ impl ReplBuilder {
             ))
         });
         let handle = self.handle.or_else(|| Handle::try_current().ok());
-        let clock = Arc::new(BlockClock::new());
+        let clock = Arc::new(BlockClock::new(limits.max_memory > 0));
         let sub = self.sub.map(|(backend, model)| {
             SubCaller::new(
                 backend,
@@ -293,6 +293,7 @@ impl ReplBuilder {
                 Arc::clone(&run),
                 Arc::clone(&clock),
             )
+            .with_answer_limits(limits.max_memory, limits.max_string_size)
         });
         let shared = Arc::new(Shared {
             output: Mutex::new(OutputBuffer::new(self.max_output_chars)),
@@ -304,7 +305,6 @@ impl ReplBuilder {
             sub,
             block_timeout: limits.block_timeout,
             max_memory: limits.max_memory,
-            resident_at_start: AtomicUsize::new(0),
             halt: AtomicU8::new(0),
         });
         let lengths = helpers::ContextLengths::of(&context);
@@ -318,6 +318,7 @@ impl ReplBuilder {
             shared,
             limits,
             info,
+            held: 0,
         }
     }
 }
@@ -429,7 +430,9 @@ impl Repl {
             }
         }
         ran.notes = tidy_scope(&mut self.scope);
-        if let Some(message) = memory::fit_scope(&mut self.scope, &self.limits) {
+        let (held, message) = memory::fit_scope(&mut self.scope, &self.limits);
+        self.held = held;
+        if let Some(message) = message {
             // What did not fit is an error of the block, even if the block itself succeeded.
             match &mut ran.error {
                 Some(error) => {
@@ -447,13 +450,7 @@ impl Repl {
         *lock(&self.shared.final_answer) = None;
         self.shared.printed_unit.store(false, Ordering::SeqCst);
         self.shared.halt.store(0, Ordering::SeqCst);
-        if self.shared.max_memory > 0 {
-            let resident = memory::resident_bytes().unwrap_or(0);
-            self.shared
-                .resident_at_start
-                .store(resident, Ordering::SeqCst);
-        }
-        self.shared.clock.begin();
+        self.shared.clock.begin(self.held);
     }
 
     fn render(
@@ -804,7 +801,15 @@ fn prompt_text(function: &str, value: &Dynamic) -> Result<String, Box<EvalAltRes
     Ok(to_text(&value))
 }
 
-fn batch_prompts(function: &str, prompts: &Dynamic) -> Result<Vec<String>, Box<EvalAltResult>> {
+/// Bytes of bookkeeping one batch item costs besides its prompt and answer (request, events,
+/// records).
+const BATCH_ITEM_BYTES: usize = 1 << 10;
+
+fn batch_prompts(
+    function: &str,
+    prompts: &Dynamic,
+    max_memory: usize,
+) -> Result<Vec<String>, Box<EvalAltResult>> {
     let prompts = prompts.flatten_clone();
     let Ok(items) = prompts.as_array_ref() else {
         return Err(script_error(format!(
@@ -812,6 +817,27 @@ fn batch_prompts(function: &str, prompts: &Dynamic) -> Result<Vec<String>, Box<E
             prompts.type_name()
         )));
     };
+    // What the batch would hold is measured before anything is built for it.
+    if max_memory > 0 {
+        let mut bytes = items.len().saturating_mul(BATCH_ITEM_BYTES);
+        for item in items.iter() {
+            if bytes > max_memory {
+                break;
+            }
+            bytes = bytes.saturating_add(memory::estimate_bytes(item, max_memory));
+        }
+        if bytes > max_memory {
+            return Err(script_error(format!(
+                "{function}: {} prompts (about {} with their bookkeeping) are more than one \
+                 batch may hold (the memory budget, {} bytes, --max-memory); nothing was \
+                 sent. Send them in smaller batches (e.g. chunk(prompts, 1000)) or make \
+                 fewer, larger prompts.",
+                items.len(),
+                memory::human(bytes),
+                max_memory
+            )));
+        }
+    }
     items
         .iter()
         .enumerate()
@@ -958,7 +984,7 @@ fn batch(
     prompts: &Dynamic,
     max_concurrent: Option<usize>,
 ) -> Result<Array, Box<EvalAltResult>> {
-    let prompts = batch_prompts(function, prompts)?;
+    let prompts = batch_prompts(function, prompts, shared.max_memory)?;
     let Some(sub) = &shared.sub else {
         return Ok(prompts
             .iter()

@@ -2,7 +2,7 @@
 //! async executor, accounted against the run's budgets and reported to observers.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,11 @@ use crate::{Event, SubCallRecord};
 
 /// Characters of a prompt carried by a [`Event::SubCallStart`].
 const PROMPT_PREVIEW_CHARS: usize = 500;
+/// Characters of a reply carried by a [`Event::SubCallEnd`]: longer ones keep their head and
+/// tail, with their true length stated.
+const RESPONSE_EVENT_CHARS: usize = 64 << 10;
+/// Bytes of an over-long answer kept after the explanation.
+const KEPT_PREFIX_BYTES: usize = 4 << 10;
 
 /// Measures a block's script time: wall time minus time spent waiting for sub-calls.
 #[derive(Debug)]
@@ -28,31 +33,76 @@ pub(crate) struct BlockClock {
     /// When the wait in progress began (0: none), so that a watchdog reading the clock from
     /// another thread does not count it as script time.
     wait_start_ns: AtomicU64,
+    /// Whether the process's resident memory is followed (a memory budget is set).
+    measure: bool,
+    /// Resident bytes the block's growth is measured from: at its start, raised by what
+    /// sub-call waits brought in (their answers are accounted for by the batch; 0: unknown).
+    resident_base: AtomicUsize,
+    /// Resident bytes when the wait in progress began.
+    resident_at_wait: AtomicUsize,
+    /// Bytes the scope held when the block began, plus the sub-call answers kept since.
+    held: AtomicUsize,
 }
 
 impl BlockClock {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(measure_memory: bool) -> Self {
         Self {
             epoch: Instant::now(),
             start_ns: AtomicU64::new(0),
             waited_ns: AtomicU64::new(0),
             wait_start_ns: AtomicU64::new(0),
+            measure: measure_memory,
+            resident_base: AtomicUsize::new(0),
+            resident_at_wait: AtomicUsize::new(0),
+            held: AtomicUsize::new(0),
         }
+    }
+
+    fn resident(&self) -> usize {
+        if self.measure {
+            super::memory::resident_bytes().unwrap_or(0)
+        } else {
+            0
+        }
+    }
+
+    /// How much the process's resident memory grew during the block's script time (sub-call
+    /// waits excepted); `None` while waiting or when it cannot be known.
+    pub(crate) fn memory_growth(&self) -> Option<usize> {
+        let base = self.resident_base.load(Ordering::SeqCst);
+        if base == 0 || self.wait_start_ns.load(Ordering::SeqCst) != 0 {
+            return None;
+        }
+        Some(self.resident().saturating_sub(base))
+    }
+
+    /// Counts `bytes` more held, if that stays within `budget` (0: none); returns whether it did.
+    fn hold(&self, bytes: usize, budget: usize) -> bool {
+        self.held
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |held| {
+                let now = held.saturating_add(bytes);
+                (budget == 0 || now <= budget).then_some(now)
+            })
+            .is_ok()
     }
 
     fn now_ns(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// A block starts.
-    pub(crate) fn begin(&self) {
+    /// A block starts; the scope holds `held` bytes.
+    pub(crate) fn begin(&self, held: usize) {
         self.start_ns.store(self.now_ns(), Ordering::SeqCst);
         self.waited_ns.store(0, Ordering::SeqCst);
         self.wait_start_ns.store(0, Ordering::SeqCst);
+        self.held.store(held, Ordering::SeqCst);
+        self.resident_base.store(self.resident(), Ordering::SeqCst);
     }
 
     /// A wait for sub-calls begins; it does not count as script time.
     fn begin_wait(&self) {
+        self.resident_at_wait
+            .store(self.resident(), Ordering::SeqCst);
         self.wait_start_ns
             .store(self.now_ns().max(1), Ordering::SeqCst);
     }
@@ -65,6 +115,11 @@ impl BlockClock {
             // it twice for a moment (too little script time), never not at all.
             let waited = self.now_ns().saturating_sub(start);
             self.waited_ns.fetch_add(waited, Ordering::SeqCst);
+            // What the wait brought in (answers) is not the script's growth: the answers kept
+            // are counted in `held`.
+            let before = self.resident_at_wait.load(Ordering::SeqCst);
+            let brought = self.resident().saturating_sub(before);
+            self.resident_base.fetch_add(brought, Ordering::SeqCst);
             self.wait_start_ns.store(0, Ordering::SeqCst);
         }
     }
@@ -96,6 +151,11 @@ pub(crate) struct SubCaller {
     next_id: Arc<AtomicU64>,
     next_batch: AtomicU64,
     records: Arc<Mutex<Vec<SubCallRecord>>>,
+    /// Bytes the scope and the answers kept during a block may hold together (the memory
+    /// budget; 0: no limit).
+    max_batch_bytes: usize,
+    /// Bytes one answer may hold (the string limit; 0: no limit).
+    max_answer_bytes: usize,
 }
 
 impl SubCaller {
@@ -117,7 +177,42 @@ impl SubCaller {
             next_id: Arc::new(AtomicU64::new(0)),
             next_batch: AtomicU64::new(0),
             records: Arc::default(),
+            max_batch_bytes: 0,
+            max_answer_bytes: 0,
         }
+    }
+
+    /// Bounds the answers kept: `max_batch_bytes` for one batch's answers together,
+    /// `max_answer_bytes` for each (0: no limit). An answer past a bound becomes an
+    /// `Error: ...` string that says so; the others are kept.
+    pub(crate) fn with_answer_limits(
+        mut self,
+        max_batch_bytes: usize,
+        max_answer_bytes: usize,
+    ) -> Self {
+        self.max_batch_bytes = max_batch_bytes;
+        self.max_answer_bytes = max_answer_bytes;
+        self
+    }
+
+    /// The answer as the script gets it: an answer longer than the string limit becomes an
+    /// `Error: ...` string with its start.
+    fn fit_answer(&self, text: String) -> String {
+        if self.max_answer_bytes == 0 || text.len() <= self.max_answer_bytes {
+            return text;
+        }
+        let keep = KEPT_PREFIX_BYTES.min(self.max_answer_bytes / 2);
+        let mut cut = keep.min(text.len());
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        format!(
+            "Error: the answer was {} bytes, over the string limit ({} bytes); it was paid for \
+             but cannot be kept whole. Ask for a shorter answer. Its first {cut} bytes:\n{}",
+            text.len(),
+            self.max_answer_bytes,
+            &text[..cut]
+        )
     }
 
     /// The default concurrency of `llm_batch`.
@@ -223,7 +318,12 @@ impl SubCaller {
         emitter.emit_with(|| end_event(turn, &record, &result));
         lock(&self.records).push(record);
         match result {
-            Ok(completion) => completion.text,
+            Ok(completion) => {
+                let text = self.fit_answer(completion.text);
+                // One answer always fits (it is within the string limit): counted, not refused.
+                self.clock.hold(text.len(), 0);
+                text
+            }
             Err(LlmError::Cancelled) => self.run.refusal(),
             Err(error) => format!("Error: {error}"),
         }
@@ -295,7 +395,22 @@ impl SubCaller {
         let mut results = results.into_iter();
         for answer in answers.iter_mut().take(granted) {
             *answer = match results.next() {
-                Some(Ok(completion)) => completion.text,
+                Some(Ok(completion)) => {
+                    let text = self.fit_answer(completion.text);
+                    if !self.clock.hold(text.len(), self.max_batch_bytes) {
+                        format!(
+                            "Error: this answer ({} bytes) was received and paid for, but with \
+                             it the variables and answers would pass the memory budget ({} \
+                             bytes, --max-memory), so it was not kept; the other answers were. \
+                             Ask for shorter answers, send fewer prompts per batch, or free \
+                             variables you no longer need (`x = ();`).",
+                            text.len(),
+                            self.max_batch_bytes
+                        )
+                    } else {
+                        text
+                    }
+                }
                 Some(Err(LlmError::Cancelled)) => {
                     failed += 1;
                     self.run.refusal()
@@ -346,7 +461,10 @@ fn end_event(turn: usize, record: &SubCallRecord, result: &BatchResult) -> Event
         batch: record.batch,
         index: record.index,
         model: record.model.clone(),
-        response: result.as_ref().ok().map(|c| c.text.clone()),
+        response: result
+            .as_ref()
+            .ok()
+            .map(|c| super::output::truncate_middle(&c.text, RESPONSE_EVENT_CHARS)),
         error: record.error.clone(),
         usage: record.usage,
         latency_ms: millis(record.latency),
