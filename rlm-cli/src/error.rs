@@ -58,6 +58,9 @@ pub(crate) enum CliError {
     /// A bug.
     #[error("{0}")]
     Internal(String),
+    /// A budget ran out with no answer to print (e.g. `--max-time` while code would not stop).
+    #[error("{0}")]
+    Budget(String),
     /// Ctrl-C.
     #[error("interrupted")]
     Interrupted,
@@ -72,6 +75,7 @@ impl CliError {
             CliError::Model(_) => exit::MODEL,
             CliError::Auth(_) => exit::AUTH,
             CliError::Internal(_) => exit::INTERNAL,
+            CliError::Budget(_) => exit::BUDGET,
             CliError::Interrupted => exit::INTERRUPTED,
         }
     }

@@ -65,6 +65,9 @@ pub struct RunResult {
     pub usage: BTreeMap<String, ModelUsage>,
     /// Sub-calls made (`llm_query` calls plus `llm_batch` items).
     pub sub_calls: u64,
+    /// Sub-calls a budget (`max_sub_calls`, `max_total_tokens`) refused before sending: the
+    /// script got an `Error: ...` string for each.
+    pub refused_sub_calls: u64,
     /// Every turn, in order.
     pub trajectory: Vec<Turn>,
 }

@@ -221,6 +221,7 @@ pub(crate) async fn run(rlm: &Rlm, query: String, context: Context) -> Result<Ru
         elapsed: started.elapsed(),
         usage: run.usage.snapshot(),
         sub_calls: run.sub_calls(),
+        refused_sub_calls: run.refused_sub_calls(),
         trajectory,
     };
     emitter.emit_with(|| Event::Final {

@@ -60,6 +60,8 @@ pub(crate) struct RunState {
     pub(crate) cancel: CancellationToken,
     stop: Mutex<Option<StopReason>>,
     sub_calls: AtomicU64,
+    /// Sub-calls a budget refused before they were sent.
+    refused: AtomicU64,
     max_sub_calls: Option<u64>,
     tokens: AtomicU64,
     max_tokens: Option<u64>,
@@ -82,6 +84,7 @@ impl RunState {
             cancel,
             stop: Mutex::new(None),
             sub_calls: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             max_sub_calls,
             tokens: AtomicU64::new(0),
             max_tokens,
@@ -124,6 +127,7 @@ impl RunState {
     pub(crate) fn reserve_sub_calls(&self, wanted: u64) -> u64 {
         if let Some(reason) = self.budget_exhausted() {
             self.stop(reason);
+            self.refused.fetch_add(wanted, Ordering::SeqCst);
             return 0;
         }
         let Some(max) = self.max_sub_calls else {
@@ -138,9 +142,15 @@ impl RunState {
                 Some(used + granted)
             });
         if granted < wanted {
+            self.refused.fetch_add(wanted - granted, Ordering::SeqCst);
             self.stop(StopReason::MaxSubCalls);
         }
         granted
+    }
+
+    /// Sub-calls a budget refused before they were sent.
+    pub(crate) fn refused_sub_calls(&self) -> u64 {
+        self.refused.load(Ordering::SeqCst)
     }
 
     /// Sub-calls sent so far.
