@@ -49,22 +49,29 @@ fn too_large(what: &str, max_bytes: usize) -> CliError {
     ))
 }
 
+/// Reads all of `reader` if it holds at most `max_bytes` (`None`: no limit); `Ok(None)` if it
+/// holds more (only `max_bytes + 1` are read to tell).
+fn read_at_most(reader: impl Read, max_bytes: Option<usize>) -> std::io::Result<Option<Vec<u8>>> {
+    let limit = max_bytes.map_or(u64::MAX, |max| {
+        u64::try_from(max).map_or(u64::MAX, |n| n.saturating_add(1))
+    });
+    let mut bytes = Vec::new();
+    reader.take(limit).read_to_end(&mut bytes)?;
+    Ok(max_bytes
+        .is_none_or(|max| bytes.len() <= max)
+        .then_some(bytes))
+}
+
+/// `--max-context-bytes` as a bound (0: none).
+fn bound(max_bytes: usize) -> Option<usize> {
+    (max_bytes != 0).then_some(max_bytes)
+}
+
 /// Reads at most `max_bytes` of `reader` (0: no limit); more is an error.
 fn read_bounded(reader: impl Read, what: &str, max_bytes: usize) -> Result<Vec<u8>, CliError> {
-    let limit = if max_bytes == 0 {
-        u64::MAX
-    } else {
-        max_bytes as u64 + 1
-    };
-    let mut bytes = Vec::new();
-    reader
-        .take(limit)
-        .read_to_end(&mut bytes)
-        .map_err(|e| CliError::Input(format!("cannot read {what}: {e}")))?;
-    if max_bytes != 0 && bytes.len() > max_bytes {
-        return Err(too_large(what, max_bytes));
-    }
-    Ok(bytes)
+    read_at_most(reader, bound(max_bytes))
+        .map_err(|e| CliError::Input(format!("cannot read {what}: {e}")))?
+        .ok_or_else(|| too_large(what, max_bytes))
 }
 
 /// Reads all of `reader` as text, lossily, at most `max_bytes` (0: no limit); `what` names
@@ -224,23 +231,15 @@ fn load_dir(
     let mut documents = Vec::with_capacity(files.len());
     let mut binary = Vec::new();
     let mut lossy = Vec::new();
-    let mut left = if max_bytes == 0 {
-        usize::MAX
-    } else {
-        max_bytes
-    };
+    // Bytes of the files read so far: each file may take what they left of the limit.
+    let mut used = 0usize;
     for relative in files {
-        let read = fs::File::open(root.join(&relative))
-            .map_err(|e| e.to_string())
-            .and_then(|file| {
-                let what = format!("the files of context directory {}", root.display());
-                // Each file may take what the files before it left.
-                read_bounded(file, &what, left).map_err(|_| String::new())
-            });
+        let left = bound(max_bytes).map(|max| max.saturating_sub(used));
+        let read = fs::File::open(root.join(&relative)).and_then(|file| read_at_most(file, left));
         let bytes = match read {
-            Ok(bytes) => bytes,
-            Err(e) if e.is_empty() => {
-                let what = format!("the context directory {}", root.display());
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => {
+                let what = format!("the files of context directory {}", root.display());
                 return Err(too_large(&what, max_bytes));
             }
             Err(e) => {
@@ -248,7 +247,7 @@ fn load_dir(
                 continue;
             }
         };
-        left -= bytes.len();
+        used = used.saturating_add(bytes.len());
         if bytes[..bytes.len().min(BINARY_SNIFF)].contains(&0) {
             binary.push(relative.display().to_string());
             continue;
