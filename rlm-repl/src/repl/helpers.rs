@@ -881,117 +881,6 @@ fn trimmed(text: ImmutableString, trim: fn(&str) -> &str) -> ImmutableString {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn limits() -> ResultLimits {
-        ResultLimits::new(&SandboxLimits::default())
-    }
-
-    fn strings(array: &Array) -> Vec<String> {
-        array.iter().map(to_text).collect()
-    }
-
-    #[test]
-    fn chunks_by_characters_with_overlap() {
-        let chunks = chunk_text("abcdefghij", 4, 0, limits()).unwrap_or_default();
-        assert_eq!(strings(&chunks), ["abcd", "efgh", "ij"]);
-        let chunks = chunk_text("abcdefghij", 4, 2, limits()).unwrap_or_default();
-        assert_eq!(strings(&chunks), ["abcd", "cdef", "efgh", "ghij"]);
-        let chunks = chunk_text("héllo wörld", 3, 1, limits()).unwrap_or_default();
-        assert_eq!(strings(&chunks), ["hél", "llo", "o w", "wör", "rld"]);
-        assert!(
-            chunk_text("", 3, 0, limits())
-                .unwrap_or_default()
-                .is_empty()
-        );
-        assert!(chunk_text("abc", 0, 0, limits()).is_err());
-        assert!(chunk_text("abc", 3, 3, limits()).is_err());
-        assert!(chunk_text("abc", 3, -1, limits()).is_err());
-    }
-
-    #[test]
-    fn chunks_by_lines() {
-        let chunks = chunk_lines("a\nb\nc\nd\ne", 2, limits()).unwrap_or_default();
-        assert_eq!(strings(&chunks), ["a\nb\n", "c\nd\n", "e"]);
-        let chunks = chunk_lines("a\nb\n", 2, limits()).unwrap_or_default();
-        assert_eq!(strings(&chunks), ["a\nb\n"]);
-    }
-
-    #[test]
-    fn find_all_follows_python_group_rules() {
-        let cache = RegexCache::default();
-        let all = regex_find_all(&cache, "a1 b22 c333", r"\d+", limits()).unwrap_or_default();
-        assert_eq!(strings(&all), ["1", "22", "333"]);
-        let groups =
-            regex_find_all(&cache, "a1 b22", r"([a-z])(\d+)", limits()).unwrap_or_default();
-        assert_eq!(strings(&groups), [r#"["a","1"]"#, r#"["b","22"]"#]);
-        let one = regex_find_all(&cache, "x=1, y=2", r"=(\d)", limits()).unwrap_or_default();
-        assert_eq!(strings(&one), ["1", "2"]);
-        assert!(regex_find_all(&cache, "x", "(", limits()).is_err());
-    }
-
-    #[test]
-    fn greps_with_line_numbers_and_context() {
-        let cache = RegexCache::default();
-        let hits = grep(&cache, "one\ntwo\nthree\nfour", "^t", 1, limits()).unwrap_or_default();
-        assert_eq!(hits.len(), 2);
-        let last = to_text(&hits[1]);
-        assert!(last.contains(r#"" 2: two\n>3: three\n 4: four""#), "{last}");
-        let edges = grep(&cache, "a\r\nxa xa\nb\nxa", "xa", 0, limits()).unwrap_or_default();
-        assert_eq!(strings(&edges).len(), 2, "one hit per line");
-        assert!(
-            to_text(&edges[0]).contains(r#""line":2,"text":"xa xa""#),
-            "{}",
-            to_text(&edges[0])
-        );
-        assert!(to_text(&edges[1]).contains(r#""line":4"#));
-        let wide = grep(&cache, "x\ny", "x", 5, limits()).unwrap_or_default();
-        assert!(
-            to_text(&wide[0]).contains(r#"">1: x\n 2: y""#),
-            "{}",
-            to_text(&wide[0])
-        );
-        let first = to_text(&hits[0]);
-        assert!(first.contains(r#""line":2"#), "{first}");
-        assert!(
-            first.contains(r#"" 1: one\n>2: two\n 3: three""#),
-            "{first}"
-        );
-    }
-
-    #[test]
-    fn python_names() {
-        assert_eq!(find("héllo", "l"), 2);
-        assert_eq!(find("abc", "z"), -1);
-        assert_eq!(count("abcabc", "bc"), 2);
-        assert_eq!(to_int(Dynamic::from("  42 ")).unwrap_or_default(), 42);
-        assert!(to_int(Dynamic::from("4.5")).is_err());
-        assert_eq!(to_float(Dynamic::from_int(3)).unwrap_or_default(), 3.0);
-        let numbers: Array = vec![Dynamic::from_int(3), Dynamic::from_float(0.5)];
-        assert_eq!(
-            sum(&numbers).ok().and_then(|d| d.as_float().ok()),
-            Some(3.5)
-        );
-        let mixed: Array = vec![Dynamic::from_int(3), Dynamic::from("x")];
-        assert!(sorted(mixed).is_err());
-        assert_eq!(
-            strings(&int_range(0, 3, 1, 10).unwrap_or_default()),
-            ["0", "1", "2"]
-        );
-        assert_eq!(
-            strings(&int_range(5, 0, -2, 10).unwrap_or_default()),
-            ["5", "3", "1"]
-        );
-        assert!(int_range(0, 3, 0, 10).is_err());
-        assert!(int_range(0, 1_000_000_000_000, 1, 10).is_err());
-        assert!(int_range(3, 0, 1, 10).unwrap_or_default().is_empty());
-        let words: Array = vec![Dynamic::from("b"), Dynamic::from("a")];
-        assert_eq!(strings(&sorted(words).unwrap_or_default()), ["a", "b"]);
-    }
-}
-
 /// Rhai's `split(text, sep)` family and `to_chars`, built piece by piece within the limits
 /// (Rhai's own build the whole array first: `split("")` of 64 MB is gigabytes). Same results:
 /// a text without the separator gives one item, the text itself.
@@ -1168,4 +1057,115 @@ pub(crate) fn register_checked_builtins(engine: &mut Engine, limits: &SandboxLim
     };
     engine.register_fn("blob", move |len: INT| new_blob(len, 0));
     engine.register_fn("blob", new_blob);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> ResultLimits {
+        ResultLimits::new(&SandboxLimits::default())
+    }
+
+    fn strings(array: &Array) -> Vec<String> {
+        array.iter().map(to_text).collect()
+    }
+
+    #[test]
+    fn chunks_by_characters_with_overlap() {
+        let chunks = chunk_text("abcdefghij", 4, 0, limits()).unwrap_or_default();
+        assert_eq!(strings(&chunks), ["abcd", "efgh", "ij"]);
+        let chunks = chunk_text("abcdefghij", 4, 2, limits()).unwrap_or_default();
+        assert_eq!(strings(&chunks), ["abcd", "cdef", "efgh", "ghij"]);
+        let chunks = chunk_text("héllo wörld", 3, 1, limits()).unwrap_or_default();
+        assert_eq!(strings(&chunks), ["hél", "llo", "o w", "wör", "rld"]);
+        assert!(
+            chunk_text("", 3, 0, limits())
+                .unwrap_or_default()
+                .is_empty()
+        );
+        assert!(chunk_text("abc", 0, 0, limits()).is_err());
+        assert!(chunk_text("abc", 3, 3, limits()).is_err());
+        assert!(chunk_text("abc", 3, -1, limits()).is_err());
+    }
+
+    #[test]
+    fn chunks_by_lines() {
+        let chunks = chunk_lines("a\nb\nc\nd\ne", 2, limits()).unwrap_or_default();
+        assert_eq!(strings(&chunks), ["a\nb\n", "c\nd\n", "e"]);
+        let chunks = chunk_lines("a\nb\n", 2, limits()).unwrap_or_default();
+        assert_eq!(strings(&chunks), ["a\nb\n"]);
+    }
+
+    #[test]
+    fn find_all_follows_python_group_rules() {
+        let cache = RegexCache::default();
+        let all = regex_find_all(&cache, "a1 b22 c333", r"\d+", limits()).unwrap_or_default();
+        assert_eq!(strings(&all), ["1", "22", "333"]);
+        let groups =
+            regex_find_all(&cache, "a1 b22", r"([a-z])(\d+)", limits()).unwrap_or_default();
+        assert_eq!(strings(&groups), [r#"["a","1"]"#, r#"["b","22"]"#]);
+        let one = regex_find_all(&cache, "x=1, y=2", r"=(\d)", limits()).unwrap_or_default();
+        assert_eq!(strings(&one), ["1", "2"]);
+        assert!(regex_find_all(&cache, "x", "(", limits()).is_err());
+    }
+
+    #[test]
+    fn greps_with_line_numbers_and_context() {
+        let cache = RegexCache::default();
+        let hits = grep(&cache, "one\ntwo\nthree\nfour", "^t", 1, limits()).unwrap_or_default();
+        assert_eq!(hits.len(), 2);
+        let last = to_text(&hits[1]);
+        assert!(last.contains(r#"" 2: two\n>3: three\n 4: four""#), "{last}");
+        let edges = grep(&cache, "a\r\nxa xa\nb\nxa", "xa", 0, limits()).unwrap_or_default();
+        assert_eq!(strings(&edges).len(), 2, "one hit per line");
+        assert!(
+            to_text(&edges[0]).contains(r#""line":2,"text":"xa xa""#),
+            "{}",
+            to_text(&edges[0])
+        );
+        assert!(to_text(&edges[1]).contains(r#""line":4"#));
+        let wide = grep(&cache, "x\ny", "x", 5, limits()).unwrap_or_default();
+        assert!(
+            to_text(&wide[0]).contains(r#"">1: x\n 2: y""#),
+            "{}",
+            to_text(&wide[0])
+        );
+        let first = to_text(&hits[0]);
+        assert!(first.contains(r#""line":2"#), "{first}");
+        assert!(
+            first.contains(r#"" 1: one\n>2: two\n 3: three""#),
+            "{first}"
+        );
+    }
+
+    #[test]
+    fn python_names() {
+        assert_eq!(find("héllo", "l"), 2);
+        assert_eq!(find("abc", "z"), -1);
+        assert_eq!(count("abcabc", "bc"), 2);
+        assert_eq!(to_int(Dynamic::from("  42 ")).unwrap_or_default(), 42);
+        assert!(to_int(Dynamic::from("4.5")).is_err());
+        assert_eq!(to_float(Dynamic::from_int(3)).unwrap_or_default(), 3.0);
+        let numbers: Array = vec![Dynamic::from_int(3), Dynamic::from_float(0.5)];
+        assert_eq!(
+            sum(&numbers).ok().and_then(|d| d.as_float().ok()),
+            Some(3.5)
+        );
+        let mixed: Array = vec![Dynamic::from_int(3), Dynamic::from("x")];
+        assert!(sorted(mixed).is_err());
+        assert_eq!(
+            strings(&int_range(0, 3, 1, 10).unwrap_or_default()),
+            ["0", "1", "2"]
+        );
+        assert_eq!(
+            strings(&int_range(5, 0, -2, 10).unwrap_or_default()),
+            ["5", "3", "1"]
+        );
+        assert!(int_range(0, 3, 0, 10).is_err());
+        assert!(int_range(0, 1_000_000_000_000, 1, 10).is_err());
+        assert!(int_range(3, 0, 1, 10).unwrap_or_default().is_empty());
+        let words: Array = vec![Dynamic::from("b"), Dynamic::from("a")];
+        assert_eq!(strings(&sorted(words).unwrap_or_default()), ["a", "b"]);
+    }
 }

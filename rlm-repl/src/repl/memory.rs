@@ -198,7 +198,7 @@ pub(crate) fn fit_scope(
     if total > budget {
         let mut by_size: Vec<&(usize, String, usize, bool)> =
             sizes.iter().filter(|s| !removed[s.0]).collect();
-        by_size.sort_by(|a, b| b.2.cmp(&a.2));
+        by_size.sort_by_key(|s| std::cmp::Reverse(s.2));
         let over_by = total;
         for (index, name, bytes, _) in by_size {
             if total <= budget {
