@@ -26,5 +26,9 @@ fn a_block_whose_memory_grows_past_the_budget_is_stopped() {
     );
     let error = outcome.error.unwrap_or_default();
     assert!(error.contains("memory"), "{error}");
+    assert!(
+        error.contains("The largest variables now: `all`"),
+        "{error}"
+    );
     assert!(repl.execute("print(1)").output == "1\n");
 }

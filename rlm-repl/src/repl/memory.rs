@@ -156,6 +156,25 @@ pub(crate) fn human(bytes: usize) -> String {
     }
 }
 
+/// The largest variables (the context excepted), largest first, for an error message:
+/// "`all` (224.0 MB), `s` (32.0 MB)". Each is measured up to `stop_after` bytes.
+pub(crate) fn largest(scope: &Scope<'static>, shown: usize, stop_after: usize) -> String {
+    let count = scope.len();
+    let mut sizes: Vec<(usize, &str)> = scope
+        .iter_raw()
+        .enumerate()
+        .filter(|(back, _)| count - 1 - back != 0)
+        .map(|(_, (name, _, value))| (estimate_bytes(value, stop_after), name))
+        .collect();
+    sizes.sort_by_key(|s| std::cmp::Reverse(s.0));
+    sizes
+        .iter()
+        .take(shown)
+        .map(|(bytes, name)| format!("`{name}` ({})", human(*bytes)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// After a block: removes the variables (never `context`, the first entry) that are over a
 /// size limit, then, largest first, those that do not fit the memory budget. Returns the
 /// bytes the variables kept hold (an estimate) and the message the model sees, if any

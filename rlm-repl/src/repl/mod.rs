@@ -430,6 +430,14 @@ impl Repl {
             }
         }
         ran.notes = tidy_scope(&mut self.scope);
+        if self.shared.halt.load(Ordering::SeqCst) == HALT_MEMORY {
+            let big = memory::largest(&self.scope, 5, self.limits.max_memory);
+            if let (Some(error), false) = (&mut ran.error, big.is_empty()) {
+                error.push_str(&format!(
+                    "\nThe largest variables now: {big}. Free one with `x = ();`."
+                ));
+            }
+        }
         let (held, message) = memory::fit_scope(&mut self.scope, &self.limits);
         self.held = held;
         if let Some(message) = message {
