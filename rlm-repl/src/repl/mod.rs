@@ -891,8 +891,16 @@ fn build_engine(
     let size_limits = limits.clone();
     // `on_var` is marked volatile (not deprecated) by Rhai; its shape has been stable since 1.0.
     #[allow(deprecated)]
-    engine.on_var(move |name, _, context| {
-        if let Some(value) = context.scope().get(name) {
+    engine.on_var(move |name, index, context| {
+        let scope = context.scope();
+        // `index`, when Rhai knows it, is the variable's offset from the scope's end: found
+        // without comparing names (a scope search per use would cost as much as the use).
+        let known = index
+            .checked_sub(1)
+            .and_then(|back| scope.iter_raw().nth(back))
+            .filter(|(found, ..)| *found == name)
+            .map(|(_, _, value)| value);
+        if let Some(value) = known.or_else(|| scope.get(name)) {
             memory::check_own_size(value, &size_limits)?;
         }
         Ok(None)
