@@ -34,10 +34,12 @@ Exit status:
   2    bad flags or settings
   3    a budget ran out (--max-iterations, --max-sub-calls, --max-total-tokens,
        --max-time); the best answer available is still printed
-  4    the query or context could not be read, or the trace file not written
+  4    the query or context could not be read (or is over --max-context-bytes),
+       or the trace file not written (the answer is still printed)
   5    the model server failed: unreachable, timed out, server errors after
        retries, unknown model, request rejected, or an unreadable reply
-  6    authentication failed (HTTP 401/403), quota exhausted, or no API key
+  6    authentication failed (HTTP 401/403), quota exhausted, no API key, or
+       a key that is not valid UTF-8
   130  interrupted (Ctrl-C)";
 
 /// Why `rlm` could not do its job. Each variant is one exit status.
