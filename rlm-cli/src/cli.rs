@@ -365,6 +365,55 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "FILE", help_heading = "Budgets")]
     pub(crate) prices: Option<PathBuf>,
 
+    /// The most bytes read from the context (a file, all the files of a directory, or
+    /// stdin), and from the query file, the system prompt file or `--query -`. Suffixes K,
+    /// M, G (powers of 1024) allowed; 0: no limit. Past it the run stops with an input error
+    /// (exit 4) before anything is sent.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value = "1G",
+        value_parser = parse_bytes,
+        help_heading = "Input"
+    )]
+    pub(crate) max_context_bytes: usize,
+
+    /// Bytes the REPL's variables may hold (the context excepted), e.g. 512M or 2G; 0: no
+    /// limit. Checked after every code block and, on Linux, while it runs; past it the
+    /// model gets an error naming the big variables (removed, largest first) and the run goes
+    /// on. Also bounds what one llm_batch may send and keep.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value = "1G",
+        value_parser = parse_bytes,
+        help_heading = "Sandbox"
+    )]
+    pub(crate) max_memory: usize,
+
+    /// Seconds of script time one code block may run (time waiting for sub-calls excepted;
+    /// sleep counts).
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value = "60",
+        value_parser = parse_seconds,
+        help_heading = "Sandbox"
+    )]
+    pub(crate) block_timeout: Duration,
+
+    /// Longest string a script may build, in bytes (K, M, G allowed; raised to fit the
+    /// context; 0: no limit). A sub-call answer longer than this becomes an Error string
+    /// with its start.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value = "256M",
+        value_parser = parse_bytes,
+        help_heading = "Sandbox"
+    )]
+    pub(crate) max_string_bytes: usize,
+
     /// Send every sub-call, even one identical to an earlier one (by default identical
     /// sub-calls of a run are sent once and share the answer).
     #[arg(long, help_heading = "Output and behaviour")]
@@ -417,6 +466,29 @@ pub(crate) struct DemoArgs {
     /// Print nothing but errors (and the JSON object with --json).
     #[arg(long)]
     pub(crate) quiet: bool,
+}
+
+/// A byte count: digits with an optional K, M or G suffix (powers of 1024; `B`, `iB` and
+/// `KiB`-style spellings accepted).
+pub(crate) fn parse_bytes(text: &str) -> Result<usize, String> {
+    let trimmed = text.trim();
+    let upper = trimmed.to_ascii_uppercase();
+    let number = upper.trim_end_matches('B').trim_end_matches('I');
+    let (digits, shift) = match number.chars().last() {
+        Some('K') => (&number[..number.len() - 1], 10),
+        Some('M') => (&number[..number.len() - 1], 20),
+        Some('G') => (&number[..number.len() - 1], 30),
+        Some('T') => (&number[..number.len() - 1], 40),
+        _ => (number, 0),
+    };
+    let value: u64 = digits
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of bytes (e.g. 1000000, 512M, 2G)"))?;
+    value
+        .checked_mul(1u64 << shift)
+        .and_then(|bytes| usize::try_from(bytes).ok())
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 /// Seconds as a non-negative number (fractions allowed) to a `Duration`.

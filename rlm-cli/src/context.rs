@@ -10,7 +10,11 @@
 //!   as are symlinked directories (no loops) and binary files (a NUL byte in the first
 //!   8 KiB); unreadable entries and broken or looping links are skipped with a warning;
 //!   each document starts with a `==> relative/path <==` line unless `--no-file-headers`;
-//! - invalid UTF-8 is decoded lossily (U+FFFD) with a warning, never an error.
+//! - invalid UTF-8 is decoded lossily (U+FFFD) with a warning, never an error;
+//! - at most `--max-context-bytes` are read from any input (the context's files together, a
+//!   query or system prompt file, stdin): more is an input error, so `/dev/zero`, a FIFO or
+//!   an endless pipe cannot exhaust memory; a directory that cannot be listed is an input
+//!   error too.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -37,16 +41,48 @@ pub(crate) struct Loaded {
     pub(crate) warnings: Vec<String>,
 }
 
-/// Reads all of `reader` as text, lossily; `what` names the source in the warning.
+/// The error for an input larger than `--max-context-bytes`.
+fn too_large(what: &str, max_bytes: usize) -> CliError {
+    CliError::Input(format!(
+        "{what} is larger than --max-context-bytes ({max_bytes} bytes); raise the limit if \
+         this is meant (e.g. --max-context-bytes 4G)"
+    ))
+}
+
+/// Reads all of `reader` if it holds at most `max_bytes` (`None`: no limit); `Ok(None)` if it
+/// holds more (only `max_bytes + 1` are read to tell).
+fn read_at_most(reader: impl Read, max_bytes: Option<usize>) -> std::io::Result<Option<Vec<u8>>> {
+    let limit = max_bytes.map_or(u64::MAX, |max| {
+        u64::try_from(max).map_or(u64::MAX, |n| n.saturating_add(1))
+    });
+    let mut bytes = Vec::new();
+    reader.take(limit).read_to_end(&mut bytes)?;
+    Ok(max_bytes
+        .is_none_or(|max| bytes.len() <= max)
+        .then_some(bytes))
+}
+
+/// `--max-context-bytes` as a bound (0: none).
+fn bound(max_bytes: usize) -> Option<usize> {
+    (max_bytes != 0).then_some(max_bytes)
+}
+
+/// Reads at most `max_bytes` of `reader` (0: no limit); more is an error.
+fn read_bounded(reader: impl Read, what: &str, max_bytes: usize) -> Result<Vec<u8>, CliError> {
+    read_at_most(reader, bound(max_bytes))
+        .map_err(|e| CliError::Input(format!("cannot read {what}: {e}")))?
+        .ok_or_else(|| too_large(what, max_bytes))
+}
+
+/// Reads all of `reader` as text, lossily, at most `max_bytes` (0: no limit); `what` names
+/// the source in the warning.
 pub(crate) fn read_text(
-    mut reader: impl Read,
+    reader: impl Read,
     what: &str,
+    max_bytes: usize,
     warnings: &mut Vec<String>,
 ) -> Result<String, CliError> {
-    let mut bytes = Vec::new();
-    reader
-        .read_to_end(&mut bytes)
-        .map_err(|e| CliError::Input(format!("cannot read {what}: {e}")))?;
+    let bytes = read_bounded(reader, what, max_bytes)?;
     Ok(decode(bytes, what, warnings))
 }
 
@@ -67,12 +103,13 @@ fn decode(bytes: Vec<u8>, what: &str, warnings: &mut Vec<String>) -> String {
 pub(crate) fn read_text_file(
     path: &Path,
     what: &str,
+    max_bytes: usize,
     warnings: &mut Vec<String>,
 ) -> Result<String, CliError> {
     let what = format!("{what} {}", path.display());
     let file =
         fs::File::open(path).map_err(|e| CliError::Input(format!("cannot read {what}: {e}")))?;
-    read_text(file, &what, warnings)
+    read_text(file, &what, max_bytes, warnings)
 }
 
 /// Loads the context named by `--context` (`None`: an empty string; `-`: stdin). A path need
@@ -81,13 +118,14 @@ pub(crate) fn load<P: AsRef<Path> + ?Sized>(
     spec: Option<&P>,
     format: ContextFormat,
     file_headers: bool,
+    max_bytes: usize,
     stdin: impl Read,
 ) -> Result<Loaded, CliError> {
     let mut warnings = Vec::new();
     let context = match spec.map(AsRef::as_ref) {
         None => Context::Text(String::new()),
         Some(path) if path == Path::new("-") => {
-            let text = read_text(stdin, "the context from stdin", &mut warnings)?;
+            let text = read_text(stdin, "the context from stdin", max_bytes, &mut warnings)?;
             parse(text, format, None, "the context from stdin")?
         }
         Some(path) => {
@@ -106,12 +144,12 @@ pub(crate) fn load<P: AsRef<Path> + ?Sized>(
                         path.display()
                     )));
                 }
-                Context::Documents(load_dir(path, file_headers, &mut warnings)?)
+                Context::Documents(load_dir(path, file_headers, max_bytes, &mut warnings)?)
             } else {
                 let what = format!("context file {}", path.display());
                 let file = fs::File::open(path)
                     .map_err(|e| CliError::Input(format!("cannot read {what}: {e}")))?;
-                let text = read_text(file, &what, &mut warnings)?;
+                let text = read_text(file, &what, max_bytes, &mut warnings)?;
                 parse(text, format, Some(path), &what)?
             }
         }
@@ -175,8 +213,16 @@ fn parse(
 fn load_dir(
     root: &Path,
     file_headers: bool,
+    max_bytes: usize,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<String>, CliError> {
+    // A directory that cannot be listed is unreadable input, not an empty context.
+    fs::read_dir(root).map_err(|e| {
+        CliError::Input(format!(
+            "cannot list the context directory {}: {e}",
+            root.display()
+        ))
+    })?;
     let mut files = Vec::new();
     let mut unreadable = Vec::new();
     walk(root, Path::new(""), &mut files, &mut unreadable);
@@ -185,14 +231,23 @@ fn load_dir(
     let mut documents = Vec::with_capacity(files.len());
     let mut binary = Vec::new();
     let mut lossy = Vec::new();
+    // Bytes of the files read so far: each file may take what they left of the limit.
+    let mut used = 0usize;
     for relative in files {
-        let bytes = match fs::read(root.join(&relative)) {
-            Ok(bytes) => bytes,
+        let left = bound(max_bytes).map(|max| max.saturating_sub(used));
+        let read = fs::File::open(root.join(&relative)).and_then(|file| read_at_most(file, left));
+        let bytes = match read {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => {
+                let what = format!("the files of context directory {}", root.display());
+                return Err(too_large(&what, max_bytes));
+            }
             Err(e) => {
                 unreadable.push(format!("{} ({e})", relative.display()));
                 continue;
             }
         };
+        used = used.saturating_add(bytes.len());
         if bytes[..bytes.len().min(BINARY_SNIFF)].contains(&0) {
             binary.push(relative.display().to_string());
             continue;
@@ -350,7 +405,7 @@ mod tests {
     }
 
     fn load_ok(spec: Option<&str>, format: ContextFormat, stdin: &[u8]) -> Loaded {
-        load(spec, format, true, stdin).unwrap_or_else(|e| panic!("load failed: {e}"))
+        load(spec, format, true, 0, stdin).unwrap_or_else(|e| panic!("load failed: {e}"))
     }
 
     #[test]
@@ -368,7 +423,7 @@ mod tests {
         assert_eq!(json.context, Context::Json(serde_json::json!({"a": 1})));
         let lines = load_ok(Some("-"), ContextFormat::Jsonl, b"1\n\n\"two\"\n");
         assert_eq!(lines.context, Context::Json(serde_json::json!([1, "two"])));
-        let bad = load(Some("-"), ContextFormat::Jsonl, true, &b"1\n{oops\n"[..]);
+        let bad = load(Some("-"), ContextFormat::Jsonl, true, 0, &b"1\n{oops\n"[..]);
         let message = bad.map(|_| ()).unwrap_err().to_string();
         assert!(message.contains("line 2"), "{message}");
     }
@@ -395,10 +450,10 @@ mod tests {
             Context::Text("[1, 2]".into())
         );
         let bad = format!("{}/bad.json", dir.path());
-        let error = load(Some(&bad), ContextFormat::Auto, true, &b""[..]).unwrap_err();
+        let error = load(Some(&bad), ContextFormat::Auto, true, 0, &b""[..]).unwrap_err();
         assert!(matches!(error, CliError::Input(_)));
         assert!(error.to_string().contains("bad.json"), "{error}");
-        assert!(load(Some(&bad), ContextFormat::Text, true, &b""[..]).is_ok());
+        assert!(load(Some(&bad), ContextFormat::Text, true, 0, &b""[..]).is_ok());
     }
 
     #[test]
@@ -407,6 +462,7 @@ mod tests {
             Some("/nonexistent/rlm/ctx.txt"),
             ContextFormat::Auto,
             true,
+            0,
             &b""[..],
         )
         .unwrap_err();
@@ -439,13 +495,13 @@ mod tests {
         assert!(loaded.warnings[0].contains("a/y.md"));
         assert!(loaded.warnings[1].contains("img.png"));
 
-        let bare = load(Some(dir.path()), ContextFormat::Auto, false, &b""[..])
+        let bare = load(Some(dir.path()), ContextFormat::Auto, false, 0, &b""[..])
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             bare.context,
             Context::Documents(vec!["why \u{fffd}".into(), "zed".into(), "bee".into()])
         );
-        let json = load(Some(dir.path()), ContextFormat::Json, true, &b""[..]);
+        let json = load(Some(dir.path()), ContextFormat::Json, true, 0, &b""[..]);
         assert!(matches!(json, Err(CliError::Usage(_))));
     }
 
@@ -476,5 +532,77 @@ mod tests {
         assert_eq!(list(&names), "f0, f1, f2, f3, f4 and 3 more");
         assert_eq!(count(1, "file"), "1 file");
         assert_eq!(count(2, "entry"), "2 entries");
+    }
+
+    #[test]
+    fn every_input_is_bounded_by_max_context_bytes() {
+        // Before: /dev/zero or an endless pipe was read until an allocation failed.
+        let endless = std::io::repeat(b'x');
+        let error = load(Some("-"), ContextFormat::Auto, true, 1000, endless).unwrap_err();
+        assert!(matches!(error, CliError::Input(_)));
+        assert!(error.to_string().contains("--max-context-bytes"), "{error}");
+        let mut warnings = Vec::new();
+        let error = read_text(
+            std::io::repeat(b'q'),
+            "the query from stdin",
+            10,
+            &mut warnings,
+        )
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("the query from stdin"),
+            "{error}"
+        );
+        #[cfg(unix)]
+        {
+            let error =
+                read_text_file(Path::new("/dev/zero"), "query file", 1 << 20, &mut warnings)
+                    .unwrap_err();
+            assert!(error.to_string().contains("/dev/zero"), "{error}");
+            let error = load(
+                Some("/dev/zero"),
+                ContextFormat::Auto,
+                true,
+                1 << 20,
+                &b""[..],
+            )
+            .unwrap_err();
+            assert!(matches!(error, CliError::Input(_)), "{error}");
+        }
+        // Exactly at the limit is fine.
+        let loaded = load(Some("-"), ContextFormat::Auto, true, 3, &b"abc"[..])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(loaded.context, Context::Text("abc".to_owned()));
+    }
+
+    #[test]
+    fn a_directory_counts_all_its_files_against_the_limit() {
+        let dir = TempDir::new("bounded");
+        dir.write("a.txt", &[b'a'; 600]);
+        dir.write("b.txt", &[b'b'; 600]);
+        let error = load(Some(dir.path()), ContextFormat::Auto, false, 1000, &b""[..]).unwrap_err();
+        assert!(matches!(error, CliError::Input(_)));
+        assert!(error.to_string().contains("--max-context-bytes"), "{error}");
+        assert!(load(Some(dir.path()), ContextFormat::Auto, false, 1200, &b""[..]).is_ok());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_context_directory_that_cannot_be_listed_is_an_input_error() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = TempDir::new("unlistable");
+        dir.write("a.txt", b"a");
+        let _ = fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o300));
+        // Root can list anything: nothing to show there.
+        if fs::read_dir(dir.path()).is_ok() {
+            let _ = fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755));
+            return;
+        }
+        // Before: an empty context and exit 0.
+        let error = load(Some(dir.path()), ContextFormat::Auto, true, 0, &b""[..]);
+        let _ = fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755));
+        let error = error.unwrap_err();
+        assert!(matches!(error, CliError::Input(_)));
+        assert!(error.to_string().contains("cannot list"), "{error}");
     }
 }

@@ -34,10 +34,12 @@ Exit status:
   2    bad flags or settings
   3    a budget ran out (--max-iterations, --max-sub-calls, --max-total-tokens,
        --max-time, --max-cost); the best answer available is still printed
-  4    the query or context could not be read, or the trace file not written
+  4    the query or context could not be read (or is over --max-context-bytes),
+       or the trace file not written (the answer is still printed)
   5    the model server failed: unreachable, timed out, server errors after
        retries, unknown model, request rejected, or an unreadable reply
-  6    authentication failed (HTTP 401/403), quota exhausted, or no API key
+  6    authentication failed (HTTP 401/403), quota exhausted, no API key, or
+       a key that is not valid UTF-8
   130  interrupted (Ctrl-C)";
 
 /// Why `rlm` could not do its job. Each variant is one exit status.
@@ -58,6 +60,9 @@ pub(crate) enum CliError {
     /// A bug.
     #[error("{0}")]
     Internal(String),
+    /// A budget ran out with no answer to print (e.g. `--max-time` while code would not stop).
+    #[error("{0}")]
+    Budget(String),
     /// Ctrl-C.
     #[error("interrupted")]
     Interrupted,
@@ -72,6 +77,7 @@ impl CliError {
             CliError::Model(_) => exit::MODEL,
             CliError::Auth(_) => exit::AUTH,
             CliError::Internal(_) => exit::INTERNAL,
+            CliError::Budget(_) => exit::BUDGET,
             CliError::Interrupted => exit::INTERRUPTED,
         }
     }

@@ -12,7 +12,7 @@ use rlm_core::{
     BatchExecutor, CancellationToken, CostReport, LlmBackend, Metered, ModelUsage, UsageTracker,
 };
 use rlm_openai::{ConfigError, OpenAiBackend, OpenAiConfig, RateLimit};
-use rlm_repl::{Rlm, RunResult, StopReason};
+use rlm_repl::{Rlm, RunResult, SandboxLimits, StopReason};
 use serde::Serialize;
 
 use crate::cli::RunArgs;
@@ -52,10 +52,13 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
         (Some(query), _) if query == "-" => context::read_text(
             std::io::stdin().lock(),
             "the query from stdin",
+            args.max_context_bytes,
             &mut warnings,
         )?,
         (Some(query), _) => query.clone(),
-        (None, Some(path)) => context::read_text_file(path, "query file", &mut warnings)?,
+        (None, Some(path)) => {
+            context::read_text_file(path, "query file", args.max_context_bytes, &mut warnings)?
+        }
         (None, None) => {
             return Err(CliError::Usage(
                 "a query is required: --query TEXT".to_owned(),
@@ -69,6 +72,7 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
         Some(path) => Some(context::read_text_file(
             path,
             "system prompt file",
+            args.max_context_bytes,
             &mut warnings,
         )?),
         None => None,
@@ -77,6 +81,7 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
         args.context.as_deref(),
         args.context_format,
         !args.no_file_headers,
+        args.max_context_bytes,
         std::io::stdin().lock(),
     )?;
     warnings.extend(loaded.warnings);
@@ -99,9 +104,17 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
         url => url.to_owned(),
     };
     let shown_url = display_url(&base_url);
-    let api_key = std::env::var(&args.api_key_env)
-        .ok()
-        .filter(|key| !key.trim().is_empty());
+    let api_key = match std::env::var(&args.api_key_env) {
+        Ok(key) => Some(key).filter(|key| !key.trim().is_empty()),
+        Err(std::env::VarError::NotPresent) => None,
+        Err(std::env::VarError::NotUnicode(_)) => {
+            return Err(CliError::Auth(format!(
+                "the API key in {} is not valid UTF-8 (an HTTP header cannot carry it); check \
+                 how the variable was set",
+                args.api_key_env
+            )));
+        }
+    };
     if api_key.is_none() && host_of(&base_url) == Some("api.openai.com") {
         return Err(CliError::Auth(format!(
             "no API key: {} is not set (set it, name another variable with --api-key-env, \
@@ -149,8 +162,21 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
     let progress =
         (!quiet && std::io::stderr().is_terminal()).then(|| Arc::new(Progress::new(&model)));
 
+    let sandbox = SandboxLimits {
+        max_string_size: args.max_string_bytes,
+        block_timeout: args.block_timeout,
+        max_memory: args.max_memory,
+        ..SandboxLimits::default()
+    };
+    if !quiet {
+        if let Some(notice) = tpm_notice(args.tpm, system_prompt.as_deref(), &model) {
+            eprintln!("warning: {notice}");
+        }
+    }
+
     let cancel = CancellationToken::new();
     let mut builder = Rlm::builder(root)
+        .sandbox(sandbox)
         .root_model(&model)
         .sub_model(&sub_model)
         .sub_backend(sub)
@@ -216,20 +242,38 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
 
     let run = rlm.run(query, loaded.context);
     tokio::pin!(run);
+    // `--max-time` ends the run whatever its code does: the run stops its code and sub-calls
+    // when the time is up; if it has not returned a grace period later, it is left behind.
+    let deadline = async {
+        match args.max_time {
+            Some(limit) => tokio::time::sleep(limit.saturating_add(CANCEL_GRACE)).await,
+            None => std::future::pending().await,
+        }
+    };
     let outcome = tokio::select! {
         outcome = &mut run => Some(outcome),
         () = async {
             cancel.cancelled().await;
             tokio::time::sleep(CANCEL_GRACE).await;
         } => None,
+        () = deadline => {
+            cancel.cancel();
+            if let Some(progress) = &progress {
+                progress.finish();
+            }
+            return Err(CliError::Budget(format!(
+                "the run's time ran out (--max-time) and its code did not stop within {} s; \
+                 no answer",
+                CANCEL_GRACE.as_secs_f64()
+            )));
+        }
     };
     if let Some(progress) = &progress {
         progress.finish();
     }
-    let trace_warning = trace.as_ref().and_then(|t| t.warning());
-    if let Some(warning) = &trace_warning {
-        eprintln!("warning: {warning}");
-    }
+    // A trace that could not be written whole is an input/output error (exit 4), after the
+    // answer is printed.
+    let trace_error = trace.as_ref().and_then(|t| t.warning());
 
     let result = match outcome {
         None => return Err(CliError::Interrupted),
@@ -254,11 +298,40 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
     if !quiet {
         eprint!("{}", summary(&result, &usage, &cost, cache_stats));
     }
+    if let Some(error) = trace_error {
+        return Err(CliError::Input(error));
+    }
     Ok(match result.stopped {
         StopReason::Final => exit::OK,
         StopReason::Cancelled => exit::INTERRUPTED,
         _ => exit::BUDGET,
     })
+}
+
+/// A notice when `--tpm` is smaller than one root request: such a request waits until the
+/// budget covers it, which at a few tokens per minute is hours.
+fn tpm_notice(tpm: u32, system_prompt: Option<&str>, model: &str) -> Option<String> {
+    if tpm == 0 {
+        return None;
+    }
+    let prompt = match system_prompt {
+        Some(prompt) => prompt.to_owned(),
+        None => rlm_repl::prompt::system_prompt(&rlm_repl::RlmConfig::default()),
+    };
+    let request = rlm_core::CompletionRequest::prompt(model, prompt);
+    let tokens = request
+        .estimated_prompt_tokens()
+        .saturating_add(u64::from(rlm_openai::DEFAULT_COMPLETION_TOKEN_ESTIMATE));
+    if tokens <= u64::from(tpm) {
+        return None;
+    }
+    let wait = Duration::from_secs_f64(tokens as f64 / f64::from(tpm) * 60.0);
+    Some(format!(
+        "--tpm {tpm} is smaller than one request: the first root call (about {tokens} tokens, \
+         its system prompt alone) will wait about {} before it is sent, as a request larger \
+         than a minute's budget waits until the budget covers it. Use --tpm {tokens} or more.",
+        human_duration(wait)
+    ))
 }
 
 fn non_empty(value: &str, flag: &str) -> Result<String, CliError> {
@@ -327,6 +400,7 @@ struct JsonOutput<'a> {
     usage: BTreeMap<&'a str, JsonUsage>,
     sub_calls: u64,
     failed_sub_calls: u64,
+    refused_sub_calls: u64,
     max_depth_reached: usize,
     child_runs: u64,
     warnings: &'a [String],
@@ -362,6 +436,7 @@ fn print_result(
                 .collect(),
             sub_calls: result.sub_calls,
             failed_sub_calls: result.failed_sub_calls,
+            refused_sub_calls: result.refused_sub_calls,
             max_depth_reached: result.max_depth_reached,
             child_runs: result.child_runs,
             warnings: &result.warnings,

@@ -31,6 +31,9 @@ struct State {
     /// The first write error; later events are not written.
     error: Option<std::io::Error>,
     lines: u64,
+    /// Bytes of the whole lines written: a failed write is cut back to this, so the file
+    /// never ends in a torn line.
+    bytes: u64,
 }
 
 impl TraceWriter {
@@ -49,6 +52,7 @@ impl TraceWriter {
                 file,
                 error: None,
                 lines: 0,
+                bytes: 0,
             }),
         })
     }
@@ -79,7 +83,8 @@ impl TraceWriter {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.error.as_ref().map(|e| {
             format!(
-                "the trace file {} is incomplete: writing failed after {} lines: {e}",
+                "the trace file {} is incomplete: writing failed after {} lines (the file \
+                 ends with the last whole line): {e}",
                 self.path.display(),
                 state.lines
             )
@@ -99,8 +104,16 @@ impl Observer for TraceWriter {
             return;
         }
         match state.file.write_all(line.as_bytes()) {
-            Ok(()) => state.lines += 1,
-            Err(e) => state.error = Some(e),
+            Ok(()) => {
+                state.lines += 1;
+                state.bytes += line.len() as u64;
+            }
+            Err(e) => {
+                // Part of the line may be on disk (a full disk takes what fits).
+                let whole = state.bytes;
+                let _ = state.file.set_len(whole);
+                state.error = Some(e);
+            }
         }
     }
 }

@@ -190,15 +190,20 @@ impl OpenAiBackend {
         &self.inner.config
     }
 
-    /// Replaces every occurrence of the API key in `text`.
-    fn redact(&self, text: &str) -> String {
-        // Placeholder keys of local servers ("EMPTY", "ollama", "x") are no secret, and
-        // replacing every occurrence of them would garble the messages they appear in.
+    /// Whether `text` holds the API key (keys of 8 characters or more only: placeholder keys
+    /// of local servers, "EMPTY", "ollama", "x", are no secret, and replacing every occurrence
+    /// of them would garble the messages they appear in).
+    fn is_secret_in(&self, text: &str) -> bool {
         const SECRET_MIN_CHARS: usize = 8;
+        self.inner.config.api_key.as_ref().is_some_and(|key| {
+            key.expose().len() >= SECRET_MIN_CHARS && text.contains(key.expose())
+        })
+    }
+
+    /// Replaces every occurrence of the API key in `text` (see [`Self::is_secret_in`]).
+    fn redact(&self, text: &str) -> String {
         match &self.inner.config.api_key {
-            Some(key) if key.expose().len() >= SECRET_MIN_CHARS && text.contains(key.expose()) => {
-                text.replace(key.expose(), "[redacted]")
-            }
+            Some(key) if self.is_secret_in(text) => text.replace(key.expose(), "[redacted]"),
             _ => text.to_owned(),
         }
     }
@@ -255,7 +260,14 @@ impl OpenAiBackend {
                 status.as_u16()
             )))
         } else if status.is_success() {
-            wire::parse_completion(&body, status.as_u16(), model, &redact)
+            // A server may echo the key in a reply (a debugging proxy, a prompt-injected
+            // model): the text reaches the script, stdout and the trace, so it is scrubbed too.
+            wire::parse_completion(&body, status.as_u16(), model, &redact).map(|mut completion| {
+                if self.is_secret_in(&completion.text) {
+                    completion.text = self.redact(&completion.text);
+                }
+                completion
+            })
         } else {
             Err(wire::parse_error(
                 status.as_u16(),

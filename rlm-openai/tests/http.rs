@@ -774,3 +774,26 @@ async fn placeholder_keys_of_local_servers_do_not_garble_messages() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn a_key_echoed_in_a_successful_reply_is_scrubbed() {
+    // Before: error bodies were scrubbed, but a 200 reply carried the key to the script,
+    // stdout, --json and the trace.
+    let server = server(|request: &ServerRequest| {
+        let auth = request
+            .header("authorization")
+            .unwrap_or_default()
+            .to_owned();
+        Reply::completion_for(request, format!("you sent {auth}, twice: {auth}"))
+    })
+    .await;
+    let completion = backend(config(&server))
+        .complete(prompt("x"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!completion.text.contains(KEY), "{}", completion.text);
+    assert_eq!(
+        completion.text,
+        "you sent Bearer [redacted], twice: Bearer [redacted]"
+    );
+}

@@ -1,6 +1,7 @@
 //! Times the REPL's native helpers on a 100 MB context: loading it, chunking it, building
 //! 1,000 prompts in script code, searching it, and a 1,000-prompt `llm_batch` against a mock
-//! with no latency (the engine's own overhead).
+//! with no latency (the engine's own overhead), and script loops that grow an array to a
+//! million items.
 //!
 //! Run with `cargo bench -p rlm-repl --bench helpers`.
 
@@ -88,8 +89,34 @@ fn main() {
             println!("  error: {error}");
         }
     }
+    // Plain script loops over growing arrays: each step must cost the same however long the
+    // array already is (no re-measuring of the whole array per call).
+    let loops = [
+        (
+            "80,000 pushes in a for loop",
+            "let p80 = []; for i in 0..80000 { p80.push(i); }",
+        ),
+        (
+            "1,000,000 pushes in a for loop",
+            "let xs = []; for i in 0..1000000 { xs.push(i); }",
+        ),
+        (
+            "1,000,000-step `while i < xs.len()` loop",
+            "let i = 0; let total = 0; while i < xs.len() { total += xs[i]; i += 1; }",
+        ),
+        (
+            "1,000,000 `+=` appends to an array",
+            "let ys = []; for i in 0..1000000 { ys += i; }",
+        ),
+    ];
+    for (label, code) in loops {
+        let outcome = time(label, || repl.execute(code));
+        if let Some(error) = outcome.error {
+            println!("  error: {error}");
+        }
+    }
     let check = repl.execute(
-        "print(chunks.len()); print(prompts.len()); print(hits.len()); print(answers.len()); print(answers[0]);",
+        "print(chunks.len()); print(prompts.len()); print(hits.len()); print(answers.len()); print(answers[0]); print(xs.len()); print(total); print(ys.len());",
     );
     println!("check: {}", check.output.replace('\n', " "));
 }

@@ -4,10 +4,18 @@ use std::time::Duration;
 
 use rlm_core::{DEFAULT_MAX_CONCURRENT, Prices};
 
+/// Default of [`SandboxLimits::max_memory`]: 1 GiB.
+pub const DEFAULT_MAX_MEMORY: usize = 1 << 30;
+
 /// Limits that stop runaway code. Each applies to one code block; a block that hits one
 /// fails with an error the root model sees, and the run goes on. A limit of 0 means no limit
-/// (as in Rhai). The native helpers (`chunk`, `grep`, `join`, ...) check the size limits while
-/// they build their results, not only after.
+/// (as in Rhai). The native helpers (`chunk`, `grep`, `join`, `split`, `pad`, ...) check the
+/// size limits while they build their results, not only after.
+///
+/// The size limits apply to each value on its own (a string's bytes, an array's items, a map's
+/// entries) and are checked in O(1) whenever a variable is used and by every function that
+/// grows a value, so a loop that pushes a million items stays linear. What the whole scope
+/// holds is bounded by [`max_memory`](Self::max_memory).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxLimits {
     /// Rhai operations per block.
@@ -23,8 +31,16 @@ pub struct SandboxLimits {
     /// Deepest expression nesting (parentheses, nested calls and blocks).
     pub max_expr_depth: usize,
     /// Wall-clock time a block may spend running script code. Time spent waiting for
-    /// sub-calls does not count: a long `llm_batch` is work, not a runaway loop.
+    /// sub-calls does not count: a long `llm_batch` is work, not a runaway loop. `sleep`
+    /// counts, and stops with the block.
     pub block_timeout: Duration,
+    /// Bytes the REPL's variables may hold, the context excepted (default 1 GiB; 0: no
+    /// limit). Checked after every block (an estimate of each variable's size: the
+    /// variables that do not fit are removed, largest first, and the model is told which)
+    /// and, on Linux, while a block runs (the process's resident memory may not grow by more
+    /// than this during one block: the block is stopped). Also bounds what one `llm_batch`
+    /// may send and keep.
+    pub max_memory: usize,
 }
 
 impl Default for SandboxLimits {
@@ -37,6 +53,7 @@ impl Default for SandboxLimits {
             max_call_depth: 64,
             max_expr_depth: 64,
             block_timeout: Duration::from_secs(60),
+            max_memory: DEFAULT_MAX_MEMORY,
         }
     }
 }

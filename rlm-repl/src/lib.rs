@@ -65,7 +65,7 @@ mod rlm;
 mod run;
 mod state;
 
-pub use config::{RlmConfig, SandboxLimits};
+pub use config::{DEFAULT_MAX_MEMORY, RlmConfig, SandboxLimits};
 pub use context::{Context, ContextInfo};
 pub use error::RlmError;
 pub use events::{Event, Observer, RunPlace};

@@ -87,6 +87,9 @@ pub struct RunResult {
     /// [`RlmBuilder::prices`](crate::RlmBuilder::prices)).
     #[serde(rename = "cost_usd")]
     pub cost: CostReport,
+    /// Calls a budget (`max_sub_calls`, `max_total_tokens`, `max_cost`) refused before
+    /// sending, children's included: the script got an `Error: ...` string for each.
+    pub refused_sub_calls: u64,
     /// Every turn, in order.
     pub trajectory: Vec<Turn>,
 }

@@ -459,6 +459,14 @@ pub(crate) async fn run_tree(
             failed_sub_calls,
             answer.is_some(),
         ));
+        let refused = run.refused_sub_calls();
+        if answer.is_some() && refused > 0 {
+            warnings.push(format!(
+                "the answer was given after a budget refused {}; the script got \
+                 \"Error: budget exhausted ...\" for them",
+                count(refused, "sub-call")
+            ));
+        }
     }
     if answer
         .as_deref()
@@ -484,6 +492,7 @@ pub(crate) async fn run_tree(
         cost,
         sub_calls: run.sub_calls(),
         failed_sub_calls,
+        refused_sub_calls: run.refused_sub_calls(),
         warnings,
         max_depth_reached: ledger
             .max_depth_reached

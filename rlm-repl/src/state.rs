@@ -85,6 +85,8 @@ pub(crate) struct Ledger {
     pub(crate) cancel: CancellationToken,
     stop: Mutex<Option<StopReason>>,
     sub_calls: AtomicU64,
+    /// Sub-calls a budget refused before they were sent.
+    refused: AtomicU64,
     max_sub_calls: Option<u64>,
     tokens: AtomicU64,
     max_tokens: Option<u64>,
@@ -127,6 +129,7 @@ impl Ledger {
             cancel,
             stop: Mutex::new(None),
             sub_calls: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             max_sub_calls,
             tokens: AtomicU64::new(0),
             max_tokens,
@@ -321,6 +324,7 @@ impl RunState {
     pub(crate) fn reserve_sub_calls(&self, wanted: u64) -> u64 {
         if let Some(reason) = self.budget_exhausted() {
             self.stop(reason);
+            self.ledger.refused.fetch_add(wanted, Ordering::SeqCst);
             return 0;
         }
         let ledger = &*self.ledger;
@@ -336,9 +340,17 @@ impl RunState {
                 Some(used + granted)
             });
         if granted < wanted {
+            self.ledger
+                .refused
+                .fetch_add(wanted - granted, Ordering::SeqCst);
             self.stop(StopReason::MaxSubCalls);
         }
         granted
+    }
+
+    /// Calls a budget refused before they were sent, over the whole tree.
+    pub(crate) fn refused_sub_calls(&self) -> u64 {
+        self.ledger.refused.load(Ordering::SeqCst)
     }
 
     /// Calls made below the top-level root so far.

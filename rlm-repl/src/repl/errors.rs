@@ -9,6 +9,8 @@ use crate::SandboxLimits;
 pub(crate) const STOP_TIMEOUT: &str = "rlm:block-timeout";
 /// The run was cancelled or its time ran out.
 pub(crate) const STOP_CANCELLED: &str = "rlm:cancelled";
+/// The process's memory grew past the budget while the block ran.
+pub(crate) const STOP_MEMORY: &str = "rlm:memory";
 /// `FINAL` / `FINAL_VAR` ended the block.
 pub(crate) const STOP_FINAL: &str = "rlm:final";
 
@@ -237,6 +239,13 @@ fn describe(err: &EvalAltResult, limits: &SandboxLimits) -> String {
                 )
             } else if token == STOP_CANCELLED {
                 "stopped: the run was cancelled or ran out of time".to_owned()
+            } else if token == STOP_MEMORY {
+                format!(
+                    "stopped: the block's memory grew by more than the memory budget of {} \
+                     bytes (sandbox limit, --max-memory). Keep less: work chunk by chunk, \
+                     keep counts or short summaries, not copies of the context.",
+                    limits.max_memory
+                )
             } else {
                 "stopped".to_owned()
             }

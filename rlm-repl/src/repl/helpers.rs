@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use regex::{Regex, RegexBuilder};
-use rhai::{Array, Dynamic, Engine, EvalAltResult, FuncRegistration, INT, ImmutableString, Map};
+use rhai::{
+    Array, Blob, Dynamic, Engine, EvalAltResult, FuncRegistration, INT, ImmutableString, Map,
+};
 
 use crate::SandboxLimits;
 use crate::state::lock;
@@ -28,6 +30,7 @@ pub(crate) struct ResultLimits {
     items: usize,
     entries: usize,
     bytes: usize,
+    memory: usize,
 }
 
 impl ResultLimits {
@@ -37,6 +40,7 @@ impl ResultLimits {
             items: max(limits.max_array_size),
             entries: max(limits.max_map_size),
             bytes: max(limits.max_string_size),
+            memory: max(limits.max_memory),
         }
     }
 
@@ -47,6 +51,7 @@ impl ResultLimits {
             items: 0,
             entries: 0,
             bytes: 0,
+            memory: 0,
         }
     }
 }
@@ -61,6 +66,8 @@ struct Tally {
     items: usize,
     entries: usize,
     bytes: usize,
+    /// An estimate of the heap bytes of the result (slots and string headers included).
+    memory: usize,
 }
 
 impl Tally {
@@ -70,12 +77,19 @@ impl Tally {
         self.items = self.items.saturating_add(items);
         self.entries = self.entries.saturating_add(entries);
         self.bytes = self.bytes.saturating_add(bytes);
+        self.memory = self
+            .memory
+            .saturating_add(bytes)
+            .saturating_add(items.saturating_mul(48))
+            .saturating_add(entries.saturating_mul(96));
         let what = if self.items > self.limits.items {
             "Size of array"
         } else if self.entries > self.limits.entries {
             "Size of object map"
         } else if self.bytes > self.limits.bytes {
             "Length of string"
+        } else if self.memory > self.limits.memory {
+            "Memory (--max-memory) of the result"
         } else {
             return Ok(());
         };
@@ -927,6 +941,184 @@ fn trimmed(text: ImmutableString, trim: fn(&str) -> &str) -> ImmutableString {
     } else {
         ImmutableString::from(t)
     }
+}
+
+/// Rhai's `split(text, sep)` family and `to_chars`, built piece by piece within the limits
+/// (Rhai's own build the whole array first: `split("")` of 64 MB is gigabytes). Same results:
+/// a text without the separator gives one item, the text itself.
+fn split_by<'a>(
+    text: &'a str,
+    found: bool,
+    pieces: impl Iterator<Item = &'a str>,
+    limits: ResultLimits,
+) -> RhaiResult<Array> {
+    if text.is_empty() || !found {
+        return Ok(vec![Dynamic::from(ImmutableString::from(text))]);
+    }
+    string_array(pieces, limits.tally("split"))
+}
+
+fn segments(n: INT) -> Option<usize> {
+    (n > 1).then(|| usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+/// Registers checked versions of Rhai's functions that build a large value in one call:
+/// `split`, `split_rev`, `to_chars`, `pad` (strings, arrays, BLOBs) and `blob`.
+pub(crate) fn register_checked_builtins(engine: &mut Engine, limits: &SandboxLimits) {
+    let result = ResultLimits::new(limits);
+    let found = |text: &str, sep: &str| sep.is_empty() || text.contains(sep);
+    engine.register_fn("split", move |text: &str, sep: &str| {
+        split_by(text, found(text, sep), text.split(sep), result)
+    });
+    engine.register_fn("split", move |text: &str, sep: char| {
+        split_by(text, text.contains(sep), text.split(sep), result)
+    });
+    engine.register_fn(
+        "split",
+        move |text: &str, sep: &str, n: INT| match segments(n) {
+            Some(n) => split_by(text, found(text, sep), text.splitn(n, sep), result),
+            None => split_by(text, false, std::iter::empty(), result),
+        },
+    );
+    engine.register_fn(
+        "split",
+        move |text: &str, sep: char, n: INT| match segments(n) {
+            Some(n) => split_by(text, text.contains(sep), text.splitn(n, sep), result),
+            None => split_by(text, false, std::iter::empty(), result),
+        },
+    );
+    engine.register_fn("split_rev", move |text: &str, sep: &str| {
+        split_by(text, found(text, sep), text.rsplit(sep), result)
+    });
+    engine.register_fn("split_rev", move |text: &str, sep: char| {
+        split_by(text, text.contains(sep), text.rsplit(sep), result)
+    });
+    engine.register_fn(
+        "split_rev",
+        move |text: &str, sep: &str, n: INT| match segments(n) {
+            Some(n) => split_by(text, found(text, sep), text.rsplitn(n, sep), result),
+            None => split_by(text, false, std::iter::empty(), result),
+        },
+    );
+    engine.register_fn(
+        "split_rev",
+        move |text: &str, sep: char, n: INT| match segments(n) {
+            Some(n) => split_by(text, text.contains(sep), text.rsplitn(n, sep), result),
+            None => split_by(text, false, std::iter::empty(), result),
+        },
+    );
+    engine.register_fn("to_chars", move |text: &str| -> RhaiResult<Array> {
+        let mut tally = result.tally("to_chars");
+        let mut chars = Array::new();
+        for c in text.chars() {
+            tally.add(1, 0, 0)?;
+            chars.push(Dynamic::from_char(c));
+        }
+        Ok(chars)
+    });
+
+    // `pad` grows its target to a length in one call: the length is checked first.
+    let max_string = limits.max_string_size;
+    let max_items = limits.max_array_size;
+    let max_memory = limits.max_memory;
+    let over = |limit: usize, wanted: usize| limit != 0 && wanted > limit;
+    FuncRegistration::new("pad")
+        .with_purity(false)
+        .register_into_engine(
+            engine,
+            move |text: &mut ImmutableString, len: INT, fill: char| -> RhaiResult<()> {
+                let len = usize::try_from(len).unwrap_or(0);
+                let have = text.chars().count();
+                if len <= have {
+                    return Ok(());
+                }
+                if over(
+                    max_string,
+                    text.len()
+                        .saturating_add((len - have).saturating_mul(fill.len_utf8())),
+                ) {
+                    return Err(super::memory::too_large("Length of string"));
+                }
+                let mut out = text.to_string();
+                out.extend(std::iter::repeat_n(fill, len - have));
+                *text = out.into();
+                Ok(())
+            },
+        );
+    FuncRegistration::new("pad")
+        .with_purity(false)
+        .register_into_engine(
+            engine,
+            move |text: &mut ImmutableString, len: INT, fill: &str| -> RhaiResult<()> {
+                let len = usize::try_from(len).unwrap_or(0);
+                let have = text.chars().count();
+                if len <= have || fill.is_empty() {
+                    return Ok(());
+                }
+                // At most one character of padding per wanted character, each at most 4 bytes.
+                let most = text.len().saturating_add((len - have).saturating_mul(4));
+                if over(
+                    max_string,
+                    most.min(
+                        text.len()
+                            .saturating_add((len - have).saturating_mul(fill.len())),
+                    ),
+                ) {
+                    return Err(super::memory::too_large("Length of string"));
+                }
+                let mut out = text.to_string();
+                out.extend(fill.chars().cycle().take(len - have));
+                *text = out.into();
+                Ok(())
+            },
+        );
+    FuncRegistration::new("pad")
+        .with_purity(false)
+        .register_into_engine(
+            engine,
+            move |items: &mut Array, len: INT, item: Dynamic| -> RhaiResult<()> {
+                let len = usize::try_from(len).unwrap_or(0);
+                if len <= items.len() {
+                    return Ok(());
+                }
+                if over(max_items, len) {
+                    return Err(super::memory::too_large("Size of array"));
+                }
+                let each = super::memory::estimate_bytes(&item, max_memory);
+                if over(max_memory, each.saturating_mul(len - items.len())) {
+                    return Err(super::memory::too_large(
+                        "Size of array (its copies of the item)",
+                    ));
+                }
+                items.resize(len, item);
+                Ok(())
+            },
+        );
+    FuncRegistration::new("pad")
+        .with_purity(false)
+        .register_into_engine(
+            engine,
+            move |blob: &mut Blob, len: INT, value: INT| -> RhaiResult<()> {
+                let len = usize::try_from(len).unwrap_or(0);
+                if len <= blob.len() {
+                    return Ok(());
+                }
+                if over(max_items, len) {
+                    return Err(super::memory::too_large("Size of BLOB"));
+                }
+                blob.resize(len, (value & 0xff) as u8);
+                Ok(())
+            },
+        );
+    let new_blob = move |len: INT, value: INT| -> RhaiResult<Blob> {
+        let len = usize::try_from(len).unwrap_or(0);
+        if over(max_items, len) {
+            return Err(super::memory::too_large("Size of BLOB"));
+        }
+        Ok(vec![(value & 0xff) as u8; len])
+    };
+    engine.register_fn("blob", move |len: INT| new_blob(len, 0));
+    engine.register_fn("blob", new_blob);
 }
 
 #[cfg(test)]

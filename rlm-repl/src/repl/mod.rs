@@ -4,6 +4,7 @@
 mod errors;
 mod helpers;
 mod lint;
+mod memory;
 pub(crate) mod output;
 mod sorting;
 pub(crate) mod subcall;
@@ -21,7 +22,7 @@ use rhai::{
 use rlm_core::{BatchExecutor, CancellationToken};
 use tokio::runtime::Handle;
 
-use self::errors::{STOP_CANCELLED, STOP_FINAL, STOP_TIMEOUT};
+use self::errors::{STOP_CANCELLED, STOP_FINAL, STOP_MEMORY, STOP_TIMEOUT};
 use self::helpers::{script_error, to_text};
 use self::output::OutputBuffer;
 use self::subcall::{BlockClock, SubCaller};
@@ -63,8 +64,10 @@ struct Shared {
     run: Arc<RunState>,
     sub: Option<SubCaller>,
     block_timeout: Duration,
-    /// Why the running block must stop ([`HALT_CANCELLED`], [`HALT_TIMEOUT`]; 0: it need
-    /// not), set by its watchdog and read at every operation.
+    /// The memory budget ([`SandboxLimits::max_memory`]; 0: none).
+    max_memory: usize,
+    /// Why the running block must stop ([`HALT_CANCELLED`], [`HALT_TIMEOUT`],
+    /// [`HALT_MEMORY`]; 0: it need not), set by its watchdog and read at every operation.
     halt: AtomicU8,
 }
 
@@ -72,6 +75,11 @@ struct Shared {
 const HALT_CANCELLED: u8 = 1;
 /// The block ran out of script time.
 const HALT_TIMEOUT: u8 = 2;
+/// The process's memory grew past the budget while the block ran.
+const HALT_MEMORY: u8 = 3;
+
+/// Longest single sleep of `sleep` before it looks again whether the block must stop.
+const SLEEP_SLICE: Duration = Duration::from_millis(10);
 
 impl Shared {
     fn print(&self, text: &str) {
@@ -94,7 +102,64 @@ impl Shared {
                 self.halt.store(HALT_TIMEOUT, Ordering::SeqCst);
                 return;
             }
+            if self.memory_grew_too_much() {
+                self.halt.store(HALT_MEMORY, Ordering::SeqCst);
+                return;
+            }
             std::thread::park_timeout((self.block_timeout - used).min(POLL));
+        }
+    }
+
+    /// Whether the process's resident memory grew by more than the budget since the block
+    /// started (never, where it cannot be read).
+    fn memory_grew_too_much(&self) -> bool {
+        self.max_memory > 0
+            && self
+                .clock
+                .memory_growth()
+                .is_some_and(|growth| growth > self.max_memory)
+    }
+
+    /// Why the running block must stop now, if it must: what its watchdog found, or (its
+    /// backstop) the run's cancellation and the block's clock.
+    fn halted(&self, check_clock: bool) -> Option<&'static str> {
+        match self.halt.load(Ordering::Relaxed) {
+            HALT_CANCELLED => return Some(STOP_CANCELLED),
+            HALT_TIMEOUT => return Some(STOP_TIMEOUT),
+            HALT_MEMORY => return Some(STOP_MEMORY),
+            _ => {}
+        }
+        if !check_clock {
+            return None;
+        }
+        if self.run.cancel.is_cancelled() {
+            return Some(STOP_CANCELLED);
+        }
+        if self.clock.script_time() > self.block_timeout {
+            return Some(STOP_TIMEOUT);
+        }
+        None
+    }
+
+    /// `sleep(seconds)`: sleeps in short slices, and stops with the block (its time limit,
+    /// the run's cancellation). Negative, NaN and zero durations do not sleep; huge ones
+    /// sleep until the block's time runs out.
+    fn sleep(&self, seconds: f64) -> Result<(), Box<EvalAltResult>> {
+        let wanted = if seconds.is_finite() && seconds > 0.0 {
+            Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX)
+        } else {
+            Duration::ZERO
+        };
+        let until = Instant::now().checked_add(wanted);
+        loop {
+            if let Some(token) = self.halted(true) {
+                return Err(stop(token));
+            }
+            let left = until.map_or(SLEEP_SLICE, |t| t.saturating_duration_since(Instant::now()));
+            if left.is_zero() {
+                return Ok(());
+            }
+            std::thread::sleep(left.min(SLEEP_SLICE));
         }
     }
 }
@@ -125,6 +190,8 @@ pub struct Repl {
     shared: Arc<Shared>,
     limits: SandboxLimits,
     info: ContextInfo,
+    /// Bytes the variables held after the last block (an estimate; the context excepted).
+    held: usize,
 }
 
 impl fmt::Debug for Repl {
@@ -240,7 +307,7 @@ impl ReplBuilder {
             ))
         });
         let handle = self.handle.or_else(|| Handle::try_current().ok());
-        let clock = Arc::new(BlockClock::new());
+        let clock = Arc::new(BlockClock::new(limits.max_memory > 0));
         let tree = self.tree;
         let sub = self.sub.map(|(backend, model)| {
             SubCaller::new(
@@ -252,6 +319,7 @@ impl ReplBuilder {
                 Arc::clone(&clock),
             )
             .in_tree(tree)
+            .with_answer_limits(limits.max_memory, limits.max_string_size)
         });
         let shared = Arc::new(Shared {
             output: Mutex::new(OutputBuffer::new(self.max_output_chars)),
@@ -262,6 +330,7 @@ impl ReplBuilder {
             run,
             sub,
             block_timeout: limits.block_timeout,
+            max_memory: limits.max_memory,
             halt: AtomicU8::new(0),
         });
         let lengths = helpers::ContextLengths::of(&context);
@@ -275,6 +344,7 @@ impl ReplBuilder {
             shared,
             limits,
             info,
+            held: 0,
         }
     }
 }
@@ -397,6 +467,26 @@ impl Repl {
             }
         }
         ran.notes = tidy_scope(&mut self.scope);
+        if self.shared.halt.load(Ordering::SeqCst) == HALT_MEMORY {
+            let big = memory::largest(&self.scope, 5, self.limits.max_memory);
+            if let (Some(error), false) = (&mut ran.error, big.is_empty()) {
+                error.push_str(&format!(
+                    "\nThe largest variables now: {big}. Free one with `x = ();`."
+                ));
+            }
+        }
+        let (held, message) = memory::fit_scope(&mut self.scope, &self.limits);
+        self.held = held;
+        if let Some(message) = message {
+            // What did not fit is an error of the block, even if the block itself succeeded.
+            match &mut ran.error {
+                Some(error) => {
+                    error.push('\n');
+                    error.push_str(&message);
+                }
+                None => ran.error = Some(message),
+            }
+        }
         ran
     }
 
@@ -405,7 +495,7 @@ impl Repl {
         *lock(&self.shared.final_answer) = None;
         self.shared.printed_unit.store(false, Ordering::SeqCst);
         self.shared.halt.store(0, Ordering::SeqCst);
-        self.shared.clock.begin();
+        self.shared.clock.begin(self.held);
     }
 
     fn render(
@@ -449,7 +539,7 @@ impl Repl {
     /// The value of variable `name` as answer text (strings as they are, arrays and maps as
     /// JSON), or a message saying why there is none.
     pub fn final_var(&self, name: &str) -> Result<String, String> {
-        final_value(name, self.scope.get(name))
+        final_value(name, self.scope.get(name), self.limits.max_string_size)
     }
 
     /// The value of `expression` as answer text: a variable's name (as
@@ -685,20 +775,31 @@ impl rhai::ModuleResolver for NoModules {
     }
 }
 
-fn final_value(name: &str, value: Option<&Dynamic>) -> Result<String, String> {
+fn final_value(name: &str, value: Option<&Dynamic>, max_bytes: usize) -> Result<String, String> {
     match value {
         None => Err(format!(
             "FINAL_VAR: there is no variable named `{name}`. Pass the name of a variable \
              defined at the top level (e.g. `let answer = ...;` then FINAL_VAR(\"answer\")), \
              or give the value itself with FINAL(value)."
         )),
-        Some(value) => answer_text(&value.flatten_clone())
+        Some(value) => answer_text(&value.flatten_clone(), max_bytes)
             .map_err(|e| format!("FINAL_VAR: variable `{name}` {e}")),
     }
 }
 
-/// The answer text of a value; `()` is refused.
-fn answer_text(value: &Dynamic) -> Result<String, String> {
+/// The answer text of a value; `()` is refused, and so is a value larger than `max_bytes` (the
+/// string limit; 0: none), measured before any text is built.
+fn answer_text(value: &Dynamic, max_bytes: usize) -> Result<String, String> {
+    if max_bytes > 0 {
+        let bytes = memory::estimate_bytes(value, max_bytes);
+        if bytes > max_bytes {
+            return Err(format!(
+                "is about {} or more, over the string limit ({max_bytes} bytes): an answer \
+                 must fit in one string; summarize it",
+                memory::human(bytes)
+            ));
+        }
+    }
     if value.is_unit() {
         return Err(
             "holds () (nothing): compute the answer first; remember that in-place \
@@ -760,7 +861,15 @@ fn prompt_text(function: &str, value: &Dynamic) -> Result<String, Box<EvalAltRes
     Ok(to_text(&value))
 }
 
-fn batch_prompts(function: &str, prompts: &Dynamic) -> Result<Vec<String>, Box<EvalAltResult>> {
+/// Bytes of bookkeeping one batch item costs besides its prompt and answer (request, events,
+/// records).
+const BATCH_ITEM_BYTES: usize = 1 << 10;
+
+fn batch_prompts(
+    function: &str,
+    prompts: &Dynamic,
+    max_memory: usize,
+) -> Result<Vec<String>, Box<EvalAltResult>> {
     let prompts = prompts.flatten_clone();
     let Ok(items) = prompts.as_array_ref() else {
         return Err(script_error(format!(
@@ -768,6 +877,27 @@ fn batch_prompts(function: &str, prompts: &Dynamic) -> Result<Vec<String>, Box<E
             prompts.type_name()
         )));
     };
+    // What the batch would hold is measured before anything is built for it.
+    if max_memory > 0 {
+        let mut bytes = items.len().saturating_mul(BATCH_ITEM_BYTES);
+        for item in items.iter() {
+            if bytes > max_memory {
+                break;
+            }
+            bytes = bytes.saturating_add(memory::estimate_bytes(item, max_memory));
+        }
+        if bytes > max_memory {
+            return Err(script_error(format!(
+                "{function}: {} prompts (about {} with their bookkeeping) are more than one \
+                 batch may hold (the memory budget, {} bytes, --max-memory); nothing was \
+                 sent. Send them in smaller batches (e.g. chunk(prompts, 1000)) or make \
+                 fewer, larger prompts.",
+                items.len(),
+                memory::human(bytes),
+                max_memory
+            )));
+        }
+    }
     items
         .iter()
         .enumerate()
@@ -789,9 +919,12 @@ fn build_engine(
     engine.set_module_resolver(NoModules);
     engine.disable_symbol("eval");
     engine.set_max_operations(limits.max_operations);
-    engine.set_max_string_size(limits.max_string_size);
-    engine.set_max_array_size(limits.max_array_size);
-    engine.set_max_map_size(limits.max_map_size);
+    // Rhai's own size limits re-measure a whole value after every call that may change it
+    // (O(n) per `push`, quadratic loops): the REPL checks sizes itself, in O(1) per use (see
+    // `memory`), so Rhai's stay off.
+    engine.set_max_string_size(0);
+    engine.set_max_array_size(0);
+    engine.set_max_map_size(0);
     engine.set_max_call_levels(limits.max_call_depth);
     engine.set_max_expr_depths(limits.max_expr_depth, limits.max_expr_depth);
     engine.set_fail_on_invalid_map_property(true);
@@ -802,23 +935,34 @@ fn build_engine(
     engine.on_debug(move |text, _, _| s.print(text));
     let s = Arc::clone(shared);
     engine.on_progress(move |ops| {
-        match s.halt.load(Ordering::Relaxed) {
-            HALT_CANCELLED => return Some(Dynamic::from(STOP_CANCELLED)),
-            HALT_TIMEOUT => return Some(Dynamic::from(STOP_TIMEOUT)),
-            _ => {}
-        }
-        // The watchdog's backstop, in case its thread could not start.
-        if ops % 256 != 0 {
-            return None;
-        }
-        if s.run.cancel.is_cancelled() {
-            return Some(Dynamic::from(STOP_CANCELLED));
-        }
-        if s.clock.script_time() > s.block_timeout {
-            return Some(Dynamic::from(STOP_TIMEOUT));
-        }
-        None
+        // The clock is the watchdog's backstop, in case its thread could not start.
+        s.halted(ops % 256 == 0).map(Dynamic::from)
     });
+    // Every read of a variable checks its own size (O(1)): a loop that grows a value past a
+    // limit (`m[k] = v`, `xs.push(x)`, `s += t`) stops at its next use of it.
+    let size_limits = limits.clone();
+    // `on_var` is marked volatile (not deprecated) by Rhai; its shape has been stable since 1.0.
+    #[allow(deprecated)]
+    engine.on_var(move |name, index, context| {
+        let scope = context.scope();
+        // `index`, when Rhai knows it, is the variable's offset from the scope's end: found
+        // without comparing names (a scope search per use would cost as much as the use).
+        let known = index
+            .checked_sub(1)
+            .and_then(|back| scope.iter_raw().nth(back))
+            .filter(|(found, ..)| *found == name)
+            .map(|(_, _, value)| value);
+        if let Some(value) = known.or_else(|| scope.get(name)) {
+            memory::check_own_size(value, &size_limits)?;
+        }
+        Ok(None)
+    });
+    // Rhai's own `sleep` blocks for as long as asked, past every limit (and panics on
+    // `sleep(1.0e300)`).
+    let s = Arc::clone(shared);
+    engine.register_fn("sleep", move |seconds: f64| s.sleep(seconds));
+    let s = Arc::clone(shared);
+    engine.register_fn("sleep", move |seconds: INT| s.sleep(seconds as f64));
 
     // `()` made visible: print(()) and `${()}` show "()" (and a note), not an empty line.
     let s = Arc::clone(shared);
@@ -829,6 +973,7 @@ fn build_engine(
     engine.register_fn("to_string", |_: ()| "()".to_owned());
 
     helpers::register(&mut engine, &Arc::default(), limits);
+    helpers::register_checked_builtins(&mut engine, limits);
     // Shadows the standard package's `len` for strings (the engine's own functions come
     // first): the same answer, without recounting the context on every call.
     engine.register_fn("len", move |text: &str| lengths.len(text));
@@ -874,34 +1019,35 @@ fn build_engine(
     });
     let s = Arc::clone(shared);
     engine.register_fn("rlm_batch", move |prompts: Dynamic| {
-        let tasks = prompt_tasks(&prompts)?;
+        let tasks = prompt_tasks(&s, &prompts)?;
         Ok::<_, Box<EvalAltResult>>(answers(children(&s, tasks, None)))
     });
     let s = Arc::clone(shared);
     engine.register_fn("rlm_batch", move |prompts: Dynamic, n: INT| {
-        let tasks = prompt_tasks(&prompts)?;
+        let tasks = prompt_tasks(&s, &prompts)?;
         Ok::<_, Box<EvalAltResult>>(answers(children(&s, tasks, Some(concurrency(n)))))
     });
     let s = Arc::clone(shared);
     engine.register_fn("rlm_batch", move |queries: Dynamic, contexts: Dynamic| {
-        let tasks = query_tasks(&queries, &contexts)?;
+        let tasks = query_tasks(&s, &queries, &contexts)?;
         Ok::<_, Box<EvalAltResult>>(answers(children(&s, tasks, None)))
     });
     let s = Arc::clone(shared);
     engine.register_fn(
         "rlm_batch",
         move |queries: Dynamic, contexts: Dynamic, n: INT| {
-            let tasks = query_tasks(&queries, &contexts)?;
+            let tasks = query_tasks(&s, &queries, &contexts)?;
             Ok::<_, Box<EvalAltResult>>(answers(children(&s, tasks, Some(concurrency(n)))))
         },
     );
 
     // Finishing.
+    let max_answer = limits.max_string_size;
     let s = Arc::clone(shared);
     engine.register_fn(
         "FINAL",
         move |value: Dynamic| -> Result<(), Box<EvalAltResult>> {
-            let answer = answer_text(&value.flatten_clone())
+            let answer = answer_text(&value.flatten_clone(), max_answer)
                 .map_err(|e| script_error(format!("FINAL: the value {e}")))?;
             *lock(&s.final_answer) = Some(answer);
             Err(stop(STOP_FINAL))
@@ -915,7 +1061,7 @@ fn build_engine(
             let expr = &inputs[0];
             let answer = if let Some(name) = expr.get_string_value() {
                 let name = name.to_owned();
-                final_value(&name, context.scope().get(&name)).map_err(script_error)?
+                final_value(&name, context.scope().get(&name), max_answer).map_err(script_error)?
             } else {
                 // Any other expression: a variable's name, or (leniently) the answer itself.
                 let value = context.eval_expression_tree(expr)?.flatten();
@@ -925,10 +1071,9 @@ fn build_engine(
                     .map(|s| s.as_str().to_owned())
                     .filter(|s| is_identifier(s));
                 match named {
-                    Some(name) => {
-                        final_value(&name, context.scope().get(&name)).map_err(script_error)?
-                    }
-                    None => answer_text(&value)
+                    Some(name) => final_value(&name, context.scope().get(&name), max_answer)
+                        .map_err(script_error)?,
+                    None => answer_text(&value, max_answer)
                         .map_err(|e| script_error(format!("FINAL_VAR: the value {e}")))?,
                 }
             };
@@ -1002,8 +1147,11 @@ fn child_task(
 }
 
 /// `rlm_batch(prompts)`: each prompt is both a child's task and its context.
-fn prompt_tasks(prompts: &Dynamic) -> Result<Vec<(String, Dynamic)>, Box<EvalAltResult>> {
-    Ok(batch_prompts("rlm_batch", prompts)?
+fn prompt_tasks(
+    shared: &Shared,
+    prompts: &Dynamic,
+) -> Result<Vec<(String, Dynamic)>, Box<EvalAltResult>> {
+    Ok(batch_prompts("rlm_batch", prompts, shared.max_memory)?
         .into_iter()
         .map(|prompt| {
             let context = Dynamic::from(ImmutableString::from(prompt.as_str()));
@@ -1014,10 +1162,11 @@ fn prompt_tasks(prompts: &Dynamic) -> Result<Vec<(String, Dynamic)>, Box<EvalAlt
 
 /// `rlm_batch(queries, contexts)`: pairs, in order.
 fn query_tasks(
+    shared: &Shared,
     queries: &Dynamic,
     contexts: &Dynamic,
 ) -> Result<Vec<(String, Dynamic)>, Box<EvalAltResult>> {
-    let queries = batch_prompts("rlm_batch", queries)?;
+    let queries = batch_prompts("rlm_batch", queries, shared.max_memory)?;
     let contexts = contexts.flatten_clone();
     let Ok(contexts) = contexts.into_array() else {
         return Err(script_error(
@@ -1055,7 +1204,7 @@ fn batch(
     prompts: &Dynamic,
     max_concurrent: Option<usize>,
 ) -> Result<Array, Box<EvalAltResult>> {
-    let prompts = batch_prompts(function, prompts)?;
+    let prompts = batch_prompts(function, prompts, shared.max_memory)?;
     let Some(sub) = &shared.sub else {
         return Ok(prompts
             .iter()

@@ -2,7 +2,7 @@
 //! async executor, accounted against the run's budgets and reported to observers.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,11 @@ use crate::{Event, SubCallRecord};
 
 /// Characters of a prompt carried by a [`Event::SubCallStart`].
 const PROMPT_PREVIEW_CHARS: usize = 500;
+/// Characters of a reply carried by a [`Event::SubCallEnd`]: longer ones keep their head and
+/// tail, with their true length stated.
+const RESPONSE_EVENT_CHARS: usize = 64 << 10;
+/// Bytes of an over-long answer kept after the explanation.
+const KEPT_PREFIX_BYTES: usize = 4 << 10;
 
 /// Measures a block's script time: wall time minus time spent waiting for sub-calls.
 #[derive(Debug)]
@@ -32,31 +37,76 @@ pub(crate) struct BlockClock {
     /// When the wait in progress began (0: none), so that a watchdog reading the clock from
     /// another thread does not count it as script time.
     wait_start_ns: AtomicU64,
+    /// Whether the process's resident memory is followed (a memory budget is set).
+    measure: bool,
+    /// Resident bytes the block's growth is measured from: at its start, raised by what
+    /// sub-call waits brought in (their answers are accounted for by the batch; 0: unknown).
+    resident_base: AtomicUsize,
+    /// Resident bytes when the wait in progress began.
+    resident_at_wait: AtomicUsize,
+    /// Bytes the scope held when the block began, plus the sub-call answers kept since.
+    held: AtomicUsize,
 }
 
 impl BlockClock {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(measure_memory: bool) -> Self {
         Self {
             epoch: Instant::now(),
             start_ns: AtomicU64::new(0),
             waited_ns: AtomicU64::new(0),
             wait_start_ns: AtomicU64::new(0),
+            measure: measure_memory,
+            resident_base: AtomicUsize::new(0),
+            resident_at_wait: AtomicUsize::new(0),
+            held: AtomicUsize::new(0),
         }
+    }
+
+    fn resident(&self) -> usize {
+        if self.measure {
+            super::memory::resident_bytes().unwrap_or(0)
+        } else {
+            0
+        }
+    }
+
+    /// How much the process's resident memory grew during the block's script time (sub-call
+    /// waits excepted); `None` while waiting or when it cannot be known.
+    pub(crate) fn memory_growth(&self) -> Option<usize> {
+        let base = self.resident_base.load(Ordering::SeqCst);
+        if base == 0 || self.wait_start_ns.load(Ordering::SeqCst) != 0 {
+            return None;
+        }
+        Some(self.resident().saturating_sub(base))
+    }
+
+    /// Counts `bytes` more held, if that stays within `budget` (0: none); returns whether it did.
+    fn hold(&self, bytes: usize, budget: usize) -> bool {
+        self.held
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |held| {
+                let now = held.saturating_add(bytes);
+                (budget == 0 || now <= budget).then_some(now)
+            })
+            .is_ok()
     }
 
     fn now_ns(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// A block starts.
-    pub(crate) fn begin(&self) {
+    /// A block starts; the scope holds `held` bytes.
+    pub(crate) fn begin(&self, held: usize) {
         self.start_ns.store(self.now_ns(), Ordering::SeqCst);
         self.waited_ns.store(0, Ordering::SeqCst);
         self.wait_start_ns.store(0, Ordering::SeqCst);
+        self.held.store(held, Ordering::SeqCst);
+        self.resident_base.store(self.resident(), Ordering::SeqCst);
     }
 
     /// A wait for sub-calls begins; it does not count as script time.
     fn begin_wait(&self) {
+        self.resident_at_wait
+            .store(self.resident(), Ordering::SeqCst);
         self.wait_start_ns
             .store(self.now_ns().max(1), Ordering::SeqCst);
     }
@@ -69,6 +119,11 @@ impl BlockClock {
             // it twice for a moment (too little script time), never not at all.
             let waited = self.now_ns().saturating_sub(start);
             self.waited_ns.fetch_add(waited, Ordering::SeqCst);
+            // What the wait brought in (answers) is not the script's growth: the answers kept
+            // are counted in `held`.
+            let before = self.resident_at_wait.load(Ordering::SeqCst);
+            let brought = self.resident().saturating_sub(before);
+            self.resident_base.fetch_add(brought, Ordering::SeqCst);
             self.wait_start_ns.store(0, Ordering::SeqCst);
         }
     }
@@ -102,6 +157,11 @@ pub(crate) struct SubCaller {
     records: Arc<Mutex<Vec<SubCallRecord>>>,
     /// The recursion tree of the run, when code may start child runs.
     tree: Option<Arc<Tree>>,
+    /// Bytes the scope and the answers kept during a block may hold together (the memory
+    /// budget; 0: no limit).
+    max_batch_bytes: usize,
+    /// Bytes one answer may hold (the string limit; 0: no limit).
+    max_answer_bytes: usize,
 }
 
 impl SubCaller {
@@ -124,6 +184,8 @@ impl SubCaller {
             next_batch: AtomicU64::new(0),
             records: Arc::default(),
             tree: None,
+            max_batch_bytes: 0,
+            max_answer_bytes: 0,
         }
     }
 
@@ -184,6 +246,39 @@ impl SubCaller {
                 prompt.chars().count()
             )
         })
+    }
+
+    /// Bounds the answers kept: `max_batch_bytes` for one batch's answers together,
+    /// `max_answer_bytes` for each (0: no limit). An answer past a bound becomes an
+    /// `Error: ...` string that says so; the others are kept.
+    pub(crate) fn with_answer_limits(
+        mut self,
+        max_batch_bytes: usize,
+        max_answer_bytes: usize,
+    ) -> Self {
+        self.max_batch_bytes = max_batch_bytes;
+        self.max_answer_bytes = max_answer_bytes;
+        self
+    }
+
+    /// The answer as the script gets it: an answer longer than the string limit becomes an
+    /// `Error: ...` string with its start.
+    fn fit_answer(&self, text: String) -> String {
+        if self.max_answer_bytes == 0 || text.len() <= self.max_answer_bytes {
+            return text;
+        }
+        let keep = KEPT_PREFIX_BYTES.min(self.max_answer_bytes / 2);
+        let mut cut = keep.min(text.len());
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        format!(
+            "Error: the answer was {} bytes, over the string limit ({} bytes); it was paid for \
+             but cannot be kept whole. Ask for a shorter answer. Its first {cut} bytes:\n{}",
+            text.len(),
+            self.max_answer_bytes,
+            &text[..cut]
+        )
     }
 
     /// The default concurrency of `llm_batch`.
@@ -299,14 +394,31 @@ impl SubCaller {
         };
         emitter.emit_with(|| end_event(turn, &record, &result));
         lock(&self.records).push(record);
-        self.script_text(result)
+        self.script_text(result, 0)
     }
 
     /// What the script gets for a sub-call: the reply's text, or an `Error: ...` string that
-    /// says why there is none (cut and empty replies keep their partial text after it).
-    fn script_text(&self, result: BatchResult) -> String {
+    /// says why there is none (cut and empty replies keep their partial text after it; an
+    /// answer that would take what the block holds past `max_held_bytes` is not kept; 0: no
+    /// bound, one answer always fits within the string limit).
+    fn script_text(&self, result: BatchResult, max_held_bytes: usize) -> String {
         match result {
-            Ok(completion) => answer_text(completion),
+            Ok(completion) => {
+                let text = self.fit_answer(answer_text(completion));
+                if self.clock.hold(text.len(), max_held_bytes) {
+                    text
+                } else {
+                    format!(
+                        "Error: this answer ({} bytes) was received and paid for, but with it \
+                         the variables and answers would pass the memory budget ({} bytes, \
+                         --max-memory), so it was not kept; the other answers were. Ask for \
+                         shorter answers, send fewer prompts per batch, or free variables you \
+                         no longer need (`x = ();`).",
+                        text.len(),
+                        max_held_bytes
+                    )
+                }
+            }
             Err(LlmError::Cancelled) => self.run.refusal(),
             Err(error) => format!("Error: {error}"),
         }
@@ -425,7 +537,7 @@ impl SubCaller {
                 ))
             });
             failed += usize::from(!result.as_ref().is_ok_and(is_answer));
-            *answer = self.script_text(result);
+            *answer = self.script_text(result, self.max_batch_bytes);
         }
         // Items reserved but never sent (the batch was cancelled before they started) go
         // back to the budget.
@@ -523,7 +635,10 @@ fn end_event(turn: usize, record: &SubCallRecord, result: &BatchResult) -> Event
         batch: record.batch,
         index: record.index,
         model: record.model.clone(),
-        response: result.as_ref().ok().map(|c| c.text.clone()),
+        response: result
+            .as_ref()
+            .ok()
+            .map(|c| super::output::truncate_middle(&c.text, RESPONSE_EVENT_CHARS)),
         error: record.error.clone(),
         usage: record.usage,
         latency_ms: millis(record.latency),

@@ -1,0 +1,301 @@
+//! What the sandbox's values hold, measured without making scripts quadratic.
+//!
+//! Rhai's own size limits re-measure a whole value (every item of an array, recursively) after
+//! each call that may change it: `xs.push(x)` and `xs.len()` cost O(len), so a loop that
+//! pushes n items costs O(n²). The REPL turns them off and keeps its limits itself:
+//!
+//! - each value's own size (a string's bytes, an array's items, a map's entries) is checked in
+//!   O(1) whenever a variable is read (see [`check_own_size`]), and by every native function
+//!   that grows a value while it builds it (`pad`, `split`, `to_chars`, the helpers);
+//! - while a block runs, the watchdog samples the process's resident memory (see
+//!   [`resident_bytes`]) and stops the block once it grew by more than the memory budget;
+//! - after every block, the variables are measured (see [`estimate_bytes`]) and those that do
+//!   not fit the limits or the budget are removed, largest first, with a note naming them.
+
+use rhai::{Dynamic, EvalAltResult, Position, Scope};
+
+use crate::SandboxLimits;
+
+/// Bytes an array item or map value takes besides what it points to.
+const SLOT: usize = std::mem::size_of::<Dynamic>();
+/// Bytes a string takes besides its text (its shared header and allocation rounding).
+const STRING_OVERHEAD: usize = 32;
+/// Bytes a map entry takes besides its key's text and its value.
+const ENTRY_OVERHEAD: usize = 48;
+
+/// The limit with 0 meaning none.
+fn cap(limit: usize) -> usize {
+    if limit == 0 { usize::MAX } else { limit }
+}
+
+/// A "too large" error, as Rhai raises it.
+pub(crate) fn too_large(what: &str) -> Box<EvalAltResult> {
+    Box::new(EvalAltResult::ErrorDataTooLarge(
+        what.to_owned(),
+        Position::NONE,
+    ))
+}
+
+/// Fails when `value` on its own is over a size limit: a string's bytes, an array's (or
+/// BLOB's) items, a map's entries. O(1): nested values are checked when they are used.
+pub(crate) fn check_own_size(
+    value: &Dynamic,
+    limits: &SandboxLimits,
+) -> Result<(), Box<EvalAltResult>> {
+    if value.is_string() {
+        if let Ok(s) = value.as_immutable_string_ref() {
+            if s.len() > cap(limits.max_string_size) {
+                return Err(too_large("Length of string"));
+            }
+        }
+    } else if value.is_array() {
+        if let Ok(items) = value.as_array_ref() {
+            if items.len() > cap(limits.max_array_size) {
+                return Err(too_large("Size of array"));
+            }
+        }
+    } else if value.is_map() {
+        if let Ok(map) = value.as_map_ref() {
+            if map.len() > cap(limits.max_map_size) {
+                return Err(too_large("Size of object map"));
+            }
+        }
+    } else if value.is_blob() {
+        if let Ok(blob) = value.as_blob_ref() {
+            if blob.len() > cap(limits.max_array_size) {
+                return Err(too_large("Size of BLOB"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An estimate of the heap bytes `value` holds (strings, map keys and the slots of arrays and
+/// maps, recursively), counting up to a little past `stop_after` and no further.
+pub(crate) fn estimate_bytes(value: &Dynamic, stop_after: usize) -> usize {
+    let mut total = 0usize;
+    add_bytes(value, stop_after, &mut total, 0);
+    total
+}
+
+fn add_bytes(value: &Dynamic, stop_after: usize, total: &mut usize, depth: usize) {
+    if *total > stop_after || depth > 512 {
+        return;
+    }
+    if let Ok(s) = value.as_immutable_string_ref() {
+        *total = total.saturating_add(s.len() + STRING_OVERHEAD);
+    } else if let Ok(items) = value.as_array_ref() {
+        *total = total.saturating_add(items.len() * SLOT);
+        for item in items.iter() {
+            add_bytes(item, stop_after, total, depth + 1);
+            if *total > stop_after {
+                return;
+            }
+        }
+    } else if let Ok(map) = value.as_map_ref() {
+        for (key, item) in map.iter() {
+            *total = total.saturating_add(key.len() + SLOT + ENTRY_OVERHEAD);
+            add_bytes(item, stop_after, total, depth + 1);
+            if *total > stop_after {
+                return;
+            }
+        }
+    } else if let Ok(blob) = value.as_blob_ref() {
+        *total = total.saturating_add(blob.len());
+    }
+}
+
+/// Whether `value` or anything inside it is over a size limit (strings' bytes, arrays' items,
+/// maps' entries, each counted on its own; map keys count as strings).
+fn over_size_limits(value: &Dynamic, limits: &SandboxLimits, depth: usize) -> bool {
+    if depth > 512 || check_own_size(value, limits).is_err() {
+        return depth <= 512;
+    }
+    if let Ok(items) = value.as_array_ref() {
+        // Only containers can hold something too large further down.
+        items
+            .iter()
+            .filter(|item| !item.is_int() && !item.is_float() && !item.is_bool())
+            .any(|item| over_size_limits(item, limits, depth + 1))
+    } else if let Ok(map) = value.as_map_ref() {
+        map.iter().any(|(key, item)| {
+            key.len() > cap(limits.max_string_size) || over_size_limits(item, limits, depth + 1)
+        })
+    } else {
+        false
+    }
+}
+
+/// The resident memory of this process in bytes (Linux; `None` elsewhere or if unreadable).
+pub(crate) fn resident_bytes() -> Option<usize> {
+    #[cfg(target_os = "linux")]
+    {
+        let status = std::fs::read_to_string("/proc/self/statm").ok()?;
+        let pages: usize = status.split_whitespace().nth(1)?.parse().ok()?;
+        Some(pages.saturating_mul(4096))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
+
+/// Sizes shown to the model: `12.3 MB`.
+pub(crate) fn human(bytes: usize) -> String {
+    const UNITS: [&str; 4] = ["bytes", "KB", "MB", "GB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < UNITS.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} bytes")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// The largest variables (the context excepted), largest first, for an error message:
+/// "`all` (224.0 MB), `s` (32.0 MB)". Each is measured up to `stop_after` bytes.
+pub(crate) fn largest(scope: &Scope<'static>, shown: usize, stop_after: usize) -> String {
+    let count = scope.len();
+    let mut sizes: Vec<(usize, &str)> = scope
+        .iter_raw()
+        .enumerate()
+        .filter(|(back, _)| count - 1 - back != 0)
+        .map(|(_, (name, _, value))| (estimate_bytes(value, stop_after), name))
+        .collect();
+    sizes.sort_by_key(|s| std::cmp::Reverse(s.0));
+    sizes
+        .iter()
+        .take(shown)
+        .map(|(bytes, name)| format!("`{name}` ({})", human(*bytes)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// After a block: removes the variables (never `context`, the first entry) that are over a
+/// size limit, then, largest first, those that do not fit the memory budget. Returns the
+/// bytes the variables kept hold (an estimate) and the message the model sees, if any
+/// variable was removed.
+pub(crate) fn fit_scope(
+    scope: &mut Scope<'static>,
+    limits: &SandboxLimits,
+) -> (usize, Option<String>) {
+    let budget = cap(limits.max_memory);
+    let mut sizes: Vec<(usize, String, usize, bool)> = Vec::new();
+    let count = scope.len();
+    // `iter_raw` goes from the latest entry back; the context is the first entry.
+    for (back, (name, _, value)) in scope.iter_raw().enumerate() {
+        let index = count - 1 - back;
+        if index == 0 {
+            continue;
+        }
+        let over = over_size_limits(value, limits, 0);
+        // Counted a little past the budget at most: enough to rank and to report.
+        let bytes = estimate_bytes(value, budget.saturating_add(1));
+        sizes.push((index, name.to_owned(), bytes, over));
+    }
+    let mut total: usize = sizes.iter().map(|s| s.2).fold(0, usize::saturating_add);
+    let mut removed = vec![false; scope.len()];
+    let mut lines = Vec::new();
+    for (index, name, bytes, over) in &sizes {
+        if *over {
+            removed[*index] = true;
+            total = total.saturating_sub(*bytes);
+            lines.push(format!(
+                "`{name}` ({}) was over a size limit (strings {} bytes, arrays {} items, maps \
+                 {} entries) and was removed",
+                human(*bytes),
+                limits.max_string_size,
+                limits.max_array_size,
+                limits.max_map_size
+            ));
+        }
+    }
+    if total > budget {
+        let mut by_size: Vec<&(usize, String, usize, bool)> =
+            sizes.iter().filter(|s| !removed[s.0]).collect();
+        by_size.sort_by_key(|s| std::cmp::Reverse(s.2));
+        let over_by = total;
+        for (index, name, bytes, _) in by_size {
+            if total <= budget {
+                break;
+            }
+            removed[*index] = true;
+            total = total.saturating_sub(*bytes);
+            lines.push(format!("`{name}` ({}) was removed", human(*bytes)));
+        }
+        lines.insert(
+            0,
+            format!(
+                "the variables held about {} (the context excepted), over the memory budget \
+                 of {} (--max-memory)",
+                human(over_by),
+                human(budget)
+            ),
+        );
+    }
+    if lines.is_empty() {
+        return (total, None);
+    }
+    let entries = std::mem::take(scope).into_iter().enumerate();
+    scope.extend(
+        entries
+            .filter(|(index, _)| !removed.get(*index).copied().unwrap_or(false))
+            .map(|(_, (name, value, _))| (name, value.is_read_only(), value)),
+    );
+    let message = format!(
+        "Error: memory: {}. Keep less: store counts, short summaries or the few items you \
+         need instead of whole copies of the context; free a variable you no longer need with \
+         `x = ();` (SHOW_VARS() lists sizes).",
+        lines.join("; ")
+    );
+    (total, Some(message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn estimates_count_strings_keys_and_slots() {
+        let mut map = rhai::Map::new();
+        map.insert("k".repeat(100).into(), Dynamic::from("v".repeat(1000)));
+        let value = Dynamic::from_array(vec![Dynamic::from_map(map), Dynamic::from_int(1)]);
+        let bytes = estimate_bytes(&value, usize::MAX);
+        assert!((1100..1400).contains(&bytes), "{bytes}");
+        assert!(estimate_bytes(&value, 10) < 1400);
+    }
+
+    #[test]
+    fn own_size_is_checked_in_constant_time() {
+        let limits = SandboxLimits {
+            max_array_size: 2,
+            ..SandboxLimits::default()
+        };
+        let small = Dynamic::from_array(vec![Dynamic::from_int(1)]);
+        let big = Dynamic::from_array(vec![Dynamic::from_int(1); 3]);
+        assert!(check_own_size(&small, &limits).is_ok());
+        assert!(check_own_size(&big, &limits).is_err());
+    }
+
+    #[test]
+    fn scope_over_budget_loses_its_largest_variables_first() {
+        let limits = SandboxLimits {
+            max_memory: 10_000,
+            ..SandboxLimits::default()
+        };
+        let mut scope = Scope::new();
+        scope.push_constant_dynamic("context", Dynamic::from("c".repeat(50_000)));
+        scope.push_dynamic("small", Dynamic::from("s".repeat(100)));
+        scope.push_dynamic("big", Dynamic::from("b".repeat(20_000)));
+        let message = fit_scope(&mut scope, &limits).1.unwrap_or_default();
+        assert!(message.contains("`big`"), "{message}");
+        assert!(!message.contains("`small`"), "{message}");
+        assert!(scope.contains("context") && scope.contains("small"));
+        assert!(!scope.contains("big"));
+        assert_eq!(fit_scope(&mut scope, &limits).1, None);
+    }
+}
