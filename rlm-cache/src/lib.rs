@@ -109,9 +109,15 @@
 
 mod batch;
 mod config;
+#[cfg(feature = "disk")]
+mod disk;
+mod error;
 mod flight;
 mod key;
+#[cfg(feature = "redis")]
+mod redis_store;
 mod stats;
+mod store;
 
 use std::fmt;
 use std::sync::Arc;
@@ -123,7 +129,14 @@ use rlm_core::{
 };
 
 pub use config::{CacheConfig, Capacity, DEFAULT_MAX_BYTES};
+pub use error::CacheError;
 pub use stats::CacheStats;
+pub use store::{Store, StoreKey, StoredBackend};
+
+#[cfg(feature = "disk")]
+pub use disk::{DISK_CACHE_FILE, DiskConfig, DiskStore};
+#[cfg(feature = "redis")]
+pub use redis_store::RedisStore;
 
 use flight::{Flight, Flights, Join, Lead};
 use key::{FingerprintState, Probe, RequestKey};

@@ -108,6 +108,7 @@ mod backend;
 mod config;
 mod limit;
 mod retry;
+mod shared;
 mod wire;
 
 pub use backend::OpenAiBackend;
@@ -116,3 +117,6 @@ pub use config::{
     DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_MAX_RETRIES, DEFAULT_MAX_RETRY_AFTER, OpenAiConfig,
     RateLimit,
 };
+#[cfg(feature = "redis")]
+pub use shared::RedisPacer;
+pub use shared::SharedPacer;

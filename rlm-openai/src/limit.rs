@@ -16,6 +16,7 @@ use governor::{Quota, RateLimiter};
 use tokio::time::Instant;
 
 use crate::config::{OpenAiConfig, RateLimit};
+use crate::shared::SharedPacer;
 
 /// governor's clock, reading tokio's time: the clock every wait here sleeps on. (With
 /// another clock, a paused tokio clock, as in tests, would make the waits spin.)
@@ -200,10 +201,25 @@ pub(crate) struct Gate {
     turnstile: tokio::sync::Mutex<Ledger>,
     /// No request is sent before this instant (set from a server's `Retry-After`).
     paused_until: Mutex<Option<Instant>>,
+    /// Books shared with other processes, consulted after this process's own.
+    shared: Option<Shared>,
+}
+
+/// A model's share of a [`SharedPacer`].
+#[derive(Debug)]
+struct Shared {
+    pacer: Arc<dyn SharedPacer>,
+    model: String,
+    limit: RateLimit,
 }
 
 impl Gate {
+    #[cfg(test)]
     fn new(limit: RateLimit) -> Self {
+        Self::with_shared(limit, None)
+    }
+
+    fn with_shared(limit: RateLimit, shared: Option<Shared>) -> Self {
         Self {
             requests: Bucket::per_minute(limit.requests_per_minute),
             tokens: Bucket::per_minute(limit.tokens_per_minute),
@@ -212,13 +228,14 @@ impl Gate {
                 tokens: Window::new(limit.tokens_per_minute),
             }),
             paused_until: Mutex::new(None),
+            shared,
         }
     }
 
     /// Waits until a request estimated at `tokens` tokens may be sent, and takes its share of
     /// the budgets. Dropping the future gives up the place in line.
     pub(crate) async fn admit(&self, tokens: u64) {
-        if self.requests.is_none() && self.tokens.is_none() {
+        if self.requests.is_none() && self.tokens.is_none() && self.shared.is_none() {
             self.wait_for_pause().await;
             return;
         }
@@ -242,6 +259,20 @@ impl Gate {
                 .wait_for_room(1, now)
                 .max(ledger.tokens.wait_for_room(tokens, now));
             if wait.is_zero() {
+                // Then the books of every process together; unreachable, this process's
+                // own books stand alone.
+                if let Some(shared) = &self.shared {
+                    let wait = shared
+                        .pacer
+                        .admit(&shared.model, shared.limit, tokens)
+                        .await
+                        .unwrap_or_default();
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                }
+                let now = Instant::now();
                 ledger.requests.record(1, now);
                 ledger.tokens.record(tokens, now);
                 return;
@@ -253,6 +284,11 @@ impl Gate {
     /// Holds every request of this model for `wait` from now (extending, never shortening,
     /// a pause already in force).
     pub(crate) fn pause(&self, wait: Duration) {
+        if let Some(shared) = &self.shared {
+            let pacer = Arc::clone(&shared.pacer);
+            let model = shared.model.clone();
+            tokio::spawn(async move { pacer.pause(&model, wait).await });
+        }
         let Some(until) = Instant::now().checked_add(wait) else {
             return;
         };
@@ -284,6 +320,7 @@ impl Gate {
 pub(crate) struct Limiters {
     default: RateLimit,
     per_model: HashMap<String, RateLimit>,
+    shared: Option<Arc<dyn SharedPacer>>,
     gates: RwLock<HashMap<String, Arc<Gate>>>,
 }
 
@@ -296,6 +333,7 @@ impl Limiters {
                 .iter()
                 .map(|(model, limit)| (model.clone(), *limit))
                 .collect(),
+            shared: config.shared_pacer.clone(),
             gates: RwLock::new(HashMap::new()),
         }
     }
@@ -315,7 +353,14 @@ impl Limiters {
         Arc::clone(
             gates
                 .entry(model.to_owned())
-                .or_insert_with(|| Arc::new(Gate::new(limit))),
+                .or_insert_with(|| {
+                    let shared = self.shared.as_ref().map(|pacer| Shared {
+                        pacer: Arc::clone(pacer),
+                        model: model.to_owned(),
+                        limit,
+                    });
+                    Arc::new(Gate::with_shared(limit, shared))
+                }),
         )
     }
 }
