@@ -19,6 +19,7 @@ mod demo;
 mod error;
 mod progress;
 mod run;
+mod state;
 mod trace;
 
 use std::io::{IsTerminal, Write};

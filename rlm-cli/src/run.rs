@@ -17,6 +17,7 @@ use crate::cli::RunArgs;
 use crate::context;
 use crate::error::{CliError, exit};
 use crate::progress::Progress;
+use crate::state;
 use crate::trace::TraceWriter;
 
 /// How long a cancelled run may take to wind down before `rlm` exits anyway.
@@ -125,15 +126,24 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
             ),
         );
     }
+    if let Some(pacer) = state::pacer(&args)? {
+        config = config.with_shared_pacer(pacer);
+    }
     let backend = OpenAiBackend::new(config).map_err(config_error)?;
     // Metered below the cache: usage counts what the server was really asked.
     let tracker = UsageTracker::new();
     let metered = Metered::new(backend, tracker.clone());
     let root: Arc<dyn LlmBackend> = Arc::new(metered.clone());
-    let cache = (!args.no_cache).then(|| Arc::new(CachedBackend::new(metered.clone())));
+    // Below the in-memory cache, the disk and Redis tiers (--cache-dir, --redis).
+    let (tiered, tier_hits): (Arc<dyn BatchExecutor>, _) = if args.no_cache {
+        (Arc::new(metered), state::TierHits::default())
+    } else {
+        state::tiers(Arc::new(metered), &args)?
+    };
+    let cache = (!args.no_cache).then(|| Arc::new(CachedBackend::new(tiered.clone())));
     let sub: Arc<dyn BatchExecutor> = match &cache {
         Some(cache) => cache.clone(),
-        None => Arc::new(metered),
+        None => tiered,
     };
 
     // Observers.
@@ -224,7 +234,7 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
     // A run whose token was cancelled already says `cancelled` (rlm-repl does not count
     // what a script made of cancelled sub-calls as a final answer).
     let usage = tracker.snapshot();
-    let cache_stats = cache.as_ref().map(|c| c.stats());
+    let cache_stats = cache.as_ref().map(|c| tier_hits.fill(c.stats()));
     if args.json || result.stopped != StopReason::Cancelled {
         print_result(&result, &usage, cache_stats, args.json)?;
     }
