@@ -256,9 +256,10 @@ async fn blocking<T: Send + 'static>(
 
 fn get_all(inner: &Inner, keys: &[StoreKey]) -> rusqlite::Result<Vec<Option<Completion>>> {
     let reader = inner.reader.lock().unwrap_or_else(PoisonError::into_inner);
-    let oldest = inner.config.time_to_live.map(|ttl| {
-        now_ms().saturating_sub(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX))
-    });
+    let oldest = inner
+        .config
+        .time_to_live
+        .map(|ttl| now_ms().saturating_sub(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)));
     let mut statement =
         reader.prepare_cached("SELECT value, created_ms FROM entries WHERE key = ?1")?;
     let mut found = Vec::with_capacity(keys.len());

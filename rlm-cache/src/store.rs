@@ -61,11 +61,13 @@ impl fmt::Debug for StoreKey {
 }
 
 /// Encodes a completion for a store (JSON).
+#[cfg(any(feature = "disk", feature = "redis"))]
 pub(crate) fn encode(completion: &Completion) -> Vec<u8> {
     serde_json::to_vec(completion).unwrap_or_default()
 }
 
 /// Decodes a stored completion; `None` for bytes that are not one (then it is a miss).
+#[cfg(any(feature = "disk", feature = "redis"))]
 pub(crate) fn decode(bytes: &[u8]) -> Option<Completion> {
     serde_json::from_slice(bytes).ok()
 }
@@ -340,7 +342,10 @@ impl<B: BatchExecutor, S: Store + 'static> BatchExecutor for StoredBackend<B, S>
             let (outcomes, ()) = tokio::join!(batch, writer);
             // Successes the inner backend did not report to its observer.
             let queued = std::mem::take(
-                &mut *forward.queued.lock().unwrap_or_else(PoisonError::into_inner),
+                &mut *forward
+                    .queued
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner),
             );
             let mut late = Vec::new();
             let mut outcomes = outcomes.into_iter();

@@ -8,9 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rlm_cache::{
-    CacheError, CachedBackend, DiskConfig, DiskStore, Store, StoreKey, StoredBackend,
-};
+use rlm_cache::{CacheError, CachedBackend, DiskConfig, DiskStore, Store, StoreKey, StoredBackend};
 use rlm_core::mock::MockBackend;
 use rlm_core::{
     BatchExecutor, BatchObserver, BatchOptions, BatchResult, Completion, CompletionRequest,
@@ -77,7 +75,10 @@ async fn entries_survive_reopening_and_a_reused_key_is_replaced() {
     let keys = [entry(1, 0).0, entry(2, 0).0, entry(3, 0).0];
     let found = store.get_many(&keys).await.expect("read");
     assert_eq!(text(&found[0]), Some("newer"));
-    assert_eq!(text(&found[1]), Some(&*format!("answer 2 {}", "x".repeat(10))));
+    assert_eq!(
+        text(&found[1]),
+        Some(&*format!("answer 2 {}", "x".repeat(10)))
+    );
     assert_eq!(found[2], None);
     let (entries, _) = store.usage().await.expect("usage");
     assert_eq!(entries, 2);
@@ -102,7 +103,10 @@ async fn the_byte_bound_removes_the_oldest_first() {
 
     // An entry larger than the whole bound is not kept, and evicts nothing.
     store.put_many(&[entry(99, 6_000)]).await.expect("written");
-    let found = store.get_many(&[entry(99, 0).0, entry(9, 0).0]).await.expect("read");
+    let found = store
+        .get_many(&[entry(99, 0).0, entry(9, 0).0])
+        .await
+        .expect("read");
     assert!(found[0].is_none() && found[1].is_some());
 
     // A bound of zero keeps nothing, and is not an error.
@@ -144,8 +148,11 @@ async fn a_directory_that_cannot_hold_a_cache_is_a_clear_error() {
     }
     // A file that is not a database.
     let not_db = TempDir::new("notdb");
-    std::fs::write(not_db.path().join(rlm_cache::DISK_CACHE_FILE), vec![7u8; 4096])
-        .expect("a junk file");
+    std::fs::write(
+        not_db.path().join(rlm_cache::DISK_CACHE_FILE),
+        vec![7u8; 4096],
+    )
+    .expect("a junk file");
     assert!(matches!(
         DiskStore::open(not_db.path(), DiskConfig::default()),
         Err(CacheError::Open { .. })
@@ -158,11 +165,17 @@ struct Events(std::sync::Mutex<Vec<(usize, bool)>>);
 
 impl BatchObserver for Events {
     fn started(&self, index: usize, _request: &CompletionRequest) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).push((index, false));
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((index, false));
     }
 
     fn finished(&self, index: usize, _result: &BatchResult, _elapsed: Duration) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).push((index, true));
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((index, true));
     }
 }
 
@@ -177,7 +190,9 @@ async fn behind_the_memory_cache_a_new_process_is_answered_from_disk() {
     {
         let disk = StoredBackend::new(first.clone(), open(dir.path(), DiskConfig::default()));
         let cache = CachedBackend::new(disk);
-        let results = cache.complete_batch(prompts.clone(), &BatchOptions::new(4)).await;
+        let results = cache
+            .complete_batch(prompts.clone(), &BatchOptions::new(4))
+            .await;
         assert!(results.iter().all(Result::is_ok));
         assert_eq!(first.calls(), 3);
         assert_eq!(cache.inner().hits(), 0);
@@ -195,13 +210,28 @@ async fn behind_the_memory_cache_a_new_process_is_answered_from_disk() {
         .into_iter()
         .map(|r| r.map(|c| c.text).unwrap_or_default())
         .collect();
-    assert_eq!(texts, ["echo: a", "echo: b", "echo: a", "echo: c", "echo: d"]);
+    assert_eq!(
+        texts,
+        ["echo: a", "echo: b", "echo: a", "echo: c", "echo: d"]
+    );
     assert_eq!(second.calls(), 1, "only the new prompt is sent");
-    assert_eq!(cache.inner().hits(), 3, "a, b and c from disk (the second a is shared)");
+    assert_eq!(
+        cache.inner().hits(),
+        3,
+        "a, b and c from disk (the second a is shared)"
+    );
     let events = events.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
     for i in 0..5 {
-        assert_eq!(events.iter().filter(|e| **e == (i, false)).count(), 1, "{events:?}");
-        assert_eq!(events.iter().filter(|e| **e == (i, true)).count(), 1, "{events:?}");
+        assert_eq!(
+            events.iter().filter(|e| **e == (i, false)).count(),
+            1,
+            "{events:?}"
+        );
+        assert_eq!(
+            events.iter().filter(|e| **e == (i, true)).count(),
+            1,
+            "{events:?}"
+        );
     }
     // One call: a hit on disk.
     let single = cache.complete(CompletionRequest::prompt("sub", "d")).await;
@@ -230,7 +260,11 @@ async fn errors_are_never_stored() {
         )
         .await;
     assert!(results[0].is_ok() && results[1].is_err());
-    assert!(disk.complete(CompletionRequest::prompt("sub", "bad")).await.is_err());
+    assert!(
+        disk.complete(CompletionRequest::prompt("sub", "bad"))
+            .await
+            .is_err()
+    );
     assert_eq!(store.usage().await.expect("usage").0, 1);
     let bad = StoreKey::of(&CompletionRequest::prompt("sub", "bad"));
     assert!(store.get_many(&[bad]).await.expect("read")[0].is_none());
@@ -241,7 +275,14 @@ async fn errors_are_never_stored() {
 /// Runs this test binary's `child` test in a new process with `env`.
 fn spawn_child(env: &[(&str, String)]) -> Command {
     let mut command = Command::new(std::env::current_exe().expect("the test binary"));
-    command.args(["child", "--exact", "--ignored", "--nocapture", "--test-threads", "1"]);
+    command.args([
+        "child",
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads",
+        "1",
+    ]);
     for (name, value) in env {
         command.env(name, value);
     }
@@ -255,11 +296,20 @@ fn spawn_child(env: &[(&str, String)]) -> Command {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "run by the multi-process tests"]
 async fn child() {
-    let (Ok(dir), Ok(id)) = (std::env::var("RLM_CHILD_DIR"), std::env::var("RLM_CHILD_ID")) else {
+    let (Ok(dir), Ok(id)) = (
+        std::env::var("RLM_CHILD_DIR"),
+        std::env::var("RLM_CHILD_ID"),
+    ) else {
         return;
     };
-    let count: usize = std::env::var("RLM_CHILD_COUNT").ok().and_then(|n| n.parse().ok()).unwrap_or(100);
-    let chunk: usize = std::env::var("RLM_CHILD_CHUNK").ok().and_then(|n| n.parse().ok()).unwrap_or(1);
+    let count: usize = std::env::var("RLM_CHILD_COUNT")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100);
+    let chunk: usize = std::env::var("RLM_CHILD_CHUNK")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
     let store = open(Path::new(&dir), DiskConfig::default());
     let mut written = 0;
     while written < count {
@@ -302,7 +352,10 @@ async fn several_processes_share_one_directory() {
                 ("RLM_CHILD_DIR", path.clone()),
                 ("RLM_CHILD_ID", format!("p{id}")),
                 ("RLM_CHILD_COUNT", "150".to_owned()),
-                ("RLM_CHILD_CHUNK", if id == 0 { "1" } else { "10" }.to_owned()),
+                (
+                    "RLM_CHILD_CHUNK",
+                    if id == 0 { "1" } else { "10" }.to_owned(),
+                ),
             ])
             .stdout(Stdio::null())
             .spawn()
@@ -358,6 +411,9 @@ async fn a_process_killed_mid_write_loses_at_most_its_last_write() {
             assert!(entries > 0, "round {earlier}");
         }
         // And the store still takes writes.
-        store.put_many(&[entry(round, 10)]).await.expect("written after the kill");
+        store
+            .put_many(&[entry(round, 10)])
+            .await
+            .expect("written after the kill");
     }
 }

@@ -25,7 +25,9 @@ async fn workers_share_answers_and_prefixes_keep_deployments_apart() {
         first.clone(),
         RedisStore::new(&redis.url(), "team-a", None).expect("a store"),
     ));
-    let results = worker.complete_batch(prompts(&["a", "b"]), &BatchOptions::new(2)).await;
+    let results = worker
+        .complete_batch(prompts(&["a", "b"]), &BatchOptions::new(2))
+        .await;
     assert!(results.iter().all(Result::is_ok));
     assert_eq!(first.calls(), 2);
 
@@ -35,8 +37,13 @@ async fn workers_share_answers_and_prefixes_keep_deployments_apart() {
         second.clone(),
         RedisStore::new(&redis.url(), "team-a", None).expect("a store"),
     ));
-    let results = other.complete_batch(prompts(&["b", "a", "c"]), &BatchOptions::new(2)).await;
-    let texts: Vec<String> = results.into_iter().map(|r| r.map(|c| c.text).unwrap_or_default()).collect();
+    let results = other
+        .complete_batch(prompts(&["b", "a", "c"]), &BatchOptions::new(2))
+        .await;
+    let texts: Vec<String> = results
+        .into_iter()
+        .map(|r| r.map(|c| c.text).unwrap_or_default())
+        .collect();
     assert_eq!(texts, ["echo: b", "echo: a", "echo: c"]);
     assert_eq!(second.calls(), 1);
     assert_eq!(other.inner().hits(), 2);
@@ -47,7 +54,12 @@ async fn workers_share_answers_and_prefixes_keep_deployments_apart() {
         third.clone(),
         RedisStore::new(&redis.url(), "team-b", None).expect("a store"),
     );
-    assert!(apart.complete(CompletionRequest::prompt("sub", "a")).await.is_ok());
+    assert!(
+        apart
+            .complete(CompletionRequest::prompt("sub", "a"))
+            .await
+            .is_ok()
+    );
     assert_eq!(third.calls(), 1);
 }
 
@@ -56,9 +68,13 @@ async fn entries_expire_after_their_ttl() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let store = RedisStore::new(&redis.url(), "ttl", Some(Duration::from_millis(200))).expect("a store");
+    let store =
+        RedisStore::new(&redis.url(), "ttl", Some(Duration::from_millis(200))).expect("a store");
     let key = StoreKey::of(&CompletionRequest::prompt("sub", "x"));
-    store.put_many(&[(key, Completion::new("sub", "y"))]).await.expect("written");
+    store
+        .put_many(&[(key, Completion::new("sub", "y"))])
+        .await
+        .expect("written");
     assert!(store.get_many(&[key]).await.expect("read")[0].is_some());
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(store.get_many(&[key]).await.expect("read")[0].is_none());
@@ -74,14 +90,23 @@ async fn calls_go_on_while_redis_is_down_and_sharing_resumes_when_it_returns() {
         provider.clone(),
         RedisStore::new(&redis.url(), "outage", None).expect("a store"),
     );
-    assert!(backend.complete(CompletionRequest::prompt("sub", "before")).await.is_ok());
+    assert!(
+        backend
+            .complete(CompletionRequest::prompt("sub", "before"))
+            .await
+            .is_ok()
+    );
     redis.stop();
     // Down: every call is answered by the provider, none fails.
     for i in 0..5 {
-        let answer = backend.complete(CompletionRequest::prompt("sub", format!("down {i}"))).await;
+        let answer = backend
+            .complete(CompletionRequest::prompt("sub", format!("down {i}")))
+            .await;
         assert_eq!(answer.map(|c| c.text).ok(), Some(format!("echo: down {i}")));
     }
-    let results = backend.complete_batch(prompts(&["p", "q"]), &BatchOptions::new(2)).await;
+    let results = backend
+        .complete_batch(prompts(&["p", "q"]), &BatchOptions::new(2))
+        .await;
     assert!(results.iter().all(Result::is_ok));
     assert_eq!(provider.calls(), 8);
     // Back (empty): after the store's one-second back-off, writes and reads work again.
@@ -89,7 +114,9 @@ async fn calls_go_on_while_redis_is_down_and_sharing_resumes_when_it_returns() {
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     let mut stored = false;
     for _ in 0..50 {
-        let _ = backend.complete(CompletionRequest::prompt("sub", "after")).await;
+        let _ = backend
+            .complete(CompletionRequest::prompt("sub", "after"))
+            .await;
         let store = backend.store();
         let key = StoreKey::of(&CompletionRequest::prompt("sub", "after"));
         if matches!(store.get_many(&[key]).await, Ok(found) if found[0].is_some()) {
@@ -100,7 +127,12 @@ async fn calls_go_on_while_redis_is_down_and_sharing_resumes_when_it_returns() {
     }
     assert!(stored, "the store is used again once Redis is back");
     let hits = backend.hits();
-    assert!(backend.complete(CompletionRequest::prompt("sub", "after")).await.is_ok());
+    assert!(
+        backend
+            .complete(CompletionRequest::prompt("sub", "after"))
+            .await
+            .is_ok()
+    );
     assert_eq!(backend.hits(), hits + 1);
 }
 

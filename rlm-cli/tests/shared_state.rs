@@ -42,10 +42,8 @@ impl TempDir {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        let dir = std::env::temp_dir().join(format!(
-            "rlm-cli-{name}-{}-{nanos}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("rlm-cli-{name}-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("a temporary directory");
         Self(dir)
     }
@@ -74,7 +72,12 @@ fn rlm(server: &MockServer, context: &str, extra: &[&str]) -> tokio::process::Co
         .args(["--sub-model", SUB, "--max-retries", "0", "--json"])
         .args(["--query", "count", "--context", context])
         .args(extra);
-    for var in ["RLM_CACHE_DIR", "RLM_REDIS_URL", "RUST_LOG", "OPENAI_BASE_URL"] {
+    for var in [
+        "RLM_CACHE_DIR",
+        "RLM_REDIS_URL",
+        "RUST_LOG",
+        "OPENAI_BASE_URL",
+    ] {
         command.env_remove(var);
     }
     command
@@ -143,7 +146,11 @@ async fn a_disk_cache_answers_a_rerun_in_a_new_process() {
     let (code, json, stderr) = run(&server, &context, &["--cache-dir", &cache]).await;
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(json["answer"], "answers: 12");
-    assert_eq!(sub_requests(&server).len(), 0, "every sub-call came from disk");
+    assert_eq!(
+        sub_requests(&server).len(),
+        0,
+        "every sub-call came from disk"
+    );
     assert_eq!(json["cache"]["disk_hits"], 12, "{json}");
     assert_eq!(json["cache"]["redis_hits"], 0, "{json}");
 
@@ -193,7 +200,11 @@ async fn four_processes_share_one_rate_limit_through_redis() {
     assert_eq!(subs.len(), 120);
     // 600 a minute: a burst of 10, then 10 a second, across all four processes.
     let most = max_in_window(&subs, Duration::from_secs(1));
-    assert!(most <= 20, "{most} sub-calls reached the server within one second");
+    eprintln!("at most {most} sub-calls reached the server within one second");
+    assert!(
+        most <= 20,
+        "{most} sub-calls reached the server within one second"
+    );
     let most = max_in_window(&subs, Duration::from_secs(60));
     assert!(most <= 600, "{most} sub-calls within a minute");
 }
@@ -216,12 +227,21 @@ async fn a_second_run_is_answered_from_the_shared_cache() {
     let (code, json, stderr) = run(&server, &context, &["--redis", &url]).await;
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(json["answer"], "answers: 10");
-    assert_eq!(sub_requests(&server).len(), 0, "no sub-call reached the server");
+    assert_eq!(
+        sub_requests(&server).len(),
+        0,
+        "no sub-call reached the server"
+    );
     assert_eq!(json["cache"]["redis_hits"], 10, "{json}");
 
     // Another prefix is another deployment: nothing shared.
     server.reset();
-    let (code, _, stderr) = run(&server, &context, &["--redis", &url, "--redis-prefix", "other"]).await;
+    let (code, _, stderr) = run(
+        &server,
+        &context,
+        &["--redis", &url, "--redis-prefix", "other"],
+    )
+    .await;
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(sub_requests(&server).len(), 10);
 }
@@ -250,7 +270,10 @@ async fn a_run_survives_redis_going_away() {
     assert_eq!(json["answer"], "answers: 40", "{json}");
     assert_eq!(sub_requests(&server).len(), 40);
     let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("WARN")).collect();
-    assert!(!warnings.is_empty(), "a warning says Redis went away: {stderr}");
+    assert!(
+        !warnings.is_empty(),
+        "a warning says Redis went away: {stderr}"
+    );
     // Once per outage for each use (pacing, cache), not once per call.
     assert!(warnings.len() <= 2, "{stderr}");
     // Still paced locally: never more than two seconds' share in a second.
@@ -272,7 +295,10 @@ async fn an_unreachable_redis_from_the_start_is_a_warning_not_a_failure() {
     let (code, json, stderr) = run(&server, &context, &["--redis", &url, "--rpm", "600"]).await;
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(json["answer"], "answers: 3");
-    assert!(stderr.contains("WARN") && stderr.contains("redis://127.0.0.1"), "{stderr}");
+    assert!(
+        stderr.contains("WARN") && stderr.contains("redis://127.0.0.1"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("secret-pw"), "{stderr}");
     // A URL that is not a Redis URL is a usage error.
     let (code, _, stderr) = run(&server, &context, &["--redis", "http://nope"]).await;

@@ -350,18 +350,14 @@ impl Limiters {
         }
         let limit = self.per_model.get(model).copied().unwrap_or(self.default);
         let mut gates = self.gates.write().unwrap_or_else(PoisonError::into_inner);
-        Arc::clone(
-            gates
-                .entry(model.to_owned())
-                .or_insert_with(|| {
-                    let shared = self.shared.as_ref().map(|pacer| Shared {
-                        pacer: Arc::clone(pacer),
-                        model: model.to_owned(),
-                        limit,
-                    });
-                    Arc::new(Gate::with_shared(limit, shared))
-                }),
-        )
+        Arc::clone(gates.entry(model.to_owned()).or_insert_with(|| {
+            let shared = self.shared.as_ref().map(|pacer| Shared {
+                pacer: Arc::clone(pacer),
+                model: model.to_owned(),
+                limit,
+            });
+            Arc::new(Gate::with_shared(limit, shared))
+        }))
     }
 }
 

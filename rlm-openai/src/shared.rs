@@ -39,8 +39,8 @@ mod redis_pacer {
     use std::time::Duration;
 
     use async_trait::async_trait;
-    use redis::aio::{ConnectionManager, ConnectionManagerConfig};
     use redis::Script;
+    use redis::aio::{ConnectionManager, ConnectionManagerConfig};
     use tokio::time::Instant;
 
     use super::SharedPacer;
@@ -264,7 +264,9 @@ return 0
         }
 
         fn clock_arg(&self) -> String {
-            self.clock.map(|clock| clock().to_string()).unwrap_or_default()
+            self.clock
+                .map(|clock| clock().to_string())
+                .unwrap_or_default()
         }
 
         async fn run<T: redis::FromRedisValue>(

@@ -3,8 +3,8 @@
 //! Redis's `TIME`, and the test advances it by the waits the pacer asks for.
 #![cfg(feature = "redis")]
 
-use std::collections::BinaryHeap;
 use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -48,15 +48,18 @@ fn max_in_window(admitted: &[(u64, u64)], window: u64) -> u64 {
 async fn simulate(
     redis: &RedisServer,
     prefix: &str,
-    clock: &'static AtomicU64,
-    read: fn() -> u64,
+    (clock, read): (&'static AtomicU64, fn() -> u64),
     limit: RateLimit,
     processes: usize,
     calls: usize,
     cost: impl Fn(usize) -> u64,
 ) -> Vec<(u64, u64)> {
     let pacers: Vec<RedisPacer> = (0..processes)
-        .map(|_| RedisPacer::new(&redis.url(), prefix).expect("a pacer").with_clock(read))
+        .map(|_| {
+            RedisPacer::new(&redis.url(), prefix)
+                .expect("a pacer")
+                .with_clock(read)
+        })
         .collect();
     let start = clock.load(Ordering::SeqCst);
     // (next try time, process)
@@ -64,7 +67,9 @@ async fn simulate(
         (0..processes).map(|p| Reverse((start, p))).collect();
     let mut admitted = Vec::new();
     while admitted.len() < calls {
-        let Some(Reverse((at, p))) = queue.pop() else { break };
+        let Some(Reverse((at, p))) = queue.pop() else {
+            break;
+        };
         clock.store(at, Ordering::SeqCst);
         let this = cost(admitted.len());
         let wait = pacers[p]
@@ -92,7 +97,7 @@ async fn four_processes_share_one_budget_paced_smoothly() {
     };
     // 600 a minute: a burst of 10, then 10 a second, over 2.5 simulated minutes.
     let limit = RateLimit::new(600, 0);
-    let admitted = simulate(&redis, "four", &CLOCK_A, clock_a, limit, 4, 1_500, |_| 1).await;
+    let admitted = simulate(&redis, "four", (&CLOCK_A, clock_a), limit, 4, 1_500, |_| 1).await;
     assert_eq!(admitted.len(), 1_500);
     let most = max_in_window(&admitted, MINUTE);
     assert!(most <= 600, "{most} requests within a minute");
@@ -110,7 +115,7 @@ async fn token_budgets_hold_across_processes_even_for_large_requests() {
     };
     // 6,000 tokens a minute (a burst of 100) and 120 requests; costs from 1 to 1,500.
     let limit = RateLimit::new(120, 6_000);
-    let admitted = simulate(&redis, "tokens", &CLOCK_B, clock_b, limit, 3, 200, |i| {
+    let admitted = simulate(&redis, "tokens", (&CLOCK_B, clock_b), limit, 3, 200, |i| {
         1 + (i as u64 * 7_919) % 1_500
     })
     .await;
@@ -125,8 +130,12 @@ async fn a_servers_pause_holds_every_process() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let a = RedisPacer::new(&redis.url(), "pause").expect("a pacer").with_clock(clock_c);
-    let b = RedisPacer::new(&redis.url(), "pause").expect("a pacer").with_clock(clock_c);
+    let a = RedisPacer::new(&redis.url(), "pause")
+        .expect("a pacer")
+        .with_clock(clock_c);
+    let b = RedisPacer::new(&redis.url(), "pause")
+        .expect("a pacer")
+        .with_clock(clock_c);
     let limit = RateLimit::new(6_000, 0);
     assert_eq!(b.admit("m", limit, 1).await, Some(Duration::ZERO));
     a.pause("m", Duration::from_secs(10)).await;
@@ -153,7 +162,11 @@ async fn without_redis_the_pacer_says_so_quickly_and_recovers() {
     assert_eq!(pacer.admit("m", limit, 1).await, None);
     // While it is known down, no time is spent on it at all.
     assert_eq!(pacer.admit("m", limit, 1).await, None);
-    assert!(start.elapsed() < Duration::from_millis(1_500), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_millis(1_500),
+        "{:?}",
+        start.elapsed()
+    );
     redis.resume();
     let mut back = false;
     for _ in 0..40 {
