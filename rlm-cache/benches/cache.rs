@@ -254,7 +254,11 @@ fn tier<S: rlm_cache::Store + 'static>(name: &str, make: impl Fn() -> S) {
             });
             latency.push(start.elapsed().as_secs_f64() * 1e6 / iterations as f64);
         }
-        assert_eq!(backend.hits(), 5 * iterations as u64, "every timed call was a hit");
+        assert_eq!(
+            backend.hits(),
+            5 * iterations as u64,
+            "every timed call was a hit"
+        );
 
         let threads = Builder::new_multi_thread()
             .worker_threads(2)
@@ -274,8 +278,7 @@ fn tier<S: rlm_cache::Store + 'static>(name: &str, make: impl Fn() -> S) {
                         let templates = Arc::clone(&templates);
                         tokio::spawn(async move {
                             for i in 0..per_task {
-                                let reply =
-                                    backend.complete(templates[(t + i) % 8].clone()).await;
+                                let reply = backend.complete(templates[(t + i) % 8].clone()).await;
                                 black_box(reply.is_ok());
                             }
                         })
@@ -296,8 +299,13 @@ fn tier<S: rlm_cache::Store + 'static>(name: &str, make: impl Fn() -> S) {
         for _ in 0..5 {
             warm.push(time_batch(&runtime, &backend, &distinct).as_secs_f64());
         }
+        let start = Instant::now();
+        for i in 0..iterations {
+            black_box(rlm_cache::StoreKey::of(&templates[i % 8]));
+        }
+        let key_us = start.elapsed().as_secs_f64() * 1e6 / iterations as f64;
         println!(
-            "{name} tier, {:>6} prompt: hit {:>7.1} µs (one task), {:>7.0} hits/s (64 tasks on 2 threads), warm batch of 1,000 distinct {:>7.2} ms",
+            "{name} tier, {:>6} prompt: key {key_us:>5.1} µs, hit {:>7.1} µs (one task), {:>7.0} hits/s (64 tasks on 2 threads), warm batch of 1,000 distinct {:>7.2} ms",
             label(size),
             median(latency),
             median(rates),

@@ -29,7 +29,9 @@ const MAX_TTL_MS: u128 = 1000 * 365 * 24 * 3600 * 1000;
 /// on without this tier; when Redis returns it is used again. Redis's own `maxmemory`
 /// policy bounds its size.
 pub struct RedisStore {
-    manager: ConnectionManager,
+    client: redis::Client,
+    /// Made on first use, inside the caller's runtime (making it needs one).
+    manager: tokio::sync::OnceCell<ConnectionManager>,
     prefix: String,
     ttl: Option<Duration>,
     shown: String,
@@ -74,14 +76,9 @@ impl RedisStore {
             message: format!("{shown}: {}", e.detail().unwrap_or("not a Redis URL")),
         };
         let client = redis::Client::open(url).map_err(fail)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(OP_TIMEOUT))
-            .set_response_timeout(Some(OP_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50));
-        let manager = ConnectionManager::new_lazy_with_config(client, config).map_err(fail)?;
         Ok(Self {
-            manager,
+            client,
+            manager: tokio::sync::OnceCell::new(),
             prefix: prefix.to_owned(),
             ttl,
             shown,
@@ -91,6 +88,25 @@ impl RedisStore {
 
     fn key(&self, key: &StoreKey) -> String {
         format!("{}:cache:{}", self.prefix, key.to_hex())
+    }
+
+    /// The connection manager (it connects lazily and reconnects after failures).
+    async fn connection(&self) -> Result<ConnectionManager, CacheError> {
+        self.manager
+            .get_or_try_init(|| async {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(OP_TIMEOUT))
+                    .set_response_timeout(Some(OP_TIMEOUT))
+                    .set_number_of_retries(1)
+                    .set_min_delay(Duration::from_millis(50));
+                ConnectionManager::new_lazy_with_config(self.client.clone(), config)
+            })
+            .await
+            .cloned()
+            .map_err(|e| CacheError::Unavailable {
+                store: "redis",
+                message: format!("{}: {e}", self.shown),
+            })
     }
 
     /// Runs one operation, failing fast while the server is known to be down.
@@ -136,7 +152,7 @@ impl Store for RedisStore {
             return Ok(Vec::new());
         }
         let names: Vec<String> = keys.iter().map(|key| self.key(key)).collect();
-        let mut connection = self.manager.clone();
+        let mut connection = self.connection().await?;
         let values: Vec<Option<Vec<u8>>> = self
             .run(async move {
                 redis::cmd("MGET")
@@ -166,7 +182,7 @@ impl Store for RedisStore {
             }
             command.ignore();
         }
-        let mut connection = self.manager.clone();
+        let mut connection = self.connection().await?;
         self.run(async move { pipeline.query_async::<()>(&mut connection).await })
             .await
     }

@@ -32,15 +32,25 @@ pub struct StoreKey([u8; 32]);
 impl StoreKey {
     /// The key of `request`.
     pub fn of(request: &CompletionRequest) -> Self {
-        let mut hasher = Sha256::new();
-        hasher.update(KEY_DOMAIN);
-        // Encoding a request cannot fail (string keys, no non-finite map keys); were it to,
-        // the error text is hashed instead, which only costs a miss.
-        match serde_json::to_vec(request) {
-            Ok(bytes) => hasher.update(&bytes),
-            Err(e) => hasher.update(format!("unencodable: {e}").as_bytes()),
+        /// Feeds the JSON straight into the hash, without building it in memory.
+        struct Feed(Sha256);
+        impl std::io::Write for Feed {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.update(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
         }
-        Self(hasher.finalize().into())
+        let mut feed = Feed(Sha256::new());
+        feed.0.update(KEY_DOMAIN);
+        // Encoding a request cannot fail (string keys, no non-finite map keys); were it to,
+        // the error text is hashed too, which only costs a miss.
+        if let Err(e) = serde_json::to_writer(&mut feed, request) {
+            feed.0.update(format!("\nunencodable: {e}").as_bytes());
+        }
+        Self(feed.0.finalize().into())
     }
 
     /// The 32 bytes of the digest.

@@ -145,3 +145,24 @@ fn a_bad_url_is_a_clear_error_without_the_password() {
     assert!(error.contains("redis"), "{error}");
     assert!(!error.contains("hunter2"), "{error}");
 }
+
+#[test]
+fn a_store_made_outside_a_runtime_works_inside_one() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    // Made with no tokio runtime around (it must not panic), used inside one.
+    let store = RedisStore::new(&redis.url(), "outside", None).expect("a store");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let key = StoreKey::of(&CompletionRequest::prompt("sub", "x"));
+    runtime.block_on(async {
+        store
+            .put_many(&[(key, Completion::new("sub", "y"))])
+            .await
+            .expect("written");
+        assert!(store.get_many(&[key]).await.expect("read")[0].is_some());
+    });
+}

@@ -33,7 +33,11 @@ fn percentile(samples: &mut [f64], p: f64) -> f64 {
 
 /// Sends `calls` requests at 60,000 a minute, 64 at once, and prints what it took.
 async fn batch(server: &MockServer, shared: Option<RedisPacer>, calls: usize) {
-    let label = if shared.is_some() { "Redis pacing" } else { "local only" };
+    let label = if shared.is_some() {
+        "Redis pacing"
+    } else {
+        "local only"
+    };
     let mut config = OpenAiConfig::new()
         .with_base_url(server.base_url())
         .with_concurrency(64)
@@ -47,13 +51,14 @@ async fn batch(server: &MockServer, shared: Option<RedisPacer>, calls: usize) {
         .collect();
     let cpu = cpu_time();
     let start = Instant::now();
-    let results = backend.complete_batch(requests, &BatchOptions::new(64)).await;
+    let results = backend
+        .complete_batch(requests, &BatchOptions::new(64))
+        .await;
     let wall = start.elapsed();
     let cpu = match (cpu, cpu_time()) {
-        (Some(before), Some(after)) => format!(
-            "{:.1}",
-            (after - before).as_secs_f64() * 1e6 / calls as f64
-        ),
+        (Some(before), Some(after)) => {
+            format!("{:.1}", (after - before).as_secs_f64() * 1e6 / calls as f64)
+        }
         _ => "-".to_owned(),
     };
     assert!(results.iter().all(Result::is_ok));

@@ -184,7 +184,9 @@ return 0
     /// after it Redis is not asked), calls are paced by each process's own limiter alone;
     /// when it returns, the shared books are used again.
     pub struct RedisPacer {
-        manager: ConnectionManager,
+        client: redis::Client,
+        /// Made on first use, inside the caller's runtime (making it needs one).
+        manager: tokio::sync::OnceCell<ConnectionManager>,
         prefix: String,
         admit: Script,
         pause: Script,
@@ -232,14 +234,9 @@ return 0
                 reason: format!("{shown}: {}", e.detail().unwrap_or("not a Redis URL")),
             };
             let client = redis::Client::open(url).map_err(fail)?;
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(OP_TIMEOUT))
-                .set_response_timeout(Some(OP_TIMEOUT))
-                .set_number_of_retries(1)
-                .set_min_delay(Duration::from_millis(50));
-            let manager = ConnectionManager::new_lazy_with_config(client, config).map_err(fail)?;
             Ok(Self {
-                manager,
+                client,
+                manager: tokio::sync::OnceCell::new(),
                 prefix: prefix.to_owned(),
                 admit: Script::new(ADMIT),
                 pause: Script::new(PAUSE),
@@ -283,10 +280,25 @@ return 0
             {
                 return None;
             }
-            let mut connection = self.manager.clone();
-            let outcome =
-                tokio::time::timeout(OP_TIMEOUT, invocation.invoke_async::<T>(&mut connection))
-                    .await;
+            let connection = self
+                .manager
+                .get_or_try_init(|| async {
+                    let config = ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(OP_TIMEOUT))
+                        .set_response_timeout(Some(OP_TIMEOUT))
+                        .set_number_of_retries(1)
+                        .set_min_delay(Duration::from_millis(50));
+                    ConnectionManager::new_lazy_with_config(self.client.clone(), config)
+                })
+                .await
+                .cloned();
+            let outcome = match connection {
+                Ok(mut connection) => {
+                    tokio::time::timeout(OP_TIMEOUT, invocation.invoke_async::<T>(&mut connection))
+                        .await
+                }
+                Err(e) => Ok(Err(e)),
+            };
             let failure = match outcome {
                 Ok(Ok(value)) => {
                     *self.retry_at.lock().unwrap_or_else(PoisonError::into_inner) = None;

@@ -178,3 +178,17 @@ async fn without_redis_the_pacer_says_so_quickly_and_recovers() {
     }
     assert!(back, "the pacer uses Redis again once it is back");
 }
+
+#[test]
+fn a_pacer_made_outside_a_runtime_works_inside_one() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let pacer = RedisPacer::new(&redis.url(), "outside").expect("a pacer");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let admitted = runtime.block_on(pacer.admit("m", RateLimit::new(600, 0), 1));
+    assert_eq!(admitted, Some(Duration::ZERO));
+}
