@@ -270,9 +270,10 @@ pub(crate) struct RunArgs {
         long,
         value_name = "DIR",
         env = "RLM_CACHE_DIR",
+        value_parser = clap::value_parser!(std::ffi::OsString),
         help_heading = "Persistent and shared state"
     )]
-    pub(crate) cache_dir: Option<PathBuf>,
+    pub(crate) cache_dir: Option<std::ffi::OsString>,
 
     /// Most bytes (keys and values) the --cache-dir cache keeps; the oldest entries go
     /// first.

@@ -17,12 +17,20 @@ pub(crate) const DEFAULT_REDIS_TTL: Duration = Duration::from_secs(7 * 24 * 3600
 
 /// The Redis pacer, with `--redis`.
 pub(crate) fn pacer(args: &RunArgs) -> Result<Option<Arc<dyn SharedPacer>>, CliError> {
-    let Some(url) = &args.redis else {
+    let Some(url) = redis_url(args) else {
         return Ok(None);
     };
     let pacer = RedisPacer::new(url, &args.redis_prefix)
         .map_err(|e| CliError::Usage(format!("--redis: {e}")))?;
     Ok(Some(Arc::new(pacer)))
+}
+
+/// `--redis`, unless empty (an empty RLM_REDIS_URL means unset).
+fn redis_url(args: &RunArgs) -> Option<&str> {
+    args.redis
+        .as_deref()
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
 }
 
 /// The tiers' hit counters, read for `--json` and the summary.
@@ -49,7 +57,7 @@ pub(crate) fn tiers(
 ) -> Result<(Arc<dyn BatchExecutor>, TierHits), CliError> {
     let mut hits = TierHits::default();
     let mut backend = sub;
-    if let Some(url) = &args.redis {
+    if let Some(url) = redis_url(args) {
         let ttl = args.cache_ttl.unwrap_or(DEFAULT_REDIS_TTL);
         let store = RedisStore::new(url, &args.redis_prefix, Some(ttl))
             .map_err(|e| CliError::Usage(format!("--redis: {e}")))?;
@@ -58,12 +66,13 @@ pub(crate) fn tiers(
         hits.redis = Some(Box::new(move || counter.hits()));
         backend = tier;
     }
-    if let Some(dir) = &args.cache_dir {
+    // An empty RLM_CACHE_DIR means unset.
+    if let Some(dir) = args.cache_dir.as_ref().filter(|d| !d.is_empty()) {
         let mut config = DiskConfig::default().with_max_bytes(args.cache_max_bytes);
         if let Some(ttl) = args.cache_ttl {
             config = config.with_time_to_live(ttl);
         }
-        let store = DiskStore::open(dir, config)
+        let store = DiskStore::open(dir.as_ref(), config)
             .map_err(|e| CliError::Input(format!("--cache-dir: {e}")))?;
         let tier = Arc::new(StoredBackend::new(backend, store));
         let counter = Arc::clone(&tier);

@@ -305,3 +305,29 @@ async fn an_unreachable_redis_from_the_start_is_a_warning_not_a_failure() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("--redis"), "{stderr}");
 }
+
+#[tokio::test]
+async fn the_environment_names_the_cache_dir_and_empty_variables_mean_unset() {
+    let dir = TempDir::new("env");
+    let context = dir.file("context.txt", "env corpus");
+    let cache = dir.path().join("cache").to_string_lossy().into_owned();
+    let server = server(4, Duration::ZERO).await;
+    for expected_hits in [0, 4] {
+        let child = rlm(&server, &context, &[])
+            .env("RLM_CACHE_DIR", &cache)
+            .spawn()
+            .expect("rlm starts");
+        let (code, json, stderr) = finish(child).await;
+        assert_eq!(code, Some(0), "{stderr}");
+        assert_eq!(json["cache"]["disk_hits"], expected_hits, "{json}");
+    }
+    let child = rlm(&server, &context, &[])
+        .env("RLM_CACHE_DIR", "")
+        .env("RLM_REDIS_URL", "")
+        .spawn()
+        .expect("rlm starts");
+    let (code, json, stderr) = finish(child).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(json["cache"]["disk_hits"], 0, "{json}");
+    assert_eq!(json["answer"], "answers: 4");
+}
