@@ -587,6 +587,79 @@ mod tests {
         assert!(most <= 20_000, "{most} tokens within a minute");
     }
 
+    /// A shared pacer that asks for one wait, then admits; or is unreachable.
+    #[derive(Debug, Default)]
+    struct FakePacer {
+        unreachable: bool,
+        asked: std::sync::atomic::AtomicUsize,
+        paused: Mutex<Vec<(String, Duration)>>,
+    }
+
+    #[async_trait::async_trait]
+    impl SharedPacer for FakePacer {
+        async fn admit(&self, _model: &str, _limit: RateLimit, _tokens: u64) -> Option<Duration> {
+            let asked = self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            match (self.unreachable, asked) {
+                (true, _) => None,
+                (false, 0) => Some(Duration::from_millis(500)),
+                (false, _) => Some(Duration::ZERO),
+            }
+        }
+
+        async fn pause(&self, model: &str, wait: Duration) {
+            self.paused
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((model.to_owned(), wait));
+        }
+    }
+
+    fn shared_gate(pacer: &Arc<FakePacer>, limit: RateLimit) -> Gate {
+        Gate::with_shared(
+            limit,
+            Some(Shared {
+                pacer: Arc::clone(pacer) as Arc<dyn SharedPacer>,
+                model: "m".to_owned(),
+                limit,
+            }),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_shared_books_are_asked_after_the_local_ones_and_their_wait_is_honoured() {
+        let pacer = Arc::new(FakePacer::default());
+        let gate = shared_gate(&pacer, RateLimit::new(600, 0));
+        let start = Instant::now();
+        gate.admit(1).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(500));
+        assert_eq!(pacer.asked.load(std::sync::atomic::Ordering::SeqCst), 2);
+        // With no local limit, the shared books (and their pauses) are still asked.
+        let gate = shared_gate(&pacer, RateLimit::default());
+        gate.admit(1).await;
+        assert_eq!(pacer.asked.load(std::sync::atomic::Ordering::SeqCst), 3);
+        gate.pause(Duration::from_secs(3));
+        tokio::task::yield_now().await;
+        let paused = pacer
+            .paused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        assert_eq!(paused, [("m".to_owned(), Duration::from_secs(3))]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unreachable_shared_books_leave_the_local_limiter_in_charge() {
+        let pacer = Arc::new(FakePacer {
+            unreachable: true,
+            ..FakePacer::default()
+        });
+        let gate = shared_gate(&pacer, RateLimit::new(60, 0));
+        let admitted = admit_all(&gate, std::iter::repeat_n(1, 3)).await;
+        // Still paced locally: one a second at 60 a minute.
+        let elapsed = admitted[2].0.duration_since(admitted[0].0);
+        assert!(elapsed >= Duration::from_millis(1_990), "{elapsed:?}");
+    }
+
     #[test]
     fn gates_are_per_model_and_shared() {
         let config = OpenAiConfig::new()
