@@ -2,7 +2,8 @@
 //! concurrent tasks, and a 1,000-prompt batch with 50% duplicates, cached and uncached.
 //!
 //! Run with `cargo bench -p rlm-cache --bench cache` (append `-- latency`, `-- throughput` or
-//! `-- batch` for one section). The backend answers at once (zero
+//! `-- batch` for one section). With `--features disk,redis`, `-- tiers` measures hits in
+//! the disk tier and in Redis (a `redis-server` started on a loopback port) the same way. The backend answers at once (zero
 //! latency, no recording), so the numbers are the cache's own overhead.
 
 use std::hint::black_box;
@@ -227,6 +228,113 @@ fn batch(size: usize) {
     );
 }
 
+/// Hit latency and throughput of a persistent or shared tier, on its own (no memory cache in
+/// front, which would answer first), and a warm batch of 1,000 distinct prompts.
+#[cfg(any(feature = "disk", feature = "redis"))]
+fn tier<S: rlm_cache::Store + 'static>(name: &str, make: impl Fn() -> S) {
+    use rlm_cache::StoredBackend;
+    for size in [100, 25_000] {
+        let runtime = current_thread();
+        let backend = StoredBackend::new(Instant0, make());
+        let templates: Vec<CompletionRequest> = (0..8).map(|s| request(size, s)).collect();
+        runtime.block_on(async {
+            for template in &templates {
+                let _ = backend.complete(template.clone()).await;
+            }
+        });
+        let iterations = 3_000;
+        let mut latency = Vec::new();
+        for _ in 0..5 {
+            let start = Instant::now();
+            runtime.block_on(async {
+                for i in 0..iterations {
+                    let reply = backend.complete(templates[i % 8].clone()).await;
+                    black_box(reply.is_ok());
+                }
+            });
+            latency.push(start.elapsed().as_secs_f64() * 1e6 / iterations as f64);
+        }
+        assert_eq!(
+            backend.hits(),
+            5 * iterations as u64,
+            "every timed call was a hit"
+        );
+
+        let threads = Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        let backend = Arc::new(StoredBackend::new(Instant0, make()));
+        let templates = Arc::new(templates);
+        let per_task = 200;
+        let mut rates = Vec::new();
+        for _ in 0..3 {
+            let start = Instant::now();
+            threads.block_on(async {
+                let handles: Vec<_> = (0..64)
+                    .map(|t| {
+                        let backend = Arc::clone(&backend);
+                        let templates = Arc::clone(&templates);
+                        tokio::spawn(async move {
+                            for i in 0..per_task {
+                                let reply = backend.complete(templates[(t + i) % 8].clone()).await;
+                                black_box(reply.is_ok());
+                            }
+                        })
+                    })
+                    .collect();
+                for handle in handles {
+                    let _ = handle.await;
+                }
+            });
+            rates.push((64 * per_task) as f64 / start.elapsed().as_secs_f64());
+        }
+
+        let distinct: Vec<CompletionRequest> =
+            (0..1000).map(|i| request(size, 1_000 + i)).collect();
+        let backend = StoredBackend::new(Instant0, make());
+        let _ = time_batch(&runtime, &backend, &distinct);
+        let mut warm = Vec::new();
+        for _ in 0..5 {
+            warm.push(time_batch(&runtime, &backend, &distinct).as_secs_f64());
+        }
+        let start = Instant::now();
+        for i in 0..iterations {
+            black_box(rlm_cache::StoreKey::of(&templates[i % 8]));
+        }
+        let key_us = start.elapsed().as_secs_f64() * 1e6 / iterations as f64;
+        println!(
+            "{name} tier, {:>6} prompt: key {key_us:>5.1} µs, hit {:>7.1} µs (one task), {:>7.0} hits/s (64 tasks on 2 threads), warm batch of 1,000 distinct {:>7.2} ms",
+            label(size),
+            median(latency),
+            median(rates),
+            median(warm) * 1e3
+        );
+    }
+}
+
+#[cfg(any(feature = "disk", feature = "redis"))]
+fn tiers() {
+    #[cfg(feature = "disk")]
+    {
+        let dir = std::env::temp_dir().join(format!("rlm-cache-bench-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        tier("disk", || {
+            rlm_cache::DiskStore::open(&dir, rlm_cache::DiskConfig::default())
+                .expect("the disk cache opens")
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    #[cfg(feature = "redis")]
+    match rlm_tests::RedisServer::start() {
+        Some(redis) => tier("redis", || {
+            rlm_cache::RedisStore::new(&redis.url(), "bench", None).expect("a store")
+        }),
+        None => println!("redis tier: skipped (no redis-server)"),
+    }
+}
+
 fn main() {
     // `cargo bench -p rlm-cache --bench cache -- latency` runs only the matching sections.
     let filters: Vec<String> = std::env::args()
@@ -249,5 +357,9 @@ fn main() {
         for size in [100, 25_000] {
             batch(size);
         }
+    }
+    #[cfg(any(feature = "disk", feature = "redis"))]
+    if wanted("tiers") {
+        tiers();
     }
 }

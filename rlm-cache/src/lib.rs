@@ -42,6 +42,36 @@
 //! [`ConcurrentExecutor`](rlm_core::ConcurrentExecutor):
 //! `CachedBackend::new(ConcurrentExecutor::new(backend))`.
 //!
+//! # Persistent and shared tiers
+//!
+//! Below the in-memory cache, a [`StoredBackend`] reads and writes a [`Store`]: a
+//! `DiskStore` (feature `disk`: SQLite in WAL mode, bundled, so several processes share
+//! one directory and a killed process loses at most its last write) or a `RedisStore`
+//! (feature `redis`: shared by every machine using the server and prefix). The memory
+//! cache stays in front, so single-flight and in-batch deduplication still hold; a request
+//! reaches the store only when memory misses, and the provider only when every tier misses.
+//!
+//! ```no_run
+//! # #[cfg(all(feature = "disk", feature = "redis"))]
+//! # fn main() -> Result<(), rlm_cache::CacheError> {
+//! use rlm_cache::{CachedBackend, DiskConfig, DiskStore, RedisStore, StoredBackend};
+//! use rlm_core::mock::MockBackend;
+//! # let provider = MockBackend::echo();
+//! let redis = RedisStore::new("redis://127.0.0.1:6379", "rlm", None)?;
+//! let disk = DiskStore::open("cache".as_ref(), DiskConfig::default())?;
+//! // Memory, then disk, then Redis, then the provider.
+//! let backend = CachedBackend::new(StoredBackend::new(StoredBackend::new(provider, redis), disk));
+//! # let _ = backend;
+//! # Ok(())
+//! # }
+//! # #[cfg(not(all(feature = "disk", feature = "redis")))]
+//! # fn main() {}
+//! ```
+//!
+//! A stored entry's key is [`StoreKey`]: the SHA-256 of the whole request's JSON (the same
+//! fields as below), the same in every process. A store that fails is skipped (a warning,
+//! once per outage) and never fails a call.
+//!
 //! # What counts as the same request
 //!
 //! The whole [`CompletionRequest`] is the key: model, every message (role and text),
@@ -109,9 +139,15 @@
 
 mod batch;
 mod config;
+#[cfg(feature = "disk")]
+mod disk;
+mod error;
 mod flight;
 mod key;
+#[cfg(feature = "redis")]
+mod redis_store;
 mod stats;
+mod store;
 
 use std::fmt;
 use std::sync::Arc;
@@ -123,7 +159,14 @@ use rlm_core::{
 };
 
 pub use config::{CacheConfig, Capacity, DEFAULT_MAX_BYTES};
+pub use error::CacheError;
 pub use stats::CacheStats;
+pub use store::{Store, StoreKey, StoredBackend};
+
+#[cfg(feature = "disk")]
+pub use disk::{DISK_CACHE_FILE, DiskConfig, DiskStore};
+#[cfg(feature = "redis")]
+pub use redis_store::RedisStore;
 
 use flight::{Flight, Flights, Join, Lead};
 use key::{FingerprintState, Probe, RequestKey};

@@ -30,6 +30,16 @@ pub struct CacheStats {
     /// behind for a moment; [`CachedBackend::run_pending_tasks`](crate::CachedBackend::run_pending_tasks)
     /// brings it up to date.
     pub entries: u64,
+    /// Requests answered by the disk tier (`DiskStore`, feature `disk`) below this
+    /// cache; they are among `misses` and `upstream_calls` here, since the in-memory cache
+    /// forwarded them. Zero unless the owner fills it in from
+    /// [`StoredBackend::hits`](crate::StoredBackend::hits).
+    #[serde(default)]
+    pub disk_hits: u64,
+    /// Requests answered by the Redis tier (`RedisStore`, feature `redis`), counted like
+    /// `disk_hits`.
+    #[serde(default)]
+    pub redis_hits: u64,
 }
 
 #[derive(Debug, Default)]
@@ -70,6 +80,8 @@ impl Counters {
             coalesced: self.coalesced.load(Ordering::Relaxed),
             upstream_calls: self.upstream_calls.load(Ordering::Relaxed),
             entries,
+            disk_hits: 0,
+            redis_hits: 0,
         }
     }
 }
@@ -88,7 +100,7 @@ mod tests {
         let json = serde_json::to_value(counters.snapshot(1)).unwrap_or_default();
         assert_eq!(
             json,
-            serde_json::json!({"hits": 3, "misses": 1, "coalesced": 2, "upstream_calls": 1, "entries": 1})
+            serde_json::json!({"hits": 3, "misses": 1, "coalesced": 2, "upstream_calls": 1, "entries": 1, "disk_hits": 0, "redis_hits": 0})
         );
     }
 }

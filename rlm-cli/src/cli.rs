@@ -62,6 +62,8 @@ Environment:
   OPENAI_PROJECT_ID  sent as OpenAI-Project, when set
   RLM_MODEL          default of --model
   RLM_SUB_MODEL      default of --sub-model
+  RLM_CACHE_DIR      default of --cache-dir
+  RLM_REDIS_URL      default of --redis
 ";
 
 /// The `rlm` command line.
@@ -418,6 +420,59 @@ pub(crate) struct RunArgs {
     /// sub-calls of a run are sent once and share the answer).
     #[arg(long, help_heading = "Output and behaviour")]
     pub(crate) no_cache: bool,
+
+    /// Keep sub-call answers in DIR (an SQLite file that several rlm processes may share
+    /// at once), so a later run asking the same sub-calls is answered from disk. Root
+    /// calls and errors are never stored.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "RLM_CACHE_DIR",
+        value_parser = clap::value_parser!(std::ffi::OsString),
+        help_heading = "Persistent and shared state"
+    )]
+    pub(crate) cache_dir: Option<std::ffi::OsString>,
+
+    /// Most bytes (keys and values) the --cache-dir cache keeps; the oldest entries go
+    /// first.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value_t = rlm_cache::DEFAULT_MAX_BYTES,
+        help_heading = "Persistent and shared state"
+    )]
+    pub(crate) cache_max_bytes: u64,
+
+    /// Seconds a stored sub-call answer stays valid, on disk and in Redis (default: on disk
+    /// forever, in Redis 7 days).
+    #[arg(
+        long,
+        value_name = "SECS",
+        value_parser = parse_seconds,
+        help_heading = "Persistent and shared state"
+    )]
+    pub(crate) cache_ttl: Option<Duration>,
+
+    /// Share sub-call answers and the --rpm/--tpm limits with every rlm process using
+    /// this Redis server (redis://[:PASSWORD@]HOST[:PORT][/DB]). While it is unreachable,
+    /// each process uses its own cache and limits, and picks Redis up again when it is back.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "RLM_REDIS_URL",
+        hide_env_values = true,
+        help_heading = "Persistent and shared state"
+    )]
+    pub(crate) redis: Option<String>,
+
+    /// Prefix of every Redis key rlm uses: one per deployment sharing a server.
+    #[arg(
+        long,
+        value_name = "PREFIX",
+        default_value = "rlm",
+        help_heading = "Persistent and shared state"
+    )]
+    pub(crate) redis_prefix: String,
 
     /// Write every event (turns, code blocks and outputs, sub-calls, the answer) to FILE as
     /// JSON Lines, each line flushed as it happens.

@@ -22,6 +22,7 @@ mod error;
 mod prices;
 mod progress;
 mod run;
+mod state;
 mod trace;
 mod view;
 

@@ -19,6 +19,7 @@ use crate::cli::RunArgs;
 use crate::context;
 use crate::error::{CliError, exit};
 use crate::progress::Progress;
+use crate::state;
 use crate::trace::TraceWriter;
 
 /// How long a cancelled run may take to wind down before `rlm` exits anyway.
@@ -141,6 +142,9 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
             ),
         );
     }
+    if let Some(pacer) = state::pacer(&args)? {
+        config = config.with_shared_pacer(pacer);
+    }
     let backend = OpenAiBackend::new(config).map_err(config_error)?;
     // Sub-calls share the client, pool and rate limits, with their own attempt timeout.
     let sub_backend = backend.with_request_timeout(args.sub_timeout);
@@ -148,10 +152,16 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
     let tracker = UsageTracker::new();
     let root: Arc<dyn LlmBackend> = Arc::new(Metered::new(backend, tracker.clone()));
     let metered = Metered::new(sub_backend, tracker.clone());
-    let cache = (!args.no_cache).then(|| Arc::new(CachedBackend::new(metered.clone())));
+    // Below the in-memory cache, the disk and Redis tiers (--cache-dir, --redis).
+    let (tiered, tier_hits): (Arc<dyn BatchExecutor>, _) = if args.no_cache {
+        (Arc::new(metered), state::TierHits::default())
+    } else {
+        state::tiers(Arc::new(metered), &args)?
+    };
+    let cache = (!args.no_cache).then(|| Arc::new(CachedBackend::new(tiered.clone())));
     let sub: Arc<dyn BatchExecutor> = match &cache {
         Some(cache) => cache.clone(),
-        None => Arc::new(metered),
+        None => tiered,
     };
 
     // Observers.
@@ -287,7 +297,7 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
     let usage = tracker.snapshot();
     // Priced from what the server was really asked (cache hits cost nothing).
     let cost = prices.report(usage.iter().map(|(model, u)| (model.as_str(), u)));
-    let cache_stats = cache.as_ref().map(|c| c.stats());
+    let cache_stats = cache.as_ref().map(|c| tier_hits.fill(c.stats()));
     if args.json || result.stopped != StopReason::Cancelled {
         print_result(&result, &usage, &cost, cache_stats, args.json)?;
     }

@@ -176,6 +176,7 @@ pub struct OpenAiConfig {
     pub(crate) rate_limit: RateLimit,
     pub(crate) model_rate_limits: BTreeMap<String, RateLimit>,
     pub(crate) completion_token_estimate: u32,
+    pub(crate) shared_pacer: Option<std::sync::Arc<dyn crate::SharedPacer>>,
 }
 
 impl Default for OpenAiConfig {
@@ -210,6 +211,7 @@ impl OpenAiConfig {
             rate_limit: RateLimit::default(),
             model_rate_limits: BTreeMap::new(),
             completion_token_estimate: DEFAULT_COMPLETION_TOKEN_ESTIMATE,
+            shared_pacer: None,
         }
     }
 
@@ -317,6 +319,15 @@ impl OpenAiConfig {
     /// [`DEFAULT_CONCURRENCY`].
     pub fn with_concurrency(mut self, concurrency: usize) -> Self {
         self.concurrency = concurrency;
+        self
+    }
+
+    /// Shares the rate limits with other processes through `pacer` (for example a
+    /// [`RedisPacer`](crate::SharedPacer), feature `redis`): after this process's own
+    /// limiter lets a request through, the shared books must too, and a server's pause is
+    /// passed on to every process. Default: none (each process paces alone).
+    pub fn with_shared_pacer(mut self, pacer: std::sync::Arc<dyn crate::SharedPacer>) -> Self {
+        self.shared_pacer = Some(pacer);
         self
     }
 

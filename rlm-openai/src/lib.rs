@@ -47,7 +47,12 @@
 //!    call counts from the moment it is let through, so a wait for the other budget or for a
 //!    server's pause never lets a window overfill. Retries are requests too: each attempt
 //!    takes its share again. The pacing runs on tokio's clock, so it works with time
-//!    paused in tests.
+//!    paused in tests. With a [`SharedPacer`] ([`OpenAiConfig::with_shared_pacer`]; the
+//!    feature `redis` brings `RedisPacer`), a request the process's own limiter lets
+//!    through must also pass the books shared by every process, kept atomically in Redis
+//!    by one Lua script of the same shape (a GCRA bucket per budget and a one-minute
+//!    ledger), and a server's pause holds every process; while Redis is unreachable the
+//!    process's own limiter alone paces it, with one warning per outage.
 //! 2. **Sends one JSON body**: `model` (the request's, or the configured default when empty),
 //!    `messages`, whichever of `temperature`, `top_p`, `max_tokens`, `stop` and `seed` are
 //!    set, and the request's `extra` fields verbatim (an `extra` field wins over a field of
@@ -108,6 +113,7 @@ mod backend;
 mod config;
 mod limit;
 mod retry;
+mod shared;
 mod wire;
 
 pub use backend::OpenAiBackend;
@@ -116,3 +122,6 @@ pub use config::{
     DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_MAX_RETRIES, DEFAULT_MAX_RETRY_AFTER, OpenAiConfig,
     RateLimit,
 };
+#[cfg(feature = "redis")]
+pub use shared::RedisPacer;
+pub use shared::SharedPacer;

@@ -16,6 +16,7 @@ use governor::{Quota, RateLimiter};
 use tokio::time::Instant;
 
 use crate::config::{OpenAiConfig, RateLimit};
+use crate::shared::SharedPacer;
 
 /// governor's clock, reading tokio's time: the clock every wait here sleeps on. (With
 /// another clock, a paused tokio clock, as in tests, would make the waits spin.)
@@ -200,10 +201,25 @@ pub(crate) struct Gate {
     turnstile: tokio::sync::Mutex<Ledger>,
     /// No request is sent before this instant (set from a server's `Retry-After`).
     paused_until: Mutex<Option<Instant>>,
+    /// Books shared with other processes, consulted after this process's own.
+    shared: Option<Shared>,
+}
+
+/// A model's share of a [`SharedPacer`].
+#[derive(Debug)]
+struct Shared {
+    pacer: Arc<dyn SharedPacer>,
+    model: String,
+    limit: RateLimit,
 }
 
 impl Gate {
+    #[cfg(test)]
     fn new(limit: RateLimit) -> Self {
+        Self::with_shared(limit, None)
+    }
+
+    fn with_shared(limit: RateLimit, shared: Option<Shared>) -> Self {
         Self {
             requests: Bucket::per_minute(limit.requests_per_minute),
             tokens: Bucket::per_minute(limit.tokens_per_minute),
@@ -212,13 +228,14 @@ impl Gate {
                 tokens: Window::new(limit.tokens_per_minute),
             }),
             paused_until: Mutex::new(None),
+            shared,
         }
     }
 
     /// Waits until a request estimated at `tokens` tokens may be sent, and takes its share of
     /// the budgets. Dropping the future gives up the place in line.
     pub(crate) async fn admit(&self, tokens: u64) {
-        if self.requests.is_none() && self.tokens.is_none() {
+        if self.requests.is_none() && self.tokens.is_none() && self.shared.is_none() {
             self.wait_for_pause().await;
             return;
         }
@@ -242,6 +259,20 @@ impl Gate {
                 .wait_for_room(1, now)
                 .max(ledger.tokens.wait_for_room(tokens, now));
             if wait.is_zero() {
+                // Then the books of every process together; unreachable, this process's
+                // own books stand alone.
+                if let Some(shared) = &self.shared {
+                    let wait = shared
+                        .pacer
+                        .admit(&shared.model, shared.limit, tokens)
+                        .await
+                        .unwrap_or_default();
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                }
+                let now = Instant::now();
                 ledger.requests.record(1, now);
                 ledger.tokens.record(tokens, now);
                 return;
@@ -253,6 +284,11 @@ impl Gate {
     /// Holds every request of this model for `wait` from now (extending, never shortening,
     /// a pause already in force).
     pub(crate) fn pause(&self, wait: Duration) {
+        if let Some(shared) = &self.shared {
+            let pacer = Arc::clone(&shared.pacer);
+            let model = shared.model.clone();
+            tokio::spawn(async move { pacer.pause(&model, wait).await });
+        }
         let Some(until) = Instant::now().checked_add(wait) else {
             return;
         };
@@ -284,6 +320,7 @@ impl Gate {
 pub(crate) struct Limiters {
     default: RateLimit,
     per_model: HashMap<String, RateLimit>,
+    shared: Option<Arc<dyn SharedPacer>>,
     gates: RwLock<HashMap<String, Arc<Gate>>>,
 }
 
@@ -296,6 +333,7 @@ impl Limiters {
                 .iter()
                 .map(|(model, limit)| (model.clone(), *limit))
                 .collect(),
+            shared: config.shared_pacer.clone(),
             gates: RwLock::new(HashMap::new()),
         }
     }
@@ -312,11 +350,14 @@ impl Limiters {
         }
         let limit = self.per_model.get(model).copied().unwrap_or(self.default);
         let mut gates = self.gates.write().unwrap_or_else(PoisonError::into_inner);
-        Arc::clone(
-            gates
-                .entry(model.to_owned())
-                .or_insert_with(|| Arc::new(Gate::new(limit))),
-        )
+        Arc::clone(gates.entry(model.to_owned()).or_insert_with(|| {
+            let shared = self.shared.as_ref().map(|pacer| Shared {
+                pacer: Arc::clone(pacer),
+                model: model.to_owned(),
+                limit,
+            });
+            Arc::new(Gate::with_shared(limit, shared))
+        }))
     }
 }
 
@@ -544,6 +585,79 @@ mod tests {
         assert!(most <= 120, "{most} requests within a minute");
         let most = max_in_window(&admitted, MINUTE);
         assert!(most <= 20_000, "{most} tokens within a minute");
+    }
+
+    /// A shared pacer that asks for one wait, then admits; or is unreachable.
+    #[derive(Debug, Default)]
+    struct FakePacer {
+        unreachable: bool,
+        asked: std::sync::atomic::AtomicUsize,
+        paused: Mutex<Vec<(String, Duration)>>,
+    }
+
+    #[async_trait::async_trait]
+    impl SharedPacer for FakePacer {
+        async fn admit(&self, _model: &str, _limit: RateLimit, _tokens: u64) -> Option<Duration> {
+            let asked = self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            match (self.unreachable, asked) {
+                (true, _) => None,
+                (false, 0) => Some(Duration::from_millis(500)),
+                (false, _) => Some(Duration::ZERO),
+            }
+        }
+
+        async fn pause(&self, model: &str, wait: Duration) {
+            self.paused
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((model.to_owned(), wait));
+        }
+    }
+
+    fn shared_gate(pacer: &Arc<FakePacer>, limit: RateLimit) -> Gate {
+        Gate::with_shared(
+            limit,
+            Some(Shared {
+                pacer: Arc::clone(pacer) as Arc<dyn SharedPacer>,
+                model: "m".to_owned(),
+                limit,
+            }),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_shared_books_are_asked_after_the_local_ones_and_their_wait_is_honoured() {
+        let pacer = Arc::new(FakePacer::default());
+        let gate = shared_gate(&pacer, RateLimit::new(600, 0));
+        let start = Instant::now();
+        gate.admit(1).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(500));
+        assert_eq!(pacer.asked.load(std::sync::atomic::Ordering::SeqCst), 2);
+        // With no local limit, the shared books (and their pauses) are still asked.
+        let gate = shared_gate(&pacer, RateLimit::default());
+        gate.admit(1).await;
+        assert_eq!(pacer.asked.load(std::sync::atomic::Ordering::SeqCst), 3);
+        gate.pause(Duration::from_secs(3));
+        tokio::task::yield_now().await;
+        let paused = pacer
+            .paused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        assert_eq!(paused, [("m".to_owned(), Duration::from_secs(3))]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unreachable_shared_books_leave_the_local_limiter_in_charge() {
+        let pacer = Arc::new(FakePacer {
+            unreachable: true,
+            ..FakePacer::default()
+        });
+        let gate = shared_gate(&pacer, RateLimit::new(60, 0));
+        let admitted = admit_all(&gate, std::iter::repeat_n(1, 3)).await;
+        // Still paced locally: one a second at 60 a minute.
+        let elapsed = admitted[2].0.duration_since(admitted[0].0);
+        assert!(elapsed >= Duration::from_millis(1_990), "{elapsed:?}");
     }
 
     #[test]

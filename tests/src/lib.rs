@@ -8,12 +8,15 @@
 //!   requests in flight so tests assert concurrency at the server.
 //! - [`rlm_handler`]: a scripted root model plus a deterministic sub model, for whole RLM runs.
 //! - [`fixtures`]: deterministic generated contexts (haystacks with needles).
+//! - [`RedisServer`]: a real `redis-server` on a loopback port, for the shared-state tests.
 //!
 //! Nothing here reaches beyond loopback.
 
 pub mod fixtures;
+mod redis;
 mod server;
 
+pub use redis::{RedisServer, redis_server_binary};
 pub use server::{Handler, MockServer, MockServerBuilder, Reply, ServerRequest};
 
 /// A handler for whole RLM runs against one server.

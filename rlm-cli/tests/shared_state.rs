@@ -1,0 +1,333 @@
+//! `--cache-dir` and `--redis` end to end: `rlm` processes against the loopback mock server
+//! and a real `redis-server` on a loopback port, counting at the server what reached it.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use rlm_tests::{MockServer, RedisServer, Reply, ServerRequest, scripted_turn};
+use serde_json::Value;
+
+const ROOT: &str = "root-model";
+const SUB: &str = "sub-model";
+
+/// A root model that sends `calls` distinct sub-calls built from the context, 8 at a time,
+/// and answers with how many came back.
+fn script(calls: usize) -> Vec<String> {
+    vec![format!(
+        "```repl\nlet p = [];\nfor i in 0..{calls} {{ p.push(`item ${{i}}: ${{context}}`); }}\n\
+         let r = llm_batch(p, 8);\nlet ok = r.filter(|x| !x.starts_with(\"Error\")).len();\n\
+         FINAL(`answers: ${{ok}}`);\n```"
+    )]
+}
+
+async fn server(calls: usize, latency: Duration) -> MockServer {
+    let replies = script(calls);
+    MockServer::start(move |request: &ServerRequest| {
+        if request.model() == ROOT {
+            scripted_turn(request, &replies)
+        } else {
+            Reply::completion_for(request, format!("seen {}", request.last_user().len()))
+                .after(latency)
+        }
+    })
+    .await
+    .expect("the mock server starts")
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let dir =
+            std::env::temp_dir().join(format!("rlm-cli-{name}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        Self(dir)
+    }
+
+    fn file(&self, name: &str, text: &str) -> String {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).expect("a file");
+        path.to_string_lossy().into_owned()
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn rlm(server: &MockServer, context: &str, extra: &[&str]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_rlm"));
+    command
+        .args(["run", "--base-url", &server.base_url(), "--model", ROOT])
+        .args(["--sub-model", SUB, "--max-retries", "0", "--json"])
+        .args(["--query", "count", "--context", context])
+        .args(extra);
+    for var in [
+        "RLM_CACHE_DIR",
+        "RLM_REDIS_URL",
+        "RUST_LOG",
+        "OPENAI_BASE_URL",
+    ] {
+        command.env_remove(var);
+    }
+    command
+        .env("OPENAI_API_KEY", "sk-test")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+/// Waits for `child`: its exit status, its `--json` object, its stderr.
+async fn finish(child: tokio::process::Child) -> (Option<i32>, Value, String) {
+    let output = tokio::time::timeout(Duration::from_secs(180), child.wait_with_output())
+        .await
+        .expect("rlm finished (safety bound, not a timing assertion)")
+        .expect("rlm's output");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let json = serde_json::from_str(stdout.trim()).unwrap_or(Value::Null);
+    (output.status.code(), json, stderr)
+}
+
+async fn run(server: &MockServer, context: &str, extra: &[&str]) -> (Option<i32>, Value, String) {
+    finish(rlm(server, context, extra).spawn().expect("rlm starts")).await
+}
+
+fn sub_requests(server: &MockServer) -> Vec<ServerRequest> {
+    server
+        .requests()
+        .into_iter()
+        .filter(|r| r.model() == SUB)
+        .collect()
+}
+
+/// The most requests that arrived within any window of `window`.
+fn max_in_window(requests: &[ServerRequest], window: Duration) -> usize {
+    let mut times: Vec<Instant> = requests.iter().map(|r| r.at).collect();
+    times.sort();
+    let mut best = 0;
+    let mut start = 0;
+    for end in 0..times.len() {
+        while times[end].duration_since(times[start]) >= window {
+            start += 1;
+        }
+        best = best.max(end + 1 - start);
+    }
+    best
+}
+
+#[tokio::test]
+async fn a_disk_cache_answers_a_rerun_in_a_new_process() {
+    let dir = TempDir::new("disk");
+    let context = dir.file("context.txt", "the same corpus");
+    let cache = dir.path().join("cache");
+    let cache = cache.to_string_lossy().into_owned();
+    let server = server(12, Duration::ZERO).await;
+
+    let (code, json, stderr) = run(&server, &context, &["--cache-dir", &cache]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(json["answer"], "answers: 12");
+    assert_eq!(sub_requests(&server).len(), 12);
+    assert_eq!(json["cache"]["disk_hits"], 0, "{json}");
+
+    server.reset();
+    let (code, json, stderr) = run(&server, &context, &["--cache-dir", &cache]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(json["answer"], "answers: 12");
+    assert_eq!(
+        sub_requests(&server).len(),
+        0,
+        "every sub-call came from disk"
+    );
+    assert_eq!(json["cache"]["disk_hits"], 12, "{json}");
+    assert_eq!(json["cache"]["redis_hits"], 0, "{json}");
+
+    // --no-cache bypasses it.
+    server.reset();
+    let (code, _, stderr) = run(&server, &context, &["--cache-dir", &cache, "--no-cache"]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(sub_requests(&server).len(), 12);
+}
+
+#[tokio::test]
+async fn a_cache_dir_that_cannot_be_used_is_a_clear_error() {
+    let dir = TempDir::new("baddir");
+    let context = dir.file("context.txt", "text");
+    let blocker = dir.file("not-a-dir", "a file");
+    let server = server(1, Duration::ZERO).await;
+    let (code, json, stderr) = run(&server, &context, &["--cache-dir", &blocker]).await;
+    assert_eq!(code, Some(4), "{stderr}");
+    assert!(json.is_null());
+    assert!(stderr.contains("--cache-dir"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test]
+async fn four_processes_share_one_rate_limit_through_redis() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let dir = TempDir::new("pacing");
+    let server = server(30, Duration::ZERO).await;
+    let url = redis.url();
+    let children: Vec<_> = (0..4)
+        .map(|i| {
+            let context = dir.file(&format!("c{i}.txt"), &format!("worker {i}'s corpus"));
+            rlm(&server, &context, &["--rpm", "600", "--redis", &url])
+                .spawn()
+                .expect("rlm starts")
+        })
+        .collect();
+    for child in children {
+        let (code, json, stderr) = finish(child).await;
+        assert_eq!(code, Some(0), "{stderr}");
+        assert_eq!(json["answer"], "answers: 30", "{json}");
+        assert!(!stderr.contains("WARN"), "{stderr}");
+    }
+    let subs = sub_requests(&server);
+    assert_eq!(subs.len(), 120);
+    // 600 a minute: a burst of 10, then 10 a second, across all four processes.
+    let most = max_in_window(&subs, Duration::from_secs(1));
+    eprintln!("at most {most} sub-calls reached the server within one second");
+    assert!(
+        most <= 20,
+        "{most} sub-calls reached the server within one second"
+    );
+    let most = max_in_window(&subs, Duration::from_secs(60));
+    assert!(most <= 600, "{most} sub-calls within a minute");
+}
+
+#[tokio::test]
+async fn a_second_run_is_answered_from_the_shared_cache() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let dir = TempDir::new("shared");
+    let context = dir.file("context.txt", "one corpus, many workers");
+    let server = server(10, Duration::ZERO).await;
+    let url = redis.url();
+    let (code, json, stderr) = run(&server, &context, &["--redis", &url]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(sub_requests(&server).len(), 10);
+    assert_eq!(json["cache"]["redis_hits"], 0);
+
+    server.reset();
+    let (code, json, stderr) = run(&server, &context, &["--redis", &url]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(json["answer"], "answers: 10");
+    assert_eq!(
+        sub_requests(&server).len(),
+        0,
+        "no sub-call reached the server"
+    );
+    assert_eq!(json["cache"]["redis_hits"], 10, "{json}");
+
+    // Another prefix is another deployment: nothing shared.
+    server.reset();
+    let (code, _, stderr) = run(
+        &server,
+        &context,
+        &["--redis", &url, "--redis-prefix", "other"],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(sub_requests(&server).len(), 10);
+}
+
+#[tokio::test]
+async fn a_run_survives_redis_going_away() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let dir = TempDir::new("outage");
+    let context = dir.file("context.txt", "a corpus");
+    // 40 sub-calls of 100 ms, 8 at a time, at 600 a minute: about four seconds.
+    let server = server(40, Duration::from_millis(100)).await;
+    let url = redis.url();
+    let child = rlm(&server, &context, &["--rpm", "600", "--redis", &url])
+        .spawn()
+        .expect("rlm starts");
+    // Kill Redis once some sub-calls went through it.
+    let start = Instant::now();
+    while sub_requests(&server).len() < 10 && start.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    redis.stop();
+    let (code, json, stderr) = finish(child).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(json["answer"], "answers: 40", "{json}");
+    assert_eq!(sub_requests(&server).len(), 40);
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("WARN")).collect();
+    assert!(
+        !warnings.is_empty(),
+        "a warning says Redis went away: {stderr}"
+    );
+    // Once per outage for each use (pacing, cache), not once per call.
+    assert!(warnings.len() <= 2, "{stderr}");
+    // Still paced locally: never more than two seconds' share in a second.
+    let most = max_in_window(&sub_requests(&server), Duration::from_secs(1));
+    assert!(most <= 20, "{most} sub-calls within one second");
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_from_the_start_is_a_warning_not_a_failure() {
+    let dir = TempDir::new("nored");
+    let context = dir.file("context.txt", "text");
+    let server = server(3, Duration::ZERO).await;
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let url = format!("redis://:secret-pw@127.0.0.1:{port}");
+    let (code, json, stderr) = run(&server, &context, &["--redis", &url, "--rpm", "600"]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(json["answer"], "answers: 3");
+    assert!(
+        stderr.contains("WARN") && stderr.contains("redis://127.0.0.1"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("secret-pw"), "{stderr}");
+    // A URL that is not a Redis URL is a usage error.
+    let (code, _, stderr) = run(&server, &context, &["--redis", "http://nope"]).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--redis"), "{stderr}");
+}
+
+#[tokio::test]
+async fn the_environment_names_the_cache_dir_and_empty_variables_mean_unset() {
+    let dir = TempDir::new("env");
+    let context = dir.file("context.txt", "env corpus");
+    let cache = dir.path().join("cache").to_string_lossy().into_owned();
+    let server = server(4, Duration::ZERO).await;
+    for expected_hits in [0, 4] {
+        let child = rlm(&server, &context, &[])
+            .env("RLM_CACHE_DIR", &cache)
+            .spawn()
+            .expect("rlm starts");
+        let (code, json, stderr) = finish(child).await;
+        assert_eq!(code, Some(0), "{stderr}");
+        assert_eq!(json["cache"]["disk_hits"], expected_hits, "{json}");
+    }
+    let child = rlm(&server, &context, &[])
+        .env("RLM_CACHE_DIR", "")
+        .env("RLM_REDIS_URL", "")
+        .spawn()
+        .expect("rlm starts");
+    let (code, json, stderr) = finish(child).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(json["cache"]["disk_hits"], 0, "{json}");
+    assert_eq!(json["answer"], "answers: 4");
+}

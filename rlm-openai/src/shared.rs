@@ -1,0 +1,373 @@
+//! Pacing shared with other processes: the [`SharedPacer`] trait, consulted by every call
+//! after the process's own limiter, and (feature `redis`) its Redis implementation.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::config::RateLimit;
+
+/// A rate limiter whose books are kept outside the process, so that every process using
+/// it together stays within one budget.
+///
+/// The backend calls [`admit`](Self::admit) for each request (each attempt) once its own
+/// per-process limiter has let it through, and repeats after the wait it is told; it calls
+/// [`pause`](Self::pause) when the server asks for a pause (`Retry-After`), so every
+/// process honours it. An implementation that cannot reach its books says so (`None`),
+/// and the request goes out under the local limiter alone: never a failed call, never an
+/// unlimited burst.
+#[async_trait]
+pub trait SharedPacer: fmt::Debug + Send + Sync {
+    /// Takes one request and `tokens` tokens of `model`'s shared budget `limit` (per
+    /// minute; `0` means no limit of that kind) if it can now: `Some(Duration::ZERO)`
+    /// means taken (and counted); `Some(wait)` means not now, ask again after `wait`
+    /// (nothing was taken); `None` means the shared books are unreachable.
+    async fn admit(&self, model: &str, limit: RateLimit, tokens: u64) -> Option<Duration>;
+
+    /// Holds every process's requests for `model` for `wait` from now (extending, never
+    /// shortening, a pause already in force). Best effort: an unreachable store is ignored.
+    async fn pause(&self, model: &str, wait: Duration);
+}
+
+#[cfg(feature = "redis")]
+pub use self::redis_pacer::RedisPacer;
+
+#[cfg(feature = "redis")]
+mod redis_pacer {
+    use std::sync::{Mutex, PoisonError};
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use redis::Script;
+    use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+    use tokio::time::Instant;
+
+    use super::SharedPacer;
+    use crate::config::{ConfigError, RateLimit};
+
+    /// The longest one Redis round trip may take before the books count as unreachable.
+    const OP_TIMEOUT: Duration = Duration::from_millis(1_000);
+    /// After a failure, Redis is not asked again for this long.
+    const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+
+    /// The admission script. KEYS: state hash, requests window list, tokens window list.
+    /// ARGV: rpm, tpm, tokens, and an optional clock in microseconds (tests; otherwise
+    /// Redis's `TIME`). Returns 0 (admitted and counted) or the microseconds to wait.
+    ///
+    /// The same shape as the local limiter: a GCRA bucket per budget (a burst of
+    /// `limit / 60`, at least 1, refilled so that 60 s never holds more than the limit)
+    /// for smoothness, and a one-minute ledger (entries per millisecond, dated by the end
+    /// of their millisecond so they expire late, never early) for the hard guarantee.
+    const ADMIT: &str = r"
+local state, rlist, tlist = KEYS[1], KEYS[2], KEYS[3]
+local rpm, tpm, tokens = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local now
+if ARGV[4] and ARGV[4] ~= '' then
+  now = tonumber(ARGV[4])
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local MINUTE = 60000000
+local pause = tonumber(redis.call('HGET', state, 'pause') or '0')
+if pause > now then return pause - now end
+
+local function gcra(field, limit, cost)
+  if limit <= 0 then return 0, nil end
+  local burst = math.max(math.floor(limit / 60), 1)
+  local period = math.ceil(MINUTE / (limit - burst + 1))
+  local tat = tonumber(redis.call('HGET', state, field) or '0')
+  if tat < now then tat = now end
+  local allow_at = tat - (burst - math.min(cost, burst)) * period
+  if allow_at > now then return allow_at - now, nil end
+  return 0, tat + cost * period
+end
+
+local function parse(entry)
+  local sep = string.find(entry, ':', 1, true)
+  return tonumber(string.sub(entry, 1, sep - 1)), tonumber(string.sub(entry, sep + 1))
+end
+
+local function room(list, field, limit, cost)
+  if limit <= 0 then return 0, 0 end
+  local total = tonumber(redis.call('HGET', state, field) or '0')
+  while true do
+    local head = redis.call('LINDEX', list, 0)
+    if not head then total = 0 break end
+    local at, c = parse(head)
+    if now - at < MINUTE then break end
+    redis.call('LPOP', list)
+    total = total - c
+  end
+  if total < 0 then total = 0 end
+  local allowed = math.max(limit - cost, 0)
+  if total <= allowed then return 0, total end
+  local in_window, until_at, i = total, now, 0
+  while in_window > allowed do
+    local items = redis.call('LRANGE', list, i, i + 127)
+    if #items == 0 then break end
+    for _, entry in ipairs(items) do
+      if in_window <= allowed then break end
+      local at, c = parse(entry)
+      in_window = in_window - c
+      until_at = at + MINUTE
+    end
+    i = i + 128
+  end
+  return math.max(until_at - now, 1), total
+end
+
+local function record(list, field, limit, cost, total)
+  if limit <= 0 then return end
+  local at = math.ceil(now / 1000) * 1000
+  local last = redis.call('LINDEX', list, -1)
+  if last then
+    local last_at, last_cost = parse(last)
+    if last_at == at then
+      redis.call('LSET', list, -1, at .. ':' .. (last_cost + cost))
+    else
+      redis.call('RPUSH', list, at .. ':' .. cost)
+    end
+  else
+    redis.call('RPUSH', list, at .. ':' .. cost)
+  end
+  redis.call('HSET', state, field, total + cost)
+  redis.call('PEXPIRE', list, 120000)
+end
+
+local rwait, rtat = gcra('rtat', rpm, 1)
+local twait, ttat = gcra('ttat', tpm, tokens)
+local wait = math.max(rwait, twait)
+if wait > 0 then return wait end
+local rroom, rtotal = room(rlist, 'rtotal', rpm, 1)
+local troom, ttotal = room(tlist, 'ttotal', tpm, tokens)
+wait = math.max(rroom, troom)
+if wait > 0 then return wait end
+if rtat then redis.call('HSET', state, 'rtat', rtat) end
+if ttat then redis.call('HSET', state, 'ttat', ttat) end
+record(rlist, 'rtotal', rpm, 1, rtotal)
+record(tlist, 'ttotal', tpm, tokens, ttotal)
+redis.call('PEXPIRE', state, 120000)
+return 0
+";
+
+    /// KEYS: state hash. ARGV: the pause in microseconds, optional clock (as above).
+    const PAUSE: &str = r"
+local now
+if ARGV[2] and ARGV[2] ~= '' then
+  now = tonumber(ARGV[2])
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local until_at = now + tonumber(ARGV[1])
+local current = tonumber(redis.call('HGET', KEYS[1], 'pause') or '0')
+if until_at > current then redis.call('HSET', KEYS[1], 'pause', until_at) end
+redis.call('PEXPIRE', KEYS[1], math.max(120000, math.ceil((until_at - now) / 1000) + 1000))
+return 0
+";
+
+    /// Rate limits shared through Redis: one Lua script decides each admission
+    /// atomically, so any number of processes on any number of machines together keep
+    /// to the limit, paced as one process would be (about a second's share at once, never
+    /// more than the limit in any 60-second window), and a server's `Retry-After` pause
+    /// holds them all.
+    ///
+    /// Keys: `{prefix}:pace:{model}` (a hash: bucket states, totals, pause) and
+    /// `{prefix}:pace:{model}:req` / `:tok` (the minute's ledgers); they expire after two
+    /// idle minutes. Every process must use the same limits for a model (each passes its
+    /// own; mixed limits mix). Times are Redis's clock (`TIME`), so the processes' clocks
+    /// need not agree.
+    ///
+    /// While Redis is unreachable (a failed round trip waits at most 1 s, and for a second
+    /// after it Redis is not asked), calls are paced by each process's own limiter alone;
+    /// when it returns, the shared books are used again.
+    pub struct RedisPacer {
+        client: redis::Client,
+        /// Made on first use, inside the caller's runtime (making it needs one).
+        manager: tokio::sync::OnceCell<ConnectionManager>,
+        prefix: String,
+        admit: Script,
+        pause: Script,
+        retry_at: Mutex<Option<Instant>>,
+        shown: String,
+        /// Whether the outage now was already reported.
+        warned: std::sync::atomic::AtomicBool,
+        /// A fixed clock for tests (microseconds), instead of Redis's.
+        clock: Option<fn() -> u64>,
+    }
+
+    impl std::fmt::Debug for RedisPacer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("RedisPacer")
+                .field("url", &self.shown)
+                .field("prefix", &self.prefix)
+                .finish_non_exhaustive()
+        }
+    }
+
+    /// `url` without a password, for messages.
+    fn shown_url(url: &str) -> String {
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return "(a Redis URL)".to_owned();
+        };
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        match rest[..end].rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://{host}{}", &rest[end..]),
+            None => url.to_owned(),
+        }
+    }
+
+    impl RedisPacer {
+        /// A pacer on the Redis server at `url` (`redis://[:password@]host[:port][/db]`),
+        /// its keys under `prefix`. No connection is made until the first call.
+        ///
+        /// # Errors
+        ///
+        /// [`ConfigError::InvalidSetting`] when `url` is not a Redis URL (the message
+        /// never contains a password).
+        pub fn new(url: &str, prefix: &str) -> Result<Self, ConfigError> {
+            let shown = shown_url(url);
+            let fail = |e: redis::RedisError| ConfigError::InvalidSetting {
+                name: "Redis URL",
+                reason: format!("{shown}: {}", e.detail().unwrap_or("not a Redis URL")),
+            };
+            let client = redis::Client::open(url).map_err(fail)?;
+            Ok(Self {
+                client,
+                manager: tokio::sync::OnceCell::new(),
+                prefix: prefix.to_owned(),
+                admit: Script::new(ADMIT),
+                pause: Script::new(PAUSE),
+                retry_at: Mutex::new(None),
+                shown,
+                warned: std::sync::atomic::AtomicBool::new(false),
+                clock: None,
+            })
+        }
+
+        /// Uses `clock` (microseconds) instead of Redis's `TIME`: for tests that check
+        /// the books over simulated minutes.
+        #[doc(hidden)]
+        pub fn with_clock(mut self, clock: fn() -> u64) -> Self {
+            self.clock = Some(clock);
+            self
+        }
+
+        fn keys(&self, model: &str) -> [String; 3] {
+            let base = format!("{}:pace:{model}", self.prefix);
+            [format!("{base}:req"), format!("{base}:tok"), base]
+        }
+
+        fn clock_arg(&self) -> String {
+            self.clock
+                .map(|clock| clock().to_string())
+                .unwrap_or_default()
+        }
+
+        async fn run<T: redis::FromRedisValue>(
+            &self,
+            invocation: redis::ScriptInvocation<'_>,
+        ) -> Option<T> {
+            use std::sync::atomic::Ordering;
+            let now = Instant::now();
+            if self
+                .retry_at
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_some_and(|at| now < at)
+            {
+                return None;
+            }
+            let connection = self
+                .manager
+                .get_or_try_init(|| async {
+                    let config = ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(OP_TIMEOUT))
+                        .set_response_timeout(Some(OP_TIMEOUT))
+                        .set_number_of_retries(1)
+                        .set_min_delay(Duration::from_millis(50));
+                    ConnectionManager::new_lazy_with_config(self.client.clone(), config)
+                })
+                .await
+                .cloned();
+            let outcome = match connection {
+                Ok(mut connection) => {
+                    tokio::time::timeout(OP_TIMEOUT, invocation.invoke_async::<T>(&mut connection))
+                        .await
+                }
+                Err(e) => Ok(Err(e)),
+            };
+            let failure = match outcome {
+                Ok(Ok(value)) => {
+                    *self.retry_at.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                    if self.warned.swap(false, Ordering::Relaxed) {
+                        tracing::info!(
+                            target: "rlm_openai",
+                            "Redis at {} is reachable again: rate limits are shared again",
+                            self.shown
+                        );
+                    }
+                    return Some(value);
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {} ms", OP_TIMEOUT.as_millis()),
+            };
+            *self.retry_at.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some(Instant::now() + RETRY_AFTER_FAILURE);
+            if !self.warned.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    target: "rlm_openai",
+                    "Redis at {} is unreachable ({failure}); each process paces its own \
+                     rate limits until it returns",
+                    self.shown
+                );
+            }
+            None
+        }
+    }
+
+    #[async_trait]
+    impl SharedPacer for RedisPacer {
+        async fn admit(&self, model: &str, limit: RateLimit, tokens: u64) -> Option<Duration> {
+            let [requests, token_list, state] = self.keys(model);
+            let mut invocation = self.admit.prepare_invoke();
+            invocation
+                .key(&state)
+                .key(&requests)
+                .key(&token_list)
+                .arg(limit.requests_per_minute)
+                .arg(limit.tokens_per_minute)
+                .arg(tokens)
+                .arg(self.clock_arg());
+            let wait: i64 = self.run(invocation).await?;
+            Some(Duration::from_micros(u64::try_from(wait).unwrap_or(0)))
+        }
+
+        async fn pause(&self, model: &str, wait: Duration) {
+            let [_, _, state] = self.keys(model);
+            let mut invocation = self.pause.prepare_invoke();
+            invocation
+                .key(&state)
+                .arg(u64::try_from(wait.as_micros()).unwrap_or(u64::MAX / 2))
+                .arg(self.clock_arg());
+            let _: Option<i64> = self.run(invocation).await;
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn passwords_never_show() {
+            assert_eq!(shown_url("redis://:pw@h:1/0"), "redis://h:1/0");
+            let error = RedisPacer::new("nonsense://:pw@h", "rlm")
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(!error.contains("pw"), "{error}");
+        }
+    }
+}
