@@ -9,6 +9,8 @@
 //! rlm run --model gpt-4o --sub-model gpt-4o-mini \
 //!     --context ./docs --query "Which documents mention a refund, and why?"
 //! rlm demo
+//! rlm serve --model gpt-4o --listen 127.0.0.1:8000
+//! rlm mcp --model gpt-4o --root ./docs
 //! ```
 //!
 //! See `rlm run --help` for every flag, the exit codes and the `--json` / `--trace` formats.
@@ -19,6 +21,7 @@ mod demo;
 mod error;
 mod progress;
 mod run;
+mod serve;
 mod trace;
 
 use std::io::{IsTerminal, Write};
@@ -37,6 +40,8 @@ fn main() -> ExitCode {
     };
     let quiet = match &cli.command {
         Command::Run(args) => args.quiet,
+        Command::Serve(args) => args.run.quiet,
+        Command::Mcp(args) => args.run.quiet,
         Command::Demo(args) => args.quiet,
     };
     init_tracing(quiet);
@@ -58,6 +63,8 @@ fn main() -> ExitCode {
         runtime.block_on(async {
             match cli.command {
                 Command::Run(args) => run::run(args).await,
+                Command::Serve(args) => serve::serve(args).await,
+                Command::Mcp(args) => serve::mcp(args).await,
                 Command::Demo(args) => demo::demo(args).await,
             }
         })

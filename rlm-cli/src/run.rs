@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use rlm_cache::{CacheStats, CachedBackend};
 use rlm_core::{BatchExecutor, CancellationToken, LlmBackend, Metered, ModelUsage, UsageTracker};
 use rlm_openai::{ConfigError, OpenAiBackend, OpenAiConfig, RateLimit};
-use rlm_repl::{Rlm, RunResult, StopReason};
+use rlm_repl::{Rlm, RlmBuilder, RunResult, StopReason};
 use serde::Serialize;
 
 use crate::cli::RunArgs;
@@ -84,59 +84,15 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
         }
     }
 
-    // Models and the backend stack.
-    let model = non_empty(&args.model, "--model (or RLM_MODEL)")?;
-    let sub_model = match &args.sub_model {
-        Some(sub) => non_empty(sub, "--sub-model (or RLM_SUB_MODEL)")?,
-        None => model.clone(),
-    };
-    // An empty OPENAI_BASE_URL means unset.
-    let base_url = match args.base_url.trim() {
-        "" => rlm_openai::DEFAULT_BASE_URL.to_owned(),
-        url => url.to_owned(),
-    };
-    let shown_url = display_url(&base_url);
-    let api_key = std::env::var(&args.api_key_env)
-        .ok()
-        .filter(|key| !key.trim().is_empty());
-    if api_key.is_none() && host_of(&base_url) == Some("api.openai.com") {
-        return Err(CliError::Auth(format!(
-            "no API key: {} is not set (set it, name another variable with --api-key-env, \
-             or point --base-url at a server that needs no key)",
-            args.api_key_env
-        )));
-    }
-
-    let pool = args.max_concurrent as usize + 1;
-    let mut config = OpenAiConfig::from_env()
-        .with_base_url(&base_url)
-        .with_api_key(api_key.unwrap_or_default())
-        .with_max_retries(args.max_retries)
-        .with_request_timeout(args.timeout)
-        .with_connect_timeout(args.timeout.min(MAX_CONNECT_TIMEOUT))
-        .with_concurrency(pool)
-        .with_rate_limit(RateLimit::new(args.rpm, args.tpm));
-    if sub_model != model && (args.sub_rpm.is_some() || args.sub_tpm.is_some()) {
-        config = config.with_model_rate_limit(
-            &sub_model,
-            RateLimit::new(
-                args.sub_rpm.unwrap_or(args.rpm),
-                args.sub_tpm.unwrap_or(args.tpm),
-            ),
-        );
-    }
-    let backend = OpenAiBackend::new(config).map_err(config_error)?;
-    // Sub-calls share the client, pool and rate limits, with their own attempt timeout.
-    let sub_backend = backend.with_request_timeout(args.sub_timeout);
-    // Metered below the cache: usage counts what the server was really asked.
-    let tracker = UsageTracker::new();
-    let root: Arc<dyn LlmBackend> = Arc::new(Metered::new(backend, tracker.clone()));
-    let metered = Metered::new(sub_backend, tracker.clone());
-    let cache = (!args.no_cache).then(|| Arc::new(CachedBackend::new(metered.clone())));
-    let sub: Arc<dyn BatchExecutor> = match &cache {
-        Some(cache) => cache.clone(),
-        None => Arc::new(metered),
-    };
+    let Stack {
+        model,
+        sub_model,
+        shown_url,
+        root,
+        sub,
+        tracker,
+        cache,
+    } = backend_stack(&args)?;
 
     // Observers.
     let trace = match &args.trace {
@@ -147,22 +103,8 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
         (!quiet && std::io::stderr().is_terminal()).then(|| Arc::new(Progress::new(&model)));
 
     let cancel = CancellationToken::new();
-    let mut builder = Rlm::builder(root)
-        .root_model(&model)
-        .sub_model(&sub_model)
-        .sub_backend(sub)
-        .max_iterations(args.max_iterations as usize)
-        .max_concurrent(args.max_concurrent as usize)
-        .cancel_token(cancel.clone());
-    if let Some(calls) = args.max_sub_calls {
-        builder = builder.max_sub_calls(calls);
-    }
-    if let Some(tokens) = args.max_total_tokens {
-        builder = builder.max_total_tokens(tokens);
-    }
-    if let Some(time) = args.max_time {
-        builder = builder.max_time(time);
-    }
+    let mut builder =
+        rlm_builder(&args, &model, &sub_model, root, sub).cancel_token(cancel.clone());
     if let Some(prompt) = system_prompt {
         builder = builder.system_prompt(prompt);
     }
@@ -242,6 +184,116 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
         StopReason::Cancelled => exit::INTERRUPTED,
         _ => exit::BUDGET,
     })
+}
+
+/// The backend stack that every run of a process shares (one server's requests too):
+/// one HTTP client, its rate limits and retries, usage metering and the sub-call cache.
+pub(crate) struct Stack {
+    /// The root model.
+    pub(crate) model: String,
+    /// The sub model (the root model unless `--sub-model`).
+    pub(crate) sub_model: String,
+    /// The base URL without credentials, for messages.
+    pub(crate) shown_url: String,
+    /// Root calls.
+    pub(crate) root: Arc<dyn LlmBackend>,
+    /// Sub-calls (through the cache unless `--no-cache`).
+    pub(crate) sub: Arc<dyn BatchExecutor>,
+    /// What the server was really asked, per model.
+    pub(crate) tracker: UsageTracker,
+    /// The sub-call cache, for its statistics.
+    pub(crate) cache: Option<Arc<CachedBackend<Metered<OpenAiBackend>>>>,
+}
+
+/// Builds the [`Stack`] from the model, server, rate-limit and cache flags.
+pub(crate) fn backend_stack(args: &RunArgs) -> Result<Stack, CliError> {
+    let model = non_empty(&args.model, "--model (or RLM_MODEL)")?;
+    let sub_model = match &args.sub_model {
+        Some(sub) => non_empty(sub, "--sub-model (or RLM_SUB_MODEL)")?,
+        None => model.clone(),
+    };
+    // An empty OPENAI_BASE_URL means unset.
+    let base_url = match args.base_url.trim() {
+        "" => rlm_openai::DEFAULT_BASE_URL.to_owned(),
+        url => url.to_owned(),
+    };
+    let shown_url = display_url(&base_url);
+    let api_key = std::env::var(&args.api_key_env)
+        .ok()
+        .filter(|key| !key.trim().is_empty());
+    if api_key.is_none() && host_of(&base_url) == Some("api.openai.com") {
+        return Err(CliError::Auth(format!(
+            "no API key: {} is not set (set it, name another variable with --api-key-env, \
+             or point --base-url at a server that needs no key)",
+            args.api_key_env
+        )));
+    }
+
+    let pool = args.max_concurrent as usize + 1;
+    let mut config = OpenAiConfig::from_env()
+        .with_base_url(&base_url)
+        .with_api_key(api_key.unwrap_or_default())
+        .with_max_retries(args.max_retries)
+        .with_request_timeout(args.timeout)
+        .with_connect_timeout(args.timeout.min(MAX_CONNECT_TIMEOUT))
+        .with_concurrency(pool)
+        .with_rate_limit(RateLimit::new(args.rpm, args.tpm));
+    if sub_model != model && (args.sub_rpm.is_some() || args.sub_tpm.is_some()) {
+        config = config.with_model_rate_limit(
+            &sub_model,
+            RateLimit::new(
+                args.sub_rpm.unwrap_or(args.rpm),
+                args.sub_tpm.unwrap_or(args.tpm),
+            ),
+        );
+    }
+    let backend = OpenAiBackend::new(config).map_err(config_error)?;
+    // Sub-calls share the client, pool and rate limits, with their own attempt timeout.
+    let sub_backend = backend.with_request_timeout(args.sub_timeout);
+    // Metered below the cache: usage counts what the server was really asked.
+    let tracker = UsageTracker::new();
+    let root: Arc<dyn LlmBackend> = Arc::new(Metered::new(backend, tracker.clone()));
+    let metered = Metered::new(sub_backend, tracker.clone());
+    let cache = (!args.no_cache).then(|| Arc::new(CachedBackend::new(metered.clone())));
+    let sub: Arc<dyn BatchExecutor> = match &cache {
+        Some(cache) => cache.clone(),
+        None => Arc::new(metered),
+    };
+    Ok(Stack {
+        model,
+        sub_model,
+        shown_url,
+        root,
+        sub,
+        tracker,
+        cache,
+    })
+}
+
+/// An [`Rlm`] builder with the models and the budget flags of `args`.
+pub(crate) fn rlm_builder(
+    args: &RunArgs,
+    model: &str,
+    sub_model: &str,
+    root: Arc<dyn LlmBackend>,
+    sub: Arc<dyn BatchExecutor>,
+) -> RlmBuilder {
+    let mut builder = Rlm::builder(root)
+        .root_model(model)
+        .sub_model(sub_model)
+        .sub_backend(sub)
+        .max_iterations(args.max_iterations as usize)
+        .max_concurrent(args.max_concurrent as usize);
+    if let Some(calls) = args.max_sub_calls {
+        builder = builder.max_sub_calls(calls);
+    }
+    if let Some(tokens) = args.max_total_tokens {
+        builder = builder.max_total_tokens(tokens);
+    }
+    if let Some(time) = args.max_time {
+        builder = builder.max_time(time);
+    }
+    builder
 }
 
 fn non_empty(value: &str, flag: &str) -> Result<String, CliError> {
