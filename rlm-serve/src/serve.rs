@@ -460,7 +460,6 @@ impl ChatRequest {
             .map(|(_, text)| text.as_str())
             .collect();
         let instructions = (!instructions.is_empty()).then(|| instructions.join("\n\n"));
-        let mut texts = texts;
         let query = std::mem::take(&mut texts[last_user].1);
         if query.trim().is_empty() {
             return Err(ApiError::bad_request(

@@ -176,11 +176,17 @@ fn a_shared_context_gives_every_repl_the_same_bytes() {
                 return s.as_ptr() as usize;
             }
             let items = value.into_array().unwrap_or_default();
-            let item = items[0].as_immutable_string_ref().map(|s| s.as_ptr() as usize);
+            let item = items[0]
+                .as_immutable_string_ref()
+                .map(|s| s.as_ptr() as usize);
             item.unwrap_or_default()
         };
         assert_ne!(address(&first), 0);
-        assert_eq!(address(&first), address(&second), "the same bytes, not a copy");
+        assert_eq!(
+            address(&first),
+            address(&second),
+            "the same bytes, not a copy"
+        );
         let mut repl = Repl::new(Context::from(shared));
         let outcome = repl.execute("print(context.len() > 0);");
         assert!(outcome.output.contains("true"), "{outcome:?}");
