@@ -28,6 +28,8 @@ use crate::{RunOptions, Runner, ServeError, describe_error, trajectory};
 
 /// The tool's name.
 pub const TOOL: &str = "rlm_answer";
+/// The longest wait for progress notifications to go out before the result.
+const PROGRESS_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Loads one allowed path as `rlm run --context` would: the context and any warnings, or a
 /// message saying why not.
@@ -270,11 +272,13 @@ impl McpServer {
         }
         let (run_context, warnings) = self.context(&mut args)?;
 
-        // Progress: events become notifications, sent in order by one task.
+        // Progress: events become notifications, sent in order by one task, all of them
+        // before the result (a client ignores progress that comes after it).
+        let mut forwarder = None;
         let observer: Option<Arc<dyn Observer>> = context.meta.get_progress_token().map(|token| {
             let (tx, mut rx) = mpsc::unbounded_channel::<String>();
             let peer = context.peer.clone();
-            tokio::spawn(async move {
+            forwarder = Some(tokio::spawn(async move {
                 let mut step = 0.0;
                 while let Some(message) = rx.recv().await {
                     step += 1.0;
@@ -284,7 +288,7 @@ impl McpServer {
                         break;
                     }
                 }
-            });
+            }));
             Arc::new(move |event: &Event| {
                 if let Some(text) = trajectory::describe(event) {
                     let _ = tx.send(text.trim_end().to_owned());
@@ -298,6 +302,11 @@ impl McpServer {
             cancel: context.ct.clone(),
         };
         let result = self.runner.run(args.query, run_context, options).await;
+        if let Some(forwarder) = forwarder {
+            // The run and its observer are gone, so the channel closes; a stuck client
+            // cannot hold the result for long.
+            let _ = tokio::time::timeout(PROGRESS_DRAIN, forwarder).await;
+        }
         Ok(match result {
             Ok(result) => {
                 let mut summary = summary(&result);

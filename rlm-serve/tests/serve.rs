@@ -549,7 +549,19 @@ async fn a_client_that_disconnects_cancels_its_run() {
         }
         assert_eq!(health(&client, &base).await["running"], 1);
         request.abort();
-        // The run ends long before the sub-call would have answered.
+        // The run ends long before the sub-call would have answered, and drops it.
         until_idle(&client, &base).await;
+        let mut in_flight = mock.in_flight();
+        for _ in 0..200 {
+            if in_flight == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            in_flight = mock.in_flight();
+        }
+        assert_eq!(
+            in_flight, 0,
+            "the cancelled run's sub-call is still in flight"
+        );
     }
 }
