@@ -565,3 +565,82 @@ async fn a_client_that_disconnects_cancels_its_run() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_stop_is_a_200_with_length_and_the_best_answer() {
+    // The root model never answers in its one turn; asked for its best answer, it gives one.
+    let mock = MockServer::start(|request: &ServerRequest| {
+        if request.model() == ROOT {
+            scripted_turn(
+                request,
+                &[
+                    code("let x = 1;\nprint(x);"),
+                    "FINAL(best guess)".to_owned(),
+                ],
+            )
+        } else {
+            Reply::completion_for(request, "sub")
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let runner = {
+        let base = runner(&mock, 0);
+        let config = RlmConfig {
+            max_iterations: 1,
+            ..base.config().clone()
+        };
+        let backend = OpenAiBackend::new(
+            OpenAiConfig::new()
+                .with_base_url(mock.base_url())
+                .with_api_key(UPSTREAM_KEY),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let root: Arc<dyn LlmBackend> = Arc::new(backend.clone());
+        Runner::new(root, Arc::new(CachedBackend::new(backend)), config)
+    };
+    let base = start(runner, ServeOptions::default()).await;
+    let client = reqwest::Client::new();
+    let (status, body) = post(&client, &base, &chat("q", "doc")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+    assert_eq!(body["choices"][0]["message"]["content"], "best guess");
+    assert_eq!(body["rlm"]["stopped"], "max_iterations");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_fails_while_streaming_ends_with_an_error_event() {
+    let mock = MockServer::start(|_: &ServerRequest| {
+        Reply::error(
+            401,
+            "invalid_request_error",
+            "invalid_api_key",
+            "Incorrect API key provided",
+        )
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let base = start(runner(&mock, 0), ServeOptions::default()).await;
+    let mut body = chat("q", "doc");
+    body["stream"] = json!(true);
+    let text = reqwest::Client::new()
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .text()
+        .await
+        .unwrap_or_default();
+    assert!(!text.contains(UPSTREAM_KEY));
+    let data = sse_data(&text);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{text}");
+    let error: Value = serde_json::from_str(&data[data.len() - 2]).unwrap_or_default();
+    assert_eq!(error["error"]["code"], "upstream_auth", "{text}");
+    assert!(
+        !data
+            .iter()
+            .any(|d| d.contains("\"content\":\"") && !d.contains("\"content\":\"\"")),
+        "no answer content: {text}"
+    );
+}
