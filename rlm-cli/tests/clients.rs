@@ -128,7 +128,14 @@ async fn the_openai_sdk_talks_to_rlm_serve() {
         }
     }
     let base = base.expect("rlm serve says where it listens");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let rest = tokio::spawn(async move {
+        let mut text = String::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    });
     run_python(
         &python,
         &[
@@ -139,6 +146,11 @@ async fn the_openai_sdk_talks_to_rlm_serve() {
     )
     .await;
     let _ = server.kill().await;
+    let stderr = rest.await.unwrap_or_default();
+    assert!(
+        !stderr.contains(KEY) && !stderr.contains(SERVER_KEY),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -574,9 +574,26 @@ async fn chat_inner(
     let result = state.runner.run(request.query, context, options).await;
     state.record_run(started.elapsed());
     drop(permit);
+    log_run(&reply.id, &result, started.elapsed());
     let root_model = &state.runner.config().root_model;
     let result = result.map_err(|e| ApiError::from_run(&e, root_model))?;
     Ok(axum::Json(reply.completion(&result)).into_response())
+}
+
+/// One line per finished run (`RUST_LOG=rlm_serve=info`); never the query or the answer.
+fn log_run(id: &str, result: &Result<RunResult, RlmError>, elapsed: Duration) {
+    let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+    match result {
+        Ok(result) => tracing::info!(
+            id,
+            stopped = result.stopped.as_str(),
+            iterations = result.iterations,
+            sub_calls = result.sub_calls,
+            elapsed_ms,
+            "run finished"
+        ),
+        Err(error) => tracing::warn!(id, elapsed_ms, %error, "run failed"),
+    }
 }
 
 /// What every chunk or reply of one request repeats.
@@ -700,6 +717,7 @@ fn stream_run(
         let result = state.runner.run(query, context, options).await;
         state.record_run(started.elapsed());
         drop(permit);
+        log_run(&reply.id, &result, started.elapsed());
         match result {
             Ok(result) => {
                 let chars: Vec<char> = result.answer.chars().collect();
