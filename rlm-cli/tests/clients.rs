@@ -182,3 +182,49 @@ async fn the_mcp_sdk_talks_to_rlm_mcp() {
     .await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `rlm serve` and `rlm mcp` refuse what cannot work, before listening: status 2, one line.
+#[tokio::test]
+async fn servers_refuse_unsafe_or_meaningless_flags() {
+    for (args, says) in [
+        (
+            &["serve", "--listen", "0.0.0.0:0", "-m", "m"][..],
+            "--server-key-env",
+        ),
+        (
+            &["serve", "-m", "m", "--server-key-env", "RLM_TEST_UNSET_VAR"][..],
+            "RLM_TEST_UNSET_VAR",
+        ),
+        (&["serve", "-m", "m", "--query", "q"][..], "--query"),
+        (
+            &["mcp", "-m", "m", "--root", "/definitely/not/here"][..],
+            "--root",
+        ),
+        (
+            &["mcp", "-m", "m", "--root", ".", "--context", "x"][..],
+            "--context",
+        ),
+    ] {
+        let output = tokio::time::timeout(
+            Duration::from_secs(60),
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_rlm"))
+                .args(args)
+                .env("OPENAI_API_KEY", KEY)
+                .env("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+                .env_remove("RLM_TEST_UNSET_VAR")
+                .stdin(Stdio::null())
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("rlm exits (safety bound)")
+        .expect("rlm starts");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("error: ") && stderr.contains(says),
+            "{args:?}: {stderr}"
+        );
+        assert!(output.stdout.is_empty());
+    }
+}
