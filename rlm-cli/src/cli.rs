@@ -89,6 +89,27 @@ pub(crate) enum Command {
     /// Answer a query over a context, against an OpenAI-compatible endpoint.
     #[command(after_help = format!("{RUN_AFTER_HELP}\n{EXIT_CODES_HELP}"))]
     Run(Box<RunArgs>),
+    /// Serve an OpenAI-compatible HTTP API: POST /v1/chat/completions answers the last user
+    /// message with a Recursive Language Model.
+    #[command(
+        after_help = SERVE_AFTER_HELP,
+        mut_arg("query", |a| a.required_unless_present(clap::builder::Resettable::Reset).hide(true)),
+        mut_arg("query_file", |a| a.hide(true)),
+        mut_arg("json", |a| a.hide(true)),
+        mut_arg("trace", |a| a.hide(true))
+    )]
+    Serve(Box<ServeArgs>),
+    /// Serve the Model Context Protocol on stdio: the tool rlm_answer answers a query over
+    /// files under the allowed roots, or over text.
+    #[command(
+        after_help = MCP_AFTER_HELP,
+        mut_arg("query", |a| a.required_unless_present(clap::builder::Resettable::Reset).hide(true)),
+        mut_arg("query_file", |a| a.hide(true)),
+        mut_arg("context", |a| a.hide(true)),
+        mut_arg("json", |a| a.hide(true)),
+        mut_arg("trace", |a| a.hide(true))
+    )]
+    Mcp(Box<McpArgs>),
     /// Offline demo, no key needed: the same job with sequential llm_query and with
     /// llm_batch, timed.
     #[command(after_help = EXIT_CODES_HELP)]
@@ -489,6 +510,106 @@ pub(crate) struct RunArgs {
     pub(crate) quiet: bool,
 }
 
+const SERVE_AFTER_HELP: &str = "\
+Endpoints:
+  GET  /v1/models            lists the model \"rlm\" (any model name is accepted)
+  POST /v1/chat/completions  the query is the last user message; the context is
+                             --context if given, else the earlier messages (system
+                             messages are extra instructions to the root model);
+                             stream: true sends the trajectory as
+                             delta.reasoning_content, then the answer as
+                             delta.content, then usage (stream_options.include_usage)
+  GET  /health               {\"status\": \"ok\", \"running\", \"queued\", \"max_runs\"}
+
+  Replies carry an \"rlm\" object (iterations, stopped, sub_calls, failed_sub_calls,
+  warnings, cost_usd). A budget stop is still 200, with finish_reason \"length\".
+  Errors: {\"error\": {\"message\", \"type\", \"code\"}}; 400 bad body, 401 wrong server
+  key, 413 body over --max-request-bytes, 429 queue full (Retry-After), 502 the
+  upstream model server failed. All requests share one backend: --rpm, --tpm,
+  retries and the sub-call cache hold across them. A client that disconnects
+  cancels its run.";
+
+const MCP_AFTER_HELP: &str = "\
+Tool rlm_answer: {\"query\": str, \"paths\": [str]} or {\"query\": str, \"text\": str}.
+  Paths must be under a --root (after resolving .. and symlinks); relative
+  paths are taken under each root. One path is read like rlm run --context;
+  several are an array of documents. Progress is notified per turn, code block
+  and tenth of a batch; cancelling the call stops the run. stdout carries the
+  protocol only; logs go to stderr.
+
+Client configuration (e.g. claude_desktop_config.json):
+  {\"mcpServers\": {\"rlm\": {\"command\": \"rlm\",
+    \"args\": [\"mcp\", \"--root\", \"/path/to/docs\", \"--model\", \"gpt-4o\"],
+    \"env\": {\"OPENAI_API_KEY\": \"sk-...\"}}}}";
+
+/// Flags of `rlm serve`: every flag of `rlm run` but the query and output flags.
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// The flags shared with `rlm run`.
+    #[command(flatten)]
+    pub(crate) run: RunArgs,
+
+    /// The address to listen on. Anything beyond loopback needs --server-key-env.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = rlm_serve::serve::DEFAULT_LISTEN,
+        help_heading = "Serving"
+    )]
+    pub(crate) listen: std::net::SocketAddr,
+
+    /// Runs at once; further requests wait in arrival order.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = rlm_serve::serve::DEFAULT_MAX_RUNS as u32,
+        value_parser = clap::value_parser!(u32).range(1..=4096),
+        help_heading = "Serving"
+    )]
+    pub(crate) max_runs: u32,
+
+    /// Requests that may wait for a run; beyond them a request gets 429 with Retry-After.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = rlm_serve::serve::DEFAULT_MAX_QUEUE as u32,
+        help_heading = "Serving"
+    )]
+    pub(crate) max_queue: u32,
+
+    /// The environment variable holding the server's own bearer token, which clients must
+    /// send (`Authorization: Bearer ...`). --api-key-env stays the upstream key.
+    #[arg(long, value_name = "VAR", help_heading = "Serving")]
+    pub(crate) server_key_env: Option<String>,
+
+    /// The largest request body, in bytes (413 beyond).
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value_t = rlm_serve::serve::DEFAULT_MAX_REQUEST_BYTES as u64,
+        value_parser = clap::value_parser!(u64).range(1..),
+        help_heading = "Serving"
+    )]
+    pub(crate) max_request_bytes: u64,
+}
+
+/// Flags of `rlm mcp`: the model, limit and budget flags of `rlm run`, and the roots.
+#[derive(Debug, Args)]
+pub(crate) struct McpArgs {
+    /// The flags shared with `rlm run`.
+    #[command(flatten)]
+    pub(crate) run: RunArgs,
+
+    /// A directory whose files the tool may read (repeat for more).
+    #[arg(
+        long = "root",
+        value_name = "DIR",
+        required = true,
+        help_heading = "Serving"
+    )]
+    pub(crate) roots: Vec<PathBuf>,
+}
+
 /// Flags of `rlm demo`.
 #[derive(Debug, Args)]
 pub(crate) struct DemoArgs {
@@ -602,6 +723,35 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_and_mcp_take_the_run_flags_without_a_query() {
+        let cli =
+            Cli::try_parse_from(["rlm", "serve", "-m", "m", "--rpm", "60", "--max-runs", "2"]);
+        let Ok(Cli {
+            command: Command::Serve(args),
+        }) = cli
+        else {
+            panic!("did not parse: {cli:?}");
+        };
+        assert_eq!(args.run.rpm, 60);
+        assert_eq!(args.max_runs, 2);
+        assert_eq!(args.listen.to_string(), "127.0.0.1:8000");
+        assert!(args.run.query.is_none());
+        let cli = Cli::try_parse_from(["rlm", "mcp", "-m", "m", "--root", "a", "--root", "b"]);
+        let Ok(Cli {
+            command: Command::Mcp(args),
+        }) = cli
+        else {
+            panic!("did not parse: {cli:?}");
+        };
+        assert_eq!(args.roots.len(), 2);
+        assert!(Cli::try_parse_from(["rlm", "mcp", "-m", "m"]).is_err());
+        assert!(
+            Cli::try_parse_from(["rlm", "run", "-m", "m"]).is_err(),
+            "run still needs a query"
+        );
     }
 
     #[test]

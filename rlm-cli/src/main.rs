@@ -11,6 +11,8 @@
 //!     --context ./docs --query "Which documents mention a refund, and why?"
 //! rlm demo
 //! rlm view run.jsonl
+//! rlm serve --model gpt-4o --listen 127.0.0.1:8000
+//! rlm mcp --model gpt-4o --root ./docs
 //! ```
 //!
 //! See `rlm run --help` for every flag, the exit codes and the `--json` / `--trace` formats.
@@ -22,6 +24,7 @@ mod error;
 mod prices;
 mod progress;
 mod run;
+mod serve;
 mod state;
 mod trace;
 mod view;
@@ -42,6 +45,8 @@ fn main() -> ExitCode {
     };
     let quiet = match &cli.command {
         Command::Run(args) => args.quiet,
+        Command::Serve(args) => args.run.quiet,
+        Command::Mcp(args) => args.run.quiet,
         Command::Demo(args) => args.quiet,
         Command::View(args) => args.quiet,
     };
@@ -64,6 +69,8 @@ fn main() -> ExitCode {
         runtime.block_on(async {
             match cli.command {
                 Command::Run(args) => run::run(args).await,
+                Command::Serve(args) => serve::serve(args).await,
+                Command::Mcp(args) => serve::mcp(args).await,
                 Command::Demo(args) => demo::demo(args).await,
                 Command::View(args) => view::view(&args),
             }

@@ -12,7 +12,7 @@ use rlm_core::{
     BatchExecutor, CancellationToken, CostReport, LlmBackend, Metered, ModelUsage, UsageTracker,
 };
 use rlm_openai::{ConfigError, OpenAiBackend, OpenAiConfig, RateLimit};
-use rlm_repl::{Rlm, RunResult, SandboxLimits, StopReason};
+use rlm_repl::{Rlm, RlmBuilder, RunResult, SandboxLimits, StopReason};
 use serde::Serialize;
 
 use crate::cli::RunArgs;
@@ -93,76 +93,16 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
         }
     }
 
-    // Models and the backend stack.
-    let model = non_empty(&args.model, "--model (or RLM_MODEL)")?;
-    let sub_model = match &args.sub_model {
-        Some(sub) => non_empty(sub, "--sub-model (or RLM_SUB_MODEL)")?,
-        None => model.clone(),
-    };
-    // An empty OPENAI_BASE_URL means unset.
-    let base_url = match args.base_url.trim() {
-        "" => rlm_openai::DEFAULT_BASE_URL.to_owned(),
-        url => url.to_owned(),
-    };
-    let shown_url = display_url(&base_url);
-    let api_key = match std::env::var(&args.api_key_env) {
-        Ok(key) => Some(key).filter(|key| !key.trim().is_empty()),
-        Err(std::env::VarError::NotPresent) => None,
-        Err(std::env::VarError::NotUnicode(_)) => {
-            return Err(CliError::Auth(format!(
-                "the API key in {} is not valid UTF-8 (an HTTP header cannot carry it); check \
-                 how the variable was set",
-                args.api_key_env
-            )));
-        }
-    };
-    if api_key.is_none() && host_of(&base_url) == Some("api.openai.com") {
-        return Err(CliError::Auth(format!(
-            "no API key: {} is not set (set it, name another variable with --api-key-env, \
-             or point --base-url at a server that needs no key)",
-            args.api_key_env
-        )));
-    }
-
-    let pool = args.max_concurrent as usize + 1;
-    let mut config = OpenAiConfig::from_env()
-        .with_base_url(&base_url)
-        .with_api_key(api_key.unwrap_or_default())
-        .with_max_retries(args.max_retries)
-        .with_request_timeout(args.timeout)
-        .with_connect_timeout(args.timeout.min(MAX_CONNECT_TIMEOUT))
-        .with_concurrency(pool)
-        .with_rate_limit(RateLimit::new(args.rpm, args.tpm));
-    if sub_model != model && (args.sub_rpm.is_some() || args.sub_tpm.is_some()) {
-        config = config.with_model_rate_limit(
-            &sub_model,
-            RateLimit::new(
-                args.sub_rpm.unwrap_or(args.rpm),
-                args.sub_tpm.unwrap_or(args.tpm),
-            ),
-        );
-    }
-    if let Some(pacer) = state::pacer(&args)? {
-        config = config.with_shared_pacer(pacer);
-    }
-    let backend = OpenAiBackend::new(config).map_err(config_error)?;
-    // Sub-calls share the client, pool and rate limits, with their own attempt timeout.
-    let sub_backend = backend.with_request_timeout(args.sub_timeout);
-    // Metered below the cache: usage counts what the server was really asked.
-    let tracker = UsageTracker::new();
-    let root: Arc<dyn LlmBackend> = Arc::new(Metered::new(backend, tracker.clone()));
-    let metered = Metered::new(sub_backend, tracker.clone());
-    // Below the in-memory cache, the disk and Redis tiers (--cache-dir, --redis).
-    let (tiered, tier_hits): (Arc<dyn BatchExecutor>, _) = if args.no_cache {
-        (Arc::new(metered), state::TierHits::default())
-    } else {
-        state::tiers(Arc::new(metered), &args)?
-    };
-    let cache = (!args.no_cache).then(|| Arc::new(CachedBackend::new(tiered.clone())));
-    let sub: Arc<dyn BatchExecutor> = match &cache {
-        Some(cache) => cache.clone(),
-        None => tiered,
-    };
+    let Stack {
+        model,
+        sub_model,
+        shown_url,
+        root,
+        sub,
+        tracker,
+        cache,
+        tier_hits,
+    } = backend_stack(&args)?;
 
     // Observers.
     let trace = match &args.trace {
@@ -172,48 +112,14 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
     let progress =
         (!quiet && std::io::stderr().is_terminal()).then(|| Arc::new(Progress::new(&model)));
 
-    let sandbox = SandboxLimits {
-        max_string_size: args.max_string_bytes,
-        block_timeout: args.block_timeout,
-        max_memory: args.max_memory,
-        ..SandboxLimits::default()
-    };
-    if !quiet {
-        if let Some(notice) = tpm_notice(args.tpm, system_prompt.as_deref(), &model) {
-            eprintln!("warning: {notice}");
-        }
+    if !quiet && let Some(notice) = tpm_notice(args.tpm, system_prompt.as_deref(), &model) {
+        eprintln!("warning: {notice}");
     }
 
     let cancel = CancellationToken::new();
-    let mut builder = Rlm::builder(root)
-        .sandbox(sandbox)
-        .root_model(&model)
-        .sub_model(&sub_model)
-        .sub_backend(sub)
-        .max_iterations(args.max_iterations as usize)
-        .max_concurrent(args.max_concurrent as usize)
-        .max_depth(args.max_depth as usize)
-        .child_max_iterations(args.child_max_iterations as usize)
+    let mut builder = rlm_builder(&args, &model, &sub_model, root, sub)?
+        .prices(prices.clone())
         .cancel_token(cancel.clone());
-    if let Some(child) = &args.child_model {
-        builder = builder.child_model(non_empty(child, "--child-model (or RLM_CHILD_MODEL)")?);
-    }
-    if let Some(tokens) = args.sub_max_prompt_tokens {
-        builder = builder.sub_max_prompt_tokens(tokens);
-    }
-    if let Some(calls) = args.max_sub_calls {
-        builder = builder.max_sub_calls(calls);
-    }
-    if let Some(tokens) = args.max_total_tokens {
-        builder = builder.max_total_tokens(tokens);
-    }
-    if let Some(time) = args.max_time {
-        builder = builder.max_time(time);
-    }
-    builder = builder.prices(prices.clone());
-    if let Some(usd) = args.max_cost {
-        builder = builder.max_cost(usd);
-    }
     if let Some(prompt) = system_prompt {
         builder = builder.system_prompt(prompt);
     }
@@ -342,6 +248,155 @@ fn tpm_notice(tpm: u32, system_prompt: Option<&str>, model: &str) -> Option<Stri
          than a minute's budget waits until the budget covers it. Use --tpm {tokens} or more.",
         human_duration(wait)
     ))
+}
+
+/// The backend stack that every run of a process shares (one server's requests too):
+/// one HTTP client, its rate limits and retries, usage metering and the sub-call cache.
+pub(crate) struct Stack {
+    /// The root model.
+    pub(crate) model: String,
+    /// The sub model (the root model unless `--sub-model`).
+    pub(crate) sub_model: String,
+    /// The base URL without credentials, for messages.
+    pub(crate) shown_url: String,
+    /// Root calls.
+    pub(crate) root: Arc<dyn LlmBackend>,
+    /// Sub-calls (through the cache unless `--no-cache`).
+    pub(crate) sub: Arc<dyn BatchExecutor>,
+    /// What the server was really asked, per model.
+    pub(crate) tracker: UsageTracker,
+    /// The sub-call cache, for its statistics.
+    pub(crate) cache: Option<Arc<CachedBackend<Arc<dyn BatchExecutor>>>>,
+    /// Hits of the disk and Redis tiers below the cache.
+    pub(crate) tier_hits: state::TierHits,
+}
+
+/// Builds the [`Stack`] from the model, server, rate-limit and cache flags.
+pub(crate) fn backend_stack(args: &RunArgs) -> Result<Stack, CliError> {
+    let model = non_empty(&args.model, "--model (or RLM_MODEL)")?;
+    let sub_model = match &args.sub_model {
+        Some(sub) => non_empty(sub, "--sub-model (or RLM_SUB_MODEL)")?,
+        None => model.clone(),
+    };
+    // An empty OPENAI_BASE_URL means unset.
+    let base_url = match args.base_url.trim() {
+        "" => rlm_openai::DEFAULT_BASE_URL.to_owned(),
+        url => url.to_owned(),
+    };
+    let shown_url = display_url(&base_url);
+    let api_key = match std::env::var(&args.api_key_env) {
+        Ok(key) => Some(key).filter(|key| !key.trim().is_empty()),
+        Err(std::env::VarError::NotPresent) => None,
+        Err(std::env::VarError::NotUnicode(_)) => {
+            return Err(CliError::Auth(format!(
+                "the API key in {} is not valid UTF-8 (an HTTP header cannot carry it); check \
+                 how the variable was set",
+                args.api_key_env
+            )));
+        }
+    };
+    if api_key.is_none() && host_of(&base_url) == Some("api.openai.com") {
+        return Err(CliError::Auth(format!(
+            "no API key: {} is not set (set it, name another variable with --api-key-env, \
+             or point --base-url at a server that needs no key)",
+            args.api_key_env
+        )));
+    }
+
+    let pool = args.max_concurrent as usize + 1;
+    let mut config = OpenAiConfig::from_env()
+        .with_base_url(&base_url)
+        .with_api_key(api_key.unwrap_or_default())
+        .with_max_retries(args.max_retries)
+        .with_request_timeout(args.timeout)
+        .with_connect_timeout(args.timeout.min(MAX_CONNECT_TIMEOUT))
+        .with_concurrency(pool)
+        .with_rate_limit(RateLimit::new(args.rpm, args.tpm));
+    if sub_model != model && (args.sub_rpm.is_some() || args.sub_tpm.is_some()) {
+        config = config.with_model_rate_limit(
+            &sub_model,
+            RateLimit::new(
+                args.sub_rpm.unwrap_or(args.rpm),
+                args.sub_tpm.unwrap_or(args.tpm),
+            ),
+        );
+    }
+    if let Some(pacer) = state::pacer(args)? {
+        config = config.with_shared_pacer(pacer);
+    }
+    let backend = OpenAiBackend::new(config).map_err(config_error)?;
+    // Sub-calls share the client, pool and rate limits, with their own attempt timeout.
+    let sub_backend = backend.with_request_timeout(args.sub_timeout);
+    // Metered below the cache: usage counts what the server was really asked.
+    let tracker = UsageTracker::new();
+    let root: Arc<dyn LlmBackend> = Arc::new(Metered::new(backend, tracker.clone()));
+    let metered = Metered::new(sub_backend, tracker.clone());
+    // Below the in-memory cache, the disk and Redis tiers (--cache-dir, --redis).
+    let (tiered, tier_hits): (Arc<dyn BatchExecutor>, _) = if args.no_cache {
+        (Arc::new(metered), state::TierHits::default())
+    } else {
+        state::tiers(Arc::new(metered), args)?
+    };
+    let cache = (!args.no_cache).then(|| Arc::new(CachedBackend::new(tiered.clone())));
+    let sub: Arc<dyn BatchExecutor> = match &cache {
+        Some(cache) => cache.clone(),
+        None => tiered,
+    };
+    Ok(Stack {
+        model,
+        sub_model,
+        shown_url,
+        root,
+        sub,
+        tracker,
+        cache,
+        tier_hits,
+    })
+}
+
+/// An [`Rlm`] builder with the models, the sandbox, recursion and the budget flags of
+/// `args` (prices and the cancel token are the caller's).
+pub(crate) fn rlm_builder(
+    args: &RunArgs,
+    model: &str,
+    sub_model: &str,
+    root: Arc<dyn LlmBackend>,
+    sub: Arc<dyn BatchExecutor>,
+) -> Result<RlmBuilder, CliError> {
+    let sandbox = SandboxLimits {
+        max_string_size: args.max_string_bytes,
+        block_timeout: args.block_timeout,
+        max_memory: args.max_memory,
+        ..SandboxLimits::default()
+    };
+    let mut builder = Rlm::builder(root)
+        .sandbox(sandbox)
+        .root_model(model)
+        .sub_model(sub_model)
+        .sub_backend(sub)
+        .max_iterations(args.max_iterations as usize)
+        .max_concurrent(args.max_concurrent as usize)
+        .max_depth(args.max_depth as usize)
+        .child_max_iterations(args.child_max_iterations as usize);
+    if let Some(child) = &args.child_model {
+        builder = builder.child_model(non_empty(child, "--child-model (or RLM_CHILD_MODEL)")?);
+    }
+    if let Some(tokens) = args.sub_max_prompt_tokens {
+        builder = builder.sub_max_prompt_tokens(tokens);
+    }
+    if let Some(usd) = args.max_cost {
+        builder = builder.max_cost(usd);
+    }
+    if let Some(calls) = args.max_sub_calls {
+        builder = builder.max_sub_calls(calls);
+    }
+    if let Some(tokens) = args.max_total_tokens {
+        builder = builder.max_total_tokens(tokens);
+    }
+    if let Some(time) = args.max_time {
+        builder = builder.max_time(time);
+    }
+    Ok(builder)
 }
 
 fn non_empty(value: &str, flag: &str) -> Result<String, CliError> {
@@ -594,7 +649,7 @@ pub(crate) fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

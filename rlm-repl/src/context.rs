@@ -1,5 +1,8 @@
 //! The user's context, as the REPL holds it.
 
+use std::fmt;
+
+use rhai::Dynamic;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -13,6 +16,67 @@ pub enum Context {
     Documents(Vec<String>),
     /// Structured data (a map or array from JSON).
     Json(Value),
+    /// A context loaded once and shared by many runs (a server's `--context`): every run's
+    /// REPL holds the same string bytes, never a copy.
+    Shared(SharedContext),
+}
+
+/// A [`Context`] converted once into the REPL's form, for many runs.
+///
+/// Cloning it, or building a REPL over it, copies no string data: strings are shared
+/// (reference-counted) and only the array or map skeleton is cloned (one pointer per item).
+#[derive(Clone)]
+pub struct SharedContext {
+    value: Dynamic,
+    info: ContextInfo,
+    /// Identity: clones of one shared context are equal.
+    id: std::sync::Arc<()>,
+}
+
+impl SharedContext {
+    /// Converts `context` (one pass over it; its strings move, they are not copied).
+    pub fn new(context: Context) -> Self {
+        match context {
+            Context::Shared(shared) => shared,
+            context => Self {
+                info: context.info(),
+                value: crate::repl::context_value(context),
+                id: std::sync::Arc::new(()),
+            },
+        }
+    }
+
+    /// What the root model is told about it (computed once).
+    pub fn info(&self) -> &ContextInfo {
+        &self.info
+    }
+
+    /// The value a REPL holds as `context`.
+    pub(crate) fn value(&self) -> Dynamic {
+        self.value.clone()
+    }
+}
+
+impl fmt::Debug for SharedContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedContext")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Clones of one shared context are equal; two made separately are not (comparing the data
+/// would take a pass over it).
+impl PartialEq for SharedContext {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.id, &other.id)
+    }
+}
+
+impl From<SharedContext> for Context {
+    fn from(shared: SharedContext) -> Self {
+        Context::Shared(shared)
+    }
 }
 
 impl Context {
@@ -20,6 +84,7 @@ impl Context {
     pub fn info(&self) -> ContextInfo {
         const SHOWN_ITEMS: usize = 10;
         match self {
+            Context::Shared(shared) => shared.info.clone(),
             Context::Text(text) => ContextInfo {
                 kind: "string",
                 total_chars: text.chars().count(),

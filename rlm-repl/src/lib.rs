@@ -66,7 +66,7 @@ mod run;
 mod state;
 
 pub use config::{DEFAULT_MAX_MEMORY, RlmConfig, SandboxLimits};
-pub use context::{Context, ContextInfo};
+pub use context::{Context, ContextInfo, SharedContext};
 pub use error::RlmError;
 pub use events::{Event, Observer, RunPlace};
 pub use repl::{BlockOutcome, Repl, ReplBuilder};

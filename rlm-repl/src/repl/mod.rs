@@ -707,8 +707,9 @@ fn on_big_stack<T: Send>(stack: usize, f: impl FnOnce() -> T + Send) -> Option<T
 }
 
 /// The context as a Rhai value: strings become shared immutable strings.
-fn context_value(context: Context) -> Dynamic {
+pub(crate) fn context_value(context: Context) -> Dynamic {
     match context {
+        Context::Shared(shared) => shared.value(),
         Context::Text(text) => Dynamic::from(ImmutableString::from(text)),
         Context::Documents(documents) => Dynamic::from_array(
             documents

@@ -159,3 +159,36 @@ fn a_zero_limit_stays_no_limit() {
     let outcome = repl.execute("let s = context[0]; for i in 0..10 { s += s; } s.len()");
     assert_eq!(outcome.output, "=> 102400\n", "{:?}", outcome.error);
 }
+
+#[test]
+fn a_shared_context_gives_every_repl_the_same_bytes() {
+    let text = rlm_tests::fixtures::haystack(2_000, 1_234, "the needle is 4217", 5);
+    let docs = vec![text.clone(), "second".to_owned()];
+    for context in [Context::from(text.clone()), Context::from(docs)] {
+        let shared = crate::SharedContext::new(context.clone());
+        assert_eq!(shared.info(), &context.info());
+        let first = Repl::new(Context::from(shared.clone()));
+        let second = Repl::new(Context::Shared(shared.clone()));
+        assert_eq!(first.context_info(), second.context_info());
+        let address = |repl: &Repl| {
+            let value = repl.context_value().cloned().unwrap_or_default();
+            if let Ok(s) = value.as_immutable_string_ref() {
+                return s.as_ptr() as usize;
+            }
+            let items = value.into_array().unwrap_or_default();
+            let item = items[0]
+                .as_immutable_string_ref()
+                .map(|s| s.as_ptr() as usize);
+            item.unwrap_or_default()
+        };
+        assert_ne!(address(&first), 0);
+        assert_eq!(
+            address(&first),
+            address(&second),
+            "the same bytes, not a copy"
+        );
+        let mut repl = Repl::new(Context::from(shared));
+        let outcome = repl.execute("print(context.len() > 0);");
+        assert!(outcome.output.contains("true"), "{outcome:?}");
+    }
+}

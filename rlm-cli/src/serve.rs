@@ -1,0 +1,180 @@
+//! `rlm serve` and `rlm mcp`: flags to a [`rlm_serve::Runner`] on the shared backend stack.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rlm_repl::SharedContext;
+use rlm_serve::Runner;
+use rlm_serve::mcp::McpServer;
+use rlm_serve::serve::ServeOptions;
+
+use crate::cli::{McpArgs, RunArgs, ServeArgs};
+use crate::context;
+use crate::error::{CliError, exit};
+use crate::run::{Stack, backend_stack, rlm_builder};
+
+/// How long open requests may take to finish after Ctrl-C.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Refuses the flags of `rlm run` that a server has no use for.
+fn refuse_run_only(args: &RunArgs, command: &str) -> Result<(), CliError> {
+    let mut given = Vec::new();
+    if args.query.is_some() || args.query_file.is_some() {
+        given.push("--query/--query-file (queries come from the clients)");
+    }
+    if args.json {
+        given.push("--json");
+    }
+    if args.trace.is_some() {
+        given.push("--trace");
+    }
+    match given.as_slice() {
+        [] => Ok(()),
+        _ => Err(CliError::Usage(format!(
+            "rlm {command} does not take {}",
+            given.join(", ")
+        ))),
+    }
+}
+
+/// The runner every request shares: one backend stack, the run flags, the system prompt.
+fn runner(args: &RunArgs) -> Result<(Runner, Stack), CliError> {
+    let mut warnings = Vec::new();
+    let system_prompt = match &args.system_prompt_file {
+        Some(path) => Some(context::read_text_file(
+            path,
+            "system prompt file",
+            args.max_context_bytes,
+            &mut warnings,
+        )?),
+        None => None,
+    };
+    for warning in &warnings {
+        eprintln!("warning: {warning}");
+    }
+    let stack = backend_stack(args)?;
+    let prices = crate::prices::load(args.prices.as_deref())?;
+    let mut builder = rlm_builder(
+        args,
+        &stack.model,
+        &stack.sub_model,
+        stack.root.clone(),
+        stack.sub.clone(),
+    )?
+    .prices(prices);
+    if let Some(prompt) = system_prompt {
+        builder = builder.system_prompt(prompt);
+    }
+    let config = builder
+        .build()
+        .map_err(|e| CliError::from_rlm(e, &stack.shown_url, &stack.model))?
+        .config()
+        .clone();
+    Ok((
+        Runner::new(stack.root.clone(), stack.sub.clone(), config),
+        stack,
+    ))
+}
+
+/// Runs `rlm serve` until Ctrl-C.
+pub(crate) async fn serve(args: Box<ServeArgs>) -> Result<u8, CliError> {
+    let run = &args.run;
+    refuse_run_only(run, "serve")?;
+    let server_key = match &args.server_key_env {
+        None => None,
+        Some(var) => match std::env::var(var) {
+            Ok(key) if !key.trim().is_empty() => Some(key.trim().to_owned()),
+            _ => {
+                return Err(CliError::Usage(format!(
+                    "--server-key-env {var}: the variable is not set or empty"
+                )));
+            }
+        },
+    };
+    rlm_serve::serve::check_exposure(&args.listen, server_key.is_some())
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+
+    // The shared context is read once, before listening.
+    let shared = match &run.context {
+        None => None,
+        Some(path) => {
+            let loaded = context::load(
+                Some(path),
+                run.context_format,
+                !run.no_file_headers,
+                run.max_context_bytes,
+                std::io::stdin().lock(),
+            )?;
+            if !run.quiet {
+                for warning in &loaded.warnings {
+                    eprintln!("warning: {warning}");
+                }
+            }
+            Some(SharedContext::new(loaded.context))
+        }
+    };
+    let (runner, stack) = runner(run)?;
+    let options = ServeOptions {
+        max_runs: args.max_runs as usize,
+        max_queue: args.max_queue as usize,
+        server_key,
+        max_request_bytes: usize::try_from(args.max_request_bytes).unwrap_or(usize::MAX),
+        context: shared,
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| CliError::Usage(format!("cannot listen on {}: {e}", args.listen)))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| CliError::Internal(format!("the listener has no address: {e}")))?;
+    if !run.quiet {
+        eprintln!(
+            "rlm serve: listening on http://{local}/v1 (root model {}, sub model {}, upstream {}); \
+             Ctrl-C stops",
+            stack.model, stack.sub_model, stack.shown_url
+        );
+    }
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let server = rlm_serve::serve::serve(listener, runner, options, shutdown);
+    tokio::pin!(server);
+    tokio::select! {
+        outcome = &mut server => {
+            outcome.map_err(|e| CliError::Internal(format!("the server failed: {e}")))?;
+        }
+        () = async {
+            let _ = tokio::signal::ctrl_c().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {}
+    }
+    Ok(exit::OK)
+}
+
+/// Runs `rlm mcp` until the client closes stdin.
+pub(crate) async fn mcp(args: Box<McpArgs>) -> Result<u8, CliError> {
+    let run = &args.run;
+    refuse_run_only(run, "mcp")?;
+    if run.context.is_some() {
+        return Err(CliError::Usage(
+            "rlm mcp does not take --context: clients name paths under --root".to_owned(),
+        ));
+    }
+    let (runner, _stack) = runner(run)?;
+    let format = run.context_format;
+    let headers = !run.no_file_headers;
+    let max_bytes = run.max_context_bytes;
+    let load: rlm_serve::mcp::LoadPath = Arc::new(move |path: &Path| {
+        context::load(Some(path), format, headers, max_bytes, std::io::empty())
+            .map(|loaded| (loaded.context, loaded.warnings))
+            .map_err(|e| e.to_string())
+    });
+    let server =
+        McpServer::new(runner, &args.roots, load).map_err(|e| CliError::Usage(e.to_string()))?;
+    server
+        .serve_stdio()
+        .await
+        .map_err(|e| CliError::Internal(format!("the MCP transport failed: {e}")))?;
+    Ok(exit::OK)
+}

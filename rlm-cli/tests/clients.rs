@@ -1,0 +1,230 @@
+//! `rlm serve` and `rlm mcp` driven by the official Python clients (`openai`, `mcp`) that
+//! nobody here wrote, against the loopback mock model server.
+//!
+//! The Python interpreter is `RLM_TEST_PYTHON`, else the virtual environment `.ci/run`
+//! makes at `target/venv-ci`. Without it the tests say so and pass, except under `CI=true`,
+//! where a missing interpreter or package fails them.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use rlm_tests::{MockServer, Reply, ServerRequest, scripted_turn};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const ROOT: &str = "root-model";
+const KEY: &str = "sk-upstream-4f1c9a7e-never-print-me";
+const SERVER_KEY: &str = "server-key-for-the-sdk";
+
+fn handler(request: &ServerRequest) -> Reply {
+    if request.model() == ROOT {
+        scripted_turn(
+            request,
+            &[
+                "Running some code.\n\n```repl\nFINAL(llm_query(\"echo: \" + context));\n```"
+                    .to_owned(),
+            ],
+        )
+    } else {
+        Reply::completion_for(request, request.last_user().to_uppercase())
+    }
+}
+
+/// The Python with `openai` and `mcp`, or `None` (outside CI) when there is none.
+fn python() -> Option<PathBuf> {
+    let path = std::env::var_os("RLM_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/venv-ci/bin/python")
+        });
+    let usable = std::process::Command::new(&path)
+        .args(["-c", "import openai, mcp"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    match (usable, ci) {
+        (true, _) => Some(path),
+        (false, true) => panic!(
+            "CI=true but {} cannot import openai and mcp: .ci/run must create the venv",
+            path.display()
+        ),
+        (false, false) => {
+            eprintln!(
+                "skipped: no Python with openai and mcp at {} (run .ci/run, or set RLM_TEST_PYTHON)",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/clients")
+        .join(name)
+}
+
+async fn run_python(python: &Path, args: &[&std::ffi::OsStr]) {
+    let output = tokio::time::timeout(
+        Duration::from_secs(300),
+        tokio::process::Command::new(python)
+            .args(args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the client finished (safety bound, not a timing assertion)")
+    .expect("python starts");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "client failed:\n{stdout}\n{stderr}"
+    );
+    assert!(!stdout.contains(KEY) && !stderr.contains(KEY));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_sdk_talks_to_rlm_serve() {
+    let Some(python) = python() else { return };
+    let mock = MockServer::start(handler).await.expect("mock server");
+    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_rlm"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--model",
+            ROOT,
+            "--sub-model",
+            "sub-model",
+        ])
+        .args([
+            "--base-url",
+            &mock.base_url(),
+            "--server-key-env",
+            "RLM_TEST_SERVER_KEY",
+        ])
+        .env("OPENAI_API_KEY", KEY)
+        .env("RLM_TEST_SERVER_KEY", SERVER_KEY)
+        .env_remove("RLM_MODEL")
+        .env_remove("RLM_SUB_MODEL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("rlm serve starts");
+    let mut lines = BufReader::new(server.stderr.take().expect("stderr")).lines();
+    let mut base = None;
+    while let Ok(Ok(Some(line))) =
+        tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await
+    {
+        assert!(!line.contains(KEY) && !line.contains(SERVER_KEY), "{line}");
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            base = rest.split_whitespace().next().map(str::to_owned);
+            break;
+        }
+    }
+    let base = base.expect("rlm serve says where it listens");
+    let rest = tokio::spawn(async move {
+        let mut text = String::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    });
+    run_python(
+        &python,
+        &[
+            script("openai_client.py").as_os_str(),
+            base.as_ref(),
+            SERVER_KEY.as_ref(),
+        ],
+    )
+    .await;
+    let _ = server.kill().await;
+    let stderr = rest.await.unwrap_or_default();
+    assert!(
+        !stderr.contains(KEY) && !stderr.contains(SERVER_KEY),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mcp_sdk_talks_to_rlm_mcp() {
+    let Some(python) = python() else { return };
+    let mock = MockServer::start(handler).await.expect("mock server");
+    let dir = std::env::temp_dir().join(format!("rlm-mcp-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let root = dir.join("root");
+    std::fs::create_dir_all(root.join("docs")).expect("dirs");
+    std::fs::write(root.join("notes.txt"), "the notes").expect("notes");
+    std::fs::write(root.join("docs/a.txt"), "doc a").expect("doc");
+    std::fs::write(dir.join("outside.txt"), "secret outside").expect("outside");
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(dir.join("outside.txt"), root.join("link.txt")).expect("link");
+        std::os::unix::fs::symlink(dir.join("outside.txt"), root.join("docs/evil.txt"))
+            .expect("link");
+    }
+    run_python(
+        &python,
+        &[
+            script("mcp_client.py").as_os_str(),
+            env!("CARGO_BIN_EXE_rlm").as_ref(),
+            root.as_os_str(),
+            mock.base_url().as_ref(),
+        ],
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `rlm serve` and `rlm mcp` refuse what cannot work, before listening: status 2, one line.
+#[tokio::test]
+async fn servers_refuse_unsafe_or_meaningless_flags() {
+    for (args, says) in [
+        (
+            &["serve", "--listen", "0.0.0.0:0", "-m", "m"][..],
+            "--server-key-env",
+        ),
+        (
+            &["serve", "-m", "m", "--server-key-env", "RLM_TEST_UNSET_VAR"][..],
+            "RLM_TEST_UNSET_VAR",
+        ),
+        (&["serve", "-m", "m", "--query", "q"][..], "--query"),
+        (
+            &["mcp", "-m", "m", "--root", "/definitely/not/here"][..],
+            "--root",
+        ),
+        (
+            &["mcp", "-m", "m", "--root", ".", "--context", "x"][..],
+            "--context",
+        ),
+    ] {
+        let output = tokio::time::timeout(
+            Duration::from_secs(60),
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_rlm"))
+                .args(args)
+                .env("OPENAI_API_KEY", KEY)
+                .env("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+                .env_remove("RLM_TEST_UNSET_VAR")
+                .stdin(Stdio::null())
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("rlm exits (safety bound)")
+        .expect("rlm starts");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("error: ") && stderr.contains(says),
+            "{args:?}: {stderr}"
+        );
+        assert!(output.stdout.is_empty());
+    }
+}

@@ -1,0 +1,874 @@
+//! `rlm serve`: an OpenAI-compatible HTTP server for Recursive Language Models.
+//!
+//! Endpoints: `GET /v1/models` (lists `rlm`), `POST /v1/chat/completions` (with
+//! `stream: false`, or `stream: true` as server-sent events ending `data: [DONE]`, with
+//! `stream_options.include_usage`), `GET /health`. Errors have OpenAI's shape,
+//! `{"error": {"message", "type", "code"}}`.
+//!
+//! - The query is the last user message. The context is the server's shared context when it
+//!   has one, else the text of the messages before the last user message (one document
+//!   each; a single document is a string); system (and developer) messages are extra
+//!   instructions to the root model, never context.
+//! - At most [`ServeOptions::max_runs`] runs at once; the rest wait in arrival order, and
+//!   beyond [`ServeOptions::max_queue`] waiting requests a request gets 429 with
+//!   `Retry-After`.
+//! - A client that disconnects cancels its run (running code stops, in-flight sub-calls are
+//!   dropped).
+//! - With [`ServeOptions::server_key`], `/v1/*` needs `Authorization: Bearer KEY` (compared in
+//!   constant time); `/health` stays open.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures_util::Stream;
+use rlm_core::CancellationToken;
+use rlm_repl::{Context, Event, Observer, RlmError, RunResult, SharedContext, StopReason};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::DropGuard;
+
+use crate::{FailureKind, RunOptions, Runner, ServeError, describe_error, trajectory};
+
+/// Where `rlm serve` listens by default.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8000";
+/// The largest request body by default: 256 MiB.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 256 << 20;
+/// Runs at once by default.
+pub const DEFAULT_MAX_RUNS: usize = 8;
+/// Requests that may wait for a run by default.
+pub const DEFAULT_MAX_QUEUE: usize = 64;
+/// The one model `/v1/models` lists.
+pub const MODEL_ID: &str = "rlm";
+/// Characters of the answer per streamed `delta.content` chunk.
+const ANSWER_CHUNK_CHARS: usize = 1_000;
+/// Seconds between keep-alive comments on a stream (they also reveal a gone client).
+const KEEP_ALIVE: Duration = Duration::from_secs(10);
+
+/// Settings of the HTTP server.
+#[derive(Clone)]
+pub struct ServeOptions {
+    /// Runs at once (at least 1).
+    pub max_runs: usize,
+    /// Requests that may wait for a run; one more is answered 429.
+    pub max_queue: usize,
+    /// The bearer token `/v1/*` requires (`None`: none).
+    pub server_key: Option<String>,
+    /// The largest request body in bytes; a larger one is answered 413.
+    pub max_request_bytes: usize,
+    /// The context of every request (`None`: each request's earlier messages).
+    pub context: Option<SharedContext>,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            max_runs: DEFAULT_MAX_RUNS,
+            max_queue: DEFAULT_MAX_QUEUE,
+            server_key: None,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            context: None,
+        }
+    }
+}
+
+impl fmt::Debug for ServeOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServeOptions")
+            .field("max_runs", &self.max_runs)
+            .field("max_queue", &self.max_queue)
+            .field("server_key", &self.server_key.as_ref().map(|_| "<set>"))
+            .field("max_request_bytes", &self.max_request_bytes)
+            .field("context", &self.context)
+            .finish()
+    }
+}
+
+/// Refuses to listen beyond loopback without a server key.
+///
+/// # Errors
+/// [`ServeError::Config`] when `addr` is not a loopback address and `has_key` is false.
+pub fn check_exposure(addr: &SocketAddr, has_key: bool) -> Result<(), ServeError> {
+    if addr.ip().is_loopback() || has_key {
+        Ok(())
+    } else {
+        Err(ServeError::Config(format!(
+            "listening on {addr} (beyond loopback) needs a server key: set one in an \
+             environment variable and name it with --server-key-env"
+        )))
+    }
+}
+
+/// Serves until `shutdown` completes.
+///
+/// # Errors
+/// The listener failed.
+pub async fn serve(
+    listener: TcpListener,
+    runner: Runner,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(runner, options))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// The server's routes, for [`axum::serve`] or a test.
+pub fn router(runner: Runner, options: ServeOptions) -> Router {
+    let limit = options.max_request_bytes;
+    let state = Arc::new(AppState {
+        gate: Gate::new(options.max_runs, options.max_queue),
+        runner,
+        options,
+        next_id: AtomicU64::new(1),
+        average_run_ms: AtomicU64::new(1_000),
+    });
+    Router::new()
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(chat))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_key))
+        .route("/health", get(health))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+struct AppState {
+    runner: Runner,
+    options: ServeOptions,
+    gate: Gate,
+    next_id: AtomicU64,
+    /// A moving average of run times, for `Retry-After`.
+    average_run_ms: AtomicU64,
+}
+
+impl AppState {
+    fn record_run(&self, elapsed: Duration) {
+        let ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+        let old = self.average_run_ms.load(Ordering::Relaxed);
+        self.average_run_ms
+            .store(old - old / 4 + ms / 4, Ordering::Relaxed);
+    }
+
+    /// Seconds a refused client should wait: about the time for the queue to move.
+    fn retry_after(&self) -> u64 {
+        let average = self.average_run_ms.load(Ordering::Relaxed).max(1);
+        let waiting = self.gate.queued.load(Ordering::Relaxed) as u64 + 1;
+        let runs = self.gate.max_runs.max(1) as u64;
+        (average * waiting).div_ceil(runs * 1000).max(1)
+    }
+}
+
+/// At most `max_runs` runs at once, waiting in arrival order (tokio's semaphore is fair).
+struct Gate {
+    permits: Arc<Semaphore>,
+    max_runs: usize,
+    queued: AtomicUsize,
+    max_queue: usize,
+}
+
+impl Gate {
+    fn new(max_runs: usize, max_queue: usize) -> Self {
+        let max_runs = max_runs.max(1);
+        Self {
+            permits: Arc::new(Semaphore::new(max_runs)),
+            max_runs,
+            queued: AtomicUsize::new(0),
+            max_queue,
+        }
+    }
+
+    fn running(&self) -> usize {
+        self.max_runs - self.permits.available_permits()
+    }
+
+    /// A run slot, after waiting in line; `None` when the line is full.
+    async fn enter(&self) -> Option<OwnedSemaphorePermit> {
+        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        let ahead = self.queued.fetch_add(1, Ordering::SeqCst);
+        let _leave = Leave(&self.queued);
+        if ahead >= self.max_queue {
+            return None;
+        }
+        self.permits.clone().acquire_owned().await.ok()
+    }
+}
+
+/// Leaves the line, however the wait ends (a gone client drops it).
+struct Leave<'a>(&'a AtomicUsize);
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// An error in OpenAI's shape.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    message: String,
+    kind: &'static str,
+    code: &'static str,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, code: &'static str, message: String) -> Self {
+        Self {
+            status,
+            message,
+            kind,
+            code,
+            retry_after: None,
+        }
+    }
+
+    fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            code,
+            message.into(),
+        )
+    }
+
+    fn body(&self) -> Value {
+        json!({"error": {
+            "message": self.message,
+            "type": self.kind,
+            "code": self.code,
+            "param": null,
+        }})
+    }
+
+    fn from_run(error: &RlmError, root_model: &str) -> Self {
+        let (kind, message) = describe_error(error, root_model);
+        match kind {
+            FailureKind::UpstreamAuth => Self::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                "upstream_auth",
+                message,
+            ),
+            FailureKind::Upstream => Self::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                "upstream_error",
+                message,
+            ),
+            FailureKind::Cancelled => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "cancelled",
+                message,
+            ),
+            FailureKind::Config => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "server_config",
+                message,
+            ),
+            FailureKind::Internal => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "internal_error",
+                message,
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, axum::Json(self.body())).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+async fn require_key(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    if let Some(key) = &state.options.server_key {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default()
+            .trim();
+        if !bool::from(given.as_bytes().ct_eq(key.as_bytes())) {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                "invalid_api_key",
+                "missing or wrong server key: send it as `Authorization: Bearer KEY`".to_owned(),
+            )
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    axum::Json(json!({
+        "status": "ok",
+        "running": state.gate.running(),
+        "queued": state.gate.queued.load(Ordering::SeqCst),
+        "max_runs": state.gate.max_runs,
+    }))
+    .into_response()
+}
+
+async fn models() -> Response {
+    axum::Json(json!({
+        "object": "list",
+        "data": [{"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "rlm"}],
+    }))
+    .into_response()
+}
+
+async fn not_found() -> Response {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "unknown_url",
+        "no such endpoint: this server has GET /v1/models, POST /v1/chat/completions and \
+         GET /health"
+            .to_owned(),
+    )
+    .into_response()
+}
+
+/// The parts of a chat-completions request that matter here (others are ignored).
+#[derive(Debug, Deserialize)]
+struct RawRequest {
+    #[serde(default)]
+    model: Option<String>,
+    messages: Vec<RawMessage>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawMessage {
+    role: String,
+    #[serde(default)]
+    content: Option<Content>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+#[derive(Debug, Deserialize)]
+struct Part {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+/// A request, read.
+#[derive(Debug)]
+struct ChatRequest {
+    model: String,
+    stream: bool,
+    include_usage: bool,
+    query: String,
+    /// The earlier messages' texts (unused when the server has its own context).
+    documents: Vec<String>,
+    instructions: Option<String>,
+}
+
+impl ChatRequest {
+    fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let raw: RawRequest = serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_body",
+                format!("the body is not a chat-completions request: {e}"),
+            )
+        })?;
+        let mut texts = Vec::with_capacity(raw.messages.len());
+        for (index, message) in raw.messages.into_iter().enumerate() {
+            let text = match message.content {
+                None => String::new(),
+                Some(Content::Text(text)) => text,
+                Some(Content::Parts(parts)) => {
+                    let mut text = String::new();
+                    for part in parts {
+                        if part.kind != "text" {
+                            return Err(ApiError::bad_request(
+                                "unsupported_content",
+                                format!(
+                                    "messages[{index}] has a {:?} part; only text is supported",
+                                    part.kind
+                                ),
+                            ));
+                        }
+                        text.push_str(&part.text.unwrap_or_default());
+                    }
+                    text
+                }
+            };
+            texts.push((message.role, text));
+        }
+        let Some(last_user) = texts.iter().rposition(|(role, _)| role == "user") else {
+            return Err(ApiError::bad_request(
+                "no_user_message",
+                "the request has no user message: the last user message is the query",
+            ));
+        };
+        let is_instruction = |role: &str| role == "system" || role == "developer";
+        let instructions: Vec<&str> = texts
+            .iter()
+            .filter(|(role, text)| is_instruction(role) && !text.trim().is_empty())
+            .map(|(_, text)| text.as_str())
+            .collect();
+        let instructions = (!instructions.is_empty()).then(|| instructions.join("\n\n"));
+        let query = std::mem::take(&mut texts[last_user].1);
+        if query.trim().is_empty() {
+            return Err(ApiError::bad_request(
+                "empty_query",
+                "the last user message (the query) is empty",
+            ));
+        }
+        texts.truncate(last_user);
+        let documents = texts
+            .into_iter()
+            .filter(|(role, _)| !is_instruction(role))
+            .map(|(_, text)| text)
+            .collect();
+        Ok(Self {
+            model: raw.model.unwrap_or_else(|| MODEL_ID.to_owned()),
+            stream: raw.stream.unwrap_or(false),
+            include_usage: raw
+                .stream_options
+                .and_then(|o| o.include_usage)
+                .unwrap_or(false),
+            query,
+            documents,
+            instructions,
+        })
+    }
+
+    /// The context from the earlier messages: one document is a string.
+    fn context(&mut self) -> Context {
+        let mut documents = std::mem::take(&mut self.documents);
+        match documents.len() {
+            0 => Context::Text(String::new()),
+            1 => Context::Text(documents.pop().unwrap_or_default()),
+            _ => Context::Documents(documents),
+        }
+    }
+}
+
+async fn chat(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
+    match chat_inner(state, body).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn chat_inner(
+    state: Arc<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|rejection| {
+        let status = rejection.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "request_too_large"
+        } else {
+            "invalid_body"
+        };
+        let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            format!(
+                "the request body is larger than this server accepts ({} bytes; see \
+                 --max-request-bytes)",
+                state.options.max_request_bytes
+            )
+        } else {
+            rejection.body_text()
+        };
+        ApiError::new(status, "invalid_request_error", code, message)
+    })?;
+    let mut request = ChatRequest::parse(&body)?;
+    drop(body);
+    let context = match &state.options.context {
+        Some(shared) => Context::Shared(shared.clone()),
+        None => request.context(),
+    };
+
+    let Some(permit) = state.gate.enter().await else {
+        let mut error = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "server_busy",
+            format!(
+                "the server is busy: {} runs are running and {} requests waiting; retry later",
+                state.gate.max_runs, state.gate.max_queue
+            ),
+        );
+        error.retry_after = Some(state.retry_after());
+        return Err(error);
+    };
+    let id = format!(
+        "chatcmpl-rlm-{}",
+        state.next_id.fetch_add(1, Ordering::Relaxed)
+    );
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let reply = Reply {
+        id,
+        created,
+        model: std::mem::take(&mut request.model),
+    };
+    if request.stream {
+        return Ok(stream_run(state, request, context, permit, reply));
+    }
+
+    // A gone client drops this future, and with it the guard: the run is cancelled.
+    let cancel = CancellationToken::new();
+    let _cancel_on_drop = cancel.clone().drop_guard();
+    let started = Instant::now();
+    let options = RunOptions {
+        instructions: request.instructions,
+        observer: None,
+        cancel,
+    };
+    let result = state.runner.run(request.query, context, options).await;
+    state.record_run(started.elapsed());
+    drop(permit);
+    log_run(&reply.id, &result, started.elapsed());
+    let root_model = &state.runner.config().root_model;
+    let result = result.map_err(|e| ApiError::from_run(&e, root_model))?;
+    Ok(axum::Json(reply.completion(&result)).into_response())
+}
+
+/// One line per finished run (`RUST_LOG=rlm_serve=info`); never the query or the answer.
+fn log_run(id: &str, result: &Result<RunResult, RlmError>, elapsed: Duration) {
+    let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+    match result {
+        Ok(result) => tracing::info!(
+            id,
+            stopped = result.stopped.as_str(),
+            iterations = result.iterations,
+            sub_calls = result.sub_calls,
+            elapsed_ms,
+            "run finished"
+        ),
+        Err(error) => tracing::warn!(id, elapsed_ms, %error, "run failed"),
+    }
+}
+
+/// What every chunk or reply of one request repeats.
+struct Reply {
+    id: String,
+    created: u64,
+    model: String,
+}
+
+impl Reply {
+    fn completion(&self, result: &RunResult) -> Value {
+        json!({
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": result.answer},
+                "finish_reason": finish_reason(result),
+            }],
+            "usage": usage(result),
+            "rlm": rlm_summary(result),
+        })
+    }
+
+    fn chunk(&self, delta: Value, finish_reason: Option<&str>) -> Value {
+        json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        })
+    }
+}
+
+/// `stop` for a final answer, `length` when a budget ended the run (the best answer).
+fn finish_reason(result: &RunResult) -> &'static str {
+    if result.stopped == StopReason::Final {
+        "stop"
+    } else {
+        "length"
+    }
+}
+
+fn usage(result: &RunResult) -> Value {
+    let (prompt, completion) = crate::total_tokens(result);
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    })
+}
+
+/// The `rlm` object: how the run went. `cost_usd` prices the run's usage as the run saw it
+/// (sub-calls answered by the shared cache included) by the server's prices.
+fn rlm_summary(result: &RunResult) -> Value {
+    json!({
+        "iterations": result.iterations,
+        "stopped": result.stopped.as_str(),
+        "sub_calls": result.sub_calls,
+        "failed_sub_calls": result.failed_sub_calls,
+        "warnings": result.warnings,
+        "cost_usd": result.cost,
+    })
+}
+
+fn sse(value: &Value) -> SseEvent {
+    SseEvent::default().data(value.to_string())
+}
+
+/// What the run task sends to the response stream.
+enum Message {
+    Event(SseEvent),
+    End,
+}
+
+fn stream_run(
+    state: Arc<AppState>,
+    request: ChatRequest,
+    context: Context,
+    permit: OwnedSemaphorePermit,
+    reply: Reply,
+) -> Response {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let cancel = CancellationToken::new();
+    let guard = cancel.clone().drop_guard();
+    let _ = tx.send(Message::Event(sse(
+        &reply.chunk(json!({"role": "assistant", "content": ""}), None)
+    )));
+    let observer: Arc<dyn Observer> = {
+        let tx = tx.clone();
+        let reply_id = reply.id.clone();
+        let created = reply.created;
+        let model = reply.model.clone();
+        Arc::new(move |event: &Event| {
+            if let Some(text) = trajectory::describe(event) {
+                let chunk = Reply {
+                    id: reply_id.clone(),
+                    created,
+                    model: model.clone(),
+                }
+                .chunk(json!({"reasoning_content": text}), None);
+                let _ = tx.send(Message::Event(sse(&chunk)));
+            }
+        })
+    };
+    let ChatRequest {
+        query,
+        instructions,
+        include_usage,
+        ..
+    } = request;
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let options = RunOptions {
+            instructions,
+            observer: Some(observer),
+            cancel,
+        };
+        let result = state.runner.run(query, context, options).await;
+        state.record_run(started.elapsed());
+        drop(permit);
+        log_run(&reply.id, &result, started.elapsed());
+        match result {
+            Ok(result) => {
+                let chars: Vec<char> = result.answer.chars().collect();
+                for piece in chars.chunks(ANSWER_CHUNK_CHARS) {
+                    let text: String = piece.iter().collect();
+                    let _ = tx.send(Message::Event(sse(
+                        &reply.chunk(json!({"content": text}), None)
+                    )));
+                }
+                let mut last = reply.chunk(json!({}), Some(finish_reason(&result)));
+                last["rlm"] = rlm_summary(&result);
+                let _ = tx.send(Message::Event(sse(&last)));
+                if include_usage {
+                    let mut chunk = reply.chunk(json!({}), None);
+                    chunk["choices"] = json!([]);
+                    chunk["usage"] = usage(&result);
+                    let _ = tx.send(Message::Event(sse(&chunk)));
+                }
+            }
+            Err(error) => {
+                let error = ApiError::from_run(&error, &state.runner.config().root_model);
+                let _ = tx.send(Message::Event(sse(&error.body())));
+            }
+        }
+        let _ = tx.send(Message::Event(SseEvent::default().data("[DONE]")));
+        let _ = tx.send(Message::End);
+    });
+    Sse::new(RunStream {
+        rx,
+        _cancel_on_drop: guard,
+        ended: false,
+    })
+    .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+    .into_response()
+}
+
+/// The events of one streamed run; dropping it (the client went away) cancels the run.
+struct RunStream {
+    rx: mpsc::UnboundedReceiver<Message>,
+    _cancel_on_drop: DropGuard,
+    ended: bool,
+}
+
+impl Stream for RunStream {
+    type Item = Result<SseEvent, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(Message::Event(event))) => Poll::Ready(Some(Ok(event))),
+            Poll::Ready(Some(Message::End) | None) => {
+                self.ended = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: Value) -> Result<ChatRequest, ApiError> {
+        ChatRequest::parse(body.to_string().as_bytes())
+    }
+
+    #[test]
+    fn the_query_is_the_last_user_message_and_the_rest_is_context() {
+        let mut request = parse(json!({
+            "model": "anything",
+            "messages": [
+                {"role": "system", "content": "Answer in French."},
+                {"role": "user", "content": "document one"},
+                {"role": "assistant", "content": [{"type": "text", "text": "document two"}]},
+                {"role": "developer", "content": "Be brief."},
+                {"role": "user", "content": "What do they say?"},
+            ],
+            "stream": true,
+            "stream_options": {"include_usage": true},
+            "temperature": 0.2,
+        }))
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(request.query, "What do they say?");
+        assert_eq!(request.model, "anything");
+        assert!(request.stream && request.include_usage);
+        assert_eq!(
+            request.instructions.as_deref(),
+            Some("Answer in French.\n\nBe brief.")
+        );
+        assert_eq!(
+            request.context(),
+            Context::Documents(vec!["document one".into(), "document two".into()])
+        );
+
+        let mut single = parse(json!({"messages": [
+            {"role": "user", "content": "the only document"},
+            {"role": "user", "content": "q"},
+        ]}))
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(single.context(), Context::Text("the only document".into()));
+        assert_eq!(single.model, "rlm");
+        assert!(!single.stream);
+    }
+
+    #[test]
+    fn bad_requests_say_what_is_wrong() {
+        for (body, code) in [
+            (json!({"messages": "hi"}), "invalid_body"),
+            (json!({"model": "m"}), "invalid_body"),
+            (
+                json!({"messages": [{"role": "system", "content": "x"}]}),
+                "no_user_message",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": "  "}]}),
+                "empty_query",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
+                "unsupported_content",
+            ),
+        ] {
+            let error = parse(body.clone())
+                .err()
+                .unwrap_or_else(|| panic!("{body}"));
+            assert_eq!(error.status, StatusCode::BAD_REQUEST);
+            assert_eq!(error.code, code, "{body}: {}", error.message);
+        }
+        let error = ChatRequest::parse(b"{not json").err();
+        assert_eq!(error.map(|e| e.code), Some("invalid_body"));
+    }
+
+    #[test]
+    fn only_loopback_goes_without_a_key() {
+        let local: SocketAddr = "127.0.0.1:8000".parse().unwrap_or_else(|e| panic!("{e}"));
+        let any: SocketAddr = "0.0.0.0:8000".parse().unwrap_or_else(|e| panic!("{e}"));
+        assert!(check_exposure(&local, false).is_ok());
+        assert!(check_exposure(&any, false).is_err());
+        assert!(check_exposure(&any, true).is_ok());
+    }
+
+    #[test]
+    fn the_server_key_stays_out_of_debug() {
+        let options = ServeOptions {
+            server_key: Some("sekrit-123".into()),
+            ..ServeOptions::default()
+        };
+        assert!(!format!("{options:?}").contains("sekrit"));
+    }
+}

@@ -1,0 +1,333 @@
+//! `rlm_serve::mcp` through rmcp's own client over an in-memory pipe, with the real backend
+//! stack and the loopback mock model server: the tool, its path rules, progress and
+//! cancellation.
+#![cfg(feature = "mcp")]
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rlm_cache::CachedBackend;
+use rlm_core::{BatchExecutor, LlmBackend};
+use rlm_openai::{OpenAiBackend, OpenAiConfig};
+use rlm_repl::{Context, RlmConfig};
+use rlm_serve::Runner;
+use rlm_serve::mcp::{LoadPath, McpServer};
+use rlm_tests::{MockServer, Reply, ServerRequest, scripted_turn};
+use rmcp::model::{
+    CallToolRequestParams, ClientRequest, ProgressNotificationParam, Request, ServerResult,
+};
+use rmcp::service::{NotificationContext, PeerRequestOptions};
+use rmcp::{ClientHandler, RoleClient, ServiceExt};
+use serde_json::json;
+
+const ROOT: &str = "root";
+
+/// The root model joins the context's documents and asks the sub model to echo them; the
+/// sub model upper-cases its prompt (and holds prompts saying "slow" for a minute).
+fn handler(request: &ServerRequest) -> Reply {
+    if request.model() == ROOT {
+        let code = "let t = if type_of(context) == \"string\" { context } else { join(context, \"|\") };\n\
+                    FINAL(llm_query(\"echo: \" + t));";
+        scripted_turn(
+            request,
+            &[format!("Running some code.\n\n```repl\n{code}\n```")],
+        )
+    } else {
+        let prompt = request.last_user();
+        let reply = Reply::completion_for(request, prompt.to_uppercase());
+        if prompt.contains("slow") {
+            reply.after(Duration::from_secs(60))
+        } else {
+            reply
+        }
+    }
+}
+
+fn runner(mock: &MockServer) -> Runner {
+    let config = OpenAiConfig::new()
+        .with_base_url(mock.base_url())
+        .with_api_key("sk-mcp-test")
+        .with_max_retries(0);
+    let backend = OpenAiBackend::new(config).unwrap_or_else(|e| panic!("backend: {e}"));
+    let root: Arc<dyn LlmBackend> = Arc::new(backend.clone());
+    let sub: Arc<dyn BatchExecutor> = Arc::new(CachedBackend::new(backend));
+    let config = RlmConfig {
+        root_model: ROOT.into(),
+        sub_model: Some("sub".into()),
+        max_iterations: 2,
+        ..RlmConfig::default()
+    };
+    Runner::new(root, sub, config)
+}
+
+/// A plain loader: a file is its text, a directory its files' texts in name order.
+fn loader() -> LoadPath {
+    Arc::new(|path: &Path| {
+        if path.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(|e| e.to_string())?
+                .flatten()
+                .map(|e| e.path())
+                .collect();
+            files.sort();
+            let docs = files
+                .iter()
+                .map(|f| std::fs::read_to_string(f).map_err(|e| e.to_string()))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((Context::Documents(docs), Vec::new()))
+        } else {
+            let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+            Ok((Context::Text(text), Vec::new()))
+        }
+    })
+}
+
+/// Two roots and a file outside them, with symlinks that lead out.
+struct Tree {
+    dir: PathBuf,
+    a: PathBuf,
+    b: PathBuf,
+}
+
+impl Tree {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("rlm-serve-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (a, b) = (dir.join("a"), dir.join("b"));
+        for sub in [a.join("docs"), a.join("bad"), b.clone()] {
+            std::fs::create_dir_all(sub).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let write = |p: PathBuf, t: &str| std::fs::write(p, t).unwrap_or_else(|e| panic!("{e}"));
+        write(a.join("notes.txt"), "the notes");
+        write(a.join("docs/1.txt"), "one");
+        write(a.join("docs/2.txt"), "two");
+        write(a.join("bad/fine.txt"), "fine");
+        write(b.join("other.txt"), "other root");
+        write(dir.join("outside.txt"), "secret");
+        #[cfg(unix)]
+        {
+            let link = |to: PathBuf, at: PathBuf| {
+                std::os::unix::fs::symlink(to, at).unwrap_or_else(|e| panic!("{e}"))
+            };
+            link(dir.join("outside.txt"), a.join("link.txt"));
+            link(dir.join("outside.txt"), a.join("bad/evil.txt"));
+            link(b.join("other.txt"), a.join("to-b.txt"));
+        }
+        Self { dir, a, b }
+    }
+}
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test]
+async fn paths_outside_the_roots_are_refused() {
+    let mock = MockServer::start(handler)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let tree = Tree::new("paths");
+    let server = McpServer::new(runner(&mock), &[tree.a.clone(), tree.b.clone()], loader())
+        .unwrap_or_else(|e| panic!("{e}"));
+    for ok in ["notes.txt", "docs", "other.txt", "docs/../notes.txt"] {
+        assert!(server.resolve(ok).is_ok(), "{ok}: {:?}", server.resolve(ok));
+    }
+    let absolute = tree.a.join("notes.txt");
+    assert!(server.resolve(&absolute.to_string_lossy()).is_ok());
+    #[cfg(unix)]
+    assert!(
+        server.resolve("to-b.txt").is_ok(),
+        "a link to another root is allowed"
+    );
+
+    let outside = tree.dir.join("outside.txt");
+    let mut refused = vec![
+        "../outside.txt".to_owned(),
+        "docs/../../outside.txt".to_owned(),
+        outside.to_string_lossy().into_owned(),
+        "/etc".to_owned(),
+    ];
+    if cfg!(unix) {
+        refused.push("link.txt".to_owned());
+        refused.push("bad".to_owned());
+    }
+    for path in &refused {
+        let error = server.resolve(path).err().map(|e| e.to_string());
+        let error = error.unwrap_or_else(|| panic!("{path} was allowed"));
+        assert!(
+            error.contains("outside the allowed roots") || error.contains("links outside"),
+            "{path}: {error}"
+        );
+        assert!(!error.contains("secret"), "{error}");
+    }
+    assert!(server.resolve("missing.txt").is_err());
+    assert!(McpServer::new(runner(&mock), &[], loader()).is_err());
+    assert!(McpServer::new(runner(&mock), &[tree.a.join("notes.txt")], loader()).is_err());
+}
+
+/// A client that keeps the progress messages it gets.
+#[derive(Clone, Default)]
+struct Client {
+    progress: Arc<Mutex<Vec<String>>>,
+}
+
+impl ClientHandler for Client {
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        if let Ok(mut progress) = self.progress.lock() {
+            progress.push(params.message.unwrap_or_default());
+        }
+    }
+}
+
+fn call(arguments: serde_json::Value) -> ClientRequest {
+    let serde_json::Value::Object(arguments) = arguments else {
+        panic!("arguments are an object")
+    };
+    ClientRequest::CallToolRequest(Request::new(
+        CallToolRequestParams::new("rlm_answer").with_arguments(arguments),
+    ))
+}
+
+fn texts(result: &ServerResult) -> Vec<String> {
+    let ServerResult::CallToolResult(result) = result else {
+        panic!("not a tool result: {result:?}")
+    };
+    result
+        .content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect()
+}
+
+fn is_error(result: &ServerResult) -> bool {
+    matches!(result, ServerResult::CallToolResult(r) if r.is_error == Some(true))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tool_answers_reports_progress_and_stops_when_cancelled() {
+    let mock = MockServer::start(handler)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let tree = Tree::new("tool");
+    let server = McpServer::new(runner(&mock), &[tree.a.clone(), tree.b.clone()], loader())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (server_io, client_io) = tokio::io::duplex(1 << 16);
+    tokio::spawn(async move {
+        if let Ok(service) = server.serve(server_io).await {
+            let _ = service.waiting().await;
+        }
+    });
+    let handler = Client::default();
+    let client = handler
+        .clone()
+        .serve(client_io)
+        .await
+        .unwrap_or_else(|e| panic!("client: {e}"));
+
+    let tools = client
+        .list_all_tools()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(tools.len(), 1);
+    assert_eq!(tools[0].name, "rlm_answer");
+
+    // One path; progress arrives before the answer.
+    let handle = client
+        .send_cancellable_request(
+            call(json!({"query": "what?", "paths": ["notes.txt"]})),
+            PeerRequestOptions::no_options(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let result = handle
+        .await_response()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = texts(&result);
+    assert!(!is_error(&result), "{out:?}");
+    assert_eq!(out[0], "ECHO: THE NOTES");
+    assert!(out[1].contains("stopped: final after 1 turn(s)"), "{out:?}");
+    let progress = handler
+        .progress
+        .lock()
+        .map(|p| p.clone())
+        .unwrap_or_default();
+    assert!(
+        progress.iter().any(|m| m.starts_with("Turn 1")),
+        "{progress:?}"
+    );
+    assert!(
+        progress.iter().any(|m| m.contains("```rhai")),
+        "{progress:?}"
+    );
+
+    // Several paths, from both roots: an array of documents.
+    let result = client
+        .send_request(call(
+            json!({"query": "q", "paths": ["notes.txt", "other.txt", "docs"]}),
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = texts(&result);
+    assert_eq!(
+        out[0],
+        "ECHO: ==> NOTES.TXT <==\nTHE NOTES|==> OTHER.TXT <==\nOTHER ROOT|ONE|TWO"
+    );
+
+    // Text, and the refusals as tool errors.
+    let result = client
+        .send_request(call(json!({"query": "q", "text": "inline"})))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(texts(&result)[0], "ECHO: INLINE");
+    for arguments in [
+        json!({"query": "q", "paths": ["../outside.txt"]}),
+        json!({"query": "q", "paths": ["notes.txt"], "text": "both"}),
+        json!({"query": "", "text": "x"}),
+        json!({"query": "q", "pathz": ["x"]}),
+    ] {
+        let result = client
+            .send_request(call(arguments.clone()))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(is_error(&result), "{arguments}: {result:?}");
+    }
+
+    // Cancellation: the client gives up on a run whose sub-call the mock holds for a
+    // minute; the run stops and drops its in-flight sub-call.
+    let handle = client
+        .send_cancellable_request(call(json!({"query": "q", "text": "slow text"})), {
+            let mut options = PeerRequestOptions::no_options();
+            options.timeout = Some(Duration::from_secs(2));
+            options
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(handle.await_response().await.is_err(), "timed out");
+    let mut in_flight = mock.in_flight();
+    for _ in 0..200 {
+        if in_flight == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        in_flight = mock.in_flight();
+    }
+    assert_eq!(
+        in_flight, 0,
+        "the cancelled run's sub-call is still in flight"
+    );
+    assert!(
+        mock.requests()
+            .iter()
+            .any(|r| r.model() == "sub" && r.last_user().contains("slow")),
+        "the slow sub-call was sent"
+    );
+    let _ = client.cancel().await;
+}
