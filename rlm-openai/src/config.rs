@@ -176,6 +176,7 @@ pub struct OpenAiConfig {
     pub(crate) rate_limit: RateLimit,
     pub(crate) model_rate_limits: BTreeMap<String, RateLimit>,
     pub(crate) completion_token_estimate: u32,
+    pub(crate) wait_observer: Option<crate::WaitObserver>,
 }
 
 impl Default for OpenAiConfig {
@@ -210,6 +211,7 @@ impl OpenAiConfig {
             rate_limit: RateLimit::default(),
             model_rate_limits: BTreeMap::new(),
             completion_token_estimate: DEFAULT_COMPLETION_TOKEN_ESTIMATE,
+            wait_observer: None,
         }
     }
 
@@ -317,6 +319,13 @@ impl OpenAiConfig {
     /// [`DEFAULT_CONCURRENCY`].
     pub fn with_concurrency(mut self, concurrency: usize) -> Self {
         self.concurrency = concurrency;
+        self
+    }
+
+    /// Reports each retry wait and each rate-limit hold as it begins (see
+    /// [`Wait`](crate::Wait)). Default: none.
+    pub fn with_wait_observer(mut self, observer: crate::WaitObserver) -> Self {
+        self.wait_observer = Some(observer);
         self
     }
 

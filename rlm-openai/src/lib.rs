@@ -108,6 +108,7 @@ mod backend;
 mod config;
 mod limit;
 mod retry;
+mod wait;
 mod wire;
 
 pub use backend::OpenAiBackend;
@@ -116,3 +117,5 @@ pub use config::{
     DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_MAX_RETRIES, DEFAULT_MAX_RETRY_AFTER, OpenAiConfig,
     RateLimit,
 };
+pub use wait::{RATE_LIMIT_NOTICE_AFTER, Wait, WaitObserver};
+pub use wire::NOT_AN_API_ENDPOINT;
