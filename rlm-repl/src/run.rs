@@ -268,13 +268,6 @@ pub(crate) async fn run_tree(
         .await
         .map_err(internal)?;
     let info = repl.context_info().clone();
-    emitter.emit_with(|| Event::RunStart {
-        query: query.clone(),
-        root_model: root_model.clone(),
-        sub_model: sub_model.clone(),
-        context: info.clone(),
-        parent: child.then(|| parent_of(&place.run).to_owned()),
-    });
     let asker = RootAsker {
         root: &root,
         model: &root_model,
@@ -294,10 +287,21 @@ pub(crate) async fn run_tree(
             system.push_str(&recursion.text());
         }
     }
-    let mut messages = vec![
-        Message::system(system),
-        Message::user(first_message(&query, &info)),
-    ];
+    let first = first_message(&query, &info);
+    emitter.emit_with(|| Event::RunStart {
+        query: query.clone(),
+        root_model: root_model.clone(),
+        sub_model: sub_model.clone(),
+        context: info.clone(),
+        parent: child.then(|| parent_of(&place.run).to_owned()),
+        settings: crate::events::RunSettings::new(config, max_iterations),
+        started_at_unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        system_prompt: system.clone(),
+        first_message: first.clone(),
+    });
+    let mut messages = vec![Message::system(system), Message::user(first)];
     let mut trajectory: Vec<Turn> = Vec::new();
     let mut answer: Option<String> = None;
     let mut warnings: Vec<String> = Vec::new();
@@ -339,9 +343,7 @@ pub(crate) async fn run_tree(
             blocks: work.blocks,
             sub_calls: work.sub_calls,
         };
-        emitter.emit_with(|| Event::TurnEnd {
-            turn: record.clone(),
-        });
+        emitter.emit_with(|| Event::turn_end(&record));
         let mut notes = Vec::new();
         match verdict {
             Verdict::Accept(value) => {
@@ -430,9 +432,7 @@ pub(crate) async fn run_tree(
                 blocks: given.blocks,
                 sub_calls: given.sub_calls,
             };
-            emitter.emit_with(|| Event::TurnEnd {
-                turn: record.clone(),
-            });
+            emitter.emit_with(|| Event::turn_end(&record));
             trajectory.push(record);
         }
         if run.cancel.is_cancelled() {
@@ -474,6 +474,9 @@ pub(crate) async fn run_tree(
         },
         sub_calls: run.sub_calls(),
         failed_sub_calls,
+        cancelled_sub_calls: ledger
+            .cancelled_sub_calls
+            .load(std::sync::atomic::Ordering::SeqCst),
         warnings,
         max_depth_reached: ledger
             .max_depth_reached

@@ -98,6 +98,9 @@ pub(crate) struct Ledger {
     pub(crate) empty_sub_calls: AtomicU64,
     /// Sub-calls that failed (errors, cut or empty replies), over the whole tree.
     pub(crate) failed_sub_calls: AtomicU64,
+    /// Sub-calls cut short by cancellation (Ctrl-C, the time budget), over the whole tree;
+    /// not counted in `failed_sub_calls`.
+    pub(crate) cancelled_sub_calls: AtomicU64,
     /// Child runs started.
     pub(crate) child_runs: AtomicU64,
     /// The deepest run started (0: no child).
@@ -125,6 +128,7 @@ impl Ledger {
             cut_sub_calls: AtomicU64::new(0),
             empty_sub_calls: AtomicU64::new(0),
             failed_sub_calls: AtomicU64::new(0),
+            cancelled_sub_calls: AtomicU64::new(0),
             child_runs: AtomicU64::new(0),
             max_depth_reached: AtomicUsize::new(0),
             child_warnings: Mutex::new(Vec::new()),
