@@ -127,7 +127,8 @@ fn verdict(parsed: &ParsedReply, work: &TurnWork, cut: bool, held: bool) -> Verd
         }
         if answer.trim_start().starts_with("Error:") {
             return Verdict::Hold(
-                "it is an \"Error: ...\" string from a failed call, not an answer".to_owned(),
+                "it is an \"Error: ...\" string from a failed or cancelled call, not an answer"
+                    .to_owned(),
             );
         }
     }

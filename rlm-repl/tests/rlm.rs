@@ -457,10 +457,25 @@ async fn events_arrive_in_order_and_serialize_as_trace_lines() {
     let all = events.all();
     let start = serde_json::to_value(&all[0]).unwrap_or_default();
     assert_eq!(start["settings"]["max_iterations"], 20);
-    assert!(start["settings"]["block_timeout_ms"].as_u64().is_some(), "{start}");
-    assert!(start["started_at_unix_ms"].as_u64().is_some_and(|t| t > 1_600_000_000_000));
-    assert!(start["system_prompt"].as_str().is_some_and(|p| p.contains("llm_batch")));
-    assert!(start["first_message"].as_str().is_some_and(|m| m.contains('q')));
+    assert!(
+        start["settings"]["block_timeout_ms"].as_u64().is_some(),
+        "{start}"
+    );
+    assert!(
+        start["started_at_unix_ms"]
+            .as_u64()
+            .is_some_and(|t| t > 1_600_000_000_000)
+    );
+    assert!(
+        start["system_prompt"]
+            .as_str()
+            .is_some_and(|p| p.contains("llm_batch"))
+    );
+    assert!(
+        start["first_message"]
+            .as_str()
+            .is_some_and(|m| m.contains('q'))
+    );
     let turn_end = all
         .iter()
         .find(|e| matches!(e, Event::TurnEnd { .. }))
