@@ -111,9 +111,9 @@ impl TraceWriter {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.error.as_ref().map(|e| {
             format!(
-                "the trace file {} is incomplete: writing failed after {} lines: {e}",
+                "the trace file {} is incomplete: writing failed after {}: {e}",
                 self.path.display(),
-                state.lines
+                crate::run::count(state.lines, "line")
             )
         })
     }

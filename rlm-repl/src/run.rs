@@ -522,8 +522,8 @@ pub(crate) fn child_answer(
                         result.answer
                     }
                     StopReason::MaxIterations => format!(
-                        "Error: the child run {id} used its {} turns without an answer",
-                        result.iterations
+                        "Error: the child run {id} used its {} without an answer",
+                        crate::prompt::count_of(result.iterations, "turn")
                     ),
                     StopReason::MaxSubCalls | StopReason::MaxTokens => format!(
                         "Error: budget exhausted: the child run {id} stopped before it \

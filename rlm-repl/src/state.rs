@@ -336,16 +336,24 @@ impl RunState {
         }
         match self.stopped().or_else(|| self.budget_exhausted()) {
             Some(StopReason::MaxSubCalls) => format!(
-                "Error: budget exhausted: the sub-call budget (at most {} calls below the root \
+                "Error: budget exhausted: the sub-call budget (at most {} below the root \
                  per run) is spent; no more sub-calls will be made: give your final answer \
                  with what you have",
-                self.ledger.max_sub_calls.unwrap_or_default()
+                crate::prompt::count_of(
+                    usize::try_from(self.ledger.max_sub_calls.unwrap_or_default())
+                        .unwrap_or(usize::MAX),
+                    "call"
+                )
             ),
             Some(StopReason::MaxTokens) => format!(
-                "Error: budget exhausted: the token budget (at most {} tokens per run) is \
+                "Error: budget exhausted: the token budget (at most {} per run) is \
                  spent; no more sub-calls will be made: give your final answer with what you \
                  have",
-                self.ledger.max_tokens.unwrap_or_default()
+                crate::prompt::count_of(
+                    usize::try_from(self.ledger.max_tokens.unwrap_or_default())
+                        .unwrap_or(usize::MAX),
+                    "token"
+                )
             ),
             Some(StopReason::MaxTime) => "Error: the run's time budget ran out".to_owned(),
             _ => "Error: cancelled".to_owned(),
