@@ -336,7 +336,7 @@ mod tests {
             &Context::from(serde_json::json!({"season": 2024, "players": [{"n": 1}], "name": "x", "avg": 1.5, "none": null})).info(),
         );
         assert!(
-            json.contains("Its keys (values' types): avg (float), name (string, 1 chars), none (()), players (array, 1 items), season (int)."),
+            json.contains("Its keys (values' types): avg (float), name (string, 1 char), none (()), players (array, 1 item), season (int)."),
             "{json}"
         );
         let rows = first_message(

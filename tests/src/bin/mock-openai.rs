@@ -138,6 +138,10 @@ async fn main() {
         () = commands(&server) => {}
         () = stop_signal() => {}
     }
+    // At once: a thread blocked reading a terminal's stdin would hold up the runtime's
+    // shutdown.
+    drop(server);
+    std::process::exit(0);
 }
 
 /// Serves stdin's commands until `quit`; at end of input, waits forever (the server keeps
