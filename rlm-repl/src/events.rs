@@ -29,8 +29,8 @@ pub enum Event {
         /// The id of the run that started this one (`None` for the top-level run).
         #[serde(skip_serializing_if = "Option::is_none")]
         parent: Option<String>,
-        /// The limits and budgets this run works under.
-        settings: RunSettings,
+        /// The limits and budgets this run works under (boxed: the event stays small).
+        settings: Box<RunSettings>,
         /// Wall-clock start, in milliseconds since the Unix epoch (UTC).
         started_at_unix_ms: u64,
         /// The system prompt the root model is given.

@@ -295,7 +295,7 @@ pub(crate) async fn run_tree(
         sub_model: sub_model.clone(),
         context: info.clone(),
         parent: child.then(|| parent_of(&place.run).to_owned()),
-        settings: crate::events::RunSettings::new(config, max_iterations),
+        settings: Box::new(crate::events::RunSettings::new(config, max_iterations)),
         started_at_unix_ms: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
