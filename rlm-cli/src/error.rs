@@ -165,6 +165,11 @@ impl CliError {
             LlmError::QuotaExhausted { .. } => {
                 CliError::Auth(format!("{what} (the account is out of quota or credit)"))
             }
+            LlmError::BadRequest {
+                code: Some(code), ..
+            } if code == rlm_openai::NOT_AN_API_ENDPOINT => CliError::Model(format!(
+                "{what} (set the base URL with --base-url or OPENAI_BASE_URL)"
+            )),
             _ => CliError::Model(format!(
                 "{what} (is {model:?} a model the server at {base_url} serves? set it with \
                  --sub-model)"

@@ -251,12 +251,16 @@ impl OpenAiBackend {
         };
         let redact = |text: &str| self.redact(text);
         let result = if status.is_success() && !complete {
-            Err(LlmError::invalid_response(format!(
-                "the reply (HTTP {}) is larger than {limit} bytes; it was not read",
-                status.as_u16()
-            )))
+            Err(wire::at_url(
+                LlmError::invalid_response(format!(
+                    "the reply (HTTP {}) is larger than {limit} bytes; it was not read",
+                    status.as_u16()
+                )),
+                &inner.shown_url,
+            ))
         } else if status.is_success() {
             wire::parse_completion(&body, status.as_u16(), model, &redact)
+                .map_err(|e| wire::at_url(e, &inner.shown_url))
         } else {
             Err(wire::parse_error(
                 status.as_u16(),

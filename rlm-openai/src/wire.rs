@@ -156,6 +156,17 @@ pub(crate) fn parse_completion(
     redact: &dyn Fn(&str) -> String,
 ) -> Result<Completion, LlmError> {
     let wire: WireCompletion = serde_json::from_slice(body).map_err(|e| {
+        if let Some(title) = html_title(body) {
+            // A web page where the API should be: the base URL points at a site, not an API.
+            let page = title.map_or_else(
+                || "an HTML page".to_owned(),
+                |t| format!("an HTML page titled {:?}", redact(&t)),
+            );
+            return LlmError::invalid_response(format!(
+                "the reply (HTTP {status}) is {page}, not a chat completion: the base URL \
+                 should be the API's, ending at its version, like http://localhost:8000/v1"
+            ));
+        }
         // serde_json quotes offending values in its messages: scrub them too.
         LlmError::invalid_response(format!(
             "malformed JSON in the reply (HTTP {status}): {}; the body starts: {}",
@@ -324,6 +335,25 @@ pub(crate) fn parse_error(
         code.as_deref(),
         retry_after,
     )
+}
+
+/// `error` with `(POST url)` after its message, so that a reader knows what was called.
+pub(crate) fn at_url(mut error: LlmError, url: &str) -> LlmError {
+    match &mut error {
+        LlmError::RateLimited { message, .. }
+        | LlmError::QuotaExhausted { message, .. }
+        | LlmError::Server { message, .. }
+        | LlmError::Auth { message, .. }
+        | LlmError::BadRequest { message, .. }
+        | LlmError::InvalidResponse { message }
+        | LlmError::Other { message } => {
+            if !message.contains(url) {
+                message.push_str(&format!(" (POST {url})"));
+            }
+        }
+        _ => {}
+    }
+    error
 }
 
 /// The `code` of a 404 whose body is not an OpenAI-style error (a web server's "not found"

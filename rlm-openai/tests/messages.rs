@@ -155,3 +155,29 @@ async fn retries_and_rate_limit_holds_are_reported_as_they_begin() {
         "{seen:?}"
     );
 }
+
+#[tokio::test]
+async fn a_web_page_answering_200_is_named_and_the_url_shown() {
+    let page = "<html><head><title>Welcome to nginx!</title></head><body>hi</body></html>";
+    let server = server(move |_| Reply::raw(200, page)).await;
+    let e = error_of(&backend(config(&server.base_url()))).await;
+    let text = e.to_string();
+    assert!(
+        text.contains("an HTML page titled \"Welcome to nginx!\""),
+        "{text}"
+    );
+    assert!(text.contains("ending at its version"), "{text}");
+    assert!(
+        text.contains(&format!("(POST {}/chat/completions)", server.base_url())),
+        "{text}"
+    );
+    // Malformed JSON that is not a page still names the URL.
+    let server2 = MockServer::start(|_: &ServerRequest| Reply::raw(200, "{not json"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let text = error_of(&backend(config(&server2.base_url())))
+        .await
+        .to_string();
+    assert!(text.contains("malformed JSON"), "{text}");
+    assert!(text.contains("(POST http://127.0.0.1:"), "{text}");
+}
