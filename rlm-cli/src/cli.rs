@@ -54,7 +54,11 @@ Trace (--trace FILE):
   turn_start, root_reply, code_block, sub_call_start, sub_call_end, batch_start,
   batch_progress, batch_end, turn_end, final, run_error. depth is 0 for the
   top-level run; run is its id path (\"0\", \"0.3\", \"0.3.1\"); a child's
-  run_start names its parent. The API key is never in it.
+  run_start names its parent. run_start carries the settings (models, base URL
+  without credentials, limits, budgets), the wall-clock start, the system prompt
+  and the first message; turn_end only counts (the text is in root_reply and
+  code_block); a sub_call_end cut short says \"cancelled\": true. The API key is
+  never in it.
 
 Environment:
   OPENAI_API_KEY     the API key (sent as a bearer token; never printed or traced)
