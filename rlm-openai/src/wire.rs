@@ -346,10 +346,10 @@ pub(crate) fn at_url(mut error: LlmError, url: &str) -> LlmError {
         | LlmError::Auth { message, .. }
         | LlmError::BadRequest { message, .. }
         | LlmError::InvalidResponse { message }
-        | LlmError::Other { message } => {
-            if !message.contains(url) {
-                message.push_str(&format!(" (POST {url})"));
-            }
+        | LlmError::Other { message }
+            if !message.contains(url) =>
+        {
+            message.push_str(&format!(" (POST {url})"));
         }
         _ => {}
     }
