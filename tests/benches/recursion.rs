@@ -95,9 +95,6 @@ async fn main() {
     for _ in 0..3 {
         let wall = run_tree(&slow, CHILDREN).await.as_secs_f64();
         ratios.push(wall / ideal);
-        println!(
-            "1 root -> {CHILDREN} children -> {CHILDREN} x 10 sub-calls @ 200 ms, C = {CHILDREN}: {wall:.3} s, {:.3}x the ideal {ideal:.1} s",
-            wall / ideal
-        );
+        println!("1 root -> {CHILDREN} children -> {CHILDREN} x 10 sub-calls @ 200 ms, C = {CHILDREN}: {wall:.3} s, {:.3}x the ideal {ideal:.1} s", wall / ideal);
     }
 }
