@@ -426,3 +426,26 @@ async fn help_lists_every_trace_event_the_readme_lists() {
         assert!(out.stdout.contains(event), "--help lacks {event}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_lines_show_rate_limit_waits() {
+    // At 60 requests a minute the sub model gets about one request a second: the third
+    // item of the batch waits about two seconds for its turn.
+    let server = scripted(vec![code(
+        r#"let r = llm_batch(["a", "b", "c"]); FINAL(r[0] + r[1] + r[2]);"#,
+    )])
+    .await;
+    let out = run(
+        &server.base_url(),
+        &["--query", "q", "--sub-rpm", "60", "--progress", "lines"],
+    )
+    .await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert_eq!(out.stdout, "ABC\n");
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l.contains("sub-model: waiting for the rate limit")),
+        "{out:#?}"
+    );
+}
