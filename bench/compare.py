@@ -160,6 +160,7 @@ class Server:
         return None
 
     def close(self):
+        self.proc.stdin.write("quit\n")
         self.proc.stdin.close()
         self.proc.wait(timeout=10)
 

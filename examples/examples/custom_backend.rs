@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
+use rlm_core::async_trait;
 use rlm_core::{
     BatchExecutor, Completion, CompletionRequest, LlmBackend, LlmError, Role, Usage,
     estimate_tokens,

@@ -25,11 +25,14 @@ Output:
   stdout gets the answer alone (with --json, one JSON object:
   {\"answer\", \"iterations\", \"stopped\", \"elapsed_ms\", \"usage\": {MODEL: {\"calls\",
   \"prompt_tokens\", \"completion_tokens\"}}, \"sub_calls\", \"failed_sub_calls\",
-  \"max_depth_reached\", \"child_runs\", \"warnings\", \"cost_usd\": {\"total\",
-  \"by_model\": {MODEL: USD}, \"unpriced\": [MODEL]}, \"cache\"}). A usage
-  summary, warnings and errors go to stderr; progress too, when stderr is a
-  terminal.
-  On an error nothing is printed on stdout.
+  \"refused_sub_calls\", \"cancelled_sub_calls\", \"max_depth_reached\",
+  \"child_runs\", \"warnings\", \"cost_usd\": {\"total\", \"by_model\": {MODEL: USD},
+  \"unpriced\": [MODEL]}, \"cache\"}). A usage summary, warnings and errors go to
+  stderr; progress too (see --progress).
+  On an error nothing is printed on stdout, except with --json: then stdout
+  gets {\"error\": {\"message\", \"kind\"}, \"exit_code\"} and whatever figures the
+  run got to (\"elapsed_ms\", \"usage\", \"cache\"); kind is usage (2), input (4),
+  server (5), auth (6), internal (1) or interrupted (130).
 
 Answers:
   An answer is accepted only after the root model saw the output it rests on: a
@@ -52,8 +55,11 @@ Trace (--trace FILE):
   turn_start, root_reply, code_block, sub_call_start, sub_call_end, batch_start,
   batch_progress, batch_end, turn_end, final (with cost_usd), run_error. depth
   is 0 for the top-level run; run is its id path (\"0\", \"0.3\", \"0.3.1\"); a
-  child's run_start names its parent. The API key is never in it. `rlm view
-  FILE` makes an HTML page of it.
+  child's run_start names its parent. run_start carries the settings (models,
+  base URL without credentials, limits, budgets), the wall-clock start, the
+  system prompt and the first message; turn_end only counts (the text is in
+  root_reply and code_block); a sub_call_end cut short says \"cancelled\": true.
+  The API key is never in it. `rlm view FILE` makes an HTML page of it.
 
 Environment:
   OPENAI_API_KEY     the API key (sent as a bearer token; never printed or traced)
@@ -508,6 +514,31 @@ pub(crate) struct RunArgs {
     /// answer, still).
     #[arg(long, help_heading = "Output and behaviour")]
     pub(crate) quiet: bool,
+
+    /// Progress on stderr: `bar` draws bars (a terminal's), `lines` prints one timestamped
+    /// line per turn, batch start and end, retry wait and rate-limit wait (for CI logs and
+    /// `2>log`), `none` nothing; `auto` is `bar` on a terminal and `none` otherwise.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "MODE",
+        default_value_t = ProgressMode::Auto,
+        help_heading = "Output and behaviour"
+    )]
+    pub(crate) progress: ProgressMode,
+}
+
+/// How progress is shown (`--progress`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ProgressMode {
+    /// Bars on a terminal, nothing otherwise.
+    Auto,
+    /// Bars and a spinner.
+    Bar,
+    /// One timestamped line per event of interest.
+    Lines,
+    /// Nothing.
+    None,
 }
 
 const SERVE_AFTER_HELP: &str = "\

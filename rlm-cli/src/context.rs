@@ -7,8 +7,9 @@
 //!   `--context-format` says;
 //! - a directory: an array of strings, one per file, recursive, sorted by relative path
 //!   (byte order of the path components); entries whose name starts with `.` are skipped,
-//!   as are symlinked directories (no loops) and binary files (a NUL byte in the first
-//!   8 KiB); unreadable entries and broken or looping links are skipped with a warning;
+//!   silently; symlinked directories (not followed: no loops) are skipped with one warning
+//!   line each; binary files (a NUL byte in the first 8 KiB), unreadable entries and broken
+//!   or looping links are skipped with a warning naming them;
 //!   each document starts with a `==> relative/path <==` line unless `--no-file-headers`;
 //! - invalid UTF-8 is decoded lossily (U+FFFD) with a warning, never an error;
 //! - at most `--max-context-bytes` are read from any input (the context's files together, a
@@ -225,8 +226,16 @@ fn load_dir(
     })?;
     let mut files = Vec::new();
     let mut unreadable = Vec::new();
-    walk(root, Path::new(""), &mut files, &mut unreadable);
+    let mut linked_dirs = Vec::new();
+    walk(
+        root,
+        Path::new(""),
+        &mut files,
+        &mut unreadable,
+        &mut linked_dirs,
+    );
     files.sort();
+    linked_dirs.sort();
 
     let mut documents = Vec::with_capacity(files.len());
     let mut binary = Vec::new();
@@ -272,6 +281,11 @@ fn load_dir(
     }
 
     let shown = root.display();
+    for dir in &linked_dirs {
+        warnings.push(format!(
+            "skipped {dir} in {shown}: a symlink to a directory (not followed)"
+        ));
+    }
     if !lossy.is_empty() {
         warnings.push(format!(
             "{} in {shown} {} not valid UTF-8; invalid bytes were replaced with U+FFFD: {}",
@@ -304,7 +318,13 @@ fn load_dir(
 
 /// Collects the regular files under `root/relative` (following symlinks to files, not to
 /// directories), skipping hidden entries.
-fn walk(root: &Path, relative: &Path, files: &mut Vec<PathBuf>, unreadable: &mut Vec<String>) {
+fn walk(
+    root: &Path,
+    relative: &Path,
+    files: &mut Vec<PathBuf>,
+    unreadable: &mut Vec<String>,
+    linked_dirs: &mut Vec<String>,
+) {
     let dir = root.join(relative);
     let entries = match fs::read_dir(&dir) {
         Ok(entries) => entries,
@@ -325,7 +345,7 @@ fn walk(root: &Path, relative: &Path, files: &mut Vec<PathBuf>, unreadable: &mut
             continue;
         };
         if kind.is_dir() {
-            walk(root, &path, files, unreadable);
+            walk(root, &path, files, unreadable, linked_dirs);
         } else if kind.is_file() {
             files.push(path);
         } else if kind.is_symlink() {
@@ -333,6 +353,7 @@ fn walk(root: &Path, relative: &Path, files: &mut Vec<PathBuf>, unreadable: &mut
             // looping link is reported.
             match fs::metadata(entry.path()) {
                 Ok(target) if target.is_file() => files.push(path),
+                Ok(target) if target.is_dir() => linked_dirs.push(path.display().to_string()),
                 Ok(_) => {}
                 Err(e) => unreadable.push(format!("{} ({e})", path.display())),
             }
@@ -524,6 +545,31 @@ mod tests {
             warnings.contains("dangling.txt") && warnings.contains("loop.txt"),
             "{warnings}"
         );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn each_symlinked_directory_is_one_warning_line() {
+        let dir = TempDir::new("linked-dirs");
+        dir.write("a.txt", b"kept");
+        dir.write("sub/b.txt", b"also kept");
+        for link in ["link1", "sub/link2"] {
+            std::os::unix::fs::symlink(dir.0.join("sub"), dir.0.join(link))
+                .unwrap_or_else(|e| panic!("symlink: {e}"));
+        }
+        let loaded = load_ok(Some(dir.path()), ContextFormat::Auto, b"");
+        let Context::Documents(documents) = &loaded.context else {
+            panic!("documents expected: {:?}", loaded.context);
+        };
+        assert_eq!(documents.len(), 2, "links not followed: {documents:?}");
+        let linked: Vec<&String> = loaded
+            .warnings
+            .iter()
+            .filter(|w| w.contains("symlink to a directory"))
+            .collect();
+        assert_eq!(linked.len(), 2, "{:?}", loaded.warnings);
+        assert!(linked[0].starts_with("skipped link1 in "), "{linked:?}");
+        assert!(linked[1].starts_with("skipped sub/link2 in "), "{linked:?}");
     }
 
     #[test]

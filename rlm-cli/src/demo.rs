@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::cli::DemoArgs;
 use crate::error::{CliError, exit};
-use crate::run::{human_duration, thousands, write_stdout};
+use crate::run::{human_duration, write_stdout};
 
 const ROOT_MODEL: &str = "scripted-root";
 const SUB_MODEL: &str = "simulated-sub";
@@ -73,12 +73,12 @@ pub(crate) async fn demo(args: DemoArgs) -> Result<u8, CliError> {
 
     say(&format!(
         "rlm demo: one job done twice, offline (no server, no key)\n\n\
-         \x20 context     {} documents, {} chars (generated inventory pages)\n\
+         \x20 context     {}, {} (generated inventory pages)\n\
          \x20 query       {QUERY:?}\n\
          \x20 root model  scripted: turn 1 looks at the context, turn 2 does the job\n\
          \x20 sub model   simulated: reads the page it is sent, answers after {latency}\n\n",
-        documents.len(),
-        thousands(chars as u64),
+        crate::run::count(documents.len() as u64, "document"),
+        crate::run::count(chars as u64, "char"),
     ));
 
     say("  running: for doc in context { llm_query(...) } ...\n");

@@ -42,6 +42,35 @@ Exit status:
        a key that is not valid UTF-8
   130  interrupted (Ctrl-C)";
 
+/// The figures a failed run got to (`elapsed_ms`, `usage`, ...), for `--json`'s error
+/// object; set once by the run that failed.
+static PARTIAL: std::sync::OnceLock<serde_json::Map<String, serde_json::Value>> =
+    std::sync::OnceLock::new();
+
+/// Keeps what a failing run counted so far, for [`json_failure`].
+pub(crate) fn set_partial(figures: serde_json::Map<String, serde_json::Value>) {
+    let _ = PARTIAL.set(figures);
+}
+
+/// `--json`'s object for a failure: `{"error": {"message", "kind"}, "exit_code": N}` and the
+/// partial figures the run got to, on one line.
+pub(crate) fn json_failure(message: &str, kind: &str, exit_code: u8) -> String {
+    let mut object = serde_json::Map::new();
+    object.insert(
+        "error".to_owned(),
+        serde_json::json!({"message": message, "kind": kind}),
+    );
+    object.insert("exit_code".to_owned(), exit_code.into());
+    if let Some(partial) = PARTIAL.get() {
+        for (key, value) in partial {
+            object.entry(key.clone()).or_insert_with(|| value.clone());
+        }
+    }
+    let mut text = serde_json::Value::Object(object).to_string();
+    text.push('\n');
+    text
+}
+
 /// Why `rlm` could not do its job. Each variant is one exit status.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum CliError {
@@ -82,6 +111,21 @@ impl CliError {
         }
     }
 
+    /// The `kind` of `--json`'s error object (pinned: `usage`, `input`, `server`, `auth`,
+    /// `internal`, `interrupted`; and `budget` for a `--max-time` stop whose code did not
+    /// stop in time, exit 3, the one error a budget makes).
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            CliError::Budget(_) => "budget",
+            CliError::Usage(_) => "usage",
+            CliError::Input(_) => "input",
+            CliError::Model(_) => "server",
+            CliError::Auth(_) => "auth",
+            CliError::Internal(_) => "internal",
+            CliError::Interrupted => "interrupted",
+        }
+    }
+
     /// A failed root-model call, with a hint at the usual cause.
     pub(crate) fn from_llm(error: &LlmError, turn: usize, base_url: &str, model: &str) -> Self {
         let what = format!("the root model ({model}) failed on turn {turn}: {error}");
@@ -92,11 +136,24 @@ impl CliError {
             LlmError::QuotaExhausted { .. } => {
                 CliError::Auth(format!("{what} (the account is out of quota or credit)"))
             }
+            // The server answered earlier turns: it is there, and it dropped this one.
+            LlmError::Connection { .. } if turn > 1 => CliError::Model(format!(
+                "{what} (the server at {base_url} answered earlier turns, then dropped the \
+                 connection: it may have restarted, crashed or hit a proxy's limit)"
+            )),
             LlmError::Connection { .. } => CliError::Model(format!(
                 "{what} (is the server at {base_url} running? set it with --base-url or OPENAI_BASE_URL)"
             )),
             LlmError::Timeout { .. } => CliError::Model(format!(
                 "{what} (no complete answer within --timeout; raise it for slow models)"
+            )),
+            // Not an API's error: the URL is wrong, and the message says so.
+            LlmError::BadRequest {
+                status: 404,
+                code: Some(code),
+                ..
+            } if code == rlm_openai::NOT_AN_API_ENDPOINT => CliError::Model(format!(
+                "{what} (set the base URL with --base-url or OPENAI_BASE_URL)"
             )),
             LlmError::BadRequest { status: 404, .. } => {
                 CliError::Model(format!("{what} (is {model:?} a model this server serves?)"))
@@ -116,6 +173,11 @@ impl CliError {
             LlmError::QuotaExhausted { .. } => {
                 CliError::Auth(format!("{what} (the account is out of quota or credit)"))
             }
+            LlmError::BadRequest {
+                code: Some(code), ..
+            } if code == rlm_openai::NOT_AN_API_ENDPOINT => CliError::Model(format!(
+                "{what} (set the base URL with --base-url or OPENAI_BASE_URL)"
+            )),
             _ => CliError::Model(format!(
                 "{what} (is {model:?} a model the server at {base_url} serves? set it with \
                  --sub-model)"
@@ -157,16 +219,31 @@ mod tests {
         let down = LlmError::Connection {
             message: "refused".into(),
         };
+        let e = CliError::from_llm(&down, 1, url, "m");
+        assert_eq!(e.exit_code(), exit::MODEL);
+        assert!(e.to_string().contains("running?"), "{e}");
+        // After earlier answers, the server is not asked about: it was running.
         let e = CliError::from_llm(&down, 2, url, "m");
         assert_eq!(e.exit_code(), exit::MODEL);
         assert!(e.to_string().contains(url), "{e}");
         assert!(e.to_string().contains("turn 2"), "{e}");
+        assert!(!e.to_string().contains("running?"), "{e}");
+        assert!(e.to_string().contains("answered earlier turns"), "{e}");
         let unknown = LlmError::from_http_status(404, "no such model", None, None, None);
         assert!(
             CliError::from_llm(&unknown, 1, url, "gpt-x")
                 .to_string()
                 .contains("\"gpt-x\"")
         );
+        let not_api = LlmError::from_http_status(
+            404,
+            "\"404 page not found\"",
+            None,
+            Some(rlm_openai::NOT_AN_API_ENDPOINT),
+            None,
+        );
+        let e = CliError::from_llm(&not_api, 1, url, "gpt-x").to_string();
+        assert!(!e.contains("a model this server serves"), "{e}");
         assert_eq!(
             CliError::from_llm(&LlmError::Cancelled, 1, url, "m").exit_code(),
             exit::INTERRUPTED
@@ -187,5 +264,25 @@ mod tests {
             source: auth,
         };
         assert_eq!(CliError::from_rlm(sub, url, "m").exit_code(), exit::AUTH);
+    }
+
+    #[test]
+    fn json_failures_carry_message_kind_and_status() {
+        for (error, kind, code) in [
+            (CliError::Usage("u".into()), "usage", 2),
+            (CliError::Input("i".into()), "input", 4),
+            (CliError::Model("s".into()), "server", 5),
+            (CliError::Auth("a".into()), "auth", 6),
+            (CliError::Internal("b".into()), "internal", 1),
+            (CliError::Interrupted, "interrupted", 130),
+        ] {
+            assert_eq!(error.kind(), kind);
+            assert_eq!(error.exit_code(), code);
+            let text = json_failure(&error.to_string(), error.kind(), error.exit_code());
+            let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            assert_eq!(value["error"]["kind"], kind);
+            assert_eq!(value["error"]["message"], error.to_string());
+            assert_eq!(value["exit_code"], code);
+        }
     }
 }

@@ -39,9 +39,14 @@ use crate::error::{CliError, exit};
 
 fn main() -> ExitCode {
     install_panic_hook();
+    // Known before parsing, so that a bad flag still gets its JSON object.
+    let json = std::env::args_os()
+        .skip(1)
+        .take_while(|arg| arg != "--")
+        .any(|arg| arg == "--json");
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => return usage_error(&e),
+        Err(e) => return usage_error(&e, json),
     };
     let quiet = match &cli.command {
         Command::Run(args) => args.quiet,
@@ -59,9 +64,10 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            return report(&CliError::Internal(format!(
-                "cannot start the async runtime: {e}"
-            )));
+            return report(
+                &CliError::Internal(format!("cannot start the async runtime: {e}")),
+                json,
+            );
         }
     };
     // A panic is reported by the hook; it exits with the internal-error status, not 101.
@@ -80,24 +86,35 @@ fn main() -> ExitCode {
     runtime.shutdown_background();
     match outcome {
         Ok(Ok(code)) => ExitCode::from(code),
-        Ok(Err(e)) => report(&e),
-        Err(_) => ExitCode::from(exit::INTERNAL),
+        Ok(Err(e)) => report(&e, json),
+        Err(_) => {
+            if json {
+                print_json_failure(
+                    "internal error (a bug in rlm); run with RUST_BACKTRACE=1 for details",
+                    "internal",
+                    exit::INTERNAL,
+                );
+            }
+            ExitCode::from(exit::INTERNAL)
+        }
     }
 }
 
 /// Help and version go to stdout with status 0; `rlm` alone prints the help on stderr; any
-/// other mistake is one `error: ...` line on stderr with status 2.
-fn usage_error(error: &clap::Error) -> ExitCode {
+/// other mistake is one `error: ...` line on stderr with status 2 (and, with `--json`, the
+/// error object on stdout).
+fn usage_error(error: &clap::Error, json: bool) -> ExitCode {
     use clap::error::ErrorKind;
     if !error.use_stderr() || error.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
         let _ = error.print();
         return ExitCode::from(if error.use_stderr() { exit::USAGE } else { 0 });
     }
-    let _ = writeln!(
-        std::io::stderr(),
-        "{}",
-        one_line(&error.render().to_string())
-    );
+    let line = one_line(&error.render().to_string());
+    let _ = writeln!(std::io::stderr(), "{line}");
+    if json {
+        let message = line.strip_prefix("error: ").unwrap_or(&line);
+        print_json_failure(message, "usage", exit::USAGE);
+    }
     ExitCode::from(exit::USAGE)
 }
 
@@ -123,11 +140,21 @@ fn one_line(rendered: &str) -> String {
     line
 }
 
-/// Prints `error: ...` on stderr, on one line, and returns the error's exit status.
-fn report(error: &CliError) -> ExitCode {
-    let mut stderr = std::io::stderr().lock();
-    let _ = writeln!(stderr, "error: {}", single_line(&error.to_string()));
+/// Prints `error: ...` on stderr, on one line, and returns the error's exit status. With
+/// `--json`, stdout gets `{"error": {"message", "kind"}, "exit_code"}` and whatever figures
+/// the run got to, so that `rlm ... --json | jq` always has its input.
+fn report(error: &CliError, json: bool) -> ExitCode {
+    let message = single_line(&error.to_string());
+    let _ = writeln!(std::io::stderr().lock(), "error: {message}");
+    if json {
+        print_json_failure(&message, error.kind(), error.exit_code());
+    }
     ExitCode::from(error.exit_code())
+}
+
+/// Writes `--json`'s failure object on stdout (a closed pipe is no further error).
+fn print_json_failure(message: &str, kind: &str, exit_code: u8) {
+    let _ = run::write_stdout(&error::json_failure(message, kind, exit_code));
 }
 
 /// `message` on one line (a server's message may hold line breaks, or a whole HTML page),

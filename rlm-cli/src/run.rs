@@ -11,14 +11,15 @@ use rlm_cache::{CacheStats, CachedBackend};
 use rlm_core::{
     BatchExecutor, CancellationToken, CostReport, LlmBackend, Metered, ModelUsage, UsageTracker,
 };
-use rlm_openai::{ConfigError, OpenAiBackend, OpenAiConfig, RateLimit};
+use rlm_openai::{ConfigError, OpenAiBackend, OpenAiConfig, RateLimit, WaitObserver};
 use rlm_repl::{Rlm, RlmBuilder, RunResult, SandboxLimits, StopReason};
 use serde::Serialize;
 
+use crate::cli::ProgressMode;
 use crate::cli::RunArgs;
 use crate::context;
 use crate::error::{CliError, exit};
-use crate::progress::Progress;
+use crate::progress::{Progress, Style};
 use crate::state;
 use crate::trace::TraceWriter;
 
@@ -93,6 +94,12 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
         }
     }
 
+    let progress = progress_style(args.progress, quiet)
+        .map(|style| Arc::new(Progress::new(args.model.trim(), style)));
+    let waits = progress.as_ref().map(|progress| {
+        let progress = Arc::clone(progress);
+        WaitObserver::new(move |wait| progress.on_wait(wait))
+    });
     let Stack {
         model,
         sub_model,
@@ -102,15 +109,15 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
         tracker,
         cache,
         tier_hits,
-    } = backend_stack(&args)?;
+    } = backend_stack(&args, waits)?;
 
     // Observers.
     let trace = match &args.trace {
-        Some(path) => Some(Arc::new(TraceWriter::create(path, start)?)),
+        Some(path) => Some(Arc::new(
+            TraceWriter::create(path, start)?.with_settings(trace_settings(&args, &shown_url)),
+        )),
         None => None,
     };
-    let progress =
-        (!quiet && std::io::stderr().is_terminal()).then(|| Arc::new(Progress::new(&model)));
 
     if !quiet && let Some(notice) = tpm_notice(args.tpm, system_prompt.as_deref(), &model) {
         eprintln!("warning: {notice}");
@@ -191,19 +198,29 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
     // answer is printed.
     let trace_error = trace.as_ref().and_then(|t| t.warning());
 
+    // Settled first: moka counts entries in the background.
+    if let Some(cache) = &cache {
+        cache.run_pending_tasks().await;
+    }
+    let usage = tracker.snapshot();
+    let cache_stats = cache.as_ref().map(|c| tier_hits.fill(c.stats()));
     let result = match outcome {
-        None => return Err(CliError::Interrupted),
-        Some(Err(_)) if interrupted.load(Ordering::SeqCst) => return Err(CliError::Interrupted),
-        Some(Err(e)) => return Err(CliError::from_rlm(e, &shown_url, &model)),
         Some(Ok(result)) => result,
+        failed => {
+            crate::error::set_partial(partial_figures(start.elapsed(), &usage, cache_stats));
+            return Err(match failed {
+                Some(Err(e)) if !interrupted.load(Ordering::SeqCst) => {
+                    CliError::from_rlm(e, &shown_url, &model)
+                }
+                _ => CliError::Interrupted,
+            });
+        }
     };
 
     // A run whose token was cancelled already says `cancelled` (rlm-repl does not count
     // what a script made of cancelled sub-calls as a final answer).
-    let usage = tracker.snapshot();
     // Priced from what the server was really asked (cache hits cost nothing).
     let cost = prices.report(usage.iter().map(|(model, u)| (model.as_str(), u)));
-    let cache_stats = cache.as_ref().map(|c| tier_hits.fill(c.stats()));
     if args.json || result.stopped != StopReason::Cancelled {
         print_result(&result, &usage, &cost, cache_stats, args.json)?;
     }
@@ -272,7 +289,10 @@ pub(crate) struct Stack {
 }
 
 /// Builds the [`Stack`] from the model, server, rate-limit and cache flags.
-pub(crate) fn backend_stack(args: &RunArgs) -> Result<Stack, CliError> {
+pub(crate) fn backend_stack(
+    args: &RunArgs,
+    waits: Option<WaitObserver>,
+) -> Result<Stack, CliError> {
     let model = non_empty(&args.model, "--model (or RLM_MODEL)")?;
     let sub_model = match &args.sub_model {
         Some(sub) => non_empty(sub, "--sub-model (or RLM_SUB_MODEL)")?,
@@ -312,6 +332,9 @@ pub(crate) fn backend_stack(args: &RunArgs) -> Result<Stack, CliError> {
         .with_connect_timeout(args.timeout.min(MAX_CONNECT_TIMEOUT))
         .with_concurrency(pool)
         .with_rate_limit(RateLimit::new(args.rpm, args.tpm));
+    if let Some(waits) = waits {
+        config = config.with_wait_observer(waits);
+    }
     if sub_model != model && (args.sub_rpm.is_some() || args.sub_tpm.is_some()) {
         config = config.with_model_rate_limit(
             &sub_model,
@@ -399,6 +422,38 @@ pub(crate) fn rlm_builder(
     Ok(builder)
 }
 
+/// The command's settings for the trace's `run_start` (the engine adds its own limits and
+/// budgets). The base URL is shown without credentials; the key is never in it.
+fn trace_settings(args: &RunArgs, shown_url: &str) -> serde_json::Map<String, serde_json::Value> {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let serde_json::Value::Object(map) = serde_json::json!({
+        "base_url": shown_url,
+        "rpm": args.rpm,
+        "tpm": args.tpm,
+        "sub_rpm": args.sub_rpm,
+        "sub_tpm": args.sub_tpm,
+        "max_retries": args.max_retries,
+        "timeout_ms": ms(args.timeout),
+        "sub_timeout_ms": ms(args.sub_timeout),
+        "cache": !args.no_cache,
+    }) else {
+        return serde_json::Map::new();
+    };
+    map
+}
+
+/// How `--progress` is drawn, if at all: `auto` draws bars on a terminal and nothing
+/// otherwise; `--quiet` draws nothing.
+fn progress_style(mode: ProgressMode, quiet: bool) -> Option<Style> {
+    match mode {
+        _ if quiet => None,
+        ProgressMode::Auto => std::io::stderr().is_terminal().then_some(Style::Bars),
+        ProgressMode::Bar => Some(Style::Bars),
+        ProgressMode::Lines => Some(Style::Lines),
+        ProgressMode::None => None,
+    }
+}
+
 fn non_empty(value: &str, flag: &str) -> Result<String, CliError> {
     let value = value.trim();
     if value.is_empty() {
@@ -447,6 +502,49 @@ pub(crate) fn display_url(url: &str) -> String {
     }
 }
 
+/// What a failed run counted before it failed, for `--json`'s error object.
+fn partial_figures(
+    elapsed: Duration,
+    usage: &BTreeMap<String, ModelUsage>,
+    cache: Option<CacheStats>,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut figures = serde_json::Map::new();
+    figures.insert(
+        "elapsed_ms".to_owned(),
+        u64::try_from(elapsed.as_millis())
+            .unwrap_or(u64::MAX)
+            .into(),
+    );
+    figures.insert(
+        "usage".to_owned(),
+        serde_json::to_value(json_usage(usage)).unwrap_or_default(),
+    );
+    if let Some(cache) = cache {
+        figures.insert(
+            "cache".to_owned(),
+            serde_json::to_value(cache).unwrap_or_default(),
+        );
+    }
+    figures
+}
+
+/// `usage` as `--json` shows it.
+fn json_usage(usage: &BTreeMap<String, ModelUsage>) -> BTreeMap<&str, JsonUsage> {
+    usage
+        .iter()
+        .map(|(model, u)| {
+            (
+                model.as_str(),
+                JsonUsage {
+                    calls: u.calls,
+                    prompt_tokens: u.prompt_tokens,
+                    completion_tokens: u.completion_tokens,
+                },
+            )
+        })
+        .collect()
+}
+
 /// A model's line of `usage` in `--json`: exactly the three pinned keys.
 #[derive(Debug, Serialize)]
 struct JsonUsage {
@@ -466,6 +564,7 @@ struct JsonOutput<'a> {
     sub_calls: u64,
     failed_sub_calls: u64,
     refused_sub_calls: u64,
+    cancelled_sub_calls: u64,
     max_depth_reached: usize,
     child_runs: u64,
     warnings: &'a [String],
@@ -486,22 +585,11 @@ fn print_result(
             iterations: result.iterations,
             stopped: result.stopped.as_str(),
             elapsed_ms: u64::try_from(result.elapsed.as_millis()).unwrap_or(u64::MAX),
-            usage: usage
-                .iter()
-                .map(|(model, u)| {
-                    (
-                        model.as_str(),
-                        JsonUsage {
-                            calls: u.calls,
-                            prompt_tokens: u.prompt_tokens,
-                            completion_tokens: u.completion_tokens,
-                        },
-                    )
-                })
-                .collect(),
+            usage: json_usage(usage),
             sub_calls: result.sub_calls,
             failed_sub_calls: result.failed_sub_calls,
             refused_sub_calls: result.refused_sub_calls,
+            cancelled_sub_calls: result.cancelled_sub_calls,
             max_depth_reached: result.max_depth_reached,
             child_runs: result.child_runs,
             warnings: &result.warnings,
@@ -554,45 +642,39 @@ fn summary(
             other.as_str()
         ),
     };
-    let turns = if result.iterations == 1 {
-        "turn"
-    } else {
-        "turns"
-    };
-    let failed = result.failed_sub_calls;
-    let failed = if failed > 0 {
-        format!(" ({failed} failed)")
-    } else {
+    let mut not_ok = Vec::new();
+    if result.failed_sub_calls > 0 {
+        not_ok.push(format!("{} failed", thousands(result.failed_sub_calls)));
+    }
+    if result.cancelled_sub_calls > 0 {
+        not_ok.push(format!(
+            "{} cancelled",
+            thousands(result.cancelled_sub_calls)
+        ));
+    }
+    let not_ok = if not_ok.is_empty() {
         String::new()
+    } else {
+        format!(" ({})", not_ok.join(", "))
     };
     let mut text = format!(
-        "rlm: {how} after {} {turns} in {}; {} {}{failed}",
-        result.iterations,
+        "rlm: {how} after {} in {}; {}{not_ok}",
+        count(result.iterations as u64, "turn"),
         human_duration(result.elapsed),
-        thousands(result.sub_calls),
-        if result.sub_calls == 1 {
-            "sub-call"
-        } else {
-            "sub-calls"
-        },
+        count(result.sub_calls, "sub-call"),
     );
     if result.child_runs > 0 {
         text.push_str(&format!(
-            "; {} child {} (depth {})",
-            thousands(result.child_runs),
-            if result.child_runs == 1 {
-                "run"
-            } else {
-                "runs"
-            },
+            "; {} (depth {})",
+            count(result.child_runs, "child run"),
             result.max_depth_reached
         ));
     }
     if let Some(cache) = cache {
         text.push_str(&format!(
-            "; cache: {} hits, {} duplicates shared",
-            thousands(cache.hits),
-            thousands(cache.coalesced)
+            "; cache: {}, {} shared",
+            count(cache.hits, "hit"),
+            count(cache.coalesced, "duplicate")
         ));
     }
     text.push('\n');
@@ -613,11 +695,16 @@ fn summary(
             None => ", unpriced".to_owned(),
         };
         text.push_str(&format!(
-            "  {model:<width$}  {:>calls_width$} {}{failed}, {} prompt + {} completion tokens{price}\n",
+            "  {model:<width$}  {:>calls_width$} {}{failed}, {} prompt + {} completion {}{price}\n",
             thousands(u.calls),
             if u.calls == 1 { "call" } else { "calls" },
             thousands(u.prompt_tokens),
             thousands(u.completion_tokens),
+            if u.prompt_tokens + u.completion_tokens == 1 {
+                "token"
+            } else {
+                "tokens"
+            },
         ));
     }
     if !usage.is_empty() {
@@ -641,6 +728,15 @@ fn dollars(usd: f64) -> String {
         format!("${usd:.4}")
     } else {
         format!("${usd:.2}")
+    }
+}
+
+/// `n` things: `1 sub-call`, `2 sub-calls`, `1,000 items` (plural by adding an `s`).
+pub(crate) fn count(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{} {what}s", thousands(n))
     }
 }
 
@@ -699,6 +795,9 @@ mod tests {
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(1000), "1,000");
         assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(count(1, "sub-call"), "1 sub-call");
+        assert_eq!(count(0, "item"), "0 items");
+        assert_eq!(count(1200, "item"), "1,200 items");
         assert_eq!(human_duration(Duration::from_millis(850)), "850 ms");
         assert_eq!(human_duration(Duration::from_millis(4210)), "4.21 s");
         assert_eq!(human_duration(Duration::from_secs(185)), "3 min 05 s");

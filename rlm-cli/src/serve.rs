@@ -53,7 +53,7 @@ fn runner(args: &RunArgs) -> Result<(Runner, Stack), CliError> {
     for warning in &warnings {
         eprintln!("warning: {warning}");
     }
-    let stack = backend_stack(args)?;
+    let stack = backend_stack(args, None)?;
     let prices = crate::prices::load(args.prices.as_deref())?;
     let mut builder = rlm_builder(
         args,

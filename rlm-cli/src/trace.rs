@@ -23,6 +23,9 @@ pub(crate) struct TraceWriter {
     path: PathBuf,
     start: Instant,
     state: Mutex<State>,
+    /// The command's own settings (base URL, rate limits, retries, timeouts, cache), added
+    /// to the top-level `run_start`'s `settings`.
+    settings: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Debug)]
@@ -54,7 +57,36 @@ impl TraceWriter {
                 lines: 0,
                 bytes: 0,
             }),
+            settings: serde_json::Map::new(),
         })
+    }
+
+    /// Adds the command's settings to the top-level run's `run_start` line (under
+    /// `settings`, beside the engine's). Nothing secret may be in them.
+    pub(crate) fn with_settings(
+        mut self,
+        settings: serde_json::Map<String, serde_json::Value>,
+    ) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// `event` as JSON, with the command's settings merged into a top-level `run_start`.
+    fn event_json(&self, place: &RunPlace, event: &Event) -> serde_json::Result<String> {
+        if place.depth == 0 && !self.settings.is_empty() && matches!(event, Event::RunStart { .. })
+        {
+            let mut value = serde_json::to_value(event)?;
+            if let Some(settings) = value
+                .get_mut("settings")
+                .and_then(serde_json::Value::as_object_mut)
+            {
+                for (key, setting) in &self.settings {
+                    settings.insert(key.clone(), setting.clone());
+                }
+            }
+            return serde_json::to_string(&value);
+        }
+        serde_json::to_string(event)
     }
 
     /// One line for `event` of the run at `place`.
@@ -62,7 +94,7 @@ impl TraceWriter {
         let t_ms = self.start.elapsed().as_millis();
         let depth = place.depth;
         let run = serde_json::Value::String(place.run.clone());
-        match serde_json::to_string(event) {
+        match self.event_json(place, event) {
             // An internally tagged enum always serializes as an object: `{"event":...}`.
             Ok(json) if json.starts_with('{') && json.len() > 2 => {
                 format!(
@@ -83,10 +115,10 @@ impl TraceWriter {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.error.as_ref().map(|e| {
             format!(
-                "the trace file {} is incomplete: writing failed after {} lines (the file \
-                 ends with the last whole line): {e}",
+                "the trace file {} is incomplete: writing failed after {} (the file ends with \
+                 the last whole line): {e}",
                 self.path.display(),
-                state.lines
+                crate::run::count(state.lines, "line")
             )
         })
     }

@@ -19,10 +19,11 @@
 //! - [`blocking`]: entry points for code without an async runtime.
 //! - `mock` (feature `mock`): a scripted `mock::MockBackend` for tests.
 //!
-//! Bringing your own provider takes one trait implementation:
+//! Bringing your own provider takes one trait implementation (`async_trait` is re-exported,
+//! so it needs no dependency of its own):
 //!
 //! ```
-//! use async_trait::async_trait;
+//! use rlm_core::async_trait;
 //! use rlm_core::{BatchExecutor, BatchOptions, Completion, CompletionRequest, LlmBackend, LlmError};
 //!
 //! struct Reverse;
@@ -46,16 +47,22 @@
 //! # }
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod backend;
 mod batch;
 pub mod blocking;
 mod cost;
 mod error;
 #[cfg(feature = "mock")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mock")))]
 pub mod mock;
 mod types;
 mod usage;
 
+/// The attribute [`LlmBackend`] implementations need (re-exported from the `async-trait`
+/// crate): `#[rlm_core::async_trait]` on the `impl`.
+pub use async_trait::async_trait;
 pub use backend::LlmBackend;
 pub use batch::{
     BatchExecutor, BatchObserver, BatchOptions, BatchResult, ConcurrentExecutor,

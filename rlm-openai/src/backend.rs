@@ -15,6 +15,7 @@ use tracing::field::Empty;
 use crate::config::{ConfigError, OpenAiConfig};
 use crate::limit::Limiters;
 use crate::retry::{self, Decision, RetryPolicy};
+use crate::wait::{RATE_LIMIT_NOTICE_AFTER, Wait};
 use crate::wire::{self, ChatBody};
 
 /// An OpenAI-compatible chat-completions backend.
@@ -255,19 +256,24 @@ impl OpenAiBackend {
         };
         let redact = |text: &str| self.redact(text);
         let result = if status.is_success() && !complete {
-            Err(LlmError::invalid_response(format!(
-                "the reply (HTTP {}) is larger than {limit} bytes; it was not read",
-                status.as_u16()
-            )))
+            Err(wire::at_url(
+                LlmError::invalid_response(format!(
+                    "the reply (HTTP {}) is larger than {limit} bytes; it was not read",
+                    status.as_u16()
+                )),
+                &inner.shown_url,
+            ))
         } else if status.is_success() {
             // A server may echo the key in a reply (a debugging proxy, a prompt-injected
             // model): the text reaches the script, stdout and the trace, so it is scrubbed too.
-            wire::parse_completion(&body, status.as_u16(), model, &redact).map(|mut completion| {
-                if self.is_secret_in(&completion.text) {
-                    completion.text = self.redact(&completion.text);
-                }
-                completion
-            })
+            wire::parse_completion(&body, status.as_u16(), model, &redact)
+                .map(|mut completion| {
+                    if self.is_secret_in(&completion.text) {
+                        completion.text = self.redact(&completion.text);
+                    }
+                    completion
+                })
+                .map_err(|e| wire::at_url(e, &inner.shown_url))
         } else {
             Err(wire::parse_error(
                 status.as_u16(),
@@ -275,9 +281,31 @@ impl OpenAiBackend {
                 &body,
                 hint,
                 &redact,
+                &inner.shown_url,
             ))
         };
         (result, should_retry)
+    }
+
+    /// Waits for the model's rate limits; a hold longer than [`RATE_LIMIT_NOTICE_AFTER`] is
+    /// reported to the wait observer once.
+    async fn admit(&self, gate: &crate::limit::Gate, model: &str, tokens: u64) {
+        let Some(observer) = &self.inner.config.wait_observer else {
+            return gate.admit(tokens).await;
+        };
+        let admit = gate.admit(tokens);
+        tokio::pin!(admit);
+        tokio::select! {
+            biased;
+            () = &mut admit => {}
+            () = tokio::time::sleep(RATE_LIMIT_NOTICE_AFTER) => {
+                observer.notify(&Wait::RateLimit {
+                    model: model.to_owned(),
+                    waited: RATE_LIMIT_NOTICE_AFTER,
+                });
+                admit.await;
+            }
+        }
     }
 
     /// Tokens a request is expected to use, for the tokens-per-minute budget.
@@ -326,6 +354,34 @@ async fn read_body(
         }
     }
     Ok((first.unwrap_or_else(|| Bytes::from(joined)), true))
+}
+
+/// A rate limit or server error whose `Retry-After` exceeds `cap` was not retried: the
+/// message says how long the server asked for and what the cap is.
+fn over_the_cap(mut error: LlmError, cap: Duration) -> LlmError {
+    let Some(asked) = error.retry_after().filter(|asked| *asked > cap) else {
+        return error;
+    };
+    if let LlmError::RateLimited { message, .. } | LlmError::Server { message, .. } = &mut error {
+        message.push_str(&format!(
+            " (not retried: the server asked to wait {}, more than the {} cap on such waits)",
+            seconds(asked),
+            seconds(cap)
+        ));
+    }
+    error
+}
+
+/// A duration in seconds, for messages: `120 s`, `1.5 s`.
+fn seconds(duration: Duration) -> String {
+    let secs = duration.as_secs_f64();
+    if secs >= 1e9 {
+        "forever".to_owned()
+    } else if duration.subsec_millis() == 0 {
+        format!("{} s", duration.as_secs())
+    } else {
+        format!("{secs:.1} s")
+    }
 }
 
 /// An error and its sources, joined with `": "`, without repeating a message.
@@ -382,7 +438,7 @@ impl LlmBackend for OpenAiBackend {
             let mut attempt: u32 = 0;
             loop {
                 attempt += 1;
-                gate.admit(tokens).await;
+                self.admit(&gate, model, tokens).await;
                 tracing::Span::current().record("attempt", attempt);
                 let (result, should_retry) = self.attempt(model, body.clone()).await;
                 let error = match result {
@@ -401,6 +457,15 @@ impl LlmBackend for OpenAiBackend {
                 }
                 match policy.decide(&error, should_retry) {
                     Decision::RetryAfter(wait) => {
+                        if let Some(observer) = &config.wait_observer {
+                            observer.notify(&Wait::Retry {
+                                model: model.to_owned(),
+                                attempt,
+                                wait,
+                                error: error.to_string(),
+                                server_asked: error.retry_after().is_some_and(|w| w == wait),
+                            });
+                        }
                         tracing::debug!(
                             attempt,
                             error.kind = error.kind(),
@@ -412,7 +477,7 @@ impl LlmBackend for OpenAiBackend {
                     }
                     Decision::GiveUp => {
                         tracing::debug!(attempt, error.kind = error.kind(), "failed: {error}");
-                        return Err(error);
+                        return Err(over_the_cap(error, config.max_retry_after));
                     }
                 }
             }

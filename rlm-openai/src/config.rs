@@ -177,6 +177,7 @@ pub struct OpenAiConfig {
     pub(crate) model_rate_limits: BTreeMap<String, RateLimit>,
     pub(crate) completion_token_estimate: u32,
     pub(crate) shared_pacer: Option<std::sync::Arc<dyn crate::SharedPacer>>,
+    pub(crate) wait_observer: Option<crate::WaitObserver>,
 }
 
 impl Default for OpenAiConfig {
@@ -212,6 +213,7 @@ impl OpenAiConfig {
             model_rate_limits: BTreeMap::new(),
             completion_token_estimate: DEFAULT_COMPLETION_TOKEN_ESTIMATE,
             shared_pacer: None,
+            wait_observer: None,
         }
     }
 
@@ -328,6 +330,13 @@ impl OpenAiConfig {
     /// passed on to every process. Default: none (each process paces alone).
     pub fn with_shared_pacer(mut self, pacer: std::sync::Arc<dyn crate::SharedPacer>) -> Self {
         self.shared_pacer = Some(pacer);
+        self
+    }
+
+    /// Reports each retry wait and each rate-limit hold as it begins (see
+    /// [`Wait`](crate::Wait)). Default: none.
+    pub fn with_wait_observer(mut self, observer: crate::WaitObserver) -> Self {
+        self.wait_observer = Some(observer);
         self
     }
 

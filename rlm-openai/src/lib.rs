@@ -68,6 +68,9 @@
 //!    from the `{"error": {"message", "type", "code"}}` body (or the status text or a body
 //!    excerpt when it is not JSON); timeouts become `Timeout`, connection and I/O failures
 //!    `Connection`. The API key is scrubbed from every message, even when a server echoes it.
+//!    Messages name the URL called (without credentials); an HTML page is shown by its
+//!    `<title>`; a 404 whose body is not an API error says the base URL should end at the API
+//!    version (`.../v1`) and carries the code [`NOT_AN_API_ENDPOINT`].
 //! 5. **Retries** ([`DEFAULT_MAX_RETRIES`] times unless configured) on 429, 5xx, 408, 409,
 //!    timeouts and connection failures, never on 400, 401, 403, 404, 422 or a 429 with
 //!    `insufficient_quota`. The wait is the server's `retry-after-ms` or `Retry-After`
@@ -77,8 +80,12 @@
 //!    unusual 4xx. A server's requested
 //!    wait also pauses every other call of the same model, so a 429 does not set off a
 //!    stampede. A `Retry-After` longer than [`DEFAULT_MAX_RETRY_AFTER`] (configurable) is
-//!    not waited out: the error is returned at once, hint included. The final error carries
-//!    the provider's status and message.
+//!    not waited out: the error is returned at once, hint included, and its message gives the
+//!    wait asked for and the cap. The final error carries the provider's status and message.
+//!
+//! A [`WaitObserver`] ([`OpenAiConfig::with_wait_observer`]) hears of each retry wait and each
+//! rate-limit hold longer than [`RATE_LIMIT_NOTICE_AFTER`] as it begins ([`Wait`]), for
+//! progress displays and logs.
 //!
 //! Each call runs in a `tracing` span `openai.chat` with the model, attempt, HTTP status and
 //! token counts; the key is never recorded.
@@ -114,6 +121,7 @@ mod config;
 mod limit;
 mod retry;
 mod shared;
+mod wait;
 mod wire;
 
 pub use backend::OpenAiBackend;
@@ -125,3 +133,5 @@ pub use config::{
 #[cfg(feature = "redis")]
 pub use shared::RedisPacer;
 pub use shared::SharedPacer;
+pub use wait::{RATE_LIMIT_NOTICE_AFTER, Wait, WaitObserver};
+pub use wire::NOT_AN_API_ENDPOINT;

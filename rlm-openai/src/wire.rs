@@ -164,6 +164,17 @@ pub(crate) fn parse_completion(
     redact: &dyn Fn(&str) -> String,
 ) -> Result<Completion, LlmError> {
     let wire: WireCompletion = serde_json::from_slice(body).map_err(|e| {
+        if let Some(title) = html_title(body) {
+            // A web page where the API should be: the base URL points at a site, not an API.
+            let page = title.map_or_else(
+                || "an HTML page".to_owned(),
+                |t| format!("an HTML page titled {:?}", redact(&t)),
+            );
+            return LlmError::invalid_response(format!(
+                "the reply (HTTP {status}) is {page}, not a chat completion: the base URL \
+                 should be the API's, ending at its version, like http://localhost:8000/v1"
+            ));
+        }
         // serde_json quotes offending values in its messages: scrub them too.
         LlmError::invalid_response(format!(
             "malformed JSON in the reply (HTTP {status}): {}; the body starts: {}",
@@ -302,22 +313,98 @@ pub(crate) fn parse_error(
     body: &[u8],
     retry_after: Option<Duration>,
     redact: &dyn Fn(&str) -> String,
+    url: &str,
 ) -> LlmError {
     let detail = ErrorDetail::from_body(body)
         .unwrap_or_default()
         .redacted(redact);
-    let message = match detail.message {
+    let from_api = detail.message.is_some();
+    let mut message = match detail.message {
         Some(message) => message,
-        None if !body.iter().all(u8::is_ascii_whitespace) => excerpt(body, redact),
-        None => canonical_reason.unwrap_or("no message").to_owned(),
+        None => match html_title(body) {
+            Some(Some(title)) => format!("an HTML page titled {:?}", redact(&title)),
+            Some(None) => "an HTML page without a title".to_owned(),
+            None if !body.iter().all(u8::is_ascii_whitespace) => excerpt(body, redact),
+            None => canonical_reason.unwrap_or("no message").to_owned(),
+        },
     };
+    let mut code = detail.code;
+    if status == 404 && !from_api {
+        // Not an API's "no such model": most likely a base URL that misses `/v1` (or has
+        // one too many).
+        message.push_str(
+            "; this is not an OpenAI-style error, so the URL is probably wrong: the base URL \
+             should end at the API version, like http://localhost:8000/v1",
+        );
+        code.get_or_insert_with(|| NOT_AN_API_ENDPOINT.to_owned());
+    }
+    if !url.is_empty() {
+        message.push_str(&format!(" (POST {url})"));
+    }
     LlmError::from_http_status(
         status,
         message,
         detail.error_type.as_deref(),
-        detail.code.as_deref(),
+        code.as_deref(),
         retry_after,
     )
+}
+
+/// `error` with `(POST url)` after its message, so that a reader knows what was called.
+pub(crate) fn at_url(mut error: LlmError, url: &str) -> LlmError {
+    match &mut error {
+        LlmError::RateLimited { message, .. }
+        | LlmError::QuotaExhausted { message, .. }
+        | LlmError::Server { message, .. }
+        | LlmError::Auth { message, .. }
+        | LlmError::BadRequest { message, .. }
+        | LlmError::InvalidResponse { message }
+        | LlmError::Other { message }
+            if !message.contains(url) =>
+        {
+            message.push_str(&format!(" (POST {url})"));
+        }
+        _ => {}
+    }
+    error
+}
+
+/// The `code` of a 404 whose body is not an OpenAI-style error (a web server's "not found"
+/// page): the URL, not the model, is wrong.
+pub const NOT_AN_API_ENDPOINT: &str = "not_an_api_endpoint";
+
+/// `Some(title)` when `body` is an HTML page (`Some(None)` when it has no `<title>`), `None`
+/// when it is not HTML. The title is unescaped and on one line.
+fn html_title(body: &[u8]) -> Option<Option<String>> {
+    let text = String::from_utf8_lossy(body);
+    let start = text.trim_start();
+    let head: String = start
+        .chars()
+        .take(15)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    let lower = text.to_ascii_lowercase();
+    if !(head.starts_with("<!doctype html")
+        || head.starts_with("<html")
+        || lower.contains("<title"))
+    {
+        return None;
+    }
+    let title = lower.find("<title").and_then(|open| {
+        let content = open + lower[open..].find('>')? + 1;
+        let end = content + lower[content..].find("</title")?;
+        // Lowercasing ASCII keeps byte offsets, so they index the original text.
+        let title = text[content..end]
+            .replace("&amp;", "&")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&#39;", "'")
+            .replace("&nbsp;", " ");
+        let title = title.split_whitespace().collect::<Vec<_>>().join(" ");
+        (!title.is_empty()).then_some(title)
+    });
+    Some(title)
 }
 
 /// The start of `body` as text for an error message: at most [`EXCERPT_BYTES`] bytes,
@@ -514,6 +601,7 @@ mod tests {
             br#"{"error": {"message": "pay", "type": "insufficient_quota", "code": "insufficient_quota"}}"#,
             None,
             &no_redact,
+            "",
         );
         assert_eq!(e.kind(), "quota_exhausted");
         assert_eq!(e.to_string(), "quota exhausted (HTTP 429): pay");
@@ -524,8 +612,27 @@ mod tests {
             br#"{"error": "model 'x' not found"}"#,
             None,
             &no_redact,
+            "",
         );
         assert_eq!(e.to_string(), "bad request (HTTP 404): model 'x' not found");
+        let e = parse_error(
+            404,
+            Some("Not Found"),
+            b"404 page not found",
+            None,
+            &no_redact,
+            "u",
+        );
+        let text = e.to_string();
+        assert!(
+            text.starts_with("bad request (HTTP 404): \"404 page not found\""),
+            "{text}"
+        );
+        assert!(text.contains("should end at the API version"), "{text}");
+        assert!(text.ends_with("(POST u)"), "{text}");
+        assert!(
+            matches!(e, LlmError::BadRequest { code: Some(c), .. } if c == NOT_AN_API_ENDPOINT)
+        );
 
         let e = parse_error(
             400,
@@ -533,6 +640,7 @@ mod tests {
             br#"{"object": "error", "message": "too long", "type": "BadRequestError", "code": 400}"#,
             None,
             &no_redact,
+            "",
         );
         assert_eq!(e.to_string(), "bad request (HTTP 400): too long");
 
@@ -542,12 +650,28 @@ mod tests {
             b"<html>nginx</html>",
             None,
             &no_redact,
+            "",
         );
         assert_eq!(
             e.to_string(),
-            "server error (HTTP 502): \"<html>nginx</html>\""
+            "server error (HTTP 502): an HTML page without a title"
         );
-        let e = parse_error(503, Some("Service Unavailable"), b"", None, &no_redact);
+        let page = b"<!DOCTYPE html>\n<html><head><TITLE>502 Bad Gateway &amp; co\n</TITLE></head>\
+            <body><h1>502</h1></body></html>";
+        let e = parse_error(
+            502,
+            None,
+            page,
+            None,
+            &no_redact,
+            "http://h/v1/chat/completions",
+        );
+        assert_eq!(
+            e.to_string(),
+            "server error (HTTP 502): an HTML page titled \"502 Bad Gateway & co\" \
+             (POST http://h/v1/chat/completions)"
+        );
+        let e = parse_error(503, Some("Service Unavailable"), b"", None, &no_redact, "");
         assert_eq!(
             e.to_string(),
             "server error (HTTP 503): Service Unavailable"

@@ -361,7 +361,10 @@ async fn max_retries_is_respected_and_the_last_error_is_the_providers() {
         assert_eq!(error.status(), Some(503));
         assert_eq!(
             error.to_string(),
-            "server error (HTTP 503): come back later"
+            format!(
+                "server error (HTTP 503): come back later (POST {}/chat/completions)",
+                server.base_url()
+            )
         );
     }
 }

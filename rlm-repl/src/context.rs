@@ -4,6 +4,8 @@ use std::fmt;
 
 use rhai::Dynamic;
 use serde::Serialize;
+
+use crate::prompt::count_of;
 use serde_json::Value;
 
 /// The data a run is about. It lives in the REPL as the variable `context` and is never
@@ -265,9 +267,9 @@ fn value_type(value: &Value) -> String {
         Value::Bool(_) => "bool".to_owned(),
         Value::Number(n) if n.is_f64() => "float".to_owned(),
         Value::Number(_) => "int".to_owned(),
-        Value::String(s) => format!("string, {} chars", s.chars().count()),
-        Value::Array(items) => format!("array, {} items", items.len()),
-        Value::Object(map) => format!("map, {} keys", map.len()),
+        Value::String(s) => format!("string, {}", count_of(s.chars().count(), "char")),
+        Value::Array(items) => format!("array, {}", count_of(items.len(), "item")),
+        Value::Object(map) => format!("map, {}", count_of(map.len(), "key")),
     }
 }
 

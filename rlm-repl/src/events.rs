@@ -29,6 +29,15 @@ pub enum Event {
         /// The id of the run that started this one (`None` for the top-level run).
         #[serde(skip_serializing_if = "Option::is_none")]
         parent: Option<String>,
+        /// The limits and budgets this run works under (boxed: the event stays small).
+        settings: Box<RunSettings>,
+        /// Wall-clock start, in milliseconds since the Unix epoch (UTC).
+        started_at_unix_ms: u64,
+        /// The system prompt the root model is given.
+        system_prompt: String,
+        /// The first user message the root model is given (the query and the context's
+        /// description).
+        first_message: String,
     },
     /// A root turn began: the root model is about to be asked.
     TurnStart {
@@ -98,9 +107,13 @@ pub enum Event {
         /// The reply text, when it succeeded.
         #[serde(skip_serializing_if = "Option::is_none")]
         response: Option<String>,
-        /// The error, when it failed.
+        /// The error, when it failed (`"cancelled"` when it was cut short).
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
+        /// Whether it was cut short by cancellation (Ctrl-C, the time budget) rather than
+        /// failing; such calls are not counted as failed.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        cancelled: bool,
         /// Tokens of this call.
         usage: Usage,
         /// Latency in milliseconds.
@@ -125,7 +138,7 @@ pub enum Event {
         batch: u64,
         /// Items finished so far.
         done: usize,
-        /// Items that failed so far.
+        /// Items that failed so far (cancelled items not counted).
         failed: usize,
         /// Items in the batch.
         total: usize,
@@ -143,10 +156,27 @@ pub enum Event {
         /// Wall time in milliseconds.
         elapsed_ms: u64,
     },
-    /// A root turn ended: the reply, its code blocks and their outputs.
+    /// A root turn ended: what it came to. The reply is in [`RootReply`](Self::RootReply),
+    /// the code and outputs in [`CodeBlock`](Self::CodeBlock), the sub-calls in
+    /// [`SubCallEnd`](Self::SubCallEnd); the whole turn is in
+    /// [`RunResult::trajectory`](crate::RunResult::trajectory).
     TurnEnd {
-        /// The whole turn.
-        turn: Turn,
+        /// Turn number.
+        turn: usize,
+        /// Tokens of the root call.
+        usage: Usage,
+        /// Latency of the root call in milliseconds.
+        root_latency_ms: u64,
+        /// Code blocks that ran.
+        blocks: usize,
+        /// Code blocks that failed.
+        failed_blocks: usize,
+        /// Sub-calls the blocks made.
+        sub_calls: usize,
+        /// Sub-calls that failed (cancelled ones not counted).
+        failed_sub_calls: usize,
+        /// Sub-calls cut short by cancellation.
+        cancelled_sub_calls: usize,
     },
     /// The run failed without an answer: the root model could not be reached or refused
     /// (the run returns [`RlmError::Root`](crate::RlmError::Root)). No `Final` follows.
@@ -174,6 +204,85 @@ pub enum Event {
         /// What the run cost in USD: `{"total", "by_model", "unpriced"}`.
         cost_usd: CostReport,
     },
+}
+
+/// The limits and budgets of a run, as [`Event::RunStart`] reports them. Budgets without a
+/// limit are `None` (`null` in the trace); times are in milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct RunSettings {
+    /// Root turns before the model is asked for its best answer (a child's own limit).
+    pub max_iterations: usize,
+    /// Sub-calls allowed over the whole tree.
+    pub max_sub_calls: Option<u64>,
+    /// Tokens allowed over the whole tree.
+    pub max_total_tokens: Option<u64>,
+    /// Wall time allowed for the whole tree, in milliseconds.
+    pub max_time_ms: Option<u64>,
+    /// Default concurrency of `llm_batch`.
+    pub max_concurrent: usize,
+    /// Levels of runs (1: no recursion).
+    pub max_depth: usize,
+    /// The root model of child runs.
+    pub child_model: String,
+    /// Root turns of a child run.
+    pub child_max_iterations: usize,
+    /// The largest sub-call prompt, in estimated tokens.
+    pub sub_max_prompt_tokens: Option<u64>,
+    /// Characters of a block's output the root model is shown.
+    pub max_output_chars: usize,
+    /// Wall-clock script time per code block, in milliseconds.
+    pub block_timeout_ms: u64,
+    /// Longest string a script may build, in bytes.
+    pub max_string_bytes: usize,
+    /// Rhai operations per code block.
+    pub max_operations: u64,
+}
+
+impl Event {
+    /// The [`TurnEnd`](Self::TurnEnd) event of a finished turn.
+    pub(crate) fn turn_end(turn: &Turn) -> Self {
+        let cancelled = turn
+            .sub_calls
+            .iter()
+            .filter(|c| c.error.as_deref() == Some(CANCELLED))
+            .count();
+        Event::TurnEnd {
+            turn: turn.turn,
+            usage: turn.usage,
+            root_latency_ms: u64::try_from(turn.root_latency.as_millis()).unwrap_or(u64::MAX),
+            blocks: turn.blocks.len(),
+            failed_blocks: turn.blocks.iter().filter(|b| b.error.is_some()).count(),
+            sub_calls: turn.sub_calls.len(),
+            failed_sub_calls: turn.sub_calls.iter().filter(|c| !c.ok).count() - cancelled,
+            cancelled_sub_calls: cancelled,
+        }
+    }
+}
+
+/// The error text of a cancelled sub-call.
+const CANCELLED: &str = "cancelled";
+
+impl RunSettings {
+    /// The settings of a run of `config` whose turn limit is `max_iterations`.
+    pub(crate) fn new(config: &crate::RlmConfig, max_iterations: usize) -> Self {
+        let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Self {
+            max_iterations,
+            max_sub_calls: config.max_sub_calls,
+            max_total_tokens: config.max_total_tokens,
+            max_time_ms: config.max_time.map(ms),
+            max_concurrent: config.max_concurrent,
+            max_depth: config.max_depth,
+            child_model: config.child_model().to_owned(),
+            child_max_iterations: config.child_max_iterations,
+            sub_max_prompt_tokens: config.sub_max_prompt_tokens,
+            max_output_chars: config.max_output_chars,
+            block_timeout_ms: ms(config.sandbox.block_timeout),
+            max_string_bytes: config.sandbox.max_string_size,
+            max_operations: config.sandbox.max_operations,
+        }
+    }
 }
 
 /// Where in the recursion tree a run is: its depth (0: the top-level run) and its id path

@@ -68,7 +68,7 @@ mod state;
 pub use config::{DEFAULT_MAX_MEMORY, RlmConfig, SandboxLimits};
 pub use context::{Context, ContextInfo, SharedContext};
 pub use error::RlmError;
-pub use events::{Event, Observer, RunPlace};
+pub use events::{Event, Observer, RunPlace, RunSettings};
 pub use repl::{BlockOutcome, Repl, ReplBuilder};
 pub use result::{BlockRecord, RunResult, StopReason, SubCallRecord, Turn};
 pub use rlm::{Rlm, RlmBuilder};

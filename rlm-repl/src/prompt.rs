@@ -87,17 +87,17 @@ pub fn system_prompt(config: &RlmConfig) -> String {
 /// it is that short).
 pub fn first_message(query: &str, info: &ContextInfo) -> String {
     let mut shape = format!(
-        "`context` is {} {} of {} characters",
+        "`context` is {} {} of {}",
         article(info.kind),
         info.kind,
-        thousands(info.total_chars)
+        count_of(info.total_chars, "character")
     );
     if let Some(lines) = info.lines {
         let plural = if lines == 1 { "" } else { "s" };
         shape.push_str(&format!(" ({} line{plural})", thousands(lines)));
     }
     if let Some(items) = info.items {
-        shape.push_str(&format!(", with {} items", thousands(items)));
+        shape.push_str(&format!(", with {}", count_of(items, "item")));
         if !info.first_item_chars.is_empty() {
             let sizes: Vec<String> = info
                 .first_item_chars
@@ -161,6 +161,15 @@ fn article(kind: &str) -> &'static str {
 }
 
 /// `1234567` as `1,234,567`.
+/// `n` things, with the plural when `n` is not 1: `1 item`, `2 items`, `1,000 keys`.
+pub(crate) fn count_of(n: usize, noun: &str) -> String {
+    match (n, noun) {
+        (1, _) => format!("1 {noun}"),
+        (_, "entry") => format!("{} entries", thousands(n)),
+        _ => format!("{} {noun}s", thousands(n)),
+    }
+}
+
 pub(crate) fn thousands(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
@@ -192,6 +201,19 @@ mod tests {
             ..RlmConfig::default()
         };
         assert_eq!(system_prompt(&custom), "be brief");
+    }
+
+    #[test]
+    fn counts_in_the_first_message_are_singular_for_one() {
+        let one = Context::from(vec!["x".to_owned()]).info();
+        let text = first_message("q", &one);
+        assert!(text.contains("with 1 item"), "{text}");
+        assert!(!text.contains("1 items"), "{text}");
+        let char = first_message("q", &Context::from("x").info());
+        assert!(char.contains("of 1 character"), "{char}");
+        assert!(!char.contains("1 characters"), "{char}");
+        assert_eq!(count_of(2, "entry"), "2 entries");
+        assert_eq!(count_of(1_500, "key"), "1,500 keys");
     }
 
     #[test]
@@ -314,7 +336,7 @@ mod tests {
             &Context::from(serde_json::json!({"season": 2024, "players": [{"n": 1}], "name": "x", "avg": 1.5, "none": null})).info(),
         );
         assert!(
-            json.contains("Its keys (values' types): avg (float), name (string, 1 chars), none (()), players (array, 1 items), season (int)."),
+            json.contains("Its keys (values' types): avg (float), name (string, 1 char), none (()), players (array, 1 item), season (int)."),
             "{json}"
         );
         let rows = first_message(

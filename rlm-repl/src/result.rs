@@ -72,6 +72,9 @@ pub struct RunResult {
     /// Sub-calls that failed (errors, replies cut at the token limit, replies without text),
     /// children's included.
     pub failed_sub_calls: u64,
+    /// Sub-calls cut short by cancellation (Ctrl-C, the time budget), children's included;
+    /// not counted in [`failed_sub_calls`](Self::failed_sub_calls).
+    pub cancelled_sub_calls: u64,
     /// The deepest child run started (0: none).
     pub max_depth_reached: usize,
     /// Child runs started by `rlm_query` / `rlm_batch`, at every depth.

@@ -127,7 +127,8 @@ fn verdict(parsed: &ParsedReply, work: &TurnWork, cut: bool, held: bool) -> Verd
         }
         if answer.trim_start().starts_with("Error:") {
             return Verdict::Hold(
-                "it is an \"Error: ...\" string from a failed call, not an answer".to_owned(),
+                "it is an \"Error: ...\" string from a failed or cancelled call, not an answer"
+                    .to_owned(),
             );
         }
     }
@@ -272,13 +273,6 @@ pub(crate) async fn run_tree(
         .await
         .map_err(internal)?;
     let info = repl.context_info().clone();
-    emitter.emit_with(|| Event::RunStart {
-        query: query.clone(),
-        root_model: root_model.clone(),
-        sub_model: sub_model.clone(),
-        context: info.clone(),
-        parent: child.then(|| parent_of(&place.run).to_owned()),
-    });
     let asker = RootAsker {
         root: &root,
         model: &root_model,
@@ -298,10 +292,21 @@ pub(crate) async fn run_tree(
             system.push_str(&recursion.text());
         }
     }
-    let mut messages = vec![
-        Message::system(system),
-        Message::user(first_message(&query, &info)),
-    ];
+    let first = first_message(&query, &info);
+    emitter.emit_with(|| Event::RunStart {
+        query: query.clone(),
+        root_model: root_model.clone(),
+        sub_model: sub_model.clone(),
+        context: info.clone(),
+        parent: child.then(|| parent_of(&place.run).to_owned()),
+        settings: Box::new(crate::events::RunSettings::new(config, max_iterations)),
+        started_at_unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        system_prompt: system.clone(),
+        first_message: first.clone(),
+    });
+    let mut messages = vec![Message::system(system), Message::user(first)];
     let mut trajectory: Vec<Turn> = Vec::new();
     let mut answer: Option<String> = None;
     let mut warnings: Vec<String> = Vec::new();
@@ -343,9 +348,7 @@ pub(crate) async fn run_tree(
             blocks: work.blocks,
             sub_calls: work.sub_calls,
         };
-        emitter.emit_with(|| Event::TurnEnd {
-            turn: record.clone(),
-        });
+        emitter.emit_with(|| Event::turn_end(&record));
         let mut notes = Vec::new();
         match verdict {
             Verdict::Accept(value) => {
@@ -435,9 +438,7 @@ pub(crate) async fn run_tree(
                 blocks: given.blocks,
                 sub_calls: given.sub_calls,
             };
-            emitter.emit_with(|| Event::TurnEnd {
-                turn: record.clone(),
-            });
+            emitter.emit_with(|| Event::turn_end(&record));
             trajectory.push(record);
         }
         if run.cancel.is_cancelled() {
@@ -493,6 +494,9 @@ pub(crate) async fn run_tree(
         sub_calls: run.sub_calls(),
         failed_sub_calls,
         refused_sub_calls: run.refused_sub_calls(),
+        cancelled_sub_calls: ledger
+            .cancelled_sub_calls
+            .load(std::sync::atomic::Ordering::SeqCst),
         warnings,
         max_depth_reached: ledger
             .max_depth_reached
@@ -538,8 +542,8 @@ pub(crate) fn child_answer(
                         result.answer
                     }
                     StopReason::MaxIterations => format!(
-                        "Error: the child run {id} used its {} turns without an answer",
-                        result.iterations
+                        "Error: the child run {id} used its {} without an answer",
+                        crate::prompt::count_of(result.iterations, "turn")
                     ),
                     StopReason::MaxSubCalls | StopReason::MaxTokens => format!(
                         "Error: budget exhausted: the child run {id} stopped before it \

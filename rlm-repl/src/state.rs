@@ -103,6 +103,9 @@ pub(crate) struct Ledger {
     pub(crate) empty_sub_calls: AtomicU64,
     /// Sub-calls that failed (errors, cut or empty replies), over the whole tree.
     pub(crate) failed_sub_calls: AtomicU64,
+    /// Sub-calls cut short by cancellation (Ctrl-C, the time budget), over the whole tree;
+    /// not counted in `failed_sub_calls`.
+    pub(crate) cancelled_sub_calls: AtomicU64,
     /// Child runs started.
     pub(crate) child_runs: AtomicU64,
     /// The deepest run started (0: no child).
@@ -139,6 +142,7 @@ impl Ledger {
             cut_sub_calls: AtomicU64::new(0),
             empty_sub_calls: AtomicU64::new(0),
             failed_sub_calls: AtomicU64::new(0),
+            cancelled_sub_calls: AtomicU64::new(0),
             child_runs: AtomicU64::new(0),
             max_depth_reached: AtomicUsize::new(0),
             child_warnings: Mutex::new(Vec::new()),
@@ -405,16 +409,24 @@ impl RunState {
         }
         match self.stopped().or_else(|| self.budget_exhausted()) {
             Some(StopReason::MaxSubCalls) => format!(
-                "Error: budget exhausted: the sub-call budget (at most {} calls below the root \
+                "Error: budget exhausted: the sub-call budget (at most {} below the root \
                  per run) is spent; no more sub-calls will be made: give your final answer \
                  with what you have",
-                self.ledger.max_sub_calls.unwrap_or_default()
+                crate::prompt::count_of(
+                    usize::try_from(self.ledger.max_sub_calls.unwrap_or_default())
+                        .unwrap_or(usize::MAX),
+                    "call"
+                )
             ),
             Some(StopReason::MaxTokens) => format!(
-                "Error: budget exhausted: the token budget (at most {} tokens per run) is \
+                "Error: budget exhausted: the token budget (at most {} per run) is \
                  spent; no more sub-calls will be made: give your final answer with what you \
                  have",
-                self.ledger.max_tokens.unwrap_or_default()
+                crate::prompt::count_of(
+                    usize::try_from(self.ledger.max_tokens.unwrap_or_default())
+                        .unwrap_or(usize::MAX),
+                    "token"
+                )
             ),
             Some(StopReason::MaxTime) => "Error: the run's time budget ran out".to_owned(),
             Some(StopReason::MaxCost) => format!(

@@ -430,7 +430,8 @@ fn redeclared_variables_are_listed_once_and_old_values_freed() {
     let vars = repl.show_vars();
     assert_eq!(vars.matches("chunks:").count(), 1, "{vars}");
     assert_eq!(vars.matches("n:").count(), 1, "{vars}");
-    assert!(vars.contains("chunks: array, 1 items"), "{vars}");
+    assert!(vars.contains("chunks: array, 1 item"), "{vars}");
+    assert!(!vars.contains("1 items"), "{vars}");
     assert!(vars.contains("n: i64 = 3"), "{vars}");
     assert_eq!(repl.execute("print(n); print(chunks)").output, "3\n[3]\n");
     // The read-only context stays, even when a script shadows it.

@@ -262,6 +262,9 @@ async fn the_time_budget_cancels_calls_in_flight() {
     assert_eq!(result.stopped, StopReason::MaxTime);
     assert_eq!(result.answer, "");
     assert_eq!(sub.in_flight(), 0);
+    // Cut short, not failed.
+    assert_eq!(result.cancelled_sub_calls, 2);
+    assert_eq!(result.failed_sub_calls, 0);
 }
 
 #[tokio::test]
@@ -283,6 +286,8 @@ async fn cancellation_stops_sub_calls_and_running_code() {
     let result = run_ok(&rlm, "q", Context::from("x")).await;
     assert_eq!(result.stopped, StopReason::Cancelled);
     assert_eq!(sub.in_flight(), 0);
+    assert_eq!(result.cancelled_sub_calls, 1);
+    assert_eq!(result.failed_sub_calls, 0);
 
     // Cancelled while a block loops forever (no operation limit, no block timeout).
     let cancel = CancellationToken::new();
@@ -446,6 +451,40 @@ async fn events_arrive_in_order_and_serialize_as_trace_lines() {
         })
         .collect();
     assert_eq!(ids, [1, 2, 3]);
+
+    // run_start carries the settings, the system prompt and the first message; turn_end
+    // does not repeat the reply, the code or the sub-calls.
+    let all = events.all();
+    let start = serde_json::to_value(&all[0]).unwrap_or_default();
+    assert_eq!(start["settings"]["max_iterations"], 20);
+    assert!(
+        start["settings"]["block_timeout_ms"].as_u64().is_some(),
+        "{start}"
+    );
+    assert!(
+        start["started_at_unix_ms"]
+            .as_u64()
+            .is_some_and(|t| t > 1_600_000_000_000)
+    );
+    assert!(
+        start["system_prompt"]
+            .as_str()
+            .is_some_and(|p| p.contains("llm_batch"))
+    );
+    assert!(
+        start["first_message"]
+            .as_str()
+            .is_some_and(|m| m.contains('q'))
+    );
+    let turn_end = all
+        .iter()
+        .find(|e| matches!(e, Event::TurnEnd { .. }))
+        .and_then(|e| serde_json::to_value(e).ok())
+        .unwrap_or_default();
+    assert_eq!(turn_end["turn"], 1, "{turn_end}");
+    assert_eq!(turn_end["blocks"], 1, "{turn_end}");
+    assert_eq!(turn_end["sub_calls"], 3, "{turn_end}");
+    assert!(turn_end.get("reply").is_none() && !turn_end.to_string().contains("llm_batch"));
 }
 
 /// A batch executor that reports its items from many threads at once, as a custom executor

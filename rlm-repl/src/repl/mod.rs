@@ -26,6 +26,7 @@ use self::errors::{STOP_CANCELLED, STOP_FINAL, STOP_MEMORY, STOP_TIMEOUT};
 use self::helpers::{script_error, to_text};
 use self::output::OutputBuffer;
 use self::subcall::{BlockClock, SubCaller};
+use crate::prompt::count_of;
 use crate::run::Tree;
 use crate::state::{RunState, lock};
 use crate::{Context, ContextInfo, SandboxLimits, SubCallRecord};
@@ -825,11 +826,11 @@ fn show_vars(scope: &Scope<'_>) -> String {
         let value = value.flatten_clone();
         let kind = value.type_name();
         let detail = if let Ok(s) = value.as_immutable_string_ref() {
-            format!("string, {} chars", s.chars().count())
+            format!("string, {}", count_of(s.chars().count(), "char"))
         } else if let Ok(items) = value.as_array_ref() {
-            format!("array, {} items", items.len())
+            format!("array, {}", count_of(items.len(), "item"))
         } else if let Ok(map) = value.as_map_ref() {
-            format!("map, {} keys", map.len())
+            format!("map, {}", count_of(map.len(), "key"))
         } else {
             let text = value.to_string();
             if text.chars().count() <= 60 {

@@ -536,7 +536,7 @@ impl SubCaller {
                     "the batch ended without a result for this prompt",
                 ))
             });
-            failed += usize::from(!result.as_ref().is_ok_and(is_answer));
+            failed += usize::from(!is_cancelled(&result) && !result.as_ref().is_ok_and(is_answer));
             *answer = self.script_text(result, self.max_batch_bytes);
         }
         // Items reserved but never sent (the batch was cancelled before they started) go
@@ -570,15 +570,26 @@ fn started_count(tracker: &BatchTracker) -> usize {
         .count()
 }
 
-/// Why a finished sub-call counts as failed (for records, traces and progress), or `None`
-/// when it succeeded. Notes cut and empty replies, and stops the run on a failure that every
-/// other sub-call would share.
+/// Why a finished sub-call did not succeed (for records, traces and progress), or `None`
+/// when it succeeded. Counts it as cancelled (Ctrl-C, the time budget) or failed, notes cut
+/// and empty replies, and stops the run on a failure that every other sub-call would share.
 fn judge(run: &RunState, result: &BatchResult) -> Option<String> {
+    if is_cancelled(result) {
+        run.ledger
+            .cancelled_sub_calls
+            .fetch_add(1, Ordering::SeqCst);
+        return Some(LlmError::Cancelled.to_string());
+    }
     let failure = judged(run, result);
     if failure.is_some() {
         run.ledger.failed_sub_calls.fetch_add(1, Ordering::SeqCst);
     }
     failure
+}
+
+/// Whether a sub-call was cut short by cancellation rather than failing.
+fn is_cancelled(result: &BatchResult) -> bool {
+    matches!(result, Err(LlmError::Cancelled))
 }
 
 fn judged(run: &RunState, result: &BatchResult) -> Option<String> {
@@ -640,6 +651,7 @@ fn end_event(turn: usize, record: &SubCallRecord, result: &BatchResult) -> Event
             .ok()
             .map(|c| super::output::truncate_middle(&c.text, RESPONSE_EVENT_CHARS)),
         error: record.error.clone(),
+        cancelled: is_cancelled(result),
         usage: record.usage,
         latency_ms: millis(record.latency),
     }
@@ -717,7 +729,7 @@ impl BatchObserver for BatchTracker {
         // threads, and the progress observers see must still count up.
         let mut progress = lock(&self.progress);
         progress.0 += 1;
-        progress.1 += usize::from(!record.ok);
+        progress.1 += usize::from(!record.ok && !is_cancelled(result));
         let (done, failed) = *progress;
         let emitter = &self.run.emitter;
         if emitter.active() {

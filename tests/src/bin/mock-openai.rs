@@ -15,7 +15,8 @@
 //!
 //! It prints `listening on http://127.0.0.1:PORT/v1` on stdout, then reads commands on stdin:
 //! `stats` prints `{"requests": N, "peak_in_flight": N, "connections": N}`, `reset` forgets
-//! the peak, and end of input stops the server.
+//! the peak, `quit` stops the server. End of input (stdin closed, `&` in a shell, `nohup`)
+//! does not stop it; SIGINT (Ctrl-C) and SIGTERM do.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -23,6 +24,23 @@ use std::time::Duration;
 
 use rlm_tests::{MockServer, Reply, ServerRequest, scripted_turn};
 use tokio::io::{AsyncBufReadExt, BufReader};
+
+const HELP: &str = "\
+mock-openai: a loopback OpenAI-compatible server with scripted models (no key, no network)
+
+usage: mock-openai [--port N] [--latency-ms N] [--root-latency-ms N]
+                   [--root MODEL=FILE]... [--sub-find TEXT]
+
+  --port N             listen on 127.0.0.1:N (default: a free port)
+  --root MODEL=FILE    requests for MODEL are root turns: FILE is a JSON array of
+                       replies, reply i answering the conversation with i assistant turns
+  --sub-find TEXT      other requests (sub-calls) get the first line of their prompt
+                       containing TEXT, or `none` (default: `ok (N chars)`)
+  --latency-ms N       delay of sub-call replies
+  --root-latency-ms N  delay of root replies
+
+Prints `listening on http://127.0.0.1:PORT/v1`, then reads commands on stdin: stats,
+reset, quit. Runs until quit, SIGINT (Ctrl-C) or SIGTERM; a closed stdin does not stop it.";
 
 struct Args {
     port: u16,
@@ -65,7 +83,8 @@ fn parse_args() -> Result<Args, String> {
                 args.roots.insert(model.to_owned(), replies);
             }
             "-h" | "--help" => {
-                return Err("usage: mock-openai [--port N] [--latency-ms N] [--root-latency-ms N] [--root MODEL=FILE]... [--sub-find TEXT]".into());
+                println!("{HELP}");
+                std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -115,6 +134,20 @@ async fn main() {
     let _ = writeln!(stdout, "listening on {}", server.base_url());
     let _ = stdout.flush();
 
+    tokio::select! {
+        () = commands(&server) => {}
+        () = stop_signal() => {}
+    }
+    // At once: a thread blocked reading a terminal's stdin would hold up the runtime's
+    // shutdown.
+    drop(server);
+    std::process::exit(0);
+}
+
+/// Serves stdin's commands until `quit`; at end of input, waits forever (the server keeps
+/// running when stdin is closed or the process is in the background).
+async fn commands(server: &MockServer) {
+    let mut stdout = std::io::stdout();
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         match line.trim() {
@@ -128,8 +161,28 @@ async fn main() {
                 let _ = stdout.flush();
             }
             "reset" => server.reset(),
+            "quit" => return,
             "" => {}
-            other => eprintln!("mock-openai: unknown command {other:?} (try: stats, reset)"),
+            other => {
+                eprintln!("mock-openai: unknown command {other:?} (try: stats, reset, quit)");
+            }
         }
     }
+    std::future::pending::<()>().await;
+}
+
+/// SIGINT or SIGTERM (Ctrl-C only, where there is no SIGTERM).
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
