@@ -169,7 +169,9 @@ async fn a_cache_dir_that_cannot_be_used_is_a_clear_error() {
     let server = server(1, Duration::ZERO).await;
     let (code, json, stderr) = run(&server, &context, &["--cache-dir", &blocker]).await;
     assert_eq!(code, Some(4), "{stderr}");
-    assert!(json.is_null());
+    // With --json a failure is still one object on stdout.
+    assert_eq!(json["error"]["kind"], "input", "{json}");
+    assert_eq!(json["exit_code"], 4, "{json}");
     assert!(stderr.contains("--cache-dir"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
