@@ -6,6 +6,13 @@ use std::time::Duration;
 use rlm_core::CancellationToken;
 use rlm_repl::{Context, Repl, SandboxLimits};
 
+/// The in-block memory check follows the process's resident memory, so the tests of this
+/// file, which grow memory on purpose, run one at a time (another test's growth would count).
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn repl_with(limits: SandboxLimits) -> Repl {
     Repl::builder(Context::from("ctx")).limits(limits).build()
 }
@@ -16,6 +23,7 @@ fn error_of(repl: &mut Repl, code: &str) -> String {
 
 #[test]
 fn sleep_stops_with_the_block_time_limit() {
+    let _serial = serial();
     let mut repl = repl_with(SandboxLimits {
         block_timeout: Duration::from_millis(300),
         ..SandboxLimits::default()
@@ -34,6 +42,7 @@ fn sleep_stops_with_the_block_time_limit() {
 
 #[test]
 fn sleep_of_a_huge_or_odd_duration_neither_panics_nor_hangs() {
+    let _serial = serial();
     let mut repl = repl_with(SandboxLimits {
         block_timeout: Duration::from_millis(200),
         ..SandboxLimits::default()
@@ -55,6 +64,7 @@ fn sleep_of_a_huge_or_odd_duration_neither_panics_nor_hangs() {
 
 #[test]
 fn sleep_stops_when_the_run_is_cancelled() {
+    let _serial = serial();
     let cancel = CancellationToken::new();
     let mut repl = Repl::builder(Context::from("ctx"))
         .cancel_token(cancel.clone())
@@ -70,6 +80,7 @@ fn sleep_stops_when_the_run_is_cancelled() {
 
 #[test]
 fn a_million_pushes_and_len_calls_run_within_the_default_limits() {
+    let _serial = serial();
     // Before: every `push` and `len()` re-measured the whole array, so this loop was stopped
     // as "an endless loop?" at about 160,000 items.
     let mut repl = repl_with(SandboxLimits::default());
@@ -93,6 +104,7 @@ fn small() -> SandboxLimits {
 
 #[test]
 fn every_mutation_path_keeps_the_size_limits() {
+    let _serial = serial();
     let cases = [
         (
             "let xs = []; for i in 0..1000 { xs.push(i); }",
@@ -144,6 +156,7 @@ fn every_mutation_path_keeps_the_size_limits() {
 
 #[test]
 fn map_keys_count_as_strings() {
+    let _serial = serial();
     let mut repl = repl_with(small());
     // A key longer than the string limit cannot stay: the map holding it is removed.
     let outcome = repl.execute(
@@ -159,6 +172,7 @@ fn map_keys_count_as_strings() {
 
 #[test]
 fn split_and_to_chars_fail_before_building_a_too_large_array() {
+    let _serial = serial();
     let mut repl = Repl::builder(Context::from("x".repeat(5000)))
         .limits(small())
         .build();
@@ -183,6 +197,7 @@ fn split_and_to_chars_fail_before_building_a_too_large_array() {
 
 #[test]
 fn the_memory_budget_holds_across_blocks_and_the_run_goes_on() {
+    let _serial = serial();
     let mut repl = repl_with(SandboxLimits {
         max_memory: 4_000_000,
         ..SandboxLimits::default()
@@ -218,6 +233,7 @@ fn the_memory_budget_holds_across_blocks_and_the_run_goes_on() {
 
 #[test]
 fn a_final_answer_larger_than_the_string_limit_is_refused() {
+    let _serial = serial();
     let mut repl = repl_with(small());
     let outcome = repl.execute("let m = #{}; for i in 0..40 { m[`${i}`] = \"0123456789012345678901234567890123456789\"; } FINAL(m)");
     assert_eq!(outcome.final_answer, None);
@@ -227,6 +243,7 @@ fn a_final_answer_larger_than_the_string_limit_is_refused() {
 
 #[test]
 fn a_batch_too_large_to_hold_fails_whole_before_anything_is_sent() {
+    let _serial = serial();
     let mock = std::sync::Arc::new(rlm_core::mock::MockBackend::echo());
     let mut repl = Repl::builder(Context::from("ctx"))
         .limits(SandboxLimits {
@@ -245,6 +262,7 @@ fn a_batch_too_large_to_hold_fails_whole_before_anything_is_sent() {
 
 #[test]
 fn batch_answers_past_the_budget_become_errors_and_the_rest_are_kept() {
+    let _serial = serial();
     const MB: usize = 1 << 20;
     let mock = std::sync::Arc::new(rlm_core::mock::MockBackend::from_fn(|_| Ok("a".repeat(MB))));
     let mut repl = Repl::builder(Context::from("ctx"))
@@ -270,6 +288,7 @@ fn batch_answers_past_the_budget_become_errors_and_the_rest_are_kept() {
 
 #[test]
 fn an_answer_longer_than_the_string_limit_keeps_its_start() {
+    let _serial = serial();
     let mock = std::sync::Arc::new(rlm_core::mock::MockBackend::from_fn(|_| {
         Ok("b".repeat(5000))
     }));

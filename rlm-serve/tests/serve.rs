@@ -165,7 +165,19 @@ async fn a_completion_carries_the_answer_usage_and_the_rlm_object() {
         .as_str()
         .unwrap_or_default();
     assert!(system.contains("Be exact."), "{system}");
-    assert!(!roots[0].last_user().contains("hello there"));
+    // The context reaches the root model only as the first message's marked preview.
+    let first = roots[0].last_user();
+    let outside_preview = first
+        .split("--- preview")
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+        + first
+            .split("--- end of preview ---")
+            .nth(1)
+            .unwrap_or_default();
+    assert!(first.contains("--- preview"), "{first}");
+    assert!(!outside_preview.contains("hello there"), "{first}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
