@@ -676,6 +676,12 @@ fn summary(
             count(cache.hits, "hit"),
             count(cache.coalesced, "duplicate")
         ));
+        if cache.disk_hits > 0 {
+            text.push_str(&format!(", {} from disk", thousands(cache.disk_hits)));
+        }
+        if cache.redis_hits > 0 {
+            text.push_str(&format!(", {} from Redis", thousands(cache.redis_hits)));
+        }
     }
     text.push('\n');
     let width = usage.keys().map(|m| m.chars().count()).max().unwrap_or(0);

@@ -175,6 +175,11 @@ pub(crate) async fn mcp(args: Box<McpArgs>) -> Result<u8, CliError> {
     server
         .serve_stdio()
         .await
-        .map_err(|e| CliError::Internal(format!("the MCP transport failed: {e}")))?;
+        // A client that closes stdin or speaks something else is an input problem, not a bug.
+        .map_err(|e| {
+            CliError::Input(format!(
+                "the MCP client on stdin/stdout failed or closed the connection: {e}"
+            ))
+        })?;
     Ok(exit::OK)
 }

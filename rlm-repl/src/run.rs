@@ -315,6 +315,10 @@ pub(crate) async fn run_tree(
 
     for turn in 1..=max_iterations {
         if run.stopped().is_some() {
+            if child && turn == 1 && run.budget_exhausted().is_some() {
+                // Its first root turn is a call the budget refused.
+                run.note_refused(1);
+            }
             break;
         }
         run.turn.store(turn, std::sync::atomic::Ordering::SeqCst);
@@ -352,6 +356,13 @@ pub(crate) async fn run_tree(
         let mut notes = Vec::new();
         match verdict {
             Verdict::Accept(value) => {
+                if work.code_final.is_none() && parsed.final_unbalanced {
+                    warnings.push(
+                        "the answer's FINAL( was never closed: the answer is the text after it, \
+                         up to the reply's last `)`"
+                            .to_owned(),
+                    );
+                }
                 trajectory.push(record);
                 answer = Some(value);
                 break;
@@ -416,7 +427,14 @@ pub(crate) async fn run_tree(
         run.turn.store(turn, std::sync::atomic::Ordering::SeqCst);
         emitter.emit_with(|| Event::TurnStart { turn });
         // Not cost-budgeted: the final ask is made even when the cost budget is spent.
-        if let Ok(Some((reply, root_latency))) = asker.ask(&messages, turn, false).await {
+        let asked = asker.ask(&messages, turn, false).await;
+        if let Err(error) = &asked {
+            warnings.push(format!(
+                "no answer: {} and the final ask failed: {error}",
+                stopped_why(stopped)
+            ));
+        }
+        if let Ok(Some((reply, root_latency))) = asked {
             let (_, given) = final_reply(repl, &reply, turn, &run, &mut warnings).await?;
             if let Some(error) = sub_model_failure(&run, &sub_model) {
                 return Err(error);
@@ -448,6 +466,10 @@ pub(crate) async fn run_tree(
     }
     if let Some(error) = sub_model_failure(&run, &sub_model) {
         return Err(error);
+    }
+    // Every top-level run without an answer says why (a child's parent gets an `Error:`).
+    if !child && answer.is_none() && !warnings.iter().any(|w| w.starts_with("no answer:")) {
+        warnings.push(format!("no answer: {}", stopped_why(stopped)));
     }
 
     let failed_sub_calls = ledger
@@ -545,6 +567,14 @@ pub(crate) fn child_answer(
                         "Error: the child run {id} used its {} without an answer",
                         crate::prompt::count_of(result.iterations, "turn")
                     ),
+                    StopReason::MaxSubCalls | StopReason::MaxTokens | StopReason::MaxCost
+                        if result.iterations == 0 =>
+                    {
+                        format!(
+                            "Error: budget exhausted: the child run {id} could not start ({})",
+                            result.stopped
+                        )
+                    }
                     StopReason::MaxSubCalls | StopReason::MaxTokens => format!(
                         "Error: budget exhausted: the child run {id} stopped before it \
                          answered ({})",
@@ -585,7 +615,10 @@ fn stopped_why(stopped: StopReason) -> &'static str {
         StopReason::MaxIterations => "the turn budget (--max-iterations) ran out",
         StopReason::MaxSubCalls => "the sub-call budget (--max-sub-calls) ran out",
         StopReason::MaxCost => "the cost budget (--max-cost) ran out",
-        _ => "the run stopped",
+        StopReason::MaxTokens => "the token budget (--max-total-tokens) ran out",
+        StopReason::MaxTime => "the run's time (--max-time) ran out before a final answer",
+        StopReason::Cancelled => "the run was cancelled before a final answer",
+        StopReason::Final => "the run stopped",
     }
 }
 

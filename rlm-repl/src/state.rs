@@ -352,6 +352,12 @@ impl RunState {
         granted
     }
 
+    /// Counts `n` calls a budget refused that never reached `reserve_sub_calls` (a child run
+    /// that could not start).
+    pub(crate) fn note_refused(&self, n: u64) {
+        self.ledger.refused.fetch_add(n, Ordering::SeqCst);
+    }
+
     /// Calls a budget refused before they were sent, over the whole tree.
     pub(crate) fn refused_sub_calls(&self) -> u64 {
         self.ledger.refused.load(Ordering::SeqCst)

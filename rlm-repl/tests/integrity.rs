@@ -325,3 +325,40 @@ async fn an_unreadable_root_reply_is_retried_once() {
     assert_eq!(result.answer, "fine");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn a_run_without_an_answer_always_says_why() {
+    // Out of time while a sub-call hangs: no answer, and a warning says why.
+    let root = MockBackend::scripted([fence("let r = llm_query(\"slow\");\nFINAL(r);")]);
+    let sub = MockBackend::echo().with_latency(std::time::Duration::from_secs(3600));
+    let rlm = builder(&root, &sub)
+        .max_time(std::time::Duration::from_millis(200))
+        .build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
+    assert_eq!(result.stopped, StopReason::MaxTime);
+    assert_eq!(result.answer, "");
+    assert!(
+        result
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("no answer:") && w.contains("--max-time")),
+        "{:?}",
+        result.warnings
+    );
+
+    // The final ask itself fails: the warning names the failure.
+    let root = MockBackend::scripted([fence("print(1);")]);
+    let rlm = builder(&root, &MockBackend::echo())
+        .max_iterations(1)
+        .build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
+    assert_eq!(result.answer, "");
+    assert!(
+        result
+            .warnings
+            .iter()
+            .any(|w| w.contains("the final ask failed")),
+        "{:?}",
+        result.warnings
+    );
+}

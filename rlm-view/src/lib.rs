@@ -93,6 +93,14 @@ pub enum ViewError {
         /// Why.
         source: std::io::Error,
     },
+    /// The trace is larger than [`MAX_TRACE_BYTES`] (or endless, like `/dev/zero`).
+    #[error("the trace {path} is larger than {limit} bytes, the most `rlm view` reads")]
+    TooLarge {
+        /// The trace file.
+        path: PathBuf,
+        /// The limit in bytes.
+        limit: u64,
+    },
     /// Not one line was a trace event.
     #[error("{what} holds no trace events (JSON objects, one a line, as `rlm run --trace` writes)")]
     NoEvents {
@@ -103,6 +111,10 @@ pub enum ViewError {
     #[error("cannot serialize the page data: {0}")]
     Serialize(String),
 }
+
+/// The most bytes [`render_file`] reads from a trace: 2 GiB (a trace of 100,000 sub-calls is
+/// about 43 MB).
+pub const MAX_TRACE_BYTES: u64 = 2 << 30;
 
 /// Renders the trace `text` (JSON Lines) as one HTML page.
 ///
@@ -148,10 +160,32 @@ pub fn render(text: &str, options: &ViewOptions) -> Result<Rendered, ViewError> 
 /// # Errors
 /// [`ViewError::Read`], [`ViewError::Write`], or those of [`render`].
 pub fn render_file(trace: &Path, out: &Path, options: &ViewOptions) -> Result<Rendered, ViewError> {
-    let bytes = std::fs::read(trace).map_err(|source| ViewError::Read {
+    let read_error = |source| ViewError::Read {
         path: trace.to_owned(),
         source,
-    })?;
+    };
+    // Only a regular file of at most MAX_TRACE_BYTES is read: a special file such as
+    // /dev/zero must not eat the machine's memory.
+    let file = std::fs::File::open(trace).map_err(read_error)?;
+    let metadata = file.metadata().map_err(read_error)?;
+    if !metadata.is_file() {
+        return Err(read_error(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a trace is a file that `rlm run --trace` wrote)",
+        )));
+    }
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(file, MAX_TRACE_BYTES + 1),
+        &mut bytes,
+    )
+    .map_err(read_error)?;
+    if metadata.len() > MAX_TRACE_BYTES || bytes.len() as u64 > MAX_TRACE_BYTES {
+        return Err(ViewError::TooLarge {
+            path: trace.to_owned(),
+            limit: MAX_TRACE_BYTES,
+        });
+    }
     let text = String::from_utf8_lossy(&bytes);
     let mut options = options.clone();
     if options.title.is_none() {

@@ -221,3 +221,17 @@ fn held_and_refused_answers_are_marked_on_their_turns() {
         serde_json::json!(["r"])
     );
 }
+
+#[test]
+fn a_special_file_is_refused_before_it_is_read() {
+    // Before: `rlm view /dev/zero` read until memory ran out.
+    let out = std::env::temp_dir().join(format!("rlm-view-zero-{}.html", std::process::id()));
+    let result = rlm_view::render_file(
+        std::path::Path::new("/dev/zero"),
+        &out,
+        &rlm_view::ViewOptions::default(),
+    );
+    let error = result.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(error.contains("not a regular file"), "{error}");
+    assert!(!out.exists());
+}
