@@ -1,70 +1,14 @@
 //! `--max-cost`, `--prices`, `cost_usd` and `rlm view`, end to end: the built `rlm` binary
 //! against the loopback mock server.
 
+mod common;
+
 use std::path::PathBuf;
-use std::process::Stdio;
-use std::time::Duration;
+
+use common::{ROOT, SUB, code, rlm, run, upper};
 
 use rlm_tests::{MockServer, rlm_handler};
 use serde_json::Value;
-
-const ROOT: &str = "root-model";
-const SUB: &str = "sub-model";
-
-#[derive(Debug)]
-struct Outcome {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-async fn rlm(args: &[&str]) -> Outcome {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_rlm"));
-    command.args(args);
-    for var in ["OPENAI_BASE_URL", "RLM_MODEL", "RLM_SUB_MODEL", "RUST_LOG"] {
-        command.env_remove(var);
-    }
-    command
-        .env("OPENAI_API_KEY", "sk-test-cost")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let output = tokio::time::timeout(Duration::from_secs(120), command.output())
-        .await
-        .expect("rlm finished (safety bound, not a timing assertion)")
-        .expect("rlm ran");
-    Outcome {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
-async fn run(server: &MockServer, extra: &[&str]) -> Outcome {
-    let base_url = server.base_url();
-    let mut args = vec![
-        "run",
-        "--base-url",
-        &base_url,
-        "--model",
-        ROOT,
-        "--sub-model",
-        SUB,
-        "--max-retries",
-        "0",
-    ];
-    args.extend_from_slice(extra);
-    rlm(&args).await
-}
-
-fn code(code: &str) -> String {
-    format!("Running some code.\n\n```repl\n{code}\n```")
-}
-
-fn upper(prompt: &str) -> String {
-    prompt.to_uppercase()
-}
 
 async fn server(replies: Vec<String>) -> MockServer {
     MockServer::start(rlm_handler(ROOT, replies, upper))
@@ -110,6 +54,7 @@ async fn the_cost_budget_refuses_sub_calls_and_stops_with_status_3() {
             "--max-cost",
             "3.2",
         ],
+        None,
     )
     .await;
     assert_eq!(out.code, Some(3), "{out:#?}");
@@ -149,19 +94,26 @@ async fn the_cost_budget_refuses_sub_calls_and_stops_with_status_3() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_cost_flags_are_clean_errors() {
-    let out = rlm(&["run", "--query", "q", "--model", "m", "--max-cost", "-1"]).await;
+    let out = rlm(
+        &["run", "--query", "q", "--model", "m", "--max-cost", "-1"],
+        None,
+    )
+    .await;
     assert_eq!(out.code, Some(2), "{out:#?}");
-    let out = rlm(&[
-        "run",
-        "--query",
-        "q",
-        "--model",
-        "m",
-        "--base-url",
-        "http://127.0.0.1:9",
-        "--prices",
-        "/nonexistent/prices.toml",
-    ])
+    let out = rlm(
+        &[
+            "run",
+            "--query",
+            "q",
+            "--model",
+            "m",
+            "--base-url",
+            "http://127.0.0.1:9",
+            "--prices",
+            "/nonexistent/prices.toml",
+        ],
+        None,
+    )
     .await;
     assert_eq!(out.code, Some(4), "{out:#?}");
     assert!(
@@ -197,6 +149,7 @@ async fn a_trace_has_its_cost_and_becomes_a_page() {
             path_str(&prices),
             "--json",
         ],
+        None,
     )
     .await;
     assert_eq!(out.code, Some(0), "{out:#?}");
@@ -215,7 +168,7 @@ async fn a_trace_has_its_cost_and_becomes_a_page() {
     );
 
     // The page, beside the trace by default; its path on stdout.
-    let out = rlm(&["view", path_str(&trace)]).await;
+    let out = rlm(&["view", path_str(&trace)], None).await;
     assert_eq!(out.code, Some(0), "{out:#?}");
     let page = dir.join("run.html");
     assert_eq!(out.stdout.trim(), path_str(&page));
@@ -231,7 +184,7 @@ async fn a_trace_has_its_cost_and_becomes_a_page() {
     let cut = dir.join("cut.jsonl");
     std::fs::write(&cut, &text[..text.len() - 20]).expect("write cut trace");
     let other = dir.join("other.html");
-    let out = rlm(&["view", path_str(&cut), "-o", path_str(&other)]).await;
+    let out = rlm(&["view", path_str(&cut), "-o", path_str(&other)], None).await;
     assert_eq!(out.code, Some(0), "{out:#?}");
     assert!(out.stderr.contains("cut short"), "{out:#?}");
     assert!(other.is_file());
@@ -239,13 +192,13 @@ async fn a_trace_has_its_cost_and_becomes_a_page() {
     // Not a trace: a clean input error.
     let junk = dir.join("junk.jsonl");
     std::fs::write(&junk, "hello\n").expect("write");
-    let out = rlm(&["view", path_str(&junk)]).await;
+    let out = rlm(&["view", path_str(&junk)], None).await;
     assert_eq!(out.code, Some(4), "{out:#?}");
     assert!(
         out.stderr.starts_with("error: ") && out.stderr.contains("no trace events"),
         "{out:#?}"
     );
-    let out = rlm(&["view", path_str(&dir.join("missing.jsonl"))]).await;
+    let out = rlm(&["view", path_str(&dir.join("missing.jsonl"))], None).await;
     assert_eq!(out.code, Some(4), "{out:#?}");
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -2,85 +2,14 @@
 //! explain themselves, `--json` on failure, cancelled sub-calls, counts, `--progress lines`,
 //! cache figures and the trace's `run_start`.
 
-use std::process::Stdio;
+mod common;
+
 use std::time::Duration;
+
+use common::{KEY, ROOT, SUB, code, rlm, run_at};
 
 use rlm_tests::{MockServer, Reply, ServerRequest, rlm_handler};
 use serde_json::Value;
-
-const KEY: &str = "sk-test-4f1c9a7e-never-print-me";
-const ROOT: &str = "root-model";
-const SUB: &str = "sub-model";
-
-#[derive(Debug)]
-struct Outcome {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Outcome {
-    /// The one JSON object on stdout.
-    fn json(&self) -> Value {
-        assert_eq!(self.stdout.lines().count(), 1, "{self:#?}");
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("{e}: {self:#?}"))
-    }
-}
-
-async fn rlm(args: &[&str]) -> Outcome {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_rlm"));
-    command.args(args);
-    for var in [
-        "OPENAI_BASE_URL",
-        "RLM_MODEL",
-        "RLM_SUB_MODEL",
-        "RUST_LOG",
-        "RUST_BACKTRACE",
-    ] {
-        command.env_remove(var);
-    }
-    command
-        .env("OPENAI_API_KEY", KEY)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let output = tokio::time::timeout(Duration::from_secs(120), command.output())
-        .await
-        .expect("rlm finished (safety bound, not a timing assertion)")
-        .expect("rlm ran");
-    let out = Outcome {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    };
-    assert!(
-        !out.stderr.contains(KEY) && !out.stdout.contains(KEY),
-        "{out:#?}"
-    );
-    assert!(!out.stderr.contains("panicked"), "{out:#?}");
-    out
-}
-
-async fn run(base_url: &str, extra: &[&str]) -> Outcome {
-    let mut args = vec![
-        "run",
-        "--base-url",
-        base_url,
-        "--model",
-        ROOT,
-        "--sub-model",
-        SUB,
-        "--max-retries",
-        "0",
-    ];
-    args.extend_from_slice(extra);
-    rlm(&args).await
-}
-
-fn code(code: &str) -> String {
-    format!("Running some code.\n\n```repl\n{code}\n```")
-}
 
 async fn scripted(replies: Vec<String>) -> MockServer {
     MockServer::start(rlm_handler(ROOT, replies, |p: &str| p.to_uppercase()))
@@ -98,7 +27,7 @@ fn free_port_url() -> String {
 async fn json_failures_print_one_object_with_kind_and_exit_code() {
     // server (5): nothing listens.
     let url = free_port_url();
-    let out = run(&url, &["--query", "q", "--json"]).await;
+    let out = run_at(&url, &["--query", "q", "--json"], None).await;
     assert_eq!(out.code, Some(5), "{out:#?}");
     let json = out.json();
     assert_eq!(json["error"]["kind"], "server");
@@ -114,7 +43,7 @@ async fn json_failures_print_one_object_with_kind_and_exit_code() {
     assert_eq!(out.stderr.lines().count(), 1, "{out:#?}");
 
     // usage (2): a bad flag, even one clap rejects.
-    let out = run(&url, &["--query", "q", "--json", "--bogus"]).await;
+    let out = run_at(&url, &["--query", "q", "--json", "--bogus"], None).await;
     assert_eq!(out.code, Some(2), "{out:#?}");
     let json = out.json();
     assert_eq!(json["error"]["kind"], "usage");
@@ -127,16 +56,17 @@ async fn json_failures_print_one_object_with_kind_and_exit_code() {
     );
 
     // input (4): a context that does not exist.
-    let out = run(
+    let out = run_at(
         &url,
         &["--query", "q", "--json", "--context", "/no/such/path/here"],
+        None,
     )
     .await;
     assert_eq!(out.code, Some(4), "{out:#?}");
     assert_eq!(out.json()["error"]["kind"], "input");
 
     // Without --json, stdout stays empty.
-    let out = run(&url, &["--query", "q"]).await;
+    let out = run_at(&url, &["--query", "q"], None).await;
     assert_eq!(out.code, Some(5));
     assert!(out.stdout.is_empty(), "{out:#?}");
 }
@@ -152,7 +82,7 @@ async fn a_dropped_connection_after_answers_does_not_ask_if_the_server_runs() {
     })
     .await
     .expect("server");
-    let out = run(&server.base_url(), &["--query", "q", "--json"]).await;
+    let out = run_at(&server.base_url(), &["--query", "q", "--json"], None).await;
     assert_eq!(out.code, Some(5), "{out:#?}");
     assert!(!out.stderr.contains("running?"), "{out:#?}");
     assert!(out.stderr.contains("answered earlier turns"), "{out:#?}");
@@ -173,7 +103,7 @@ async fn a_base_url_without_v1_is_pointed_out() {
     let server = MockServer::start(|_: &ServerRequest| Reply::raw(404, "404 page not found"))
         .await
         .expect("server");
-    let out = run(&server.base_url(), &["--query", "q"]).await;
+    let out = run_at(&server.base_url(), &["--query", "q"], None).await;
     assert_eq!(out.code, Some(5), "{out:#?}");
     assert!(
         out.stderr.contains("should end at the API version"),
@@ -205,7 +135,7 @@ async fn sub_calls_cut_by_max_time_are_cancelled_not_failed() {
     .await
     .expect("server");
     let trace = scratch.to_str().expect("utf-8 path");
-    let out = run(
+    let out = run_at(
         &server.base_url(),
         &[
             "--query",
@@ -216,6 +146,7 @@ async fn sub_calls_cut_by_max_time_are_cancelled_not_failed() {
             "--trace",
             trace,
         ],
+        None,
     )
     .await;
     let text = std::fs::read_to_string(&scratch).unwrap_or_default();
@@ -243,7 +174,7 @@ async fn sub_calls_cut_by_max_time_are_cancelled_not_failed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_read_as_english() {
     let server = scripted(vec![code(r#"let a = llm_query("x"); FINAL(a);"#)]).await;
-    let out = run(&server.base_url(), &["--query", "q"]).await;
+    let out = run_at(&server.base_url(), &["--query", "q"], None).await;
     assert_eq!(out.code, Some(0), "{out:#?}");
     let summary = out
         .stderr
@@ -282,21 +213,24 @@ async fn progress_lines_show_turns_batches_and_retries_with_timestamps() {
     .await
     .expect("server");
     let url = server.base_url();
-    let out = rlm(&[
-        "run",
-        "--base-url",
-        &url,
-        "--model",
-        ROOT,
-        "--sub-model",
-        SUB,
-        "--query",
-        "q",
-        "--max-retries",
-        "2",
-        "--progress",
-        "lines",
-    ])
+    let out = rlm(
+        &[
+            "run",
+            "--base-url",
+            &url,
+            "--model",
+            ROOT,
+            "--sub-model",
+            SUB,
+            "--query",
+            "q",
+            "--max-retries",
+            "2",
+            "--progress",
+            "lines",
+        ],
+        None,
+    )
     .await;
     assert_eq!(out.code, Some(0), "{out:#?}");
     assert_eq!(out.stdout, "AB\n");
@@ -320,7 +254,7 @@ async fn progress_lines_show_turns_batches_and_retries_with_timestamps() {
 
     // auto is none when stderr is not a terminal.
     let server = scripted(vec!["FINAL(x)".to_owned()]).await;
-    let out = run(&server.base_url(), &["--query", "q"]).await;
+    let out = run_at(&server.base_url(), &["--query", "q"], None).await;
     assert!(!out.stderr.contains("asking root-model"), "{out:#?}");
 }
 
@@ -330,7 +264,7 @@ async fn cache_entries_equal_the_answers_stored() {
         r#"let r = llm_batch(["same", "same", "other", "third"]); FINAL(r[0]);"#,
     )])
     .await;
-    let out = run(&server.base_url(), &["--query", "q", "--json"]).await;
+    let out = run_at(&server.base_url(), &["--query", "q", "--json"], None).await;
     assert_eq!(out.code, Some(0), "{out:#?}");
     let json = out.json();
     assert_eq!(json["cache"]["entries"], 3, "{json}");
@@ -344,7 +278,7 @@ async fn run_start_carries_settings_prompt_and_first_message() {
         .base_url()
         .replace("http://", "http://user:pa55word-secret@");
     let trace = path.to_str().expect("utf-8");
-    let out = run(
+    let out = run_at(
         &url,
         &[
             "--query",
@@ -356,6 +290,7 @@ async fn run_start_carries_settings_prompt_and_first_message() {
             "--rpm",
             "600",
         ],
+        None,
     )
     .await;
     let text = std::fs::read_to_string(&path).unwrap_or_default();
@@ -400,7 +335,7 @@ async fn run_start_carries_settings_prompt_and_first_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn help_lists_every_trace_event_the_readme_lists() {
-    let out = rlm(&["run", "--help"]).await;
+    let out = rlm(&["run", "--help"], None).await;
     assert_eq!(out.code, Some(0));
     let readme = include_str!("../../README.md");
     let list = readme
@@ -435,9 +370,10 @@ async fn progress_lines_show_rate_limit_waits() {
         r#"let r = llm_batch(["a", "b", "c"]); FINAL(r[0] + r[1] + r[2]);"#,
     )])
     .await;
-    let out = run(
+    let out = run_at(
         &server.base_url(),
         &["--query", "q", "--sub-rpm", "60", "--progress", "lines"],
+        None,
     )
     .await;
     assert_eq!(out.code, Some(0), "{out:#?}");
