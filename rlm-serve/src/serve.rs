@@ -147,6 +147,7 @@ pub fn router(runner: Runner, options: ServeOptions) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key))
         .route("/health", get(health))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
@@ -358,6 +359,18 @@ async fn not_found() -> Response {
         "unknown_url",
         "no such endpoint: this server has GET /v1/models, POST /v1/chat/completions and \
          GET /health"
+            .to_owned(),
+    )
+    .into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        "method_not_allowed",
+        "wrong method: this server has GET /v1/models, POST /v1/chat/completions and GET \
+         /health"
             .to_owned(),
     )
     .into_response()

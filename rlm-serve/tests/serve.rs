@@ -349,6 +349,26 @@ async fn errors_have_openai_shape_and_fitting_statuses() {
     }
     let (status, _) = send(good, Some("server-key-1")).await;
     assert_eq!(status, 200);
+    // A wrong method and an unknown path answer in OpenAI's error shape too.
+    for (method, path, status, code) in [
+        (
+            reqwest::Method::GET,
+            "/v1/chat/completions",
+            405,
+            "method_not_allowed",
+        ),
+        (reqwest::Method::GET, "/v1/nothing", 404, "unknown_url"),
+    ] {
+        let response = client
+            .request(method, format!("{base}{path}"))
+            .bearer_auth("server-key-1")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(response.status().as_u16(), status);
+        let reply: Value = response.json().await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(reply["error"]["code"], code, "{reply}");
+    }
     // /health needs no key.
     assert_eq!(health(&client, &base).await["status"], "ok");
 }

@@ -50,7 +50,7 @@ pub fn scripted_turn(request: &ServerRequest, replies: &[String]) -> Reply {
             400,
             "invalid_request_error",
             "script_exhausted",
-            &format!("the mock root model has no reply for turn {turn}"),
+            &format!("the mock root model has no reply for turn {}", turn + 1),
         ),
     }
 }
