@@ -167,11 +167,35 @@ fn timestamp(now: SystemTime) -> String {
 }
 
 impl Observer for Progress {
-    /// Only the top-level run is drawn: children's turns and batches would fight over the
-    /// bars (the trace has them all).
+    /// The top-level run is drawn in full; of a child run only its start and end (its turns
+    /// and batches would fight over the bars; the trace has them all).
     fn on_run_event(&self, place: &RunPlace, event: &Event) {
         if place.depth == 0 {
             self.on_event(event);
+            return;
+        }
+        match event {
+            Event::RunStart { root_model, .. } => self.println(format!(
+                "rlm: child run {} (depth {}) started, root model {root_model}",
+                place.run, place.depth
+            )),
+            Event::Final {
+                stopped,
+                iterations,
+                elapsed_ms,
+                ..
+            } => self.println(format!(
+                "rlm: child run {} {} after {} in {}",
+                place.run,
+                if *stopped == rlm_repl::StopReason::Final {
+                    "answered".to_owned()
+                } else {
+                    format!("stopped ({stopped})")
+                },
+                crate::run::count(*iterations as u64, "turn"),
+                crate::run::human_duration(std::time::Duration::from_millis(*elapsed_ms))
+            )),
+            _ => {}
         }
     }
 

@@ -859,11 +859,25 @@ FINAL(join(r, "|"));"#,
             "--json",
             "--trace",
             &trace_arg,
+            "--progress",
+            "lines",
         ],
         Some(context.as_bytes()),
     )
     .await;
     assert_eq!(out.code, Some(0), "{out:#?}");
+    // Progress lines show each child's start and end.
+    assert!(
+        out.stderr
+            .contains("child run 0.1 (depth 1) started, root model child-model"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("child run 0.8 answered after 2 turns"),
+        "{}",
+        out.stderr
+    );
     let json: Value = serde_json::from_str(&out.stdout).expect("JSON");
     let answer = json["answer"].as_str().expect("an answer");
     assert_eq!(answer.split('|').count(), 8, "{answer}");
