@@ -1052,10 +1052,13 @@ async fn child_runs_batches_reuse_their_connections() {
     // four times --max-concurrent. A pool keeping only --max-concurrent + 1 idle connections
     // closed the rest after each call and opened new ones (about one a call).
     const CHILD: &str = "child-model";
-    let root = code(r#"let r = rlm_batch(range(4).map(|i| "go"), range(4).map(|i| `c${i}`)); FINAL(r.len());"#);
+    let root = code(
+        r#"let r = rlm_batch(range(4).map(|i| "go"), range(4).map(|i| `c${i}`)); FINAL(r.len());"#,
+    );
     let scripted = rlm_handler(ROOT, vec![root], upper);
-    let child_script =
-        vec![code(r#"let r = llm_batch(range(60).map(|i| `${context}-${i}`)); FINAL(r.len());"#)];
+    let child_script = vec![code(
+        r#"let r = llm_batch(range(60).map(|i| `${context}-${i}`)); FINAL(r.len());"#,
+    )];
     let server = MockServer::builder()
         .latency(Duration::from_millis(30))
         .start(move |request: &ServerRequest| {
@@ -1068,7 +1071,14 @@ async fn child_runs_batches_reuse_their_connections() {
         .expect("server");
     let out = run(
         &server,
-        &["--query", "q", "--child-model", CHILD, "--max-concurrent", "4"],
+        &[
+            "--query",
+            "q",
+            "--child-model",
+            CHILD,
+            "--max-concurrent",
+            "4",
+        ],
         None,
     )
     .await;
@@ -1076,7 +1086,10 @@ async fn child_runs_batches_reuse_their_connections() {
     assert_eq!(out.stdout, "4\n");
     assert_eq!(requests_for(&server, SUB).len(), 240);
     let peak = server.peak_in_flight();
-    assert!(peak > 5, "the children's batches overlapped, saw {peak} in flight");
+    assert!(
+        peak > 5,
+        "the children's batches overlapped, saw {peak} in flight"
+    );
     // Every connection is reused: at most one per request ever in flight at once (1 + 4 + 16),
     // against about 200 when the pool keeps 5.
     let opened = server.connections();

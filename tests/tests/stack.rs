@@ -221,5 +221,8 @@ async fn connections_for_batch(pool: usize, max_concurrent: usize) -> usize {
 async fn a_pool_sized_to_the_batch_opens_one_connection_per_call_in_flight() {
     let opened = connections_for_batch(100, 100).await;
     // One per call in flight, and a few more when a connect races a call's return.
-    assert!(opened <= 110, "{opened} connections for 10,000 calls at 100 in flight");
+    assert!(
+        opened <= 110,
+        "{opened} connections for 10,000 calls at 100 in flight"
+    );
 }
