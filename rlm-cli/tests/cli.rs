@@ -1048,16 +1048,19 @@ FINAL(join(r, "|"));"#,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn child_runs_batches_reuse_their_connections() {
-    // 4 children at once, each with a batch of 60 at 4 in flight: up to 16 sub-calls at once,
-    // four times --max-concurrent. A pool keeping only --max-concurrent + 1 idle connections
-    // closed the rest after each call and opened new ones (about one a call).
+    // 4 children at once, each with 10 batches of 4 in a row: up to 16 sub-calls in flight,
+    // four times --max-concurrent, and all 16 connections idle at once between batches. A
+    // pool keeping only --max-concurrent + 1 idle connections closed the others there and
+    // opened new ones for the next batches.
     const CHILD: &str = "child-model";
     let root = code(
         r#"let r = rlm_batch(range(4).map(|i| "go"), range(4).map(|i| `c${i}`)); FINAL(r.len());"#,
     );
     let scripted = rlm_handler(ROOT, vec![root], upper);
     let child_script = vec![code(
-        r#"let r = llm_batch(range(60).map(|i| `${context}-${i}`)); FINAL(r.len());"#,
+        r#"let n = 0;
+for k in 0..10 { n += llm_batch(range(4).map(|i| `${context}-${k}-${i}`)).len(); }
+FINAL(n);"#,
     )];
     let server = MockServer::builder()
         .latency(Duration::from_millis(30))
@@ -1084,14 +1087,14 @@ async fn child_runs_batches_reuse_their_connections() {
     .await;
     assert_eq!(out.code, Some(0), "{out:#?}");
     assert_eq!(out.stdout, "4\n");
-    assert_eq!(requests_for(&server, SUB).len(), 240);
+    assert_eq!(requests_for(&server, SUB).len(), 160);
     let peak = server.peak_in_flight();
     assert!(
         peak > 5,
         "the children's batches overlapped, saw {peak} in flight"
     );
-    // Every connection is reused: at most one per request ever in flight at once (1 + 4 + 16),
-    // against about 200 when the pool keeps 5.
+    // Every connection is reused: at most one per request ever in flight at once
+    // (1 + 4 + 16), against about 100 when the pool keeps 5.
     let opened = server.connections();
-    assert!(opened <= 21, "{opened} connections for 245 requests");
+    assert!(opened <= 21, "{opened} connections for 165 requests");
 }
