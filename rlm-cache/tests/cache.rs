@@ -825,3 +825,26 @@ fn works_from_blocking_code() {
     assert_eq!(results.len(), 2);
     assert_eq!(cache.stats().misses, 1);
 }
+
+#[tokio::test]
+async fn the_upstream_batch_shares_the_callers_prompts() {
+    let mock = MockBackend::echo();
+    let cache = CachedBackend::new(mock.clone());
+    let requests = vec![prompt(&"a".repeat(1000)), prompt(&"b".repeat(1000))];
+    let at: Vec<*const u8> = requests
+        .iter()
+        .map(|r| r.messages[0].content.as_ptr())
+        .collect();
+    let results = cache.complete_batch(requests, &BatchOptions::new(2)).await;
+    assert!(results.iter().all(Result::is_ok));
+    let mut sent: Vec<*const u8> = mock
+        .requests()
+        .iter()
+        .map(|r| r.messages[0].content.as_ptr())
+        .collect();
+    sent.sort();
+    let mut expected = at;
+    expected.sort();
+    // The requests sent upstream hold the caller's prompt text, not copies of it.
+    assert_eq!(sent, expected);
+}

@@ -109,7 +109,7 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
         tracker,
         cache,
         tier_hits,
-    } = backend_stack(&args, waits)?;
+    } = backend_stack(&args, waits, 1)?;
 
     // Observers.
     let trace = match &args.trace {
@@ -288,10 +288,32 @@ pub(crate) struct Stack {
     pub(crate) tier_hits: state::TierHits,
 }
 
-/// Builds the [`Stack`] from the model, server, rate-limit and cache flags.
+/// The most HTTP requests `runs` run trees may have in flight at once: each run has at most
+/// `max_concurrent` calls or child runs in flight (one root call while it thinks), and
+/// children nest `max_depth - 1` levels deep, so a tree holds at most
+/// `1 + C + C^2 + ... + C^max_depth` requests. Saturates instead of overflowing.
+///
+/// The connection pool keeps this many idle connections per host: connections are only
+/// opened when a request finds none idle, so the pool never holds more than were ever in
+/// use at once, and with this bound every connection is reused rather than closed and
+/// reopened (a TLS handshake each) when more than `max_concurrent` are in flight.
+pub(crate) fn pool_size(max_concurrent: u32, max_depth: u32, runs: usize) -> usize {
+    let per_level = (max_concurrent as usize).max(1);
+    let mut level = 1usize;
+    let mut total = 1usize;
+    for _ in 0..max_depth.max(1) {
+        level = level.saturating_mul(per_level);
+        total = total.saturating_add(level);
+    }
+    total.saturating_mul(runs.max(1))
+}
+
+/// Builds the [`Stack`] from the model, server, rate-limit and cache flags, for up to `runs`
+/// runs at once (the connection pool is sized by [`pool_size`]).
 pub(crate) fn backend_stack(
     args: &RunArgs,
     waits: Option<WaitObserver>,
+    runs: usize,
 ) -> Result<Stack, CliError> {
     let model = non_empty(&args.model, "--model (or RLM_MODEL)")?;
     let sub_model = match &args.sub_model {
@@ -323,7 +345,7 @@ pub(crate) fn backend_stack(
         )));
     }
 
-    let pool = args.max_concurrent as usize + 1;
+    let pool = pool_size(args.max_concurrent, args.max_depth, runs);
     let mut config = OpenAiConfig::from_env()
         .with_base_url(&base_url)
         .with_api_key(api_key.unwrap_or_default())
@@ -775,6 +797,19 @@ pub(crate) fn human_duration(duration: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pool_holds_every_request_a_run_tree_may_have_in_flight() {
+        // No recursion: C sub-calls, plus the root's own call.
+        assert_eq!(pool_size(16, 1, 1), 17);
+        // Children: C children at once, each with C sub-calls in flight.
+        assert_eq!(pool_size(16, 2, 1), 1 + 16 + 256);
+        assert_eq!(pool_size(100, 2, 1), 1 + 100 + 10_000);
+        // Runs at once (rlm serve --max-runs) multiply it.
+        assert_eq!(pool_size(4, 2, 3), 3 * 21);
+        // Saturates rather than overflowing.
+        assert_eq!(pool_size(4096, 64, 1), usize::MAX);
+    }
 
     #[test]
     fn urls_are_shown_without_credentials() {

@@ -38,8 +38,9 @@ fn refuse_run_only(args: &RunArgs, command: &str) -> Result<(), CliError> {
     }
 }
 
-/// The runner every request shares: one backend stack, the run flags, the system prompt.
-fn runner(args: &RunArgs) -> Result<(Runner, Stack), CliError> {
+/// The runner every request shares: one backend stack (for up to `runs` runs at once), the
+/// run flags, the system prompt.
+fn runner(args: &RunArgs, runs: usize) -> Result<(Runner, Stack), CliError> {
     let mut warnings = Vec::new();
     let system_prompt = match &args.system_prompt_file {
         Some(path) => Some(context::read_text_file(
@@ -53,7 +54,7 @@ fn runner(args: &RunArgs) -> Result<(Runner, Stack), CliError> {
     for warning in &warnings {
         eprintln!("warning: {warning}");
     }
-    let stack = backend_stack(args, None)?;
+    let stack = backend_stack(args, None, runs)?;
     let prices = crate::prices::load(args.prices.as_deref())?;
     let mut builder = rlm_builder(
         args,
@@ -114,7 +115,7 @@ pub(crate) async fn serve(args: Box<ServeArgs>) -> Result<u8, CliError> {
             Some(SharedContext::new(loaded.context))
         }
     };
-    let (runner, stack) = runner(run)?;
+    let (runner, stack) = runner(run, args.max_runs as usize)?;
     let options = ServeOptions {
         max_runs: args.max_runs as usize,
         max_queue: args.max_queue as usize,
@@ -161,7 +162,7 @@ pub(crate) async fn mcp(args: Box<McpArgs>) -> Result<u8, CliError> {
             "rlm mcp does not take --context: clients name paths under --root".to_owned(),
         ));
     }
-    let (runner, _stack) = runner(run)?;
+    let (runner, _stack) = runner(run, 1)?;
     let format = run.context_format;
     let headers = !run.no_file_headers;
     let max_bytes = run.max_context_bytes;

@@ -919,3 +919,56 @@ FINAL(join(r, "|"));"#,
         .count();
     assert_eq!(child_finals, 8);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_runs_batches_reuse_their_connections() {
+    // 4 children at once, each with 10 batches of 4 in a row: up to 16 sub-calls in flight,
+    // four times --max-concurrent, and all 16 connections idle at once between batches. A
+    // pool keeping only --max-concurrent + 1 idle connections closed the others there and
+    // opened new ones for the next batches.
+    const CHILD: &str = "child-model";
+    let root = code(
+        r#"let r = rlm_batch(range(4).map(|i| "go"), range(4).map(|i| `c${i}`)); FINAL(r.len());"#,
+    );
+    let scripted = rlm_handler(ROOT, vec![root], upper);
+    let child_script = vec![code(
+        r#"let n = 0;
+for k in 0..10 { n += llm_batch(range(4).map(|i| `${context}-${k}-${i}`)).len(); }
+FINAL(n);"#,
+    )];
+    let server = MockServer::builder()
+        .latency(Duration::from_millis(30))
+        .start(move |request: &ServerRequest| {
+            if request.model() == CHILD {
+                return rlm_tests::scripted_turn(request, &child_script);
+            }
+            scripted(request)
+        })
+        .await
+        .expect("server");
+    let out = run(
+        &server,
+        &[
+            "--query",
+            "q",
+            "--child-model",
+            CHILD,
+            "--max-concurrent",
+            "4",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert_eq!(out.stdout, "4\n");
+    assert_eq!(requests_for(&server, SUB).len(), 160);
+    let peak = server.peak_in_flight();
+    assert!(
+        peak > 5,
+        "the children's batches overlapped, saw {peak} in flight"
+    );
+    // Every connection is reused: at most one per request ever in flight at once
+    // (1 + 4 + 16), against about 100 when the pool keeps 5.
+    let opened = server.connections();
+    assert!(opened <= 21, "{opened} connections for 165 requests");
+}

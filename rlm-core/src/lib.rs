@@ -57,6 +57,7 @@ mod error;
 #[cfg(feature = "mock")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mock")))]
 pub mod mock;
+mod text;
 mod types;
 mod usage;
 
@@ -73,6 +74,7 @@ pub use cost::{
     Reservation,
 };
 pub use error::LlmError;
+pub use text::Text;
 pub use tokio_util::sync::CancellationToken;
 pub use types::{
     Completion, CompletionRequest, FinishReason, Message, Role, Usage, estimate_tokens,

@@ -6,6 +6,8 @@ use std::ops::{Add, AddAssign};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::Text;
+
 /// Who wrote a [`Message`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -36,17 +38,19 @@ impl fmt::Display for Role {
 }
 
 /// One chat message: a role and its text.
+///
+/// The text is a shared [`Text`]: cloning a message (or a request) does not copy it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Message {
     /// Who wrote it.
     pub role: Role,
     /// What was written.
-    pub content: String,
+    pub content: Text,
 }
 
 impl Message {
-    /// A message with the given role.
-    pub fn new(role: Role, content: impl Into<String>) -> Self {
+    /// A message with the given role. A `String` or [`Text`] is taken without copying.
+    pub fn new(role: Role, content: impl Into<Text>) -> Self {
         Self {
             role,
             content: content.into(),
@@ -54,17 +58,17 @@ impl Message {
     }
 
     /// A system message.
-    pub fn system(content: impl Into<String>) -> Self {
+    pub fn system(content: impl Into<Text>) -> Self {
         Self::new(Role::System, content)
     }
 
     /// A user message.
-    pub fn user(content: impl Into<String>) -> Self {
+    pub fn user(content: impl Into<Text>) -> Self {
         Self::new(Role::User, content)
     }
 
     /// An assistant message.
-    pub fn assistant(content: impl Into<String>) -> Self {
+    pub fn assistant(content: impl Into<Text>) -> Self {
         Self::new(Role::Assistant, content)
     }
 }
@@ -122,7 +126,7 @@ impl CompletionRequest {
     }
 
     /// A request holding one user message: the shape of every `llm_query` sub-call.
-    pub fn prompt(model: impl Into<String>, prompt: impl Into<String>) -> Self {
+    pub fn prompt(model: impl Into<String>, prompt: impl Into<Text>) -> Self {
         Self::new(model).with_user(prompt)
     }
 
@@ -133,17 +137,17 @@ impl CompletionRequest {
     }
 
     /// Appends a system message.
-    pub fn with_system(self, content: impl Into<String>) -> Self {
+    pub fn with_system(self, content: impl Into<Text>) -> Self {
         self.with_message(Message::system(content))
     }
 
     /// Appends a user message.
-    pub fn with_user(self, content: impl Into<String>) -> Self {
+    pub fn with_user(self, content: impl Into<Text>) -> Self {
         self.with_message(Message::user(content))
     }
 
     /// Appends an assistant message.
-    pub fn with_assistant(self, content: impl Into<String>) -> Self {
+    pub fn with_assistant(self, content: impl Into<Text>) -> Self {
         self.with_message(Message::assistant(content))
     }
 

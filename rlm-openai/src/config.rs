@@ -317,7 +317,11 @@ impl OpenAiConfig {
     /// How many requests are expected in flight at once (across every clone and batch):
     /// the connection pool keeps up to this many idle connections per host so that
     /// connections are reused rather than reopened. It does not limit concurrency; a
-    /// batch's [`BatchOptions::max_concurrent`](rlm_core::BatchOptions) does. Default
+    /// batch's [`BatchOptions::max_concurrent`](rlm_core::BatchOptions) does. Set it to the
+    /// most requests ever in flight at once (a batch's concurrency, times the batches that
+    /// run side by side, e.g. in child runs): with fewer, connections beyond it are closed
+    /// when they fall idle and reopened (a TLS handshake each) by the next requests. The
+    /// pool never holds more connections than were in use at once. Default
     /// [`DEFAULT_CONCURRENCY`].
     pub fn with_concurrency(mut self, concurrency: usize) -> Self {
         self.concurrency = concurrency;

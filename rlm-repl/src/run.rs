@@ -418,8 +418,7 @@ pub(crate) async fn run_tree(
         // The last feedback is the last message; the ask is appended to it.
         match messages.last_mut() {
             Some(last) if last.role == rlm_core::Role::User && !trajectory.is_empty() => {
-                last.content.push_str("\n\n");
-                last.content.push_str(&final_ask(reason));
+                last.content = format!("{}\n\n{}", last.content, final_ask(reason)).into();
             }
             _ => messages.push(Message::user(final_ask(reason))),
         }

@@ -742,3 +742,24 @@ async fn a_root_call_the_cost_budget_cannot_cover_stops_the_run_before_it_is_sen
     assert_eq!(sub.calls(), 0);
     assert!(result.cost.total > 0.0);
 }
+
+#[tokio::test]
+async fn batch_requests_share_the_scripts_strings() {
+    // One script string sent twice: both requests hold its bytes, neither a copy of them.
+    let root = MockBackend::scripted([fence(
+        r#"let p = "prompt " + 42; let a = llm_batch([p, p, "other"]); FINAL(a[0]);"#,
+    )]);
+    let sub = MockBackend::echo();
+    let rlm = builder(&root, &sub).build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
+    assert_eq!(result.answer, "echo: prompt 42");
+    let requests = sub.requests();
+    let at: Vec<*const u8> = requests
+        .iter()
+        .filter_map(|r| r.last_user_message())
+        .filter(|p| *p == "prompt 42")
+        .map(str::as_ptr)
+        .collect();
+    assert_eq!(at.len(), 2, "{requests:?}");
+    assert_eq!(at[0], at[1], "the two requests hold one buffer");
+}

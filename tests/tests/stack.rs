@@ -190,3 +190,40 @@ async fn a_refused_sub_call_is_an_error_the_root_model_sees() {
         .count();
     assert_eq!(failed, 2);
 }
+
+/// Connections a 10,000-item batch at `max_concurrent` opens through the cache and an
+/// OpenAI backend whose pool keeps `pool` idle connections.
+async fn connections_for_batch(pool: usize, max_concurrent: usize) -> usize {
+    let server = MockServer::builder()
+        .record(false)
+        .start(|request: &ServerRequest| Reply::completion_for(request, "ok"))
+        .await
+        .expect("server");
+    let config = OpenAiConfig::new()
+        .with_base_url(server.base_url())
+        .with_api_key("sk-stack-test")
+        .with_max_retries(0)
+        .with_concurrency(pool);
+    let provider = OpenAiBackend::new(config).unwrap_or_else(|e| panic!("backend: {e}"));
+    let backend = CachedBackend::new(provider);
+    let requests: Vec<_> = (0..10_000)
+        .map(|i| rlm_core::CompletionRequest::prompt("sub", format!("prompt {i}")))
+        .collect();
+    let results = backend
+        .complete_batch(requests, &rlm_core::BatchOptions::new(max_concurrent))
+        .await;
+    assert_eq!(results.len(), 10_000);
+    assert!(results.iter().all(Result::is_ok));
+    server.connections()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_sized_to_the_batch_opens_one_connection_per_call_in_flight() {
+    let opened = connections_for_batch(101, 100).await;
+    // About one per call in flight: a few more when a new connection races a call's
+    // return (the pool then keeps whichever is idle), never one a call.
+    assert!(
+        (50..=200).contains(&opened),
+        "{opened} connections for 10,000 calls at 100 in flight"
+    );
+}

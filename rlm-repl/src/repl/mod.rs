@@ -19,7 +19,7 @@ use rhai::packages::{Package, StandardPackage};
 use rhai::{
     AST, Array, Dynamic, Engine, EvalAltResult, INT, ImmutableString, Module, Position, Scope,
 };
-use rlm_core::{BatchExecutor, CancellationToken};
+use rlm_core::{BatchExecutor, CancellationToken, Text};
 use tokio::runtime::Handle;
 
 use self::errors::{STOP_CANCELLED, STOP_FINAL, STOP_MEMORY, STOP_TIMEOUT};
@@ -853,14 +853,18 @@ fn stop(token: &str) -> Box<EvalAltResult> {
 }
 
 /// A prompt from a script value: strings as they are, other values as text; `()` refused.
-fn prompt_text(function: &str, value: &Dynamic) -> Result<String, Box<EvalAltResult>> {
+/// The prompt `value` as request text: a string is shared with the script, not copied.
+fn prompt_text(function: &str, value: &Dynamic) -> Result<Text, Box<EvalAltResult>> {
     let value = value.flatten_clone();
     if value.is_unit() {
         return Err(script_error(format!(
             "{function}: the prompt is () (nothing); build the prompt string first"
         )));
     }
-    Ok(to_text(&value))
+    if let Ok(text) = value.as_immutable_string_ref() {
+        return Ok(Text::from_owner(ImmutableString::clone(&text)));
+    }
+    Ok(Text::from(to_text(&value)))
 }
 
 /// Bytes of bookkeeping one batch item costs besides its prompt and answer (request, events,
@@ -871,7 +875,7 @@ fn batch_prompts(
     function: &str,
     prompts: &Dynamic,
     max_memory: usize,
-) -> Result<Vec<String>, Box<EvalAltResult>> {
+) -> Result<Vec<Text>, Box<EvalAltResult>> {
     let prompts = prompts.flatten_clone();
     let Ok(items) = prompts.as_array_ref() else {
         return Err(script_error(format!(
@@ -1010,7 +1014,7 @@ fn build_engine(
     // Child runs.
     let s = Arc::clone(shared);
     engine.register_fn("rlm_query", move |prompt: Dynamic| {
-        let prompt = prompt_text("rlm_query", &prompt)?;
+        let prompt = String::from(prompt_text("rlm_query", &prompt)?);
         let context = Dynamic::from(ImmutableString::from(prompt.as_str()));
         Ok::<_, Box<EvalAltResult>>(children(&s, vec![(prompt, context)], None).remove(0))
     });
@@ -1109,11 +1113,11 @@ fn children(
         return sub.children(tasks, limit);
     }
     // The deepest level: the query and its context as one prompt.
-    let prompts: Vec<String> = tasks
+    let prompts: Vec<Text> = tasks
         .into_iter()
         .map(|(query, context)| match context.as_immutable_string_ref() {
-            Ok(text) if text.as_str() == query => query,
-            _ => format!("{query}\n\n{}", to_text(&context)),
+            Ok(text) if text.as_str() == query => Text::from(query),
+            _ => Text::from(format!("{query}\n\n{}", to_text(&context))),
         })
         .collect();
     match prompts.len() {
@@ -1138,7 +1142,7 @@ fn child_task(
     query: &Dynamic,
     context: Dynamic,
 ) -> Result<(String, Dynamic), Box<EvalAltResult>> {
-    let query = prompt_text(function, query)?;
+    let query = String::from(prompt_text(function, query)?);
     let context = context.flatten();
     if context.is_unit() {
         return Err(script_error(format!(
@@ -1157,7 +1161,7 @@ fn prompt_tasks(
         .into_iter()
         .map(|prompt| {
             let context = Dynamic::from(ImmutableString::from(prompt.as_str()));
-            (prompt, context)
+            (String::from(prompt), context)
         })
         .collect())
 }
@@ -1186,6 +1190,7 @@ fn query_tasks(
     }
     queries
         .into_iter()
+        .map(String::from)
         .zip(contexts)
         .enumerate()
         .map(|(i, (query, context))| {

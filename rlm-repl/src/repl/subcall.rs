@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use rhai::Dynamic;
 use rlm_core::{
     BatchExecutor, BatchObserver, BatchOptions, BatchResult, Completion, CompletionRequest,
-    LlmError, Reservation,
+    LlmError, Reservation, Text,
 };
 use tokio::runtime::Handle;
 use tracing::Instrument;
@@ -318,7 +318,7 @@ impl SubCaller {
     }
 
     /// One sub-call; the reply text, or a string starting `Error:`.
-    pub(crate) fn query(&self, prompt: String) -> String {
+    pub(crate) fn query(&self, prompt: Text) -> String {
         if let Some(error) = self.oversized(&prompt) {
             return error;
         }
@@ -426,13 +426,13 @@ impl SubCaller {
 
     /// Many sub-calls at once, at most `max_concurrent` in flight; one string per prompt, in
     /// order, failures as `Error: ...`.
-    pub(crate) fn batch(&self, prompts: Vec<String>, max_concurrent: usize) -> Vec<String> {
+    pub(crate) fn batch(&self, prompts: Vec<Text>, max_concurrent: usize) -> Vec<String> {
         // Prompts over the size limit fail here; the others are sent.
         let oversized: Vec<Option<String>> = prompts.iter().map(|p| self.oversized(p)).collect();
         if oversized.iter().all(Option::is_none) {
             return self.send_batch(prompts, max_concurrent);
         }
-        let sendable: Vec<String> = prompts
+        let sendable: Vec<Text> = prompts
             .into_iter()
             .zip(&oversized)
             .filter(|(_, error)| error.is_none())
@@ -445,7 +445,7 @@ impl SubCaller {
             .collect()
     }
 
-    fn send_batch(&self, prompts: Vec<String>, max_concurrent: usize) -> Vec<String> {
+    fn send_batch(&self, prompts: Vec<Text>, max_concurrent: usize) -> Vec<String> {
         let total = prompts.len();
         if total == 0 {
             return Vec::new();

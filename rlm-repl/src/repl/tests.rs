@@ -24,7 +24,7 @@ fn the_context_string_is_shared_not_copied() {
             .to_string())
     });
     let mut repl = Repl::builder(Context::from(text.clone()))
-        .sub_backend(Arc::new(sub), "sub")
+        .sub_backend(Arc::new(sub.clone()), "sub")
         .build();
     let before = context_string(&repl);
     let address = before.as_str().as_ptr();
@@ -44,9 +44,12 @@ fn the_context_string_is_shared_not_copied() {
     }
     let after = context_string(&repl);
     assert_eq!(after.as_str().as_ptr(), address, "same buffer");
+    // The mock sub-model keeps the 3 requests it saw: they hold the context's buffer too
+    // (requests share the script's strings).
+    assert_eq!(sub.requests().len(), 3);
     assert_eq!(
         after.strong_count(),
-        2,
+        2 + 3,
         "no copy or extra holder left behind"
     );
     assert_eq!(after.as_str(), text);

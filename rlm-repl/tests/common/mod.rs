@@ -42,7 +42,7 @@ pub async fn run_ok(rlm: &Rlm, query: &str, context: rlm_repl::Context) -> rlm_r
 pub fn seen(root: &MockBackend, n: usize) -> String {
     root.requests()
         .get(n)
-        .and_then(|r| r.messages.last().map(|m| m.content.clone()))
+        .and_then(|r| r.messages.last().map(|m| m.content.to_string()))
         .unwrap_or_default()
 }
 
