@@ -3,82 +3,24 @@
 //! mock server; the memory cases run it under an address-space cap (`prlimit`, Linux), where
 //! a script that used to abort the process now ends with an answer.
 
-use std::process::Stdio;
-use std::time::Duration;
+mod common;
 
+use common::{Outcome, ROOT, code, command_for, finish, run_args};
 use rlm_tests::{MockServer, rlm_handler};
 use serde_json::Value;
-use tokio::io::AsyncWriteExt;
 
-const KEY: &str = "sk-test-4f1c9a7e-never-print-me";
-const ROOT: &str = "root-model";
-const SUB: &str = "sub-model";
-
-#[derive(Debug)]
-struct Outcome {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-/// `program args...` with a clean environment, the dummy key and `stdin`.
+/// `program args...` with a clean environment and `key` (default: the dummy key).
 async fn spawn(
     program: &str,
     args: &[&str],
     key: Option<std::ffi::OsString>,
     stdin: Option<&[u8]>,
 ) -> Outcome {
-    let mut command = tokio::process::Command::new(program);
-    command.args(args);
-    for var in [
-        "OPENAI_BASE_URL",
-        "OPENAI_ORG_ID",
-        "OPENAI_PROJECT_ID",
-        "RLM_MODEL",
-        "RLM_SUB_MODEL",
-        "RUST_LOG",
-        "RUST_BACKTRACE",
-    ] {
-        command.env_remove(var);
+    let mut command = command_for(program, args);
+    if let Some(key) = key {
+        command.env("OPENAI_API_KEY", key);
     }
-    command
-        .env("OPENAI_API_KEY", key.unwrap_or_else(|| KEY.into()))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = command.spawn().expect("the program starts");
-    let mut pipe = child.stdin.take().expect("stdin is piped");
-    if let Some(data) = stdin {
-        // The program may stop reading early (that is the point of some tests).
-        let _ = pipe.write_all(data).await;
-    }
-    drop(pipe);
-    let output = tokio::time::timeout(Duration::from_secs(300), child.wait_with_output())
-        .await
-        .expect("rlm finished (safety bound, not a timing assertion)")
-        .expect("rlm's output could be read");
-    Outcome {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
-fn run_args<'a>(server: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "run",
-        "--base-url",
-        server,
-        "--model",
-        ROOT,
-        "--sub-model",
-        SUB,
-        "--max-retries",
-        "0",
-    ];
-    args.extend_from_slice(extra);
-    args
+    finish(command, stdin).await
 }
 
 async fn run(server: &MockServer, extra: &[&str], stdin: Option<&[u8]>) -> Outcome {
@@ -90,10 +32,6 @@ async fn run(server: &MockServer, extra: &[&str], stdin: Option<&[u8]>) -> Outco
         stdin,
     )
     .await
-}
-
-fn code(code: &str) -> String {
-    format!("Running some code.\n\n```repl\n{code}\n```")
 }
 
 async fn server(replies: Vec<String>) -> MockServer {

@@ -41,8 +41,15 @@ impl Outcome {
     }
 }
 
+/// `rlm args...` with a clean environment and the dummy key.
 pub fn command(args: &[&str]) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_rlm"));
+    command_for(env!("CARGO_BIN_EXE_rlm"), args)
+}
+
+/// `program args...` (`rlm`, or a wrapper such as `prlimit`) with a clean environment, the
+/// dummy key, and stdout and stderr captured.
+pub fn command_for(program: &str, args: &[&str]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(program);
     command.args(args);
     for var in [
         "OPENAI_BASE_URL",
@@ -63,25 +70,30 @@ pub fn command(args: &[&str]) -> tokio::process::Command {
     command
 }
 
-/// Runs `rlm args...` with `stdin` (none: an empty stdin).
-pub async fn rlm(args: &[&str], stdin: Option<&[u8]>) -> Outcome {
-    let mut command = command(args);
+/// Runs `command` with `stdin` (none: an empty stdin) and waits for it.
+pub async fn finish(mut command: tokio::process::Command, stdin: Option<&[u8]>) -> Outcome {
     command.stdin(Stdio::piped());
-    let mut child = command.spawn().expect("the rlm binary starts");
+    let mut child = command.spawn().expect("the program starts");
     let mut pipe = child.stdin.take().expect("stdin is piped");
     if let Some(data) = stdin {
-        pipe.write_all(data).await.expect("stdin accepts the data");
+        // The program may stop reading early (that is the point of some tests).
+        let _ = pipe.write_all(data).await;
     }
     drop(pipe);
-    let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+    let output = tokio::time::timeout(Duration::from_secs(300), child.wait_with_output())
         .await
-        .expect("rlm finished (safety bound, not a timing assertion)")
-        .expect("rlm's output could be read");
-    let out = Outcome {
+        .expect("the program finished (safety bound, not a timing assertion)")
+        .expect("its output could be read");
+    Outcome {
         code: output.status.code(),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    };
+    }
+}
+
+/// Runs `rlm args...` with `stdin` (none: an empty stdin).
+pub async fn rlm(args: &[&str], stdin: Option<&[u8]>) -> Outcome {
+    let out = finish(command(args), stdin).await;
     // Whatever a test checks, the key never shows and nothing panics.
     assert!(
         !out.stderr.contains(KEY) && !out.stdout.contains(KEY),
@@ -98,6 +110,12 @@ pub async fn run(server: &MockServer, extra: &[&str], stdin: Option<&[u8]>) -> O
 
 /// `rlm run` against the server at `base_url`, plus `extra` flags.
 pub async fn run_at(base_url: &str, extra: &[&str], stdin: Option<&[u8]>) -> Outcome {
+    rlm(&run_args(base_url, extra), stdin).await
+}
+
+/// The arguments of `rlm run` against `base_url` with the root and sub models, no retries,
+/// and `extra`.
+pub fn run_args<'a>(base_url: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "run",
         "--base-url",
@@ -110,7 +128,7 @@ pub async fn run_at(base_url: &str, extra: &[&str], stdin: Option<&[u8]>) -> Out
         "0",
     ];
     args.extend_from_slice(extra);
-    rlm(&args, stdin).await
+    args
 }
 
 /// A root reply that runs `code` in one block.
