@@ -50,14 +50,7 @@ impl std::fmt::Debug for RedisStore {
 
 /// `url` without a password, for messages.
 pub(crate) fn shown_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "(a Redis URL)".to_owned();
-    };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..end].rsplit_once('@') {
-        Some((_, host)) => format!("{scheme}://{host}{}", &rest[end..]),
-        None => url.to_owned(),
-    }
+    rlm_core::url_without_credentials(url).unwrap_or_else(|| "(a Redis URL)".to_owned())
 }
 
 impl RedisStore {

@@ -514,14 +514,7 @@ fn host_of(url: &str) -> Option<&str> {
 
 /// The URL without user info, for messages.
 pub(crate) fn display_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..end].rsplit_once('@') {
-        Some((_, host)) => format!("{scheme}://{host}{}", &rest[end..]),
-        None => url.to_owned(),
-    }
+    rlm_core::url_without_credentials(url).unwrap_or_else(|| url.to_owned())
 }
 
 /// What a failed run counted before it failed, for `--json`'s error object.

@@ -59,6 +59,7 @@ mod error;
 pub mod mock;
 mod text;
 mod types;
+mod url;
 mod usage;
 
 /// The attribute [`LlmBackend`] implementations need (re-exported from the `async-trait`
@@ -79,4 +80,5 @@ pub use tokio_util::sync::CancellationToken;
 pub use types::{
     Completion, CompletionRequest, FinishReason, Message, Role, Usage, estimate_tokens,
 };
+pub use url::url_without_credentials;
 pub use usage::{Metered, ModelUsage, UsageTracker};
