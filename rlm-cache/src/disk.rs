@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use rlm_core::Completion;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
-use crate::store::{Store, StoreKey, decode, encode};
+use crate::store::{Decoded, Store, StoreKey, decode, encode};
 use crate::{CacheError, DEFAULT_MAX_BYTES};
 
 /// The database file inside the cache directory.
@@ -45,7 +45,9 @@ pub struct DiskConfig {
     /// The most bytes of keys and values kept (32 bytes of key plus the JSON of the
     /// completion, per entry); beyond it the oldest entries go first. `0` keeps nothing.
     pub max_bytes: u64,
-    /// Entries older than this are not read, and are removed at the next write.
+    /// Entries older than this are misses for this store. They are not deleted (another
+    /// process sharing the directory may keep entries longer): the size bound removes them,
+    /// oldest first.
     pub time_to_live: Option<Duration>,
 }
 
@@ -86,8 +88,11 @@ impl DiskConfig {
 /// - **Bounded.** After each write, the oldest entries (by when they were written) are
 ///   removed until the stored keys and values fit [`DiskConfig::max_bytes`]; an entry
 ///   larger than the whole bound is not stored.
-/// - **Expiring.** With a time-to-live, older entries are misses and are removed at the
-///   next write.
+/// - **Expiring.** With a time-to-live, older entries are misses for this store; they are
+///   not purged, since other processes sharing the directory may use a longer one.
+/// - **Checked.** Each value carries a SHA-256 checksum of its key and JSON: an entry that
+///   does not match (a changed byte, a truncated write) is a miss and is removed, never an
+///   answer.
 ///
 /// SQLite calls block, so each operation runs on tokio's blocking pool; reads and writes use
 /// separate connections so a read never waits behind a commit of this process.
@@ -180,7 +185,19 @@ impl DiskStore {
             let reader = connect(&path)?;
             Ok((reader, writer))
         };
-        let (reader, writer) = open().map_err(|e| fail(format!("{}: {e}", path.display())))?;
+        // Several processes opening a fresh directory at once race to create the file, turn
+        // on WAL and create the tables; SQLite answers some of those steps "busy" at once
+        // instead of waiting, so the whole opening is tried again until `BUSY_TIMEOUT`.
+        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+        let (reader, writer) = loop {
+            match open() {
+                Ok(connections) => break connections,
+                Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(fail(format!("{}: {e}", path.display()))),
+            }
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
@@ -244,6 +261,14 @@ impl DiskStore {
     }
 }
 
+/// Whether SQLite refused because another connection holds a lock (worth trying again).
+fn is_busy(error: &rusqlite::Error) -> bool {
+    matches!(
+        error.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
 /// Runs `work` on tokio's blocking pool.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> rusqlite::Result<T> + Send + 'static,
@@ -255,27 +280,63 @@ async fn blocking<T: Send + 'static>(
 }
 
 fn get_all(inner: &Inner, keys: &[StoreKey]) -> rusqlite::Result<Vec<Option<Completion>>> {
-    let reader = inner.reader.lock().unwrap_or_else(PoisonError::into_inner);
     let oldest = inner
         .config
         .time_to_live
         .map(|ttl| now_ms().saturating_sub(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)));
-    let mut statement =
-        reader.prepare_cached("SELECT value, created_ms FROM entries WHERE key = ?1")?;
     let mut found = Vec::with_capacity(keys.len());
-    for key in keys {
-        let row = statement
-            .query_row([key.as_bytes().as_slice()], |row| {
-                Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, i64>(1)?))
-            })
-            .optional()?;
-        found.push(match row {
-            Some((_, created)) if oldest.is_some_and(|oldest| created < oldest) => None,
-            Some((value, _)) => decode(&value),
-            None => None,
-        });
+    let mut bad = Vec::new();
+    {
+        let reader = inner.reader.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut statement =
+            reader.prepare_cached("SELECT value, created_ms FROM entries WHERE key = ?1")?;
+        for key in keys {
+            let row = statement
+                .query_row([key.as_bytes().as_slice()], |row| {
+                    Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, i64>(1)?))
+                })
+                .optional()?;
+            found.push(match row {
+                // Expired for this reader; another process with a longer time-to-live may
+                // still use it, so it stays until the size bound removes it.
+                Some((_, created)) if oldest.is_some_and(|oldest| created < oldest) => None,
+                Some((value, _)) => match decode(key, &value) {
+                    Decoded::Answer(completion) => Some(completion),
+                    Decoded::Bad => {
+                        bad.push(*key);
+                        None
+                    }
+                },
+                None => None,
+            });
+        }
+    }
+    if !bad.is_empty() {
+        remove_bad(inner, &bad)?;
     }
     Ok(found)
+}
+
+/// Removes entries that did not read back as they were written (a checksum that does not
+/// match, another format), so they are asked for again and stored anew.
+fn remove_bad(inner: &Inner, keys: &[StoreKey]) -> rusqlite::Result<()> {
+    tracing::warn!(
+        target: "rlm_cache",
+        "{} disk cache entr{} in {} did not match {} checksum: removed, asked again",
+        keys.len(),
+        if keys.len() == 1 { "y" } else { "ies" },
+        inner.path.display(),
+        if keys.len() == 1 { "its" } else { "their" },
+    );
+    let mut writer = inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
+    let transaction = writer.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    {
+        let mut remove = transaction.prepare_cached("DELETE FROM entries WHERE key = ?1")?;
+        for key in keys {
+            remove.execute([key.as_bytes().as_slice()])?;
+        }
+    }
+    transaction.commit()
 }
 
 fn put_all(inner: &Inner, entries: &[(StoreKey, Vec<u8>)]) -> rusqlite::Result<()> {
@@ -295,10 +356,6 @@ fn put_all(inner: &Inner, entries: &[(StoreKey, Vec<u8>)]) -> rusqlite::Result<(
                 insert.execute(params![key.as_bytes().as_slice(), value, bytes, now])?;
             }
         }
-    }
-    if let Some(ttl) = inner.config.time_to_live {
-        let oldest = now.saturating_sub(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
-        transaction.execute("DELETE FROM entries WHERE created_ms < ?1", [oldest])?;
     }
     let total: i64 =
         transaction.query_row("SELECT value FROM meta WHERE name = 'bytes'", [], |row| {
@@ -346,7 +403,7 @@ impl Store for DiskStore {
         let inner = Arc::clone(&self.inner);
         let encoded: Vec<(StoreKey, Vec<u8>)> = entries
             .iter()
-            .map(|(key, completion)| (*key, encode(completion)))
+            .map(|(key, completion)| (*key, encode(key, completion)))
             .collect();
         blocking(move || put_all(&inner, &encoded)).await
     }

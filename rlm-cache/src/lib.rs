@@ -243,6 +243,10 @@ impl<B: LlmBackend> LlmBackend for CachedBackend<B> {
         // Boxed: keeps the (much more common) hit path's future small.
         Box::pin(self.complete_uncached(key)).await
     }
+
+    fn endpoint(&self) -> Option<&str> {
+        self.inner.endpoint()
+    }
 }
 
 impl<B: LlmBackend> CachedBackend<B> {
@@ -356,8 +360,12 @@ impl Core {
         }
     }
 
+    /// Caches a whole answer; a cut, empty or otherwise failed reply is never kept, so a
+    /// later request for it is sent again.
     async fn store(&self, key: &RequestKey, value: Arc<Completion>) {
-        self.cache.insert(key.clone(), value).await;
+        if value.is_complete() {
+            self.cache.insert(key.clone(), value).await;
+        }
     }
 
     /// Publishes a leader's result, caches it if it succeeded, and retires the flight.

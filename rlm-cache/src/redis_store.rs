@@ -10,7 +10,7 @@ use rlm_core::Completion;
 use tokio::time::Instant;
 
 use crate::CacheError;
-use crate::store::{Store, StoreKey, decode, encode};
+use crate::store::{Decoded, Store, StoreKey, decode, encode};
 
 /// The longest one Redis operation may take before the store counts as unavailable.
 const OP_TIMEOUT: Duration = Duration::from_millis(1_000);
@@ -154,10 +154,39 @@ impl Store for RedisStore {
                     .await
             })
             .await?;
-        Ok(values
+        let mut bad = Vec::new();
+        let found = values
             .into_iter()
-            .map(|value| value.and_then(|bytes| decode(&bytes)))
-            .collect())
+            .zip(keys)
+            .map(|(value, key)| match decode(key, &value?) {
+                Decoded::Answer(completion) => Some(completion),
+                Decoded::Bad => {
+                    bad.push(self.key(key));
+                    None
+                }
+            })
+            .collect();
+        if !bad.is_empty() {
+            tracing::warn!(
+                target: "rlm_cache",
+                "{} Redis cache entr{} did not match {} checksum: removed, asked again",
+                bad.len(),
+                if bad.len() == 1 { "y" } else { "ies" },
+                if bad.len() == 1 { "its" } else { "their" },
+            );
+            // Removing them is best effort: the answers found are kept either way.
+            if let Ok(mut connection) = self.connection().await {
+                let _ = self
+                    .run(async move {
+                        redis::cmd("DEL")
+                            .arg(&bad)
+                            .query_async::<()>(&mut connection)
+                            .await
+                    })
+                    .await;
+            }
+        }
+        Ok(found)
     }
 
     async fn put_many(&self, entries: &[(StoreKey, Completion)]) -> Result<(), CacheError> {
@@ -169,7 +198,7 @@ impl Store for RedisStore {
             let command = pipeline
                 .cmd("SET")
                 .arg(self.key(key))
-                .arg(encode(completion));
+                .arg(encode(key, completion));
             if let Some(ttl) = self.ttl {
                 command.arg("PX").arg(ttl.as_millis().clamp(1, MAX_TTL_MS));
             }

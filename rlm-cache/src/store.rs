@@ -15,13 +15,15 @@ use sha2::{Digest, Sha256};
 
 use crate::CacheError;
 
-/// What a stored key is derived from, besides the request: changing the encoding changes
-/// every key, so an old entry can never be read as a new one.
-const KEY_DOMAIN: &[u8] = b"rlm-cache/v1\n";
+/// What a stored key is derived from, besides the endpoint and the request: changing the
+/// encoding changes every key, so an old entry can never be read as a new one.
+const KEY_DOMAIN: &[u8] = b"rlm-cache/v2\n";
 
-/// The key of a request in a persistent or shared store: the SHA-256 of a versioned prefix
-/// and the request's JSON (model, every message, every sampling field, `extra`), so the
-/// same request gets the same key in every process and on every machine.
+/// The key of a request in a persistent or shared store: the SHA-256 of a versioned prefix,
+/// the endpoint that answers (see [`LlmBackend::endpoint`]) and the request's JSON (model,
+/// every message, every sampling field, `extra`), so the same request to the same service
+/// gets the same key in every process and on every machine, and two services sharing one
+/// store never answer for each other.
 ///
 /// Two requests that differ in any field get different keys (up to SHA-256 collisions);
 /// two equal requests get the same key (JSON objects in `extra` are encoded with their keys
@@ -30,8 +32,9 @@ const KEY_DOMAIN: &[u8] = b"rlm-cache/v1\n";
 pub struct StoreKey([u8; 32]);
 
 impl StoreKey {
-    /// The key of `request`.
-    pub fn of(request: &CompletionRequest) -> Self {
+    /// The key of `request` sent to `endpoint` (`None`: a backend without one, such as a
+    /// mock).
+    pub fn new(endpoint: Option<&str>, request: &CompletionRequest) -> Self {
         /// Feeds the JSON straight into the hash, without building it in memory.
         struct Feed(Sha256);
         impl std::io::Write for Feed {
@@ -45,12 +48,25 @@ impl StoreKey {
         }
         let mut feed = Feed(Sha256::new());
         feed.0.update(KEY_DOMAIN);
+        // Length-prefixed, so no endpoint text can run into the request's JSON.
+        match endpoint {
+            Some(endpoint) => {
+                feed.0.update((endpoint.len() as u64).to_le_bytes());
+                feed.0.update(endpoint.as_bytes());
+            }
+            None => feed.0.update(u64::MAX.to_le_bytes()),
+        }
         // Encoding a request cannot fail (string keys, no non-finite map keys); were it to,
         // the error text is hashed too, which only costs a miss.
         if let Err(e) = serde_json::to_writer(&mut feed, request) {
             feed.0.update(format!("\nunencodable: {e}").as_bytes());
         }
         Self(feed.0.finalize().into())
+    }
+
+    /// The key of `request` for a backend without an endpoint: `StoreKey::new(None, request)`.
+    pub fn of(request: &CompletionRequest) -> Self {
+        Self::new(None, request)
     }
 
     /// The 32 bytes of the digest.
@@ -70,16 +86,58 @@ impl fmt::Debug for StoreKey {
     }
 }
 
-/// Encodes a completion for a store (JSON).
+/// The first bytes of a stored value: the format's version.
 #[cfg(any(feature = "disk", feature = "redis"))]
-pub(crate) fn encode(completion: &Completion) -> Vec<u8> {
-    serde_json::to_vec(completion).unwrap_or_default()
+const VALUE_MAGIC: &[u8; 4] = b"rlv2";
+
+/// The checksum of a stored value: SHA-256 over its key and its JSON, so a changed byte, a
+/// truncated value or a value moved under another key never reads as an answer.
+#[cfg(any(feature = "disk", feature = "redis"))]
+fn checksum(key: &StoreKey, json: &[u8]) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    hash.update(key.as_bytes());
+    hash.update(json);
+    hash.finalize().into()
 }
 
-/// Decodes a stored completion; `None` for bytes that are not one (then it is a miss).
+/// Encodes a completion stored under `key`: [`VALUE_MAGIC`], the checksum, then the JSON.
 #[cfg(any(feature = "disk", feature = "redis"))]
-pub(crate) fn decode(bytes: &[u8]) -> Option<Completion> {
-    serde_json::from_slice(bytes).ok()
+pub(crate) fn encode(key: &StoreKey, completion: &Completion) -> Vec<u8> {
+    let json = serde_json::to_vec(completion).unwrap_or_default();
+    let mut value = Vec::with_capacity(VALUE_MAGIC.len() + 32 + json.len());
+    value.extend_from_slice(VALUE_MAGIC);
+    value.extend_from_slice(&checksum(key, &json));
+    value.extend_from_slice(&json);
+    value
+}
+
+/// What a stored value read back under its key turned out to be.
+#[cfg(any(feature = "disk", feature = "redis"))]
+#[derive(Debug)]
+pub(crate) enum Decoded {
+    /// A whole answer whose checksum matches.
+    Answer(Completion),
+    /// Bytes that are not a sound entry (another format, a checksum that does not match,
+    /// a failed reply): a miss, and the store removes it.
+    Bad,
+}
+
+/// Decodes a value stored under `key`, checking its checksum.
+#[cfg(any(feature = "disk", feature = "redis"))]
+pub(crate) fn decode(key: &StoreKey, bytes: &[u8]) -> Decoded {
+    let Some(rest) = bytes.strip_prefix(VALUE_MAGIC.as_slice()) else {
+        return Decoded::Bad;
+    };
+    let Some((sum, json)) = rest.split_first_chunk::<32>() else {
+        return Decoded::Bad;
+    };
+    if *sum != checksum(key, json) {
+        return Decoded::Bad;
+    }
+    match serde_json::from_slice::<Completion>(json) {
+        Ok(completion) if completion.is_complete() => Decoded::Answer(completion),
+        _ => Decoded::Bad,
+    }
 }
 
 /// A persistent or shared key-value tier for completions, behind the in-memory cache.
@@ -123,7 +181,11 @@ impl<S: Store + ?Sized> Store for Arc<S> {
 /// `StoredBackend::new(StoredBackend::new(provider, redis), disk)` looks on disk, then in
 /// Redis, then asks the provider; an answer found in Redis is written to disk on its way up.
 ///
-/// - Errors and cancelled calls are never stored.
+/// - Errors, cancelled calls and failed replies (cut at the token limit, empty, only
+///   reasoning or tool calls; see [`Completion::is_complete`]) are never stored, so asking
+///   again sends the request again.
+/// - Entries are keyed by the inner backend's [`LlmBackend::endpoint`] and the request
+///   ([`StoreKey`]).
 /// - A batch's answers are written as each arrives, a few at a time, so a process killed
 ///   during a long batch keeps what was answered before.
 /// - A store that fails is treated as empty: the call goes on to the inner backend, and a
@@ -231,14 +293,20 @@ impl<B: fmt::Debug, S: Store> fmt::Debug for StoredBackend<B, S> {
 #[async_trait]
 impl<B: LlmBackend, S: Store + 'static> LlmBackend for StoredBackend<B, S> {
     async fn complete(&self, request: CompletionRequest) -> Result<Completion, LlmError> {
-        let key = StoreKey::of(&request);
+        let key = StoreKey::new(self.inner.endpoint(), &request);
         if let Some(Some(found)) = self.lookup(&[key]).await.pop() {
             self.state.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(found);
         }
         let completion = self.inner.complete(request).await?;
-        self.write(&[(key, completion.clone())]).await;
+        if completion.is_complete() {
+            self.write(&[(key, completion.clone())]).await;
+        }
         Ok(completion)
+    }
+
+    fn endpoint(&self) -> Option<&str> {
+        self.inner.endpoint()
     }
 }
 
@@ -261,7 +329,10 @@ impl BatchObserver for Forward {
     }
 
     fn finished(&self, index: usize, result: &BatchResult, elapsed: Duration) {
-        if let (Ok(completion), Some(key)) = (result, self.keys.get(index)) {
+        if let (Some(completion), Some(key)) = (
+            result.as_ref().ok().filter(|c| c.is_complete()),
+            self.keys.get(index),
+        ) {
             let queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
             let sent = queue
                 .as_ref()
@@ -296,7 +367,11 @@ impl<B: BatchExecutor, S: Store + 'static> BatchExecutor for StoredBackend<B, S>
         if options.cancel.is_cancelled() {
             return requests.iter().map(|_| Err(LlmError::Cancelled)).collect();
         }
-        let keys: Vec<StoreKey> = requests.iter().map(StoreKey::of).collect();
+        let endpoint = self.inner.endpoint();
+        let keys: Vec<StoreKey> = requests
+            .iter()
+            .map(|request| StoreKey::new(endpoint, request))
+            .collect();
         let found = self.lookup(&keys).await;
         let mut results: Vec<Option<BatchResult>> = requests.iter().map(|_| None).collect();
         let mut positions = Vec::new();
@@ -365,8 +440,8 @@ impl<B: BatchExecutor, S: Store + 'static> BatchExecutor for StoredBackend<B, S>
                         "the inner backend returned fewer results than requests",
                     ))
                 });
-                if let (Ok(completion), false, Some(key)) = (
-                    &outcome,
+                if let (Some(completion), false, Some(key)) = (
+                    outcome.as_ref().ok().filter(|c| c.is_complete()),
                     queued.get(j).copied().unwrap_or(true),
                     forward.keys.get(j),
                 ) {

@@ -116,7 +116,7 @@ async fn the_byte_bound_removes_the_oldest_first() {
 }
 
 #[tokio::test]
-async fn expired_entries_are_misses_and_go_at_the_next_write() {
+async fn expired_entries_are_misses_for_the_reader_with_the_ttl_only() {
     let dir = TempDir::new("ttl");
     let store = open(
         dir.path(),
@@ -127,11 +127,13 @@ async fn expired_entries_are_misses_and_go_at_the_next_write() {
     assert!(store.get_many(&[key]).await.expect("read")[0].is_some());
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(store.get_many(&[key]).await.expect("read")[0].is_none());
-    // Another process without a TTL still sees it until a write with the TTL removes it.
+    // Another process without a TTL still sees it, also after a write by the process with
+    // the short TTL: a TTL applies when reading, it never purges other processes' entries.
     let forever = open(dir.path(), DiskConfig::default());
     assert!(forever.get_many(&[key]).await.expect("read")[0].is_some());
     store.put_many(&[entry(2, 10)]).await.expect("written");
-    assert!(forever.get_many(&[key]).await.expect("read")[0].is_none());
+    assert!(forever.get_many(&[key]).await.expect("read")[0].is_some());
+    assert!(store.get_many(&[key]).await.expect("read")[0].is_none());
 }
 
 #[tokio::test]
@@ -270,6 +272,201 @@ async fn errors_are_never_stored() {
     assert!(store.get_many(&[bad]).await.expect("read")[0].is_none());
 }
 
+/// A provider behind `endpoint` whose every answer names it.
+#[derive(Clone)]
+struct Server {
+    endpoint: &'static str,
+    calls: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Server {
+    fn new(endpoint: &'static str) -> Self {
+        Self {
+            endpoint,
+            calls: Arc::default(),
+        }
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[rlm_core::async_trait]
+impl LlmBackend for Server {
+    async fn complete(&self, request: CompletionRequest) -> Result<Completion, LlmError> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(Completion::new(
+            &request.model,
+            format!("{}:7", self.endpoint),
+        ))
+    }
+
+    fn endpoint(&self) -> Option<&str> {
+        Some(self.endpoint)
+    }
+}
+
+impl BatchExecutor for Server {}
+
+#[tokio::test]
+async fn two_servers_behind_one_directory_never_answer_for_each_other() {
+    let dir = TempDir::new("endpoints");
+    let request = || CompletionRequest::prompt("sub", "What is the number?");
+    let a = Server::new("A");
+    let b = Server::new("B");
+    let from_a = CachedBackend::new(StoredBackend::new(
+        a.clone(),
+        open(dir.path(), DiskConfig::default()),
+    ));
+    assert_eq!(
+        from_a.complete(request()).await.map(|c| c.text),
+        Ok("A:7".to_owned())
+    );
+    // Server B's run, in a new process sharing the directory: asks B, not the disk.
+    let from_b = CachedBackend::new(StoredBackend::new(
+        b.clone(),
+        open(dir.path(), DiskConfig::default()),
+    ));
+    assert_eq!(
+        from_b.complete(request()).await.map(|c| c.text),
+        Ok("B:7".to_owned())
+    );
+    let batch = from_b
+        .complete_batch(vec![request(), request()], &BatchOptions::new(2))
+        .await;
+    assert!(
+        batch
+            .iter()
+            .all(|r| r.as_ref().map(|c| c.text.as_str()) == Ok("B:7"))
+    );
+    assert_eq!(b.calls(), 1);
+    // A's entry is still A's.
+    let again_a = StoredBackend::new(a.clone(), open(dir.path(), DiskConfig::default()));
+    assert_eq!(
+        again_a.complete(request()).await.map(|c| c.text),
+        Ok("A:7".to_owned())
+    );
+    assert_eq!((a.calls(), again_a.hits()), (1, 1));
+}
+
+/// Answers every prompt with a reply that failed in one way, until `fixed` is set.
+fn failing_replies(fixed: Arc<std::sync::atomic::AtomicBool>) -> MockBackend {
+    use rlm_core::FinishReason;
+    let whole = Arc::clone(&fixed);
+    MockBackend::from_fn(|request: &CompletionRequest| {
+        Ok(format!(
+            "whole answer to {}",
+            request.last_user_message().unwrap_or_default()
+        ))
+    })
+    .with_shape(move |request, completion| {
+        if whole.load(std::sync::atomic::Ordering::SeqCst) {
+            return completion;
+        }
+        match request.last_user_message().unwrap_or_default() {
+            "cut" => {
+                Completion::new("sub", "half an ans").with_finish_reason(Some(FinishReason::Length))
+            }
+            "empty" => Completion::new("sub", ""),
+            "reasoning" => Completion::new("sub", "").with_reasoning("thinking..."),
+            _ => Completion::new("sub", "").with_finish_reason(Some(FinishReason::ToolCalls)),
+        }
+    })
+}
+
+#[tokio::test]
+async fn failed_replies_are_never_stored_and_asking_again_sends_again() {
+    let dir = TempDir::new("failed");
+    let fixed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let provider = failing_replies(Arc::clone(&fixed));
+    let store = open(dir.path(), DiskConfig::default());
+    let cached = CachedBackend::new(StoredBackend::new(provider.clone(), store.clone()));
+    let prompts = ["cut", "empty", "reasoning", "tools"];
+    let requests = || {
+        prompts
+            .map(|p| CompletionRequest::prompt("sub", p))
+            .to_vec()
+    };
+    let first = cached
+        .complete_batch(requests(), &BatchOptions::new(4))
+        .await;
+    assert!(
+        first
+            .iter()
+            .all(|r| r.as_ref().is_ok_and(|c| !c.is_complete()))
+    );
+    assert_eq!(
+        cached
+            .complete(CompletionRequest::prompt("sub", "cut"))
+            .await
+            .map(|c| c.is_cut()),
+        Ok(true)
+    );
+    assert_eq!(
+        store.usage().await.expect("usage").0,
+        0,
+        "nothing failed is on disk"
+    );
+    assert_eq!(provider.calls(), 5, "the single ask again was sent");
+    // Asked again once the model answers whole: every prompt is sent again, in memory and
+    // on disk, then kept.
+    fixed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let second = cached
+        .complete_batch(requests(), &BatchOptions::new(4))
+        .await;
+    for (result, prompt) in second.iter().zip(prompts) {
+        assert_eq!(
+            result.as_ref().map(|c| c.text.clone()),
+            Ok(format!("whole answer to {prompt}"))
+        );
+    }
+    assert_eq!(provider.calls(), 9);
+    assert_eq!(store.usage().await.expect("usage").0, 4);
+}
+
+#[tokio::test]
+async fn a_changed_byte_in_the_file_is_a_miss_never_an_answer() {
+    let dir = TempDir::new("checksum");
+    let request = CompletionRequest::prompt("sub", "What is six times seven?");
+    let key = StoreKey::of(&request);
+    {
+        let store = open(dir.path(), DiskConfig::default());
+        store
+            .put_many(&[(key, Completion::new("sub", "The answer is 42."))])
+            .await
+            .expect("written");
+    } // closing the last connection checkpoints the log into the file
+    let file = dir.path().join(rlm_cache::DISK_CACHE_FILE);
+    let mut bytes = std::fs::read(&file).expect("the cache file");
+    let at = bytes
+        .windows(3)
+        .position(|w| w == b"42.")
+        .expect("the answer is in the file");
+    bytes[at + 1] = b'3';
+    std::fs::write(&file, &bytes).expect("changed");
+
+    let store = open(dir.path(), DiskConfig::default());
+    assert!(store.get_many(&[key]).await.expect("read")[0].is_none());
+    assert_eq!(
+        store.usage().await.expect("usage").0,
+        0,
+        "the bad entry is removed"
+    );
+    // The provider is asked again and its answer stored anew.
+    let provider = MockBackend::from_fn(|_: &CompletionRequest| Ok("The answer is 42.".to_owned()));
+    let backend = StoredBackend::new(provider.clone(), store.clone());
+    assert_eq!(
+        backend.complete(request.clone()).await.map(|c| c.text),
+        Ok("The answer is 42.".to_owned())
+    );
+    assert_eq!(provider.calls(), 1);
+    assert_eq!(
+        text(&store.get_many(&[key]).await.expect("read")[0]),
+        Some("The answer is 42.")
+    );
+}
+
 // ---- several processes ----
 
 /// Runs this test binary's `child` test in a new process with `env`.
@@ -371,6 +568,36 @@ async fn several_processes_share_one_directory() {
         assert_all_present(&store, &format!("p{id}"), 150).await;
     }
     assert_eq!(store.usage().await.expect("usage").0, 450);
+}
+
+#[tokio::test]
+async fn many_processes_opening_a_fresh_directory_at_once_all_succeed() {
+    for round in 0..12 {
+        let dir = TempDir::new(&format!("first-open-{round}"));
+        // Not created yet: every process races to make the directory, the file and its tables.
+        let path = dir.path().join("cache").to_string_lossy().into_owned();
+        let children: Vec<_> = (0..8)
+            .map(|id| {
+                spawn_child(&[
+                    ("RLM_CHILD_DIR", path.clone()),
+                    ("RLM_CHILD_ID", format!("p{id}")),
+                    ("RLM_CHILD_COUNT", "1".to_owned()),
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("a child process")
+            })
+            .collect();
+        for child in children {
+            let output = child.wait_with_output().expect("the child ends");
+            assert!(
+                output.status.success(),
+                "round {round}: a first open failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
 }
 
 #[tokio::test]

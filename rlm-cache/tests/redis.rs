@@ -136,6 +136,65 @@ async fn calls_go_on_while_redis_is_down_and_sharing_resumes_when_it_returns() {
     assert_eq!(backend.hits(), hits + 1);
 }
 
+#[tokio::test]
+async fn a_changed_byte_or_a_failed_reply_is_never_an_answer() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let store = RedisStore::new(&redis.url(), "check", None).expect("a store");
+    let request = CompletionRequest::prompt("sub", "What is six times seven?");
+    let key = StoreKey::of(&request);
+    let answer = Completion::new("sub", "The answer is 42.");
+    store
+        .put_many(&[(key, answer.clone())])
+        .await
+        .expect("written");
+    // One byte of the stored answer changed in Redis: after the 4-byte format tag and the
+    // 32-byte checksum comes the completion's JSON.
+    let json = serde_json::to_vec(&answer).expect("json");
+    let at = json
+        .windows(2)
+        .position(|w| w == b"42")
+        .expect("the answer")
+        + 1;
+    let changed = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port().to_string(), "SETRANGE"])
+        .arg(format!("check:cache:{}", key.to_hex()))
+        .arg((36 + at).to_string())
+        .arg("3")
+        .output()
+        .expect("redis-cli runs");
+    assert!(changed.status.success());
+    assert!(store.get_many(&[key]).await.expect("read")[0].is_none());
+
+    // Removed, so the provider is asked again and its answer stored anew.
+    let provider = MockBackend::from_fn(|_: &CompletionRequest| Ok("The answer is 42.".into()));
+    let backend = StoredBackend::new(provider.clone(), store);
+    for _ in 0..2 {
+        let text = backend.complete(request.clone()).await.map(|c| c.text);
+        assert_eq!(text.as_deref(), Ok("The answer is 42."));
+    }
+    assert_eq!((provider.calls(), backend.hits()), (1, 1));
+
+    // A reply cut at the token limit is never stored: asking again sends again.
+    let cut = MockBackend::echo().with_shape(|_, completion| {
+        completion.with_finish_reason(Some(rlm_core::FinishReason::Length))
+    });
+    let backend = StoredBackend::new(
+        cut.clone(),
+        RedisStore::new(&redis.url(), "check", None).expect("a store"),
+    );
+    for _ in 0..2 {
+        assert!(
+            backend
+                .complete(CompletionRequest::prompt("sub", "long"))
+                .await
+                .is_ok()
+        );
+    }
+    assert_eq!((cut.calls(), backend.hits()), (2, 0));
+}
+
 #[test]
 fn a_bad_url_is_a_clear_error_without_the_password() {
     let error = RedisStore::new("http://:hunter2@example.com", "rlm", None)

@@ -33,12 +33,27 @@ use crate::{Completion, CompletionRequest, LlmError};
 pub trait LlmBackend: Send + Sync {
     /// Sends one request and waits for its completion.
     async fn complete(&self, request: CompletionRequest) -> Result<Completion, LlmError>;
+
+    /// Which service answers: for a provider, its endpoint without credentials (such as
+    /// `https://api.openai.com/v1/chat/completions`); `None` (the default) for a backend
+    /// that has none, such as a mock.
+    ///
+    /// Persistent and shared caches key their entries by it beside the request, so two
+    /// servers behind one cache never answer for each other. Decorators forward their
+    /// inner backend's.
+    fn endpoint(&self) -> Option<&str> {
+        None
+    }
 }
 
 #[async_trait]
 impl<T: LlmBackend + ?Sized> LlmBackend for Arc<T> {
     async fn complete(&self, request: CompletionRequest) -> Result<Completion, LlmError> {
         (**self).complete(request).await
+    }
+
+    fn endpoint(&self) -> Option<&str> {
+        (**self).endpoint()
     }
 }
 
@@ -47,11 +62,19 @@ impl<T: LlmBackend + ?Sized> LlmBackend for Box<T> {
     async fn complete(&self, request: CompletionRequest) -> Result<Completion, LlmError> {
         (**self).complete(request).await
     }
+
+    fn endpoint(&self) -> Option<&str> {
+        (**self).endpoint()
+    }
 }
 
 #[async_trait]
 impl<T: LlmBackend + ?Sized> LlmBackend for &T {
     async fn complete(&self, request: CompletionRequest) -> Result<Completion, LlmError> {
         (**self).complete(request).await
+    }
+
+    fn endpoint(&self) -> Option<&str> {
+        (**self).endpoint()
     }
 }

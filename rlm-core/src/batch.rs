@@ -169,6 +169,10 @@ impl<B: LlmBackend> LlmBackend for ConcurrentExecutor<B> {
     async fn complete(&self, request: CompletionRequest) -> Result<Completion, LlmError> {
         self.backend.complete(request).await
     }
+
+    fn endpoint(&self) -> Option<&str> {
+        self.backend.endpoint()
+    }
 }
 
 impl<B: LlmBackend> BatchExecutor for ConcurrentExecutor<B> {}

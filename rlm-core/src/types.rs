@@ -394,6 +394,18 @@ impl Completion {
         self.finish_reason == Some(FinishReason::Length)
     }
 
+    /// Whether the reply is a whole answer: not cut at the token limit, with text, neither
+    /// withheld by a content filter nor a request for tool calls. Caches keep only these, so
+    /// asking again after a failed reply sends the request again.
+    pub fn is_complete(&self) -> bool {
+        !self.is_cut()
+            && self.missing_text().is_none()
+            && !matches!(
+                self.finish_reason,
+                Some(FinishReason::ToolCalls | FinishReason::ContentFilter)
+            )
+    }
+
     /// Why a reply carries no answer text, or `None` when it has text.
     ///
     /// An answer is missing when the text is empty or blank: the reply was cut before any

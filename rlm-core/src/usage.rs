@@ -178,6 +178,10 @@ impl<B: LlmBackend> LlmBackend for Metered<B> {
         self.tracker.record_result(&model, &result);
         result
     }
+
+    fn endpoint(&self) -> Option<&str> {
+        self.inner.endpoint()
+    }
 }
 
 #[async_trait]

@@ -485,6 +485,11 @@ impl LlmBackend for OpenAiBackend {
         .instrument(span)
         .await
     }
+
+    /// The chat-completions URL without credentials: persistent caches key entries by it.
+    fn endpoint(&self) -> Option<&str> {
+        Some(&self.inner.shown_url)
+    }
 }
 
 /// Batches run on [`rlm_core::execute_bounded`]: at most `max_concurrent` requests in flight,
