@@ -211,6 +211,51 @@ struct Shared {
     pacer: Arc<dyn SharedPacer>,
     model: String,
     limit: RateLimit,
+    /// The longest wait the shared books can rightly ask for: a minute's window, plus the
+    /// longest server pause this process honours. A longer one is damaged state.
+    max_wait: Duration,
+    /// Whether damaged shared state was already reported for this model.
+    warned: std::sync::atomic::AtomicBool,
+}
+
+impl Shared {
+    fn new(
+        pacer: Arc<dyn SharedPacer>,
+        model: &str,
+        limit: RateLimit,
+        max_pause: Duration,
+    ) -> Self {
+        Self {
+            pacer,
+            model: model.to_owned(),
+            limit,
+            max_wait: Duration::from_secs(61).saturating_add(max_pause),
+            warned: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// The shared books' answer for one request: `None` when they are unreachable, or when
+    /// they ask for a wait no configured limit can require (state written by something
+    /// else, a clock far off): then it is reported once, the books are reset, and this
+    /// process paces on its own.
+    async fn admit(&self, tokens: u64) -> Option<Duration> {
+        let wait = self.pacer.admit(&self.model, self.limit, tokens).await?;
+        if wait <= self.max_wait {
+            return Some(wait);
+        }
+        if !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                target: "rlm_openai",
+                "the shared rate-limit state of {} asks for a wait of {} s, more than its \
+                 limits can require ({} s at most): ignored and reset; pacing locally",
+                self.model,
+                wait.as_secs(),
+                self.max_wait.as_secs(),
+            );
+        }
+        self.pacer.reset(&self.model).await;
+        None
+    }
 }
 
 impl Gate {
@@ -262,11 +307,7 @@ impl Gate {
                 // Then the books of every process together; unreachable, this process's
                 // own books stand alone.
                 if let Some(shared) = &self.shared {
-                    let wait = shared
-                        .pacer
-                        .admit(&shared.model, shared.limit, tokens)
-                        .await
-                        .unwrap_or_default();
+                    let wait = shared.admit(tokens).await.unwrap_or_default();
                     if !wait.is_zero() {
                         tokio::time::sleep(wait).await;
                         continue;
@@ -321,6 +362,8 @@ pub(crate) struct Limiters {
     default: RateLimit,
     per_model: HashMap<String, RateLimit>,
     shared: Option<Arc<dyn SharedPacer>>,
+    /// The longest server pause honoured (`OpenAiConfig::with_max_retry_after`).
+    max_pause: Duration,
     gates: RwLock<HashMap<String, Arc<Gate>>>,
 }
 
@@ -334,6 +377,7 @@ impl Limiters {
                 .map(|(model, limit)| (model.clone(), *limit))
                 .collect(),
             shared: config.shared_pacer.clone(),
+            max_pause: config.max_retry_after,
             gates: RwLock::new(HashMap::new()),
         }
     }
@@ -351,11 +395,10 @@ impl Limiters {
         let limit = self.per_model.get(model).copied().unwrap_or(self.default);
         let mut gates = self.gates.write().unwrap_or_else(PoisonError::into_inner);
         Arc::clone(gates.entry(model.to_owned()).or_insert_with(|| {
-            let shared = self.shared.as_ref().map(|pacer| Shared {
-                pacer: Arc::clone(pacer),
-                model: model.to_owned(),
-                limit,
-            });
+            let shared = self
+                .shared
+                .as_ref()
+                .map(|pacer| Shared::new(Arc::clone(pacer), model, limit, self.max_pause));
             Arc::new(Gate::with_shared(limit, shared))
         }))
     }
@@ -591,6 +634,9 @@ mod tests {
     #[derive(Debug, Default)]
     struct FakePacer {
         unreachable: bool,
+        /// Answers every admission with a wait far in the future (damaged state).
+        far_future: bool,
+        resets: std::sync::atomic::AtomicUsize,
         asked: std::sync::atomic::AtomicUsize,
         paused: Mutex<Vec<(String, Duration)>>,
     }
@@ -599,11 +645,19 @@ mod tests {
     impl SharedPacer for FakePacer {
         async fn admit(&self, _model: &str, _limit: RateLimit, _tokens: u64) -> Option<Duration> {
             let asked = self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if self.far_future {
+                return Some(Duration::from_micros(99_999_999_999_999_999));
+            }
             match (self.unreachable, asked) {
                 (true, _) => None,
                 (false, 0) => Some(Duration::from_millis(500)),
                 (false, _) => Some(Duration::ZERO),
             }
+        }
+
+        async fn reset(&self, _model: &str) {
+            self.resets
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
 
         async fn pause(&self, model: &str, wait: Duration) {
@@ -617,11 +671,12 @@ mod tests {
     fn shared_gate(pacer: &Arc<FakePacer>, limit: RateLimit) -> Gate {
         Gate::with_shared(
             limit,
-            Some(Shared {
-                pacer: Arc::clone(pacer) as Arc<dyn SharedPacer>,
-                model: "m".to_owned(),
+            Some(Shared::new(
+                Arc::clone(pacer) as Arc<dyn SharedPacer>,
+                "m",
                 limit,
-            }),
+                Duration::from_secs(60),
+            )),
         )
     }
 
@@ -658,6 +713,22 @@ mod tests {
         // Still paced locally: one a second at 60 a minute.
         let elapsed = admitted[2].0.duration_since(admitted[0].0);
         assert!(elapsed >= Duration::from_millis(1_990), "{elapsed:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shared_wait_beyond_what_the_limits_require_is_ignored_and_reset() {
+        let pacer = Arc::new(FakePacer {
+            far_future: true,
+            ..FakePacer::default()
+        });
+        let gate = shared_gate(&pacer, RateLimit::new(60, 0));
+        let start = Instant::now();
+        let admitted = admit_all(&gate, std::iter::repeat_n(1, 3)).await;
+        // Paced locally as if the shared books were unreachable: one a second at 60 a minute
+        // (the burst of one goes at once), never the 3,000-year wait.
+        assert_eq!(admitted.len(), 3);
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+        assert_eq!(pacer.resets.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 
     #[test]

@@ -28,6 +28,13 @@ pub trait SharedPacer: fmt::Debug + Send + Sync {
     /// Holds every process's requests for `model` for `wait` from now (extending, never
     /// shortening, a pause already in force). Best effort: an unreachable store is ignored.
     async fn pause(&self, model: &str, wait: Duration);
+
+    /// Clears `model`'s shared books. The backend calls it when they ask for a wait that no
+    /// configured limit can require (state damaged or written by something else), so no
+    /// process stays stuck behind it. Best effort; the default does nothing.
+    async fn reset(&self, model: &str) {
+        let _ = model;
+    }
 }
 
 #[cfg(feature = "redis")]
@@ -70,14 +77,17 @@ else
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 local MINUTE = 60000000
-local pause = tonumber(redis.call('HGET', state, 'pause') or '0')
+local function num(value)
+  return tonumber(value) or 0
+end
+local pause = num(redis.call('HGET', state, 'pause'))
 if pause > now then return pause - now end
 
 local function gcra(field, limit, cost)
   if limit <= 0 then return 0, nil end
   local burst = math.max(math.floor(limit / 60), 1)
   local period = math.ceil(MINUTE / (limit - burst + 1))
-  local tat = tonumber(redis.call('HGET', state, field) or '0')
+  local tat = num(redis.call('HGET', state, field))
   if tat < now then tat = now end
   local allow_at = tat - (burst - math.min(cost, burst)) * period
   if allow_at > now then return allow_at - now, nil end
@@ -86,12 +96,13 @@ end
 
 local function parse(entry)
   local sep = string.find(entry, ':', 1, true)
-  return tonumber(string.sub(entry, 1, sep - 1)), tonumber(string.sub(entry, sep + 1))
+  if not sep then return 0, 0 end
+  return num(string.sub(entry, 1, sep - 1)), num(string.sub(entry, sep + 1))
 end
 
 local function room(list, field, limit, cost)
   if limit <= 0 then return 0, 0 end
-  local total = tonumber(redis.call('HGET', state, field) or '0')
+  local total = num(redis.call('HGET', state, field))
   while true do
     local head = redis.call('LINDEX', list, 0)
     if not head then total = 0 break end
@@ -162,7 +173,7 @@ else
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 local until_at = now + tonumber(ARGV[1])
-local current = tonumber(redis.call('HGET', KEYS[1], 'pause') or '0')
+local current = tonumber(redis.call('HGET', KEYS[1], 'pause')) or 0
 if until_at > current then redis.call('HSET', KEYS[1], 'pause', until_at) end
 redis.call('PEXPIRE', KEYS[1], math.max(120000, math.ceil((until_at - now) / 1000) + 1000))
 return 0
@@ -190,6 +201,7 @@ return 0
         prefix: String,
         admit: Script,
         pause: Script,
+        reset: Script,
         retry_at: Mutex<Option<Instant>>,
         shown: String,
         /// Whether the outage now was already reported.
@@ -233,6 +245,7 @@ return 0
                 prefix: prefix.to_owned(),
                 admit: Script::new(ADMIT),
                 pause: Script::new(PAUSE),
+                reset: Script::new("return redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])"),
                 retry_at: Mutex::new(None),
                 shown,
                 warned: std::sync::atomic::AtomicBool::new(false),
@@ -336,6 +349,15 @@ return 0
                 .arg(self.clock_arg());
             let wait: i64 = self.run(invocation).await?;
             Some(Duration::from_micros(u64::try_from(wait).unwrap_or(0)))
+        }
+
+        async fn reset(&self, model: &str) {
+            let keys = self.keys(model);
+            let mut invocation = self.reset.prepare_invoke();
+            for key in &keys {
+                invocation.key(key);
+            }
+            let _: Option<i64> = self.run(invocation).await;
         }
 
         async fn pause(&self, model: &str, wait: Duration) {

@@ -179,6 +179,57 @@ async fn without_redis_the_pacer_says_so_quickly_and_recovers() {
     assert!(back, "the pacer uses Redis again once it is back");
 }
 
+/// Far-future values written into the pacing hash by something else (a bug, a clock far
+/// off, a person): no process may wait on them.
+#[tokio::test]
+async fn garbage_in_the_shared_state_never_stops_the_calls() {
+    use rlm_core::{CompletionRequest, LlmBackend};
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let server = rlm_tests::MockServer::start(|request: &rlm_tests::ServerRequest| {
+        rlm_tests::Reply::completion_for(request, "ok")
+    })
+    .await
+    .expect("the mock server");
+    for field in ["pause", "rtat", "ttat"] {
+        let prefix = format!("garbage-{field}");
+        let set = std::process::Command::new("redis-cli")
+            .args(["-p", &redis.port().to_string(), "HSET"])
+            .arg(format!("{prefix}:pace:m"))
+            .args([field, "99999999999999999"])
+            .output()
+            .expect("redis-cli runs");
+        assert!(set.status.success());
+        let pacer = std::sync::Arc::new(RedisPacer::new(&redis.url(), &prefix).expect("a pacer"));
+        let backend = rlm_openai::OpenAiBackend::new(
+            rlm_openai::OpenAiConfig::new()
+                .with_base_url(server.base_url())
+                .with_api_key("sk-test")
+                .with_rate_limit(RateLimit::new(6_000, 1_000_000))
+                .with_shared_pacer(pacer.clone()),
+        )
+        .expect("a backend");
+        // A safety bound only: the damaged state asked for about 3,000 years.
+        let answered = tokio::time::timeout(Duration::from_secs(60), async {
+            for i in 0..3 {
+                let reply = backend
+                    .complete(CompletionRequest::prompt("m", format!("q{i}")))
+                    .await;
+                assert_eq!(reply.map(|c| c.text).ok().as_deref(), Some("ok"));
+            }
+        })
+        .await;
+        assert!(answered.is_ok(), "{field}: calls waited on the garbage");
+        // The state was reset, so the shared books work again for every process.
+        assert_eq!(
+            pacer.admit("m", RateLimit::new(6_000, 0), 1).await,
+            Some(Duration::ZERO),
+            "{field}"
+        );
+    }
+}
+
 #[test]
 fn a_pacer_made_outside_a_runtime_works_inside_one() {
     let Some(redis) = RedisServer::start() else {
