@@ -261,6 +261,26 @@
     }
     return out + esc(code.slice(last));
   }
+  // Texts longer than this show their start and a button for the whole (as plain text):
+  // splitting, highlighting and laying out megabytes at once froze the page.
+  var CLIP = 65536;
+  function clipped(text, render) {
+    text = text || "";
+    if (text.length <= CLIP) return render(text);
+    var box = el("div", { "class": "clipped" });
+    render(text.slice(0, CLIP)).forEach(function (n) { box.appendChild(n); });
+    var more = el("button", { type: "button", "class": "more",
+      text: "Show all " + int(text.length) + " characters (cut at " + int(CLIP) + ")" });
+    more.addEventListener("click", function () {
+      box.textContent = "";
+      box.appendChild(el("pre", { "class": "out", text: text }));
+    });
+    box.appendChild(more);
+    return [box];
+  }
+  function textNodes(tag, cls) {
+    return function (text) { return [el(tag, { "class": cls, text: text })]; };
+  }
   // A reply as prose and fenced code blocks (``` or ~~~, closed by a fence at least as long).
   function replyNodes(text) {
     var nodes = [], prose = [], code = null, fence = null, info = "";
@@ -300,11 +320,12 @@
       if (filled) return;
       filled = true;
       body.appendChild(el("div", { "class": "muted", text: "The root model wrote:" }));
-      replyNodes(turn.reply || "").forEach(function (n) { body.appendChild(n); });
+      clipped(turn.reply, replyNodes).forEach(function (n) { body.appendChild(n); });
       if (turn.blocks.length) body.appendChild(el("div", { "class": "muted", text: "It was shown back:" }));
       turn.blocks.forEach(function (b, i) {
         body.appendChild(el("div", { "class": "muted", text: "Block " + (i + 1) + (b.error ? " failed" : " output") + " (" + ms(b.elapsed_ms) + ")" }));
-        body.appendChild(el("pre", { "class": b.error ? "out err" : "out", text: b.output || (b.error ? b.error : "(no output)") }));
+        clipped(b.output || (b.error ? b.error : "(no output)"), textNodes("pre", b.error ? "out err" : "out"))
+          .forEach(function (n) { body.appendChild(n); });
       });
     }
     details.addEventListener("toggle", function () { if (details.open) fill(); });
@@ -324,11 +345,11 @@
     function fill() {
       if (filled) return;
       filled = true;
-      if (run.depth > 0) body.appendChild(el("p", { "class": "prose", text: "Query: " + run.query }));
+      if (run.depth > 0) clipped("Query: " + run.query, textNodes("p", "prose")).forEach(function (n) { body.appendChild(n); });
       var many = run.turns.length > 12;
       run.turns.forEach(function (t) { body.appendChild(turnNode(t, !many)); });
       if (run.error) body.appendChild(el("pre", { "class": "err", text: run.error }));
-      if (run.depth > 0 && run.answer != null) body.appendChild(el("p", { "class": "prose", text: "Answer: " + run.answer }));
+      if (run.depth > 0 && run.answer != null) clipped("Answer: " + run.answer, textNodes("p", "prose")).forEach(function (n) { body.appendChild(n); });
       children.forEach(function (c) { body.appendChild(runNode(c.run, c.children, false)); });
     }
     details.addEventListener("toggle", function () { if (details.open) fill(); });

@@ -93,6 +93,15 @@ pub enum ViewError {
         /// Why.
         source: std::io::Error,
     },
+    /// The page would be written over the trace it shows (`-o` names the trace itself, a
+    /// link to it, or a hard link).
+    #[error("the page {out} would replace the trace {trace}: choose another output file")]
+    SameFile {
+        /// The trace.
+        trace: PathBuf,
+        /// The page's path.
+        out: PathBuf,
+    },
     /// The trace is larger than [`MAX_TRACE_BYTES`] (or endless, like `/dev/zero`).
     #[error("the trace {path} is larger than {limit} bytes, the most `rlm view` reads")]
     TooLarge {
@@ -135,15 +144,15 @@ pub fn render(text: &str, options: &ViewOptions) -> Result<Rendered, ViewError> 
     // The data sits in a <script> element: no `</script>` or `<!--` may appear in it. JSON
     // has `<` only inside strings, where `\u003c` means the same.
     let data = data.replace('<', "\\u003c");
-    let frame = TEMPLATE
-        .replace("{{title}}", &escape_html(&title))
-        .replace("{{style}}", STYLE)
-        .replace("{{script}}", SCRIPT);
-    let (head, tail) = frame.split_once("{{data}}").unwrap_or((frame.as_str(), ""));
-    let mut html = String::with_capacity(head.len() + data.len() + tail.len());
-    html.push_str(head);
-    html.push_str(&data);
-    html.push_str(tail);
+    let html = fill(
+        TEMPLATE,
+        &[
+            ("title", &escape_html(&title)),
+            ("style", STYLE),
+            ("script", SCRIPT),
+            ("data", &data),
+        ],
+    );
     Ok(Rendered {
         html,
         events: gathered.events,
@@ -166,14 +175,18 @@ pub fn render_file(trace: &Path, out: &Path, options: &ViewOptions) -> Result<Re
     };
     // Only a regular file of at most MAX_TRACE_BYTES is read: a special file such as
     // /dev/zero must not eat the machine's memory.
-    let file = std::fs::File::open(trace).map_err(read_error)?;
-    let metadata = file.metadata().map_err(read_error)?;
+    // Checked before opening: opening a FIFO for reading blocks until a writer comes.
+    let metadata = std::fs::metadata(trace).map_err(read_error)?;
     if !metadata.is_file() {
-        return Err(read_error(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a regular file (a trace is a file that `rlm run --trace` wrote)",
-        )));
+        return Err(read_error(not_a_file()));
     }
+    if same_file(trace, out) {
+        return Err(ViewError::SameFile {
+            trace: trace.to_owned(),
+            out: out.to_owned(),
+        });
+    }
+    let file = open_regular(trace).map_err(read_error)?;
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(
         &mut std::io::Read::take(file, MAX_TRACE_BYTES + 1),
@@ -206,6 +219,48 @@ pub fn render_file(trace: &Path, out: &Path, options: &ViewOptions) -> Result<Re
     Ok(rendered)
 }
 
+fn not_a_file() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        "not a regular file (a trace is a file that `rlm run --trace` wrote)",
+    )
+}
+
+/// Opens `path` for reading only if it is a regular file. On Unix the open does not wait
+/// for a writer (a FIFO swapped in after the check), and the opened file is checked again.
+fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(not_a_file());
+    }
+    Ok(file)
+}
+
+/// Whether writing `out` would replace `trace` (the same path, a link to it, a hard link).
+fn same_file(trace: &Path, out: &Path) -> bool {
+    let (Ok(a), Ok(b)) = (std::fs::canonicalize(trace), std::fs::canonicalize(out)) else {
+        return false;
+    };
+    if a == b {
+        return true;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let (Ok(a), Ok(b)) = (std::fs::metadata(&a), std::fs::metadata(&b)) {
+            return a.dev() == b.dev() && a.ino() == b.ino();
+        }
+    }
+    false
+}
+
 /// Where `rlm view TRACE` writes by default: beside the trace, `.html` for its extension
 /// (`runs/t.jsonl` → `runs/t.html`).
 pub fn default_output(trace: &Path) -> PathBuf {
@@ -217,6 +272,37 @@ pub fn default_output(trace: &Path) -> PathBuf {
         return trace.with_extension("view.html");
     }
     trace.with_extension("html")
+}
+
+/// `template` with each `{{name}}` replaced by its value. Only the template is searched for
+/// placeholders, never a value put in (a title or trace holding `{{data}}` stays text).
+fn fill(template: &str, values: &[(&str, &str)]) -> String {
+    let extra: usize = values.iter().map(|(_, value)| value.len()).sum();
+    let mut out = String::with_capacity(template.len() + extra);
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        let (before, from) = rest.split_at(start);
+        out.push_str(before);
+        let found = from[2..].find("}}").and_then(|end| {
+            let name = &from[2..2 + end];
+            values
+                .iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| (value, 2 + end + 2))
+        });
+        match found {
+            Some((value, used)) => {
+                out.push_str(value);
+                rest = &from[used..];
+            }
+            None => {
+                out.push_str("{{");
+                rest = &from[2..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn escape_html(text: &str) -> String {

@@ -304,3 +304,44 @@ fn generated_pages_render_in_chromium() {
 
     let _ = std::fs::remove_dir_all(&work);
 }
+
+#[test]
+fn a_huge_reply_is_cut_in_the_page_with_a_way_to_see_it_whole() {
+    let Some(chromium) = find_chromium() else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "Chromium is required under CI (CI=true) and was not found"
+        );
+        eprintln!("NOTICE: Chromium not found; the browser test of rlm-view was skipped");
+        return;
+    };
+    let work = temp_dir("huge");
+    // A root reply of 16 MB (before: the page took a minute to open; 100 MB never did).
+    let huge = format!("```repl\n{}\n```", "let x = 1; // filler\n".repeat(800_000));
+    let text: Vec<String> = synth::trace(&SynthOptions::default())
+        .lines()
+        .map(|line| {
+            let mut event: serde_json::Value =
+                serde_json::from_str(line).unwrap_or(serde_json::Value::Null);
+            if event["event"] == "root_reply" && event["turn"] == 1 {
+                event["text"] = serde_json::Value::String(huge.clone());
+            }
+            event.to_string()
+        })
+        .collect();
+    let page = render(&text.join("\n"), &ViewOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let path = work.join("huge.html");
+    std::fs::write(&path, &page.html).unwrap_or_else(|e| panic!("{e}"));
+    let loaded = load(&chromium, &path, &work);
+    assert_eq!(body_attr(&loaded.dom, "data-rendered"), Some("ok"));
+    assert!(
+        loaded.dom.contains("Show all 16,800,")
+            && loaded.dom.contains("characters (cut at 65,536)"),
+        "no cut notice"
+    );
+    // What the page laid out, without the embedded data (which holds the whole text).
+    let start = loaded.dom.find("<script id=\"trace-data\"").unwrap_or(0);
+    let end = start + loaded.dom[start..].find("</script>").unwrap_or(0);
+    let shown = loaded.dom.len() - (end - start);
+    assert!(shown < 1_000_000, "the page laid out {shown} bytes");
+}

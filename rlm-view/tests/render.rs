@@ -235,3 +235,102 @@ fn a_special_file_is_refused_before_it_is_read() {
     assert!(error.contains("not a regular file"), "{error}");
     assert!(!out.exists());
 }
+
+/// A fresh directory for one test, removed on drop.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("rlm-view-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        Self(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn a_fifo_is_refused_without_waiting_for_a_writer() {
+    let dir = Scratch::new("fifo");
+    let fifo = dir.0.join("trace.jsonl");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap_or_else(|e| panic!("mkfifo: {e}"));
+    assert!(made.success());
+    // Before: opening the FIFO blocked until a writer came, forever. A thread keeps a hang
+    // from hanging the test run; the bound is a safety net, not a timing assertion.
+    let out = dir.0.join("page.html");
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(rlm_view::render_file(&fifo, &out, &ViewOptions::default()));
+    });
+    let result = receiver
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("rlm view blocked on a FIFO"));
+    match result {
+        Err(ViewError::Read { source, .. }) => {
+            assert!(
+                source.to_string().contains("not a regular file"),
+                "{source}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_page_never_replaces_its_trace() {
+    let dir = Scratch::new("same");
+    let trace = dir.0.join("t.jsonl");
+    let text = synth::trace(&SynthOptions::default());
+    std::fs::write(&trace, &text).unwrap_or_else(|e| panic!("{e}"));
+    let mut outs = vec![trace.clone(), dir.0.join(".").join("t.jsonl")];
+    #[cfg(unix)]
+    {
+        let link = dir.0.join("link.html");
+        std::os::unix::fs::symlink(&trace, &link).unwrap_or_else(|e| panic!("{e}"));
+        outs.push(link);
+        let hard = dir.0.join("hard.html");
+        std::fs::hard_link(&trace, &hard).unwrap_or_else(|e| panic!("{e}"));
+        outs.push(hard);
+    }
+    for out in outs {
+        let result = rlm_view::render_file(&trace, &out, &ViewOptions::default());
+        assert!(
+            matches!(result, Err(ViewError::SameFile { .. })),
+            "{}: {result:?}",
+            out.display()
+        );
+        assert_eq!(
+            std::fs::read_to_string(&trace).unwrap_or_default(),
+            text,
+            "the trace is untouched"
+        );
+    }
+}
+
+#[test]
+fn placeholders_in_a_file_name_stay_text() {
+    let dir = Scratch::new("placeholder");
+    let trace = dir.0.join("t{{data}}{{script}}.jsonl");
+    std::fs::write(&trace, synth::trace(&SynthOptions::default()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = dir.0.join("page.html");
+    let page = rlm_view::render_file(&trace, &out, &ViewOptions::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The data parses (before: it was spliced into the title) and the title is the name.
+    let parsed = data(&page.html);
+    assert_eq!(parsed["summary"]["stopped"], "final");
+    assert!(
+        page.html
+            .contains("<title>rlm trace: t{{data}}{{script}}.jsonl</title>")
+    );
+    assert_eq!(page.html.matches("<script id=\"trace-data\"").count(), 1);
+}
