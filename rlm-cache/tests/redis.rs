@@ -1,5 +1,4 @@
 //! The Redis tier against a real `redis-server` on a loopback port.
-#![cfg(feature = "redis")]
 
 use std::time::Duration;
 
@@ -15,7 +14,6 @@ fn prompts(names: &[&str]) -> Vec<CompletionRequest> {
         .collect()
 }
 
-#[tokio::test]
 async fn workers_share_answers_and_prefixes_keep_deployments_apart() {
     let Some(redis) = RedisServer::start() else {
         return;
@@ -63,7 +61,6 @@ async fn workers_share_answers_and_prefixes_keep_deployments_apart() {
     assert_eq!(third.calls(), 1);
 }
 
-#[tokio::test]
 async fn entries_expire_after_their_ttl() {
     let Some(redis) = RedisServer::start() else {
         return;
@@ -80,7 +77,6 @@ async fn entries_expire_after_their_ttl() {
     assert!(store.get_many(&[key]).await.expect("read")[0].is_none());
 }
 
-#[tokio::test]
 async fn calls_go_on_while_redis_is_down_and_sharing_resumes_when_it_returns() {
     let Some(mut redis) = RedisServer::start() else {
         return;
@@ -136,7 +132,6 @@ async fn calls_go_on_while_redis_is_down_and_sharing_resumes_when_it_returns() {
     assert_eq!(backend.hits(), hits + 1);
 }
 
-#[tokio::test]
 async fn a_changed_byte_or_a_failed_reply_is_never_an_answer() {
     let Some(redis) = RedisServer::start() else {
         return;
@@ -195,7 +190,6 @@ async fn a_changed_byte_or_a_failed_reply_is_never_an_answer() {
     assert_eq!((cut.calls(), backend.hits()), (2, 0));
 }
 
-#[test]
 fn a_bad_url_is_a_clear_error_without_the_password() {
     let error = RedisStore::new("http://:hunter2@example.com", "rlm", None)
         .err()
@@ -205,7 +199,6 @@ fn a_bad_url_is_a_clear_error_without_the_password() {
     assert!(!error.contains("hunter2"), "{error}");
 }
 
-#[test]
 fn a_store_made_outside_a_runtime_works_inside_one() {
     let Some(redis) = RedisServer::start() else {
         return;
@@ -224,4 +217,34 @@ fn a_store_made_outside_a_runtime_works_inside_one() {
             .expect("written");
         assert!(store.get_many(&[key]).await.expect("read")[0].is_some());
     });
+}
+
+fn main() -> std::process::ExitCode {
+    rlm_tests::harness::Suite::new()
+        .test(
+            "a_bad_url_is_a_clear_error_without_the_password",
+            a_bad_url_is_a_clear_error_without_the_password,
+        )
+        .needs("redis-server", rlm_tests::redis_server_binary().is_some())
+        .tokio(
+            "workers_share_answers_and_prefixes_keep_deployments_apart",
+            workers_share_answers_and_prefixes_keep_deployments_apart,
+        )
+        .tokio(
+            "entries_expire_after_their_ttl",
+            entries_expire_after_their_ttl,
+        )
+        .tokio(
+            "calls_go_on_while_redis_is_down_and_sharing_resumes_when_it_returns",
+            calls_go_on_while_redis_is_down_and_sharing_resumes_when_it_returns,
+        )
+        .tokio(
+            "a_changed_byte_or_a_failed_reply_is_never_an_answer",
+            a_changed_byte_or_a_failed_reply_is_never_an_answer,
+        )
+        .test(
+            "a_store_made_outside_a_runtime_works_inside_one",
+            a_store_made_outside_a_runtime_works_inside_one,
+        )
+        .run()
 }

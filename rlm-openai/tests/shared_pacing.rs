@@ -1,7 +1,6 @@
 //! Rate limits shared through Redis, against a real `redis-server` on a loopback port. The
 //! books are checked over simulated minutes: the pacer reads a test clock instead of
 //! Redis's `TIME`, and the test advances it by the waits the pacer asks for.
-#![cfg(feature = "redis")]
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -90,7 +89,6 @@ async fn simulate(
 const SECOND: u64 = 1_000_000;
 const MINUTE: u64 = 60 * SECOND;
 
-#[tokio::test]
 async fn four_processes_share_one_budget_paced_smoothly() {
     let Some(redis) = RedisServer::start() else {
         return;
@@ -108,7 +106,6 @@ async fn four_processes_share_one_budget_paced_smoothly() {
     assert!(span <= 152 * SECOND, "{span} µs for 1,500 requests");
 }
 
-#[tokio::test]
 async fn token_budgets_hold_across_processes_even_for_large_requests() {
     let Some(redis) = RedisServer::start() else {
         return;
@@ -125,7 +122,6 @@ async fn token_budgets_hold_across_processes_even_for_large_requests() {
     assert!(max_in_window(&requests, MINUTE) <= 120);
 }
 
-#[tokio::test]
 async fn a_servers_pause_holds_every_process() {
     let Some(redis) = RedisServer::start() else {
         return;
@@ -149,7 +145,6 @@ async fn a_servers_pause_holds_every_process() {
     assert_eq!(b.admit("m", limit, 1).await, Some(Duration::ZERO));
 }
 
-#[tokio::test]
 async fn without_redis_the_pacer_says_so_quickly_and_recovers() {
     let Some(mut redis) = RedisServer::start() else {
         return;
@@ -181,7 +176,6 @@ async fn without_redis_the_pacer_says_so_quickly_and_recovers() {
 
 /// Far-future values written into the pacing hash by something else (a bug, a clock far
 /// off, a person): no process may wait on them.
-#[tokio::test]
 async fn garbage_in_the_shared_state_never_stops_the_calls() {
     use rlm_core::{CompletionRequest, LlmBackend};
     let Some(redis) = RedisServer::start() else {
@@ -230,7 +224,6 @@ async fn garbage_in_the_shared_state_never_stops_the_calls() {
     }
 }
 
-#[test]
 fn a_pacer_made_outside_a_runtime_works_inside_one() {
     let Some(redis) = RedisServer::start() else {
         return;
@@ -242,4 +235,34 @@ fn a_pacer_made_outside_a_runtime_works_inside_one() {
         .expect("a runtime");
     let admitted = runtime.block_on(pacer.admit("m", RateLimit::new(600, 0), 1));
     assert_eq!(admitted, Some(Duration::ZERO));
+}
+
+fn main() -> std::process::ExitCode {
+    rlm_tests::harness::Suite::new()
+        .needs("redis-server", rlm_tests::redis_server_binary().is_some())
+        .tokio(
+            "four_processes_share_one_budget_paced_smoothly",
+            four_processes_share_one_budget_paced_smoothly,
+        )
+        .tokio(
+            "token_budgets_hold_across_processes_even_for_large_requests",
+            token_budgets_hold_across_processes_even_for_large_requests,
+        )
+        .tokio(
+            "a_servers_pause_holds_every_process",
+            a_servers_pause_holds_every_process,
+        )
+        .tokio(
+            "without_redis_the_pacer_says_so_quickly_and_recovers",
+            without_redis_the_pacer_says_so_quickly_and_recovers,
+        )
+        .tokio(
+            "garbage_in_the_shared_state_never_stops_the_calls",
+            garbage_in_the_shared_state_never_stops_the_calls,
+        )
+        .test(
+            "a_pacer_made_outside_a_runtime_works_inside_one",
+            a_pacer_made_outside_a_runtime_works_inside_one,
+        )
+        .run()
 }

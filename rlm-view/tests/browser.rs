@@ -17,7 +17,7 @@ const BROWSER_TIMEOUT: Duration = Duration::from_secs(180);
 
 fn find_chromium() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("RLM_CHROMIUM") {
-        return Some(PathBuf::from(path));
+        return Some(PathBuf::from(path)).filter(|path| path.is_file());
     }
     let path = std::env::var_os("PATH")?;
     for dir in std::env::split_paths(&path) {
@@ -206,7 +206,6 @@ fn check(chromium: &Path, work: &Path, name: &str, options: &SynthOptions) -> Lo
     loaded
 }
 
-#[test]
 fn generated_pages_render_in_chromium() {
     let Some(chromium) = find_chromium() else {
         assert!(
@@ -305,7 +304,6 @@ fn generated_pages_render_in_chromium() {
     let _ = std::fs::remove_dir_all(&work);
 }
 
-#[test]
 fn a_huge_reply_is_cut_in_the_page_with_a_way_to_see_it_whole() {
     let Some(chromium) = find_chromium() else {
         assert!(
@@ -344,4 +342,18 @@ fn a_huge_reply_is_cut_in_the_page_with_a_way_to_see_it_whole() {
     let end = start + loaded.dom[start..].find("</script>").unwrap_or(0);
     let shown = loaded.dom.len() - (end - start);
     assert!(shown < 1_000_000, "the page laid out {shown} bytes");
+}
+
+fn main() -> std::process::ExitCode {
+    rlm_tests::harness::Suite::new()
+        .needs("Chromium", find_chromium().is_some())
+        .test(
+            "generated_pages_render_in_chromium",
+            generated_pages_render_in_chromium,
+        )
+        .test(
+            "a_huge_reply_is_cut_in_the_page_with_a_way_to_see_it_whole",
+            a_huge_reply_is_cut_in_the_page_with_a_way_to_see_it_whole,
+        )
+        .run()
 }

@@ -9,10 +9,14 @@
 //! - [`rlm_handler`]: a scripted root model plus a deterministic sub model, for whole RLM runs.
 //! - [`fixtures`]: deterministic generated contexts (haystacks with needles).
 //! - [`RedisServer`]: a real `redis-server` on a loopback port, for the shared-state tests.
+//! - [`harness`]: a test harness for tests that need a component outside Rust
+//!   (`redis-server`, Chromium, a Python client): a missing one is reported as ignored in
+//!   the summary line, never as a silent pass, and is a failure under `CI=true`.
 //!
 //! Nothing here reaches beyond loopback.
 
 pub mod fixtures;
+pub mod harness;
 mod redis;
 mod server;
 

@@ -21,7 +21,7 @@ pub struct RedisServer {
 /// `/usr/bin`, `/usr/sbin`, `/usr/local/bin`).
 pub fn redis_server_binary() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("REDIS_SERVER") {
-        return Some(PathBuf::from(path));
+        return Some(PathBuf::from(path)).filter(|path| path.is_file());
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
