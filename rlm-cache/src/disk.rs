@@ -94,8 +94,9 @@ impl DiskConfig {
 ///   does not match (a changed byte, a truncated write) is a miss and is removed, never an
 ///   answer.
 ///
-/// SQLite calls block, so each operation runs on tokio's blocking pool; reads and writes use
-/// separate connections so a read never waits behind a commit of this process.
+/// SQLite calls block, so each store runs them on two threads of its own (never on tokio's
+/// blocking pool, which waiting REPL evaluations may fill), one connection each for reads
+/// and writes, so a read never waits behind a commit of this process.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -123,8 +124,82 @@ pub struct DiskStore {
 struct Inner {
     path: PathBuf,
     config: DiskConfig,
-    reader: Mutex<Connection>,
-    writer: Mutex<Connection>,
+    reader: Worker,
+    writer: Worker,
+}
+
+/// Work for a connection's thread.
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// A thread of its own that owns one connection and runs the store's operations on it in
+/// turn. SQLite calls block; on threads of their own they never take a thread of tokio's
+/// blocking pool, so a process whose pool is full of waiting work (REPL evaluations waiting
+/// for sub-calls this store would answer) cannot deadlock on the cache. The thread ends
+/// when the last handle of the store is dropped.
+struct Worker {
+    /// `None` once the store is being dropped.
+    jobs: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Worker {
+    /// Lets the thread finish what is queued and close its connection (which folds SQLite's
+    /// log into the file), so a store dropped is a store closed.
+    fn drop(&mut self) {
+        self.jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Worker {
+    fn spawn(name: &str, mut connection: Connection) -> std::io::Result<Self> {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let thread = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                for job in queue {
+                    job(&mut connection);
+                }
+            })?;
+        Ok(Self {
+            jobs: Mutex::new(Some(jobs)),
+            thread: Some(thread),
+        })
+    }
+
+    /// Runs `work` on the connection's thread and waits for its result without blocking.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, CacheError> {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |connection| {
+            // Nobody waits any more when the caller was dropped: nothing to report.
+            let _ = sender.send(work(connection));
+        });
+        let sent = self
+            .jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|jobs| jobs.send(job));
+        if !matches!(sent, Some(Ok(()))) {
+            return Err(unavailable(
+                "the disk cache's connection thread has stopped",
+            ));
+        }
+        match receiver.await {
+            Ok(result) => result.map_err(unavailable),
+            Err(_) => Err(unavailable(
+                "the disk cache's connection thread has stopped",
+            )),
+        }
+    }
 }
 
 impl std::fmt::Debug for DiskStore {
@@ -202,8 +277,8 @@ impl DiskStore {
             inner: Arc::new(Inner {
                 path,
                 config,
-                reader: Mutex::new(reader),
-                writer: Mutex::new(writer),
+                reader: Worker::spawn("rlm-cache-read", reader).map_err(thread_error)?,
+                writer: Worker::spawn("rlm-cache-write", writer).map_err(thread_error)?,
             }),
         })
     }
@@ -225,17 +300,17 @@ impl DiskStore {
     ///
     /// [`CacheError::Unavailable`] when the database cannot be read.
     pub async fn usage(&self) -> Result<(u64, u64), CacheError> {
-        let inner = Arc::clone(&self.inner);
-        blocking(move || {
-            let reader = inner.reader.lock().unwrap_or_else(PoisonError::into_inner);
-            reader.query_row(
-                "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM entries",
-                [],
-                |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)),
-            )
-        })
-        .await
-        .map(|(n, b)| (n.max(0) as u64, b.max(0) as u64))
+        self.inner
+            .reader
+            .run(|reader| {
+                reader.query_row(
+                    "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM entries",
+                    [],
+                    |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)),
+                )
+            })
+            .await
+            .map(|(n, b)| (n.max(0) as u64, b.max(0) as u64))
     }
 
     /// Checks the database file's integrity (SQLite's `integrity_check`): `Ok(())` when it
@@ -245,14 +320,15 @@ impl DiskStore {
     ///
     /// [`CacheError::Unavailable`] with SQLite's report.
     pub async fn check(&self) -> Result<(), CacheError> {
-        let inner = Arc::clone(&self.inner);
-        let report = blocking(move || {
-            let reader = inner.reader.lock().unwrap_or_else(PoisonError::into_inner);
-            let mut statement = reader.prepare("PRAGMA integrity_check")?;
-            let rows = statement.query_map([], |row| row.get::<_, String>(0))?;
-            rows.collect::<rusqlite::Result<Vec<String>>>()
-        })
-        .await?;
+        let report = self
+            .inner
+            .reader
+            .run(|reader| {
+                let mut statement = reader.prepare("PRAGMA integrity_check")?;
+                let rows = statement.query_map([], |row| row.get::<_, String>(0))?;
+                rows.collect::<rusqlite::Result<Vec<String>>>()
+            })
+            .await?;
         if report == ["ok"] {
             Ok(())
         } else {
@@ -269,66 +345,52 @@ fn is_busy(error: &rusqlite::Error) -> bool {
     )
 }
 
-/// Runs `work` on tokio's blocking pool.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> rusqlite::Result<T> + Send + 'static,
-) -> Result<T, CacheError> {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(result) => result.map_err(unavailable),
-        Err(join) => Err(unavailable(format!("a disk cache task failed: {join}"))),
+fn thread_error(error: std::io::Error) -> CacheError {
+    CacheError::Open {
+        store: "disk",
+        message: format!("cannot start a thread for the disk cache: {error}"),
     }
 }
 
-fn get_all(inner: &Inner, keys: &[StoreKey]) -> rusqlite::Result<Vec<Option<Completion>>> {
-    let oldest = inner
-        .config
-        .time_to_live
+/// Reads `keys`: what each holds (a miss when expired for `time_to_live` or unsound), and
+/// the keys whose entries are unsound.
+fn get_all(
+    reader: &mut Connection,
+    time_to_live: Option<Duration>,
+    keys: &[StoreKey],
+) -> rusqlite::Result<(Vec<Option<Completion>>, Vec<StoreKey>)> {
+    let oldest = time_to_live
         .map(|ttl| now_ms().saturating_sub(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)));
     let mut found = Vec::with_capacity(keys.len());
     let mut bad = Vec::new();
-    {
-        let reader = inner.reader.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut statement =
-            reader.prepare_cached("SELECT value, created_ms FROM entries WHERE key = ?1")?;
-        for key in keys {
-            let row = statement
-                .query_row([key.as_bytes().as_slice()], |row| {
-                    Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, i64>(1)?))
-                })
-                .optional()?;
-            found.push(match row {
-                // Expired for this reader; another process with a longer time-to-live may
-                // still use it, so it stays until the size bound removes it.
-                Some((_, created)) if oldest.is_some_and(|oldest| created < oldest) => None,
-                Some((value, _)) => match decode(key, &value) {
-                    Decoded::Answer(completion) => Some(completion),
-                    Decoded::Bad => {
-                        bad.push(*key);
-                        None
-                    }
-                },
-                None => None,
-            });
-        }
+    let mut statement =
+        reader.prepare_cached("SELECT value, created_ms FROM entries WHERE key = ?1")?;
+    for key in keys {
+        let row = statement
+            .query_row([key.as_bytes().as_slice()], |row| {
+                Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, i64>(1)?))
+            })
+            .optional()?;
+        found.push(match row {
+            // Expired for this reader; another process with a longer time-to-live may
+            // still use it, so it stays until the size bound removes it.
+            Some((_, created)) if oldest.is_some_and(|oldest| created < oldest) => None,
+            Some((value, _)) => match decode(key, &value) {
+                Decoded::Answer(completion) => Some(completion),
+                Decoded::Bad => {
+                    bad.push(*key);
+                    None
+                }
+            },
+            None => None,
+        });
     }
-    if !bad.is_empty() {
-        remove_bad(inner, &bad)?;
-    }
-    Ok(found)
+    Ok((found, bad))
 }
 
 /// Removes entries that did not read back as they were written (a checksum that does not
 /// match, another format), so they are asked for again and stored anew.
-fn remove_bad(inner: &Inner, keys: &[StoreKey]) -> rusqlite::Result<()> {
-    tracing::warn!(
-        target: "rlm_cache",
-        "{} disk cache entr{} in {} did not match {} checksum: removed, asked again",
-        keys.len(),
-        if keys.len() == 1 { "y" } else { "ies" },
-        inner.path.display(),
-        if keys.len() == 1 { "its" } else { "their" },
-    );
-    let mut writer = inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
+fn remove_bad(writer: &mut Connection, keys: &[StoreKey]) -> rusqlite::Result<()> {
     let transaction = writer.transaction_with_behavior(TransactionBehavior::Immediate)?;
     {
         let mut remove = transaction.prepare_cached("DELETE FROM entries WHERE key = ?1")?;
@@ -339,10 +401,13 @@ fn remove_bad(inner: &Inner, keys: &[StoreKey]) -> rusqlite::Result<()> {
     transaction.commit()
 }
 
-fn put_all(inner: &Inner, entries: &[(StoreKey, Vec<u8>)]) -> rusqlite::Result<()> {
-    let max = i64::try_from(inner.config.max_bytes).unwrap_or(i64::MAX);
+fn put_all(
+    writer: &mut Connection,
+    max_bytes: u64,
+    entries: &[(StoreKey, Vec<u8>)],
+) -> rusqlite::Result<()> {
+    let max = i64::try_from(max_bytes).unwrap_or(i64::MAX);
     let now = now_ms();
-    let mut writer = inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
     let transaction = writer.transaction_with_behavior(TransactionBehavior::Immediate)?;
     {
         let mut remove = transaction.prepare_cached("DELETE FROM entries WHERE key = ?1")?;
@@ -391,20 +456,44 @@ impl Store for DiskStore {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let inner = Arc::clone(&self.inner);
+        let time_to_live = self.inner.config.time_to_live;
         let keys = keys.to_vec();
-        blocking(move || get_all(&inner, &keys)).await
+        let (found, bad) = self
+            .inner
+            .reader
+            .run(move |reader| get_all(reader, time_to_live, &keys))
+            .await?;
+        if !bad.is_empty() {
+            tracing::warn!(
+                target: "rlm_cache",
+                "{} disk cache entr{} in {} did not match {} checksum: removed, asked again",
+                bad.len(),
+                if bad.len() == 1 { "y" } else { "ies" },
+                self.inner.path.display(),
+                if bad.len() == 1 { "its" } else { "their" },
+            );
+            // The answers found stand whether or not the removal works.
+            let _ = self
+                .inner
+                .writer
+                .run(move |writer| remove_bad(writer, &bad))
+                .await;
+        }
+        Ok(found)
     }
 
     async fn put_many(&self, entries: &[(StoreKey, Completion)]) -> Result<(), CacheError> {
         if entries.is_empty() {
             return Ok(());
         }
-        let inner = Arc::clone(&self.inner);
+        let max_bytes = self.inner.config.max_bytes;
         let encoded: Vec<(StoreKey, Vec<u8>)> = entries
             .iter()
             .map(|(key, completion)| (*key, encode(key, completion)))
             .collect();
-        blocking(move || put_all(&inner, &encoded)).await
+        self.inner
+            .writer
+            .run(move |writer| put_all(writer, max_bytes, &encoded))
+            .await
     }
 }

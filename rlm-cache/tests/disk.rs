@@ -467,6 +467,34 @@ async fn a_changed_byte_in_the_file_is_a_miss_never_an_answer() {
     );
 }
 
+#[test]
+fn the_store_takes_no_thread_of_a_full_blocking_pool() {
+    // A REPL evaluation runs on the blocking pool and waits there for its sub-calls, which
+    // this store answers. With every pool thread so taken (here the only one), the store's
+    // work must still run: before, it queued behind the waiting evaluation forever.
+    let dir = TempDir::new("pool");
+    let store = open(dir.path(), DiskConfig::default());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let found = runtime.block_on(async move {
+        let handle = tokio::runtime::Handle::current();
+        let evaluation = tokio::task::spawn_blocking(move || {
+            handle.block_on(async {
+                store.put_many(&[entry(1, 10)]).await.expect("written");
+                store.get_many(&[entry(1, 0).0]).await.expect("read")
+            })
+        });
+        // A safety bound, not a timing assertion: a deadlock never ends.
+        tokio::time::timeout(Duration::from_secs(60), evaluation).await
+    });
+    let found = found.expect("no deadlock").expect("the evaluation ran");
+    assert!(found[0].is_some());
+}
+
 // ---- several processes ----
 
 /// Runs this test binary's `child` test in a new process with `env`.
