@@ -57,6 +57,7 @@ mod error;
 #[cfg(feature = "mock")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mock")))]
 pub mod mock;
+mod reply_budget;
 mod text;
 mod types;
 mod url;
@@ -75,6 +76,7 @@ pub use cost::{
     Reservation,
 };
 pub use error::LlmError;
+pub use reply_budget::ReplyBudget;
 pub use text::Text;
 pub use tokio_util::sync::CancellationToken;
 pub use types::{

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Client, Url};
-use rlm_core::{BatchExecutor, Completion, CompletionRequest, LlmBackend, LlmError};
+use rlm_core::{BatchExecutor, Completion, CompletionRequest, LlmBackend, LlmError, ReplyBudget};
 use tracing::Instrument;
 use tracing::field::Empty;
 
@@ -250,8 +250,20 @@ impl OpenAiBackend {
         let should_retry = retry::should_retry_header(response.headers());
         tracing::Span::current().record("status", status.as_u16());
         let limit = inner.config.max_response_bytes;
-        let (body, complete) = match read_body(response, limit).await {
-            Ok(body) => body,
+        // A successful reply's bytes count against the caller's reply budget as they arrive.
+        let budget = status.is_success().then(ReplyBudget::current).flatten();
+        let (body, complete) = match read_body(response, limit, budget.as_ref()).await {
+            Ok(Read::Body(body, complete)) => (body, complete),
+            Ok(Read::OverBudget { received }) => {
+                let budget = budget.as_ref().map_or(0, ReplyBudget::limit);
+                return (
+                    Err(LlmError::other(format!(
+                        "the answer was not kept: with it (at least {received} bytes) the \
+                         answers received would pass the memory budget of {budget} bytes"
+                    ))),
+                    Some(false),
+                );
+            }
             Err(e) => return (Err(self.transport_error(e)), should_retry),
         };
         let redact = |text: &str| self.redact(text);
@@ -284,6 +296,9 @@ impl OpenAiBackend {
                 &inner.shown_url,
             ))
         };
+        if let (Err(_), Some(budget), true) = (&result, &budget, complete) {
+            budget.give_back(body.len() as u64);
+        }
         (result, should_retry)
     }
 
@@ -323,29 +338,62 @@ impl OpenAiBackend {
     }
 }
 
-/// Reads at most `limit` bytes of `response`'s body: the bytes, and whether that was all of
-/// it. A body announced as larger is not read at all; one that turns out larger is cut.
+/// What [`read_body`] read.
+enum Read {
+    /// The bytes, and whether that was all of the body.
+    Body(Bytes, bool),
+    /// The body did not fit the reply budget: reading stopped after `received` bytes, and
+    /// what was taken from the budget was given back.
+    OverBudget { received: usize },
+}
+
+/// Reads at most `limit` bytes of `response`'s body, charging them to `budget` as they
+/// arrive. A body announced as larger than `limit` is not read at all; one that turns out
+/// larger is cut.
 async fn read_body(
     mut response: reqwest::Response,
     limit: usize,
-) -> Result<(Bytes, bool), reqwest::Error> {
+    budget: Option<&ReplyBudget>,
+) -> Result<Read, reqwest::Error> {
     if response
         .content_length()
         .is_some_and(|length| length > limit as u64)
     {
-        return Ok((Bytes::new(), false));
+        return Ok(Read::Body(Bytes::new(), false));
     }
+    let mut charged = 0u64;
+    let mut charge = |bytes: usize| -> bool {
+        let Some(budget) = budget else {
+            return true;
+        };
+        if budget.try_take(bytes as u64) {
+            charged += bytes as u64;
+            true
+        } else {
+            budget.give_back(charged);
+            false
+        }
+    };
     // Usually one chunk, handed on without a copy.
     let mut first: Option<Bytes> = None;
     let mut joined: Vec<u8> = Vec::new();
+    let mut received = 0usize;
     while let Some(chunk) = response.chunk().await? {
+        received += chunk.len();
+        if !charge(chunk.len()) {
+            return Ok(Read::OverBudget { received });
+        }
         if let Some(held) = first.take() {
             joined.extend_from_slice(&held);
         }
         let room = limit.saturating_sub(joined.len());
         if chunk.len() > room {
+            // Too large to be an answer: an error, which keeps nothing of the budget.
+            if let Some(budget) = budget {
+                budget.give_back(charged);
+            }
             joined.extend_from_slice(&chunk[..room]);
-            return Ok((Bytes::from(joined), false));
+            return Ok(Read::Body(Bytes::from(joined), false));
         }
         if joined.is_empty() {
             first = Some(chunk);
@@ -353,7 +401,10 @@ async fn read_body(
             joined.extend_from_slice(&chunk);
         }
     }
-    Ok((first.unwrap_or_else(|| Bytes::from(joined)), true))
+    Ok(Read::Body(
+        first.unwrap_or_else(|| Bytes::from(joined)),
+        true,
+    ))
 }
 
 /// A rate limit or server error whose `Retry-After` exceeds `cap` was not retried: the

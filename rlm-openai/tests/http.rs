@@ -800,3 +800,31 @@ async fn a_key_echoed_in_a_successful_reply_is_scrubbed() {
         "you sent Bearer [redacted], twice: Bearer [redacted]"
     );
 }
+
+#[tokio::test]
+async fn answers_past_the_reply_budget_fail_one_by_one_and_the_rest_are_kept() {
+    // 20 answers of 1 MB each, under a budget of 5.5 MB (as the REPL's memory budget would
+    // leave): the answers that fit are kept, the others are errors saying why, and the
+    // budget never holds more than its limit. Before, every answer was read in whole.
+    let server = server(|request| Reply::completion_for(request, "x".repeat(1_000_000))).await;
+    let backend = backend(config(&server));
+    let budget = rlm_core::ReplyBudget::new(5_500_000);
+    let requests: Vec<CompletionRequest> = (0..20)
+        .map(|i| CompletionRequest::prompt("m", format!("q{i}")))
+        .collect();
+    let results = budget
+        .clone()
+        .scope(backend.complete_batch(requests, &BatchOptions::new(4)))
+        .await;
+    let kept = results.iter().filter(|r| r.is_ok()).count();
+    assert!((1..=5).contains(&kept), "{kept} kept");
+    for result in &results {
+        if let Err(error) = result {
+            assert!(error.to_string().contains("memory budget"), "{error}");
+        }
+    }
+    assert!(budget.used() <= budget.limit());
+    assert!(budget.used() >= kept as u64 * 1_000_000);
+    // Errors of that kind are not retried: one request per item.
+    assert_eq!(server.request_count(), 20);
+}
