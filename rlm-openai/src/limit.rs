@@ -189,6 +189,34 @@ impl Window {
 struct Ledger {
     requests: Window,
     tokens: Window,
+    /// The same sends, held to this process's share of the limits while the shared books are
+    /// unreachable (the limits divided by the processes that shared them).
+    share_requests: Window,
+    share_tokens: Window,
+}
+
+impl Ledger {
+    /// How long until this process's share of `limit` has room for a request of `tokens`.
+    fn share_wait(
+        &mut self,
+        limit: RateLimit,
+        processes: usize,
+        tokens: u64,
+        now: Instant,
+    ) -> Duration {
+        let share = |per_minute: u32| {
+            if per_minute == 0 {
+                0
+            } else {
+                (u64::from(per_minute) / processes.max(1) as u64).max(1)
+            }
+        };
+        self.share_requests.limit = share(limit.requests_per_minute);
+        self.share_tokens.limit = share(limit.tokens_per_minute);
+        self.share_requests
+            .wait_for_room(1, now)
+            .max(self.share_tokens.wait_for_room(tokens, now))
+    }
 }
 
 /// Everything that paces one model.
@@ -271,6 +299,8 @@ impl Gate {
             turnstile: tokio::sync::Mutex::new(Ledger {
                 requests: Window::new(limit.requests_per_minute),
                 tokens: Window::new(limit.tokens_per_minute),
+                share_requests: Window::new(limit.requests_per_minute),
+                share_tokens: Window::new(limit.tokens_per_minute),
             }),
             paused_until: Mutex::new(None),
             shared,
@@ -304,10 +334,16 @@ impl Gate {
                 .wait_for_room(1, now)
                 .max(ledger.tokens.wait_for_room(tokens, now));
             if wait.is_zero() {
-                // Then the books of every process together; unreachable, this process's
-                // own books stand alone.
+                // Then the books of every process together; unreachable, this process
+                // keeps to its share of the limits.
                 if let Some(shared) = &self.shared {
-                    let wait = shared.admit(tokens).await.unwrap_or_default();
+                    let wait = match shared.admit(tokens).await {
+                        Some(wait) => wait,
+                        None => {
+                            let processes = shared.pacer.processes(&shared.model);
+                            ledger.share_wait(shared.limit, processes, tokens, Instant::now())
+                        }
+                    };
                     if !wait.is_zero() {
                         tokio::time::sleep(wait).await;
                         continue;
@@ -316,6 +352,8 @@ impl Gate {
                 let now = Instant::now();
                 ledger.requests.record(1, now);
                 ledger.tokens.record(tokens, now);
+                ledger.share_requests.record(1, now);
+                ledger.share_tokens.record(tokens, now);
                 return;
             }
             tokio::time::sleep(wait).await;
@@ -636,6 +674,8 @@ mod tests {
         unreachable: bool,
         /// Answers every admission with a wait far in the future (damaged state).
         far_future: bool,
+        /// The processes that shared the books (0: the default, 1).
+        processes: usize,
         resets: std::sync::atomic::AtomicUsize,
         asked: std::sync::atomic::AtomicUsize,
         paused: Mutex<Vec<(String, Duration)>>,
@@ -653,6 +693,10 @@ mod tests {
                 (false, 0) => Some(Duration::from_millis(500)),
                 (false, _) => Some(Duration::ZERO),
             }
+        }
+
+        fn processes(&self, _model: &str) -> usize {
+            self.processes.max(1)
         }
 
         async fn reset(&self, _model: &str) {
@@ -729,6 +773,21 @@ mod tests {
         assert_eq!(admitted.len(), 3);
         assert_eq!(start.elapsed(), Duration::from_secs(2));
         assert_eq!(pacer.resets.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unreachable_shared_books_hold_each_process_to_its_share() {
+        // Three processes shared the books; Redis is gone: at 180 a minute together, this
+        // one keeps to 60 a minute (its burst of 3 at once, then the minute's books).
+        let pacer = Arc::new(FakePacer {
+            unreachable: true,
+            processes: 3,
+            ..FakePacer::default()
+        });
+        let gate = shared_gate(&pacer, RateLimit::new(180, 0));
+        let admitted = admit_all(&gate, std::iter::repeat_n(1, 120)).await;
+        let most = max_in_window(&requests_of(&admitted), MINUTE);
+        assert_eq!(most, 60, "{most} requests within a minute");
     }
 
     #[test]

@@ -29,6 +29,14 @@ pub trait SharedPacer: fmt::Debug + Send + Sync {
     /// shortening, a pause already in force). Best effort: an unreachable store is ignored.
     async fn pause(&self, model: &str, wait: Duration);
 
+    /// How many processes (this one included) used `model`'s books within the last minute,
+    /// as last seen while they were reachable; at least 1. While the books are unreachable,
+    /// each process keeps to this share of the limit, so together they still keep to it.
+    fn processes(&self, model: &str) -> usize {
+        let _ = model;
+        1
+    }
+
     /// Clears `model`'s shared books. The backend calls it when they ask for a wait that no
     /// configured limit can require (state damaged or written by something else), so no
     /// process stays stuck behind it. Best effort; the default does nothing.
@@ -58,9 +66,11 @@ mod redis_pacer {
     /// After a failure, Redis is not asked again for this long.
     const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
-    /// The admission script. KEYS: state hash, requests window list, tokens window list.
-    /// ARGV: rpm, tpm, tokens, and an optional clock in microseconds (tests; otherwise
-    /// Redis's `TIME`). Returns 0 (admitted and counted) or the microseconds to wait.
+    /// The admission script. KEYS: state hash, requests window list, tokens window list,
+    /// the set of processes using the books. ARGV: rpm, tpm, tokens, an optional clock in
+    /// microseconds (tests; otherwise Redis's `TIME`), and the asking process's id. Returns
+    /// `{wait, processes}`: 0 (admitted and counted) or the microseconds to wait, and how
+    /// many processes asked within the last minute.
     ///
     /// The same shape as the local limiter: a GCRA bucket per budget (a burst of
     /// `limit / 60`, at least 1, refilled so that 60 s never holds more than the limit)
@@ -80,8 +90,15 @@ local MINUTE = 60000000
 local function num(value)
   return tonumber(value) or 0
 end
+local peers = 1
+if KEYS[4] and ARGV[5] and ARGV[5] ~= '' then
+  redis.call('ZADD', KEYS[4], now, ARGV[5])
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - MINUTE)
+  redis.call('PEXPIRE', KEYS[4], 120000)
+  peers = redis.call('ZCARD', KEYS[4])
+end
 local pause = num(redis.call('HGET', state, 'pause'))
-if pause > now then return pause - now end
+if pause > now then return {pause - now, peers} end
 
 local function gcra(field, limit, cost)
   if limit <= 0 then return 0, nil end
@@ -150,17 +167,17 @@ end
 local rwait, rtat = gcra('rtat', rpm, 1)
 local twait, ttat = gcra('ttat', tpm, tokens)
 local wait = math.max(rwait, twait)
-if wait > 0 then return wait end
+if wait > 0 then return {wait, peers} end
 local rroom, rtotal = room(rlist, 'rtotal', rpm, 1)
 local troom, ttotal = room(tlist, 'ttotal', tpm, tokens)
 wait = math.max(rroom, troom)
-if wait > 0 then return wait end
+if wait > 0 then return {wait, peers} end
 if rtat then redis.call('HSET', state, 'rtat', rtat) end
 if ttat then redis.call('HSET', state, 'ttat', ttat) end
 record(rlist, 'rtotal', rpm, 1, rtotal)
 record(tlist, 'ttotal', tpm, tokens, ttotal)
 redis.call('PEXPIRE', state, 120000)
-return 0
+return {0, peers}
 ";
 
     /// KEYS: state hash. ARGV: the pause in microseconds, optional clock (as above).
@@ -192,8 +209,10 @@ return 0
     /// need not agree.
     ///
     /// While Redis is unreachable (a failed round trip waits at most 1 s, and for a second
-    /// after it Redis is not asked), calls are paced by each process's own limiter alone;
-    /// when it returns, the shared books are used again.
+    /// after it Redis is not asked), each process keeps to its share of the limit: the
+    /// limit divided by the number of processes that used the books in the last minute it
+    /// could see (`{prefix}:pace:{model}:procs`). When Redis returns, the shared books are
+    /// used again.
     pub struct RedisPacer {
         client: redis::Client,
         /// Made on first use, inside the caller's runtime (making it needs one).
@@ -208,6 +227,10 @@ return 0
         warned: std::sync::atomic::AtomicBool,
         /// A fixed clock for tests (microseconds), instead of Redis's.
         clock: Option<fn() -> u64>,
+        /// This process's id in the books' set of processes.
+        id: String,
+        /// The number of processes last seen per model.
+        processes: Mutex<std::collections::HashMap<String, usize>>,
     }
 
     impl std::fmt::Debug for RedisPacer {
@@ -217,6 +240,22 @@ return 0
                 .field("prefix", &self.prefix)
                 .finish_non_exhaustive()
         }
+    }
+
+    /// An id for this process's pacer, unique among the processes sharing a server.
+    fn process_id() -> String {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        format!("{}-{}-{nanos}", hostname(), std::process::id())
+    }
+
+    /// The machine's name, where it can be read; the process id and time keep ids apart
+    /// anyway.
+    fn hostname() -> String {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|name| name.trim().to_owned())
+            .unwrap_or_default()
     }
 
     /// `url` without a password, for messages.
@@ -250,6 +289,8 @@ return 0
                 shown,
                 warned: std::sync::atomic::AtomicBool::new(false),
                 clock: None,
+                id: process_id(),
+                processes: Mutex::default(),
             })
         }
 
@@ -261,9 +302,14 @@ return 0
             self
         }
 
-        fn keys(&self, model: &str) -> [String; 3] {
+        fn keys(&self, model: &str) -> [String; 4] {
             let base = format!("{}:pace:{model}", self.prefix);
-            [format!("{base}:req"), format!("{base}:tok"), base]
+            [
+                format!("{base}:req"),
+                format!("{base}:tok"),
+                format!("{base}:procs"),
+                base,
+            ]
         }
 
         fn clock_arg(&self) -> String {
@@ -337,22 +383,38 @@ return 0
     #[async_trait]
     impl SharedPacer for RedisPacer {
         async fn admit(&self, model: &str, limit: RateLimit, tokens: u64) -> Option<Duration> {
-            let [requests, token_list, state] = self.keys(model);
+            let [requests, token_list, processes, state] = self.keys(model);
             let mut invocation = self.admit.prepare_invoke();
             invocation
                 .key(&state)
                 .key(&requests)
                 .key(&token_list)
+                .key(&processes)
                 .arg(limit.requests_per_minute)
                 .arg(limit.tokens_per_minute)
                 .arg(tokens)
-                .arg(self.clock_arg());
-            let wait: i64 = self.run(invocation).await?;
+                .arg(self.clock_arg())
+                .arg(&self.id);
+            let (wait, seen): (i64, i64) = self.run(invocation).await?;
+            self.processes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(model.to_owned(), usize::try_from(seen).unwrap_or(1).max(1));
             Some(Duration::from_micros(u64::try_from(wait).unwrap_or(0)))
         }
 
+        fn processes(&self, model: &str) -> usize {
+            self.processes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(model)
+                .copied()
+                .unwrap_or(1)
+        }
+
         async fn reset(&self, model: &str) {
-            let keys = self.keys(model);
+            let [requests, tokens, _, state] = self.keys(model);
+            let keys = [requests, tokens, state];
             let mut invocation = self.reset.prepare_invoke();
             for key in &keys {
                 invocation.key(key);
@@ -361,7 +423,7 @@ return 0
         }
 
         async fn pause(&self, model: &str, wait: Duration) {
-            let [_, _, state] = self.keys(model);
+            let [_, _, _, state] = self.keys(model);
             let mut invocation = self.pause.prepare_invoke();
             invocation
                 .key(&state)

@@ -174,6 +174,25 @@ async fn without_redis_the_pacer_says_so_quickly_and_recovers() {
     assert!(back, "the pacer uses Redis again once it is back");
 }
 
+async fn the_books_count_the_processes_that_share_them() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let pacers: Vec<RedisPacer> = (0..4)
+        .map(|_| RedisPacer::new(&redis.url(), "procs").expect("a pacer"))
+        .collect();
+    let limit = RateLimit::new(6_000, 0);
+    for pacer in &pacers {
+        assert_eq!(pacer.admit("m", limit, 1).await, Some(Duration::ZERO));
+    }
+    // The last to ask saw all four; each one's count is the share it keeps to if Redis goes.
+    assert_eq!(pacers[3].processes("m"), 4);
+    assert_eq!(pacers[3].processes("other"), 1);
+    // Asking again does not count a process twice.
+    assert_eq!(pacers[0].admit("m", limit, 1).await, Some(Duration::ZERO));
+    assert_eq!(pacers[0].processes("m"), 4);
+}
+
 /// Far-future values written into the pacing hash by something else (a bug, a clock far
 /// off, a person): no process may wait on them.
 async fn garbage_in_the_shared_state_never_stops_the_calls() {
@@ -255,6 +274,10 @@ fn main() -> std::process::ExitCode {
         .tokio(
             "without_redis_the_pacer_says_so_quickly_and_recovers",
             without_redis_the_pacer_says_so_quickly_and_recovers,
+        )
+        .tokio(
+            "the_books_count_the_processes_that_share_them",
+            the_books_count_the_processes_that_share_them,
         )
         .tokio(
             "garbage_in_the_shared_state_never_stops_the_calls",
