@@ -58,3 +58,8 @@ pub fn scripted_turn(request: &ServerRequest, replies: &[String]) -> Reply {
         ),
     }
 }
+
+/// The README's Rust code, compiled by `cargo test` as doctests so it stays true.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
