@@ -1,8 +1,6 @@
 //! The RLM loop: ask the root model, run its code, feed back the output, until a final answer
 //! or a budget ends the run.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +14,7 @@ use tracing::Instrument;
 use crate::parse::{FinalMarker, ParsedReply, parse_reply};
 use crate::prompt::{RECURSION_PROMPT, final_ask, first_message, system_prompt};
 use crate::repl::subcall::millis;
+use crate::repl::{ChildAnswer, ChildRunner};
 use crate::state::{Emitter, Ledger, RunState, lock};
 use crate::{
     BlockRecord, Context, Event, Repl, Rlm, RlmConfig, RlmError, RunResult, StopReason,
@@ -255,6 +254,10 @@ pub(crate) async fn run_tree(
         config.max_iterations
     };
 
+    let recursion = RecursionNote {
+        allowed: place.depth + 1 < config.max_depth,
+        depth: place.depth,
+    };
     // Loading a large context is a pass over it: keep it off the async threads.
     let mut builder = match source {
         Source::Context(context) => Repl::builder(context),
@@ -264,8 +267,15 @@ pub(crate) async fn run_tree(
     .max_output_chars(config.max_output_chars)
     .sub_backend(sub, sub_model.clone())
     .max_concurrent(config.max_concurrent)
-    .run_state(Arc::clone(&run))
-    .tree(Arc::clone(&tree));
+    .sub_max_prompt_tokens(config.sub_max_prompt_tokens)
+    .run_state(Arc::clone(&run));
+    // Below the deepest level, `rlm_query` starts children in this tree.
+    if recursion.allowed {
+        builder = builder.child_runner(Arc::new(ChildRuns {
+            tree: Arc::clone(&tree),
+            parent: Arc::clone(&run),
+        }));
+    }
     if let Some(handle) = tree.handle.clone().or_else(|| Handle::try_current().ok()) {
         builder = builder.runtime_handle(handle);
     }
@@ -280,10 +290,6 @@ pub(crate) async fn run_tree(
         reserve: child,
     };
 
-    let recursion = RecursionNote {
-        allowed: place.depth + 1 < config.max_depth,
-        depth: place.depth,
-    };
     let mut system = system_prompt(config);
     if config.system_prompt.is_none() {
         if recursion.allowed {
@@ -538,14 +544,27 @@ pub(crate) async fn run_tree(
     Ok(result)
 }
 
+/// Starts the children of one run, in its tree: what `rlm_query` calls.
+struct ChildRuns {
+    tree: Arc<Tree>,
+    parent: Arc<RunState>,
+}
+
+impl ChildRunner for ChildRuns {
+    fn run_child(&self, query: String, context: rhai::Dynamic) -> ChildAnswer {
+        let child = Arc::new(self.parent.child());
+        child_answer(Arc::clone(&self.tree), child, query, context)
+    }
+}
+
 /// Runs a child RLM and gives its answer for the parent's script: the final answer, or an
 /// `Error: ...` string saying why there is none. Its warnings reach the top-level result.
-pub(crate) fn child_answer(
+fn child_answer(
     tree: Arc<Tree>,
     child: Arc<RunState>,
     query: String,
     context: rhai::Dynamic,
-) -> Pin<Box<dyn Future<Output = String> + Send>> {
+) -> ChildAnswer {
     Box::pin(async move {
         let id = child.emitter.place().run.clone();
         let ledger = Arc::clone(&child.ledger);

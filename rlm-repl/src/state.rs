@@ -278,11 +278,6 @@ impl RunState {
         )
     }
 
-    /// This run's depth in the tree (0: the top-level run).
-    pub(crate) fn depth(&self) -> usize {
-        self.emitter.place().depth
-    }
-
     /// Records a sub-call failure that no retry can fix and that every other sub-call would
     /// share, and stops the whole tree at once (the first such failure wins).
     pub(crate) fn fail(&self, error: &LlmError) {

@@ -1,6 +1,7 @@
 //! The sandboxed Rhai environment: one persistent scope holding `context`, the REPL functions
 //! and the helpers.
 
+mod children;
 mod errors;
 mod helpers;
 mod lint;
@@ -22,12 +23,12 @@ use rhai::{
 use rlm_core::{BatchExecutor, CancellationToken, Text};
 use tokio::runtime::Handle;
 
+pub(crate) use self::children::{ChildAnswer, ChildRunner};
 use self::errors::{STOP_CANCELLED, STOP_FINAL, STOP_MEMORY, STOP_TIMEOUT};
 use self::helpers::{script_error, to_text};
 use self::output::OutputBuffer;
 use self::subcall::{BlockClock, SubCaller};
 use crate::prompt::count_of;
-use crate::run::Tree;
 use crate::state::{RunState, lock};
 use crate::{Context, ContextInfo, SandboxLimits, SubCallRecord};
 
@@ -215,7 +216,8 @@ pub struct ReplBuilder {
     cancel: Option<CancellationToken>,
     run: Option<Arc<RunState>>,
     handle: Option<Handle>,
-    tree: Option<Arc<Tree>>,
+    children: Option<Arc<dyn ChildRunner>>,
+    max_prompt_tokens: Option<u64>,
 }
 
 /// Where a REPL's context comes from.
@@ -286,9 +288,16 @@ impl ReplBuilder {
         self
     }
 
-    /// The tree this REPL's run belongs to: `rlm_query` starts children in it.
-    pub(crate) fn tree(mut self, tree: Arc<Tree>) -> Self {
-        self.tree = Some(tree);
+    /// What `rlm_query` starts child runs with (without one, it is a plain `llm_query`).
+    pub(crate) fn child_runner(mut self, children: Arc<dyn ChildRunner>) -> Self {
+        self.children = Some(children);
+        self
+    }
+
+    /// The largest prompt a sub-call may send, in estimated tokens: a larger one fails fast
+    /// with an `Error: ...` string (default: no limit).
+    pub(crate) fn sub_max_prompt_tokens(mut self, max: Option<u64>) -> Self {
+        self.max_prompt_tokens = max;
         self
     }
 
@@ -309,7 +318,8 @@ impl ReplBuilder {
         });
         let handle = self.handle.or_else(|| Handle::try_current().ok());
         let clock = Arc::new(BlockClock::new(limits.max_memory > 0));
-        let tree = self.tree;
+        let children = self.children;
+        let max_prompt_tokens = self.max_prompt_tokens;
         let sub = self.sub.map(|(backend, model)| {
             SubCaller::new(
                 backend,
@@ -319,7 +329,7 @@ impl ReplBuilder {
                 Arc::clone(&run),
                 Arc::clone(&clock),
             )
-            .in_tree(tree)
+            .with_children(children, max_prompt_tokens)
             .with_answer_limits(limits.max_memory, limits.max_string_size)
         });
         let shared = Arc::new(Shared {
@@ -376,7 +386,8 @@ impl Repl {
             cancel: None,
             run: None,
             handle: None,
-            tree: None,
+            children: None,
+            max_prompt_tokens: None,
         }
     }
 
@@ -1095,8 +1106,8 @@ fn build_engine(
     engine
 }
 
-/// Runs child RLMs (or, at the deepest level or without a tree, plain sub-calls); one answer
-/// per task, in order.
+/// Runs child RLMs (or, without a child runner, as at the deepest level, plain sub-calls);
+/// one answer per task, in order.
 fn children(
     shared: &Shared,
     tasks: Vec<(String, Dynamic)>,

@@ -15,8 +15,8 @@ use rlm_core::{
 use tokio::runtime::Handle;
 use tracing::Instrument;
 
+use super::children::ChildRunner;
 use super::output::prefix;
-use crate::run::Tree;
 use crate::state::{RunState, lock};
 use crate::{Event, SubCallRecord};
 
@@ -155,8 +155,10 @@ pub(crate) struct SubCaller {
     next_id: Arc<AtomicU64>,
     next_batch: AtomicU64,
     records: Arc<Mutex<Vec<SubCallRecord>>>,
-    /// The recursion tree of the run, when code may start child runs.
-    tree: Option<Arc<Tree>>,
+    /// Starts child runs, where `rlm_query` may (else it is a plain `llm_query`).
+    children: Option<Arc<dyn ChildRunner>>,
+    /// The largest prompt a sub-call may send, in estimated tokens (`None`: no limit).
+    max_prompt_tokens: Option<u64>,
     /// Bytes the scope and the answers kept during a block may hold together (the memory
     /// budget; 0: no limit).
     max_batch_bytes: usize,
@@ -183,24 +185,29 @@ impl SubCaller {
             next_id: Arc::new(AtomicU64::new(0)),
             next_batch: AtomicU64::new(0),
             records: Arc::default(),
-            tree: None,
+            children: None,
+            max_prompt_tokens: None,
             max_batch_bytes: 0,
             max_answer_bytes: 0,
         }
     }
 
-    /// Lets `rlm_query` start child runs in `tree`.
-    pub(crate) fn in_tree(mut self, tree: Option<Arc<Tree>>) -> Self {
-        self.tree = tree;
+    /// Lets `rlm_query` start child runs through `children`, and bounds each sub-call's
+    /// prompt to `max_prompt_tokens`.
+    pub(crate) fn with_children(
+        mut self,
+        children: Option<Arc<dyn ChildRunner>>,
+        max_prompt_tokens: Option<u64>,
+    ) -> Self {
+        self.children = children;
+        self.max_prompt_tokens = max_prompt_tokens;
         self
     }
 
-    /// Whether `rlm_query` starts a child run here (else it is a plain `llm_query`: no tree,
-    /// or this run is at the deepest level).
+    /// Whether `rlm_query` starts a child run here (else it is a plain `llm_query`: no child
+    /// runner, as at the deepest level of the tree).
     pub(crate) fn can_recurse(&self) -> bool {
-        self.tree
-            .as_ref()
-            .is_some_and(|tree| self.run.depth() + 1 < tree.config.max_depth)
+        self.children.is_some()
     }
 
     /// Child runs, at most `max_concurrent` at once; their answers in order (an
@@ -211,19 +218,17 @@ impl SubCaller {
         max_concurrent: usize,
     ) -> Vec<String> {
         let total = tasks.len();
-        let Some(tree) = &self.tree else {
+        let Some(runner) = &self.children else {
             return vec!["Error: child runs are not available here".to_owned(); total];
         };
         if self.run.cancel.is_cancelled() {
             return vec![self.run.refusal(); total];
         }
-        let tree = Arc::clone(tree);
-        let parent = Arc::clone(&self.run);
-        // Each child's state (and id) is made when it starts, in order.
+        let runner = Arc::clone(runner);
+        // Each child is started (and gets its id) when the stream reaches it, in order.
         let children =
             futures_util::stream::iter(tasks.into_iter().map(move |(query, context)| {
-                let child = Arc::new(parent.child());
-                crate::run::child_answer(Arc::clone(&tree), child, query, context)
+                runner.run_child(query, context)
             }))
             .buffered(max_concurrent.max(1))
             .collect::<Vec<String>>();
@@ -236,7 +241,7 @@ impl SubCaller {
 
     /// The `Error: ...` for a prompt over `--sub-max-prompt-tokens`, if it is one.
     fn oversized(&self, prompt: &str) -> Option<String> {
-        let max = self.tree.as_ref()?.config.sub_max_prompt_tokens?;
+        let max = self.max_prompt_tokens?;
         let estimate = rlm_core::estimate_tokens(prompt);
         (estimate > max).then(|| {
             format!(
