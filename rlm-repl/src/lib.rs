@@ -64,6 +64,7 @@ mod result;
 mod rlm;
 mod run;
 mod state;
+mod words;
 
 pub use config::{DEFAULT_MAX_MEMORY, RlmConfig, SandboxLimits};
 pub use context::{Context, ContextInfo, SharedContext};

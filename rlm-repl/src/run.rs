@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rlm_core::{
-    BatchExecutor, Completion, CompletionRequest, LlmBackend, LlmError, Message, Metered,
+    BatchExecutor, CancellationToken, Completion, CompletionRequest, LlmBackend, LlmError, Message,
+    Metered,
 };
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
@@ -17,7 +18,7 @@ use crate::repl::subcall::millis;
 use crate::repl::{ChildAnswer, ChildRunner};
 use crate::state::{Emitter, Ledger, RunState, lock};
 use crate::{
-    BlockRecord, Context, Event, Repl, Rlm, RlmConfig, RlmError, RunResult, StopReason,
+    BlockRecord, Context, Event, Observer, Repl, RlmConfig, RlmError, RunResult, StopReason,
     SubCallRecord, Turn,
 };
 
@@ -180,6 +181,23 @@ pub(crate) struct Tree {
     pub(crate) handle: Option<Handle>,
 }
 
+impl Tree {
+    /// The tree of runs over `root` and `sub`, whose sub-calls run on the current runtime
+    /// (if any).
+    pub(crate) fn new(
+        root: Arc<dyn LlmBackend>,
+        sub: Arc<dyn BatchExecutor>,
+        config: RlmConfig,
+    ) -> Self {
+        Self {
+            root,
+            sub,
+            config,
+            handle: Handle::try_current().ok(),
+        }
+    }
+}
+
 /// Where a run's context comes from.
 pub(crate) enum Source {
     /// The user's context.
@@ -188,17 +206,24 @@ pub(crate) enum Source {
     Value(rhai::Dynamic),
 }
 
-/// The top-level run of `rlm`: a tree of runs over one ledger.
-pub(crate) async fn run(rlm: &Rlm, query: String, context: Context) -> Result<RunResult, RlmError> {
-    let config = &rlm.config;
+/// The top-level run of a tree of runs over one ledger: `query` over `context`, reported to
+/// `observers`, stopped by `cancel`.
+pub(crate) async fn run(
+    tree: Tree,
+    observers: Vec<Arc<dyn Observer>>,
+    cancel: CancellationToken,
+    query: String,
+    context: Context,
+) -> Result<RunResult, RlmError> {
+    let config = &tree.config;
     let run = Arc::new(
         RunState::new(
-            rlm.cancel.child_token(),
+            cancel,
             config.max_sub_calls,
             config.max_total_tokens,
-            Emitter::new(rlm.observers.clone()),
+            Emitter::new(observers),
         )
-        // Cost budget (issue 12), over the whole tree.
+        // The cost budget, over the whole tree.
         .with_cost_budget(Arc::new(config.prices.clone()), config.max_cost),
     );
     // If the caller drops this future, running code, sub-calls and children stop too.
@@ -210,13 +235,7 @@ pub(crate) async fn run(rlm: &Rlm, query: String, context: Context) -> Result<Ru
             run.stop(StopReason::MaxTime);
         }))
     });
-    let tree = Arc::new(Tree {
-        root: Arc::clone(&rlm.root),
-        sub: Arc::clone(&rlm.sub),
-        config: config.clone(),
-        handle: Handle::try_current().ok(),
-    });
-    run_tree(tree, run, query, Source::Context(context)).await
+    run_tree(Arc::new(tree), run, query, Source::Context(context)).await
 }
 
 /// One run of the tree: the top-level run (depth 0) or a child. A child's root turns are
@@ -583,7 +602,7 @@ fn child_answer(
                     }
                     StopReason::MaxIterations => format!(
                         "Error: the child run {id} used its {} without an answer",
-                        crate::prompt::count_of(result.iterations, "turn")
+                        crate::words::count_of(result.iterations, "turn")
                     ),
                     StopReason::MaxSubCalls | StopReason::MaxTokens | StopReason::MaxCost
                         if result.iterations == 0 =>

@@ -413,7 +413,7 @@ impl RunState {
                 "Error: budget exhausted: the sub-call budget (at most {} below the root \
                  per run) is spent; no more sub-calls will be made: give your final answer \
                  with what you have",
-                crate::prompt::count_of(
+                crate::words::count_of(
                     usize::try_from(self.ledger.max_sub_calls.unwrap_or_default())
                         .unwrap_or(usize::MAX),
                     "call"
@@ -423,7 +423,7 @@ impl RunState {
                 "Error: budget exhausted: the token budget (at most {} per run) is \
                  spent; no more sub-calls will be made: give your final answer with what you \
                  have",
-                crate::prompt::count_of(
+                crate::words::count_of(
                     usize::try_from(self.ledger.max_tokens.unwrap_or_default())
                         .unwrap_or(usize::MAX),
                     "token"

@@ -9,6 +9,7 @@ mod memory;
 pub(crate) mod output;
 mod sorting;
 pub(crate) mod subcall;
+mod values;
 
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -25,11 +26,11 @@ use tokio::runtime::Handle;
 
 pub(crate) use self::children::{ChildAnswer, ChildRunner};
 use self::errors::{STOP_CANCELLED, STOP_FINAL, STOP_MEMORY, STOP_TIMEOUT};
-use self::helpers::{script_error, to_text};
 use self::output::OutputBuffer;
 use self::subcall::{BlockClock, SubCaller};
-use crate::prompt::count_of;
+use self::values::{script_error, to_text};
 use crate::state::{RunState, lock};
+use crate::words::count_of;
 use crate::{Context, ContextInfo, SandboxLimits, SubCallRecord};
 
 /// Default characters of a block's output shown to the model.
@@ -304,7 +305,7 @@ impl ReplBuilder {
     /// Loads the context and builds the REPL. Loading a large context takes one pass over it.
     pub fn build(self) -> Repl {
         let (info, context) = match self.context {
-            Source::Context(context) => (context.info(), context_value(context)),
+            Source::Context(context) => (context.info(), context.into_value()),
             Source::Value(value) => (crate::context::value_info(&value), value),
         };
         let limits = fit_limits(self.limits, &context);
@@ -715,23 +716,6 @@ fn on_big_stack<T: Send>(stack: usize, f: impl FnOnce() -> T + Send) -> Option<T
         Some(result) => result,
         // No thread could be started: run here.
         None => job.map(|f| f()),
-    }
-}
-
-/// The context as a Rhai value: strings become shared immutable strings.
-pub(crate) fn context_value(context: Context) -> Dynamic {
-    match context {
-        Context::Shared(shared) => shared.value(),
-        Context::Text(text) => Dynamic::from(ImmutableString::from(text)),
-        Context::Documents(documents) => Dynamic::from_array(
-            documents
-                .into_iter()
-                .map(|d| Dynamic::from(ImmutableString::from(d)))
-                .collect(),
-        ),
-        Context::Json(value) => {
-            rhai::serde::to_dynamic(&value).unwrap_or_else(|_| Dynamic::from(value.to_string()))
-        }
     }
 }
 

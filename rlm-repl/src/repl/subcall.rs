@@ -226,12 +226,13 @@ impl SubCaller {
         }
         let runner = Arc::clone(runner);
         // Each child is started (and gets its id) when the stream reaches it, in order.
-        let children =
-            futures_util::stream::iter(tasks.into_iter().map(move |(query, context)| {
-                runner.run_child(query, context)
-            }))
-            .buffered(max_concurrent.max(1))
-            .collect::<Vec<String>>();
+        let children = futures_util::stream::iter(
+            tasks
+                .into_iter()
+                .map(move |(query, context)| runner.run_child(query, context)),
+        )
+        .buffered(max_concurrent.max(1))
+        .collect::<Vec<String>>();
         let mut answers = self.wait(children).unwrap_or_default();
         answers.resize_with(total, || {
             "Error: the child run ended without an answer".to_owned()
