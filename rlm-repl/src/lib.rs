@@ -53,10 +53,13 @@
 //! # }
 //! ```
 
+mod budget;
 mod config;
 mod context;
+mod emitter;
 mod error;
 mod events;
+mod ledger;
 mod parse;
 pub mod prompt;
 mod repl;
@@ -64,6 +67,7 @@ mod result;
 mod rlm;
 mod run;
 mod state;
+mod sync;
 mod words;
 
 pub use config::{DEFAULT_MAX_MEMORY, RlmConfig, SandboxLimits};

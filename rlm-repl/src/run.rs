@@ -6,17 +6,21 @@ use std::time::{Duration, Instant};
 
 use rlm_core::{
     BatchExecutor, CancellationToken, Completion, CompletionRequest, LlmBackend, LlmError, Message,
-    Metered,
+    Metered, Usage,
 };
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use crate::budget::{Budget, Charge, Reserved};
+use crate::emitter::Emitter;
+use crate::ledger::Ledger;
 use crate::parse::{FinalMarker, ParsedReply, parse_reply};
 use crate::prompt::{RECURSION_PROMPT, final_ask, first_message, system_prompt};
 use crate::repl::subcall::millis;
 use crate::repl::{ChildAnswer, ChildRunner};
-use crate::state::{Emitter, Ledger, RunState, lock};
+use crate::state::RunState;
+use crate::sync::lock;
 use crate::{
     BlockRecord, Context, Event, Observer, Repl, RlmConfig, RlmError, RunResult, StopReason,
     SubCallRecord, Turn,
@@ -216,23 +220,16 @@ pub(crate) async fn run(
     context: Context,
 ) -> Result<RunResult, RlmError> {
     let config = &tree.config;
-    let run = Arc::new(
-        RunState::new(
-            cancel,
-            config.max_sub_calls,
-            config.max_total_tokens,
-            Emitter::new(observers),
-        )
-        // The cost budget, over the whole tree.
-        .with_cost_budget(Arc::new(config.prices.clone()), config.max_cost),
-    );
+    let budget = Budget::new(cancel, config.max_sub_calls, config.max_total_tokens)
+        .with_cost(Arc::new(config.prices.clone()), config.max_cost);
+    let run = Arc::new(RunState::new(budget, Emitter::new(observers)));
     // If the caller drops this future, running code, sub-calls and children stop too.
     let _stop_on_drop = run.cancel.clone().drop_guard();
     let _watchdog = config.max_time.map(|limit| {
         let run = Arc::clone(&run);
         AbortOnDrop(tokio::spawn(async move {
             tokio::time::sleep(limit).await;
-            run.stop(StopReason::MaxTime);
+            run.budget.stop(StopReason::MaxTime);
         }))
     });
     run_tree(Arc::new(tree), run, query, Source::Context(context)).await
@@ -339,10 +336,10 @@ pub(crate) async fn run_tree(
     let mut empty_streak = 0;
 
     for turn in 1..=max_iterations {
-        if run.stopped().is_some() {
-            if child && turn == 1 && run.budget_exhausted().is_some() {
+        if run.budget.stopped().is_some() {
+            if child && turn == 1 && run.budget.exhausted().is_some() {
                 // Its first root turn is a call the budget refused.
-                run.note_refused(1);
+                run.budget.note_refused(1);
             }
             break;
         }
@@ -419,7 +416,7 @@ pub(crate) async fn run_tree(
         messages.push(Message::user(feedback));
     }
 
-    let mut stopped = match (&answer, run.stopped()) {
+    let mut stopped = match (&answer, run.budget.stopped()) {
         // Whatever the script made of calls cut short by a cancel or the clock is not a
         // final answer, even if it called FINAL with it.
         (_, Some(reason @ (StopReason::Cancelled | StopReason::MaxTime))) => reason,
@@ -485,7 +482,7 @@ pub(crate) async fn run_tree(
         }
         if run.cancel.is_cancelled() {
             // Cancelled (or out of time) while asking: that is why the run stopped.
-            stopped = run.stopped().unwrap_or(stopped);
+            stopped = run.budget.stopped().unwrap_or(stopped);
         }
     }
     if let Some(error) = sub_model_failure(&run, &sub_model) {
@@ -503,10 +500,11 @@ pub(crate) async fn run_tree(
         warnings.extend(lock(&ledger.child_warnings).drain(..));
         warnings.extend(sub_call_warnings(
             &ledger,
+            run.budget.sub_calls(),
             failed_sub_calls,
             answer.is_some(),
         ));
-        let refused = run.refused_sub_calls();
+        let refused = run.budget.refused_sub_calls();
         if answer.is_some() && refused > 0 {
             warnings.push(format!(
                 "the answer was given after a budget refused {}; the script got \
@@ -537,9 +535,9 @@ pub(crate) async fn run_tree(
         elapsed: started.elapsed(),
         usage,
         cost,
-        sub_calls: run.sub_calls(),
+        sub_calls: run.budget.sub_calls(),
         failed_sub_calls,
-        refused_sub_calls: run.refused_sub_calls(),
+        refused_sub_calls: run.budget.refused_sub_calls(),
         cancelled_sub_calls: ledger
             .cancelled_sub_calls
             .load(std::sync::atomic::Ordering::SeqCst),
@@ -720,7 +718,7 @@ struct FinalWork {
 
 /// Warnings about the sub-calls of a tree: cut and empty replies, failures an answer was
 /// built on.
-fn sub_call_warnings(ledger: &Ledger, failed: u64, answered: bool) -> Vec<String> {
+fn sub_call_warnings(ledger: &Ledger, sub_calls: u64, failed: u64, answered: bool) -> Vec<String> {
     let mut warnings = Vec::new();
     let cut = ledger
         .cut_sub_calls
@@ -744,7 +742,7 @@ fn sub_call_warnings(ledger: &Ledger, failed: u64, answered: bool) -> Vec<String
         warnings.push(format!(
             "the answer was given after {failed} of {} failed; it may rest on their \
              \"Error: ...\" strings",
-            count(ledger.sub_calls(), "sub-call")
+            count(sub_calls, "sub-call")
         ));
     }
     warnings
@@ -769,60 +767,43 @@ impl RootAsker<'_> {
         turn: usize,
         budgeted: bool,
     ) -> Result<Option<(Completion, Duration)>, RlmError> {
-        if self.reserve && (self.run.cancel.is_cancelled() || self.run.reserve_sub_calls(1) == 0) {
+        if self.reserve && self.run.cancel.is_cancelled() {
             return Ok(None);
         }
-        // Cost budget (issue 12): the call's estimate is reserved before it is sent and
-        // settled with its usage after.
-        let reservation = if budgeted {
-            let request = CompletionRequest {
-                model: self.model.to_owned(),
-                messages: messages.to_vec(),
-                ..CompletionRequest::default()
-            };
-            match self.run.reserve_cost(&request) {
-                Some(reservation) => reservation,
-                None => {
-                    if self.reserve {
-                        self.run.release_sub_calls(1);
-                    }
-                    return Ok(None);
-                }
-            }
-        } else {
-            rlm_core::Reservation::none()
+        let request = CompletionRequest {
+            model: self.model.to_owned(),
+            messages: messages.to_vec(),
+            ..CompletionRequest::default()
         };
-        let result = ask_root(self.root, self.model, messages, turn, self.run).await;
-        let usage = match &result {
-            Ok(Some((reply, _))) => reply.usage,
-            _ => rlm_core::Usage::default(),
+        let charge = Charge {
+            sub_call: self.reserve,
+            reserve_cost: budgeted,
         };
-        self.run.settle_cost(reservation, self.model, &usage);
-        result
+        let Some(budget) = self.run.budget.reserve_one(&request, charge) else {
+            return Ok(None);
+        };
+        ask_root(self.root, request, turn, self.run, budget).await
     }
 }
 
-/// One root call. `None` when the run was cancelled (or ran out of time) meanwhile.
+/// One root call, settled with `budget`. `None` when the run was cancelled (or ran out of
+/// time) meanwhile.
 async fn ask_root(
     root: &Arc<dyn LlmBackend>,
-    model: &str,
-    messages: &[Message],
+    request: CompletionRequest,
     turn: usize,
     run: &RunState,
+    mut budget: Reserved,
 ) -> Result<Option<(Completion, Duration)>, RlmError> {
-    let request = CompletionRequest {
-        model: model.to_owned(),
-        messages: messages.to_vec(),
-        ..CompletionRequest::default()
-    };
     let span = tracing::info_span!(
         "rlm_turn",
         turn,
-        model = %model,
+        model = %request.model,
         prompt_tokens = tracing::field::Empty,
         completion_tokens = tracing::field::Empty,
     );
     let started = Instant::now();
+    budget.sent();
     let mut result = tokio::select! {
         biased;
         () = run.cancel.cancelled() => return Ok(None),
@@ -846,7 +827,7 @@ async fn ask_root(
         Ok(reply) => {
             span.record("prompt_tokens", reply.usage.prompt_tokens);
             span.record("completion_tokens", reply.usage.completion_tokens);
-            run.add_tokens(reply.usage.total());
+            budget.settle(&reply.usage);
             run.emitter.emit_with(|| Event::RootReply {
                 turn,
                 text: reply.text.clone(),
@@ -855,8 +836,8 @@ async fn ask_root(
             });
             Ok(Some((reply, latency)))
         }
-        Err(LlmError::Cancelled) if run.cancel.is_cancelled() => Ok(None),
         Err(source) => {
+            budget.settle(&Usage::default());
             if run.cancel.is_cancelled() {
                 return Ok(None);
             }
@@ -888,7 +869,7 @@ async fn run_blocks(
         for (index, code) in parsed.blocks.iter().enumerate() {
             // Cancellation stops everything; a spent budget stops after the block that spent
             // it (the first block of a turn still runs: it may hold the final answer).
-            let stop = run.stopped();
+            let stop = run.budget.stopped();
             let cancelled = matches!(stop, Some(StopReason::Cancelled | StopReason::MaxTime));
             if cancelled || (index > 0 && stop.is_some()) {
                 not_run = parsed.blocks.len() - index;
@@ -921,7 +902,7 @@ async fn run_blocks(
             }
         }
         let cancelled = matches!(
-            run.stopped(),
+            run.budget.stopped(),
             Some(StopReason::Cancelled | StopReason::MaxTime)
         );
         let text_var = match &parsed.final_marker {

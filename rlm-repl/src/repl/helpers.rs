@@ -12,7 +12,7 @@ use rhai::{
 
 use super::values::{RhaiResult, compare, script_error, to_text};
 use crate::SandboxLimits;
-use crate::state::lock;
+use crate::sync::lock;
 
 /// How large a helper's result may grow: the sandbox's limits, counted as Rhai counts them
 /// (array items, map entries and string bytes anywhere inside the result; 0: no limit).

@@ -29,7 +29,10 @@ use self::errors::{STOP_CANCELLED, STOP_FINAL, STOP_MEMORY, STOP_TIMEOUT};
 use self::output::OutputBuffer;
 use self::subcall::{BlockClock, SubCaller};
 use self::values::{script_error, to_text};
-use crate::state::{RunState, lock};
+use crate::budget::Budget;
+use crate::emitter::Emitter;
+use crate::state::RunState;
+use crate::sync::lock;
 use crate::words::count_of;
 use crate::{Context, ContextInfo, SandboxLimits, SubCallRecord};
 
@@ -311,10 +314,8 @@ impl ReplBuilder {
         let limits = fit_limits(self.limits, &context);
         let run = self.run.unwrap_or_else(|| {
             Arc::new(RunState::new(
-                self.cancel.unwrap_or_default(),
-                None,
-                None,
-                crate::state::Emitter::default(),
+                Budget::new(self.cancel.unwrap_or_default(), None, None),
+                Emitter::default(),
             ))
         });
         let handle = self.handle.or_else(|| Handle::try_current().ok());

@@ -10,14 +10,16 @@ use futures_util::StreamExt;
 use rhai::Dynamic;
 use rlm_core::{
     BatchExecutor, BatchObserver, BatchOptions, BatchResult, Completion, CompletionRequest,
-    LlmError, Reservation, Text,
+    LlmError, Text,
 };
 use tokio::runtime::Handle;
 use tracing::Instrument;
 
 use super::children::ChildRunner;
 use super::output::prefix;
-use crate::state::{RunState, lock};
+use crate::budget::{Charge, Reserved};
+use crate::state::RunState;
+use crate::sync::lock;
 use crate::{Event, SubCallRecord};
 
 /// Characters of a prompt carried by a [`Event::SubCallStart`].
@@ -330,13 +332,11 @@ impl SubCaller {
         }
         // After a cancel the script runs on for a few operations: what it asks for then is
         // never sent, so it is neither counted nor reported.
-        if self.run.cancel.is_cancelled() || self.run.reserve_sub_calls(1) == 0 {
+        if self.run.cancel.is_cancelled() {
             return self.run.refusal();
         }
         let request = CompletionRequest::prompt(self.model.clone(), prompt);
-        // Cost budget (issue 12): the estimate is reserved before the call is sent.
-        let Some(reservation) = self.run.reserve_cost(&request) else {
-            self.run.release_sub_calls(1);
+        let Some(mut budget) = self.run.budget.reserve_one(&request, Charge::SUB_CALL) else {
             return self.run.refusal();
         };
         let prompt = request.last_user_message().unwrap_or_default();
@@ -364,6 +364,7 @@ impl SubCaller {
         let backend = Arc::clone(&self.backend);
         let cancel = self.run.cancel.clone();
         let started = Instant::now();
+        budget.sent();
         let result = self
             .wait(
                 async move {
@@ -384,8 +385,7 @@ impl SubCaller {
         let usage = result.as_ref().map(|c| c.usage).unwrap_or_default();
         span.record("prompt_tokens", usage.prompt_tokens);
         span.record("completion_tokens", usage.completion_tokens);
-        self.run.add_tokens(usage.total());
-        self.run.settle_cost(reservation, &self.model, &usage);
+        budget.settle(&usage);
         let error = judge(&self.run, &result);
         let record = SubCallRecord {
             id,
@@ -459,7 +459,13 @@ impl SubCaller {
         if self.run.cancel.is_cancelled() {
             return vec![self.run.refusal(); total];
         }
-        let mut granted = usize::try_from(self.run.reserve_sub_calls(total as u64)).unwrap_or(0);
+        let mut requests: Vec<CompletionRequest> = prompts
+            .into_iter()
+            .map(|prompt| CompletionRequest::prompt(self.model.clone(), prompt))
+            .collect();
+        // Each item is reserved before the batch is sent; the items past a budget are refused.
+        let reserved = self.run.budget.reserve(&requests, Charge::SUB_CALL);
+        let granted = reserved.len();
         let mut answers = vec![String::new(); total];
         if granted < total {
             let refusal = self.run.refusal();
@@ -470,33 +476,7 @@ impl SubCaller {
         if granted == 0 {
             return answers;
         }
-        let mut requests: Vec<CompletionRequest> = prompts
-            .into_iter()
-            .take(granted)
-            .map(|prompt| CompletionRequest::prompt(self.model.clone(), prompt))
-            .collect();
-        // Cost budget (issue 12): each item's estimate is reserved before the batch is sent;
-        // the items that do not fit are refused, like those over the sub-call budget.
-        let mut reservations = Vec::with_capacity(granted);
-        for request in &requests {
-            match self.run.reserve_cost(request) {
-                Some(reservation) => reservations.push(Some(reservation)),
-                None => break,
-            }
-        }
-        if reservations.len() < granted {
-            self.run
-                .release_sub_calls((granted - reservations.len()) as u64);
-            let refusal = self.run.refusal();
-            for answer in &mut answers[reservations.len()..granted] {
-                answer.clone_from(&refusal);
-            }
-            granted = reservations.len();
-            requests.truncate(granted);
-            if granted == 0 {
-                return answers;
-            }
-        }
+        requests.truncate(granted);
         let max_concurrent = max_concurrent.max(1);
         let batch = self.next_batch.fetch_add(1, Ordering::SeqCst) + 1;
         let turn = self.run.turn();
@@ -523,7 +503,7 @@ impl SubCaller {
                 .collect(),
             progress: Mutex::new((0, 0)),
             records: Arc::clone(&self.records),
-            reservations: Mutex::new(reservations),
+            reserved: Mutex::new(reserved.into_iter().map(Some).collect()),
         });
         let options = BatchOptions::new(max_concurrent)
             .with_cancel(cancel)
@@ -545,18 +525,7 @@ impl SubCaller {
             failed += usize::from(!is_cancelled(&result) && !result.as_ref().is_ok_and(is_answer));
             *answer = self.script_text(result, self.max_batch_bytes);
         }
-        // Items reserved but never sent (the batch was cancelled before they started) go
-        // back to the budget.
-        if tracker.cancel.is_cancelled() {
-            let unsent = granted.saturating_sub(started_count(&tracker));
-            self.run.release_sub_calls(unsent as u64);
-        }
-        // The cost reserved for items that never finished goes back too.
-        for reservation in lock(&tracker.reservations).iter_mut() {
-            if let Some(reservation) = reservation.take() {
-                self.run.release_cost(reservation);
-            }
-        }
+        tracker.close();
         emitter.emit_with(|| Event::BatchEnd {
             turn,
             batch,
@@ -566,14 +535,6 @@ impl SubCaller {
         });
         answers
     }
-}
-
-fn started_count(tracker: &BatchTracker) -> usize {
-    tracker
-        .ids
-        .iter()
-        .filter(|id| id.load(Ordering::SeqCst) != 0)
-        .count()
 }
 
 /// Why a finished sub-call did not succeed (for records, traces and progress), or `None`
@@ -677,8 +638,24 @@ struct BatchTracker {
     /// Items finished and failed so far.
     progress: Mutex<(usize, usize)>,
     records: Arc<Mutex<Vec<SubCallRecord>>>,
-    /// Each item's cost reservation (issue 12), taken when it is settled.
-    reservations: Mutex<Vec<Option<Reservation>>>,
+    /// Each item's budget, taken when it is settled.
+    reserved: Mutex<Vec<Option<Reserved>>>,
+}
+
+impl BatchTracker {
+    /// The batch is over. The budget of an item that never finished goes back: its cost
+    /// estimate always, its sub-call only if it never started because the batch was
+    /// cancelled (an item that started, or that the executor had when nothing cancelled the
+    /// batch, counts as made).
+    fn close(&self) {
+        let cancelled = self.cancel.is_cancelled();
+        let unsettled = std::mem::take(&mut *lock(&self.reserved));
+        for mut budget in unsettled.into_iter().flatten() {
+            if !cancelled {
+                budget.sent();
+            }
+        }
+    }
 }
 
 impl BatchObserver for BatchTracker {
@@ -686,6 +663,9 @@ impl BatchObserver for BatchTracker {
         let id = self.next_id.fetch_add(1, Ordering::SeqCst) + 1;
         if let Some(slot) = self.ids.get(index) {
             slot.store(id, Ordering::SeqCst);
+        }
+        if let Some(Some(budget)) = lock(&self.reserved).get_mut(index) {
+            budget.sent();
         }
         self.run.emitter.emit_with(|| {
             let prompt = request.last_user_message().unwrap_or_default();
@@ -703,18 +683,10 @@ impl BatchObserver for BatchTracker {
 
     fn finished(&self, index: usize, result: &BatchResult, elapsed: Duration) {
         let usage = result.as_ref().map(|c| c.usage).unwrap_or_default();
-        if self.run.add_tokens(usage.total()) {
-            // The token budget is spent: send nothing more.
+        let budget = lock(&self.reserved).get_mut(index).and_then(Option::take);
+        if budget.is_some_and(|budget| budget.settle(&usage)) {
+            // The token or cost budget is spent: send nothing more.
             self.cancel.cancel();
-        }
-        let reservation = lock(&self.reservations)
-            .get_mut(index)
-            .and_then(Option::take);
-        if let Some(reservation) = reservation {
-            if self.run.settle_cost(reservation, &self.model, &usage) {
-                // The cost budget is spent: send nothing more.
-                self.cancel.cancel();
-            }
         }
         let error = judge(&self.run, result);
         let record = SubCallRecord {
