@@ -239,129 +239,199 @@ pub(crate) async fn run(
 /// calls below the top-level root: each is reserved from the sub-call budget first.
 pub(crate) async fn run_tree(
     tree: Arc<Tree>,
-    run: Arc<RunState>,
+    state: Arc<RunState>,
     query: String,
     source: Source,
 ) -> Result<RunResult, RlmError> {
-    let started = Instant::now();
-    let config = &tree.config;
-    let emitter = run.emitter.clone();
-    let place = emitter.place().clone();
-    let child = place.depth > 0;
-    let ledger = Arc::clone(&run.ledger);
-    let metered_root = Metered::new(
-        Metered::new(Arc::clone(&tree.root), ledger.usage_at(place.depth)),
-        ledger.usage.clone(),
-    );
-    let root: Arc<dyn LlmBackend> = Arc::new(metered_root);
-    let sub: Arc<dyn BatchExecutor> = Arc::new(Metered::new(
-        Metered::new(Arc::clone(&tree.sub), ledger.usage_at(place.depth)),
-        ledger.usage.clone(),
-    ));
-    let root_model = if child {
-        config.child_model().to_owned()
-    } else {
-        config.root_model.clone()
-    };
-    let sub_model = config.sub_model().to_owned();
-    let max_iterations = if child {
-        config.child_max_iterations
-    } else {
-        config.max_iterations
-    };
+    let (mut run, mut repl) = Run::start(tree, state, &query, source).await?;
+    for turn in 1..=run.max_iterations {
+        let (after, next) = run.turn(repl, turn).await?;
+        repl = after;
+        if next == Next::Stop {
+            break;
+        }
+    }
+    let stopped = run.final_ask(repl).await?;
+    run.finish(stopped)
+}
 
-    let recursion = RecursionNote {
-        allowed: place.depth + 1 < config.max_depth,
-        depth: place.depth,
-    };
-    // Loading a large context is a pass over it: keep it off the async threads.
-    let mut builder = match source {
-        Source::Context(context) => Repl::builder(context),
-        Source::Value(value) => Repl::builder_for_value(value),
-    }
-    .limits(config.sandbox.clone())
-    .max_output_chars(config.max_output_chars)
-    .sub_backend(sub, sub_model.clone())
-    .max_concurrent(config.max_concurrent)
-    .sub_max_prompt_tokens(config.sub_max_prompt_tokens)
-    .run_state(Arc::clone(&run));
-    // Below the deepest level, `rlm_query` starts children in this tree.
-    if recursion.allowed {
-        builder = builder.child_runner(Arc::new(ChildRuns {
-            tree: Arc::clone(&tree),
-            parent: Arc::clone(&run),
-        }));
-    }
-    if let Some(handle) = tree.handle.clone().or_else(|| Handle::try_current().ok()) {
-        builder = builder.runtime_handle(handle);
-    }
-    let mut repl = tokio::task::spawn_blocking(move || builder.build())
-        .await
-        .map_err(internal)?;
-    let info = repl.context_info().clone();
-    let asker = RootAsker {
-        root: &root,
-        model: &root_model,
-        run: &run,
-        reserve: child,
-    };
+/// One run in progress: what it was given and what it has done so far. A run
+/// [`start`](Self::start)s, takes its [`turn`](Self::turn)s, makes the
+/// [`final_ask`](Self::final_ask) when it ended without an answer, and
+/// [`finish`](Self::finish)es with its result.
+struct Run {
+    tree: Arc<Tree>,
+    state: Arc<RunState>,
+    started: Instant,
+    /// A child run (depth 1 or more).
+    child: bool,
+    /// Asks the root model (metered at this run's depth).
+    asker: RootAsker,
+    sub_model: String,
+    max_iterations: usize,
+    /// The conversation with the root model.
+    messages: Vec<Message>,
+    trajectory: Vec<Turn>,
+    answer: Option<String>,
+    warnings: Vec<String>,
+    /// Whether an answer of this run was already held once for confirmation.
+    held: bool,
+    /// Empty root replies in a row.
+    empty_streak: usize,
+}
 
-    let mut system = system_prompt(config);
-    if config.system_prompt.is_none() {
+/// Whether the run takes another turn.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    Turn,
+    Stop,
+}
+
+impl Run {
+    /// Meters the backends at the run's depth, loads the context into a new REPL, writes the
+    /// system prompt and the first message, and reports the start.
+    async fn start(
+        tree: Arc<Tree>,
+        state: Arc<RunState>,
+        query: &str,
+        source: Source,
+    ) -> Result<(Self, Repl), RlmError> {
+        let started = Instant::now();
+        let config = &tree.config;
+        let place = state.emitter.place().clone();
+        let child = place.depth > 0;
+        let ledger = &state.ledger;
+        let metered_root = Metered::new(
+            Metered::new(Arc::clone(&tree.root), ledger.usage_at(place.depth)),
+            ledger.usage.clone(),
+        );
+        let root: Arc<dyn LlmBackend> = Arc::new(metered_root);
+        let sub: Arc<dyn BatchExecutor> = Arc::new(Metered::new(
+            Metered::new(Arc::clone(&tree.sub), ledger.usage_at(place.depth)),
+            ledger.usage.clone(),
+        ));
+        let root_model = if child {
+            config.child_model().to_owned()
+        } else {
+            config.root_model.clone()
+        };
+        let sub_model = config.sub_model().to_owned();
+        let max_iterations = if child {
+            config.child_max_iterations
+        } else {
+            config.max_iterations
+        };
+
+        let recursion = RecursionNote {
+            allowed: place.depth + 1 < config.max_depth,
+            depth: place.depth,
+        };
+        // Loading a large context is a pass over it: keep it off the async threads.
+        let mut builder = match source {
+            Source::Context(context) => Repl::builder(context),
+            Source::Value(value) => Repl::builder_for_value(value),
+        }
+        .limits(config.sandbox.clone())
+        .max_output_chars(config.max_output_chars)
+        .sub_backend(sub, sub_model.clone())
+        .max_concurrent(config.max_concurrent)
+        .sub_max_prompt_tokens(config.sub_max_prompt_tokens)
+        .run_state(Arc::clone(&state));
+        // Below the deepest level, `rlm_query` starts children in this tree.
         if recursion.allowed {
-            system.push_str(RECURSION_PROMPT);
-        } else if child {
-            system.push_str(&recursion.text());
+            builder = builder.child_runner(Arc::new(ChildRuns {
+                tree: Arc::clone(&tree),
+                parent: Arc::clone(&state),
+            }));
         }
-    }
-    let first = first_message(&query, &info);
-    emitter.emit_with(|| Event::RunStart {
-        query: query.clone(),
-        root_model: root_model.clone(),
-        sub_model: sub_model.clone(),
-        context: info.clone(),
-        parent: child.then(|| parent_of(&place.run).to_owned()),
-        settings: Box::new(crate::events::RunSettings::new(config, max_iterations)),
-        started_at_unix_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-        system_prompt: system.clone(),
-        first_message: first.clone(),
-    });
-    let mut messages = vec![Message::system(system), Message::user(first)];
-    let mut trajectory: Vec<Turn> = Vec::new();
-    let mut answer: Option<String> = None;
-    let mut warnings: Vec<String> = Vec::new();
-    let mut held = false;
-    let mut empty_streak = 0;
+        if let Some(handle) = tree.handle.clone().or_else(|| Handle::try_current().ok()) {
+            builder = builder.runtime_handle(handle);
+        }
+        let repl = tokio::task::spawn_blocking(move || builder.build())
+            .await
+            .map_err(internal)?;
+        let info = repl.context_info().clone();
 
-    for turn in 1..=max_iterations {
-        if run.budget.stopped().is_some() {
-            if child && turn == 1 && run.budget.exhausted().is_some() {
-                // Its first root turn is a call the budget refused.
-                run.budget.note_refused(1);
+        let mut system = system_prompt(config);
+        if config.system_prompt.is_none() {
+            if recursion.allowed {
+                system.push_str(RECURSION_PROMPT);
+            } else if child {
+                system.push_str(&recursion.text());
             }
-            break;
         }
-        run.turn.store(turn, std::sync::atomic::Ordering::SeqCst);
-        emitter.emit_with(|| Event::TurnStart { turn });
-        let Some((reply, root_latency)) = asker.ask(&messages, turn, true).await? else {
-            break;
+        let first = first_message(query, &info);
+        state.emitter.emit_with(|| Event::RunStart {
+            query: query.to_owned(),
+            root_model: root_model.clone(),
+            sub_model: sub_model.clone(),
+            context: info.clone(),
+            parent: child.then(|| parent_of(&place.run).to_owned()),
+            settings: Box::new(crate::events::RunSettings::new(config, max_iterations)),
+            started_at_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            system_prompt: system.clone(),
+            first_message: first.clone(),
+        });
+        let asker = RootAsker {
+            root,
+            model: root_model,
+            run: Arc::clone(&state),
+            reserve: child,
+        };
+        let run = Self {
+            tree,
+            state,
+            started,
+            child,
+            asker,
+            sub_model,
+            max_iterations,
+            messages: vec![Message::system(system), Message::user(first)],
+            trajectory: Vec::new(),
+            answer: None,
+            warnings: Vec::new(),
+            held: false,
+            empty_streak: 0,
+        };
+        Ok((run, repl))
+    }
+
+    /// Turn `turn`: asks the root model, runs the reply's code, judges its answer (if any)
+    /// and, unless the run ends here, feeds back what happened.
+    async fn turn(&mut self, repl: Repl, turn: usize) -> Result<(Repl, Next), RlmError> {
+        let state = Arc::clone(&self.state);
+        if state.budget.stopped().is_some() {
+            if self.child && turn == 1 && state.budget.exhausted().is_some() {
+                // Its first root turn is a call the budget refused.
+                state.budget.note_refused(1);
+            }
+            return Ok((repl, Next::Stop));
+        }
+        state.turn.store(turn, std::sync::atomic::Ordering::SeqCst);
+        state.emitter.emit_with(|| Event::TurnStart { turn });
+        let Some((reply, root_latency)) = self.asker.ask(&self.messages, turn, true).await? else {
+            return Ok((repl, Next::Stop));
         };
         let cut = reply.is_cut();
         let parsed = parse_reply(&reply.text);
-        let work = run_blocks(repl, parsed.clone(), cut, turn, Arc::clone(&run))
+        let work = run_blocks(repl, parsed.clone(), cut, turn, Arc::clone(&state))
             .await
             .map_err(internal)?;
-        if let Some(error) = sub_model_failure(&run, &sub_model) {
+        if let Some(error) = sub_model_failure(&state, &self.sub_model) {
             return Err(error);
         }
-        let verdict = verdict(&parsed, &work, cut, held);
-        repl = work.repl;
+        let verdict = verdict(&parsed, &work, cut, self.held);
+        let repl = work.repl;
         let empty = reply.missing_text();
-        empty_streak = if empty.is_some() { empty_streak + 1 } else { 0 };
-        if let (2, Some(why)) = (empty_streak, empty) {
-            warnings.push(format!(
+        self.empty_streak = if empty.is_some() {
+            self.empty_streak + 1
+        } else {
+            0
+        };
+        if let (2, Some(why)) = (self.empty_streak, empty) {
+            self.warnings.push(format!(
                 "the root model gave empty replies on turns {} and {turn}: {why}",
                 turn - 1
             ));
@@ -374,24 +444,24 @@ pub(crate) async fn run_tree(
             blocks: work.blocks,
             sub_calls: work.sub_calls,
         };
-        emitter.emit_with(|| Event::turn_end(&record));
+        state.emitter.emit_with(|| Event::turn_end(&record));
         let mut notes = Vec::new();
         match verdict {
             Verdict::Accept(value) => {
                 if work.code_final.is_none() && parsed.final_unbalanced {
-                    warnings.push(
+                    self.warnings.push(
                         "the answer's FINAL( was never closed: the answer is the text after it, \
                          up to the reply's last `)`"
                             .to_owned(),
                     );
                 }
-                trajectory.push(record);
-                answer = Some(value);
-                break;
+                self.trajectory.push(record);
+                self.answer = Some(value);
+                return Ok((repl, Next::Stop));
             }
             Verdict::Hold(why) => {
-                held = true;
-                warnings.push(format!(
+                self.held = true;
+                self.warnings.push(format!(
                     "turn {turn}: the answer was held for confirmation: {why}"
                 ));
                 notes.push(format!(
@@ -409,66 +479,73 @@ pub(crate) async fn run_tree(
             work.failed,
             &notes,
             work.not_run,
-            max_iterations - turn,
+            self.max_iterations - turn,
         );
-        trajectory.push(record);
-        messages.push(Message::assistant(reply.text));
-        messages.push(Message::user(feedback));
+        self.trajectory.push(record);
+        self.messages.push(Message::assistant(reply.text));
+        self.messages.push(Message::user(feedback));
+        Ok((repl, Next::Turn))
     }
 
-    let mut stopped = match (&answer, run.budget.stopped()) {
-        // Whatever the script made of calls cut short by a cancel or the clock is not a
-        // final answer, even if it called FINAL with it.
-        (_, Some(reason @ (StopReason::Cancelled | StopReason::MaxTime))) => reason,
-        (Some(_), _) => StopReason::Final,
-        (None, Some(reason)) => reason,
-        (None, None) => StopReason::MaxIterations,
-    };
-    // The final ask: the top-level root always gets it after a turn or sub-call budget stop;
-    // a child only after its own turns ran out (a spent budget leaves it no call to make).
-    let ask = match stopped {
-        StopReason::MaxIterations => true,
-        StopReason::MaxSubCalls | StopReason::MaxCost => !child,
-        _ => false,
-    };
-    if answer.is_none() && ask {
+    /// Why the turns ended; and, when they ended without an answer, one last root call for
+    /// the best answer now (the top-level root after a turn, sub-call or cost budget stop; a
+    /// child only after its own turns ran out). Returns why the run stopped.
+    async fn final_ask(&mut self, repl: Repl) -> Result<StopReason, RlmError> {
+        let state = Arc::clone(&self.state);
+        let mut stopped = match (&self.answer, state.budget.stopped()) {
+            // Whatever the script made of calls cut short by a cancel or the clock is not a
+            // final answer, even if it called FINAL with it.
+            (_, Some(reason @ (StopReason::Cancelled | StopReason::MaxTime))) => reason,
+            (Some(_), _) => StopReason::Final,
+            (None, Some(reason)) => reason,
+            (None, None) => StopReason::MaxIterations,
+        };
+        // A spent budget leaves a child no call to make.
+        let ask = match stopped {
+            StopReason::MaxIterations => true,
+            StopReason::MaxSubCalls | StopReason::MaxCost => !self.child,
+            _ => false,
+        };
+        if self.answer.is_some() || !ask {
+            return Ok(stopped);
+        }
         let reason = match stopped {
             StopReason::MaxIterations => "You have used all your turns.",
             StopReason::MaxCost => "The cost budget of this run is spent.",
             _ => "The sub-call budget of this run is spent.",
         };
         // The last feedback is the last message; the ask is appended to it.
-        match messages.last_mut() {
-            Some(last) if last.role == rlm_core::Role::User && !trajectory.is_empty() => {
+        match self.messages.last_mut() {
+            Some(last) if last.role == rlm_core::Role::User && !self.trajectory.is_empty() => {
                 last.content = format!("{}\n\n{}", last.content, final_ask(reason)).into();
             }
-            _ => messages.push(Message::user(final_ask(reason))),
+            _ => self.messages.push(Message::user(final_ask(reason))),
         }
-        let turn = trajectory.len() + 1;
-        run.turn.store(turn, std::sync::atomic::Ordering::SeqCst);
-        emitter.emit_with(|| Event::TurnStart { turn });
+        let turn = self.trajectory.len() + 1;
+        state.turn.store(turn, std::sync::atomic::Ordering::SeqCst);
+        state.emitter.emit_with(|| Event::TurnStart { turn });
         // Not cost-budgeted: the final ask is made even when the cost budget is spent.
-        let asked = asker.ask(&messages, turn, false).await;
+        let asked = self.asker.ask(&self.messages, turn, false).await;
         if let Err(error) = &asked {
-            warnings.push(format!(
+            self.warnings.push(format!(
                 "no answer: {} and the final ask failed: {error}",
                 stopped_why(stopped)
             ));
         }
         if let Ok(Some((reply, root_latency))) = asked {
-            let (_, given) = final_reply(repl, &reply, turn, &run, &mut warnings).await?;
-            if let Some(error) = sub_model_failure(&run, &sub_model) {
+            let (_, given) = final_reply(repl, &reply, turn, &state, &mut self.warnings).await?;
+            if let Some(error) = sub_model_failure(&state, &self.sub_model) {
                 return Err(error);
             }
             if given.answer.is_none() {
-                warnings.push(format!(
+                self.warnings.push(format!(
                     "no answer: {} and the reply to the final ask had no FINAL(...) or \
                      FINAL_VAR(...); it began: {}",
                     stopped_why(stopped),
                     quote_start(&reply.text)
                 ));
             }
-            answer = given.answer;
+            self.answer = given.answer;
             let record = Turn {
                 turn,
                 reply: reply.text,
@@ -477,88 +554,106 @@ pub(crate) async fn run_tree(
                 blocks: given.blocks,
                 sub_calls: given.sub_calls,
             };
-            emitter.emit_with(|| Event::turn_end(&record));
-            trajectory.push(record);
+            state.emitter.emit_with(|| Event::turn_end(&record));
+            self.trajectory.push(record);
         }
-        if run.cancel.is_cancelled() {
+        if state.cancel.is_cancelled() {
             // Cancelled (or out of time) while asking: that is why the run stopped.
-            stopped = run.budget.stopped().unwrap_or(stopped);
+            stopped = state.budget.stopped().unwrap_or(stopped);
         }
-    }
-    if let Some(error) = sub_model_failure(&run, &sub_model) {
-        return Err(error);
-    }
-    // Every top-level run without an answer says why (a child's parent gets an `Error:`).
-    if !child && answer.is_none() && !warnings.iter().any(|w| w.starts_with("no answer:")) {
-        warnings.push(format!("no answer: {}", stopped_why(stopped)));
+        Ok(stopped)
     }
 
-    let failed_sub_calls = ledger
-        .failed_sub_calls
-        .load(std::sync::atomic::Ordering::SeqCst);
-    if !child {
-        warnings.extend(lock(&ledger.child_warnings).drain(..));
-        warnings.extend(sub_call_warnings(
-            &ledger,
-            run.budget.sub_calls(),
-            failed_sub_calls,
-            answer.is_some(),
-        ));
-        let refused = run.budget.refused_sub_calls();
-        if answer.is_some() && refused > 0 {
-            warnings.push(format!(
-                "the answer was given after a budget refused {}; the script got \
-                 \"Error: budget exhausted ...\" for them",
-                count(refused, "sub-call")
-            ));
+    /// The run's result, with every warning about its answer, reported to observers.
+    fn finish(mut self, stopped: StopReason) -> Result<RunResult, RlmError> {
+        let state = &self.state;
+        let ledger = &state.ledger;
+        if let Some(error) = sub_model_failure(state, &self.sub_model) {
+            return Err(error);
         }
+        // Every top-level run without an answer says why (a child's parent gets an `Error:`).
+        if !self.child
+            && self.answer.is_none()
+            && !self.warnings.iter().any(|w| w.starts_with("no answer:"))
+        {
+            self.warnings
+                .push(format!("no answer: {}", stopped_why(stopped)));
+        }
+
+        let failed_sub_calls = ledger
+            .failed_sub_calls
+            .load(std::sync::atomic::Ordering::SeqCst);
+        if !self.child {
+            self.warnings.extend(lock(&ledger.child_warnings).drain(..));
+            self.warnings.extend(sub_call_warnings(
+                ledger,
+                state.budget.sub_calls(),
+                failed_sub_calls,
+                self.answer.is_some(),
+            ));
+            let refused = state.budget.refused_sub_calls();
+            if self.answer.is_some() && refused > 0 {
+                self.warnings.push(format!(
+                    "the answer was given after a budget refused {}; the script got \
+                     \"Error: budget exhausted ...\" for them",
+                    count(refused, "sub-call")
+                ));
+            }
+        }
+        if self
+            .answer
+            .as_deref()
+            .is_some_and(|a| a.trim_start().starts_with("Error:"))
+        {
+            self.warnings
+                .push("the answer is an \"Error: ...\" string, not an answer".to_owned());
+        }
+        let usage_by_depth = ledger.usage_by_depth();
+        let usage = if self.child {
+            usage_by_depth
+                .get(state.emitter.place().depth)
+                .cloned()
+                .unwrap_or_default()
+        } else {
+            ledger.usage.snapshot()
+        };
+        let cost = self
+            .tree
+            .config
+            .prices
+            .report(usage.iter().map(|(model, usage)| (model.as_str(), usage)));
+        let result = RunResult {
+            answer: self.answer.unwrap_or_default(),
+            iterations: self.trajectory.len(),
+            stopped,
+            elapsed: self.started.elapsed(),
+            usage,
+            cost,
+            sub_calls: state.budget.sub_calls(),
+            failed_sub_calls,
+            refused_sub_calls: state.budget.refused_sub_calls(),
+            cancelled_sub_calls: ledger
+                .cancelled_sub_calls
+                .load(std::sync::atomic::Ordering::SeqCst),
+            warnings: self.warnings,
+            max_depth_reached: ledger
+                .max_depth_reached
+                .load(std::sync::atomic::Ordering::SeqCst),
+            child_runs: ledger.child_runs.load(std::sync::atomic::Ordering::SeqCst),
+            usage_by_depth,
+            trajectory: self.trajectory,
+        };
+        state.emitter.emit_with(|| Event::Final {
+            answer: result.answer.clone(),
+            stopped: result.stopped,
+            iterations: result.iterations,
+            elapsed_ms: millis(result.elapsed),
+            usage: result.usage.clone(),
+            warnings: result.warnings.clone(),
+            cost_usd: result.cost.clone(),
+        });
+        Ok(result)
     }
-    if answer
-        .as_deref()
-        .is_some_and(|a| a.trim_start().starts_with("Error:"))
-    {
-        warnings.push("the answer is an \"Error: ...\" string, not an answer".to_owned());
-    }
-    let usage_by_depth = ledger.usage_by_depth();
-    let usage = if child {
-        usage_by_depth.get(place.depth).cloned().unwrap_or_default()
-    } else {
-        ledger.usage.snapshot()
-    };
-    let cost = config
-        .prices
-        .report(usage.iter().map(|(model, usage)| (model.as_str(), usage)));
-    let result = RunResult {
-        answer: answer.unwrap_or_default(),
-        iterations: trajectory.len(),
-        stopped,
-        elapsed: started.elapsed(),
-        usage,
-        cost,
-        sub_calls: run.budget.sub_calls(),
-        failed_sub_calls,
-        refused_sub_calls: run.budget.refused_sub_calls(),
-        cancelled_sub_calls: ledger
-            .cancelled_sub_calls
-            .load(std::sync::atomic::Ordering::SeqCst),
-        warnings,
-        max_depth_reached: ledger
-            .max_depth_reached
-            .load(std::sync::atomic::Ordering::SeqCst),
-        child_runs: ledger.child_runs.load(std::sync::atomic::Ordering::SeqCst),
-        usage_by_depth,
-        trajectory,
-    };
-    emitter.emit_with(|| Event::Final {
-        answer: result.answer.clone(),
-        stopped: result.stopped,
-        iterations: result.iterations,
-        elapsed_ms: millis(result.elapsed),
-        usage: result.usage.clone(),
-        warnings: result.warnings.clone(),
-        cost_usd: result.cost.clone(),
-    });
-    Ok(result)
 }
 
 /// Starts the children of one run, in its tree: what `rlm_query` calls.
@@ -749,15 +844,15 @@ fn sub_call_warnings(ledger: &Ledger, sub_calls: u64, failed: u64, answered: boo
 }
 
 /// Asks a run's root model.
-struct RootAsker<'a> {
-    root: &'a Arc<dyn LlmBackend>,
-    model: &'a str,
-    run: &'a RunState,
+struct RootAsker {
+    root: Arc<dyn LlmBackend>,
+    model: String,
+    run: Arc<RunState>,
     /// A child's root turns are reserved from the sub-call budget.
     reserve: bool,
 }
 
-impl RootAsker<'_> {
+impl RootAsker {
     /// One root call. `None` when the run was cancelled (or ran out of time, or, for a
     /// child, out of budget) meanwhile, or, when `budgeted`, when the cost budget cannot
     /// cover it.
@@ -771,7 +866,7 @@ impl RootAsker<'_> {
             return Ok(None);
         }
         let request = CompletionRequest {
-            model: self.model.to_owned(),
+            model: self.model.clone(),
             messages: messages.to_vec(),
             ..CompletionRequest::default()
         };
@@ -782,7 +877,7 @@ impl RootAsker<'_> {
         let Some(budget) = self.run.budget.reserve_one(&request, charge) else {
             return Ok(None);
         };
-        ask_root(self.root, request, turn, self.run, budget).await
+        ask_root(&self.root, request, turn, &self.run, budget).await
     }
 }
 
