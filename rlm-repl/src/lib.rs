@@ -73,7 +73,7 @@ mod words;
 pub use config::{DEFAULT_MAX_MEMORY, RlmConfig, SandboxLimits};
 pub use context::{Context, ContextInfo, SharedContext};
 pub use error::RlmError;
-pub use events::{Event, Observer, RunPlace, RunSettings};
+pub use events::{Event, Observer, RunPlace, RunSettings, TurnVerdict};
 pub use repl::{BlockOutcome, Repl, ReplBuilder};
 pub use result::{BlockRecord, RunResult, StopReason, SubCallRecord, Turn};
 pub use rlm::{Rlm, RlmBuilder};

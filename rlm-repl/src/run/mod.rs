@@ -30,7 +30,9 @@ use crate::repl::subcall::millis;
 use crate::repl::{ChildAnswer, ChildRunner};
 use crate::state::RunState;
 use crate::sync::lock;
-use crate::{Context, Event, Observer, Repl, RlmConfig, RlmError, RunResult, StopReason, Turn};
+use crate::{
+    Context, Event, Observer, Repl, RlmConfig, RlmError, RunResult, StopReason, Turn, TurnVerdict,
+};
 
 /// Aborts the wrapped task when dropped (the run's time watchdog).
 struct AbortOnDrop(JoinHandle<()>);
@@ -309,7 +311,9 @@ impl Run {
             blocks: work.blocks,
             sub_calls: work.sub_calls,
         };
-        state.emitter.emit_with(|| Event::turn_end(&record));
+        state
+            .emitter
+            .emit_with(|| Event::turn_end(&record, verdict.reported()));
         let mut notes = Vec::new();
         match verdict {
             Verdict::Accept(value) => {
@@ -419,7 +423,14 @@ impl Run {
                 blocks: given.blocks,
                 sub_calls: given.sub_calls,
             };
-            state.emitter.emit_with(|| Event::turn_end(&record));
+            // The answer to the final ask, if any, ends the run: nothing is held or refused.
+            let verdict = match self.answer {
+                Some(_) => TurnVerdict::Accepted,
+                None => TurnVerdict::NoAnswer,
+            };
+            state
+                .emitter
+                .emit_with(|| Event::turn_end(&record, verdict));
             self.trajectory.push(record);
         }
         if state.cancel.is_cancelled() {

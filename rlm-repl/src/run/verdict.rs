@@ -1,6 +1,7 @@
 //! What the loop makes of a reply's answer: the answer-acceptance rules.
 
 use super::blocks::TurnWork;
+use crate::TurnVerdict;
 use crate::parse::{FinalMarker, ParsedReply};
 
 /// What the loop makes of a reply's end markers.
@@ -14,6 +15,18 @@ pub(super) enum Verdict {
     Refuse(String),
     /// The reply gave no answer.
     None,
+}
+
+impl Verdict {
+    /// The verdict as the turn's event reports it.
+    pub(super) fn reported(&self) -> TurnVerdict {
+        match self {
+            Verdict::Accept(_) => TurnVerdict::Accepted,
+            Verdict::Hold(_) => TurnVerdict::Held,
+            Verdict::Refuse(_) => TurnVerdict::Refused,
+            Verdict::None => TurnVerdict::NoAnswer,
+        }
+    }
 }
 
 /// Applies the answer-acceptance rules (design.md, "Answer acceptance") to one reply.
