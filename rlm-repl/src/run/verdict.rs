@@ -29,7 +29,10 @@ impl Verdict {
     }
 }
 
-/// Applies the answer-acceptance rules (design.md, "Answer acceptance") to one reply.
+/// Applies the answer-acceptance rules to one reply: a `FINAL` called in code stands once its
+/// block ran; a text `FINAL(...)` only in a reply without code; a text `FINAL_VAR(name)` when
+/// every block ran without error; nothing in a cut reply; an answer from a warned block or an
+/// `Error: ...` string is held once.
 /// `held` says whether an answer of this run was already held once.
 pub(super) fn verdict(parsed: &ParsedReply, work: &TurnWork, cut: bool, held: bool) -> Verdict {
     let (answer, warned) = if let Some((answer, warned)) = &work.code_final {
