@@ -1,5 +1,9 @@
 //! The sandboxed Rhai environment: one persistent scope holding `context`, the REPL functions
 //! and the helpers.
+//!
+//! It knows nothing of the loop that drives it: sub-calls go to the
+//! [`BatchExecutor`](rlm_core::BatchExecutor) it is given and are charged to the run's budget,
+//! and `rlm_query` starts child runs through the [`ChildRunner`] the loop hands it.
 
 mod children;
 mod errors;
