@@ -73,8 +73,8 @@ pub struct RlmConfig {
     pub max_total_tokens: Option<u64>,
     /// Wall time allowed for the run.
     pub max_time: Option<Duration>,
-    /// USD allowed over the run (issue 12): each root and sub call reserves its estimated cost
-    /// before it is sent and settles it with the reported usage.
+    /// USD allowed over the run: each root and sub call reserves its estimated cost before
+    /// it is sent and settles it with the reported usage.
     pub max_cost: Option<f64>,
     /// Prices of the models, for the run's cost and `max_cost` (default: the built-in table).
     pub prices: Prices,

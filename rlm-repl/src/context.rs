@@ -2,11 +2,11 @@
 
 use std::fmt;
 
-use rhai::Dynamic;
+use rhai::{Dynamic, ImmutableString};
 use serde::Serialize;
-
-use crate::prompt::count_of;
 use serde_json::Value;
+
+use crate::words::count_of;
 
 /// The data a run is about. It lives in the REPL as the variable `context` and is never
 /// pasted into the root model's prompt; the root model only sees its [`ContextInfo`].
@@ -42,7 +42,7 @@ impl SharedContext {
             Context::Shared(shared) => shared,
             context => Self {
                 info: context.info(),
-                value: crate::repl::context_value(context),
+                value: context.into_value(),
                 id: std::sync::Arc::new(()),
             },
         }
@@ -82,6 +82,24 @@ impl From<SharedContext> for Context {
 }
 
 impl Context {
+    /// The context as the REPL holds it, a Rhai value (one pass over it): strings move into
+    /// shared immutable strings, never copied again; JSON becomes maps and arrays.
+    pub(crate) fn into_value(self) -> Dynamic {
+        match self {
+            Context::Shared(shared) => shared.value(),
+            Context::Text(text) => Dynamic::from(ImmutableString::from(text)),
+            Context::Documents(documents) => Dynamic::from_array(
+                documents
+                    .into_iter()
+                    .map(|d| Dynamic::from(ImmutableString::from(d)))
+                    .collect(),
+            ),
+            Context::Json(value) => {
+                rhai::serde::to_dynamic(&value).unwrap_or_else(|_| Dynamic::from(value.to_string()))
+            }
+        }
+    }
+
     /// What the root model is told about the context.
     pub fn info(&self) -> ContextInfo {
         const SHOWN_ITEMS: usize = 10;

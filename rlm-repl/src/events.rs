@@ -177,6 +177,10 @@ pub enum Event {
         failed_sub_calls: usize,
         /// Sub-calls cut short by cancellation.
         cancelled_sub_calls: usize,
+        /// What the loop made of the turn's answer: `"accepted"` (the run ends with it),
+        /// `"held"` (held once for the model to confirm), `"refused"` (not accepted; the model
+        /// was told why) or `"no_answer"` (the reply gave none).
+        verdict: TurnVerdict,
     },
     /// The run failed without an answer: the root model could not be reached or refused
     /// (the run returns [`RlmError::Root`](crate::RlmError::Root)). No `Final` follows.
@@ -239,9 +243,28 @@ pub struct RunSettings {
     pub max_operations: u64,
 }
 
+/// What the loop made of a root turn's answer, as [`Event::TurnEnd`] reports it (snake case
+/// in the trace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum TurnVerdict {
+    /// The turn gave an answer and the run ends with it.
+    Accepted,
+    /// The turn gave an answer that was held for confirmation (it came from a block that
+    /// raised a warning, or it is an `Error: ...` string); the next `FINAL` stands.
+    Held,
+    /// The turn gave an answer that was not accepted (written before the output it rests
+    /// on, in a reply cut at the token limit, or from code that failed); the model was told
+    /// why.
+    Refused,
+    /// The turn gave no answer.
+    NoAnswer,
+}
+
 impl Event {
     /// The [`TurnEnd`](Self::TurnEnd) event of a finished turn.
-    pub(crate) fn turn_end(turn: &Turn) -> Self {
+    pub(crate) fn turn_end(turn: &Turn, verdict: TurnVerdict) -> Self {
         let cancelled = turn
             .sub_calls
             .iter()
@@ -256,6 +279,7 @@ impl Event {
             sub_calls: turn.sub_calls.len(),
             failed_sub_calls: turn.sub_calls.iter().filter(|c| !c.ok).count() - cancelled,
             cancelled_sub_calls: cancelled,
+            verdict,
         }
     }
 }

@@ -53,10 +53,13 @@
 //! # }
 //! ```
 
+mod budget;
 mod config;
 mod context;
+mod emitter;
 mod error;
 mod events;
+mod ledger;
 mod parse;
 pub mod prompt;
 mod repl;
@@ -64,11 +67,13 @@ mod result;
 mod rlm;
 mod run;
 mod state;
+mod sync;
+mod words;
 
 pub use config::{DEFAULT_MAX_MEMORY, RlmConfig, SandboxLimits};
 pub use context::{Context, ContextInfo, SharedContext};
 pub use error::RlmError;
-pub use events::{Event, Observer, RunPlace, RunSettings};
+pub use events::{Event, Observer, RunPlace, RunSettings, TurnVerdict};
 pub use repl::{BlockOutcome, Repl, ReplBuilder};
 pub use result::{BlockRecord, RunResult, StopReason, SubCallRecord, Turn};
 pub use rlm::{Rlm, RlmBuilder};

@@ -6,6 +6,7 @@
 //! cheat-sheet of where Rhai differs from Python (the silent traps first) and one worked
 //! example. Every code example in it is run by the crate's tests.
 
+use crate::words::{count_of, thousands};
 use crate::{ContextInfo, RlmConfig};
 
 /// The built-in system prompt. `{max_concurrent}` is replaced by the default concurrency of
@@ -158,28 +159,6 @@ fn article(kind: &str) -> &'static str {
         Some('a' | 'e' | 'i' | 'o' | 'u') => "an",
         _ => "a",
     }
-}
-
-/// `1234567` as `1,234,567`.
-/// `n` things, with the plural when `n` is not 1: `1 item`, `2 items`, `1,000 keys`.
-pub(crate) fn count_of(n: usize, noun: &str) -> String {
-    match (n, noun) {
-        (1, _) => format!("1 {noun}"),
-        (_, "entry") => format!("{} entries", thousands(n)),
-        _ => format!("{} {noun}s", thousands(n)),
-    }
-}
-
-pub(crate) fn thousands(n: usize) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 #[cfg(test)]

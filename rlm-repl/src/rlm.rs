@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use rlm_core::{BatchExecutor, CancellationToken, ConcurrentExecutor, LlmBackend};
 
+use crate::run::Tree;
 use crate::{Context, Observer, RlmConfig, RlmError, RunResult, SandboxLimits};
 
 /// A configured Recursive Language Model: a root backend, a sub-call backend and settings.
@@ -58,7 +59,13 @@ impl Rlm {
         query: impl Into<String>,
         context: Context,
     ) -> Result<RunResult, RlmError> {
-        crate::run::run(self, query.into(), context).await
+        let tree = Tree::new(
+            Arc::clone(&self.root),
+            Arc::clone(&self.sub),
+            self.config.clone(),
+        );
+        let cancel = self.cancel.child_token();
+        crate::run::run(tree, self.observers.clone(), cancel, query.into(), context).await
     }
 
     /// [`run`](Self::run) for callers without an async runtime.

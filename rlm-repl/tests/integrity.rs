@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use common::{BuildOk, builder, fence, run_ok, seen};
 use rlm_core::mock::MockBackend;
 use rlm_core::{Completion, FinishReason, LlmError};
-use rlm_repl::{Context, RlmError, StopReason};
+use rlm_repl::{Context, Event, RlmError, StopReason, TurnVerdict};
 
 /// A root model whose replies marked `[cut]` come back cut at the token limit (the marker
 /// itself removed), as `finish_reason: "length"`.
@@ -361,4 +361,67 @@ async fn a_run_without_an_answer_always_says_why() {
         "{:?}",
         result.warnings
     );
+}
+
+#[tokio::test]
+async fn each_turn_end_says_what_became_of_its_answer() {
+    let root = MockBackend::scripted([
+        fence("print(1);"),
+        "```repl\nprint(2);\n```\nFINAL(999)".to_owned(),
+        fence("let s = `a\\nb`;\nFINAL(s);"),
+        fence("FINAL(s);"),
+    ]);
+    let events = Arc::new(common::Events::default());
+    let rlm = builder(&root, &MockBackend::echo())
+        .observer(events.clone())
+        .build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
+    assert_eq!(result.answer, "a\\nb");
+    let verdicts: Vec<TurnVerdict> = events
+        .all()
+        .iter()
+        .filter_map(|event| match event {
+            Event::TurnEnd { verdict, .. } => Some(*verdict),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            TurnVerdict::NoAnswer,
+            TurnVerdict::Refused,
+            TurnVerdict::Held,
+            TurnVerdict::Accepted
+        ]
+    );
+    let trace = serde_json::to_value(events.all()).unwrap_or_default();
+    let written: Vec<&str> = trace
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["event"] == "turn_end")
+        .filter_map(|e| e["verdict"].as_str())
+        .collect();
+    assert_eq!(written, ["no_answer", "refused", "held", "accepted"]);
+}
+
+#[tokio::test]
+async fn the_final_ask_turn_reports_whether_it_gave_the_answer() {
+    let root = MockBackend::scripted([fence("print(1);"), "FINAL(7)".to_owned()]);
+    let events = Arc::new(common::Events::default());
+    let rlm = builder(&root, &MockBackend::echo())
+        .max_iterations(1)
+        .observer(events.clone())
+        .build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
+    assert_eq!(result.answer, "7");
+    let verdicts: Vec<TurnVerdict> = events
+        .all()
+        .iter()
+        .filter_map(|event| match event {
+            Event::TurnEnd { verdict, .. } => Some(*verdict),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(verdicts, [TurnVerdict::NoAnswer, TurnVerdict::Accepted]);
 }

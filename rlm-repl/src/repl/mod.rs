@@ -1,6 +1,11 @@
 //! The sandboxed Rhai environment: one persistent scope holding `context`, the REPL functions
 //! and the helpers.
+//!
+//! It knows nothing of the loop that drives it: sub-calls go to the
+//! [`BatchExecutor`](rlm_core::BatchExecutor) it is given and are charged to the run's budget,
+//! and `rlm_query` starts child runs through the [`ChildRunner`] the loop hands it.
 
+mod children;
 mod errors;
 mod helpers;
 mod lint;
@@ -8,6 +13,7 @@ mod memory;
 pub(crate) mod output;
 mod sorting;
 pub(crate) mod subcall;
+mod values;
 
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -22,13 +28,16 @@ use rhai::{
 use rlm_core::{BatchExecutor, CancellationToken, Text};
 use tokio::runtime::Handle;
 
+pub(crate) use self::children::{ChildAnswer, ChildRunner};
 use self::errors::{STOP_CANCELLED, STOP_FINAL, STOP_MEMORY, STOP_TIMEOUT};
-use self::helpers::{script_error, to_text};
 use self::output::OutputBuffer;
 use self::subcall::{BlockClock, SubCaller};
-use crate::prompt::count_of;
-use crate::run::Tree;
-use crate::state::{RunState, lock};
+use self::values::{script_error, to_text};
+use crate::budget::Budget;
+use crate::emitter::Emitter;
+use crate::state::RunState;
+use crate::sync::lock;
+use crate::words::count_of;
 use crate::{Context, ContextInfo, SandboxLimits, SubCallRecord};
 
 /// Default characters of a block's output shown to the model.
@@ -215,7 +224,8 @@ pub struct ReplBuilder {
     cancel: Option<CancellationToken>,
     run: Option<Arc<RunState>>,
     handle: Option<Handle>,
-    tree: Option<Arc<Tree>>,
+    children: Option<Arc<dyn ChildRunner>>,
+    max_prompt_tokens: Option<u64>,
 }
 
 /// Where a REPL's context comes from.
@@ -286,30 +296,36 @@ impl ReplBuilder {
         self
     }
 
-    /// The tree this REPL's run belongs to: `rlm_query` starts children in it.
-    pub(crate) fn tree(mut self, tree: Arc<Tree>) -> Self {
-        self.tree = Some(tree);
+    /// What `rlm_query` starts child runs with (without one, it is a plain `llm_query`).
+    pub(crate) fn child_runner(mut self, children: Arc<dyn ChildRunner>) -> Self {
+        self.children = Some(children);
+        self
+    }
+
+    /// The largest prompt a sub-call may send, in estimated tokens: a larger one fails fast
+    /// with an `Error: ...` string (default: no limit).
+    pub(crate) fn sub_max_prompt_tokens(mut self, max: Option<u64>) -> Self {
+        self.max_prompt_tokens = max;
         self
     }
 
     /// Loads the context and builds the REPL. Loading a large context takes one pass over it.
     pub fn build(self) -> Repl {
         let (info, context) = match self.context {
-            Source::Context(context) => (context.info(), context_value(context)),
+            Source::Context(context) => (context.info(), context.into_value()),
             Source::Value(value) => (crate::context::value_info(&value), value),
         };
         let limits = fit_limits(self.limits, &context);
         let run = self.run.unwrap_or_else(|| {
             Arc::new(RunState::new(
-                self.cancel.unwrap_or_default(),
-                None,
-                None,
-                crate::state::Emitter::default(),
+                Budget::new(self.cancel.unwrap_or_default(), None, None),
+                Emitter::default(),
             ))
         });
         let handle = self.handle.or_else(|| Handle::try_current().ok());
         let clock = Arc::new(BlockClock::new(limits.max_memory > 0));
-        let tree = self.tree;
+        let children = self.children;
+        let max_prompt_tokens = self.max_prompt_tokens;
         let sub = self.sub.map(|(backend, model)| {
             SubCaller::new(
                 backend,
@@ -319,7 +335,7 @@ impl ReplBuilder {
                 Arc::clone(&run),
                 Arc::clone(&clock),
             )
-            .in_tree(tree)
+            .with_children(children, max_prompt_tokens)
             .with_answer_limits(limits.max_memory, limits.max_string_size)
         });
         let shared = Arc::new(Shared {
@@ -376,7 +392,8 @@ impl Repl {
             cancel: None,
             run: None,
             handle: None,
-            tree: None,
+            children: None,
+            max_prompt_tokens: None,
         }
     }
 
@@ -704,23 +721,6 @@ fn on_big_stack<T: Send>(stack: usize, f: impl FnOnce() -> T + Send) -> Option<T
         Some(result) => result,
         // No thread could be started: run here.
         None => job.map(|f| f()),
-    }
-}
-
-/// The context as a Rhai value: strings become shared immutable strings.
-pub(crate) fn context_value(context: Context) -> Dynamic {
-    match context {
-        Context::Shared(shared) => shared.value(),
-        Context::Text(text) => Dynamic::from(ImmutableString::from(text)),
-        Context::Documents(documents) => Dynamic::from_array(
-            documents
-                .into_iter()
-                .map(|d| Dynamic::from(ImmutableString::from(d)))
-                .collect(),
-        ),
-        Context::Json(value) => {
-            rhai::serde::to_dynamic(&value).unwrap_or_else(|_| Dynamic::from(value.to_string()))
-        }
     }
 }
 
@@ -1095,8 +1095,8 @@ fn build_engine(
     engine
 }
 
-/// Runs child RLMs (or, at the deepest level or without a tree, plain sub-calls); one answer
-/// per task, in order.
+/// Runs child RLMs (or, without a child runner, as at the deepest level, plain sub-calls);
+/// one answer per task, in order.
 fn children(
     shared: &Shared,
     tasks: Vec<(String, Dynamic)>,

@@ -11,9 +11,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use rhai::{Array, Dynamic, Engine, EvalAltResult, FnPtr, FuncRegistration, NativeCallContext};
 
-use super::helpers::{compare, script_error};
-
-type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
+use super::values::{RhaiResult, compare, script_error, to_text};
 
 /// Registers `sort` / `sort_by` (in place) and `sorted_by` / `sorted` (a sorted copy), each
 /// with a closure and an optional `true` for descending order.
@@ -125,8 +123,8 @@ fn key_order(
                 script_error(format!(
                     "{function}: cannot compare the keys {} and {} (a {} and a {}); the key \
                      closure must give numbers, strings or arrays of them for every item",
-                    super::helpers::to_text(&keys[a]),
-                    super::helpers::to_text(&keys[b]),
+                    to_text(&keys[a]),
+                    to_text(&keys[b]),
                     keys[a].type_name(),
                     keys[b].type_name()
                 ))
@@ -201,7 +199,7 @@ fn compared(
          comes first, positive: b comes first). To sort by a field use a key closure: \
          sort_by(xs, |x| x.field), or sort_by(xs, |x| x.field, true) for descending.",
         result.type_name(),
-        super::helpers::to_text(&result)
+        to_text(&result)
     )))
 }
 

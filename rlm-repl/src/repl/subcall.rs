@@ -10,14 +10,16 @@ use futures_util::StreamExt;
 use rhai::Dynamic;
 use rlm_core::{
     BatchExecutor, BatchObserver, BatchOptions, BatchResult, Completion, CompletionRequest,
-    LlmError, Reservation, Text,
+    LlmError, Text,
 };
 use tokio::runtime::Handle;
 use tracing::Instrument;
 
+use super::children::ChildRunner;
 use super::output::prefix;
-use crate::run::Tree;
-use crate::state::{RunState, lock};
+use crate::budget::{Charge, Reserved};
+use crate::state::RunState;
+use crate::sync::lock;
 use crate::{Event, SubCallRecord};
 
 /// Characters of a prompt carried by a [`Event::SubCallStart`].
@@ -155,8 +157,10 @@ pub(crate) struct SubCaller {
     next_id: Arc<AtomicU64>,
     next_batch: AtomicU64,
     records: Arc<Mutex<Vec<SubCallRecord>>>,
-    /// The recursion tree of the run, when code may start child runs.
-    tree: Option<Arc<Tree>>,
+    /// Starts child runs, where `rlm_query` may (else it is a plain `llm_query`).
+    children: Option<Arc<dyn ChildRunner>>,
+    /// The largest prompt a sub-call may send, in estimated tokens (`None`: no limit).
+    max_prompt_tokens: Option<u64>,
     /// Bytes the scope and the answers kept during a block may hold together (the memory
     /// budget; 0: no limit).
     max_batch_bytes: usize,
@@ -183,24 +187,29 @@ impl SubCaller {
             next_id: Arc::new(AtomicU64::new(0)),
             next_batch: AtomicU64::new(0),
             records: Arc::default(),
-            tree: None,
+            children: None,
+            max_prompt_tokens: None,
             max_batch_bytes: 0,
             max_answer_bytes: 0,
         }
     }
 
-    /// Lets `rlm_query` start child runs in `tree`.
-    pub(crate) fn in_tree(mut self, tree: Option<Arc<Tree>>) -> Self {
-        self.tree = tree;
+    /// Lets `rlm_query` start child runs through `children`, and bounds each sub-call's
+    /// prompt to `max_prompt_tokens`.
+    pub(crate) fn with_children(
+        mut self,
+        children: Option<Arc<dyn ChildRunner>>,
+        max_prompt_tokens: Option<u64>,
+    ) -> Self {
+        self.children = children;
+        self.max_prompt_tokens = max_prompt_tokens;
         self
     }
 
-    /// Whether `rlm_query` starts a child run here (else it is a plain `llm_query`: no tree,
-    /// or this run is at the deepest level).
+    /// Whether `rlm_query` starts a child run here (else it is a plain `llm_query`: no child
+    /// runner, as at the deepest level of the tree).
     pub(crate) fn can_recurse(&self) -> bool {
-        self.tree
-            .as_ref()
-            .is_some_and(|tree| self.run.depth() + 1 < tree.config.max_depth)
+        self.children.is_some()
     }
 
     /// Child runs, at most `max_concurrent` at once; their answers in order (an
@@ -211,22 +220,21 @@ impl SubCaller {
         max_concurrent: usize,
     ) -> Vec<String> {
         let total = tasks.len();
-        let Some(tree) = &self.tree else {
+        let Some(runner) = &self.children else {
             return vec!["Error: child runs are not available here".to_owned(); total];
         };
         if self.run.cancel.is_cancelled() {
             return vec![self.run.refusal(); total];
         }
-        let tree = Arc::clone(tree);
-        let parent = Arc::clone(&self.run);
-        // Each child's state (and id) is made when it starts, in order.
-        let children =
-            futures_util::stream::iter(tasks.into_iter().map(move |(query, context)| {
-                let child = Arc::new(parent.child());
-                crate::run::child_answer(Arc::clone(&tree), child, query, context)
-            }))
-            .buffered(max_concurrent.max(1))
-            .collect::<Vec<String>>();
+        let runner = Arc::clone(runner);
+        // Each child is started (and gets its id) when the stream reaches it, in order.
+        let children = futures_util::stream::iter(
+            tasks
+                .into_iter()
+                .map(move |(query, context)| runner.run_child(query, context)),
+        )
+        .buffered(max_concurrent.max(1))
+        .collect::<Vec<String>>();
         let mut answers = self.wait(children).unwrap_or_default();
         answers.resize_with(total, || {
             "Error: the child run ended without an answer".to_owned()
@@ -236,7 +244,7 @@ impl SubCaller {
 
     /// The `Error: ...` for a prompt over `--sub-max-prompt-tokens`, if it is one.
     fn oversized(&self, prompt: &str) -> Option<String> {
-        let max = self.tree.as_ref()?.config.sub_max_prompt_tokens?;
+        let max = self.max_prompt_tokens?;
         let estimate = rlm_core::estimate_tokens(prompt);
         (estimate > max).then(|| {
             format!(
@@ -324,13 +332,11 @@ impl SubCaller {
         }
         // After a cancel the script runs on for a few operations: what it asks for then is
         // never sent, so it is neither counted nor reported.
-        if self.run.cancel.is_cancelled() || self.run.reserve_sub_calls(1) == 0 {
+        if self.run.cancel.is_cancelled() {
             return self.run.refusal();
         }
         let request = CompletionRequest::prompt(self.model.clone(), prompt);
-        // Cost budget (issue 12): the estimate is reserved before the call is sent.
-        let Some(reservation) = self.run.reserve_cost(&request) else {
-            self.run.release_sub_calls(1);
+        let Some(mut budget) = self.run.budget.reserve_one(&request, Charge::SUB_CALL) else {
             return self.run.refusal();
         };
         let prompt = request.last_user_message().unwrap_or_default();
@@ -358,6 +364,7 @@ impl SubCaller {
         let backend = Arc::clone(&self.backend);
         let cancel = self.run.cancel.clone();
         let started = Instant::now();
+        budget.sent();
         let result = self
             .wait(
                 async move {
@@ -378,8 +385,7 @@ impl SubCaller {
         let usage = result.as_ref().map(|c| c.usage).unwrap_or_default();
         span.record("prompt_tokens", usage.prompt_tokens);
         span.record("completion_tokens", usage.completion_tokens);
-        self.run.add_tokens(usage.total());
-        self.run.settle_cost(reservation, &self.model, &usage);
+        budget.settle(&usage);
         let error = judge(&self.run, &result);
         let record = SubCallRecord {
             id,
@@ -453,7 +459,13 @@ impl SubCaller {
         if self.run.cancel.is_cancelled() {
             return vec![self.run.refusal(); total];
         }
-        let mut granted = usize::try_from(self.run.reserve_sub_calls(total as u64)).unwrap_or(0);
+        let mut requests: Vec<CompletionRequest> = prompts
+            .into_iter()
+            .map(|prompt| CompletionRequest::prompt(self.model.clone(), prompt))
+            .collect();
+        // Each item is reserved before the batch is sent; the items past a budget are refused.
+        let reserved = self.run.budget.reserve(&requests, Charge::SUB_CALL);
+        let granted = reserved.len();
         let mut answers = vec![String::new(); total];
         if granted < total {
             let refusal = self.run.refusal();
@@ -464,33 +476,7 @@ impl SubCaller {
         if granted == 0 {
             return answers;
         }
-        let mut requests: Vec<CompletionRequest> = prompts
-            .into_iter()
-            .take(granted)
-            .map(|prompt| CompletionRequest::prompt(self.model.clone(), prompt))
-            .collect();
-        // Cost budget (issue 12): each item's estimate is reserved before the batch is sent;
-        // the items that do not fit are refused, like those over the sub-call budget.
-        let mut reservations = Vec::with_capacity(granted);
-        for request in &requests {
-            match self.run.reserve_cost(request) {
-                Some(reservation) => reservations.push(Some(reservation)),
-                None => break,
-            }
-        }
-        if reservations.len() < granted {
-            self.run
-                .release_sub_calls((granted - reservations.len()) as u64);
-            let refusal = self.run.refusal();
-            for answer in &mut answers[reservations.len()..granted] {
-                answer.clone_from(&refusal);
-            }
-            granted = reservations.len();
-            requests.truncate(granted);
-            if granted == 0 {
-                return answers;
-            }
-        }
+        requests.truncate(granted);
         let max_concurrent = max_concurrent.max(1);
         let batch = self.next_batch.fetch_add(1, Ordering::SeqCst) + 1;
         let turn = self.run.turn();
@@ -517,7 +503,7 @@ impl SubCaller {
                 .collect(),
             progress: Mutex::new((0, 0)),
             records: Arc::clone(&self.records),
-            reservations: Mutex::new(reservations),
+            reserved: Mutex::new(reserved.into_iter().map(Some).collect()),
         });
         let options = BatchOptions::new(max_concurrent)
             .with_cancel(cancel)
@@ -539,18 +525,7 @@ impl SubCaller {
             failed += usize::from(!is_cancelled(&result) && !result.as_ref().is_ok_and(is_answer));
             *answer = self.script_text(result, self.max_batch_bytes);
         }
-        // Items reserved but never sent (the batch was cancelled before they started) go
-        // back to the budget.
-        if tracker.cancel.is_cancelled() {
-            let unsent = granted.saturating_sub(started_count(&tracker));
-            self.run.release_sub_calls(unsent as u64);
-        }
-        // The cost reserved for items that never finished goes back too.
-        for reservation in lock(&tracker.reservations).iter_mut() {
-            if let Some(reservation) = reservation.take() {
-                self.run.release_cost(reservation);
-            }
-        }
+        tracker.close();
         emitter.emit_with(|| Event::BatchEnd {
             turn,
             batch,
@@ -560,14 +535,6 @@ impl SubCaller {
         });
         answers
     }
-}
-
-fn started_count(tracker: &BatchTracker) -> usize {
-    tracker
-        .ids
-        .iter()
-        .filter(|id| id.load(Ordering::SeqCst) != 0)
-        .count()
 }
 
 /// Why a finished sub-call did not succeed (for records, traces and progress), or `None`
@@ -671,8 +638,24 @@ struct BatchTracker {
     /// Items finished and failed so far.
     progress: Mutex<(usize, usize)>,
     records: Arc<Mutex<Vec<SubCallRecord>>>,
-    /// Each item's cost reservation (issue 12), taken when it is settled.
-    reservations: Mutex<Vec<Option<Reservation>>>,
+    /// Each item's budget, taken when it is settled.
+    reserved: Mutex<Vec<Option<Reserved>>>,
+}
+
+impl BatchTracker {
+    /// The batch is over. The budget of an item that never finished goes back: its cost
+    /// estimate always, its sub-call only if it never started because the batch was
+    /// cancelled (an item that started, or that the executor had when nothing cancelled the
+    /// batch, counts as made).
+    fn close(&self) {
+        let cancelled = self.cancel.is_cancelled();
+        let unsettled = std::mem::take(&mut *lock(&self.reserved));
+        for mut budget in unsettled.into_iter().flatten() {
+            if !cancelled {
+                budget.sent();
+            }
+        }
+    }
 }
 
 impl BatchObserver for BatchTracker {
@@ -680,6 +663,9 @@ impl BatchObserver for BatchTracker {
         let id = self.next_id.fetch_add(1, Ordering::SeqCst) + 1;
         if let Some(slot) = self.ids.get(index) {
             slot.store(id, Ordering::SeqCst);
+        }
+        if let Some(Some(budget)) = lock(&self.reserved).get_mut(index) {
+            budget.sent();
         }
         self.run.emitter.emit_with(|| {
             let prompt = request.last_user_message().unwrap_or_default();
@@ -697,18 +683,10 @@ impl BatchObserver for BatchTracker {
 
     fn finished(&self, index: usize, result: &BatchResult, elapsed: Duration) {
         let usage = result.as_ref().map(|c| c.usage).unwrap_or_default();
-        if self.run.add_tokens(usage.total()) {
-            // The token budget is spent: send nothing more.
+        let budget = lock(&self.reserved).get_mut(index).and_then(Option::take);
+        if budget.is_some_and(|budget| budget.settle(&usage)) {
+            // The token or cost budget is spent: send nothing more.
             self.cancel.cancel();
-        }
-        let reservation = lock(&self.reservations)
-            .get_mut(index)
-            .and_then(Option::take);
-        if let Some(reservation) = reservation {
-            if self.run.settle_cost(reservation, &self.model, &usage) {
-                // The cost budget is spent: send nothing more.
-                self.cancel.cancel();
-            }
         }
         let error = judge(&self.run, result);
         let record = SubCallRecord {

@@ -1,0 +1,67 @@
+//! The books of a tree of runs: what its calls used and how they went.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+
+use rlm_core::{LlmError, ModelUsage, UsageTracker};
+
+use crate::sync::lock;
+
+/// What every run of one recursion tree records: usage per model and per depth, what went
+/// wrong in sub-calls, the children started and their warnings. What the tree may still
+/// spend is its [`Budget`](crate::budget::Budget).
+#[derive(Default)]
+pub(crate) struct Ledger {
+    /// Calls and tokens per model, over the whole tree.
+    pub(crate) usage: UsageTracker,
+    /// Calls and tokens per model of the runs at each depth (index 0: the top-level run).
+    by_depth: Mutex<Vec<UsageTracker>>,
+    /// A sub-call failure that every other sub-call would share (bad key, unknown model):
+    /// the run stops with it.
+    fatal: Mutex<Option<LlmError>>,
+    /// Sub-calls whose reply was cut at the token limit.
+    pub(crate) cut_sub_calls: AtomicU64,
+    /// Sub-calls whose reply carried no answer text.
+    pub(crate) empty_sub_calls: AtomicU64,
+    /// Sub-calls that failed (errors, cut or empty replies), over the whole tree.
+    pub(crate) failed_sub_calls: AtomicU64,
+    /// Sub-calls cut short by cancellation (Ctrl-C, the time budget), over the whole tree;
+    /// not counted in `failed_sub_calls`.
+    pub(crate) cancelled_sub_calls: AtomicU64,
+    /// Child runs started.
+    pub(crate) child_runs: AtomicU64,
+    /// The deepest run started (0: no child).
+    pub(crate) max_depth_reached: AtomicUsize,
+    /// Warnings of child runs, for the top-level result.
+    pub(crate) child_warnings: Mutex<Vec<String>>,
+}
+
+impl Ledger {
+    /// The usage tracker of the runs at `depth`.
+    pub(crate) fn usage_at(&self, depth: usize) -> UsageTracker {
+        let mut by_depth = lock(&self.by_depth);
+        while by_depth.len() <= depth {
+            by_depth.push(UsageTracker::new());
+        }
+        by_depth[depth].clone()
+    }
+
+    /// Calls and tokens per model of the runs at each depth.
+    pub(crate) fn usage_by_depth(&self) -> Vec<BTreeMap<String, ModelUsage>> {
+        lock(&self.by_depth)
+            .iter()
+            .map(UsageTracker::snapshot)
+            .collect()
+    }
+
+    /// Records a failure that every other sub-call would share (the first one wins).
+    pub(crate) fn record_fatal(&self, error: &LlmError) {
+        lock(&self.fatal).get_or_insert_with(|| error.clone());
+    }
+
+    /// The failure that stopped the tree, if one did.
+    pub(crate) fn fatal(&self) -> Option<LlmError> {
+        lock(&self.fatal).clone()
+    }
+}

@@ -1,0 +1,167 @@
+//! Running the code of a root reply in the run's REPL, on a blocking thread.
+
+use std::sync::Arc;
+
+use rlm_core::Completion;
+
+use crate::parse::{FinalMarker, ParsedReply, parse_reply};
+use crate::repl::subcall::millis;
+use crate::state::RunState;
+use crate::{BlockRecord, Event, Repl, RlmError, StopReason, SubCallRecord};
+
+/// A REPL thread that died, as the run's error.
+pub(super) fn internal(error: tokio::task::JoinError) -> RlmError {
+    RlmError::Internal(format!("the REPL thread failed: {error}"))
+}
+
+/// What the blocks of one reply did.
+pub(super) struct TurnWork {
+    pub(super) repl: Repl,
+    pub(super) blocks: Vec<BlockRecord>,
+    pub(super) sub_calls: Vec<SubCallRecord>,
+    /// A `FINAL` called in code, and whether its block raised lint warnings.
+    pub(super) code_final: Option<(String, bool)>,
+    /// Any block raised lint warnings.
+    pub(super) warned: bool,
+    /// The block that failed (from 0); the blocks after it did not run.
+    pub(super) failed: Option<usize>,
+    /// Blocks not run because the run had to stop.
+    pub(super) not_run: usize,
+    /// The value of a text `FINAL_VAR(name)`, or why there is none.
+    pub(super) text_var: Option<Result<String, String>>,
+}
+
+/// Runs the reply's blocks in order on a blocking thread; stops after a `FINAL`, after a
+/// block that fails, or once the run must stop. Then reads a text `FINAL_VAR`, unless the
+/// reply was `cut`.
+pub(super) async fn run_blocks(
+    mut repl: Repl,
+    parsed: ParsedReply,
+    cut: bool,
+    turn: usize,
+    run: Arc<RunState>,
+) -> Result<TurnWork, tokio::task::JoinError> {
+    tokio::task::spawn_blocking(move || {
+        let mut blocks = Vec::new();
+        let mut code_final = None;
+        let mut warned = false;
+        let mut failed = None;
+        let mut not_run = 0;
+        for (index, code) in parsed.blocks.iter().enumerate() {
+            // Cancellation stops everything; a spent budget stops after the block that spent
+            // it (the first block of a turn still runs: it may hold the final answer).
+            let stop = run.budget.stopped();
+            let cancelled = matches!(stop, Some(StopReason::Cancelled | StopReason::MaxTime));
+            if cancelled || (index > 0 && stop.is_some()) {
+                not_run = parsed.blocks.len() - index;
+                break;
+            }
+            let outcome = repl.execute(code);
+            run.emitter.emit_with(|| Event::CodeBlock {
+                turn,
+                block: index,
+                code: code.clone(),
+                output: outcome.output.clone(),
+                error: outcome.error.clone(),
+                elapsed_ms: millis(outcome.elapsed),
+            });
+            warned |= !outcome.warnings.is_empty();
+            let error = outcome.error.is_some();
+            blocks.push(BlockRecord {
+                code: code.clone(),
+                output: outcome.output,
+                error: outcome.error,
+                elapsed: outcome.elapsed,
+            });
+            if let Some(answer) = outcome.final_answer {
+                code_final = Some((answer, !outcome.warnings.is_empty()));
+                break;
+            }
+            if error {
+                failed = Some(index);
+                break;
+            }
+        }
+        let cancelled = matches!(
+            run.budget.stopped(),
+            Some(StopReason::Cancelled | StopReason::MaxTime)
+        );
+        let text_var = match &parsed.final_marker {
+            Some(FinalMarker::Var(name)) if code_final.is_none() && !cancelled && !cut => {
+                Some(repl.final_expression(name))
+            }
+            _ => None,
+        };
+        let sub_calls = repl.take_sub_calls();
+        TurnWork {
+            repl,
+            blocks,
+            sub_calls,
+            code_final,
+            warned,
+            failed,
+            not_run,
+            text_var,
+        }
+    })
+    .await
+}
+
+/// The answer in the reply to the final ask, if it gave one: a text marker, or code that
+/// calls FINAL (run for that alone). Also the blocks run and their sub-calls.
+pub(super) async fn final_reply(
+    repl: Repl,
+    reply: &Completion,
+    turn: usize,
+    run: &Arc<RunState>,
+    warnings: &mut Vec<String>,
+) -> Result<(Repl, FinalWork), RlmError> {
+    let parsed = parse_reply(&reply.text);
+    let cut = reply.is_cut();
+    let finishing = ParsedReply {
+        // Out of habit, the model may give its answer as code (FINAL(x) in a ```repl
+        // block): run the blocks that do, rather than take the code as the answer.
+        blocks: match parsed.final_marker {
+            None if !cut => parsed
+                .blocks
+                .iter()
+                .filter(|code| code.contains("FINAL"))
+                .cloned()
+                .collect(),
+            _ => Vec::new(),
+        },
+        // A cut reply whose FINAL( never closed may hold half an answer.
+        final_marker: parsed
+            .final_marker
+            .clone()
+            .filter(|_| !(cut && parsed.final_unbalanced)),
+        ..ParsedReply::default()
+    };
+    let work = run_blocks(repl, finishing.clone(), false, turn, Arc::clone(run))
+        .await
+        .map_err(internal)?;
+    let given = match (&finishing.final_marker, work.code_final) {
+        (Some(FinalMarker::Value(value)), _) => Some(value.clone()),
+        (Some(FinalMarker::Var(_)), _) => work.text_var.and_then(Result::ok),
+        (None, code_final) => code_final.map(|(answer, _)| answer),
+    };
+    if given.is_some() && cut {
+        warnings
+            .push("the reply that gave the answer was cut at the token limit after it".to_owned());
+    }
+    Ok((
+        work.repl,
+        FinalWork {
+            answer: given,
+            blocks: work.blocks,
+            sub_calls: work.sub_calls,
+        },
+    ))
+}
+
+/// What the reply to the final ask gave.
+pub(super) struct FinalWork {
+    pub(super) answer: Option<String>,
+    pub(super) blocks: Vec<BlockRecord>,
+    pub(super) sub_calls: Vec<SubCallRecord>,
+}

@@ -1,0 +1,629 @@
+//! The RLM loop: ask the root model, run its code, feed back the output, until a final answer
+//! or a budget ends the run.
+//!
+//! [`run_tree`] is one run, top to bottom: [`Run::start`], then [`Run::turn`] until an
+//! answer or a stop, [`Run::final_ask`] when the turns ended without an answer, and
+//! [`Run::finish`]. Its parts: [`ask`] asks the root model, [`blocks`] runs the reply's code,
+//! [`verdict`] judges its answer, [`feedback`] writes the next message and the warnings.
+
+mod ask;
+mod blocks;
+mod feedback;
+mod verdict;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use rlm_core::{BatchExecutor, CancellationToken, LlmBackend, Message, Metered};
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+
+use self::ask::RootAsker;
+use self::blocks::{final_reply, internal, run_blocks};
+use self::feedback::{count, feedback, quote_start, stopped_why, sub_call_warnings};
+use self::verdict::{Verdict, verdict};
+use crate::budget::Budget;
+use crate::emitter::Emitter;
+use crate::parse::parse_reply;
+use crate::prompt::{RECURSION_PROMPT, final_ask, first_message, system_prompt};
+use crate::repl::subcall::millis;
+use crate::repl::{ChildAnswer, ChildRunner};
+use crate::state::RunState;
+use crate::sync::lock;
+use crate::{
+    Context, Event, Observer, Repl, RlmConfig, RlmError, RunResult, StopReason, Turn, TurnVerdict,
+};
+
+/// Aborts the wrapped task when dropped (the run's time watchdog).
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What every run of one recursion tree shares besides its books and budget: the backends (not yet
+/// metered), the settings and the runtime that runs sub-calls.
+pub(crate) struct Tree {
+    pub(crate) root: Arc<dyn LlmBackend>,
+    pub(crate) sub: Arc<dyn BatchExecutor>,
+    pub(crate) config: RlmConfig,
+    pub(crate) handle: Option<Handle>,
+}
+
+impl Tree {
+    /// The tree of runs over `root` and `sub`, whose sub-calls run on the current runtime
+    /// (if any).
+    pub(crate) fn new(
+        root: Arc<dyn LlmBackend>,
+        sub: Arc<dyn BatchExecutor>,
+        config: RlmConfig,
+    ) -> Self {
+        Self {
+            root,
+            sub,
+            config,
+            handle: Handle::try_current().ok(),
+        }
+    }
+}
+
+/// Where a run's context comes from.
+pub(crate) enum Source {
+    /// The user's context.
+    Context(Context),
+    /// A value of the parent's scope, shared with it (strings are not copied).
+    Value(rhai::Dynamic),
+}
+
+/// The top-level run of a tree of runs over one ledger: `query` over `context`, reported to
+/// `observers`, stopped by `cancel`.
+pub(crate) async fn run(
+    tree: Tree,
+    observers: Vec<Arc<dyn Observer>>,
+    cancel: CancellationToken,
+    query: String,
+    context: Context,
+) -> Result<RunResult, RlmError> {
+    let config = &tree.config;
+    let budget = Budget::new(cancel, config.max_sub_calls, config.max_total_tokens)
+        .with_cost(Arc::new(config.prices.clone()), config.max_cost);
+    let run = Arc::new(RunState::new(budget, Emitter::new(observers)));
+    // If the caller drops this future, running code, sub-calls and children stop too.
+    let _stop_on_drop = run.cancel.clone().drop_guard();
+    let _watchdog = config.max_time.map(|limit| {
+        let run = Arc::clone(&run);
+        AbortOnDrop(tokio::spawn(async move {
+            tokio::time::sleep(limit).await;
+            run.budget.stop(StopReason::MaxTime);
+        }))
+    });
+    run_tree(Arc::new(tree), run, query, Source::Context(context)).await
+}
+
+/// One run of the tree: the top-level run (depth 0) or a child. A child's root turns are
+/// calls below the top-level root: each is reserved from the sub-call budget first.
+pub(crate) async fn run_tree(
+    tree: Arc<Tree>,
+    state: Arc<RunState>,
+    query: String,
+    source: Source,
+) -> Result<RunResult, RlmError> {
+    let (mut run, mut repl) = Run::start(tree, state, &query, source).await?;
+    for turn in 1..=run.max_iterations {
+        let (after, next) = run.turn(repl, turn).await?;
+        repl = after;
+        if next == Next::Stop {
+            break;
+        }
+    }
+    let stopped = run.final_ask(repl).await?;
+    run.finish(stopped)
+}
+
+/// One run in progress: what it was given and what it has done so far. A run
+/// [`start`](Self::start)s, takes its [`turn`](Self::turn)s, makes the
+/// [`final_ask`](Self::final_ask) when it ended without an answer, and
+/// [`finish`](Self::finish)es with its result.
+struct Run {
+    tree: Arc<Tree>,
+    state: Arc<RunState>,
+    started: Instant,
+    /// A child run (depth 1 or more).
+    child: bool,
+    /// Asks the root model (metered at this run's depth).
+    asker: RootAsker,
+    sub_model: String,
+    max_iterations: usize,
+    /// The conversation with the root model.
+    messages: Vec<Message>,
+    trajectory: Vec<Turn>,
+    answer: Option<String>,
+    warnings: Vec<String>,
+    /// Whether an answer of this run was already held once for confirmation.
+    held: bool,
+    /// Empty root replies in a row.
+    empty_streak: usize,
+}
+
+/// Whether the run takes another turn.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    Turn,
+    Stop,
+}
+
+impl Run {
+    /// Meters the backends at the run's depth, loads the context into a new REPL, writes the
+    /// system prompt and the first message, and reports the start.
+    async fn start(
+        tree: Arc<Tree>,
+        state: Arc<RunState>,
+        query: &str,
+        source: Source,
+    ) -> Result<(Self, Repl), RlmError> {
+        let started = Instant::now();
+        let config = &tree.config;
+        let place = state.emitter.place().clone();
+        let child = place.depth > 0;
+        let ledger = &state.ledger;
+        let metered_root = Metered::new(
+            Metered::new(Arc::clone(&tree.root), ledger.usage_at(place.depth)),
+            ledger.usage.clone(),
+        );
+        let root: Arc<dyn LlmBackend> = Arc::new(metered_root);
+        let sub: Arc<dyn BatchExecutor> = Arc::new(Metered::new(
+            Metered::new(Arc::clone(&tree.sub), ledger.usage_at(place.depth)),
+            ledger.usage.clone(),
+        ));
+        let root_model = if child {
+            config.child_model().to_owned()
+        } else {
+            config.root_model.clone()
+        };
+        let sub_model = config.sub_model().to_owned();
+        let max_iterations = if child {
+            config.child_max_iterations
+        } else {
+            config.max_iterations
+        };
+
+        let recursion = RecursionNote {
+            allowed: place.depth + 1 < config.max_depth,
+            depth: place.depth,
+        };
+        // Loading a large context is a pass over it: keep it off the async threads.
+        let mut builder = match source {
+            Source::Context(context) => Repl::builder(context),
+            Source::Value(value) => Repl::builder_for_value(value),
+        }
+        .limits(config.sandbox.clone())
+        .max_output_chars(config.max_output_chars)
+        .sub_backend(sub, sub_model.clone())
+        .max_concurrent(config.max_concurrent)
+        .sub_max_prompt_tokens(config.sub_max_prompt_tokens)
+        .run_state(Arc::clone(&state));
+        // Below the deepest level, `rlm_query` starts children in this tree.
+        if recursion.allowed {
+            builder = builder.child_runner(Arc::new(ChildRuns {
+                tree: Arc::clone(&tree),
+                parent: Arc::clone(&state),
+            }));
+        }
+        if let Some(handle) = tree.handle.clone().or_else(|| Handle::try_current().ok()) {
+            builder = builder.runtime_handle(handle);
+        }
+        let repl = tokio::task::spawn_blocking(move || builder.build())
+            .await
+            .map_err(internal)?;
+        let info = repl.context_info().clone();
+
+        let mut system = system_prompt(config);
+        if config.system_prompt.is_none() {
+            if recursion.allowed {
+                system.push_str(RECURSION_PROMPT);
+            } else if child {
+                system.push_str(&recursion.text());
+            }
+        }
+        let first = first_message(query, &info);
+        state.emitter.emit_with(|| Event::RunStart {
+            query: query.to_owned(),
+            root_model: root_model.clone(),
+            sub_model: sub_model.clone(),
+            context: info.clone(),
+            parent: child.then(|| parent_of(&place.run).to_owned()),
+            settings: Box::new(crate::events::RunSettings::new(config, max_iterations)),
+            started_at_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            system_prompt: system.clone(),
+            first_message: first.clone(),
+        });
+        let asker = RootAsker {
+            root,
+            model: root_model,
+            run: Arc::clone(&state),
+            reserve: child,
+        };
+        let run = Self {
+            tree,
+            state,
+            started,
+            child,
+            asker,
+            sub_model,
+            max_iterations,
+            messages: vec![Message::system(system), Message::user(first)],
+            trajectory: Vec::new(),
+            answer: None,
+            warnings: Vec::new(),
+            held: false,
+            empty_streak: 0,
+        };
+        Ok((run, repl))
+    }
+
+    /// Turn `turn`: asks the root model, runs the reply's code, judges its answer (if any)
+    /// and, unless the run ends here, feeds back what happened.
+    async fn turn(&mut self, repl: Repl, turn: usize) -> Result<(Repl, Next), RlmError> {
+        let state = Arc::clone(&self.state);
+        if state.budget.stopped().is_some() {
+            if self.child && turn == 1 && state.budget.exhausted().is_some() {
+                // Its first root turn is a call the budget refused.
+                state.budget.note_refused(1);
+            }
+            return Ok((repl, Next::Stop));
+        }
+        state.turn.store(turn, std::sync::atomic::Ordering::SeqCst);
+        state.emitter.emit_with(|| Event::TurnStart { turn });
+        let Some((reply, root_latency)) = self.asker.ask(&self.messages, turn, true).await? else {
+            return Ok((repl, Next::Stop));
+        };
+        let cut = reply.is_cut();
+        let parsed = parse_reply(&reply.text);
+        let work = run_blocks(repl, parsed.clone(), cut, turn, Arc::clone(&state))
+            .await
+            .map_err(internal)?;
+        if let Some(error) = sub_model_failure(&state, &self.sub_model) {
+            return Err(error);
+        }
+        let verdict = verdict(&parsed, &work, cut, self.held);
+        let repl = work.repl;
+        let empty = reply.missing_text();
+        self.empty_streak = if empty.is_some() {
+            self.empty_streak + 1
+        } else {
+            0
+        };
+        if let (2, Some(why)) = (self.empty_streak, empty) {
+            self.warnings.push(format!(
+                "the root model gave empty replies on turns {} and {turn}: {why}",
+                turn - 1
+            ));
+        }
+        let record = Turn {
+            turn,
+            reply: reply.text.clone(),
+            usage: reply.usage,
+            root_latency,
+            blocks: work.blocks,
+            sub_calls: work.sub_calls,
+        };
+        state
+            .emitter
+            .emit_with(|| Event::turn_end(&record, verdict.reported()));
+        let mut notes = Vec::new();
+        match verdict {
+            Verdict::Accept(value) => {
+                if work.code_final.is_none() && parsed.final_unbalanced {
+                    self.warnings.push(
+                        "the answer's FINAL( was never closed: the answer is the text after it, \
+                         up to the reply's last `)`"
+                            .to_owned(),
+                    );
+                }
+                self.trajectory.push(record);
+                self.answer = Some(value);
+                return Ok((repl, Next::Stop));
+            }
+            Verdict::Hold(why) => {
+                self.held = true;
+                self.warnings.push(format!(
+                    "turn {turn}: the answer was held for confirmation: {why}"
+                ));
+                notes.push(format!(
+                    "Your final answer was not accepted yet: {why}. Check it. If it is right, \
+                     give FINAL again (it will be accepted); if not, fix it first."
+                ));
+            }
+            Verdict::Refuse(why) => notes.push(why),
+            Verdict::None => {}
+        }
+        let feedback = feedback(
+            &reply,
+            &parsed,
+            &record.blocks,
+            work.failed,
+            &notes,
+            work.not_run,
+            self.max_iterations - turn,
+        );
+        self.trajectory.push(record);
+        self.messages.push(Message::assistant(reply.text));
+        self.messages.push(Message::user(feedback));
+        Ok((repl, Next::Turn))
+    }
+
+    /// Why the turns ended; and, when they ended without an answer, one last root call for
+    /// the best answer now (the top-level root after a turn, sub-call or cost budget stop; a
+    /// child only after its own turns ran out). Returns why the run stopped.
+    async fn final_ask(&mut self, repl: Repl) -> Result<StopReason, RlmError> {
+        let state = Arc::clone(&self.state);
+        let mut stopped = match (&self.answer, state.budget.stopped()) {
+            // Whatever the script made of calls cut short by a cancel or the clock is not a
+            // final answer, even if it called FINAL with it.
+            (_, Some(reason @ (StopReason::Cancelled | StopReason::MaxTime))) => reason,
+            (Some(_), _) => StopReason::Final,
+            (None, Some(reason)) => reason,
+            (None, None) => StopReason::MaxIterations,
+        };
+        // A spent budget leaves a child no call to make.
+        let ask = match stopped {
+            StopReason::MaxIterations => true,
+            StopReason::MaxSubCalls | StopReason::MaxCost => !self.child,
+            _ => false,
+        };
+        if self.answer.is_some() || !ask {
+            return Ok(stopped);
+        }
+        let reason = match stopped {
+            StopReason::MaxIterations => "You have used all your turns.",
+            StopReason::MaxCost => "The cost budget of this run is spent.",
+            _ => "The sub-call budget of this run is spent.",
+        };
+        // The last feedback is the last message; the ask is appended to it.
+        match self.messages.last_mut() {
+            Some(last) if last.role == rlm_core::Role::User && !self.trajectory.is_empty() => {
+                last.content = format!("{}\n\n{}", last.content, final_ask(reason)).into();
+            }
+            _ => self.messages.push(Message::user(final_ask(reason))),
+        }
+        let turn = self.trajectory.len() + 1;
+        state.turn.store(turn, std::sync::atomic::Ordering::SeqCst);
+        state.emitter.emit_with(|| Event::TurnStart { turn });
+        // Not cost-budgeted: the final ask is made even when the cost budget is spent.
+        let asked = self.asker.ask(&self.messages, turn, false).await;
+        if let Err(error) = &asked {
+            self.warnings.push(format!(
+                "no answer: {} and the final ask failed: {error}",
+                stopped_why(stopped)
+            ));
+        }
+        if let Ok(Some((reply, root_latency))) = asked {
+            let (_, given) = final_reply(repl, &reply, turn, &state, &mut self.warnings).await?;
+            if let Some(error) = sub_model_failure(&state, &self.sub_model) {
+                return Err(error);
+            }
+            if given.answer.is_none() {
+                self.warnings.push(format!(
+                    "no answer: {} and the reply to the final ask had no FINAL(...) or \
+                     FINAL_VAR(...); it began: {}",
+                    stopped_why(stopped),
+                    quote_start(&reply.text)
+                ));
+            }
+            self.answer = given.answer;
+            let record = Turn {
+                turn,
+                reply: reply.text,
+                usage: reply.usage,
+                root_latency,
+                blocks: given.blocks,
+                sub_calls: given.sub_calls,
+            };
+            // The answer to the final ask, if any, ends the run: nothing is held or refused.
+            let verdict = match self.answer {
+                Some(_) => TurnVerdict::Accepted,
+                None => TurnVerdict::NoAnswer,
+            };
+            state
+                .emitter
+                .emit_with(|| Event::turn_end(&record, verdict));
+            self.trajectory.push(record);
+        }
+        if state.cancel.is_cancelled() {
+            // Cancelled (or out of time) while asking: that is why the run stopped.
+            stopped = state.budget.stopped().unwrap_or(stopped);
+        }
+        Ok(stopped)
+    }
+
+    /// The run's result, with every warning about its answer, reported to observers.
+    fn finish(mut self, stopped: StopReason) -> Result<RunResult, RlmError> {
+        let state = &self.state;
+        let ledger = &state.ledger;
+        if let Some(error) = sub_model_failure(state, &self.sub_model) {
+            return Err(error);
+        }
+        // Every top-level run without an answer says why (a child's parent gets an `Error:`).
+        if !self.child
+            && self.answer.is_none()
+            && !self.warnings.iter().any(|w| w.starts_with("no answer:"))
+        {
+            self.warnings
+                .push(format!("no answer: {}", stopped_why(stopped)));
+        }
+
+        let failed_sub_calls = ledger
+            .failed_sub_calls
+            .load(std::sync::atomic::Ordering::SeqCst);
+        if !self.child {
+            self.warnings.extend(lock(&ledger.child_warnings).drain(..));
+            self.warnings.extend(sub_call_warnings(
+                ledger,
+                state.budget.sub_calls(),
+                failed_sub_calls,
+                self.answer.is_some(),
+            ));
+            let refused = state.budget.refused_sub_calls();
+            if self.answer.is_some() && refused > 0 {
+                self.warnings.push(format!(
+                    "the answer was given after a budget refused {}; the script got \
+                     \"Error: budget exhausted ...\" for them",
+                    count(refused, "sub-call")
+                ));
+            }
+        }
+        if self
+            .answer
+            .as_deref()
+            .is_some_and(|a| a.trim_start().starts_with("Error:"))
+        {
+            self.warnings
+                .push("the answer is an \"Error: ...\" string, not an answer".to_owned());
+        }
+        let usage_by_depth = ledger.usage_by_depth();
+        let usage = if self.child {
+            usage_by_depth
+                .get(state.emitter.place().depth)
+                .cloned()
+                .unwrap_or_default()
+        } else {
+            ledger.usage.snapshot()
+        };
+        let cost = self
+            .tree
+            .config
+            .prices
+            .report(usage.iter().map(|(model, usage)| (model.as_str(), usage)));
+        let result = RunResult {
+            answer: self.answer.unwrap_or_default(),
+            iterations: self.trajectory.len(),
+            stopped,
+            elapsed: self.started.elapsed(),
+            usage,
+            cost,
+            sub_calls: state.budget.sub_calls(),
+            failed_sub_calls,
+            refused_sub_calls: state.budget.refused_sub_calls(),
+            cancelled_sub_calls: ledger
+                .cancelled_sub_calls
+                .load(std::sync::atomic::Ordering::SeqCst),
+            warnings: self.warnings,
+            max_depth_reached: ledger
+                .max_depth_reached
+                .load(std::sync::atomic::Ordering::SeqCst),
+            child_runs: ledger.child_runs.load(std::sync::atomic::Ordering::SeqCst),
+            usage_by_depth,
+            trajectory: self.trajectory,
+        };
+        state.emitter.emit_with(|| Event::Final {
+            answer: result.answer.clone(),
+            stopped: result.stopped,
+            iterations: result.iterations,
+            elapsed_ms: millis(result.elapsed),
+            usage: result.usage.clone(),
+            warnings: result.warnings.clone(),
+            cost_usd: result.cost.clone(),
+        });
+        Ok(result)
+    }
+}
+
+/// The sub model's fatal failure as the run's error, reported to observers.
+fn sub_model_failure(run: &RunState, model: &str) -> Option<RlmError> {
+    let source = run.fatal()?;
+    run.emitter.emit_with(|| Event::RunError {
+        turn: run.turn(),
+        error: format!("the sub model ({model}) cannot be used: {source}"),
+    });
+    Some(RlmError::SubModel {
+        model: model.to_owned(),
+        source,
+    })
+}
+
+/// Starts the children of one run, in its tree: what `rlm_query` calls.
+struct ChildRuns {
+    tree: Arc<Tree>,
+    parent: Arc<RunState>,
+}
+
+impl ChildRunner for ChildRuns {
+    fn run_child(&self, query: String, context: rhai::Dynamic) -> ChildAnswer {
+        let child = Arc::new(self.parent.child());
+        child_answer(Arc::clone(&self.tree), child, query, context)
+    }
+}
+
+/// Runs a child RLM and gives its answer for the parent's script: the final answer, or an
+/// `Error: ...` string saying why there is none. Its warnings reach the top-level result.
+fn child_answer(
+    tree: Arc<Tree>,
+    child: Arc<RunState>,
+    query: String,
+    context: rhai::Dynamic,
+) -> ChildAnswer {
+    Box::pin(async move {
+        let id = child.emitter.place().run.clone();
+        let ledger = Arc::clone(&child.ledger);
+        let refusal = Arc::clone(&child);
+        match run_tree(tree, child, query, Source::Value(context)).await {
+            Ok(result) => {
+                lock(&ledger.child_warnings).extend(
+                    result
+                        .warnings
+                        .iter()
+                        .map(|warning| format!("child run {id}: {warning}")),
+                );
+                match result.stopped {
+                    StopReason::Final | StopReason::MaxIterations if !result.answer.is_empty() => {
+                        result.answer
+                    }
+                    StopReason::MaxIterations => format!(
+                        "Error: the child run {id} used its {} without an answer",
+                        crate::words::count_of(result.iterations, "turn")
+                    ),
+                    StopReason::MaxSubCalls | StopReason::MaxTokens | StopReason::MaxCost
+                        if result.iterations == 0 =>
+                    {
+                        format!(
+                            "Error: budget exhausted: the child run {id} could not start ({})",
+                            result.stopped
+                        )
+                    }
+                    StopReason::MaxSubCalls | StopReason::MaxTokens => format!(
+                        "Error: budget exhausted: the child run {id} stopped before it \
+                         answered ({})",
+                        result.stopped
+                    ),
+                    _ => refusal.refusal(),
+                }
+            }
+            Err(error) => format!("Error: the child run {id} failed: {error}"),
+        }
+    })
+}
+
+/// The id of the parent of the run `id` (`"0.3"` for `"0.3.1"`).
+fn parent_of(id: &str) -> &str {
+    id.rsplit_once('.').map_or(id, |(parent, _)| parent)
+}
+
+/// What a run at the deepest level is told about `rlm_query`.
+struct RecursionNote {
+    allowed: bool,
+    depth: usize,
+}
+
+impl RecursionNote {
+    fn text(&self) -> String {
+        format!(
+            "\n\nYou are a child run at depth {}, the deepest level: here rlm_query(...) and \
+             rlm_batch(...) are plain llm_query / llm_batch calls (no code runs below you).",
+            self.depth
+        )
+    }
+}
