@@ -325,6 +325,7 @@ impl Observer for Progress {
                 sub_calls,
                 failed_sub_calls,
                 cancelled_sub_calls,
+                ..
             } => {
                 let errors = if *failed_blocks > 0 {
                     format!(" ({failed_blocks} failed)")
