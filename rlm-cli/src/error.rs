@@ -97,6 +97,19 @@ pub(crate) enum CliError {
     Interrupted,
 }
 
+impl From<rlm_host::HostError> for CliError {
+    fn from(error: rlm_host::HostError) -> Self {
+        use rlm_host::HostError;
+        match error {
+            HostError::Usage(message) => CliError::Usage(message),
+            HostError::Input(message) => CliError::Input(message),
+            HostError::Auth(message) => CliError::Auth(message),
+            HostError::Internal(message) => CliError::Internal(message),
+            other => CliError::Internal(other.to_string()),
+        }
+    }
+}
+
 impl CliError {
     /// The exit status that reports this error.
     pub(crate) fn exit_code(&self) -> u8 {

@@ -18,13 +18,13 @@
 //! See `rlm run --help` for every flag, the exit codes and the `--json` / `--trace` formats.
 
 mod cli;
-mod context;
 mod demo;
 mod error;
 mod prices;
 mod progress;
 mod run;
 mod serve;
+mod settings;
 mod state;
 mod trace;
 mod view;

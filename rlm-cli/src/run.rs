@@ -17,9 +17,9 @@ use serde::Serialize;
 
 use crate::cli::ProgressMode;
 use crate::cli::RunArgs;
-use crate::context;
 use crate::error::{CliError, exit};
 use crate::progress::{Progress, Style};
+use crate::settings;
 use crate::state;
 use crate::trace::TraceWriter;
 
@@ -51,16 +51,19 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
         );
     }
     let query = match (&args.query, &args.query_file) {
-        (Some(query), _) if query == "-" => context::read_text(
+        (Some(query), _) if query == "-" => rlm_host::context::read_text(
             std::io::stdin().lock(),
             "the query from stdin",
             args.max_context_bytes,
             &mut warnings,
         )?,
         (Some(query), _) => query.clone(),
-        (None, Some(path)) => {
-            context::read_text_file(path, "query file", args.max_context_bytes, &mut warnings)?
-        }
+        (None, Some(path)) => rlm_host::context::read_text_file(
+            path,
+            "query file",
+            args.max_context_bytes,
+            &mut warnings,
+        )?,
         (None, None) => {
             return Err(CliError::Usage(
                 "a query is required: --query TEXT".to_owned(),
@@ -71,7 +74,7 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
         return Err(CliError::Usage("the query is empty".to_owned()));
     }
     let system_prompt = match &args.system_prompt_file {
-        Some(path) => Some(context::read_text_file(
+        Some(path) => Some(rlm_host::context::read_text_file(
             path,
             "system prompt file",
             args.max_context_bytes,
@@ -79,11 +82,9 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
         )?),
         None => None,
     };
-    let loaded = context::load(
+    let loaded = rlm_host::context::load(
         args.context.as_deref(),
-        args.context_format,
-        !args.no_file_headers,
-        args.max_context_bytes,
+        &settings::load_options(&args),
         std::io::stdin().lock(),
     )?;
     warnings.extend(loaded.warnings);

@@ -1,7 +1,5 @@
 //! `rlm serve` and `rlm mcp`: flags to a [`rlm_serve::Runner`] on the shared backend stack.
 
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use rlm_repl::SharedContext;
@@ -10,9 +8,9 @@ use rlm_serve::mcp::McpServer;
 use rlm_serve::serve::ServeOptions;
 
 use crate::cli::{McpArgs, RunArgs, ServeArgs};
-use crate::context;
 use crate::error::{CliError, exit};
 use crate::run::{Stack, backend_stack, rlm_builder};
+use crate::settings;
 
 /// How long open requests may take to finish after Ctrl-C.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -43,7 +41,7 @@ fn refuse_run_only(args: &RunArgs, command: &str) -> Result<(), CliError> {
 fn runner(args: &RunArgs, runs: usize) -> Result<(Runner, Stack), CliError> {
     let mut warnings = Vec::new();
     let system_prompt = match &args.system_prompt_file {
-        Some(path) => Some(context::read_text_file(
+        Some(path) => Some(rlm_host::context::read_text_file(
             path,
             "system prompt file",
             args.max_context_bytes,
@@ -100,11 +98,9 @@ pub(crate) async fn serve(args: Box<ServeArgs>) -> Result<u8, CliError> {
     let shared = match &run.context {
         None => None,
         Some(path) => {
-            let loaded = context::load(
+            let loaded = rlm_host::context::load(
                 Some(path),
-                run.context_format,
-                !run.no_file_headers,
-                run.max_context_bytes,
+                &settings::load_options(run),
                 std::io::stdin().lock(),
             )?;
             if !run.quiet {
@@ -163,16 +159,8 @@ pub(crate) async fn mcp(args: Box<McpArgs>) -> Result<u8, CliError> {
         ));
     }
     let (runner, _stack) = runner(run, 1)?;
-    let format = run.context_format;
-    let headers = !run.no_file_headers;
-    let max_bytes = run.max_context_bytes;
-    let load: rlm_serve::mcp::LoadPath = Arc::new(move |path: &Path| {
-        context::load(Some(path), format, headers, max_bytes, std::io::empty())
-            .map(|loaded| (loaded.context, loaded.warnings))
-            .map_err(|e| e.to_string())
-    });
-    let server =
-        McpServer::new(runner, &args.roots, load).map_err(|e| CliError::Usage(e.to_string()))?;
+    let server = McpServer::new(runner, &args.roots, settings::load_options(run))
+        .map_err(|e| CliError::Usage(e.to_string()))?;
     server
         .serve_stdio()
         .await
