@@ -20,12 +20,10 @@
 mod cli;
 mod demo;
 mod error;
-mod prices;
 mod progress;
 mod run;
 mod serve;
 mod settings;
-mod state;
 mod trace;
 mod view;
 

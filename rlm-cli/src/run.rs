@@ -7,12 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use rlm_cache::{CacheStats, CachedBackend};
-use rlm_core::{
-    BatchExecutor, CancellationToken, CostReport, LlmBackend, Metered, ModelUsage, UsageTracker,
-};
-use rlm_openai::{ConfigError, OpenAiBackend, OpenAiConfig, RateLimit, WaitObserver};
-use rlm_repl::{Rlm, RlmBuilder, RunResult, SandboxLimits, StopReason};
+use rlm_cache::CacheStats;
+use rlm_core::{CancellationToken, CostReport, ModelUsage};
+use rlm_host::Stack;
+use rlm_openai::WaitObserver;
+use rlm_repl::{RunResult, StopReason};
 use serde::Serialize;
 
 use crate::cli::ProgressMode;
@@ -20,18 +19,16 @@ use crate::cli::RunArgs;
 use crate::error::{CliError, exit};
 use crate::progress::{Progress, Style};
 use crate::settings;
-use crate::state;
 use crate::trace::TraceWriter;
 
 /// How long a cancelled run may take to wind down before `rlm` exits anyway.
 const CANCEL_GRACE: Duration = Duration::from_secs(5);
-/// The longest connect timeout (a shorter `--timeout` shortens it too).
-const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs `rlm run` and returns the exit status.
 pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
     let start = Instant::now();
     let quiet = args.quiet;
+    let settings = settings::settings(&args);
     let mut warnings = Vec::new();
 
     // Input first: a bad path fails before anything is set up.
@@ -88,7 +85,7 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
         std::io::stdin().lock(),
     )?;
     warnings.extend(loaded.warnings);
-    let prices = crate::prices::load(args.prices.as_deref())?;
+    let prices = settings.load_prices()?;
     if !quiet {
         for warning in &warnings {
             eprintln!("warning: {warning}");
@@ -101,21 +98,14 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
         let progress = Arc::clone(progress);
         WaitObserver::new(move |wait| progress.on_wait(wait))
     });
-    let Stack {
-        model,
-        sub_model,
-        shown_url,
-        root,
-        sub,
-        tracker,
-        cache,
-        tier_hits,
-    } = backend_stack(&args, waits, 1)?;
+    let stack = Stack::build(&settings, waits, 1)?;
+    let model = stack.model().to_owned();
+    let shown_url = stack.shown_url().to_owned();
 
     // Observers.
     let trace = match &args.trace {
         Some(path) => Some(Arc::new(
-            TraceWriter::create(path, start)?.with_settings(trace_settings(&args, &shown_url)),
+            TraceWriter::create(path, start)?.with_settings(settings.trace_settings()),
         )),
         None => None,
     };
@@ -125,7 +115,8 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
     }
 
     let cancel = CancellationToken::new();
-    let mut builder = rlm_builder(&args, &model, &sub_model, root, sub)?
+    let mut builder = stack
+        .rlm_builder(&settings)?
         .prices(prices.clone())
         .cancel_token(cancel.clone());
     if let Some(prompt) = system_prompt {
@@ -200,11 +191,8 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
     let trace_error = trace.as_ref().and_then(|t| t.warning());
 
     // Settled first: moka counts entries in the background.
-    if let Some(cache) = &cache {
-        cache.run_pending_tasks().await;
-    }
-    let usage = tracker.snapshot();
-    let cache_stats = cache.as_ref().map(|c| tier_hits.fill(c.stats()));
+    let cache_stats = stack.cache_stats().await;
+    let usage = stack.usage();
     let result = match outcome {
         Some(Ok(result)) => result,
         failed => {
@@ -268,203 +256,6 @@ fn tpm_notice(tpm: u32, system_prompt: Option<&str>, model: &str) -> Option<Stri
     ))
 }
 
-/// The backend stack that every run of a process shares (one server's requests too):
-/// one HTTP client, its rate limits and retries, usage metering and the sub-call cache.
-pub(crate) struct Stack {
-    /// The root model.
-    pub(crate) model: String,
-    /// The sub model (the root model unless `--sub-model`).
-    pub(crate) sub_model: String,
-    /// The base URL without credentials, for messages.
-    pub(crate) shown_url: String,
-    /// Root calls.
-    pub(crate) root: Arc<dyn LlmBackend>,
-    /// Sub-calls (through the cache unless `--no-cache`).
-    pub(crate) sub: Arc<dyn BatchExecutor>,
-    /// What the server was really asked, per model.
-    pub(crate) tracker: UsageTracker,
-    /// The sub-call cache, for its statistics.
-    pub(crate) cache: Option<Arc<CachedBackend<Arc<dyn BatchExecutor>>>>,
-    /// Hits of the disk and Redis tiers below the cache.
-    pub(crate) tier_hits: state::TierHits,
-}
-
-/// The most HTTP requests `runs` run trees may have in flight at once: each run has at most
-/// `max_concurrent` calls or child runs in flight (one root call while it thinks), and
-/// children nest `max_depth - 1` levels deep, so a tree holds at most
-/// `1 + C + C^2 + ... + C^max_depth` requests. Saturates instead of overflowing.
-///
-/// The connection pool keeps this many idle connections per host: connections are only
-/// opened when a request finds none idle, so the pool never holds more than were ever in
-/// use at once, and with this bound every connection is reused rather than closed and
-/// reopened (a TLS handshake each) when more than `max_concurrent` are in flight.
-pub(crate) fn pool_size(max_concurrent: u32, max_depth: u32, runs: usize) -> usize {
-    let per_level = (max_concurrent as usize).max(1);
-    let mut level = 1usize;
-    let mut total = 1usize;
-    for _ in 0..max_depth.max(1) {
-        level = level.saturating_mul(per_level);
-        total = total.saturating_add(level);
-    }
-    total.saturating_mul(runs.max(1))
-}
-
-/// Builds the [`Stack`] from the model, server, rate-limit and cache flags, for up to `runs`
-/// runs at once (the connection pool is sized by [`pool_size`]).
-pub(crate) fn backend_stack(
-    args: &RunArgs,
-    waits: Option<WaitObserver>,
-    runs: usize,
-) -> Result<Stack, CliError> {
-    let model = non_empty(&args.model, "--model (or RLM_MODEL)")?;
-    let sub_model = match &args.sub_model {
-        Some(sub) => non_empty(sub, "--sub-model (or RLM_SUB_MODEL)")?,
-        None => model.clone(),
-    };
-    // An empty OPENAI_BASE_URL means unset.
-    let base_url = match args.base_url.trim() {
-        "" => rlm_openai::DEFAULT_BASE_URL.to_owned(),
-        url => url.to_owned(),
-    };
-    let shown_url = display_url(&base_url);
-    let api_key = match std::env::var(&args.api_key_env) {
-        Ok(key) => Some(key).filter(|key| !key.trim().is_empty()),
-        Err(std::env::VarError::NotPresent) => None,
-        Err(std::env::VarError::NotUnicode(_)) => {
-            return Err(CliError::Auth(format!(
-                "the API key in {} is not valid UTF-8 (an HTTP header cannot carry it); check \
-                 how the variable was set",
-                args.api_key_env
-            )));
-        }
-    };
-    if api_key.is_none() && host_of(&base_url) == Some("api.openai.com") {
-        return Err(CliError::Auth(format!(
-            "no API key: {} is not set (set it, name another variable with --api-key-env, \
-             or point --base-url at a server that needs no key)",
-            args.api_key_env
-        )));
-    }
-
-    let pool = pool_size(args.max_concurrent, args.max_depth, runs);
-    let mut config = OpenAiConfig::from_env()
-        .with_base_url(&base_url)
-        .with_api_key(api_key.unwrap_or_default())
-        .with_max_retries(args.max_retries)
-        .with_request_timeout(args.timeout)
-        .with_connect_timeout(args.timeout.min(MAX_CONNECT_TIMEOUT))
-        .with_concurrency(pool)
-        .with_rate_limit(RateLimit::new(args.rpm, args.tpm));
-    if let Some(waits) = waits {
-        config = config.with_wait_observer(waits);
-    }
-    if sub_model != model && (args.sub_rpm.is_some() || args.sub_tpm.is_some()) {
-        config = config.with_model_rate_limit(
-            &sub_model,
-            RateLimit::new(
-                args.sub_rpm.unwrap_or(args.rpm),
-                args.sub_tpm.unwrap_or(args.tpm),
-            ),
-        );
-    }
-    if let Some(pacer) = state::pacer(args)? {
-        config = config.with_shared_pacer(pacer);
-    }
-    let backend = OpenAiBackend::new(config).map_err(config_error)?;
-    // Sub-calls share the client, pool and rate limits, with their own attempt timeout.
-    let sub_backend = backend.with_request_timeout(args.sub_timeout);
-    // Metered below the cache: usage counts what the server was really asked.
-    let tracker = UsageTracker::new();
-    let root: Arc<dyn LlmBackend> = Arc::new(Metered::new(backend, tracker.clone()));
-    let metered = Metered::new(sub_backend, tracker.clone());
-    // Below the in-memory cache, the disk and Redis tiers (--cache-dir, --redis).
-    let (tiered, tier_hits): (Arc<dyn BatchExecutor>, _) = if args.no_cache {
-        (Arc::new(metered), state::TierHits::default())
-    } else {
-        state::tiers(Arc::new(metered), args)?
-    };
-    let cache = (!args.no_cache).then(|| Arc::new(CachedBackend::new(tiered.clone())));
-    let sub: Arc<dyn BatchExecutor> = match &cache {
-        Some(cache) => cache.clone(),
-        None => tiered,
-    };
-    Ok(Stack {
-        model,
-        sub_model,
-        shown_url,
-        root,
-        sub,
-        tracker,
-        cache,
-        tier_hits,
-    })
-}
-
-/// An [`Rlm`] builder with the models, the sandbox, recursion and the budget flags of
-/// `args` (prices and the cancel token are the caller's).
-pub(crate) fn rlm_builder(
-    args: &RunArgs,
-    model: &str,
-    sub_model: &str,
-    root: Arc<dyn LlmBackend>,
-    sub: Arc<dyn BatchExecutor>,
-) -> Result<RlmBuilder, CliError> {
-    let sandbox = SandboxLimits {
-        max_string_size: args.max_string_bytes,
-        block_timeout: args.block_timeout,
-        max_memory: args.max_memory,
-        ..SandboxLimits::default()
-    };
-    let mut builder = Rlm::builder(root)
-        .sandbox(sandbox)
-        .root_model(model)
-        .sub_model(sub_model)
-        .sub_backend(sub)
-        .max_iterations(args.max_iterations as usize)
-        .max_concurrent(args.max_concurrent as usize)
-        .max_depth(args.max_depth as usize)
-        .child_max_iterations(args.child_max_iterations as usize);
-    if let Some(child) = &args.child_model {
-        builder = builder.child_model(non_empty(child, "--child-model (or RLM_CHILD_MODEL)")?);
-    }
-    if let Some(tokens) = args.sub_max_prompt_tokens {
-        builder = builder.sub_max_prompt_tokens(tokens);
-    }
-    if let Some(usd) = args.max_cost {
-        builder = builder.max_cost(usd);
-    }
-    if let Some(calls) = args.max_sub_calls {
-        builder = builder.max_sub_calls(calls);
-    }
-    if let Some(tokens) = args.max_total_tokens {
-        builder = builder.max_total_tokens(tokens);
-    }
-    if let Some(time) = args.max_time {
-        builder = builder.max_time(time);
-    }
-    Ok(builder)
-}
-
-/// The command's settings for the trace's `run_start` (the engine adds its own limits and
-/// budgets). The base URL is shown without credentials; the key is never in it.
-fn trace_settings(args: &RunArgs, shown_url: &str) -> serde_json::Map<String, serde_json::Value> {
-    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    let serde_json::Value::Object(map) = serde_json::json!({
-        "base_url": shown_url,
-        "rpm": args.rpm,
-        "tpm": args.tpm,
-        "sub_rpm": args.sub_rpm,
-        "sub_tpm": args.sub_tpm,
-        "max_retries": args.max_retries,
-        "timeout_ms": ms(args.timeout),
-        "sub_timeout_ms": ms(args.sub_timeout),
-        "cache": !args.no_cache,
-    }) else {
-        return serde_json::Map::new();
-    };
-    map
-}
-
 /// How `--progress` is drawn, if at all: `auto` draws bars on a terminal and nothing
 /// otherwise; `--quiet` draws nothing.
 fn progress_style(mode: ProgressMode, quiet: bool) -> Option<Style> {
@@ -475,47 +266,6 @@ fn progress_style(mode: ProgressMode, quiet: bool) -> Option<Style> {
         ProgressMode::Lines => Some(Style::Lines),
         ProgressMode::None => None,
     }
-}
-
-fn non_empty(value: &str, flag: &str) -> Result<String, CliError> {
-    let value = value.trim();
-    if value.is_empty() {
-        Err(CliError::Usage(format!("{flag} must name a model")))
-    } else {
-        Ok(value.to_owned())
-    }
-}
-
-fn config_error(error: ConfigError) -> CliError {
-    match error {
-        ConfigError::Client { .. } => CliError::Internal(error.to_string()),
-        ConfigError::InvalidBaseUrl { reason, .. } => {
-            CliError::Usage(format!("invalid --base-url: {reason}"))
-        }
-        other => CliError::Usage(other.to_string()),
-    }
-}
-
-/// The host of a URL (without user info or port), if it has one.
-fn host_of(url: &str) -> Option<&str> {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let host = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host);
-    let host = if host.starts_with('[') {
-        host.split_once(']')
-            .map_or(host, |(h, _)| h)
-            .trim_start_matches('[')
-    } else {
-        host.split(':').next().unwrap_or(host)
-    };
-    (!host.is_empty()).then_some(host)
-}
-
-/// The URL without user info, for messages.
-pub(crate) fn display_url(url: &str) -> String {
-    rlm_core::url_without_credentials(url).unwrap_or_else(|| url.to_owned())
 }
 
 /// What a failed run counted before it failed, for `--json`'s error object.
@@ -791,38 +541,6 @@ pub(crate) fn human_duration(duration: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_pool_holds_every_request_a_run_tree_may_have_in_flight() {
-        // No recursion: C sub-calls, plus the root's own call.
-        assert_eq!(pool_size(16, 1, 1), 17);
-        // Children: C children at once, each with C sub-calls in flight.
-        assert_eq!(pool_size(16, 2, 1), 1 + 16 + 256);
-        assert_eq!(pool_size(100, 2, 1), 1 + 100 + 10_000);
-        // Runs at once (rlm serve --max-runs) multiply it.
-        assert_eq!(pool_size(4, 2, 3), 3 * 21);
-        // Saturates rather than overflowing.
-        assert_eq!(pool_size(4096, 64, 1), usize::MAX);
-    }
-
-    #[test]
-    fn urls_are_shown_without_credentials() {
-        assert_eq!(
-            display_url("https://user:secret@example.com/v1"),
-            "https://example.com/v1"
-        );
-        assert_eq!(
-            display_url("http://localhost:11434/v1"),
-            "http://localhost:11434/v1"
-        );
-        assert_eq!(host_of("https://api.openai.com/v1"), Some("api.openai.com"));
-        assert_eq!(
-            host_of("https://k@api.openai.com:443/v1"),
-            Some("api.openai.com")
-        );
-        assert_eq!(host_of("http://[::1]:8000/v1"), Some("::1"));
-        assert_eq!(host_of("http://127.0.0.1:8000"), Some("127.0.0.1"));
-    }
 
     #[test]
     fn numbers_and_durations_read_well() {

@@ -1,15 +1,15 @@
-//! `rlm serve` and `rlm mcp`: flags to a [`rlm_serve::Runner`] on the shared backend stack.
+//! `rlm serve` and `rlm mcp`: flags to a [`rlm_serve::Runner`] on the host layer's backend
+//! stack.
 
 use std::time::Duration;
 
+use rlm_host::{Runner, Stack};
 use rlm_repl::SharedContext;
-use rlm_serve::Runner;
 use rlm_serve::mcp::McpServer;
 use rlm_serve::serve::ServeOptions;
 
 use crate::cli::{McpArgs, RunArgs, ServeArgs};
 use crate::error::{CliError, exit};
-use crate::run::{Stack, backend_stack, rlm_builder};
 use crate::settings;
 
 /// How long open requests may take to finish after Ctrl-C.
@@ -52,28 +52,17 @@ fn runner(args: &RunArgs, runs: usize) -> Result<(Runner, Stack), CliError> {
     for warning in &warnings {
         eprintln!("warning: {warning}");
     }
-    let stack = backend_stack(args, None, runs)?;
-    let prices = crate::prices::load(args.prices.as_deref())?;
-    let mut builder = rlm_builder(
-        args,
-        &stack.model,
-        &stack.sub_model,
-        stack.root.clone(),
-        stack.sub.clone(),
-    )?
-    .prices(prices);
+    let settings = settings::settings(args);
+    let stack = Stack::build(&settings, None, runs)?;
+    let prices = settings.load_prices()?;
+    let mut builder = stack.rlm_builder(&settings)?.prices(prices);
     if let Some(prompt) = system_prompt {
         builder = builder.system_prompt(prompt);
     }
-    let config = builder
-        .build()
-        .map_err(|e| CliError::from_rlm(e, &stack.shown_url, &stack.model))?
-        .config()
-        .clone();
-    Ok((
-        Runner::new(stack.root.clone(), stack.sub.clone(), config),
-        stack,
-    ))
+    let runner = stack
+        .runner(builder)
+        .map_err(|e| CliError::from_rlm(e, stack.shown_url(), stack.model()))?;
+    Ok((runner, stack))
 }
 
 /// Runs `rlm serve` until Ctrl-C.
@@ -129,7 +118,9 @@ pub(crate) async fn serve(args: Box<ServeArgs>) -> Result<u8, CliError> {
         eprintln!(
             "rlm serve: listening on http://{local}/v1 (root model {}, sub model {}, upstream {}); \
              Ctrl-C stops",
-            stack.model, stack.sub_model, stack.shown_url
+            stack.model(),
+            stack.sub_model(),
+            stack.shown_url()
         );
     }
     let shutdown = async {
