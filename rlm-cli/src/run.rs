@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use rlm_cache::CacheStats;
 use rlm_core::{CancellationToken, CostReport, ModelUsage};
 use rlm_host::Stack;
+use rlm_host::supervise::{CANCEL_GRACE, Supervised, supervise};
 use rlm_openai::WaitObserver;
 use rlm_repl::{RunResult, StopReason};
 use serde::Serialize;
@@ -21,8 +22,6 @@ use crate::progress::{Progress, Style};
 use crate::settings;
 use crate::trace::TraceWriter;
 
-/// How long a cancelled run may take to wind down before `rlm` exits anyway.
-const CANCEL_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs `rlm run` and returns the exit status.
 pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
@@ -155,24 +154,13 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
         });
     }
 
-    let run = rlm.run(query, loaded.context);
-    tokio::pin!(run);
     // `--max-time` ends the run whatever its code does: the run stops its code and sub-calls
     // when the time is up; if it has not returned a grace period later, it is left behind.
-    let deadline = async {
-        match args.max_time {
-            Some(limit) => tokio::time::sleep(limit.saturating_add(CANCEL_GRACE)).await,
-            None => std::future::pending().await,
-        }
-    };
-    let outcome = tokio::select! {
-        outcome = &mut run => Some(outcome),
-        () = async {
-            cancel.cancelled().await;
-            tokio::time::sleep(CANCEL_GRACE).await;
-        } => None,
-        () = deadline => {
-            cancel.cancel();
+    let run = rlm.run(query, loaded.context);
+    let outcome = match supervise(run, &cancel, settings.max_time).await {
+        Supervised::Returned(outcome) => Some(outcome),
+        Supervised::Abandoned => None,
+        Supervised::TimedOut => {
             if let Some(progress) = &progress {
                 progress.finish();
             }

@@ -11,6 +11,8 @@
 //!   pacing, with feature `redis`). [`Stack::rlm_builder`] sets up a run on it.
 //! - [`prices`]: a prices file over the built-in table.
 //! - [`Runner`]: the stack and run settings shared by many runs (a server's requests).
+//! - [`supervise`]: the grace a cancelled run gets to wind down, and the time budget that
+//!   ends a run whatever its code does.
 //!
 //! The main types of the crates below are re-exported, so a front end can depend on this
 //! crate alone (as `tower` stands beside `tower-service`).
@@ -46,6 +48,7 @@ mod runner;
 mod settings;
 mod stack;
 mod state;
+pub mod supervise;
 
 pub use error::HostError;
 pub use runner::{RunOptions, Runner};
