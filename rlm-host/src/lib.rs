@@ -49,11 +49,13 @@ mod settings;
 mod stack;
 mod state;
 pub mod supervise;
+mod url;
 
 pub use error::HostError;
 pub use runner::{RunOptions, Runner};
 pub use settings::Settings;
-pub use stack::{Stack, display_url, pool_size};
+pub use stack::{Stack, pool_size};
+pub use url::display_url;
 
 pub use rlm_cache::{CacheStats, CachedBackend};
 pub use rlm_core::{

@@ -139,7 +139,7 @@ impl Settings {
     pub fn trace_settings(&self) -> serde_json::Map<String, serde_json::Value> {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let serde_json::Value::Object(map) = serde_json::json!({
-            "base_url": crate::stack::display_url(&self.effective_base_url()),
+            "base_url": crate::url::display_url(&self.effective_base_url()),
             "rpm": self.rpm,
             "tpm": self.tpm,
             "sub_rpm": self.sub_rpm,

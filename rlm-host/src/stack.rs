@@ -19,6 +19,7 @@ use rlm_repl::{Rlm, RlmBuilder, RlmError, SandboxLimits};
 
 use crate::runner::Runner;
 use crate::state::{self, TierHits};
+use crate::url::{display_url, host_of};
 use crate::{HostError, Settings};
 
 /// The longest connect timeout (a shorter [`Settings::timeout`] shortens it too).
@@ -271,28 +272,6 @@ fn config_error(error: ConfigError) -> HostError {
     }
 }
 
-/// The host of a URL (without user info or port), if it has one.
-fn host_of(url: &str) -> Option<&str> {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let host = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host);
-    let host = if host.starts_with('[') {
-        host.split_once(']')
-            .map_or(host, |(h, _)| h)
-            .trim_start_matches('[')
-    } else {
-        host.split(':').next().unwrap_or(host)
-    };
-    (!host.is_empty()).then_some(host)
-}
-
-/// The URL without user info, for messages.
-pub fn display_url(url: &str) -> String {
-    rlm_core::url_without_credentials(url).unwrap_or_else(|| url.to_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,24 +287,5 @@ mod tests {
         assert_eq!(pool_size(4, 2, 3), 3 * 21);
         // Saturates rather than overflowing.
         assert_eq!(pool_size(4096, 64, 1), usize::MAX);
-    }
-
-    #[test]
-    fn urls_are_shown_without_credentials() {
-        assert_eq!(
-            display_url("https://user:secret@example.com/v1"),
-            "https://example.com/v1"
-        );
-        assert_eq!(
-            display_url("http://localhost:11434/v1"),
-            "http://localhost:11434/v1"
-        );
-        assert_eq!(host_of("https://api.openai.com/v1"), Some("api.openai.com"));
-        assert_eq!(
-            host_of("https://k@api.openai.com:443/v1"),
-            Some("api.openai.com")
-        );
-        assert_eq!(host_of("http://[::1]:8000/v1"), Some("::1"));
-        assert_eq!(host_of("http://127.0.0.1:8000"), Some("127.0.0.1"));
     }
 }
