@@ -20,10 +20,13 @@
 mod cli;
 mod demo;
 mod error;
+mod human;
+mod output;
 mod progress;
 mod run;
 mod serve;
 mod settings;
+mod summary;
 mod trace;
 mod view;
 
@@ -152,7 +155,7 @@ fn report(error: &CliError, json: bool) -> ExitCode {
 
 /// Writes `--json`'s failure object on stdout (a closed pipe is no further error).
 fn print_json_failure(message: &str, kind: &str, exit_code: u8) {
-    let _ = run::write_stdout(&error::json_failure(message, kind, exit_code));
+    let _ = output::write_stdout(&error::json_failure(message, kind, exit_code));
 }
 
 /// `message` on one line (a server's message may hold line breaks, or a whole HTML page),

@@ -4,7 +4,7 @@ use rlm_view::{ViewError, ViewOptions};
 
 use crate::cli::ViewArgs;
 use crate::error::{CliError, exit};
-use crate::run::write_stdout;
+use crate::output::write_stdout;
 
 /// Writes the page and prints its path on stdout; returns the exit status.
 pub(crate) fn view(args: &ViewArgs) -> Result<u8, CliError> {
