@@ -1,7 +1,6 @@
 //! The command's errors and exit statuses.
 
-use rlm_core::LlmError;
-use rlm_repl::RlmError;
+use rlm_host::{LlmError, RlmError};
 
 /// Exit statuses of `rlm` (also listed in `--help` and the README).
 pub(crate) mod exit {

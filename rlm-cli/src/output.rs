@@ -5,9 +5,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Duration;
 
-use rlm_cache::CacheStats;
-use rlm_core::{CostReport, ModelUsage};
-use rlm_repl::RunResult;
+use rlm_host::{CacheStats, CostReport, ModelUsage, RunResult};
 use serde::Serialize;
 
 use crate::error::CliError;

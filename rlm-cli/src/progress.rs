@@ -10,8 +10,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
-use rlm_openai::Wait;
-use rlm_repl::{Event, Observer, RunPlace};
+use rlm_host::{Event, Observer, RunPlace, StopReason, Wait};
 
 use crate::cli::ProgressMode;
 use crate::human::{count, human_duration};
@@ -201,7 +200,7 @@ impl Observer for Progress {
             } => self.println(format!(
                 "rlm: child run {} {} after {} in {}",
                 place.run,
-                if *stopped == rlm_repl::StopReason::Final {
+                if *stopped == StopReason::Final {
                     "answered".to_owned()
                 } else {
                     format!("stopped ({stopped})")

@@ -7,11 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use rlm_core::CancellationToken;
-use rlm_host::Stack;
 use rlm_host::supervise::{CANCEL_GRACE, Supervised, supervise};
-use rlm_openai::WaitObserver;
-use rlm_repl::StopReason;
+use rlm_host::{CancellationToken, Stack, StopReason, WaitObserver};
 
 use crate::cli::RunArgs;
 use crate::error::{CliError, exit};

@@ -3,8 +3,7 @@
 
 use std::time::Duration;
 
-use rlm_host::{Runner, Stack};
-use rlm_repl::SharedContext;
+use rlm_host::{Runner, SharedContext, Stack};
 use rlm_serve::mcp::McpServer;
 use rlm_serve::serve::ServeOptions;
 

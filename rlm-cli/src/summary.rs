@@ -3,9 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use rlm_cache::CacheStats;
-use rlm_core::{CostReport, ModelUsage};
-use rlm_repl::{RunResult, StopReason};
+use rlm_host::{CacheStats, CostReport, ModelUsage, RunResult, StopReason};
 
 use crate::human::{count, dollars, human_duration, thousands};
 
