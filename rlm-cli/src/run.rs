@@ -5,10 +5,10 @@ use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rlm_host::supervise::{CANCEL_GRACE, Supervised, supervise};
-use rlm_host::{CancellationToken, Stack, StopReason, WaitObserver};
+use rlm_host::{CancellationToken, Settings, Stack, StopReason, WaitObserver};
 
 use crate::cli::RunArgs;
 use crate::error::{CliError, exit};
@@ -105,7 +105,7 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
         None => None,
     };
 
-    if !quiet && let Some(notice) = tpm_notice(args.tpm, system_prompt.as_deref(), &model) {
+    if !quiet && let Some(notice) = tpm_notice(&settings, system_prompt.as_deref()) {
         eprintln!("warning: {notice}");
     }
 
@@ -223,26 +223,13 @@ fn cancel_on_ctrl_c(
 
 /// A notice when `--tpm` is smaller than one root request: such a request waits until the
 /// budget covers it, which at a few tokens per minute is hours.
-fn tpm_notice(tpm: u32, system_prompt: Option<&str>, model: &str) -> Option<String> {
-    if tpm == 0 {
-        return None;
-    }
-    let prompt = match system_prompt {
-        Some(prompt) => prompt.to_owned(),
-        None => rlm_repl::prompt::system_prompt(&rlm_repl::RlmConfig::default()),
-    };
-    let request = rlm_core::CompletionRequest::prompt(model, prompt);
-    let tokens = request
-        .estimated_prompt_tokens()
-        .saturating_add(u64::from(rlm_openai::DEFAULT_COMPLETION_TOKEN_ESTIMATE));
-    if tokens <= u64::from(tpm) {
-        return None;
-    }
-    let wait = Duration::from_secs_f64(tokens as f64 / f64::from(tpm) * 60.0);
+fn tpm_notice(settings: &Settings, system_prompt: Option<&str>) -> Option<String> {
+    let (tokens, wait) = settings.tpm_shortfall(system_prompt)?;
     Some(format!(
-        "--tpm {tpm} is smaller than one request: the first root call (about {tokens} tokens, \
+        "--tpm {} is smaller than one request: the first root call (about {tokens} tokens, \
          its system prompt alone) will wait about {} before it is sent, as a request larger \
          than a minute's budget waits until the budget covers it. Use --tpm {tokens} or more.",
+        settings.tpm,
         human_duration(wait)
     ))
 }

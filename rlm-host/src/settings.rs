@@ -154,6 +154,30 @@ impl Settings {
         map
     }
 
+    /// When [`tpm`](Self::tpm) is smaller than one root request (its system prompt, the
+    /// built-in one unless `system_prompt` is given, and the completion the pacer
+    /// reserves): that request's tokens and how long it will wait before it is sent, as a
+    /// request larger than a minute's budget waits until the budget covers it. `None`
+    /// without a limit or when the request fits.
+    pub fn tpm_shortfall(&self, system_prompt: Option<&str>) -> Option<(u64, Duration)> {
+        if self.tpm == 0 {
+            return None;
+        }
+        let prompt = match system_prompt {
+            Some(prompt) => prompt.to_owned(),
+            None => rlm_repl::prompt::system_prompt(&rlm_repl::RlmConfig::default()),
+        };
+        let request = rlm_core::CompletionRequest::prompt(self.model.trim(), prompt);
+        let tokens = request
+            .estimated_prompt_tokens()
+            .saturating_add(u64::from(rlm_openai::DEFAULT_COMPLETION_TOKEN_ESTIMATE));
+        if tokens <= u64::from(self.tpm) {
+            return None;
+        }
+        let wait = Duration::from_secs_f64(tokens as f64 / f64::from(self.tpm) * 60.0);
+        Some((tokens, wait))
+    }
+
     /// The base URL, or the OpenAI API's when it is empty (an empty `OPENAI_BASE_URL` means
     /// unset).
     pub(crate) fn effective_base_url(&self) -> String {
