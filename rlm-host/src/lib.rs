@@ -4,7 +4,8 @@
 //! - [`context`]: loading a context (a file, a directory of documents, JSON, JSON Lines,
 //!   stdin) within a byte bound, with the symlink and dot-file rules, and
 //!   [`AllowedRoots`](context::AllowedRoots) for a server that reads paths its clients name.
-//! - [`Settings`]: plain data, one field per `rlm run` flag (no command-line types).
+//! - [`Settings`]: plain data, one field per model, server, limit, budget, sandbox and cache
+//!   flag of `rlm run` (no command-line types: a front end converts its own options).
 //! - [`Stack`]: settings to the backend stack every run of a process shares: the
 //!   OpenAI-compatible HTTP backend with its pacing and retries, usage metering, and the
 //!   tiers of the sub-call cache (memory; disk with feature `disk`; Redis, with shared

@@ -1,4 +1,5 @@
-//! The settings of a backend stack and its runs: plain data, one field per `rlm run` flag.
+//! The settings of a backend stack and its runs: plain data, one field per model, server,
+//! limit, budget, sandbox and cache flag of `rlm run`.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
