@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use rlm_host::supervise::{CANCEL_GRACE, Supervised, supervise};
-use rlm_host::{CancellationToken, Settings, Stack, StopReason, WaitObserver};
+use rlm_host::{CancellationToken, Context, Settings, Stack, StopReason, WaitObserver};
 
 use crate::cli::RunArgs;
 use crate::error::{CliError, exit};
@@ -24,62 +24,14 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
     let start = Instant::now();
     let quiet = args.quiet;
     let settings = settings::settings(&args);
-    let mut warnings = Vec::new();
 
     // Input first: a bad path fails before anything is set up.
-    let query_from_stdin = args.query.as_deref() == Some("-");
-    let context_from_stdin = args.context.as_deref() == Some(Path::new("-"));
-    if query_from_stdin && context_from_stdin {
-        return Err(CliError::Usage(
-            "--query - and --context - both want stdin; pass one of them as text or a file"
-                .to_owned(),
-        ));
-    }
-    let reading_stdin = query_from_stdin || context_from_stdin;
-    if reading_stdin && !quiet && std::io::stdin().is_terminal() {
-        eprintln!(
-            "rlm: reading the {} from stdin (end it with Ctrl-D)",
-            if query_from_stdin { "query" } else { "context" }
-        );
-    }
-    let query = match (&args.query, &args.query_file) {
-        (Some(query), _) if query == "-" => rlm_host::context::read_text(
-            std::io::stdin().lock(),
-            "the query from stdin",
-            args.max_context_bytes,
-            &mut warnings,
-        )?,
-        (Some(query), _) => query.clone(),
-        (None, Some(path)) => rlm_host::context::read_text_file(
-            path,
-            "query file",
-            args.max_context_bytes,
-            &mut warnings,
-        )?,
-        (None, None) => {
-            return Err(CliError::Usage(
-                "a query is required: --query TEXT".to_owned(),
-            ));
-        }
-    };
-    if query.trim().is_empty() {
-        return Err(CliError::Usage("the query is empty".to_owned()));
-    }
-    let system_prompt = match &args.system_prompt_file {
-        Some(path) => Some(rlm_host::context::read_text_file(
-            path,
-            "system prompt file",
-            args.max_context_bytes,
-            &mut warnings,
-        )?),
-        None => None,
-    };
-    let loaded = rlm_host::context::load(
-        args.context.as_deref(),
-        &settings::load_options(&args),
-        std::io::stdin().lock(),
-    )?;
-    warnings.extend(loaded.warnings);
+    let Inputs {
+        query,
+        system_prompt,
+        context,
+        warnings,
+    } = read_inputs(&args)?;
     let prices = settings.load_prices()?;
     if !quiet {
         for warning in &warnings {
@@ -131,7 +83,7 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
 
     // `--max-time` ends the run whatever its code does: the run stops its code and sub-calls
     // when the time is up; if it has not returned a grace period later, it is left behind.
-    let run = rlm.run(query, loaded.context);
+    let run = rlm.run(query, context);
     let outcome = match supervise(run, &cancel, settings.max_time).await {
         Supervised::Returned(outcome) => Some(outcome),
         Supervised::Abandoned => None,
@@ -190,6 +142,72 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
         StopReason::Final => exit::OK,
         StopReason::Cancelled => exit::INTERRUPTED,
         _ => exit::BUDGET,
+    })
+}
+
+/// What `rlm run` reads before anything is set up.
+struct Inputs {
+    query: String,
+    system_prompt: Option<String>,
+    context: Context,
+    /// Warnings for stderr (lossy decoding, skipped files).
+    warnings: Vec<String>,
+}
+
+/// Reads the query (`--query`, `--query -`, `--query-file`), the system prompt file and the
+/// context, each within `--max-context-bytes`; stdin serves one of them at most.
+fn read_inputs(args: &RunArgs) -> Result<Inputs, CliError> {
+    let mut warnings = Vec::new();
+    let query_from_stdin = args.query.as_deref() == Some("-");
+    let context_from_stdin = args.context.as_deref() == Some(Path::new("-"));
+    if query_from_stdin && context_from_stdin {
+        return Err(CliError::Usage(
+            "--query - and --context - both want stdin; pass one of them as text or a file"
+                .to_owned(),
+        ));
+    }
+    let reading_stdin = query_from_stdin || context_from_stdin;
+    if reading_stdin && !args.quiet && std::io::stdin().is_terminal() {
+        eprintln!(
+            "rlm: reading the {} from stdin (end it with Ctrl-D)",
+            if query_from_stdin { "query" } else { "context" }
+        );
+    }
+    let query = match (&args.query, &args.query_file) {
+        (Some(query), _) if query == "-" => rlm_host::context::read_text(
+            std::io::stdin().lock(),
+            "the query from stdin",
+            args.max_context_bytes,
+            &mut warnings,
+        )?,
+        (Some(query), _) => query.clone(),
+        (None, Some(path)) => rlm_host::context::read_text_file(
+            path,
+            "query file",
+            args.max_context_bytes,
+            &mut warnings,
+        )?,
+        (None, None) => {
+            return Err(CliError::Usage(
+                "a query is required: --query TEXT".to_owned(),
+            ));
+        }
+    };
+    if query.trim().is_empty() {
+        return Err(CliError::Usage("the query is empty".to_owned()));
+    }
+    let system_prompt = settings::system_prompt(args, &mut warnings)?;
+    let loaded = rlm_host::context::load(
+        args.context.as_deref(),
+        &settings::load_options(args),
+        std::io::stdin().lock(),
+    )?;
+    warnings.extend(loaded.warnings);
+    Ok(Inputs {
+        query,
+        system_prompt,
+        context: loaded.context,
+        warnings,
     })
 }
 

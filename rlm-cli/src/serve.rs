@@ -39,15 +39,7 @@ fn refuse_run_only(args: &RunArgs, command: &str) -> Result<(), CliError> {
 /// run flags, the system prompt.
 fn runner(args: &RunArgs, runs: usize) -> Result<(Runner, Stack), CliError> {
     let mut warnings = Vec::new();
-    let system_prompt = match &args.system_prompt_file {
-        Some(path) => Some(rlm_host::context::read_text_file(
-            path,
-            "system prompt file",
-            args.max_context_bytes,
-            &mut warnings,
-        )?),
-        None => None,
-    };
+    let system_prompt = settings::system_prompt(args, &mut warnings)?;
     for warning in &warnings {
         eprintln!("warning: {warning}");
     }

@@ -1,7 +1,7 @@
 //! Flags to the host layer's settings: what `rlm run`, `rlm serve` and `rlm mcp` share.
 
-use rlm_host::Settings;
 use rlm_host::context::{self, LoadOptions};
+use rlm_host::{HostError, Settings};
 
 use crate::cli::{ContextFormat, RunArgs};
 
@@ -24,6 +24,19 @@ pub(crate) fn load_options(args: &RunArgs) -> LoadOptions {
         file_headers: !args.no_file_headers,
         max_bytes: args.max_context_bytes,
     }
+}
+
+/// The text of `--system-prompt-file`, if given, within `--max-context-bytes`.
+pub(crate) fn system_prompt(
+    args: &RunArgs,
+    warnings: &mut Vec<String>,
+) -> Result<Option<String>, HostError> {
+    args.system_prompt_file
+        .as_deref()
+        .map(|path| {
+            context::read_text_file(path, "system prompt file", args.max_context_bytes, warnings)
+        })
+        .transpose()
 }
 
 /// The model, server, limit, budget, sandbox and cache flags.
