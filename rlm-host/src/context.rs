@@ -942,4 +942,47 @@ mod tests {
         assert!(matches!(error, HostError::Input(_)));
         assert!(error.to_string().contains("cannot list"), "{error}");
     }
+
+    #[cfg(unix)]
+    #[test]
+    fn allowed_roots_load_only_what_lies_under_them() {
+        let dir = TempDir::new("roots");
+        dir.write("root/notes.txt", b"notes");
+        dir.write("root/docs/a.txt", b"a");
+        dir.write("root/bad/fine.txt", b"fine");
+        dir.write("outside.txt", b"secret");
+        std::os::unix::fs::symlink(dir.0.join("outside.txt"), dir.0.join("root/bad/evil.txt"))
+            .unwrap_or_else(|e| panic!("symlink: {e}"));
+        let roots = AllowedRoots::new(&[dir.0.join("root")]).unwrap_or_else(|e| panic!("{e}"));
+        let options = LoadOptions {
+            file_headers: false,
+            ..LoadOptions::default()
+        };
+
+        let one = roots
+            .load(&["docs".to_owned()], &options)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(one.context, Context::Documents(vec!["a".into()]));
+        let several = roots
+            .load(&["notes.txt".to_owned(), "docs".to_owned()], &options)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            several.context,
+            Context::Documents(vec!["==> notes.txt <==\nnotes".into(), "a".into()])
+        );
+
+        // A directory with a link that leads out is refused as a whole, and nothing of a
+        // list is read when one path is refused.
+        for paths in [
+            vec!["bad".to_owned()],
+            vec!["notes.txt".to_owned(), "../outside.txt".to_owned()],
+            Vec::new(),
+        ] {
+            let error = roots.load(&paths, &options).unwrap_err();
+            assert!(matches!(error, HostError::Input(_)), "{paths:?}: {error}");
+            assert!(!error.to_string().contains("secret"), "{error}");
+        }
+        assert!(AllowedRoots::new(&[]).is_err());
+        assert!(AllowedRoots::new(&[dir.0.join("root/notes.txt")]).is_err());
+    }
 }
