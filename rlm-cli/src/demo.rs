@@ -16,7 +16,8 @@ use serde::Serialize;
 
 use crate::cli::DemoArgs;
 use crate::error::{CliError, exit};
-use crate::run::{human_duration, write_stdout};
+use crate::human::{count, human_duration};
+use crate::output::write_stdout;
 
 const ROOT_MODEL: &str = "scripted-root";
 const SUB_MODEL: &str = "simulated-sub";
@@ -77,8 +78,8 @@ pub(crate) async fn demo(args: DemoArgs) -> Result<u8, CliError> {
          \x20 query       {QUERY:?}\n\
          \x20 root model  scripted: turn 1 looks at the context, turn 2 does the job\n\
          \x20 sub model   simulated: reads the page it is sent, answers after {latency}\n\n",
-        crate::run::count(documents.len() as u64, "document"),
-        crate::run::count(chars as u64, "char"),
+        count(documents.len() as u64, "document"),
+        count(chars as u64, "char"),
     ));
 
     say("  running: for doc in context { llm_query(...) } ...\n");

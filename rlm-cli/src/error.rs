@@ -1,7 +1,6 @@
 //! The command's errors and exit statuses.
 
-use rlm_core::LlmError;
-use rlm_repl::RlmError;
+use rlm_host::{LlmError, RlmError};
 
 /// Exit statuses of `rlm` (also listed in `--help` and the README).
 pub(crate) mod exit {
@@ -95,6 +94,19 @@ pub(crate) enum CliError {
     /// Ctrl-C.
     #[error("interrupted")]
     Interrupted,
+}
+
+impl From<rlm_host::HostError> for CliError {
+    fn from(error: rlm_host::HostError) -> Self {
+        use rlm_host::HostError;
+        match error {
+            HostError::Usage(message) => CliError::Usage(message),
+            HostError::Input(message) => CliError::Input(message),
+            HostError::Auth(message) => CliError::Auth(message),
+            HostError::Internal(message) => CliError::Internal(message),
+            other => CliError::Internal(other.to_string()),
+        }
+    }
 }
 
 impl CliError {

@@ -18,14 +18,15 @@
 //! See `rlm run --help` for every flag, the exit codes and the `--json` / `--trace` formats.
 
 mod cli;
-mod context;
 mod demo;
 mod error;
-mod prices;
+mod human;
+mod output;
 mod progress;
 mod run;
 mod serve;
-mod state;
+mod settings;
+mod summary;
 mod trace;
 mod view;
 
@@ -154,7 +155,7 @@ fn report(error: &CliError, json: bool) -> ExitCode {
 
 /// Writes `--json`'s failure object on stdout (a closed pipe is no further error).
 fn print_json_failure(message: &str, kind: &str, exit_code: u8) {
-    let _ = run::write_stdout(&error::json_failure(message, kind, exit_code));
+    let _ = output::write_stdout(&error::json_failure(message, kind, exit_code));
 }
 
 /// `message` on one line (a server's message may hold line breaks, or a whole HTML page),

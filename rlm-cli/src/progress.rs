@@ -5,14 +5,15 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::io::IsTerminal;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
-use rlm_openai::Wait;
-use rlm_repl::{Event, Observer, RunPlace};
+use rlm_host::{Event, Observer, RunPlace, StopReason, Wait};
 
-use crate::run::{count, human_duration};
+use crate::cli::ProgressMode;
+use crate::human::{count, human_duration};
 
 /// How progress is drawn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +22,18 @@ pub(crate) enum Style {
     Bars,
     /// One timestamped line per event of interest.
     Lines,
+}
+
+/// How `--progress` is drawn, if at all: `auto` draws bars on a terminal and nothing
+/// otherwise; `--quiet` draws nothing.
+pub(crate) fn style(mode: ProgressMode, quiet: bool) -> Option<Style> {
+    match mode {
+        _ if quiet => None,
+        ProgressMode::Auto => std::io::stderr().is_terminal().then_some(Style::Bars),
+        ProgressMode::Bar => Some(Style::Bars),
+        ProgressMode::Lines => Some(Style::Lines),
+        ProgressMode::None => None,
+    }
 }
 
 /// Draws a run's progress on stderr.
@@ -187,13 +200,13 @@ impl Observer for Progress {
             } => self.println(format!(
                 "rlm: child run {} {} after {} in {}",
                 place.run,
-                if *stopped == rlm_repl::StopReason::Final {
+                if *stopped == StopReason::Final {
                     "answered".to_owned()
                 } else {
                     format!("stopped ({stopped})")
                 },
-                crate::run::count(*iterations as u64, "turn"),
-                crate::run::human_duration(std::time::Duration::from_millis(*elapsed_ms))
+                count(*iterations as u64, "turn"),
+                human_duration(Duration::from_millis(*elapsed_ms))
             )),
             _ => {}
         }

@@ -1,130 +1,69 @@
-//! `rlm run`: the backend stack, the run, and what is printed.
+//! `rlm run`: reads the inputs, builds the host layer's backend stack, runs under
+//! supervision (Ctrl-C, `--max-time`) and hands the result to the printers.
 
-use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use rlm_cache::{CacheStats, CachedBackend};
-use rlm_core::{
-    BatchExecutor, CancellationToken, CostReport, LlmBackend, Metered, ModelUsage, UsageTracker,
-};
-use rlm_openai::{ConfigError, OpenAiBackend, OpenAiConfig, RateLimit, WaitObserver};
-use rlm_repl::{Rlm, RlmBuilder, RunResult, SandboxLimits, StopReason};
-use serde::Serialize;
+use rlm_host::supervise::{CANCEL_GRACE, Supervised, supervise};
+use rlm_host::{CancellationToken, Context, Settings, Stack, StopReason, WaitObserver};
 
-use crate::cli::ProgressMode;
 use crate::cli::RunArgs;
-use crate::context;
 use crate::error::{CliError, exit};
-use crate::progress::{Progress, Style};
-use crate::state;
+use crate::human::human_duration;
+use crate::output::{partial_figures, print_result};
+use crate::progress::{self, Progress};
+use crate::settings;
+use crate::summary::summary;
 use crate::trace::TraceWriter;
-
-/// How long a cancelled run may take to wind down before `rlm` exits anyway.
-const CANCEL_GRACE: Duration = Duration::from_secs(5);
-/// The longest connect timeout (a shorter `--timeout` shortens it too).
-const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs `rlm run` and returns the exit status.
 pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
     let start = Instant::now();
     let quiet = args.quiet;
-    let mut warnings = Vec::new();
+    let settings = settings::settings(&args);
 
     // Input first: a bad path fails before anything is set up.
-    let query_from_stdin = args.query.as_deref() == Some("-");
-    let context_from_stdin = args.context.as_deref() == Some(Path::new("-"));
-    if query_from_stdin && context_from_stdin {
-        return Err(CliError::Usage(
-            "--query - and --context - both want stdin; pass one of them as text or a file"
-                .to_owned(),
-        ));
-    }
-    let reading_stdin = query_from_stdin || context_from_stdin;
-    if reading_stdin && !quiet && std::io::stdin().is_terminal() {
-        eprintln!(
-            "rlm: reading the {} from stdin (end it with Ctrl-D)",
-            if query_from_stdin { "query" } else { "context" }
-        );
-    }
-    let query = match (&args.query, &args.query_file) {
-        (Some(query), _) if query == "-" => context::read_text(
-            std::io::stdin().lock(),
-            "the query from stdin",
-            args.max_context_bytes,
-            &mut warnings,
-        )?,
-        (Some(query), _) => query.clone(),
-        (None, Some(path)) => {
-            context::read_text_file(path, "query file", args.max_context_bytes, &mut warnings)?
-        }
-        (None, None) => {
-            return Err(CliError::Usage(
-                "a query is required: --query TEXT".to_owned(),
-            ));
-        }
-    };
-    if query.trim().is_empty() {
-        return Err(CliError::Usage("the query is empty".to_owned()));
-    }
-    let system_prompt = match &args.system_prompt_file {
-        Some(path) => Some(context::read_text_file(
-            path,
-            "system prompt file",
-            args.max_context_bytes,
-            &mut warnings,
-        )?),
-        None => None,
-    };
-    let loaded = context::load(
-        args.context.as_deref(),
-        args.context_format,
-        !args.no_file_headers,
-        args.max_context_bytes,
-        std::io::stdin().lock(),
-    )?;
-    warnings.extend(loaded.warnings);
-    let prices = crate::prices::load(args.prices.as_deref())?;
+    let Inputs {
+        query,
+        system_prompt,
+        context,
+        warnings,
+    } = read_inputs(&args)?;
+    let prices = settings.load_prices()?;
     if !quiet {
         for warning in &warnings {
             eprintln!("warning: {warning}");
         }
     }
 
-    let progress = progress_style(args.progress, quiet)
+    let progress = progress::style(args.progress, quiet)
         .map(|style| Arc::new(Progress::new(args.model.trim(), style)));
     let waits = progress.as_ref().map(|progress| {
         let progress = Arc::clone(progress);
         WaitObserver::new(move |wait| progress.on_wait(wait))
     });
-    let Stack {
-        model,
-        sub_model,
-        shown_url,
-        root,
-        sub,
-        tracker,
-        cache,
-        tier_hits,
-    } = backend_stack(&args, waits, 1)?;
+    let stack = Stack::build(&settings, waits, 1)?;
+    let model = stack.model().to_owned();
+    let shown_url = stack.shown_url().to_owned();
 
     // Observers.
     let trace = match &args.trace {
         Some(path) => Some(Arc::new(
-            TraceWriter::create(path, start)?.with_settings(trace_settings(&args, &shown_url)),
+            TraceWriter::create(path, start)?.with_settings(settings.trace_settings()),
         )),
         None => None,
     };
 
-    if !quiet && let Some(notice) = tpm_notice(args.tpm, system_prompt.as_deref(), &model) {
+    if !quiet && let Some(notice) = tpm_notice(&settings, system_prompt.as_deref()) {
         eprintln!("warning: {notice}");
     }
 
     let cancel = CancellationToken::new();
-    let mut builder = rlm_builder(&args, &model, &sub_model, root, sub)?
+    let mut builder = stack
+        .rlm_builder(&settings)?
         .prices(prices.clone())
         .cancel_token(cancel.clone());
     if let Some(prompt) = system_prompt {
@@ -140,47 +79,15 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
         .build()
         .map_err(|e| CliError::from_rlm(e, &shown_url, &model))?;
 
-    // Ctrl-C cancels the run; a second one exits at once.
-    let interrupted = Arc::new(AtomicBool::new(false));
-    {
-        let interrupted = interrupted.clone();
-        let cancel = cancel.clone();
-        let progress = progress.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                interrupted.store(true, Ordering::SeqCst);
-                cancel.cancel();
-                let notice = "rlm: interrupted, stopping (Ctrl-C again to quit at once)";
-                match &progress {
-                    Some(progress) => progress.println(notice),
-                    None if !quiet => eprintln!("\n{notice}"),
-                    None => {}
-                }
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    std::process::exit(exit::INTERRUPTED.into());
-                }
-            }
-        });
-    }
+    let interrupted = cancel_on_ctrl_c(&cancel, progress.clone(), quiet);
 
-    let run = rlm.run(query, loaded.context);
-    tokio::pin!(run);
     // `--max-time` ends the run whatever its code does: the run stops its code and sub-calls
     // when the time is up; if it has not returned a grace period later, it is left behind.
-    let deadline = async {
-        match args.max_time {
-            Some(limit) => tokio::time::sleep(limit.saturating_add(CANCEL_GRACE)).await,
-            None => std::future::pending().await,
-        }
-    };
-    let outcome = tokio::select! {
-        outcome = &mut run => Some(outcome),
-        () = async {
-            cancel.cancelled().await;
-            tokio::time::sleep(CANCEL_GRACE).await;
-        } => None,
-        () = deadline => {
-            cancel.cancel();
+    let run = rlm.run(query, context);
+    let outcome = match supervise(run, &cancel, settings.max_time).await {
+        Supervised::Returned(outcome) => Some(outcome),
+        Supervised::Abandoned => None,
+        Supervised::TimedOut => {
             if let Some(progress) = &progress {
                 progress.finish();
             }
@@ -199,11 +106,8 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
     let trace_error = trace.as_ref().and_then(|t| t.warning());
 
     // Settled first: moka counts entries in the background.
-    if let Some(cache) = &cache {
-        cache.run_pending_tasks().await;
-    }
-    let usage = tracker.snapshot();
-    let cache_stats = cache.as_ref().map(|c| tier_hits.fill(c.stats()));
+    let cache_stats = stack.cache_stats().await;
+    let usage = stack.usage();
     let result = match outcome {
         Some(Ok(result)) => result,
         failed => {
@@ -241,602 +145,109 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
     })
 }
 
-/// A notice when `--tpm` is smaller than one root request: such a request waits until the
-/// budget covers it, which at a few tokens per minute is hours.
-fn tpm_notice(tpm: u32, system_prompt: Option<&str>, model: &str) -> Option<String> {
-    if tpm == 0 {
-        return None;
-    }
-    let prompt = match system_prompt {
-        Some(prompt) => prompt.to_owned(),
-        None => rlm_repl::prompt::system_prompt(&rlm_repl::RlmConfig::default()),
-    };
-    let request = rlm_core::CompletionRequest::prompt(model, prompt);
-    let tokens = request
-        .estimated_prompt_tokens()
-        .saturating_add(u64::from(rlm_openai::DEFAULT_COMPLETION_TOKEN_ESTIMATE));
-    if tokens <= u64::from(tpm) {
-        return None;
-    }
-    let wait = Duration::from_secs_f64(tokens as f64 / f64::from(tpm) * 60.0);
-    Some(format!(
-        "--tpm {tpm} is smaller than one request: the first root call (about {tokens} tokens, \
-         its system prompt alone) will wait about {} before it is sent, as a request larger \
-         than a minute's budget waits until the budget covers it. Use --tpm {tokens} or more.",
-        human_duration(wait)
-    ))
+/// What `rlm run` reads before anything is set up.
+struct Inputs {
+    query: String,
+    system_prompt: Option<String>,
+    context: Context,
+    /// Warnings for stderr (lossy decoding, skipped files).
+    warnings: Vec<String>,
 }
 
-/// The backend stack that every run of a process shares (one server's requests too):
-/// one HTTP client, its rate limits and retries, usage metering and the sub-call cache.
-pub(crate) struct Stack {
-    /// The root model.
-    pub(crate) model: String,
-    /// The sub model (the root model unless `--sub-model`).
-    pub(crate) sub_model: String,
-    /// The base URL without credentials, for messages.
-    pub(crate) shown_url: String,
-    /// Root calls.
-    pub(crate) root: Arc<dyn LlmBackend>,
-    /// Sub-calls (through the cache unless `--no-cache`).
-    pub(crate) sub: Arc<dyn BatchExecutor>,
-    /// What the server was really asked, per model.
-    pub(crate) tracker: UsageTracker,
-    /// The sub-call cache, for its statistics.
-    pub(crate) cache: Option<Arc<CachedBackend<Arc<dyn BatchExecutor>>>>,
-    /// Hits of the disk and Redis tiers below the cache.
-    pub(crate) tier_hits: state::TierHits,
-}
-
-/// The most HTTP requests `runs` run trees may have in flight at once: each run has at most
-/// `max_concurrent` calls or child runs in flight (one root call while it thinks), and
-/// children nest `max_depth - 1` levels deep, so a tree holds at most
-/// `1 + C + C^2 + ... + C^max_depth` requests. Saturates instead of overflowing.
-///
-/// The connection pool keeps this many idle connections per host: connections are only
-/// opened when a request finds none idle, so the pool never holds more than were ever in
-/// use at once, and with this bound every connection is reused rather than closed and
-/// reopened (a TLS handshake each) when more than `max_concurrent` are in flight.
-pub(crate) fn pool_size(max_concurrent: u32, max_depth: u32, runs: usize) -> usize {
-    let per_level = (max_concurrent as usize).max(1);
-    let mut level = 1usize;
-    let mut total = 1usize;
-    for _ in 0..max_depth.max(1) {
-        level = level.saturating_mul(per_level);
-        total = total.saturating_add(level);
+/// Reads the query (`--query`, `--query -`, `--query-file`), the system prompt file and the
+/// context, each within `--max-context-bytes`; stdin serves one of them at most.
+fn read_inputs(args: &RunArgs) -> Result<Inputs, CliError> {
+    let mut warnings = Vec::new();
+    let query_from_stdin = args.query.as_deref() == Some("-");
+    let context_from_stdin = args.context.as_deref() == Some(Path::new("-"));
+    if query_from_stdin && context_from_stdin {
+        return Err(CliError::Usage(
+            "--query - and --context - both want stdin; pass one of them as text or a file"
+                .to_owned(),
+        ));
     }
-    total.saturating_mul(runs.max(1))
-}
-
-/// Builds the [`Stack`] from the model, server, rate-limit and cache flags, for up to `runs`
-/// runs at once (the connection pool is sized by [`pool_size`]).
-pub(crate) fn backend_stack(
-    args: &RunArgs,
-    waits: Option<WaitObserver>,
-    runs: usize,
-) -> Result<Stack, CliError> {
-    let model = non_empty(&args.model, "--model (or RLM_MODEL)")?;
-    let sub_model = match &args.sub_model {
-        Some(sub) => non_empty(sub, "--sub-model (or RLM_SUB_MODEL)")?,
-        None => model.clone(),
-    };
-    // An empty OPENAI_BASE_URL means unset.
-    let base_url = match args.base_url.trim() {
-        "" => rlm_openai::DEFAULT_BASE_URL.to_owned(),
-        url => url.to_owned(),
-    };
-    let shown_url = display_url(&base_url);
-    let api_key = match std::env::var(&args.api_key_env) {
-        Ok(key) => Some(key).filter(|key| !key.trim().is_empty()),
-        Err(std::env::VarError::NotPresent) => None,
-        Err(std::env::VarError::NotUnicode(_)) => {
-            return Err(CliError::Auth(format!(
-                "the API key in {} is not valid UTF-8 (an HTTP header cannot carry it); check \
-                 how the variable was set",
-                args.api_key_env
-            )));
-        }
-    };
-    if api_key.is_none() && host_of(&base_url) == Some("api.openai.com") {
-        return Err(CliError::Auth(format!(
-            "no API key: {} is not set (set it, name another variable with --api-key-env, \
-             or point --base-url at a server that needs no key)",
-            args.api_key_env
-        )));
-    }
-
-    let pool = pool_size(args.max_concurrent, args.max_depth, runs);
-    let mut config = OpenAiConfig::from_env()
-        .with_base_url(&base_url)
-        .with_api_key(api_key.unwrap_or_default())
-        .with_max_retries(args.max_retries)
-        .with_request_timeout(args.timeout)
-        .with_connect_timeout(args.timeout.min(MAX_CONNECT_TIMEOUT))
-        .with_concurrency(pool)
-        .with_rate_limit(RateLimit::new(args.rpm, args.tpm));
-    if let Some(waits) = waits {
-        config = config.with_wait_observer(waits);
-    }
-    if sub_model != model && (args.sub_rpm.is_some() || args.sub_tpm.is_some()) {
-        config = config.with_model_rate_limit(
-            &sub_model,
-            RateLimit::new(
-                args.sub_rpm.unwrap_or(args.rpm),
-                args.sub_tpm.unwrap_or(args.tpm),
-            ),
+    let reading_stdin = query_from_stdin || context_from_stdin;
+    if reading_stdin && !args.quiet && std::io::stdin().is_terminal() {
+        eprintln!(
+            "rlm: reading the {} from stdin (end it with Ctrl-D)",
+            if query_from_stdin { "query" } else { "context" }
         );
     }
-    if let Some(pacer) = state::pacer(args)? {
-        config = config.with_shared_pacer(pacer);
+    let query = match (&args.query, &args.query_file) {
+        (Some(query), _) if query == "-" => rlm_host::context::read_text(
+            std::io::stdin().lock(),
+            "the query from stdin",
+            args.max_context_bytes,
+            &mut warnings,
+        )?,
+        (Some(query), _) => query.clone(),
+        (None, Some(path)) => rlm_host::context::read_text_file(
+            path,
+            "query file",
+            args.max_context_bytes,
+            &mut warnings,
+        )?,
+        (None, None) => {
+            return Err(CliError::Usage(
+                "a query is required: --query TEXT".to_owned(),
+            ));
+        }
+    };
+    if query.trim().is_empty() {
+        return Err(CliError::Usage("the query is empty".to_owned()));
     }
-    let backend = OpenAiBackend::new(config).map_err(config_error)?;
-    // Sub-calls share the client, pool and rate limits, with their own attempt timeout.
-    let sub_backend = backend.with_request_timeout(args.sub_timeout);
-    // Metered below the cache: usage counts what the server was really asked.
-    let tracker = UsageTracker::new();
-    let root: Arc<dyn LlmBackend> = Arc::new(Metered::new(backend, tracker.clone()));
-    let metered = Metered::new(sub_backend, tracker.clone());
-    // Below the in-memory cache, the disk and Redis tiers (--cache-dir, --redis).
-    let (tiered, tier_hits): (Arc<dyn BatchExecutor>, _) = if args.no_cache {
-        (Arc::new(metered), state::TierHits::default())
-    } else {
-        state::tiers(Arc::new(metered), args)?
-    };
-    let cache = (!args.no_cache).then(|| Arc::new(CachedBackend::new(tiered.clone())));
-    let sub: Arc<dyn BatchExecutor> = match &cache {
-        Some(cache) => cache.clone(),
-        None => tiered,
-    };
-    Ok(Stack {
-        model,
-        sub_model,
-        shown_url,
-        root,
-        sub,
-        tracker,
-        cache,
-        tier_hits,
+    let system_prompt = settings::system_prompt(args, &mut warnings)?;
+    let loaded = rlm_host::context::load(
+        args.context.as_deref(),
+        &settings::load_options(args),
+        std::io::stdin().lock(),
+    )?;
+    warnings.extend(loaded.warnings);
+    Ok(Inputs {
+        query,
+        system_prompt,
+        context: loaded.context,
+        warnings,
     })
 }
 
-/// An [`Rlm`] builder with the models, the sandbox, recursion and the budget flags of
-/// `args` (prices and the cancel token are the caller's).
-pub(crate) fn rlm_builder(
-    args: &RunArgs,
-    model: &str,
-    sub_model: &str,
-    root: Arc<dyn LlmBackend>,
-    sub: Arc<dyn BatchExecutor>,
-) -> Result<RlmBuilder, CliError> {
-    let sandbox = SandboxLimits {
-        max_string_size: args.max_string_bytes,
-        block_timeout: args.block_timeout,
-        max_memory: args.max_memory,
-        ..SandboxLimits::default()
-    };
-    let mut builder = Rlm::builder(root)
-        .sandbox(sandbox)
-        .root_model(model)
-        .sub_model(sub_model)
-        .sub_backend(sub)
-        .max_iterations(args.max_iterations as usize)
-        .max_concurrent(args.max_concurrent as usize)
-        .max_depth(args.max_depth as usize)
-        .child_max_iterations(args.child_max_iterations as usize);
-    if let Some(child) = &args.child_model {
-        builder = builder.child_model(non_empty(child, "--child-model (or RLM_CHILD_MODEL)")?);
-    }
-    if let Some(tokens) = args.sub_max_prompt_tokens {
-        builder = builder.sub_max_prompt_tokens(tokens);
-    }
-    if let Some(usd) = args.max_cost {
-        builder = builder.max_cost(usd);
-    }
-    if let Some(calls) = args.max_sub_calls {
-        builder = builder.max_sub_calls(calls);
-    }
-    if let Some(tokens) = args.max_total_tokens {
-        builder = builder.max_total_tokens(tokens);
-    }
-    if let Some(time) = args.max_time {
-        builder = builder.max_time(time);
-    }
-    Ok(builder)
-}
-
-/// The command's settings for the trace's `run_start` (the engine adds its own limits and
-/// budgets). The base URL is shown without credentials; the key is never in it.
-fn trace_settings(args: &RunArgs, shown_url: &str) -> serde_json::Map<String, serde_json::Value> {
-    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    let serde_json::Value::Object(map) = serde_json::json!({
-        "base_url": shown_url,
-        "rpm": args.rpm,
-        "tpm": args.tpm,
-        "sub_rpm": args.sub_rpm,
-        "sub_tpm": args.sub_tpm,
-        "max_retries": args.max_retries,
-        "timeout_ms": ms(args.timeout),
-        "sub_timeout_ms": ms(args.sub_timeout),
-        "cache": !args.no_cache,
-    }) else {
-        return serde_json::Map::new();
-    };
-    map
-}
-
-/// How `--progress` is drawn, if at all: `auto` draws bars on a terminal and nothing
-/// otherwise; `--quiet` draws nothing.
-fn progress_style(mode: ProgressMode, quiet: bool) -> Option<Style> {
-    match mode {
-        _ if quiet => None,
-        ProgressMode::Auto => std::io::stderr().is_terminal().then_some(Style::Bars),
-        ProgressMode::Bar => Some(Style::Bars),
-        ProgressMode::Lines => Some(Style::Lines),
-        ProgressMode::None => None,
-    }
-}
-
-fn non_empty(value: &str, flag: &str) -> Result<String, CliError> {
-    let value = value.trim();
-    if value.is_empty() {
-        Err(CliError::Usage(format!("{flag} must name a model")))
-    } else {
-        Ok(value.to_owned())
-    }
-}
-
-fn config_error(error: ConfigError) -> CliError {
-    match error {
-        ConfigError::Client { .. } => CliError::Internal(error.to_string()),
-        ConfigError::InvalidBaseUrl { reason, .. } => {
-            CliError::Usage(format!("invalid --base-url: {reason}"))
+/// Ctrl-C cancels the run (and says so); a second one exits at once. The flag tells an
+/// interrupted run from one that failed.
+fn cancel_on_ctrl_c(
+    cancel: &CancellationToken,
+    progress: Option<Arc<Progress>>,
+    quiet: bool,
+) -> Arc<AtomicBool> {
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = interrupted.clone();
+    let cancel = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            flag.store(true, Ordering::SeqCst);
+            cancel.cancel();
+            let notice = "rlm: interrupted, stopping (Ctrl-C again to quit at once)";
+            match &progress {
+                Some(progress) => progress.println(notice),
+                None if !quiet => eprintln!("\n{notice}"),
+                None => {}
+            }
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(exit::INTERRUPTED.into());
+            }
         }
-        other => CliError::Usage(other.to_string()),
-    }
+    });
+    interrupted
 }
 
-/// The host of a URL (without user info or port), if it has one.
-fn host_of(url: &str) -> Option<&str> {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let host = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host);
-    let host = if host.starts_with('[') {
-        host.split_once(']')
-            .map_or(host, |(h, _)| h)
-            .trim_start_matches('[')
-    } else {
-        host.split(':').next().unwrap_or(host)
-    };
-    (!host.is_empty()).then_some(host)
-}
-
-/// The URL without user info, for messages.
-pub(crate) fn display_url(url: &str) -> String {
-    rlm_core::url_without_credentials(url).unwrap_or_else(|| url.to_owned())
-}
-
-/// What a failed run counted before it failed, for `--json`'s error object.
-fn partial_figures(
-    elapsed: Duration,
-    usage: &BTreeMap<String, ModelUsage>,
-    cache: Option<CacheStats>,
-) -> serde_json::Map<String, serde_json::Value> {
-    let mut figures = serde_json::Map::new();
-    figures.insert(
-        "elapsed_ms".to_owned(),
-        u64::try_from(elapsed.as_millis())
-            .unwrap_or(u64::MAX)
-            .into(),
-    );
-    figures.insert(
-        "usage".to_owned(),
-        serde_json::to_value(json_usage(usage)).unwrap_or_default(),
-    );
-    if let Some(cache) = cache {
-        figures.insert(
-            "cache".to_owned(),
-            serde_json::to_value(cache).unwrap_or_default(),
-        );
-    }
-    figures
-}
-
-/// `usage` as `--json` shows it.
-fn json_usage(usage: &BTreeMap<String, ModelUsage>) -> BTreeMap<&str, JsonUsage> {
-    usage
-        .iter()
-        .map(|(model, u)| {
-            (
-                model.as_str(),
-                JsonUsage {
-                    calls: u.calls,
-                    prompt_tokens: u.prompt_tokens,
-                    completion_tokens: u.completion_tokens,
-                },
-            )
-        })
-        .collect()
-}
-
-/// A model's line of `usage` in `--json`: exactly the three pinned keys.
-#[derive(Debug, Serialize)]
-struct JsonUsage {
-    calls: u64,
-    prompt_tokens: u64,
-    completion_tokens: u64,
-}
-
-/// The `--json` object.
-#[derive(Debug, Serialize)]
-struct JsonOutput<'a> {
-    answer: &'a str,
-    iterations: usize,
-    stopped: &'static str,
-    elapsed_ms: u64,
-    usage: BTreeMap<&'a str, JsonUsage>,
-    sub_calls: u64,
-    failed_sub_calls: u64,
-    refused_sub_calls: u64,
-    cancelled_sub_calls: u64,
-    max_depth_reached: usize,
-    child_runs: u64,
-    warnings: &'a [String],
-    cost_usd: &'a CostReport,
-    cache: Option<CacheStats>,
-}
-
-fn print_result(
-    result: &RunResult,
-    usage: &BTreeMap<String, ModelUsage>,
-    cost: &CostReport,
-    cache: Option<CacheStats>,
-    json: bool,
-) -> Result<(), CliError> {
-    let text = if json {
-        let output = JsonOutput {
-            answer: &result.answer,
-            iterations: result.iterations,
-            stopped: result.stopped.as_str(),
-            elapsed_ms: u64::try_from(result.elapsed.as_millis()).unwrap_or(u64::MAX),
-            usage: json_usage(usage),
-            sub_calls: result.sub_calls,
-            failed_sub_calls: result.failed_sub_calls,
-            refused_sub_calls: result.refused_sub_calls,
-            cancelled_sub_calls: result.cancelled_sub_calls,
-            max_depth_reached: result.max_depth_reached,
-            child_runs: result.child_runs,
-            warnings: &result.warnings,
-            cost_usd: cost,
-            cache,
-        };
-        let mut text = serde_json::to_string(&output)
-            .map_err(|e| CliError::Internal(format!("cannot serialize the result: {e}")))?;
-        text.push('\n');
-        text
-    } else if result.answer.is_empty() {
-        String::new()
-    } else if result.answer.ends_with('\n') {
-        result.answer.clone()
-    } else {
-        format!("{}\n", result.answer)
-    };
-    write_stdout(&text)
-}
-
-/// Writes to stdout; a closed pipe (`rlm ... | head`) is not an error.
-pub(crate) fn write_stdout(text: &str) -> Result<(), CliError> {
-    let mut stdout = std::io::stdout().lock();
-    match stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(CliError::Input(format!("cannot write to stdout: {e}")))
-        }
-        _ => Ok(()),
-    }
-}
-
-/// The usage summary for stderr.
-fn summary(
-    result: &RunResult,
-    usage: &BTreeMap<String, ModelUsage>,
-    cost: &CostReport,
-    cache: Option<CacheStats>,
-) -> String {
-    let how = match result.stopped {
-        StopReason::Final => "final answer".to_owned(),
-        StopReason::Cancelled => "cancelled".to_owned(),
-        other if result.answer.is_empty() => {
-            format!("stopped by the {} budget, with no answer", other.as_str())
-        }
-        other => format!(
-            "stopped by the {} budget (best answer so far)",
-            other.as_str()
-        ),
-    };
-    let mut not_ok = Vec::new();
-    if result.failed_sub_calls > 0 {
-        not_ok.push(format!("{} failed", thousands(result.failed_sub_calls)));
-    }
-    if result.cancelled_sub_calls > 0 {
-        not_ok.push(format!(
-            "{} cancelled",
-            thousands(result.cancelled_sub_calls)
-        ));
-    }
-    let not_ok = if not_ok.is_empty() {
-        String::new()
-    } else {
-        format!(" ({})", not_ok.join(", "))
-    };
-    let mut text = format!(
-        "rlm: {how} after {} in {}; {}{not_ok}",
-        count(result.iterations as u64, "turn"),
-        human_duration(result.elapsed),
-        count(result.sub_calls, "sub-call"),
-    );
-    if result.child_runs > 0 {
-        text.push_str(&format!(
-            "; {} (depth {})",
-            count(result.child_runs, "child run"),
-            result.max_depth_reached
-        ));
-    }
-    if let Some(cache) = cache {
-        text.push_str(&format!(
-            "; cache: {}, {} shared",
-            count(cache.hits, "hit"),
-            count(cache.coalesced, "duplicate")
-        ));
-        if cache.disk_hits > 0 {
-            text.push_str(&format!(", {} from disk", thousands(cache.disk_hits)));
-        }
-        if cache.redis_hits > 0 {
-            text.push_str(&format!(", {} from Redis", thousands(cache.redis_hits)));
-        }
-    }
-    text.push('\n');
-    let width = usage.keys().map(|m| m.chars().count()).max().unwrap_or(0);
-    let calls_width = usage
-        .values()
-        .map(|u| thousands(u.calls).len())
-        .max()
-        .unwrap_or(0);
-    for (model, u) in usage {
-        let failed = if u.failed > 0 {
-            format!(" ({} failed)", thousands(u.failed))
-        } else {
-            String::new()
-        };
-        let price = match cost.by_model.get(model) {
-            Some(usd) => format!(", {}", dollars(*usd)),
-            None => ", unpriced".to_owned(),
-        };
-        text.push_str(&format!(
-            "  {model:<width$}  {:>calls_width$} {}{failed}, {} prompt + {} completion {}{price}\n",
-            thousands(u.calls),
-            if u.calls == 1 { "call" } else { "calls" },
-            thousands(u.prompt_tokens),
-            thousands(u.completion_tokens),
-            if u.prompt_tokens + u.completion_tokens == 1 {
-                "token"
-            } else {
-                "tokens"
-            },
-        ));
-    }
-    if !usage.is_empty() {
-        text.push_str(&format!("  cost: {}", dollars(cost.total)));
-        if !cost.unpriced.is_empty() {
-            text.push_str(&format!(
-                " (no price for {}: counted as free; see --prices)",
-                cost.unpriced.join(", ")
-            ));
-        }
-        text.push('\n');
-    }
-    text
-}
-
-/// Dollars for people: `$0.0042`, `$12.35`.
-fn dollars(usd: f64) -> String {
-    if usd == 0.0 {
-        "$0".to_owned()
-    } else if usd < 1.0 {
-        format!("${usd:.4}")
-    } else {
-        format!("${usd:.2}")
-    }
-}
-
-/// `n` things: `1 sub-call`, `2 sub-calls`, `1,000 items` (plural by adding an `s`).
-pub(crate) fn count(n: u64, what: &str) -> String {
-    if n == 1 {
-        format!("1 {what}")
-    } else {
-        format!("{} {what}s", thousands(n))
-    }
-}
-
-/// `1234567` as `1,234,567`.
-pub(crate) fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// A duration for people: `850 ms`, `4.21 s`, `3 min 05 s`.
-pub(crate) fn human_duration(duration: Duration) -> String {
-    let ms = duration.as_millis();
-    if ms < 1000 {
-        format!("{ms} ms")
-    } else if ms < 60_000 {
-        format!("{:.2} s", duration.as_secs_f64())
-    } else {
-        let secs = duration.as_secs();
-        format!("{} min {:02} s", secs / 60, secs % 60)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_pool_holds_every_request_a_run_tree_may_have_in_flight() {
-        // No recursion: C sub-calls, plus the root's own call.
-        assert_eq!(pool_size(16, 1, 1), 17);
-        // Children: C children at once, each with C sub-calls in flight.
-        assert_eq!(pool_size(16, 2, 1), 1 + 16 + 256);
-        assert_eq!(pool_size(100, 2, 1), 1 + 100 + 10_000);
-        // Runs at once (rlm serve --max-runs) multiply it.
-        assert_eq!(pool_size(4, 2, 3), 3 * 21);
-        // Saturates rather than overflowing.
-        assert_eq!(pool_size(4096, 64, 1), usize::MAX);
-    }
-
-    #[test]
-    fn urls_are_shown_without_credentials() {
-        assert_eq!(
-            display_url("https://user:secret@example.com/v1"),
-            "https://example.com/v1"
-        );
-        assert_eq!(
-            display_url("http://localhost:11434/v1"),
-            "http://localhost:11434/v1"
-        );
-        assert_eq!(host_of("https://api.openai.com/v1"), Some("api.openai.com"));
-        assert_eq!(
-            host_of("https://k@api.openai.com:443/v1"),
-            Some("api.openai.com")
-        );
-        assert_eq!(host_of("http://[::1]:8000/v1"), Some("::1"));
-        assert_eq!(host_of("http://127.0.0.1:8000"), Some("127.0.0.1"));
-    }
-
-    #[test]
-    fn numbers_and_durations_read_well() {
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(1000), "1,000");
-        assert_eq!(thousands(1_234_567), "1,234,567");
-        assert_eq!(count(1, "sub-call"), "1 sub-call");
-        assert_eq!(count(0, "item"), "0 items");
-        assert_eq!(count(1200, "item"), "1,200 items");
-        assert_eq!(human_duration(Duration::from_millis(850)), "850 ms");
-        assert_eq!(human_duration(Duration::from_millis(4210)), "4.21 s");
-        assert_eq!(human_duration(Duration::from_secs(185)), "3 min 05 s");
-        assert_eq!(dollars(0.0), "$0");
-        assert_eq!(dollars(0.00421), "$0.0042");
-        assert_eq!(dollars(12.345), "$12.35");
-    }
+/// A notice when `--tpm` is smaller than one root request: such a request waits until the
+/// budget covers it, which at a few tokens per minute is hours.
+fn tpm_notice(settings: &Settings, system_prompt: Option<&str>) -> Option<String> {
+    let (tokens, wait) = settings.tpm_shortfall(system_prompt)?;
+    Some(format!(
+        "--tpm {} is smaller than one request: the first root call (about {tokens} tokens, \
+         its system prompt alone) will wait about {} before it is sent, as a request larger \
+         than a minute's budget waits until the budget covers it. Use --tpm {tokens} or more.",
+        settings.tpm,
+        human_duration(wait)
+    ))
 }

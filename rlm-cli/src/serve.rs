@@ -1,18 +1,15 @@
-//! `rlm serve` and `rlm mcp`: flags to a [`rlm_serve::Runner`] on the shared backend stack.
+//! `rlm serve` and `rlm mcp`: flags to a [`rlm_serve::Runner`] on the host layer's backend
+//! stack.
 
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use rlm_repl::SharedContext;
-use rlm_serve::Runner;
+use rlm_host::{Runner, SharedContext, Stack};
 use rlm_serve::mcp::McpServer;
 use rlm_serve::serve::ServeOptions;
 
 use crate::cli::{McpArgs, RunArgs, ServeArgs};
-use crate::context;
 use crate::error::{CliError, exit};
-use crate::run::{Stack, backend_stack, rlm_builder};
+use crate::settings;
 
 /// How long open requests may take to finish after Ctrl-C.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -42,40 +39,21 @@ fn refuse_run_only(args: &RunArgs, command: &str) -> Result<(), CliError> {
 /// run flags, the system prompt.
 fn runner(args: &RunArgs, runs: usize) -> Result<(Runner, Stack), CliError> {
     let mut warnings = Vec::new();
-    let system_prompt = match &args.system_prompt_file {
-        Some(path) => Some(context::read_text_file(
-            path,
-            "system prompt file",
-            args.max_context_bytes,
-            &mut warnings,
-        )?),
-        None => None,
-    };
+    let system_prompt = settings::system_prompt(args, &mut warnings)?;
     for warning in &warnings {
         eprintln!("warning: {warning}");
     }
-    let stack = backend_stack(args, None, runs)?;
-    let prices = crate::prices::load(args.prices.as_deref())?;
-    let mut builder = rlm_builder(
-        args,
-        &stack.model,
-        &stack.sub_model,
-        stack.root.clone(),
-        stack.sub.clone(),
-    )?
-    .prices(prices);
+    let settings = settings::settings(args);
+    let stack = Stack::build(&settings, None, runs)?;
+    let prices = settings.load_prices()?;
+    let mut builder = stack.rlm_builder(&settings)?.prices(prices);
     if let Some(prompt) = system_prompt {
         builder = builder.system_prompt(prompt);
     }
-    let config = builder
-        .build()
-        .map_err(|e| CliError::from_rlm(e, &stack.shown_url, &stack.model))?
-        .config()
-        .clone();
-    Ok((
-        Runner::new(stack.root.clone(), stack.sub.clone(), config),
-        stack,
-    ))
+    let runner = stack
+        .runner(builder)
+        .map_err(|e| CliError::from_rlm(e, stack.shown_url(), stack.model()))?;
+    Ok((runner, stack))
 }
 
 /// Runs `rlm serve` until Ctrl-C.
@@ -100,11 +78,9 @@ pub(crate) async fn serve(args: Box<ServeArgs>) -> Result<u8, CliError> {
     let shared = match &run.context {
         None => None,
         Some(path) => {
-            let loaded = context::load(
+            let loaded = rlm_host::context::load(
                 Some(path),
-                run.context_format,
-                !run.no_file_headers,
-                run.max_context_bytes,
+                &settings::load_options(run),
                 std::io::stdin().lock(),
             )?;
             if !run.quiet {
@@ -133,7 +109,9 @@ pub(crate) async fn serve(args: Box<ServeArgs>) -> Result<u8, CliError> {
         eprintln!(
             "rlm serve: listening on http://{local}/v1 (root model {}, sub model {}, upstream {}); \
              Ctrl-C stops",
-            stack.model, stack.sub_model, stack.shown_url
+            stack.model(),
+            stack.sub_model(),
+            stack.shown_url()
         );
     }
     let shutdown = async {
@@ -163,16 +141,8 @@ pub(crate) async fn mcp(args: Box<McpArgs>) -> Result<u8, CliError> {
         ));
     }
     let (runner, _stack) = runner(run, 1)?;
-    let format = run.context_format;
-    let headers = !run.no_file_headers;
-    let max_bytes = run.max_context_bytes;
-    let load: rlm_serve::mcp::LoadPath = Arc::new(move |path: &Path| {
-        context::load(Some(path), format, headers, max_bytes, std::io::empty())
-            .map(|loaded| (loaded.context, loaded.warnings))
-            .map_err(|e| e.to_string())
-    });
-    let server =
-        McpServer::new(runner, &args.roots, load).map_err(|e| CliError::Usage(e.to_string()))?;
+    let server = McpServer::new(runner, &args.roots, settings::load_options(run))
+        .map_err(|e| CliError::Usage(e.to_string()))?;
     server
         .serve_stdio()
         .await

@@ -118,7 +118,7 @@ impl TraceWriter {
                 "the trace file {} is incomplete: writing failed after {} (the file ends with \
                  the last whole line): {e}",
                 self.path.display(),
-                crate::run::count(state.lines, "line")
+                crate::human::count(state.lines, "line")
             )
         })
     }

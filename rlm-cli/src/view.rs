@@ -4,12 +4,11 @@ use rlm_view::{ViewError, ViewOptions};
 
 use crate::cli::ViewArgs;
 use crate::error::{CliError, exit};
-use crate::prices;
-use crate::run::write_stdout;
+use crate::output::write_stdout;
 
 /// Writes the page and prints its path on stdout; returns the exit status.
 pub(crate) fn view(args: &ViewArgs) -> Result<u8, CliError> {
-    let prices = prices::load(args.prices.as_deref())?;
+    let prices = rlm_host::prices::load(args.prices.as_deref())?;
     let out = args
         .output
         .clone()

@@ -1,9 +1,9 @@
 //! Serving Recursive Language Models to other programs.
 //!
-//! - [`Runner`]: what every run of a server shares — the root and sub backends (so rate
-//!   limits, retries, the cache and single-flight are shared by all concurrent requests) and
-//!   the run settings. Each request gets its own [`Rlm`](rlm_repl::Rlm), observer and
-//!   cancellation token.
+//! - [`Runner`] (the host layer's, re-exported): what every run of a server shares — the
+//!   root and sub backends (so rate limits, retries, the cache and single-flight are shared
+//!   by all concurrent requests) and the run settings. Each request gets its own
+//!   [`Rlm`](rlm_repl::Rlm), observer and cancellation token.
 //! - [`serve`] (feature `serve`): an OpenAI-compatible HTTP server (`GET /v1/models`,
 //!   `POST /v1/chat/completions` with and without streaming, `GET /health`), on axum.
 //! - [`mcp`] (feature `mcp`): a Model Context Protocol server over stdio with the tool
@@ -21,10 +21,10 @@
 //! # }
 //! ```
 
-use std::sync::Arc;
+use rlm_core::LlmError;
+use rlm_repl::{RlmError, RunResult};
 
-use rlm_core::{BatchExecutor, CancellationToken, LlmBackend, LlmError};
-use rlm_repl::{Context, Observer, Rlm, RlmConfig, RlmError, RunResult};
+pub use rlm_host::{RunOptions, Runner};
 
 #[cfg(feature = "mcp")]
 pub mod mcp;
@@ -45,78 +45,6 @@ pub enum ServeError {
     /// The listener or the transport failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
-}
-
-/// What every run of a server shares: the backends and the run settings.
-///
-/// Cloning is cheap (two `Arc`s and the settings); every clone uses the same backends.
-#[derive(Clone)]
-pub struct Runner {
-    root: Arc<dyn LlmBackend>,
-    sub: Arc<dyn BatchExecutor>,
-    config: RlmConfig,
-}
-
-impl std::fmt::Debug for Runner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runner")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
-    }
-}
-
-/// What one run adds to the shared [`Runner`].
-#[derive(Default)]
-pub struct RunOptions {
-    /// Extra instructions for the root model (an OpenAI request's system messages), added
-    /// after the system prompt.
-    pub instructions: Option<String>,
-    /// Receives the run's events.
-    pub observer: Option<Arc<dyn Observer>>,
-    /// Cancelling it stops the run: running code and in-flight sub-calls.
-    pub cancel: CancellationToken,
-}
-
-impl Runner {
-    /// A runner whose root calls go to `root` and sub-calls to `sub`, with `config`'s models,
-    /// budgets and limits for every run.
-    pub fn new(root: Arc<dyn LlmBackend>, sub: Arc<dyn BatchExecutor>, config: RlmConfig) -> Self {
-        Self { root, sub, config }
-    }
-
-    /// The settings of every run.
-    pub fn config(&self) -> &RlmConfig {
-        &self.config
-    }
-
-    /// Answers `query` over `context`.
-    ///
-    /// # Errors
-    /// As [`Rlm::run`]: the root model could not be asked, the sub model cannot be used, or
-    /// an internal failure. Budgets and cancellation are not errors: the result says why the
-    /// run stopped.
-    pub async fn run(
-        &self,
-        query: String,
-        context: Context,
-        options: RunOptions,
-    ) -> Result<RunResult, RlmError> {
-        let mut config = self.config.clone();
-        if let Some(extra) = options.instructions.filter(|s| !s.trim().is_empty()) {
-            let base = rlm_repl::prompt::system_prompt(&config);
-            config.system_prompt = Some(format!(
-                "{base}\n\nInstructions from the caller (follow them in your final answer):\n{extra}"
-            ));
-        }
-        let mut builder = Rlm::builder(self.root.clone())
-            .sub_backend(self.sub.clone())
-            .config(config)
-            .cancel_token(options.cancel);
-        if let Some(observer) = options.observer {
-            builder = builder.observer(observer);
-        }
-        builder.build()?.run(query, context).await
-    }
 }
 
 /// How a failed run is reported to a client: a category and one sentence.

@@ -4,14 +4,15 @@
 //! Paths must lie under one of the allowed roots, after resolving `..` and symlinks (a
 //! relative path is taken under each root in turn); anything else is refused with a tool
 //! error. One path is a context as `rlm run --context` makes it (a directory is an array of
-//! documents); several paths are an array of documents. While the run works the client gets
+//! documents); several paths are an array of documents. The roots and the loader are the
+//! host layer's ([`rlm_host::context::AllowedRoots`]). While the run works the client gets
 //! a progress notification per root turn, code block and tenth of a batch (when it sent a
 //! progress token); cancelling the request stops the run.
 
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
+use rlm_host::context::{AllowedRoots, LoadOptions, Loaded};
 use rlm_repl::{Context, Event, Observer, RunResult};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
@@ -31,16 +32,12 @@ pub const TOOL: &str = "rlm_answer";
 /// The longest wait for progress notifications to go out before the result.
 const PROGRESS_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Loads one allowed path as `rlm run --context` would: the context and any warnings, or a
-/// message saying why not.
-pub type LoadPath = Arc<dyn Fn(&Path) -> Result<(Context, Vec<String>), String> + Send + Sync>;
-
-/// The MCP server: a [`Runner`], the allowed roots and a path loader.
+/// The MCP server: a [`Runner`], the allowed roots and how their files are read.
 #[derive(Clone)]
 pub struct McpServer {
     runner: Runner,
-    roots: Arc<Vec<PathBuf>>,
-    load: LoadPath,
+    roots: Arc<AllowedRoots>,
+    load: LoadOptions,
 }
 
 impl std::fmt::Debug for McpServer {
@@ -48,7 +45,8 @@ impl std::fmt::Debug for McpServer {
         f.debug_struct("McpServer")
             .field("runner", &self.runner)
             .field("roots", &self.roots)
-            .finish_non_exhaustive()
+            .field("load", &self.load)
+            .finish()
     }
 }
 
@@ -63,31 +61,16 @@ struct AnswerArgs {
 }
 
 impl McpServer {
-    /// A server that answers over files under `roots` (each an existing directory).
+    /// A server that answers over files under `roots` (each an existing directory), read
+    /// as `load` says.
     ///
     /// # Errors
     /// [`ServeError::Config`] when there is no root, or one is not a readable directory.
-    pub fn new(runner: Runner, roots: &[PathBuf], load: LoadPath) -> Result<Self, ServeError> {
-        if roots.is_empty() {
-            return Err(ServeError::Config(
-                "at least one --root DIR is required".to_owned(),
-            ));
-        }
-        let mut canonical = Vec::with_capacity(roots.len());
-        for root in roots {
-            let path = fs::canonicalize(root)
-                .map_err(|e| ServeError::Config(format!("--root {}: {e}", root.display())))?;
-            if !path.is_dir() {
-                return Err(ServeError::Config(format!(
-                    "--root {} is not a directory",
-                    root.display()
-                )));
-            }
-            canonical.push(path);
-        }
+    pub fn new(runner: Runner, roots: &[PathBuf], load: LoadOptions) -> Result<Self, ServeError> {
+        let roots = AllowedRoots::new(roots).map_err(|e| ServeError::Config(e.to_string()))?;
         Ok(Self {
             runner,
-            roots: Arc::new(canonical),
+            roots: Arc::new(roots),
             load,
         })
     }
@@ -105,121 +88,33 @@ impl McpServer {
         Ok(())
     }
 
-    /// `path` resolved under an allowed root, with every file a directory holds checked too.
+    /// `path` resolved under an allowed root, with every file a directory holds checked too
+    /// (the host layer's [`AllowedRoots::resolve`]).
     ///
     /// # Errors
     /// [`ServeError::Path`] when it does not exist or leads outside the roots (through `..`
     /// or a symlink).
     pub fn resolve(&self, path: &str) -> Result<PathBuf, ServeError> {
-        let given = Path::new(path);
-        let candidates: Vec<PathBuf> = if given.is_absolute() {
-            vec![given.to_path_buf()]
-        } else {
-            self.roots.iter().map(|root| root.join(given)).collect()
-        };
-        let Some(resolved) = candidates.iter().find_map(|c| fs::canonicalize(c).ok()) else {
-            return Err(ServeError::Path(format!(
-                "{path}: no such file or directory under the allowed roots"
-            )));
-        };
-        let Some(root) = self.root_of(&resolved) else {
-            return Err(ServeError::Path(format!(
-                "{path} is outside the allowed roots ({}); it is refused",
-                self.roots_list()
-            )));
-        };
-        if resolved.is_dir() {
-            self.check_tree(&resolved, root, path)?;
-        }
-        Ok(resolved)
-    }
-
-    fn root_of(&self, path: &Path) -> Option<&Path> {
         self.roots
-            .iter()
-            .find(|root| path.starts_with(root))
-            .map(PathBuf::as_path)
+            .resolve(path)
+            .map_err(|e| ServeError::Path(e.to_string()))
     }
 
-    fn roots_list(&self) -> String {
-        self.roots
-            .iter()
-            .map(|r| r.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-
-    /// Every file the directory loader would read must stay under a root: a symlink to a
-    /// file outside is refused (symlinked directories are not followed by the loader).
-    fn check_tree(&self, dir: &Path, root: &Path, asked: &str) -> Result<(), ServeError> {
-        let Ok(entries) = fs::read_dir(dir) else {
-            return Ok(());
-        };
-        for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().starts_with('.') {
-                continue;
-            }
-            let path = entry.path();
-            let Ok(kind) = entry.file_type() else {
-                continue;
-            };
-            if kind.is_dir() {
-                self.check_tree(&path, root, asked)?;
-            } else if kind.is_symlink() {
-                let Ok(target) = fs::canonicalize(&path) else {
-                    continue;
-                };
-                if target.is_file() && self.root_of(&target).is_none() {
-                    return Err(ServeError::Path(format!(
-                        "{asked}: {} links outside the allowed roots ({}); it is refused",
-                        path.strip_prefix(root).unwrap_or(&path).display(),
-                        self.roots_list()
-                    )));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The context of a call: one path as `rlm run --context` reads it, several as an array
-    /// of documents, or the text.
-    fn context(&self, args: &mut AnswerArgs) -> Result<(Context, Vec<String>), ServeError> {
+    /// The context of a call: what `paths` name, read by the host layer's loader under the
+    /// allowed roots, or the text.
+    fn context(&self, args: &mut AnswerArgs) -> Result<Loaded, ServeError> {
         match (args.paths.take(), args.text.take()) {
             (Some(_), Some(_)) => Err(ServeError::Path(
                 "give either `paths` or `text`, not both".to_owned(),
             )),
-            (None, text) => Ok((Context::Text(text.unwrap_or_default()), Vec::new())),
-            (Some(paths), None) if paths.is_empty() => {
-                Err(ServeError::Path("`paths` is empty".to_owned()))
-            }
-            (Some(paths), None) => {
-                let resolved = paths
-                    .iter()
-                    .map(|p| self.resolve(p))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let mut warnings = Vec::new();
-                if let [only] = resolved.as_slice() {
-                    let (context, more) = (self.load)(only).map_err(ServeError::Path)?;
-                    return Ok((context, more));
-                }
-                let mut documents = Vec::new();
-                for (asked, path) in paths.iter().zip(&resolved) {
-                    let (context, more) = (self.load)(path).map_err(ServeError::Path)?;
-                    warnings.extend(more);
-                    match context {
-                        Context::Documents(docs) => documents.extend(docs),
-                        Context::Text(text) => documents.push(format!("==> {asked} <==\n{text}")),
-                        Context::Json(value) => {
-                            documents.push(format!("==> {asked} <==\n{value}"));
-                        }
-                        other => {
-                            let info = other.info();
-                            documents.push(format!("==> {asked} <==\n({})", info.kind));
-                        }
-                    }
-                }
-                Ok((Context::Documents(documents), warnings))
-            }
+            (None, text) => Ok(Loaded {
+                context: Context::Text(text.unwrap_or_default()),
+                warnings: Vec::new(),
+            }),
+            (Some(paths), None) => self
+                .roots
+                .load(&paths, &self.load)
+                .map_err(|e| ServeError::Path(e.to_string())),
         }
     }
 
@@ -270,7 +165,10 @@ impl McpServer {
         if args.query.trim().is_empty() {
             return Err(ServeError::Path("`query` is empty".to_owned()));
         }
-        let (run_context, warnings) = self.context(&mut args)?;
+        let Loaded {
+            context: run_context,
+            warnings,
+        } = self.context(&mut args)?;
 
         // Progress: events become notifications, sent in order by one task, all of them
         // before the result (a client ignores progress that comes after it).
@@ -357,7 +255,7 @@ impl ServerHandler for McpServer {
             .with_server_info(Implementation::new("rlm", env!("CARGO_PKG_VERSION")))
             .with_instructions(format!(
                 "Call {TOOL} to answer questions over large files or texts. Allowed roots: {}",
-                self.roots_list()
+                self.roots.list()
             ))
     }
 

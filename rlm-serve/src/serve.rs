@@ -131,7 +131,7 @@ pub async fn serve(
         .await
 }
 
-/// The server's routes, for [`axum::serve`] or a test.
+/// The server's routes, for [`axum::serve()`] or a test.
 pub fn router(runner: Runner, options: ServeOptions) -> Router {
     let limit = options.max_request_bytes;
     let state = Arc::new(AppState {

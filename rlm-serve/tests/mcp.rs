@@ -3,16 +3,17 @@
 //! cancellation.
 #![cfg(feature = "mcp")]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rlm_cache::CachedBackend;
 use rlm_core::{BatchExecutor, LlmBackend};
+use rlm_host::context::LoadOptions;
 use rlm_openai::{OpenAiBackend, OpenAiConfig};
-use rlm_repl::{Context, RlmConfig};
+use rlm_repl::RlmConfig;
 use rlm_serve::Runner;
-use rlm_serve::mcp::{LoadPath, McpServer};
+use rlm_serve::mcp::McpServer;
 use rlm_tests::{MockServer, Reply, ServerRequest, scripted_turn};
 use rmcp::model::{
     CallToolRequestParams, ClientRequest, ProgressNotificationParam, Request, ServerResult,
@@ -61,26 +62,13 @@ fn runner(mock: &MockServer) -> Runner {
     Runner::new(root, sub, config)
 }
 
-/// A plain loader: a file is its text, a directory its files' texts in name order.
-fn loader() -> LoadPath {
-    Arc::new(|path: &Path| {
-        if path.is_dir() {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-                .map_err(|e| e.to_string())?
-                .flatten()
-                .map(|e| e.path())
-                .collect();
-            files.sort();
-            let docs = files
-                .iter()
-                .map(|f| std::fs::read_to_string(f).map_err(|e| e.to_string()))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok((Context::Documents(docs), Vec::new()))
-        } else {
-            let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-            Ok((Context::Text(text), Vec::new()))
-        }
-    })
+/// The host layer's loader without file headers: a file is its text, a directory its files'
+/// texts in name order.
+fn loader() -> LoadOptions {
+    LoadOptions {
+        file_headers: false,
+        ..LoadOptions::default()
+    }
 }
 
 /// Two roots and a file outside them, with symlinks that lead out.

@@ -1,20 +1,29 @@
-//! `--prices FILE`: a user's prices over the built-in table.
+//! Prices: a user's prices file (`--prices FILE`) over the built-in table.
+//!
+//! ```
+//! let prices = rlm_host::prices::load(None)?;
+//! assert!(prices.get("gpt-4o-mini").is_some(), "the built-in table");
+//! # Ok::<(), rlm_host::HostError>(())
+//! ```
 
 use std::path::Path;
 
 use rlm_core::Prices;
 
-use crate::error::CliError;
+use crate::HostError;
 
 /// The built-in prices with the file's on top (`None`: the built-in table alone). The file is
 /// TOML when its name ends in `.toml`, else JSON (and TOML when it is not JSON):
 /// `{MODEL: {input, cached_input, output}}` in USD per million tokens.
-pub(crate) fn load(path: Option<&Path>) -> Result<Prices, CliError> {
+///
+/// # Errors
+/// [`HostError::Input`]: the file cannot be read or is not such a table.
+pub fn load(path: Option<&Path>) -> Result<Prices, HostError> {
     let Some(path) = path else {
         return Ok(Prices::builtin());
     };
     let text = std::fs::read_to_string(path).map_err(|e| {
-        CliError::Input(format!(
+        HostError::Input(format!(
             "cannot read the prices file {}: {e}",
             path.display()
         ))
@@ -31,7 +40,7 @@ pub(crate) fn load(path: Option<&Path>) -> Result<Prices, CliError> {
         })
     };
     let prices = parsed.map_err(|e| {
-        CliError::Input(format!(
+        HostError::Input(format!(
             "the prices file {} is not {{MODEL: {{input, cached_input, output}}}} in USD per \
              million tokens: {e}",
             path.display()
@@ -78,7 +87,7 @@ mod tests {
     #[test]
     fn bad_files_are_input_errors() {
         let missing = std::env::temp_dir().join("rlm-prices-does-not-exist.json");
-        assert!(matches!(load(Some(&missing)), Err(CliError::Input(_))));
+        assert!(matches!(load(Some(&missing)), Err(HostError::Input(_))));
         for (name, text) in [
             ("neg.json", r#"{"m": {"input": -1, "output": 1}}"#),
             ("typo.toml", "[m]\ninput = 1\noutptu = 2\n"),

@@ -1,0 +1,198 @@
+//! The settings of a backend stack and its runs: plain data, one field per model, server,
+//! limit, budget, sandbox and cache flag of `rlm run`.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rlm_core::Prices;
+
+use crate::HostError;
+
+/// Everything a front end chooses about its models, server, limits, budgets, sandbox and
+/// cache. Field names are the `rlm run` flags with underscores; [`Settings::default`] has the
+/// flags' defaults. The API key itself is never held here: [`api_key_env`](Self::api_key_env)
+/// names the environment variable it is read from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// The root model: it writes the code and gives the answer.
+    pub model: String,
+    /// The model of `llm_query` / `llm_batch` sub-calls (`None`: the root model).
+    pub sub_model: Option<String>,
+    /// The root model of child runs (`None`: the sub model).
+    pub child_model: Option<String>,
+    /// The OpenAI-compatible endpoint, up to the API version (empty: the OpenAI API).
+    pub base_url: String,
+    /// The environment variable that holds the API key.
+    pub api_key_env: String,
+    /// One HTTP attempt of a root call.
+    pub timeout: Duration,
+    /// One HTTP attempt of a sub-call.
+    pub sub_timeout: Duration,
+    /// Retries of a failed call.
+    pub max_retries: u32,
+    /// Requests per minute to each model (0: no limit).
+    pub rpm: u32,
+    /// Tokens per minute to each model (0: no limit).
+    pub tpm: u32,
+    /// Requests per minute to the sub model, when it differs from the root model.
+    pub sub_rpm: Option<u32>,
+    /// Tokens per minute to the sub model, when it differs from the root model.
+    pub sub_tpm: Option<u32>,
+    /// Root turns before the final ask.
+    pub max_iterations: u32,
+    /// Sub-calls `llm_batch` runs at once by default (and the ceiling).
+    pub max_concurrent: u32,
+    /// Calls allowed below the top-level root over a run.
+    pub max_sub_calls: Option<u64>,
+    /// Tokens allowed over a run.
+    pub max_total_tokens: Option<u64>,
+    /// Levels of runs (1: no recursion).
+    pub max_depth: u32,
+    /// Root turns of a child run.
+    pub child_max_iterations: u32,
+    /// The largest sub-call prompt, in estimated tokens.
+    pub sub_max_prompt_tokens: Option<u64>,
+    /// Wall-clock time a run may take.
+    pub max_time: Option<Duration>,
+    /// US dollars a run may spend, by the prices.
+    pub max_cost: Option<f64>,
+    /// A prices file over the built-in table (see [`crate::prices::load`]).
+    pub prices: Option<PathBuf>,
+    /// Bytes the REPL's variables may hold (0: no limit).
+    pub max_memory: usize,
+    /// Script time one code block may take.
+    pub block_timeout: Duration,
+    /// The longest string a script may build, in bytes (0: no limit).
+    pub max_string_bytes: usize,
+    /// Send every sub-call, even one identical to an earlier one: no cache tier at all.
+    pub no_cache: bool,
+    /// A directory for the persistent sub-call cache (feature `disk`; empty: none).
+    pub cache_dir: Option<OsString>,
+    /// The most bytes the disk cache keeps.
+    pub cache_max_bytes: u64,
+    /// How long a stored answer stays valid (default: on disk forever, in Redis 7 days).
+    pub cache_ttl: Option<Duration>,
+    /// A Redis server for a shared cache tier and shared pacing (feature `redis`; empty:
+    /// none).
+    pub redis: Option<String>,
+    /// The prefix of every Redis key.
+    pub redis_prefix: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            model: String::new(),
+            sub_model: None,
+            child_model: None,
+            base_url: rlm_openai::DEFAULT_BASE_URL.to_owned(),
+            api_key_env: "OPENAI_API_KEY".to_owned(),
+            timeout: Duration::from_secs(600),
+            sub_timeout: Duration::from_secs(120),
+            max_retries: rlm_openai::DEFAULT_MAX_RETRIES,
+            rpm: 0,
+            tpm: 0,
+            sub_rpm: None,
+            sub_tpm: None,
+            max_iterations: 20,
+            max_concurrent: u32::try_from(rlm_core::DEFAULT_MAX_CONCURRENT).unwrap_or(u32::MAX),
+            max_sub_calls: None,
+            max_total_tokens: None,
+            max_depth: 2,
+            child_max_iterations: 10,
+            sub_max_prompt_tokens: None,
+            max_time: None,
+            max_cost: None,
+            prices: None,
+            max_memory: rlm_repl::DEFAULT_MAX_MEMORY,
+            block_timeout: Duration::from_secs(60),
+            max_string_bytes: 256 << 20,
+            no_cache: false,
+            cache_dir: None,
+            cache_max_bytes: rlm_cache::DEFAULT_MAX_BYTES,
+            cache_ttl: None,
+            redis: None,
+            redis_prefix: "rlm".to_owned(),
+        }
+    }
+}
+
+impl Settings {
+    /// Settings for `model`, the rest at their defaults.
+    pub fn new(model: impl Into<String>) -> Self {
+        Self {
+            model: model.into(),
+            ..Self::default()
+        }
+    }
+
+    /// The built-in prices with [`prices`](Self::prices)' file on top.
+    ///
+    /// # Errors
+    /// As [`crate::prices::load`].
+    pub fn load_prices(&self) -> Result<Prices, HostError> {
+        crate::prices::load(self.prices.as_deref())
+    }
+
+    /// The settings a trace's `run_start` shows beside the engine's own (base URL without
+    /// credentials, rate limits, retries, timeouts, cache); nothing secret.
+    pub fn trace_settings(&self) -> serde_json::Map<String, serde_json::Value> {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let serde_json::Value::Object(map) = serde_json::json!({
+            "base_url": crate::url::display_url(&self.effective_base_url()),
+            "rpm": self.rpm,
+            "tpm": self.tpm,
+            "sub_rpm": self.sub_rpm,
+            "sub_tpm": self.sub_tpm,
+            "max_retries": self.max_retries,
+            "timeout_ms": ms(self.timeout),
+            "sub_timeout_ms": ms(self.sub_timeout),
+            "cache": !self.no_cache,
+        }) else {
+            return serde_json::Map::new();
+        };
+        map
+    }
+
+    /// When [`tpm`](Self::tpm) is smaller than one root request (its system prompt, the
+    /// built-in one unless `system_prompt` is given, and the completion the pacer
+    /// reserves): that request's tokens and how long it will wait before it is sent, as a
+    /// request larger than a minute's budget waits until the budget covers it. `None`
+    /// without a limit or when the request fits.
+    pub fn tpm_shortfall(&self, system_prompt: Option<&str>) -> Option<(u64, Duration)> {
+        if self.tpm == 0 {
+            return None;
+        }
+        let prompt = match system_prompt {
+            Some(prompt) => prompt.to_owned(),
+            None => rlm_repl::prompt::system_prompt(&rlm_repl::RlmConfig::default()),
+        };
+        let request = rlm_core::CompletionRequest::prompt(self.model.trim(), prompt);
+        let tokens = request
+            .estimated_prompt_tokens()
+            .saturating_add(u64::from(rlm_openai::DEFAULT_COMPLETION_TOKEN_ESTIMATE));
+        if tokens <= u64::from(self.tpm) {
+            return None;
+        }
+        let wait = Duration::from_secs_f64(tokens as f64 / f64::from(self.tpm) * 60.0);
+        Some((tokens, wait))
+    }
+
+    /// The base URL, or the OpenAI API's when it is empty (an empty `OPENAI_BASE_URL` means
+    /// unset).
+    pub(crate) fn effective_base_url(&self) -> String {
+        match self.base_url.trim() {
+            "" => rlm_openai::DEFAULT_BASE_URL.to_owned(),
+            url => url.to_owned(),
+        }
+    }
+
+    /// `--redis`, unless empty (an empty `RLM_REDIS_URL` means unset).
+    pub(crate) fn redis_url(&self) -> Option<&str> {
+        self.redis
+            .as_deref()
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+    }
+}
