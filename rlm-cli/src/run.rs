@@ -17,7 +17,7 @@ use crate::output::{partial_figures, print_result};
 use crate::progress::{self, Progress};
 use crate::settings;
 use crate::summary::summary;
-use crate::trace::TraceWriter;
+use crate::trace;
 
 /// Runs `rlm run` and returns the exit status.
 pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
@@ -52,7 +52,7 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
     // Observers.
     let trace = match &args.trace {
         Some(path) => Some(Arc::new(
-            TraceWriter::create(path, start)?.with_settings(settings.trace_settings()),
+            trace::create(path, start)?.with_settings(settings.trace_settings()),
         )),
         None => None,
     };
@@ -103,7 +103,7 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
     }
     // A trace that could not be written whole is an input/output error (exit 4), after the
     // answer is printed.
-    let trace_error = trace.as_ref().and_then(|t| t.warning());
+    let trace_error = trace.as_deref().and_then(trace::warning);
 
     // Settled first: moka counts entries in the background.
     let cache_stats = stack.cache_stats().await;

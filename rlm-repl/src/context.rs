@@ -324,9 +324,13 @@ impl From<Value> for Context {
 }
 
 /// The shape and size of a [`Context`]: what the root model is told instead of the data.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// Read back from a trace, what the trace lacks is empty, and `kind` is not read (it is one
+/// of the engine's own names).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct ContextInfo {
     /// `"string"`, `"array of strings"`, `"array (from JSON)"`, `"map (from JSON)"`, ...
+    #[serde(skip_deserializing)]
     pub kind: &'static str,
     /// Characters over the whole context.
     pub total_chars: usize,

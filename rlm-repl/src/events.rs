@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use rlm_core::{CostReport, ModelUsage, Usage};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{ContextInfo, StopReason, Turn};
 
@@ -11,149 +11,193 @@ use crate::{ContextInfo, StopReason, Turn};
 ///
 /// Serialized with an `"event"` tag in snake case, each event is one line of the CLI's
 /// `--trace` JSON Lines file, for example
-/// `{"event":"sub_call_end","turn":1,"id":7,"batch":2,"index":5,...}`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// `{"event":"sub_call_end","turn":1,"id":7,"batch":2,"index":5,...}` (see
+/// [`trace`](crate::trace)). Read back, a field a line lacks (an older trace) is its type's
+/// default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Event {
     /// The run began.
     RunStart {
         /// The user's query.
+        #[serde(default)]
         query: String,
         /// The root model.
+        #[serde(default)]
         root_model: String,
         /// The model of `llm_query` / `llm_batch`.
+        #[serde(default)]
         sub_model: String,
         /// What the root model is told about the context.
+        #[serde(default)]
         context: ContextInfo,
         /// The id of the run that started this one (`None` for the top-level run).
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         parent: Option<String>,
         /// The limits and budgets this run works under (boxed: the event stays small).
+        #[serde(default)]
         settings: Box<RunSettings>,
         /// Wall-clock start, in milliseconds since the Unix epoch (UTC).
+        #[serde(default)]
         started_at_unix_ms: u64,
         /// The system prompt the root model is given.
+        #[serde(default)]
         system_prompt: String,
         /// The first user message the root model is given (the query and the context's
         /// description).
+        #[serde(default)]
         first_message: String,
     },
     /// A root turn began: the root model is about to be asked.
     TurnStart {
         /// Turn number, from 1.
+        #[serde(default)]
         turn: usize,
     },
     /// The root model replied.
     RootReply {
         /// Turn number.
+        #[serde(default)]
         turn: usize,
         /// The reply, as the model wrote it.
+        #[serde(default)]
         text: String,
         /// Tokens of this root call.
+        #[serde(default)]
         usage: Usage,
         /// Latency of the root call in milliseconds.
+        #[serde(default)]
         elapsed_ms: u64,
     },
     /// A code block of the reply ran.
     CodeBlock {
         /// Turn number.
+        #[serde(default)]
         turn: usize,
         /// Position of the block in the reply, from 0.
+        #[serde(default)]
         block: usize,
         /// The code.
+        #[serde(default)]
         code: String,
         /// What the root model is shown: printed output and any error, truncated.
+        #[serde(default)]
         output: String,
         /// The error, if the block failed.
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
         /// Run time in milliseconds.
+        #[serde(default)]
         elapsed_ms: u64,
     },
     /// A sub-call was sent.
     SubCallStart {
         /// Turn number.
+        #[serde(default)]
         turn: usize,
         /// Run-wide sub-call number, from 1.
+        #[serde(default)]
         id: u64,
         /// The batch it belongs to (`None` for `llm_query`).
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         batch: Option<u64>,
         /// Its position in the batch.
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         index: Option<usize>,
         /// The model asked.
+        #[serde(default)]
         model: String,
         /// The prompt (for long prompts, the start of it; see `prompt_chars`).
+        #[serde(default)]
         prompt: String,
         /// Length of the full prompt in characters.
+        #[serde(default)]
         prompt_chars: usize,
     },
     /// A sub-call finished.
     SubCallEnd {
         /// Turn number.
+        #[serde(default)]
         turn: usize,
         /// Run-wide sub-call number (matches the start event).
+        #[serde(default)]
         id: u64,
         /// The batch it belongs to (`None` for `llm_query`).
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         batch: Option<u64>,
         /// Its position in the batch.
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         index: Option<usize>,
         /// The model asked.
+        #[serde(default)]
         model: String,
         /// The reply text, when it succeeded.
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         response: Option<String>,
         /// The error, when it failed (`"cancelled"` when it was cut short).
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
         /// Whether it was cut short by cancellation (Ctrl-C, the time budget) rather than
         /// failing; such calls are not counted as failed.
-        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         cancelled: bool,
         /// Tokens of this call.
+        #[serde(default)]
         usage: Usage,
         /// Latency in milliseconds.
+        #[serde(default)]
         latency_ms: u64,
     },
     /// An `llm_batch` began.
     BatchStart {
         /// Turn number.
+        #[serde(default)]
         turn: usize,
         /// Run-wide batch number, from 1.
+        #[serde(default)]
         batch: u64,
         /// Number of prompts.
+        #[serde(default)]
         total: usize,
         /// Concurrency limit of this batch.
+        #[serde(default)]
         max_concurrent: usize,
     },
     /// One more item of a batch finished.
     BatchProgress {
         /// Turn number.
+        #[serde(default)]
         turn: usize,
         /// Batch number.
+        #[serde(default)]
         batch: u64,
         /// Items finished so far.
+        #[serde(default)]
         done: usize,
         /// Items that failed so far (cancelled items not counted).
+        #[serde(default)]
         failed: usize,
         /// Items in the batch.
+        #[serde(default)]
         total: usize,
     },
     /// An `llm_batch` finished.
     BatchEnd {
         /// Turn number.
+        #[serde(default)]
         turn: usize,
         /// Batch number.
+        #[serde(default)]
         batch: u64,
         /// Items in the batch.
+        #[serde(default)]
         total: usize,
         /// Items that failed.
+        #[serde(default)]
         failed: usize,
         /// Wall time in milliseconds.
+        #[serde(default)]
         elapsed_ms: u64,
     },
     /// A root turn ended: what it came to. The reply is in [`RootReply`](Self::RootReply),
@@ -162,57 +206,77 @@ pub enum Event {
     /// [`RunResult::trajectory`](crate::RunResult::trajectory).
     TurnEnd {
         /// Turn number.
+        #[serde(default)]
         turn: usize,
         /// Tokens of the root call.
+        #[serde(default)]
         usage: Usage,
         /// Latency of the root call in milliseconds.
+        #[serde(default)]
         root_latency_ms: u64,
         /// Code blocks that ran.
+        #[serde(default)]
         blocks: usize,
         /// Code blocks that failed.
+        #[serde(default)]
         failed_blocks: usize,
         /// Sub-calls the blocks made.
+        #[serde(default)]
         sub_calls: usize,
         /// Sub-calls that failed (cancelled ones not counted).
+        #[serde(default)]
         failed_sub_calls: usize,
         /// Sub-calls cut short by cancellation.
+        #[serde(default)]
         cancelled_sub_calls: usize,
         /// What the loop made of the turn's answer: `"accepted"` (the run ends with it),
         /// `"held"` (held once for the model to confirm), `"refused"` (not accepted; the model
-        /// was told why) or `"no_answer"` (the reply gave none).
+        /// was told why) or `"no_answer"` (the reply gave none). Read back from a trace
+        /// written before verdicts were recorded, it is [`TurnVerdict::Unrecorded`].
+        #[serde(default)]
         verdict: TurnVerdict,
     },
     /// The run failed without an answer: the root model could not be reached or refused
     /// (the run returns [`RlmError::Root`](crate::RlmError::Root)). No `Final` follows.
     RunError {
         /// The turn whose root call failed.
+        #[serde(default)]
         turn: usize,
         /// What the backend reported.
+        #[serde(default)]
         error: String,
     },
     /// The run ended.
     Final {
         /// The answer.
+        #[serde(default)]
         answer: String,
         /// Why the run stopped.
         stopped: StopReason,
         /// Root turns taken.
+        #[serde(default)]
         iterations: usize,
         /// Wall time in milliseconds.
+        #[serde(default)]
         elapsed_ms: u64,
         /// Calls and tokens per model.
+        #[serde(default)]
         usage: std::collections::BTreeMap<String, ModelUsage>,
         /// Why the answer may not be trusted as it is (see
         /// [`RunResult::warnings`](crate::RunResult::warnings)).
+        #[serde(default)]
         warnings: Vec<String>,
         /// What the run cost in USD: `{"total", "by_model", "unpriced"}`.
+        #[serde(default)]
         cost_usd: CostReport,
     },
 }
 
 /// The limits and budgets of a run, as [`Event::RunStart`] reports them. Budgets without a
-/// limit are `None` (`null` in the trace); times are in milliseconds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// limit are `None` (`null` in the trace); times are in milliseconds. Read back from a trace,
+/// a setting the trace lacks is its type's default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 #[non_exhaustive]
 pub struct RunSettings {
     /// Root turns before the model is asked for its best answer (a child's own limit).
@@ -245,7 +309,7 @@ pub struct RunSettings {
 
 /// What the loop made of a root turn's answer, as [`Event::TurnEnd`] reports it (snake case
 /// in the trace).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum TurnVerdict {
@@ -260,6 +324,11 @@ pub enum TurnVerdict {
     Refused,
     /// The turn gave no answer.
     NoAnswer,
+    /// Not recorded: what a trace written before verdicts were recorded reads back as (and
+    /// any verdict this version does not know). The engine never reports it.
+    #[default]
+    #[serde(other)]
+    Unrecorded,
 }
 
 impl Event {
@@ -312,7 +381,7 @@ impl RunSettings {
 /// Where in the recursion tree a run is: its depth (0: the top-level run) and its id path
 /// (`"0"`, `"0.3"`, `"0.3.1"`: the third child of the top-level run, and that child's first
 /// child). The CLI's `--trace` writes both on every line as `depth` and `run`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RunPlace {
     /// Depth in the tree: 0 for the top-level run, 1 for its children, ...
     pub depth: usize,

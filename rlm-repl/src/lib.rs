@@ -68,6 +68,7 @@ mod rlm;
 mod run;
 mod state;
 mod sync;
+pub mod trace;
 mod words;
 
 pub use config::{DEFAULT_MAX_MEMORY, RlmConfig, SandboxLimits};
@@ -77,3 +78,25 @@ pub use events::{Event, Observer, RunPlace, RunSettings, TurnVerdict};
 pub use repl::{BlockOutcome, Repl, ReplBuilder};
 pub use result::{BlockRecord, RunResult, StopReason, SubCallRecord, Turn};
 pub use rlm::{Rlm, RlmBuilder};
+
+/// Whether a root reply holds a text `FINAL(...)` / `FINAL_VAR(...)` marker, found as the loop
+/// finds one (at the start of a line, Markdown decoration allowed, outside code): for tools
+/// that read traces written before turns carried their verdict.
+pub fn has_text_final(reply: &str) -> bool {
+    parse::parse_reply(reply).final_marker.is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_text_final;
+
+    #[test]
+    fn text_final_markers_are_found_at_line_starts_only() {
+        assert!(has_text_final("done\n**FINAL(42)**"));
+        assert!(has_text_final("> FINAL_VAR(x)"));
+        assert!(!has_text_final("call `FINAL(x)` when done"));
+        assert!(!has_text_final("```repl\nFINAL(x)\n```"));
+        assert!(!has_text_final("~~~~\n```\nFINAL(x)\n~~~~~\n"));
+        assert!(has_text_final("```repl\nprint(1);\n```\nFINAL(1)"));
+    }
+}

@@ -8,7 +8,7 @@ use rlm_core::{CostReport, ModelUsage, Usage};
 use serde::{Serialize, Serializer};
 
 /// Why a run stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StopReason {
     /// The root model gave `FINAL(...)` or `FINAL_VAR(...)`.

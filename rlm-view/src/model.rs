@@ -3,9 +3,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use rlm_core::{CostReport, ModelUsage, Prices};
+use rlm_core::{CostReport, ModelUsage, Prices, Usage};
+use rlm_repl::trace::TraceLine;
+use rlm_repl::{Event, TurnVerdict};
 use serde::Serialize;
-use serde_json::{Map, Value};
 
 /// Characters of prompts and responses kept per sub-call over the whole page; each call gets
 /// an equal share, at most [`MAX_PREVIEW_CHARS`], none when the share is below
@@ -99,6 +100,28 @@ pub(crate) struct TurnView {
     pub(crate) held: bool,
     /// The reply has a FINAL marker, yet the run went on: it was not accepted.
     pub(crate) final_refused: bool,
+    /// What the engine made of the turn's answer.
+    #[serde(skip)]
+    pub(crate) verdict: TurnVerdict,
+}
+
+/// The usage and cost a `final` event gave.
+type FinalFigures = (Option<BTreeMap<String, ModelUsage>>, Option<CostReport>);
+
+/// Which figures a `final` line holds (older traces lack some).
+#[derive(serde::Deserialize)]
+struct FinalHas {
+    usage: Option<serde::de::IgnoredAny>,
+    cost_usd: Option<serde::de::IgnoredAny>,
+}
+
+/// Where a sub-call event puts its call.
+struct CallPlace<'a> {
+    id: u64,
+    turn: usize,
+    batch: Option<u64>,
+    index: Option<usize>,
+    model: &'a str,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -182,29 +205,6 @@ pub(crate) struct Gathered {
     pub(crate) events: usize,
 }
 
-fn str_of(event: &Map<String, Value>, key: &str) -> Option<String> {
-    event.get(key).and_then(Value::as_str).map(str::to_owned)
-}
-
-fn u64_of(event: &Map<String, Value>, key: &str) -> Option<u64> {
-    event.get(key).and_then(Value::as_u64)
-}
-
-fn usage_of(event: &Map<String, Value>) -> (u64, u64, u64) {
-    let usage = event.get("usage").and_then(Value::as_object);
-    let get = |k: &str| {
-        usage
-            .and_then(|u| u.get(k))
-            .and_then(Value::as_u64)
-            .unwrap_or(0)
-    };
-    (
-        get("prompt_tokens"),
-        get("completion_tokens"),
-        get("cached_tokens"),
-    )
-}
-
 /// The first `n` characters of `text`, with `…` when cut.
 fn preview(text: &str, n: usize) -> String {
     if n == 0 {
@@ -216,55 +216,13 @@ fn preview(text: &str, n: usize) -> String {
     }
 }
 
-/// Whether a reply has a text FINAL / FINAL_VAR marker: at the start of a line (after
-/// Markdown decoration), outside fenced code, the way the engine looks for one.
-fn has_final_marker(reply: &str) -> bool {
-    let mut fence: Option<String> = None;
-    for line in reply.lines() {
-        let trimmed = line.trim();
-        let run: String = trimmed
-            .chars()
-            .take_while(|&c| c == '`' || c == '~')
-            .collect();
-        let is_fence = run.len() >= 3 && run.chars().all(|c| run.starts_with(c));
-        match &fence {
-            Some(open) => {
-                let closes = is_fence
-                    && run.len() >= open.len()
-                    && run.starts_with(&open[..1])
-                    && trimmed.len() == run.len();
-                if closes {
-                    fence = None;
-                }
-            }
-            None if is_fence => fence = Some(run),
-            None => {
-                let text =
-                    line.trim_start_matches(|c: char| c.is_whitespace() || "*>-#_".contains(c));
-                if text.starts_with("FINAL(") || text.starts_with("FINAL_VAR(") {
-                    return true;
-                }
-            }
-        }
-    }
-    false
-}
-
-/// The id of the run an event belongs to: its `run` field, or `"0"` (traces before
-/// recursion have one run).
-fn run_id(event: &Map<String, Value>) -> String {
-    match event.get("run") {
-        Some(Value::String(id)) => id.clone(),
-        Some(Value::Number(n)) => n.to_string(),
-        _ => "0".to_owned(),
-    }
-}
-
 struct Builder<'p> {
     prices: &'p Prices,
     runs: Vec<RunView>,
     run_index: HashMap<String, u32>,
-    finals: HashMap<u32, Map<String, Value>>,
+    /// Each run's final usage and cost, as its `final` event gave them (`None` where an
+    /// older trace's final event lacks them).
+    finals: HashMap<u32, FinalFigures>,
     models: Vec<String>,
     model_index: HashMap<String, u32>,
     calls: Vec<Call>,
@@ -274,7 +232,7 @@ struct Builder<'p> {
 }
 
 impl<'p> Builder<'p> {
-    fn run(&mut self, id: &str, event: &Map<String, Value>) -> u32 {
+    fn run(&mut self, id: &str, depth: usize) -> u32 {
         if let Some(&index) = self.run_index.get(id) {
             return index;
         }
@@ -282,7 +240,7 @@ impl<'p> Builder<'p> {
         let parent = id.rsplit_once('.').map(|(parent, _)| parent.to_owned());
         self.runs.push(RunView {
             id: id.to_owned(),
-            depth: u64_of(event, "depth").unwrap_or(id.matches('.').count() as u64),
+            depth: (depth as u64).max(id.matches('.').count() as u64),
             parent,
             ..RunView::default()
         });
@@ -316,19 +274,18 @@ impl<'p> Builder<'p> {
         }
     }
 
-    fn call(&mut self, run: u32, event: &Map<String, Value>) -> &mut Call {
-        let id = u64_of(event, "id").unwrap_or(0);
+    /// The sub-call `id` of `run`, made on its first event.
+    fn call(&mut self, run: u32, place: CallPlace<'_>) -> &mut Call {
         let next = self.calls.len();
-        let index = *self.call_index.entry((run, id)).or_insert(next);
+        let index = *self.call_index.entry((run, place.id)).or_insert(next);
         if index == next {
-            let model = str_of(event, "model").unwrap_or_default();
-            let model = self.model(&model);
+            let model = self.model(place.model);
             self.calls.push(Call {
-                id,
+                id: place.id,
                 run,
-                turn: u64_of(event, "turn").unwrap_or(0),
-                batch: event.get("batch").and_then(Value::as_i64),
-                index: event.get("index").and_then(Value::as_i64),
+                turn: place.turn as u64,
+                batch: place.batch.map(|b| b as i64),
+                index: place.index.map(|i| i as i64),
                 model,
                 status: status::UNFINISHED,
                 ..Call::default()
@@ -337,115 +294,188 @@ impl<'p> Builder<'p> {
         &mut self.calls[index]
     }
 
-    fn event(&mut self, event: &Map<String, Value>) {
-        let t_ms = u64_of(event, "t_ms").unwrap_or(self.wall_ms);
+    /// Adds one trace line; `raw` is its text (read again only for a `final` event).
+    fn event(&mut self, line: TraceLine, raw: &str) {
+        let t_ms = line.t_ms;
         self.wall_ms = self.wall_ms.max(t_ms);
-        let id = run_id(event);
-        let run = self.run(&id, event);
-        let kind = event.get("event").and_then(Value::as_str).unwrap_or("");
-        match kind {
-            "run_start" => {
+        let run = self.run(&line.run, line.depth);
+        match line.event {
+            Event::RunStart {
+                query,
+                root_model,
+                sub_model,
+                parent,
+                ..
+            } => {
                 let view = &mut self.runs[run as usize];
-                view.query = str_of(event, "query").unwrap_or_default();
-                view.root_model = str_of(event, "root_model").unwrap_or_default();
-                view.sub_model = str_of(event, "sub_model").unwrap_or_default();
-                if let Some(parent) = str_of(event, "parent") {
-                    view.parent = Some(parent);
+                view.query = query;
+                view.root_model = root_model;
+                view.sub_model = sub_model;
+                if parent.is_some() {
+                    view.parent = parent;
                 }
             }
-            "turn_start" => {
-                let turn = u64_of(event, "turn").unwrap_or(0);
-                Self::turn(&mut self.runs[run as usize], turn, t_ms);
+            Event::TurnStart { turn } => {
+                Self::turn(&mut self.runs[run as usize], turn as u64, t_ms);
             }
-            "root_reply" => {
-                let turn = u64_of(event, "turn").unwrap_or(0);
-                let (prompt, completion, _) = usage_of(event);
-                let view = Self::turn(&mut self.runs[run as usize], turn, t_ms);
-                view.reply = str_of(event, "text");
-                view.prompt_tokens = prompt;
-                view.completion_tokens = completion;
-                view.elapsed_ms = u64_of(event, "elapsed_ms").unwrap_or(0);
+            Event::RootReply {
+                turn,
+                text,
+                usage,
+                elapsed_ms,
+            } => {
+                let view = Self::turn(&mut self.runs[run as usize], turn as u64, t_ms);
+                view.reply = Some(text);
+                view.prompt_tokens = usage.prompt_tokens;
+                view.completion_tokens = usage.completion_tokens;
+                view.elapsed_ms = elapsed_ms;
             }
-            "code_block" => {
-                let turn = u64_of(event, "turn").unwrap_or(0);
-                let view = Self::turn(&mut self.runs[run as usize], turn, t_ms);
+            Event::CodeBlock {
+                turn,
+                code,
+                output,
+                error,
+                elapsed_ms,
+                ..
+            } => {
+                let view = Self::turn(&mut self.runs[run as usize], turn as u64, t_ms);
                 view.blocks.push(BlockView {
-                    code: str_of(event, "code").unwrap_or_default(),
-                    output: str_of(event, "output").unwrap_or_default(),
-                    error: str_of(event, "error"),
-                    elapsed_ms: u64_of(event, "elapsed_ms").unwrap_or(0),
+                    code,
+                    output,
+                    error,
+                    elapsed_ms,
                 });
             }
-            "sub_call_start" => {
-                let call = self.call(run, event);
-                call.start = Some(t_ms);
-                call.prompt = str_of(event, "prompt").unwrap_or_default();
-            }
-            "sub_call_end" => {
-                let (prompt, completion, cached) = usage_of(event);
-                let failed = event.get("error").is_some_and(|e| !e.is_null());
-                let was_cached = event.get("cached").and_then(Value::as_bool) == Some(true);
-                let call = self.call(run, event);
-                call.end = Some(t_ms);
-                call.latency = u64_of(event, "latency_ms");
-                call.prompt_tokens = prompt;
-                call.completion_tokens = completion;
-                call.cached_tokens = cached;
-                call.tokens = prompt.saturating_add(completion);
-                call.status = match (failed, was_cached) {
-                    (true, _) => status::FAILED,
-                    (false, true) => status::CACHED,
-                    (false, false) => status::OK,
+            Event::SubCallStart {
+                turn,
+                id,
+                batch,
+                index,
+                model,
+                prompt,
+                ..
+            } => {
+                let place = CallPlace {
+                    id,
+                    turn,
+                    batch,
+                    index,
+                    model: &model,
                 };
-                call.response = match (str_of(event, "error"), str_of(event, "response")) {
+                let call = self.call(run, place);
+                call.start = Some(t_ms);
+                call.prompt = prompt;
+            }
+            Event::SubCallEnd {
+                turn,
+                id,
+                batch,
+                index,
+                model,
+                response,
+                error,
+                usage,
+                latency_ms,
+                ..
+            } => {
+                let place = CallPlace {
+                    id,
+                    turn,
+                    batch,
+                    index,
+                    model: &model,
+                };
+                let call = self.call(run, place);
+                let Usage {
+                    prompt_tokens,
+                    completion_tokens,
+                    cached_tokens,
+                } = usage;
+                call.end = Some(t_ms);
+                call.latency = Some(latency_ms);
+                call.prompt_tokens = prompt_tokens;
+                call.completion_tokens = completion_tokens;
+                call.cached_tokens = cached_tokens;
+                call.tokens = prompt_tokens.saturating_add(completion_tokens);
+                call.status = if error.is_some() {
+                    status::FAILED
+                } else {
+                    status::OK
+                };
+                call.response = match (error, response) {
                     (Some(error), _) => format!("Error: {error}"),
                     (None, Some(response)) => response,
                     (None, None) => String::new(),
                 };
             }
-            "batch_start" | "batch_end" => {
-                let Some(batch) = event.get("batch").and_then(Value::as_i64) else {
-                    return;
-                };
-                let info = self.batches.entry((run, batch)).or_default();
-                info.turn = u64_of(event, "turn").unwrap_or(info.turn);
-                info.total = u64_of(event, "total").unwrap_or(info.total);
-                if kind == "batch_start" {
-                    info.start = Some(t_ms);
-                    info.max_concurrent = u64_of(event, "max_concurrent").unwrap_or(0);
-                } else {
-                    info.end = Some(t_ms);
-                    info.failed = u64_of(event, "failed").unwrap_or(0);
-                }
+            Event::BatchStart {
+                turn,
+                batch,
+                total,
+                max_concurrent,
+            } => {
+                let info = self.batches.entry((run, batch as i64)).or_default();
+                info.turn = turn as u64;
+                info.total = total as u64;
+                info.start = Some(t_ms);
+                info.max_concurrent = max_concurrent as u64;
             }
-            "run_error" => {
-                self.runs[run as usize].error = str_of(event, "error");
+            Event::BatchEnd {
+                turn,
+                batch,
+                total,
+                failed,
+                ..
+            } => {
+                let info = self.batches.entry((run, batch as i64)).or_default();
+                info.turn = turn as u64;
+                info.total = total as u64;
+                info.end = Some(t_ms);
+                info.failed = failed as u64;
             }
-            "final" => {
+            Event::TurnEnd { turn, verdict, .. } => {
+                let view = Self::turn(&mut self.runs[run as usize], turn as u64, t_ms);
+                view.verdict = verdict;
+            }
+            Event::RunError { error, .. } => {
+                self.runs[run as usize].error = Some(error);
+            }
+            Event::Final {
+                answer,
+                stopped,
+                elapsed_ms,
+                usage,
+                warnings,
+                cost_usd,
+                ..
+            } => {
                 let view = &mut self.runs[run as usize];
-                view.answer = str_of(event, "answer");
-                view.stopped = str_of(event, "stopped");
-                view.elapsed_ms = u64_of(event, "elapsed_ms");
-                view.warnings = event
-                    .get("warnings")
-                    .and_then(Value::as_array)
-                    .map(|w| {
-                        w.iter()
-                            .filter_map(|w| w.as_str().map(str::to_owned))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                self.finals.insert(run, event.clone());
+                view.answer = Some(answer);
+                view.stopped = serde_json::to_value(stopped)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned));
+                view.elapsed_ms = Some(elapsed_ms);
+                view.warnings = warnings;
+                let has = serde_json::from_str::<FinalHas>(raw).ok();
+                let has_usage = has.as_ref().is_some_and(|h| h.usage.is_some());
+                let has_cost = has.as_ref().is_some_and(|h| h.cost_usd.is_some());
+                self.finals.insert(
+                    run,
+                    (has_usage.then_some(usage), has_cost.then_some(cost_usd)),
+                );
             }
             _ => {}
         }
     }
 
     fn finish(mut self, title: String, mut notices: Vec<String>) -> View {
-        // Turns: held and refused answers.
+        // Turns: held and refused answers, as the engine judged them.
         for run in &mut self.runs {
             let last_turn = run.turns.iter().map(|t| t.turn).max().unwrap_or(0);
-            let held: Vec<u64> = run
+            // Traces written before verdicts were recorded: held answers are named in the
+            // warnings, and a turn whose reply had a text marker yet was not the last was
+            // not accepted.
+            let held_by_warning: Vec<u64> = run
                 .warnings
                 .iter()
                 .filter_map(|w| {
@@ -457,10 +487,18 @@ impl<'p> Builder<'p> {
                 })
                 .collect();
             for turn in &mut run.turns {
-                turn.held = held.contains(&turn.turn);
-                turn.final_refused = !turn.held
-                    && turn.turn < last_turn
-                    && turn.reply.as_deref().is_some_and(has_final_marker);
+                (turn.held, turn.final_refused) = match turn.verdict {
+                    TurnVerdict::Held => (true, false),
+                    TurnVerdict::Refused => (false, true),
+                    TurnVerdict::Unrecorded => {
+                        let held = held_by_warning.contains(&turn.turn);
+                        let refused = !held
+                            && turn.turn < last_turn
+                            && turn.reply.as_deref().is_some_and(rlm_repl::has_text_final);
+                        (held, refused)
+                    }
+                    _ => (false, false),
+                };
             }
         }
         // Calls in display order: grouped by batch (a llm_query alone), groups by time.
@@ -614,10 +652,8 @@ impl<'p> Builder<'p> {
                 });
             }
         }
-        let top_final = self.finals.get(&(top as u32));
-        let final_usage: Option<BTreeMap<String, ModelUsage>> = top_final
-            .and_then(|f| f.get("usage"))
-            .and_then(|u| serde_json::from_value(u.clone()).ok());
+        let top_final = self.finals.remove(&(top as u32));
+        let (final_usage, final_cost) = top_final.unwrap_or((None, None));
         summary.usage = match final_usage {
             Some(usage) => {
                 summary.usage_source = "final";
@@ -628,9 +664,6 @@ impl<'p> Builder<'p> {
                 self.usage_from_events()
             }
         };
-        let final_cost: Option<CostReport> = top_final
-            .and_then(|f| f.get("cost_usd"))
-            .and_then(|c| serde_json::from_value(c.clone()).ok());
         summary.cost = match final_cost {
             Some(cost) => {
                 summary.cost_source = "trace";
@@ -746,10 +779,10 @@ pub(crate) fn gather(text: &str, title: String, prices: &Prices) -> Gathered {
         if line.is_empty() {
             continue;
         }
-        match serde_json::from_str::<Value>(line) {
-            Ok(Value::Object(event)) => {
+        match TraceLine::parse(line) {
+            Ok(event) => {
                 events += 1;
-                builder.event(&event);
+                builder.event(event, line);
             }
             _ if cut && number + 1 == lines.len() => notices.push(format!(
                 "The trace was cut short: its last line (line {}) is incomplete and was \
@@ -791,16 +824,6 @@ mod tests {
         assert_eq!(curve.len(), CONCURRENCY_BUCKETS);
         assert_eq!(*curve.iter().max().unwrap_or(&0), 2);
         assert_eq!(in_flight(&[], &[], 0).1, 0);
-    }
-
-    #[test]
-    fn final_markers_are_found_at_line_starts_only() {
-        assert!(has_final_marker("done\n**FINAL(42)**"));
-        assert!(has_final_marker("> FINAL_VAR(x)"));
-        assert!(!has_final_marker("call `FINAL(x)` when done"));
-        assert!(!has_final_marker("```repl\nFINAL(x)\n```"));
-        assert!(!has_final_marker("~~~~\n```\nFINAL(x)\n~~~~~\n"));
-        assert!(has_final_marker("```repl\nprint(1);\n```\nFINAL(1)"));
     }
 
     #[test]

@@ -334,3 +334,46 @@ fn placeholders_in_a_file_name_stay_text() {
     );
     assert_eq!(page.html.matches("<script id=\"trace-data\"").count(), 1);
 }
+
+#[test]
+fn held_and_refused_answers_come_from_the_turns_verdicts() {
+    // The warnings say nothing of turn 2: the verdicts the engine recorded decide.
+    let usage = r#""usage":{"prompt_tokens":5,"completion_tokens":1}"#;
+    let end = |turn: u32, verdict: &str| {
+        format!(
+            r#"{{"t_ms":{turn},"event":"turn_end","turn":{turn},{usage},"root_latency_ms":1,"blocks":0,"failed_blocks":0,"sub_calls":0,"failed_sub_calls":0,"cancelled_sub_calls":0,"verdict":"{verdict}"}}"#
+        )
+    };
+    let reply = |turn: u32, text: &str| {
+        format!(
+            r#"{{"t_ms":{turn},"event":"root_reply","turn":{turn},"text":{},{usage},"elapsed_ms":1}}"#,
+            serde_json::Value::String(text.to_owned())
+        )
+    };
+    let lines = [
+        r#"{"t_ms":0,"event":"run_start","query":"q","root_model":"r","sub_model":"s"}"#.to_owned(),
+        reply(1, "no marker at all"),
+        end(1, "refused"),
+        reply(2, "FINAL(Error: boom)"),
+        end(2, "held"),
+        reply(3, "FINAL(1)"),
+        end(3, "accepted"),
+        r#"{"t_ms":9,"event":"final","answer":"1","stopped":"final","iterations":3,"elapsed_ms":9,"warnings":[]}"#.to_owned(),
+    ];
+    let page = render(&(lines.join("\n") + "\n"), &ViewOptions::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let data = data(&page.html);
+    let flags: Vec<(bool, bool)> = data["runs"][0]["turns"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|t| {
+            (
+                t["held"].as_bool().unwrap_or(false),
+                t["final_refused"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect();
+    assert_eq!(flags, [(false, true), (true, false), (false, false)]);
+}
