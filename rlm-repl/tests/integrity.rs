@@ -425,3 +425,98 @@ async fn the_final_ask_turn_reports_whether_it_gave_the_answer() {
         .collect();
     assert_eq!(verdicts, [TurnVerdict::NoAnswer, TurnVerdict::Accepted]);
 }
+
+#[tokio::test]
+async fn reasoning_in_the_root_reply_holds_no_answer_and_no_code() {
+    let root = MockBackend::scripted([
+        "<think>\nMaybe FINAL(12)?\n```repl\nprint(\"draft\")\n```\n</think>\nFINAL(4242)",
+    ]);
+    let sub = MockBackend::echo();
+    let events = Arc::new(common::Events::default());
+    let rlm = builder(&root, &sub).observer(events.clone()).build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
+    assert_eq!(result.answer, "4242");
+    assert_eq!(result.stopped, StopReason::Final);
+    assert!(
+        result.trajectory[0].blocks.is_empty(),
+        "the draft block ran"
+    );
+    // The reasoning is in the trace, as reasoning.
+    let reasoning: Vec<_> = events
+        .all()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::RootReasoning { text, unclosed, .. } => Some((text, unclosed)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasoning.len(), 1);
+    assert!(
+        reasoning[0].0.starts_with("Maybe FINAL(12)?"),
+        "{reasoning:?}"
+    );
+    assert!(!reasoning[0].1);
+}
+
+#[tokio::test]
+async fn an_unclosed_reasoning_section_is_reasoning_and_the_model_is_told() {
+    let root = MockBackend::scripted([
+        "<think>\nFINAL(12)\n```repl\nprint(\"draft\")\n```\n".to_owned(),
+        fence("print(\"real\");"),
+        "FINAL(4242)".to_owned(),
+    ]);
+    let sub = MockBackend::echo();
+    let rlm = builder(&root, &sub).build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
+    assert_eq!(result.answer, "4242");
+    assert!(result.trajectory[0].blocks.is_empty());
+    let shown = seen(&root, 1);
+    assert!(shown.contains("never closed"), "{shown}");
+    assert!(seen(&root, 2).contains("real"));
+}
+
+#[tokio::test]
+async fn a_sub_answer_without_its_leading_reasoning() {
+    let sub = MockBackend::echo().with_shape(|request, completion| {
+        let text = match request.last_user_message() {
+            Some("only") => "<think>\nhmm, 12?\n</think>\n".to_owned(),
+            _ => "<think>\nhmm, 12?\n</think>\n\n4242".to_owned(),
+        };
+        Completion::new(completion.model.clone(), text).with_usage(completion.usage)
+    });
+    let root = MockBackend::scripted([
+        fence(
+            "let r = llm_batch([\"both\", \"only\"]);\nprint(r[0]);\nprint(r[1]);\nlet one = llm_query(\"both\");\nprint(one);",
+        ),
+        "FINAL(done)".to_owned(),
+    ]);
+    let rlm = builder(&root, &sub).build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
+    let shown = seen(&root, 1);
+    let lines: Vec<&str> = shown.lines().skip(1).collect();
+    assert_eq!(lines[0], "4242", "{shown}");
+    assert!(
+        lines[1].starts_with("Error: the sub-model gave no answer text (it held only reasoning"),
+        "{shown}"
+    );
+    assert_eq!(lines[2], "4242", "{shown}");
+    assert_eq!(result.failed_sub_calls, 1);
+}
+
+#[tokio::test]
+async fn different_final_answers_in_one_reply_are_refused() {
+    let root = MockBackend::scripted([
+        "FINAL(12)\nActually, after checking:\nFINAL(4242)",
+        "FINAL(4242)\nYes: FINAL(4242)",
+    ]);
+    let sub = MockBackend::echo();
+    let rlm = builder(&root, &sub).build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
+    assert_eq!(result.answer, "4242");
+    assert_eq!(result.iterations, 2);
+    let shown = seen(&root, 1);
+    assert!(
+        shown.contains("2 different final answers (FINAL(12), FINAL(4242))"),
+        "{shown}"
+    );
+}

@@ -9,6 +9,7 @@
 mod ask;
 mod blocks;
 mod feedback;
+mod sub_model;
 mod verdict;
 
 use std::sync::Arc;
@@ -19,8 +20,9 @@ use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
 use self::ask::RootAsker;
-use self::blocks::{final_reply, internal, run_blocks};
+use self::blocks::{final_reply, internal, report_reasoning, run_blocks};
 use self::feedback::{count, feedback, quote_start, stopped_why, sub_call_warnings};
+use self::sub_model::SubModel;
 use self::verdict::{Verdict, verdict};
 use crate::budget::Budget;
 use crate::emitter::Emitter;
@@ -174,7 +176,10 @@ impl Run {
         );
         let root: Arc<dyn LlmBackend> = Arc::new(metered_root);
         let sub: Arc<dyn BatchExecutor> = Arc::new(Metered::new(
-            Metered::new(Arc::clone(&tree.sub), ledger.usage_at(place.depth)),
+            Metered::new(
+                SubModel::new(Arc::clone(&tree.sub)),
+                ledger.usage_at(place.depth),
+            ),
             ledger.usage.clone(),
         ));
         let root_model = if child {
@@ -283,6 +288,7 @@ impl Run {
         };
         let cut = reply.is_cut();
         let parsed = parse_reply(&reply.text);
+        report_reasoning(&state, turn, &parsed);
         let work = run_blocks(repl, parsed.clone(), cut, turn, Arc::clone(&state))
             .await
             .map_err(internal)?;
@@ -406,7 +412,14 @@ impl Run {
             if let Some(error) = sub_model_failure(&state, &self.sub_model) {
                 return Err(error);
             }
-            if given.answer.is_none() {
+            if given.answer.is_none() && given.conflicting {
+                self.warnings.push(format!(
+                    "no answer: {} and the reply to the final ask gave different final \
+                     answers; it began: {}",
+                    stopped_why(stopped),
+                    quote_start(&reply.text)
+                ));
+            } else if given.answer.is_none() {
                 self.warnings.push(format!(
                     "no answer: {} and the reply to the final ask had no FINAL(...) or \
                      FINAL_VAR(...); it began: {}",
