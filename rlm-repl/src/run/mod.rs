@@ -371,6 +371,9 @@ impl Run {
             // Whatever the script made of calls cut short by a cancel or the clock is not a
             // final answer, even if it called FINAL with it.
             (_, Some(reason @ (StopReason::Cancelled | StopReason::MaxTime))) => reason,
+            // A budget ran out in the turn that gave the answer (mid-batch, say): the answer
+            // stands, and the run says the budget stopped it.
+            (Some(_), Some(reason)) if !self.child => reason,
             (Some(_), _) => StopReason::Final,
             (None, Some(reason)) => reason,
             (None, None) => StopReason::MaxIterations,
@@ -481,6 +484,16 @@ impl Run {
                 self.answer.is_some(),
             ));
             let refused = state.budget.refused_sub_calls();
+            let budget_stop = matches!(
+                stopped,
+                StopReason::MaxSubCalls | StopReason::MaxTokens | StopReason::MaxCost
+            );
+            if self.answer.is_some() && budget_stop && refused == 0 {
+                self.warnings.push(format!(
+                    "{}: the answer was given with what the run had by then",
+                    stopped_why(stopped)
+                ));
+            }
             if self.answer.is_some() && refused > 0 {
                 self.warnings.push(format!(
                     "the answer was given after a budget refused {}; the script got \
@@ -506,11 +519,27 @@ impl Run {
         } else {
             ledger.usage.snapshot()
         };
-        let cost = self
+        let mut cost = self
             .tree
             .config
             .prices
             .report(usage.iter().map(|(model, usage)| (model.as_str(), usage)));
+        if !self.child {
+            // Calls cut short in flight are charged at their estimate: the server may have
+            // billed them, and the usage above cannot hold them.
+            let unmetered = state.budget.unmetered_cost();
+            let charged: f64 = unmetered.values().sum();
+            for (model, usd) in unmetered {
+                *cost.by_model.entry(model).or_default() += usd;
+            }
+            if charged > 0.0 {
+                cost.total += charged;
+                self.warnings.push(format!(
+                    "calls cut short in flight are charged at their estimated cost \
+                     (${charged:.4}): the server may have billed them, but sent no usage"
+                ));
+            }
+        }
         let result = RunResult {
             answer: self.answer.unwrap_or_default(),
             iterations: self.trajectory.len(),
