@@ -520,3 +520,68 @@ async fn different_final_answers_in_one_reply_are_refused() {
         "{shown}"
     );
 }
+
+#[tokio::test]
+async fn first_sub_calls_failing_alike_with_a_4xx_stop_the_run() {
+    let root = MockBackend::scripted([
+        fence("let r = llm_batch(range(84).map(|i| `chunk ${i}`));\nprint(r[0]);"),
+        "FINAL(made of errors)".to_owned(),
+    ]);
+    // LiteLLM's answer to a mistyped --sub-model.
+    let sub = MockBackend::echo()
+        .with_latency(std::time::Duration::from_millis(5))
+        .fail_when(
+            |_| true,
+            LlmError::from_http_status(
+                400,
+                "Invalid model name passed in model=gpt-typo",
+                None,
+                None,
+                None,
+            ),
+        );
+    let rlm = builder(&root, &sub).max_concurrent(4).build_ok();
+    let error = rlm
+        .run("q", Context::from("x"))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("the run must fail"));
+    match &error {
+        RlmError::SubModel { model, source } => {
+            assert_eq!(model, "sub");
+            assert_eq!(source.status(), Some(400));
+        }
+        other => panic!("{other}"),
+    }
+    let shown = error.to_string();
+    assert!(
+        shown.contains("400") && shown.contains("Invalid model name"),
+        "{shown}"
+    );
+    assert!(sub.calls() < 84, "{} calls", sub.calls());
+    assert_eq!(root.calls(), 1);
+}
+
+#[tokio::test]
+async fn a_4xx_for_some_prompts_only_does_not_stop_the_run() {
+    // One prompt works first; then prompts the server refuses (too long, say): the sub model
+    // works, and the run goes on with per-item errors.
+    let root = MockBackend::scripted([
+        fence(
+            "let ok = llm_query(\"short\");\nlet r = llm_batch(range(5).map(|i| `long ${i}`));\nprint(r[0]);",
+        ),
+        "FINAL(done)".to_owned(),
+    ]);
+    let sub = MockBackend::echo().fail_when(
+        |request| {
+            request
+                .last_user_message()
+                .is_some_and(|p| p.starts_with("long"))
+        },
+        LlmError::from_http_status(400, "prompt too long", None, None, None),
+    );
+    let rlm = builder(&root, &sub).build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
+    assert_eq!(result.answer, "done");
+    assert_eq!(result.failed_sub_calls, 5);
+}

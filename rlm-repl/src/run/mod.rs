@@ -177,7 +177,7 @@ impl Run {
         let root: Arc<dyn LlmBackend> = Arc::new(metered_root);
         let sub: Arc<dyn BatchExecutor> = Arc::new(Metered::new(
             Metered::new(
-                SubModel::new(Arc::clone(&tree.sub)),
+                SubModel::new(Arc::clone(&tree.sub), Arc::clone(&state)),
                 ledger.usage_at(place.depth),
             ),
             ledger.usage.clone(),
