@@ -972,3 +972,52 @@ FINAL(n);"#,
     let opened = server.connections();
     assert!(opened <= 21, "{opened} connections for 165 requests");
 }
+
+/// A completion for `request` holding `text`, as a server that sends no `usage` makes it.
+fn without_usage(request: &ServerRequest, text: String) -> Reply {
+    Reply::json(
+        200,
+        &serde_json::json!({
+            "id": format!("chatcmpl-{}", request.seq),
+            "object": "chat.completion",
+            "created": 0,
+            "model": request.model(),
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": "stop",
+            }],
+        }),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_budget_holds_against_a_server_without_usage() {
+    let root = [code(
+        "let a = llm_batch(range(100).map(|i| `prompt ${i}`), 1);\nFINAL(a.len());",
+    )];
+    let server = MockServer::start(move |request: &ServerRequest| {
+        if request.model() == ROOT {
+            without_usage(request, root[0].clone())
+        } else {
+            // About 1,500 tokens.
+            without_usage(request, "word ".repeat(1_200))
+        }
+    })
+    .await
+    .expect("server");
+    let out = run(
+        &server,
+        &["--query", "q", "--max-total-tokens", "20000", "--json"],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, Some(3), "{out:#?}");
+    let json = out.json();
+    assert_eq!(json["stopped"], "max_tokens", "{json}");
+    let sent = requests_for(&server, SUB).len() as u64;
+    assert!(sent <= 14, "{sent} sub-calls sent");
+    assert_eq!(json["refused_sub_calls"], 100 - sent, "{json}");
+    let warnings = json["warnings"].to_string();
+    assert!(warnings.contains("no token usage"), "{warnings}");
+}

@@ -29,6 +29,8 @@ pub(crate) struct Ledger {
     /// Sub-calls cut short by cancellation (Ctrl-C, the time budget), over the whole tree;
     /// not counted in `failed_sub_calls`.
     pub(crate) cancelled_sub_calls: AtomicU64,
+    /// Calls whose server sent no token usage: their usage is an estimate.
+    pub(crate) estimated_usage: AtomicU64,
     /// Child runs started.
     pub(crate) child_runs: AtomicU64,
     /// The deepest run started (0: no child).

@@ -94,3 +94,21 @@ async fn a_call_cut_short_in_flight_stays_charged_at_its_estimate() {
     assert!(charged > fast + 3.0, "{charged}");
     assert!((result.cost.total - charged).abs() < 1e-9);
 }
+
+#[tokio::test]
+async fn a_server_without_usage_still_has_its_tokens_counted() {
+    // 100 calls of about 1,500 tokens each, from a server that sends no usage.
+    let root = MockBackend::scripted([fence(
+        "let a = llm_batch(range(100).map(|i| `prompt ${i}`), 1);\nFINAL(a.len());",
+    )]);
+    let sub = MockBackend::from_fn(|_| Ok("word ".repeat(1_200))).with_shape(|_, completion| {
+        Completion::new(completion.model.clone(), completion.text.clone())
+    });
+    let rlm = builder(&root, &sub).max_total_tokens(20_000).build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
+    assert_eq!(result.stopped, StopReason::MaxTokens);
+    assert!(sub.calls() <= 14, "{} calls", sub.calls());
+    assert!(result.usage["sub"].completion_tokens >= 1_500 * sub.calls() as u64);
+    let warnings = result.warnings.join("\n");
+    assert!(warnings.contains("no token usage"), "{warnings}");
+}

@@ -8,10 +8,12 @@
 
 mod ask;
 mod blocks;
+mod estimated;
 mod feedback;
 mod sub_model;
 mod verdict;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,6 +23,7 @@ use tokio::task::JoinHandle;
 
 use self::ask::RootAsker;
 use self::blocks::{final_reply, internal, report_reasoning, run_blocks};
+use self::estimated::EstimatedUsage;
 use self::feedback::{count, feedback, quote_start, stopped_why, sub_call_warnings};
 use self::sub_model::SubModel;
 use self::verdict::{Verdict, verdict};
@@ -171,13 +174,19 @@ impl Run {
         let child = place.depth > 0;
         let ledger = &state.ledger;
         let metered_root = Metered::new(
-            Metered::new(Arc::clone(&tree.root), ledger.usage_at(place.depth)),
+            Metered::new(
+                EstimatedUsage::new(Arc::clone(&tree.root), Arc::clone(ledger)),
+                ledger.usage_at(place.depth),
+            ),
             ledger.usage.clone(),
         );
         let root: Arc<dyn LlmBackend> = Arc::new(metered_root);
         let sub: Arc<dyn BatchExecutor> = Arc::new(Metered::new(
             Metered::new(
-                SubModel::new(Arc::clone(&tree.sub), Arc::clone(&state)),
+                SubModel::new(
+                    EstimatedUsage::new(Arc::clone(&tree.sub), Arc::clone(ledger)),
+                    Arc::clone(&state),
+                ),
                 ledger.usage_at(place.depth),
             ),
             ledger.usage.clone(),
@@ -477,6 +486,16 @@ impl Run {
             .load(std::sync::atomic::Ordering::SeqCst);
         if !self.child {
             self.warnings.extend(lock(&ledger.child_warnings).drain(..));
+            let estimated = ledger
+                .estimated_usage
+                .load(std::sync::atomic::Ordering::SeqCst);
+            if estimated > 0 {
+                self.warnings.push(format!(
+                    "the server sent no token usage for {}: their tokens are estimated from \
+                     their characters (about 4 bytes a token) for the token and cost budgets",
+                    count(estimated, "call")
+                ));
+            }
             self.warnings.extend(sub_call_warnings(
                 ledger,
                 state.budget.sub_calls(),
@@ -524,13 +543,17 @@ impl Run {
             .config
             .prices
             .report(usage.iter().map(|(model, usage)| (model.as_str(), usage)));
+        let cut_short_cost = if self.child {
+            BTreeMap::new()
+        } else {
+            state.budget.unmetered_cost()
+        };
         if !self.child {
             // Calls cut short in flight are charged at their estimate: the server may have
             // billed them, and the usage above cannot hold them.
-            let unmetered = state.budget.unmetered_cost();
-            let charged: f64 = unmetered.values().sum();
-            for (model, usd) in unmetered {
-                *cost.by_model.entry(model).or_default() += usd;
+            let charged: f64 = cut_short_cost.values().sum();
+            for (model, usd) in &cut_short_cost {
+                *cost.by_model.entry(model.clone()).or_default() += usd;
             }
             if charged > 0.0 {
                 cost.total += charged;
@@ -550,6 +573,7 @@ impl Run {
             sub_calls: state.budget.sub_calls(),
             failed_sub_calls,
             refused_sub_calls: state.budget.refused_sub_calls(),
+            cut_short_cost,
             cancelled_sub_calls: ledger
                 .cancelled_sub_calls
                 .load(std::sync::atomic::Ordering::SeqCst),
