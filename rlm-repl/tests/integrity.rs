@@ -585,3 +585,25 @@ async fn a_4xx_for_some_prompts_only_does_not_stop_the_run() {
     assert_eq!(result.answer, "done");
     assert_eq!(result.failed_sub_calls, 5);
 }
+
+#[tokio::test]
+async fn final_var_of_an_expression_gives_its_value() {
+    // In code, and as a text marker after code: the element, not a variable it names.
+    let root = MockBackend::scripted([fence(
+        "let cities = [\"Paris\", \"Rome\"];\nFINAL_VAR(cities[0]);",
+    )]);
+    let rlm = builder(&root, &MockBackend::echo()).build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
+    assert_eq!(result.answer, "Paris");
+    let root = MockBackend::scripted([
+        "```repl\nlet cities = [\"Paris\", \"Rome\"];\nlet best = \"Rome\";\n```\nFINAL_VAR(cities[0])".to_owned(),
+    ]);
+    let rlm = builder(&root, &MockBackend::echo()).build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
+    assert_eq!(result.answer, "Paris");
+    // A variable whose value looks like a name is still its value.
+    let root = MockBackend::scripted([fence("let best = \"Rome\";\nFINAL_VAR(best);")]);
+    let rlm = builder(&root, &MockBackend::echo()).build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
+    assert_eq!(result.answer, "Rome");
+}
