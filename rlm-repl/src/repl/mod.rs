@@ -493,8 +493,15 @@ impl Repl {
                 ));
             }
         }
-        let (held, message) = memory::fit_scope(&mut self.scope, &self.limits);
+        // The memory budget is the tree's: what the other runs hold is not this run's.
+        let budget = self.shared.run.scope_budget(self.limits.max_memory);
+        let limits = SandboxLimits {
+            max_memory: budget,
+            ..self.limits.clone()
+        };
+        let (held, message) = memory::fit_scope(&mut self.scope, &limits);
         self.held = held;
+        self.shared.run.hold_scope(held);
         if let Some(message) = message {
             // What did not fit is an error of the block, even if the block itself succeeded.
             match &mut ran.error {

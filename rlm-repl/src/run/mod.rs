@@ -48,6 +48,15 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Releases a run's share of the tree's memory budget when dropped.
+struct ReleaseScope(Arc<RunState>);
+
+impl Drop for ReleaseScope {
+    fn drop(&mut self) {
+        self.0.release_scope();
+    }
+}
+
 /// What every run of one recursion tree shares besides its books and budget: the backends (not yet
 /// metered), the settings and the runtime that runs sub-calls.
 pub(crate) struct Tree {
@@ -115,6 +124,8 @@ pub(crate) async fn run_tree(
     query: String,
     source: Source,
 ) -> Result<RunResult, RlmError> {
+    // However the run ends, its variables stop counting against the tree's memory budget.
+    let _scope = ReleaseScope(Arc::clone(&state));
     let (mut run, mut repl) = Run::start(tree, state, &query, source).await?;
     for turn in 1..=run.max_iterations {
         let (after, next) = run.turn(repl, turn).await?;
