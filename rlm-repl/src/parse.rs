@@ -109,7 +109,7 @@ struct Reasoning {
 /// length of the indentation plus the tag.
 fn opening_tag(line: &str) -> Option<(&'static str, usize)> {
     let indent = line.len() - line.trim_start().len();
-    let rest = line[indent..].as_bytes();
+    let rest = &line.as_bytes()[indent..];
     REASONING_TAGS.iter().find_map(|(open, close)| {
         (rest.len() >= open.len() && rest[..open.len()].eq_ignore_ascii_case(open.as_bytes()))
             .then_some((*close, indent + open.len()))
