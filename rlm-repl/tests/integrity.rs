@@ -607,3 +607,16 @@ async fn final_var_of_an_expression_gives_its_value() {
     let result = run_ok(&rlm, "q", Context::from("x")).await;
     assert_eq!(result.answer, "Rome");
 }
+
+#[tokio::test]
+async fn a_reply_of_reasoning_only_is_told_that_its_code_did_not_count() {
+    let root = MockBackend::scripted([
+        "<think>\n```repl\nFINAL(12)\n```\n</think>".to_owned(),
+        "FINAL(4242)".to_owned(),
+    ]);
+    let rlm = builder(&root, &MockBackend::echo()).build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
+    assert_eq!(result.answer, "4242");
+    let shown = seen(&root, 1);
+    assert!(shown.contains("held only reasoning"), "{shown}");
+}

@@ -110,6 +110,12 @@ fn nudge(reply: &Completion, parsed: &ParsedReply) -> String {
              with FINAL(answer) on its own line."
         );
     }
+    if !parsed.reasoning.is_empty() && parsed.skipped.is_empty() && !parsed.unterminated {
+        return "Your reply held only reasoning (<think>...</think>): code and FINAL(...) inside \
+                reasoning do not count. After closing the reasoning, write ```repl code to \
+                explore `context`, or answer with FINAL(answer) on its own line."
+            .to_owned();
+    }
     if parsed.unterminated {
         return "Your code block was not closed with a fence on its own line, so it did not \
                 run. Send the code again in a complete block."
