@@ -124,7 +124,12 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
     // A run whose token was cancelled already says `cancelled` (rlm-repl does not count
     // what a script made of cancelled sub-calls as a final answer).
     // Priced from what the server was really asked (cache hits cost nothing).
-    let cost = prices.report(usage.iter().map(|(model, u)| (model.as_str(), u)));
+    let mut cost = prices.report(usage.iter().map(|(model, u)| (model.as_str(), u)));
+    // Calls cut short in flight sent no usage; they stay charged at their estimate.
+    for (model, usd) in &result.cut_short_cost {
+        *cost.by_model.entry(model.clone()).or_default() += usd;
+        cost.total += usd;
+    }
     if args.json || result.stopped != StopReason::Cancelled {
         print_result(&result, &usage, &cost, cache_stats, args.json)?;
     }

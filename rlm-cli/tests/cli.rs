@@ -972,3 +972,84 @@ FINAL(n);"#,
     let opened = server.connections();
     assert!(opened <= 21, "{opened} connections for 165 requests");
 }
+
+/// A completion for `request` holding `text`, as a server that sends no `usage` makes it.
+fn without_usage(request: &ServerRequest, text: String) -> Reply {
+    Reply::json(
+        200,
+        &serde_json::json!({
+            "id": format!("chatcmpl-{}", request.seq),
+            "object": "chat.completion",
+            "created": 0,
+            "model": request.model(),
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": "stop",
+            }],
+        }),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_budget_holds_against_a_server_without_usage() {
+    let root = [code(
+        "let a = llm_batch(range(100).map(|i| `prompt ${i}`), 1);\nFINAL(a.len());",
+    )];
+    let server = MockServer::start(move |request: &ServerRequest| {
+        if request.model() == ROOT {
+            without_usage(request, root[0].clone())
+        } else {
+            // About 1,500 tokens.
+            without_usage(request, "word ".repeat(1_200))
+        }
+    })
+    .await
+    .expect("server");
+    let out = run(
+        &server,
+        &["--query", "q", "--max-total-tokens", "20000", "--json"],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, Some(3), "{out:#?}");
+    let json = out.json();
+    assert_eq!(json["stopped"], "max_tokens", "{json}");
+    let sent = requests_for(&server, SUB).len() as u64;
+    assert!(sent <= 14, "{sent} sub-calls sent");
+    assert_eq!(json["refused_sub_calls"], 100 - sent, "{json}");
+    let warnings = json["warnings"].to_string();
+    assert!(warnings.contains("no token usage"), "{warnings}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sub_model_a_proxy_refuses_with_a_400_stops_the_run() {
+    // LiteLLM's answer to a mistyped --sub-model: a 400, not a 404.
+    let script = code(r#"let r = llm_batch(range(84).map(|i| `chunk ${i}`)); print(r[0]);"#);
+    let scripted = rlm_handler(
+        ROOT,
+        vec![script, "FINAL(built from errors)".to_owned()],
+        upper,
+    );
+    let server = MockServer::start(move |request: &ServerRequest| {
+        if request.model() == SUB {
+            return Reply::error(
+                400,
+                "invalid_request_error",
+                "400",
+                "Invalid model name passed in model=sub-model",
+            );
+        }
+        scripted(request)
+    })
+    .await
+    .expect("server");
+    let out = run(&server, &["--query", "q", "--max-concurrent", "4"], None).await;
+    out.assert_clean_error(5);
+    assert!(out.stderr.contains("sub model (sub-model)"), "{out:#?}");
+    assert!(out.stderr.contains("HTTP 400"), "{out:#?}");
+    assert!(out.stderr.contains("Invalid model name"), "{out:#?}");
+    let sent = requests_for(&server, SUB).len();
+    assert!(sent < 84, "stopped early, yet {sent} sub-calls were sent");
+    assert_eq!(requests_for(&server, ROOT).len(), 1);
+}

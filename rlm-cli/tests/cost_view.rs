@@ -202,3 +202,51 @@ async fn a_trace_has_its_cost_and_becomes_a_page() {
     assert_eq!(out.code, Some(4), "{out:#?}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cost_budget_spent_mid_batch_says_so_even_with_an_answer() {
+    let dir = scratch("mid-batch");
+    let prices = dir.join("prices.json");
+    // Each sub-call is estimated at about $1.005: 22 fit in $22.50; the root is free.
+    std::fs::write(
+        &prices,
+        format!(
+            r#"{{"{SUB}": {{"input": 1000, "output": 1000}}, "{ROOT}": {{"input": 0, "output": 0}}}}"#
+        ),
+    )
+    .expect("write prices");
+    // The answer comes from the block whose batch the budget cut.
+    let server = server(vec![code(
+        r#"let r = llm_batch(range(212).map(|i| `p${i}`)); FINAL(r.len());"#,
+    )])
+    .await;
+    let out = run(
+        &server,
+        &[
+            "--query",
+            "q",
+            "--json",
+            "--prices",
+            path_str(&prices),
+            "--max-cost",
+            "22.5",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, Some(3), "{out:#?}");
+    let json: Value = serde_json::from_str(&out.stdout).expect("JSON");
+    assert_eq!(json["stopped"], "max_cost", "{json}");
+    assert_eq!(json["answer"], "212", "{json}");
+    let sent = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.model() == SUB)
+        .count() as u64;
+    assert_eq!(json["sub_calls"], sent, "{json}");
+    assert_eq!(json["refused_sub_calls"], 212 - sent, "{json}");
+    assert!(sent <= 22, "{sent}");
+    let warnings = json["warnings"].to_string();
+    assert!(warnings.contains("budget refused"), "{warnings}");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -36,6 +36,9 @@ pub(crate) struct Budget {
     max_tokens: Option<u64>,
     /// The cost budget, if any.
     cost: Option<CostMeter>,
+    /// USD charged per model at their estimate for calls cut short in flight (no usage came
+    /// back), so not in the usage the cost report prices.
+    unmetered: Mutex<std::collections::BTreeMap<String, f64>>,
 }
 
 /// `max_cost`: the prices and the budget in USD, for the whole tree.
@@ -80,6 +83,7 @@ impl Budget {
             tokens: AtomicU64::new(0),
             max_tokens,
             cost: None,
+            unmetered: Mutex::default(),
         }
     }
 
@@ -124,9 +128,11 @@ impl Budget {
                 sent: false,
             });
         }
-        // The calls the cost budget refused give their sub-calls back.
+        // The calls the cost budget refused give their sub-calls back, and count as refused.
         if charge.sub_call {
-            self.give_back_sub_calls(calls - granted.len() as u64);
+            let unsent = calls - granted.len() as u64;
+            self.give_back_sub_calls(unsent);
+            self.refused.fetch_add(unsent, Ordering::SeqCst);
         }
         granted
     }
@@ -197,6 +203,20 @@ impl Budget {
     /// Calls a budget refused before they were sent, over the whole tree.
     pub(crate) fn refused_sub_calls(&self) -> u64 {
         self.refused.load(Ordering::SeqCst)
+    }
+
+    /// USD charged per model at their estimate for calls cut short in flight, which the
+    /// usage the cost report prices does not hold.
+    pub(crate) fn unmetered_cost(&self) -> std::collections::BTreeMap<String, f64> {
+        lock(&self.unmetered).clone()
+    }
+
+    /// Whether a budget (not the clock or a cancel) told the tree to stop.
+    fn budget_stopped(&self) -> bool {
+        matches!(
+            *lock(&self.stop),
+            Some(StopReason::MaxSubCalls | StopReason::MaxTokens | StopReason::MaxCost)
+        )
     }
 
     /// Calls made below the top-level root so far.
@@ -310,11 +330,29 @@ impl Budget {
         spent
     }
 
-    /// Hands back the cost reservation of a call that ended without a known cost.
+    /// Hands back the cost reservation of a call that was never sent.
     fn release_cost(&self, reservation: Reservation) {
         if let Some(cost) = &self.cost {
             cost.budget.release(reservation);
         }
+    }
+
+    /// A call of `model` went out and its cost will never be known (it was cut short in
+    /// flight): it stays charged at its reservation. Returns whether the cost budget is now
+    /// spent (and marks the stop if so).
+    fn charge_reserved(&self, reservation: Reservation, model: &str) -> bool {
+        let Some(cost) = &self.cost else {
+            return false;
+        };
+        let estimate = reservation.usd();
+        if estimate > 0.0 {
+            *lock(&self.unmetered).entry(model.to_owned()).or_default() += estimate;
+        }
+        let spent = cost.budget.settle(reservation, estimate);
+        if spent {
+            self.stop(StopReason::MaxCost);
+        }
+        spent
     }
 }
 
@@ -343,7 +381,11 @@ impl Reserved {
     pub(crate) fn settle(mut self, usage: &Usage) -> bool {
         self.sent = true;
         let tokens_spent = self.budget.add_tokens(usage.total());
+        // No usage after a stop: the call was cut short in flight (or failed meanwhile);
+        // what the server billed is unknown, so it stays charged at its estimate.
+        let cut_short = usage.total() == 0 && self.budget.stopped().is_some();
         let cost_spent = match self.cost.take() {
+            Some(reservation) if cut_short => self.budget.charge_reserved(reservation, &self.model),
             Some(reservation) => self.budget.settle_cost(reservation, &self.model, usage),
             None => false,
         };
@@ -354,10 +396,19 @@ impl Reserved {
 impl Drop for Reserved {
     fn drop(&mut self) {
         if let Some(reservation) = self.cost.take() {
-            self.budget.release_cost(reservation);
+            if self.sent {
+                self.budget.charge_reserved(reservation, &self.model);
+            } else {
+                self.budget.release_cost(reservation);
+            }
         }
         if self.sub_call && !self.sent {
             self.budget.give_back_sub_calls(1);
+            // Left unsent because a budget stopped the tree: refused, like the calls
+            // `reserve` refuses outright.
+            if self.budget.budget_stopped() {
+                self.budget.refused.fetch_add(1, Ordering::SeqCst);
+            }
         }
     }
 }

@@ -70,6 +70,17 @@ pub enum Event {
         #[serde(default)]
         elapsed_ms: u64,
     },
+    /// The root reply held reasoning in its text (`<think>...</think>`, `<thinking>`,
+    /// `<reasoning>`): it was taken out before the reply was read, so no code and no final
+    /// answer in it counted. One event per reply that had any.
+    RootReasoning {
+        /// Turn number.
+        turn: usize,
+        /// The reasoning sections, without their tags, joined by blank lines.
+        text: String,
+        /// A section was opened and never closed: the rest of the reply was reasoning.
+        unclosed: bool,
+    },
     /// A code block of the reply ran.
     CodeBlock {
         /// Turn number.

@@ -29,12 +29,17 @@ pub(crate) struct Ledger {
     /// Sub-calls cut short by cancellation (Ctrl-C, the time budget), over the whole tree;
     /// not counted in `failed_sub_calls`.
     pub(crate) cancelled_sub_calls: AtomicU64,
+    /// Calls whose server sent no token usage: their usage is an estimate.
+    pub(crate) estimated_usage: AtomicU64,
     /// Child runs started.
     pub(crate) child_runs: AtomicU64,
     /// The deepest run started (0: no child).
     pub(crate) max_depth_reached: AtomicUsize,
     /// Warnings of child runs, for the top-level result.
     pub(crate) child_warnings: Mutex<Vec<String>>,
+    /// Bytes each run's variables held after its last block (an estimate), by run id: the
+    /// memory budget is one budget for the tree.
+    scope_bytes: Mutex<BTreeMap<String, usize>>,
 }
 
 impl Ledger {
@@ -53,6 +58,31 @@ impl Ledger {
             .iter()
             .map(UsageTracker::snapshot)
             .collect()
+    }
+
+    /// What the variables of the run `run` may hold under the tree's memory budget of
+    /// `max_memory` bytes (0: none): the budget less what the other runs hold, at least one
+    /// byte (0 would mean no budget).
+    pub(crate) fn scope_budget(&self, run: &str, max_memory: usize) -> usize {
+        if max_memory == 0 {
+            return 0;
+        }
+        let others = lock(&self.scope_bytes)
+            .iter()
+            .filter(|(id, _)| id.as_str() != run)
+            .map(|(_, bytes)| *bytes)
+            .fold(0, usize::saturating_add);
+        max_memory.saturating_sub(others).max(1)
+    }
+
+    /// The variables of the run `run` now hold `bytes`.
+    pub(crate) fn hold_scope(&self, run: &str, bytes: usize) {
+        lock(&self.scope_bytes).insert(run.to_owned(), bytes);
+    }
+
+    /// The run `run` ended: its variables are gone.
+    pub(crate) fn release_scope(&self, run: &str) {
+        lock(&self.scope_bytes).remove(run);
     }
 
     /// Records a failure that every other sub-call would share (the first one wins).

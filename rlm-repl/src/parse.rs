@@ -11,7 +11,15 @@
 //! decoration such as `**`, `>`, `-`, `#`), outside every fence and not inside inline code.
 //! `FINAL(` takes the text up to the parenthesis that balances it, across lines; prose after
 //! it is not part of the answer. Only when it never balances does a fallback apply: the text
-//! up to the reply's last `)`, or all of it.
+//! up to the reply's last `)`, or all of it. A reply whose markers disagree (`FINAL(12)` and
+//! later `FINAL(4242)`) gives no answer: it is ambiguous (the same marker repeated is fine).
+//!
+//! Reasoning is not the reply: local reasoning models write their thinking into the reply as
+//! `<think>...</think>` (also `<thinking>`, `<reasoning>`). Such a section, opened at the start
+//! of a line outside code, is taken out before the reply is read: no marker and no code in it
+//! counts. A section never closed runs to the end of the reply; a closing tag at the start of
+//! a line with no opening tag before it (servers that put the opening tag in the prompt) ends
+//! a section that began with the reply.
 
 /// A text-level end marker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +43,12 @@ pub(crate) struct ParsedReply {
     pub(crate) unterminated: bool,
     /// Languages of blocks that were not run (`""` for an untagged illustration).
     pub(crate) skipped: Vec<String>,
+    /// Two or more different markers outside code (each once, in order): no answer is taken.
+    pub(crate) conflicting: Vec<FinalMarker>,
+    /// The reasoning sections taken out of the reply, in order.
+    pub(crate) reasoning: Vec<String>,
+    /// A reasoning section was opened and never closed: the rest of the reply was reasoning.
+    pub(crate) reasoning_unclosed: bool,
 }
 
 impl ParsedReply {
@@ -64,9 +78,156 @@ struct OpenFence<'a> {
     body: Vec<&'a str>,
 }
 
-/// Splits `reply` into code blocks and text.
+/// Splits `reply` into reasoning, code blocks and text.
 pub(crate) fn parse_reply(reply: &str) -> ParsedReply {
+    let reasoning = split_reasoning(reply);
+    let mut parsed = parse_text(&reasoning.text);
+    parsed.reasoning = reasoning.sections;
+    parsed.reasoning_unclosed = reasoning.unclosed;
+    parsed
+}
+
+/// The opening and closing tags of a reasoning section, lowercase.
+const REASONING_TAGS: [(&str, &str); 3] = [
+    ("<think>", "</think>"),
+    ("<thinking>", "</thinking>"),
+    ("<reasoning>", "</reasoning>"),
+];
+
+/// A reply without its reasoning sections.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Reasoning {
+    /// The reply without them.
+    text: String,
+    /// The sections, without their tags.
+    sections: Vec<String>,
+    /// The last section was never closed.
+    unclosed: bool,
+}
+
+/// The reasoning tag a line starts with (after indentation): its closing tag and the byte
+/// length of the indentation plus the tag.
+fn opening_tag(line: &str) -> Option<(&'static str, usize)> {
+    let indent = line.len() - line.trim_start().len();
+    let rest = &line.as_bytes()[indent..];
+    REASONING_TAGS.iter().find_map(|(open, close)| {
+        (rest.len() >= open.len() && rest[..open.len()].eq_ignore_ascii_case(open.as_bytes()))
+            .then_some((*close, indent + open.len()))
+    })
+}
+
+/// A reasoning section at the very start of `text` (after blank space), or ended by a closing
+/// tag with no opening tag before it: the reasoning (without its tags) and the text after it.
+/// A section never closed is all reasoning.
+pub(crate) fn leading_reasoning(text: &str) -> Option<(String, String)> {
+    let lower = text.to_ascii_lowercase();
+    let start = text.len() - text.trim_start().len();
+    if let Some((close, tag_end)) = opening_tag(&text[start..]) {
+        let body = start + tag_end;
+        return Some(match lower[body..].find(close) {
+            Some(at) => (
+                text[body..body + at].trim().to_owned(),
+                text[body + at + close.len()..].trim_start().to_owned(),
+            ),
+            None => (text[body..].trim().to_owned(), String::new()),
+        });
+    }
+    REASONING_TAGS
+        .iter()
+        .filter_map(|(open, close)| {
+            let at = lower.find(close)?;
+            (!lower[..at].contains(open)).then_some((at, close.len()))
+        })
+        .min()
+        .map(|(at, len)| {
+            (
+                text[..at].trim().to_owned(),
+                text[at + len..].trim_start().to_owned(),
+            )
+        })
+}
+
+/// Takes the reasoning sections out of `reply` (see the module documentation).
+fn split_reasoning(reply: &str) -> Reasoning {
+    let lower = reply.to_ascii_lowercase();
+    let mut out = Reasoning::default();
+    let mut from = 0;
+    // A closing tag at the start of a line, no opening tag before it: everything up to it was
+    // reasoning whose opening tag the server kept.
+    let mut offset = 0;
+    for line in reply.split_inclusive('\n') {
+        let start = offset;
+        offset += line.len();
+        if opening_tag(line).is_some() {
+            break;
+        }
+        let indent = line.len() - line.trim_start().len();
+        if let Some((_, close)) = REASONING_TAGS
+            .iter()
+            .find(|(_, close)| lower[start + indent..].starts_with(close))
+        {
+            out.sections.push(reply[..start + indent].trim().to_owned());
+            from = start + indent + close.len();
+            break;
+        }
+    }
+    let mut fence: Option<(char, usize)> = None;
+    let mut offset = from;
+    let mut skip_until = from;
+    for line in reply[from..].split_inclusive('\n') {
+        let start = offset;
+        offset += line.len();
+        if start < skip_until {
+            // Inside a reasoning section: its rest after the closing tag is reply again.
+            if offset > skip_until {
+                out.text.push_str(&reply[skip_until..offset]);
+            }
+            continue;
+        }
+        let trimmed = line.trim();
+        if let Some((mark, length)) = fence {
+            let (run_mark, run_length) = fence_run(trimmed);
+            if run_mark == Some(mark) && run_length >= length && trimmed[run_length..].is_empty() {
+                fence = None;
+            }
+            out.text.push_str(line);
+            continue;
+        }
+        if let (Some(mark), length @ 3..) = fence_run(trimmed) {
+            if !(mark == '`' && trimmed[length..].contains('`')) {
+                fence = Some((mark, length));
+            }
+            out.text.push_str(line);
+            continue;
+        }
+        let Some((close, tag_end)) = opening_tag(line) else {
+            out.text.push_str(line);
+            continue;
+        };
+        let body_start = start + tag_end;
+        match lower[body_start..].find(close) {
+            Some(at) => {
+                out.sections
+                    .push(reply[body_start..body_start + at].trim().to_owned());
+                skip_until = body_start + at + close.len();
+                if offset > skip_until {
+                    out.text.push_str(&reply[skip_until..offset]);
+                }
+            }
+            None => {
+                out.sections.push(reply[body_start..].trim().to_owned());
+                out.unclosed = true;
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Splits a reply without reasoning into code blocks and text.
+fn parse_text(reply: &str) -> ParsedReply {
     let mut parsed = ParsedReply::default();
+    let mut markers: Vec<FinalMarker> = Vec::new();
     let mut fences: Vec<(String, String)> = Vec::new();
     let mut open: Option<OpenFence<'_>> = None;
     // Byte offset of each line's start, so that a marker can take text across lines.
@@ -115,17 +276,24 @@ pub(crate) fn parse_reply(reply: &str) -> ParsedReply {
             });
             continue;
         }
-        if parsed.final_marker.is_none() {
-            let decorated = line.len()
-                - line
-                    .trim_start_matches(|c: char| c.is_whitespace() || "*>#-_+".contains(c))
-                    .len();
-            if let Some((marker, end, balanced)) = final_marker(&reply[start + decorated..]) {
-                parsed.final_marker = Some(marker);
+        let decorated = line.len()
+            - line
+                .trim_start_matches(|c: char| c.is_whitespace() || "*>#-_+".contains(c))
+                .len();
+        if let Some((marker, end, balanced)) = final_marker(&reply[start + decorated..]) {
+            if markers.is_empty() {
                 parsed.final_unbalanced = !balanced;
-                consumed_until = start + decorated + end;
             }
+            if !markers.contains(&marker) {
+                markers.push(marker);
+            }
+            consumed_until = start + decorated + end;
         }
+    }
+    if markers.len() > 1 {
+        parsed.conflicting = markers;
+    } else {
+        parsed.final_marker = markers.pop();
     }
     parsed.unterminated = open.is_some();
     let tagged = fences.iter().any(|(lang, _)| is_rhai(lang));
@@ -386,6 +554,57 @@ mod tests {
             parsed.final_marker,
             Some(FinalMarker::Var("counts(1)".into()))
         );
+    }
+
+    #[test]
+    fn reasoning_holds_no_markers_and_no_code() {
+        let reply =
+            "<think>\nMaybe FINAL(12)?\n```repl\nprint(\"draft\")\n```\n</think>\nFINAL(4242)";
+        let parsed = parse_reply(reply);
+        assert_eq!(parsed.final_marker, value("4242"));
+        assert!(parsed.blocks.is_empty());
+        assert!(!parsed.has_code());
+        assert_eq!(
+            parsed.reasoning,
+            ["Maybe FINAL(12)?\n```repl\nprint(\"draft\")\n```"]
+        );
+        assert!(!parsed.reasoning_unclosed);
+        // Other tag names, any case, the reply on the closing tag's line.
+        let parsed = parse_reply("<Thinking>FINAL(1)</Thinking>FINAL(2)");
+        assert_eq!(parsed.final_marker, value("2"));
+        let parsed = parse_reply(
+            "<reasoning>\n```repl\nFINAL(1)\n```\n</reasoning>\n```repl\nprint(2);\n```",
+        );
+        assert_eq!(parsed.blocks, ["print(2);"]);
+        // Never closed: the rest of the reply is reasoning, and the parse says so.
+        let parsed = parse_reply("<think>\nFINAL(12)\n```repl\nprint(1);\n```\n");
+        assert_eq!(parsed.final_marker, None);
+        assert!(parsed.blocks.is_empty());
+        assert!(parsed.reasoning_unclosed);
+        // A closing tag alone: the server kept the opening one; what came before is reasoning.
+        let parsed = parse_reply("So FINAL(12)?\n```repl\nprint(1);\n```\n</think>\n\nFINAL(13)");
+        assert_eq!(parsed.final_marker, value("13"));
+        assert!(parsed.blocks.is_empty());
+        // Inside code, a tag is code.
+        let parsed = parse_reply("```repl\nlet t = `\n<think>\n`;\nprint(t);\n```");
+        assert_eq!(parsed.blocks, ["let t = `\n<think>\n`;\nprint(t);"]);
+        assert!(parsed.reasoning.is_empty());
+    }
+
+    #[test]
+    fn different_markers_are_ambiguous_and_repeats_are_not() {
+        let parsed = parse_reply("FINAL(12)\nOn second thought:\nFINAL(4242)");
+        assert_eq!(parsed.final_marker, None);
+        assert_eq!(
+            parsed.conflicting,
+            [value("12").unwrap(), value("4242").unwrap()]
+        );
+        let parsed = parse_reply("FINAL(12)\nAgain: \nFINAL(12)");
+        assert_eq!(parsed.final_marker, value("12"));
+        assert!(parsed.conflicting.is_empty());
+        let parsed = parse_reply("FINAL_VAR(answer)\nFINAL(12)");
+        assert_eq!(parsed.final_marker, None);
+        assert_eq!(parsed.conflicting.len(), 2);
     }
 
     #[test]

@@ -93,6 +93,12 @@ pub struct RunResult {
     /// Calls a budget (`max_sub_calls`, `max_total_tokens`, `max_cost`) refused before
     /// sending, children's included: the script got an `Error: ...` string for each.
     pub refused_sub_calls: u64,
+    /// USD per model charged at their cost estimate for calls cut short in flight (a batch
+    /// stopped by a budget, a cancel, the clock): the server may have billed them but sent no
+    /// usage, so [`usage`](Self::usage) does not hold them. Included in
+    /// [`cost`](Self::cost); a caller that prices other usage adds it. Children's included.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub cut_short_cost: BTreeMap<String, f64>,
     /// Every turn, in order.
     pub trajectory: Vec<Turn>,
 }

@@ -90,6 +90,23 @@ impl RunState {
         self.budget.refusal()
     }
 
+    /// What this run's variables may hold: the tree's memory budget (`max_memory`, 0: none)
+    /// less what the other runs of the tree hold.
+    pub(crate) fn scope_budget(&self, max_memory: usize) -> usize {
+        self.ledger
+            .scope_budget(&self.emitter.place().run, max_memory)
+    }
+
+    /// This run's variables now hold `bytes` (an estimate, the context excepted).
+    pub(crate) fn hold_scope(&self, bytes: usize) {
+        self.ledger.hold_scope(&self.emitter.place().run, bytes);
+    }
+
+    /// This run ended: its variables no longer count against the tree's memory budget.
+    pub(crate) fn release_scope(&self) {
+        self.ledger.release_scope(&self.emitter.place().run);
+    }
+
     pub(crate) fn turn(&self) -> usize {
         self.turn.load(Ordering::SeqCst)
     }

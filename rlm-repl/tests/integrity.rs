@@ -425,3 +425,198 @@ async fn the_final_ask_turn_reports_whether_it_gave_the_answer() {
         .collect();
     assert_eq!(verdicts, [TurnVerdict::NoAnswer, TurnVerdict::Accepted]);
 }
+
+#[tokio::test]
+async fn reasoning_in_the_root_reply_holds_no_answer_and_no_code() {
+    let root = MockBackend::scripted([
+        "<think>\nMaybe FINAL(12)?\n```repl\nprint(\"draft\")\n```\n</think>\nFINAL(4242)",
+    ]);
+    let sub = MockBackend::echo();
+    let events = Arc::new(common::Events::default());
+    let rlm = builder(&root, &sub).observer(events.clone()).build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
+    assert_eq!(result.answer, "4242");
+    assert_eq!(result.stopped, StopReason::Final);
+    assert!(
+        result.trajectory[0].blocks.is_empty(),
+        "the draft block ran"
+    );
+    // The reasoning is in the trace, as reasoning.
+    let reasoning: Vec<_> = events
+        .all()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::RootReasoning { text, unclosed, .. } => Some((text, unclosed)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasoning.len(), 1);
+    assert!(
+        reasoning[0].0.starts_with("Maybe FINAL(12)?"),
+        "{reasoning:?}"
+    );
+    assert!(!reasoning[0].1);
+}
+
+#[tokio::test]
+async fn an_unclosed_reasoning_section_is_reasoning_and_the_model_is_told() {
+    let root = MockBackend::scripted([
+        "<think>\nFINAL(12)\n```repl\nprint(\"draft\")\n```\n".to_owned(),
+        fence("print(\"real\");"),
+        "FINAL(4242)".to_owned(),
+    ]);
+    let sub = MockBackend::echo();
+    let rlm = builder(&root, &sub).build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
+    assert_eq!(result.answer, "4242");
+    assert!(result.trajectory[0].blocks.is_empty());
+    let shown = seen(&root, 1);
+    assert!(shown.contains("never closed"), "{shown}");
+    assert!(seen(&root, 2).contains("real"));
+}
+
+#[tokio::test]
+async fn a_sub_answer_without_its_leading_reasoning() {
+    let sub = MockBackend::echo().with_shape(|request, completion| {
+        let text = match request.last_user_message() {
+            Some("only") => "<think>\nhmm, 12?\n</think>\n".to_owned(),
+            _ => "<think>\nhmm, 12?\n</think>\n\n4242".to_owned(),
+        };
+        Completion::new(completion.model.clone(), text).with_usage(completion.usage)
+    });
+    let root = MockBackend::scripted([
+        fence(
+            "let r = llm_batch([\"both\", \"only\"]);\nprint(r[0]);\nprint(r[1]);\nlet one = llm_query(\"both\");\nprint(one);",
+        ),
+        "FINAL(done)".to_owned(),
+    ]);
+    let rlm = builder(&root, &sub).build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
+    let shown = seen(&root, 1);
+    let lines: Vec<&str> = shown.lines().skip(1).collect();
+    assert_eq!(lines[0], "4242", "{shown}");
+    assert!(
+        lines[1].starts_with("Error: the sub-model gave no answer text (it held only reasoning"),
+        "{shown}"
+    );
+    assert_eq!(lines[2], "4242", "{shown}");
+    assert_eq!(result.failed_sub_calls, 1);
+}
+
+#[tokio::test]
+async fn different_final_answers_in_one_reply_are_refused() {
+    let root = MockBackend::scripted([
+        "FINAL(12)\nActually, after checking:\nFINAL(4242)",
+        "FINAL(4242)\nYes: FINAL(4242)",
+    ]);
+    let sub = MockBackend::echo();
+    let rlm = builder(&root, &sub).build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
+    assert_eq!(result.answer, "4242");
+    assert_eq!(result.iterations, 2);
+    let shown = seen(&root, 1);
+    assert!(
+        shown.contains("2 different final answers (FINAL(12), FINAL(4242))"),
+        "{shown}"
+    );
+}
+
+#[tokio::test]
+async fn first_sub_calls_failing_alike_with_a_4xx_stop_the_run() {
+    let root = MockBackend::scripted([
+        fence("let r = llm_batch(range(84).map(|i| `chunk ${i}`));\nprint(r[0]);"),
+        "FINAL(made of errors)".to_owned(),
+    ]);
+    // LiteLLM's answer to a mistyped --sub-model.
+    let sub = MockBackend::echo()
+        .with_latency(std::time::Duration::from_millis(5))
+        .fail_when(
+            |_| true,
+            LlmError::from_http_status(
+                400,
+                "Invalid model name passed in model=gpt-typo",
+                None,
+                None,
+                None,
+            ),
+        );
+    let rlm = builder(&root, &sub).max_concurrent(4).build_ok();
+    let error = rlm
+        .run("q", Context::from("x"))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("the run must fail"));
+    match &error {
+        RlmError::SubModel { model, source } => {
+            assert_eq!(model, "sub");
+            assert_eq!(source.status(), Some(400));
+        }
+        other => panic!("{other}"),
+    }
+    let shown = error.to_string();
+    assert!(
+        shown.contains("400") && shown.contains("Invalid model name"),
+        "{shown}"
+    );
+    assert!(sub.calls() < 84, "{} calls", sub.calls());
+    assert_eq!(root.calls(), 1);
+}
+
+#[tokio::test]
+async fn a_4xx_for_some_prompts_only_does_not_stop_the_run() {
+    // One prompt works first; then prompts the server refuses (too long, say): the sub model
+    // works, and the run goes on with per-item errors.
+    let root = MockBackend::scripted([
+        fence(
+            "let ok = llm_query(\"short\");\nlet r = llm_batch(range(5).map(|i| `long ${i}`));\nprint(r[0]);",
+        ),
+        "FINAL(done)".to_owned(),
+    ]);
+    let sub = MockBackend::echo().fail_when(
+        |request| {
+            request
+                .last_user_message()
+                .is_some_and(|p| p.starts_with("long"))
+        },
+        LlmError::from_http_status(400, "prompt too long", None, None, None),
+    );
+    let rlm = builder(&root, &sub).build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
+    assert_eq!(result.answer, "done");
+    assert_eq!(result.failed_sub_calls, 5);
+}
+
+#[tokio::test]
+async fn final_var_of_an_expression_gives_its_value() {
+    // In code, and as a text marker after code: the element, not a variable it names.
+    let root = MockBackend::scripted([fence(
+        "let cities = [\"Paris\", \"Rome\"];\nFINAL_VAR(cities[0]);",
+    )]);
+    let rlm = builder(&root, &MockBackend::echo()).build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
+    assert_eq!(result.answer, "Paris");
+    let root = MockBackend::scripted([
+        "```repl\nlet cities = [\"Paris\", \"Rome\"];\nlet best = \"Rome\";\n```\nFINAL_VAR(cities[0])".to_owned(),
+    ]);
+    let rlm = builder(&root, &MockBackend::echo()).build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
+    assert_eq!(result.answer, "Paris");
+    // A variable whose value looks like a name is still its value.
+    let root = MockBackend::scripted([fence("let best = \"Rome\";\nFINAL_VAR(best);")]);
+    let rlm = builder(&root, &MockBackend::echo()).build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
+    assert_eq!(result.answer, "Rome");
+}
+
+#[tokio::test]
+async fn a_reply_of_reasoning_only_is_told_that_its_code_did_not_count() {
+    let root = MockBackend::scripted([
+        "<think>\n```repl\nFINAL(12)\n```\n</think>".to_owned(),
+        "FINAL(4242)".to_owned(),
+    ]);
+    let rlm = builder(&root, &MockBackend::echo()).build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
+    assert_eq!(result.answer, "4242");
+    let shown = seen(&root, 1);
+    assert!(shown.contains("held only reasoning"), "{shown}");
+}

@@ -493,8 +493,15 @@ impl Repl {
                 ));
             }
         }
-        let (held, message) = memory::fit_scope(&mut self.scope, &self.limits);
+        // The memory budget is the tree's: what the other runs hold is not this run's.
+        let budget = self.shared.run.scope_budget(self.limits.max_memory);
+        let limits = SandboxLimits {
+            max_memory: budget,
+            ..self.limits.clone()
+        };
+        let (held, message) = memory::fit_scope(&mut self.scope, &limits);
         self.held = held;
+        self.shared.run.hold_scope(held);
         if let Some(message) = message {
             // What did not fit is an error of the block, even if the block itself succeeded.
             match &mut ran.error {
@@ -1065,23 +1072,15 @@ fn build_engine(
         false,
         move |context, inputs| {
             let expr = &inputs[0];
+            // A name (quoted, or a bare variable) gives that variable's value; any other
+            // expression (`cities[0]`, `m.total`) gives its own value, never a name to look up.
             let answer = if let Some(name) = expr.get_string_value() {
                 let name = name.to_owned();
                 final_value(&name, context.scope().get(&name), max_answer).map_err(script_error)?
             } else {
-                // Any other expression: a variable's name, or (leniently) the answer itself.
                 let value = context.eval_expression_tree(expr)?.flatten();
-                let named = value
-                    .as_immutable_string_ref()
-                    .ok()
-                    .map(|s| s.as_str().to_owned())
-                    .filter(|s| is_identifier(s));
-                match named {
-                    Some(name) => final_value(&name, context.scope().get(&name), max_answer)
-                        .map_err(script_error)?,
-                    None => answer_text(&value, max_answer)
-                        .map_err(|e| script_error(format!("FINAL_VAR: the value {e}")))?,
-                }
+                answer_text(&value, max_answer)
+                    .map_err(|e| script_error(format!("FINAL_VAR: the value {e}")))?
             };
             *lock(&s.final_answer) = Some(answer);
             Err(stop(STOP_FINAL))

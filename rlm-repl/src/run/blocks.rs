@@ -14,6 +14,18 @@ pub(super) fn internal(error: tokio::task::JoinError) -> RlmError {
     RlmError::Internal(format!("the REPL thread failed: {error}"))
 }
 
+/// Reports the reasoning the reply held in its text, if any.
+pub(super) fn report_reasoning(run: &RunState, turn: usize, parsed: &ParsedReply) {
+    if parsed.reasoning.is_empty() {
+        return;
+    }
+    run.emitter.emit_with(|| Event::RootReasoning {
+        turn,
+        text: parsed.reasoning.join("\n\n"),
+        unclosed: parsed.reasoning_unclosed,
+    });
+}
+
 /// What the blocks of one reply did.
 pub(super) struct TurnWork {
     pub(super) repl: Repl,
@@ -117,6 +129,7 @@ pub(super) async fn final_reply(
     warnings: &mut Vec<String>,
 ) -> Result<(Repl, FinalWork), RlmError> {
     let parsed = parse_reply(&reply.text);
+    report_reasoning(run, turn, &parsed);
     let cut = reply.is_cut();
     let finishing = ParsedReply {
         // Out of habit, the model may give its answer as code (FINAL(x) in a ```repl
@@ -153,6 +166,7 @@ pub(super) async fn final_reply(
         work.repl,
         FinalWork {
             answer: given,
+            conflicting: !parsed.conflicting.is_empty(),
             blocks: work.blocks,
             sub_calls: work.sub_calls,
         },
@@ -162,6 +176,8 @@ pub(super) async fn final_reply(
 /// What the reply to the final ask gave.
 pub(super) struct FinalWork {
     pub(super) answer: Option<String>,
+    /// The reply gave different answers, so none was taken.
+    pub(super) conflicting: bool,
     pub(super) blocks: Vec<BlockRecord>,
     pub(super) sub_calls: Vec<SubCallRecord>,
 }

@@ -26,8 +26,15 @@ pub(super) fn feedback(
              answer with FINAL_VAR(name) after storing it in a variable.\n\n",
         );
     }
-    if blocks.is_empty() && parsed.final_marker.is_none() {
-        if !reply.is_cut() {
+    if parsed.reasoning_unclosed {
+        out.push_str(
+            "Your reply opened a reasoning section (<think>) and never closed it, so all of \
+             the reply after it was taken as reasoning: no code in it ran and no FINAL in it \
+             counts. Close reasoning with </think> before your code or your answer.\n\n",
+        );
+    }
+    if blocks.is_empty() && parsed.final_marker.is_none() && parsed.conflicting.is_empty() {
+        if !reply.is_cut() && !parsed.reasoning_unclosed {
             out.push_str(&nudge(reply, parsed));
         }
     } else {
@@ -103,6 +110,12 @@ fn nudge(reply: &Completion, parsed: &ParsedReply) -> String {
              with FINAL(answer) on its own line."
         );
     }
+    if !parsed.reasoning.is_empty() && parsed.skipped.is_empty() && !parsed.unterminated {
+        return "Your reply held only reasoning (<think>...</think>): code and FINAL(...) inside \
+                reasoning do not count. After closing the reasoning, write ```repl code to \
+                explore `context`, or answer with FINAL(answer) on its own line."
+            .to_owned();
+    }
     if parsed.unterminated {
         return "Your code block was not closed with a fence on its own line, so it did not \
                 run. Send the code again in a complete block."
@@ -175,6 +188,15 @@ pub(super) fn sub_call_warnings(
         ));
     }
     warnings
+}
+
+/// A value shown in a message: its first characters.
+pub(super) fn clip(text: &str) -> String {
+    const SHOWN_CHARS: usize = 60;
+    match text.char_indices().nth(SHOWN_CHARS) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text.to_owned(),
+    }
 }
 
 /// The start of a reply, quoted for a message.

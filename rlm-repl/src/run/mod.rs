@@ -8,9 +8,12 @@
 
 mod ask;
 mod blocks;
+mod estimated;
 mod feedback;
+mod sub_model;
 mod verdict;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,8 +22,10 @@ use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
 use self::ask::RootAsker;
-use self::blocks::{final_reply, internal, run_blocks};
+use self::blocks::{final_reply, internal, report_reasoning, run_blocks};
+use self::estimated::EstimatedUsage;
 use self::feedback::{count, feedback, quote_start, stopped_why, sub_call_warnings};
+use self::sub_model::SubModel;
 use self::verdict::{Verdict, verdict};
 use crate::budget::Budget;
 use crate::emitter::Emitter;
@@ -40,6 +45,15 @@ struct AbortOnDrop(JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// Releases a run's share of the tree's memory budget when dropped.
+struct ReleaseScope(Arc<RunState>);
+
+impl Drop for ReleaseScope {
+    fn drop(&mut self) {
+        self.0.release_scope();
     }
 }
 
@@ -110,6 +124,8 @@ pub(crate) async fn run_tree(
     query: String,
     source: Source,
 ) -> Result<RunResult, RlmError> {
+    // However the run ends, its variables stop counting against the tree's memory budget.
+    let _scope = ReleaseScope(Arc::clone(&state));
     let (mut run, mut repl) = Run::start(tree, state, &query, source).await?;
     for turn in 1..=run.max_iterations {
         let (after, next) = run.turn(repl, turn).await?;
@@ -169,12 +185,21 @@ impl Run {
         let child = place.depth > 0;
         let ledger = &state.ledger;
         let metered_root = Metered::new(
-            Metered::new(Arc::clone(&tree.root), ledger.usage_at(place.depth)),
+            Metered::new(
+                EstimatedUsage::new(Arc::clone(&tree.root), Arc::clone(ledger)),
+                ledger.usage_at(place.depth),
+            ),
             ledger.usage.clone(),
         );
         let root: Arc<dyn LlmBackend> = Arc::new(metered_root);
         let sub: Arc<dyn BatchExecutor> = Arc::new(Metered::new(
-            Metered::new(Arc::clone(&tree.sub), ledger.usage_at(place.depth)),
+            Metered::new(
+                SubModel::new(
+                    EstimatedUsage::new(Arc::clone(&tree.sub), Arc::clone(ledger)),
+                    Arc::clone(&state),
+                ),
+                ledger.usage_at(place.depth),
+            ),
             ledger.usage.clone(),
         ));
         let root_model = if child {
@@ -283,6 +308,7 @@ impl Run {
         };
         let cut = reply.is_cut();
         let parsed = parse_reply(&reply.text);
+        report_reasoning(&state, turn, &parsed);
         let work = run_blocks(repl, parsed.clone(), cut, turn, Arc::clone(&state))
             .await
             .map_err(internal)?;
@@ -365,6 +391,9 @@ impl Run {
             // Whatever the script made of calls cut short by a cancel or the clock is not a
             // final answer, even if it called FINAL with it.
             (_, Some(reason @ (StopReason::Cancelled | StopReason::MaxTime))) => reason,
+            // A budget ran out in the turn that gave the answer (mid-batch, say): the answer
+            // stands, and the run says the budget stopped it.
+            (Some(_), Some(reason)) if !self.child => reason,
             (Some(_), _) => StopReason::Final,
             (None, Some(reason)) => reason,
             (None, None) => StopReason::MaxIterations,
@@ -406,7 +435,14 @@ impl Run {
             if let Some(error) = sub_model_failure(&state, &self.sub_model) {
                 return Err(error);
             }
-            if given.answer.is_none() {
+            if given.answer.is_none() && given.conflicting {
+                self.warnings.push(format!(
+                    "no answer: {} and the reply to the final ask gave different final \
+                     answers; it began: {}",
+                    stopped_why(stopped),
+                    quote_start(&reply.text)
+                ));
+            } else if given.answer.is_none() {
                 self.warnings.push(format!(
                     "no answer: {} and the reply to the final ask had no FINAL(...) or \
                      FINAL_VAR(...); it began: {}",
@@ -461,6 +497,16 @@ impl Run {
             .load(std::sync::atomic::Ordering::SeqCst);
         if !self.child {
             self.warnings.extend(lock(&ledger.child_warnings).drain(..));
+            let estimated = ledger
+                .estimated_usage
+                .load(std::sync::atomic::Ordering::SeqCst);
+            if estimated > 0 {
+                self.warnings.push(format!(
+                    "the server sent no token usage for {}: their tokens are estimated from \
+                     their characters (about 4 bytes a token) for the token and cost budgets",
+                    count(estimated, "call")
+                ));
+            }
             self.warnings.extend(sub_call_warnings(
                 ledger,
                 state.budget.sub_calls(),
@@ -468,6 +514,16 @@ impl Run {
                 self.answer.is_some(),
             ));
             let refused = state.budget.refused_sub_calls();
+            let budget_stop = matches!(
+                stopped,
+                StopReason::MaxSubCalls | StopReason::MaxTokens | StopReason::MaxCost
+            );
+            if self.answer.is_some() && budget_stop && refused == 0 {
+                self.warnings.push(format!(
+                    "{}: the answer was given with what the run had by then",
+                    stopped_why(stopped)
+                ));
+            }
             if self.answer.is_some() && refused > 0 {
                 self.warnings.push(format!(
                     "the answer was given after a budget refused {}; the script got \
@@ -493,11 +549,31 @@ impl Run {
         } else {
             ledger.usage.snapshot()
         };
-        let cost = self
+        let mut cost = self
             .tree
             .config
             .prices
             .report(usage.iter().map(|(model, usage)| (model.as_str(), usage)));
+        let cut_short_cost = if self.child {
+            BTreeMap::new()
+        } else {
+            state.budget.unmetered_cost()
+        };
+        if !self.child {
+            // Calls cut short in flight are charged at their estimate: the server may have
+            // billed them, and the usage above cannot hold them.
+            let charged: f64 = cut_short_cost.values().sum();
+            for (model, usd) in &cut_short_cost {
+                *cost.by_model.entry(model.clone()).or_default() += usd;
+            }
+            if charged > 0.0 {
+                cost.total += charged;
+                self.warnings.push(format!(
+                    "calls cut short in flight are charged at their estimated cost \
+                     (${charged:.4}): the server may have billed them, but sent no usage"
+                ));
+            }
+        }
         let result = RunResult {
             answer: self.answer.unwrap_or_default(),
             iterations: self.trajectory.len(),
@@ -508,6 +584,7 @@ impl Run {
             sub_calls: state.budget.sub_calls(),
             failed_sub_calls,
             refused_sub_calls: state.budget.refused_sub_calls(),
+            cut_short_cost,
             cancelled_sub_calls: ledger
                 .cancelled_sub_calls
                 .load(std::sync::atomic::Ordering::SeqCst),

@@ -38,6 +38,9 @@ pub(super) fn verdict(parsed: &ParsedReply, work: &TurnWork, cut: bool, held: bo
     let (answer, warned) = if let Some((answer, warned)) = &work.code_final {
         (answer.clone(), *warned)
     } else {
+        if !parsed.conflicting.is_empty() {
+            return Verdict::Refuse(conflict_note(parsed));
+        }
         match (&parsed.final_marker, &work.text_var) {
             (None, _) => return Verdict::None,
             (Some(FinalMarker::Value(_)), _) if cut => {
@@ -97,6 +100,24 @@ pub(super) fn verdict(parsed: &ParsedReply, work: &TurnWork, cut: bool, held: bo
         }
     }
     Verdict::Accept(answer)
+}
+
+/// What the model is told when its reply gave different answers.
+pub(super) fn conflict_note(parsed: &ParsedReply) -> String {
+    let shown: Vec<String> = parsed
+        .conflicting
+        .iter()
+        .map(|marker| match marker {
+            FinalMarker::Value(value) => format!("FINAL({})", super::feedback::clip(value)),
+            FinalMarker::Var(name) => format!("FINAL_VAR({})", super::feedback::clip(name)),
+        })
+        .collect();
+    format!(
+        "Your reply was not accepted: it gave {} different final answers ({}), so it is not \
+         clear which one you meant. Give exactly one FINAL(...) or FINAL_VAR(...).",
+        shown.len(),
+        shown.join(", ")
+    )
 }
 
 #[cfg(test)]
