@@ -75,10 +75,13 @@ pub enum Event {
     /// answer in it counted. One event per reply that had any.
     RootReasoning {
         /// Turn number.
+        #[serde(default)]
         turn: usize,
         /// The reasoning sections, without their tags, joined by blank lines.
+        #[serde(default)]
         text: String,
         /// A section was opened and never closed: the rest of the reply was reasoning.
+        #[serde(default)]
         unclosed: bool,
     },
     /// A code block of the reply ran.
