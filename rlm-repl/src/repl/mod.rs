@@ -13,6 +13,7 @@ mod memory;
 pub(crate) mod output;
 mod sorting;
 pub(crate) mod subcall;
+mod thread;
 mod values;
 
 use std::fmt;
@@ -32,6 +33,7 @@ pub(crate) use self::children::{ChildAnswer, ChildRunner};
 use self::errors::{STOP_CANCELLED, STOP_FINAL, STOP_MEMORY, STOP_TIMEOUT};
 use self::output::OutputBuffer;
 use self::subcall::{BlockClock, SubCaller};
+pub(crate) use self::thread::spawn_evaluation;
 use self::values::{script_error, to_text};
 use crate::budget::Budget;
 use crate::emitter::Emitter;
@@ -181,8 +183,10 @@ impl Shared {
 /// or per sub-call. Scripts have no file, environment, network or module access; runaway
 /// code is stopped by [`SandboxLimits`] with an error, and the scope survives it.
 ///
-/// `execute` blocks: call it from a blocking thread (`tokio::task::spawn_blocking`) or from
-/// code without a runtime, not from an async task. [`Rlm`](crate::Rlm) does this for you.
+/// `execute` blocks: call it from a thread of its own or from code without a runtime, not
+/// from an async task. [`Rlm`](crate::Rlm) gives each evaluation a thread of its own (not one
+/// of tokio's bounded blocking pool, where blocks waiting on their children's blocks could
+/// take every thread and wait forever).
 ///
 /// ```
 /// use rlm_repl::{Context, Repl};
@@ -609,11 +613,7 @@ struct Ran {
 }
 
 fn internal_error(panic: &(dyn std::any::Any + Send)) -> String {
-    let what = panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_default();
+    let what = thread::panic_text(panic);
     format!(
         "Error: internal error in the REPL ({what}); the block was stopped. Variables set \
          before this point are kept."
