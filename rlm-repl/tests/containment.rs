@@ -308,3 +308,75 @@ fn an_answer_longer_than_the_string_limit_keeps_its_start() {
     );
     assert!(outcome.output.ends_with("true\n"), "{}", outcome.output);
 }
+
+/// A sub-model whose answers are `bytes` long and which, like the OpenAI backend, charges
+/// each answer to the caller's reply budget before it is built, failing the answers that do
+/// not fit. Counts the answers it built.
+fn charging_backend(
+    bytes: usize,
+) -> (
+    std::sync::Arc<rlm_core::mock::MockBackend>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let built = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&built);
+    let mock = rlm_core::mock::MockBackend::from_fn(move |_| {
+        if let Some(budget) = rlm_core::ReplyBudget::current() {
+            if !budget.try_take(bytes as u64) {
+                return Err(rlm_core::LlmError::other(format!(
+                    "the answer was not kept: with it the answers received would pass the \
+                     memory budget of {} bytes",
+                    budget.limit()
+                )));
+            }
+        }
+        counter.fetch_add(1, Ordering::SeqCst);
+        Ok("a".repeat(bytes))
+    });
+    (std::sync::Arc::new(mock), built)
+}
+
+#[test]
+fn answers_count_against_the_memory_budget_before_they_are_built() {
+    let _serial = serial();
+    use std::sync::atomic::Ordering;
+    const MB: usize = 1 << 20;
+    let (mock, built) = charging_backend(MB);
+    let mut repl = Repl::builder(Context::from("ctx"))
+        .limits(SandboxLimits {
+            max_memory: 6 * MB,
+            ..SandboxLimits::default()
+        })
+        .sub_backend(mock.clone(), "sub")
+        .build();
+    assert_eq!(
+        repl.execute("let held = \"\"; held.pad(2097152, 'h');")
+            .error,
+        None
+    );
+    // Before: no budget reached the backend, so all twenty answers were built (read whole)
+    // and only then were most of them dropped.
+    let outcome = repl.execute(
+        "let a = llm_batch(range(20).map(|i| `q${i}`), 4); \
+         let kept = a.filter(|x| !x.starts_with(\"Error:\")).len(); \
+         let refused = a.filter(|x| x.starts_with(\"Error: the memory budget\")).len(); \
+         let whole = a.all(|x| x.starts_with(\"Error:\") || x.len() == 1048576); \
+         print(`${kept} ${refused} ${whole}`);",
+    );
+    assert_eq!(outcome.error, None);
+    let built = built.load(Ordering::SeqCst);
+    // About 4 MB were left beside `held`: at most four answers fit, and only those were built.
+    assert!((1..=4).contains(&built), "{built} built");
+    assert_eq!(outcome.output, format!("{built} {} true\n", 20 - built));
+    assert_eq!(mock.calls(), 20);
+    assert!(repl.execute("print(a[19])").output.contains("--max-memory"),);
+    // One query is bounded the same way: what the variables leave.
+    let outcome = repl.execute("let big = \"\"; big.pad(3145728, 'b'); print(llm_query(\"q\"));");
+    assert!(
+        outcome.output.starts_with("Error: the memory budget"),
+        "{}",
+        outcome.output
+    );
+    assert_eq!(repl.execute("print(held.len())").output, "2097152\n");
+}
