@@ -155,6 +155,60 @@ fn every_mutation_path_keeps_the_size_limits() {
 }
 
 #[test]
+fn nested_growth_and_merges_stop_at_the_limit_while_the_block_runs() {
+    let _serial = serial();
+    let two_maps = "let a = #{}; let b = #{}; for i in 0..40 { a[`a${i}`] = i; b[`b${i}`] = i; }";
+    let two_arrays = "let a = []; let b = []; for i in 0..80 { a.push(i); b.push(i); }";
+    let cases = [
+        (
+            "let m = #{x: #{}}; for i in 0..100000 { m.x[`k${i}`] = i; }".to_owned(),
+            "Size of object map",
+        ),
+        (
+            "let m = #{x: #{y: #{}}}; for i in 0..100000 { m.x.y[`k${i}`] = i; }".to_owned(),
+            "Size of object map",
+        ),
+        (
+            "let xs = [[]]; for i in 0..100000 { xs[0].push(i); }".to_owned(),
+            "Size of array",
+        ),
+        (format!("{two_maps} a.mixin(b);"), "Size of object map"),
+        (format!("{two_maps} a += b;"), "Size of object map"),
+        (format!("{two_maps} a.fill_with(b);"), "Size of object map"),
+        (format!("{two_maps} let c = a + b;"), "Size of object map"),
+        (format!("{two_arrays} a.append(b);"), "Size of array"),
+        (format!("{two_arrays} let c = a + b;"), "Size of array"),
+    ];
+    for (code, expected) in cases {
+        let mut repl = repl_with(small());
+        // Before: the block ran to its end (a nested map of 100,000 keys, a merged map past
+        // the limit) and only the check after it removed the variable.
+        let outcome = repl.execute(&format!("{code} print(\"ran to \" + \"the end\");"));
+        let error = outcome.error.unwrap_or_default();
+        assert!(error.contains("too large"), "{code}: {error}");
+        assert!(error.contains(expected), "{code}: {error}");
+        assert!(
+            !outcome.output.contains("ran to the end"),
+            "{code}: {}",
+            outcome.output
+        );
+    }
+    // Within the limits, the same operations work as Rhai's own.
+    let mut repl = repl_with(small());
+    let outcome = repl.execute(
+        "let a = #{x: 1, y: 2}; let b = #{y: 3, z: 4}; let c = a + b; let d = a; d.fill_with(b); \
+         a.mixin(#{w: 0}); let xs = [1, 2]; xs.append([3]); \
+         print(`${c} ${d} ${a} ${xs + [4]} ${xs}`);",
+    );
+    assert_eq!(outcome.error, None);
+    assert_eq!(
+        outcome.output,
+        "#{\"x\": 1, \"y\": 3, \"z\": 4} #{\"x\": 1, \"y\": 2, \"z\": 4} \
+         #{\"w\": 0, \"x\": 1, \"y\": 2} [1, 2, 3, 4] [1, 2, 3]\n"
+    );
+}
+
+#[test]
 fn map_keys_count_as_strings() {
     let _serial = serial();
     let mut repl = repl_with(small());

@@ -947,6 +947,8 @@ fn build_engine(
     // Every read of a variable checks its own size (O(1)): a loop that grows a value past a
     // limit (`m[k] = v`, `xs.push(x)`, `s += t`) stops at its next use of it.
     let size_limits = limits.clone();
+    // And every so many uses, everything inside the variables (`m.x[k] = v` grows `m.x`).
+    let nested = memory::NestedCheck::default();
     // `on_var` is marked volatile (not deprecated) by Rhai; its shape has been stable since 1.0.
     #[allow(deprecated)]
     engine.on_var(move |name, index, context| {
@@ -961,6 +963,7 @@ fn build_engine(
         if let Some(value) = known.or_else(|| scope.get(name)) {
             memory::check_own_size(value, &size_limits)?;
         }
+        nested.on_use(scope, &size_limits)?;
         Ok(None)
     });
     // Rhai's own `sleep` blocks for as long as asked, past every limit (and panics on
