@@ -71,7 +71,7 @@ mod sync;
 mod words;
 
 pub use config::{DEFAULT_MAX_MEMORY, RlmConfig, SandboxLimits};
-pub use context::{Context, ContextInfo, SharedContext};
+pub use context::{Context, ContextInfo, SharedContext, parse_json_exact};
 pub use error::RlmError;
 pub use events::{Event, Observer, RunPlace, RunSettings, TurnVerdict};
 pub use repl::{BlockOutcome, Repl, ReplBuilder};

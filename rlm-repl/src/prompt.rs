@@ -124,6 +124,9 @@ pub fn first_message(query: &str, info: &ContextInfo) -> String {
             info.keys.join(", ")
         ));
     }
+    for note in &info.notes {
+        shape.push_str(&format!("\nNote: {note}."));
+    }
     if !info.preview.is_empty() {
         let what = if info.items.is_some() && info.kind.starts_with("array") {
             "the first items, one a line, as JSON".to_owned()

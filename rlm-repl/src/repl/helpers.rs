@@ -109,7 +109,10 @@ impl RegexCache {
         if let Some(regex) = lock(&self.compiled).get(pattern) {
             return Ok(regex.clone());
         }
+        // CRLF mode: in multi-line mode `$` matches before "\r\n" as well as before "\n", and
+        // `^` after it, as `lines()` splits lines.
         let regex = RegexBuilder::new(pattern)
+            .crlf(true)
             .size_limit(32 << 20)
             .build()
             .map_err(|e| script_error(format!("{function}: invalid regex {pattern:?}: {e}")))?;
@@ -462,15 +465,17 @@ fn grep_hit(index: usize, line: &str, context: Option<String>) -> Dynamic {
     Dynamic::from_map(hit)
 }
 
+/// `parse_json(text)`: exact (integers beyond 64 bits become strings of their digits; a
+/// leading byte order mark is skipped).
 fn parse_json(text: &str) -> RhaiResult<Dynamic> {
-    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+    let value = crate::parse_json_exact(text).map_err(|e| {
         script_error(format!(
             "parse_json: invalid JSON at line {} column {}: {e}",
             e.line(),
             e.column()
         ))
     })?;
-    rhai::serde::to_dynamic(value)
+    Ok(crate::context::json_to_dynamic(value))
 }
 
 fn to_json(value: &Dynamic) -> RhaiResult<String> {
