@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 
 use rhai::packages::{Package, StandardPackage};
 use rhai::{
-    AST, Array, Dynamic, Engine, EvalAltResult, INT, ImmutableString, Module, Position, Scope,
+    AST, Array, Dynamic, Engine, EvalAltResult, INT, ImmutableString, Module, NativeCallContext,
+    Position, Scope,
 };
 use rlm_core::{BatchExecutor, CancellationToken, Text};
 use tokio::runtime::Handle;
@@ -81,6 +82,43 @@ struct Shared {
     /// Why the running block must stop ([`HALT_CANCELLED`], [`HALT_TIMEOUT`],
     /// [`HALT_MEMORY`]; 0: it need not), set by its watchdog and read at every operation.
     halt: AtomicU8,
+    /// The block's integer divisions that dropped a fraction: the first (its line and
+    /// operands) and how many.
+    lossy_divisions: Mutex<Option<LossyDivision>>,
+}
+
+/// An integer division that dropped a fraction (`193 / 5` is 38, not 38.6).
+#[derive(Debug, Clone, Copy)]
+struct LossyDivision {
+    line: Option<usize>,
+    dividend: INT,
+    divisor: INT,
+    count: usize,
+}
+
+impl LossyDivision {
+    /// The warning the model sees: an average over integers comes out truncated, silently.
+    fn warning(&self) -> String {
+        let Self {
+            dividend: a,
+            divisor: b,
+            ..
+        } = *self;
+        let at = self
+            .line
+            .map_or_else(String::new, |line| format!(" (line {line})"));
+        let more = match self.count {
+            1 => String::new(),
+            n => format!(" ({n} divisions in this block dropped a fraction.)"),
+        };
+        format!(
+            "warning{at}: `/` divided two integers: {a} / {b} gave {}, the fraction dropped \
+             ({} as a float). For an average, a ratio or a share divide floats: float(total) \
+             / n.{more}",
+            a / b,
+            a as f64 / b as f64
+        )
+    }
 }
 
 /// The run was cancelled (or ran out of time): see [`Shared::halt`].
@@ -353,6 +391,7 @@ impl ReplBuilder {
             block_timeout: limits.block_timeout,
             max_memory: limits.max_memory,
             halt: AtomicU8::new(0),
+            lossy_divisions: Mutex::new(None),
         });
         let lengths = helpers::ContextLengths::of(&context);
         let engine = build_engine(&shared, &limits, lengths);
@@ -416,7 +455,7 @@ impl Repl {
     pub fn execute(&mut self, code: &str) -> BlockOutcome {
         let started = Instant::now();
         self.begin_block();
-        let warnings = lint::lint(code);
+        let mut warnings = lint::lint(code);
         // Everything that touches the script's values runs on the big stack: Rhai and serde
         // recurse once per level of nested data when they copy, print, convert or drop it.
         let stack = stack_size(&self.limits);
@@ -449,6 +488,16 @@ impl Repl {
             .error
             .map(|e| output::truncate_middle(&e, self.shared.max_output_chars));
         let final_answer = lock(&self.shared.final_answer).take();
+        if let Some(division) = lock(&self.shared.lossy_divisions).take() {
+            // A division of two literals was already named by the lint.
+            let literal = format!(
+                "{} / {} divides integers",
+                division.dividend, division.divisor
+            );
+            if !warnings.iter().any(|w| w.contains(&literal)) {
+                warnings.push(division.warning());
+            }
+        }
         let output = self.render(&warnings, ran.value, error.as_deref(), &ran.notes);
         BlockOutcome {
             output,
@@ -517,6 +566,7 @@ impl Repl {
         *lock(&self.shared.final_answer) = None;
         self.shared.printed_unit.store(false, Ordering::SeqCst);
         self.shared.halt.store(0, Ordering::SeqCst);
+        *lock(&self.shared.lossy_divisions) = None;
         self.shared.clock.begin(self.held);
     }
 
@@ -934,6 +984,9 @@ fn build_engine(
     engine.set_max_call_levels(limits.max_call_depth);
     engine.set_max_expr_depths(limits.max_expr_depth, limits.max_expr_depth);
     engine.set_fail_on_invalid_map_property(true);
+    // Operators look for registered functions first, so that `/` on two integers can note a
+    // dropped fraction (see below).
+    engine.set_fast_operators(false);
 
     let s = Arc::clone(shared);
     engine.on_print(move |text| s.print(text));
@@ -980,6 +1033,40 @@ fn build_engine(
         "()".to_owned()
     });
     engine.register_fn("to_string", |_: ()| "()".to_owned());
+
+    // `/` on two integers works as Rhai's, and notes a quotient that dropped a fraction: the
+    // block gets a warning (an answer from it is held once for confirmation).
+    let s = Arc::clone(shared);
+    engine.register_fn(
+        "/",
+        move |context: NativeCallContext<'_>, a: INT, b: INT| -> Result<INT, Box<EvalAltResult>> {
+            let Some(quotient) = a.checked_div(b) else {
+                return Err(Box::new(EvalAltResult::ErrorArithmetic(
+                    if b == 0 {
+                        format!("Division by zero: {a} / {b}")
+                    } else {
+                        format!("Division overflow: {a} / {b}")
+                    },
+                    Position::NONE,
+                )));
+            };
+            if a % b != 0 {
+                let mut noted = lock(&s.lossy_divisions);
+                match &mut *noted {
+                    Some(first) => first.count += 1,
+                    None => {
+                        *noted = Some(LossyDivision {
+                            line: context.call_position().line(),
+                            dividend: a,
+                            divisor: b,
+                            count: 1,
+                        });
+                    }
+                }
+            }
+            Ok(quotient)
+        },
+    );
 
     helpers::register(&mut engine, &Arc::default(), limits);
     helpers::register_checked_builtins(&mut engine, limits);
