@@ -314,15 +314,22 @@ fn json_chars(value: &Value) -> usize {
     }
 }
 
-/// Parses JSON text keeping every value exact: an integer that does not fit in 64 bits
-/// (which a JSON parser would round to the nearest float, so that `12345678901234567890` and
-/// `12345678901234567891` become equal) is kept as a string of its digits instead. A leading
-/// byte order mark is skipped. Errors are serde_json's, at the positions of `text`.
+/// Parses JSON text keeping every value exact: an integer beyond 64 bits (which a JSON
+/// parser rounds to the nearest float, so that `123456789012345678901234567890` and
+/// `123456789012345678901234567891` become equal) is kept as a string of its digits instead.
+/// Integers up to `u64::MAX` stay numbers here (they are exact in a [`Value`]); the REPL
+/// holds the ones past `i64::MAX` as strings too. A leading byte order mark is skipped.
+/// Errors are serde_json's, at the positions of `text`.
 ///
 /// ```
-/// let value = rlm_repl::parse_json_exact("\u{feff}[12345678901234567890, 12345678901234567891, 7]")
-///     .unwrap_or_default();
-/// assert_eq!(value, serde_json::json!(["12345678901234567890", "12345678901234567891", 7]));
+/// let value = rlm_repl::parse_json_exact(
+///     "\u{feff}[123456789012345678901234567890, 123456789012345678901234567891, 7]",
+/// )
+/// .unwrap_or_default();
+/// assert_eq!(
+///     value,
+///     serde_json::json!(["123456789012345678901234567890", "123456789012345678901234567891", 7])
+/// );
 /// ```
 ///
 /// # Errors
