@@ -373,6 +373,10 @@ fn an_average_over_integers_is_held_with_a_warning() {
             && shown.contains("float(total) / n"),
         "{shown}"
     );
+    assert_sees(
+        "let t = 193;\nt /= 5;\nprint(t);",
+        &["warning (line 2): `/` divided two integers: 193 / 5 gave 38"],
+    );
     // Whole quotients and float divisions raise nothing.
     assert_sees(
         "let a = 10;\nlet b = 5;\nprint(a / b);\nprint(float(a) / 4);",

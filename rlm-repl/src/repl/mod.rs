@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use rhai::packages::{Package, StandardPackage};
 use rhai::{
-    AST, Array, Dynamic, Engine, EvalAltResult, INT, ImmutableString, Module, NativeCallContext,
-    Position, Scope,
+    AST, Array, Dynamic, Engine, EvalAltResult, FuncRegistration, INT, ImmutableString, Module,
+    NativeCallContext, Position, Scope,
 };
 use rlm_core::{BatchExecutor, CancellationToken, Text};
 use tokio::runtime::Handle;
@@ -189,6 +189,37 @@ impl Shared {
             return Some(STOP_TIMEOUT);
         }
         None
+    }
+
+    /// `a / b` on two integers, as Rhai computes it; a quotient that dropped a fraction is
+    /// noted for the block's warning.
+    fn divide(&self, at: Position, a: INT, b: INT) -> Result<INT, Box<EvalAltResult>> {
+        let Some(quotient) = a.checked_div(b) else {
+            let what = if b == 0 {
+                "Division by zero"
+            } else {
+                "Division overflow"
+            };
+            return Err(Box::new(EvalAltResult::ErrorArithmetic(
+                format!("{what}: {a} / {b}"),
+                Position::NONE,
+            )));
+        };
+        if a % b != 0 {
+            let mut noted = lock(&self.lossy_divisions);
+            match &mut *noted {
+                Some(first) => first.count += 1,
+                None => {
+                    *noted = Some(LossyDivision {
+                        line: at.line(),
+                        dividend: a,
+                        divisor: b,
+                        count: 1,
+                    });
+                }
+            }
+        }
+        Ok(quotient)
     }
 
     /// `sleep(seconds)`: sleeps in short slices, and stops with the block (its time limit,
@@ -1039,34 +1070,20 @@ fn build_engine(
     let s = Arc::clone(shared);
     engine.register_fn(
         "/",
-        move |context: NativeCallContext<'_>, a: INT, b: INT| -> Result<INT, Box<EvalAltResult>> {
-            let Some(quotient) = a.checked_div(b) else {
-                return Err(Box::new(EvalAltResult::ErrorArithmetic(
-                    if b == 0 {
-                        format!("Division by zero: {a} / {b}")
-                    } else {
-                        format!("Division overflow: {a} / {b}")
-                    },
-                    Position::NONE,
-                )));
-            };
-            if a % b != 0 {
-                let mut noted = lock(&s.lossy_divisions);
-                match &mut *noted {
-                    Some(first) => first.count += 1,
-                    None => {
-                        *noted = Some(LossyDivision {
-                            line: context.call_position().line(),
-                            dividend: a,
-                            divisor: b,
-                            count: 1,
-                        });
-                    }
-                }
-            }
-            Ok(quotient)
+        move |context: NativeCallContext<'_>, a: INT, b: INT| {
+            s.divide(context.call_position(), a, b)
         },
     );
+    let s = Arc::clone(shared);
+    FuncRegistration::new("/=")
+        .with_purity(false)
+        .register_into_engine(
+            &mut engine,
+            move |context: NativeCallContext<'_>, a: &mut INT, b: INT| {
+                *a = s.divide(context.call_position(), *a, b)?;
+                Ok::<_, Box<EvalAltResult>>(())
+            },
+        );
 
     helpers::register(&mut engine, &Arc::default(), limits);
     helpers::register_checked_builtins(&mut engine, limits);
