@@ -446,3 +446,18 @@ fn a_block_that_does_not_parse_says_none_of_it_ran() {
         &["Syntax error at line 3", "Nothing in this block ran"],
     );
 }
+
+#[test]
+fn a_function_defined_earlier_that_divides_is_watched_too() {
+    let mut repl = rlm_repl::Repl::new(Context::from("x"));
+    assert_eq!(repl.execute("fn avg(t, n) { t / n }").error, None);
+    let outcome = repl.execute("print(avg(193, 5));");
+    assert!(
+        outcome
+            .warnings
+            .iter()
+            .any(|w| w.contains("193 / 5 gave 38")),
+        "{}",
+        outcome.output
+    );
+}

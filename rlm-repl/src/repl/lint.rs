@@ -119,6 +119,40 @@ fn comment_start(line: &str) -> Option<usize> {
     None
 }
 
+/// Whether `code` holds a `/` or `/=` operator: outside strings, characters and comments
+/// (an interpolation inside backticks counts as code, so a `/` anywhere in backticks counts).
+pub(crate) fn has_division(code: &str) -> bool {
+    let bytes = code.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' | b'\'' => {
+                let quote = bytes[i];
+                i += 1;
+                while i < bytes.len() && bytes[i] != quote && bytes[i] != b'\n' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < bytes.len() && !(bytes[i] == b'*' && bytes[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'/' => return true,
+            _ => {}
+        }
+        i += 1;
+    }
+    false
+}
+
 /// `7 / 2`-style divisions of integer literals that do not come out even.
 fn integer_divisions(code: &str) -> Vec<(usize, i64, i64)> {
     static PATTERN: OnceLock<Option<Regex>> = OnceLock::new();
@@ -413,6 +447,17 @@ fn unit_assignments(code: &str) -> Vec<(usize, &'static str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_divisions_outside_strings_and_comments() {
+        assert!(has_division("let a = b / c;"));
+        assert!(has_division("t /= 2;"));
+        assert!(has_division("let s = `${a / b}`;"));
+        assert!(!has_division(
+            "let s = \"a/b\"; // c / d\n/* e / f */ let c = '/';"
+        ));
+        assert!(!has_division("let p = \"\\\"/\";"));
+    }
 
     #[test]
     fn flags_escapes_in_backtick_strings_only() {

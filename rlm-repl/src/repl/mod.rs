@@ -275,6 +275,8 @@ pub struct Repl {
     info: ContextInfo,
     /// Bytes the variables held after the last block (an estimate; the context excepted).
     held: usize,
+    /// Functions defined so far divide (their blocks held a `/`).
+    functions_divide: bool,
 }
 
 impl fmt::Debug for Repl {
@@ -436,6 +438,7 @@ impl ReplBuilder {
             limits,
             info,
             held: 0,
+            functions_divide: false,
         }
     }
 }
@@ -545,6 +548,13 @@ impl Repl {
         match self.engine.compile(code) {
             Err(parse_error) => ran.error = Some(errors::format_parse_error(&parse_error, code)),
             Ok(ast) => {
+                // Operators use Rhai's built-ins directly (fast) unless the code may divide:
+                // then they look for registered functions first, so that `/` on two integers
+                // can note a dropped fraction (see `build_engine`).
+                let divides = lint::has_division(code);
+                self.functions_divide |= divides && ast.iter_functions().next().is_some();
+                self.engine
+                    .set_fast_operators(!(divides || self.functions_divide));
                 let program = self.functions.merge(&ast);
                 let engine = &self.engine;
                 let scope = &mut self.scope;
@@ -1015,9 +1025,6 @@ fn build_engine(
     engine.set_max_call_levels(limits.max_call_depth);
     engine.set_max_expr_depths(limits.max_expr_depth, limits.max_expr_depth);
     engine.set_fail_on_invalid_map_property(true);
-    // Operators look for registered functions first, so that `/` on two integers can note a
-    // dropped fraction (see below).
-    engine.set_fast_operators(false);
 
     let s = Arc::clone(shared);
     engine.on_print(move |text| s.print(text));
