@@ -142,9 +142,10 @@ pub fn read_text(
     Ok(decode(bytes, what, warnings))
 }
 
-/// UTF-8 text from bytes; invalid sequences become U+FFFD with a warning.
+/// UTF-8 text from bytes; invalid sequences become U+FFFD with a warning. A byte order mark
+/// at the start is removed.
 fn decode(bytes: Vec<u8>, what: &str, warnings: &mut Vec<String>) -> String {
-    match String::from_utf8(bytes) {
+    let text = match String::from_utf8(bytes) {
         Ok(text) => text,
         Err(e) => {
             warnings.push(format!(
@@ -152,7 +153,17 @@ fn decode(bytes: Vec<u8>, what: &str, warnings: &mut Vec<String>) -> String {
             ));
             String::from_utf8_lossy(e.as_bytes()).into_owned()
         }
+    };
+    without_bom(text)
+}
+
+/// `text` without a UTF-8 byte order mark at its start (editors on Windows write one; it is
+/// not part of the text, and JSON parsers refuse it).
+fn without_bom(mut text: String) -> String {
+    if text.starts_with('\u{feff}') {
+        text.drain(..'\u{feff}'.len_utf8());
     }
+    text
 }
 
 /// Reads a text file named by a setting (`what`: "query file", "system prompt file").
@@ -269,7 +280,8 @@ fn parse(
     };
     Ok(match format {
         ContextFormat::Json => {
-            let value: Value = serde_json::from_str(&text).map_err(|e| invalid(e, None))?;
+            // Exact: integers beyond 64 bits are kept as strings, never rounded.
+            let value = rlm_repl::parse_json_exact(&text).map_err(|e| invalid(e, None))?;
             match value {
                 Value::String(text) => Context::Text(text),
                 other => Context::Json(other),
@@ -281,7 +293,9 @@ fn parse(
                 if line.trim().is_empty() {
                     continue;
                 }
-                items.push(serde_json::from_str(line).map_err(|e| invalid(e, Some(number + 1)))?);
+                items.push(
+                    rlm_repl::parse_json_exact(line).map_err(|e| invalid(e, Some(number + 1)))?,
+                );
             }
             Context::Json(Value::Array(items))
         }
@@ -402,13 +416,13 @@ fn load_dir(
             continue;
         }
         let name = relative.to_string_lossy().into_owned();
-        let text = match String::from_utf8(bytes) {
+        let text = without_bom(match String::from_utf8(bytes) {
             Ok(text) => text,
             Err(e) => {
                 lossy.push(name.clone());
                 String::from_utf8_lossy(e.as_bytes()).into_owned()
             }
-        };
+        });
         let document = if options.file_headers {
             let mut document = String::with_capacity(text.len() + name.len() + 10);
             let _ = writeln!(document, "==> {name} <==");
@@ -765,6 +779,43 @@ mod tests {
         assert!(matches!(error, HostError::Input(_)));
         assert!(error.to_string().contains("bad.json"), "{error}");
         assert!(load_as(Some(&bad), ContextFormat::Text, true, 0, &b""[..]).is_ok());
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_removed_and_json_stays_exact() {
+        let dir = TempDir::new("bom");
+        dir.write(
+            "data.json",
+            b"\xef\xbb\xbf{\"n\": 123456789012345678901234567890}",
+        );
+        dir.write("notes.txt", b"\xef\xbb\xbfhello");
+        dir.write(
+            "rows.jsonl",
+            b"\xef\xbb\xbf{\"n\": 1}\n{\"n\": 99999999999999999999}\n",
+        );
+        // Before: "not valid JSON (expected value at line 1 column 1)", and text kept the mark.
+        let data = format!("{}/data.json", dir.path());
+        assert_eq!(
+            load_ok(Some(&data), ContextFormat::Auto, b"").context,
+            Context::Json(serde_json::json!({"n": "123456789012345678901234567890"}))
+        );
+        let notes = format!("{}/notes.txt", dir.path());
+        assert_eq!(
+            load_ok(Some(&notes), ContextFormat::Auto, b"").context,
+            Context::Text("hello".into())
+        );
+        let rows = format!("{}/rows.jsonl", dir.path());
+        assert_eq!(
+            load_ok(Some(&rows), ContextFormat::Auto, b"").context,
+            Context::Json(serde_json::json!([{"n": 1}, {"n": "99999999999999999999"}]))
+        );
+        let docs = load_ok(Some(dir.path()), ContextFormat::Auto, b"").context;
+        let Context::Documents(docs) = docs else {
+            panic!("{docs:?}")
+        };
+        assert!(docs.iter().all(|d| !d.contains('\u{feff}')), "{docs:?}");
+        let stdin = load_ok(Some("-"), ContextFormat::Json, b"\xef\xbb\xbf[1]").context;
+        assert_eq!(stdin, Context::Json(serde_json::json!([1])));
     }
 
     #[test]

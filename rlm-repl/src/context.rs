@@ -94,9 +94,7 @@ impl Context {
                     .map(|d| Dynamic::from(ImmutableString::from(d)))
                     .collect(),
             ),
-            Context::Json(value) => {
-                rhai::serde::to_dynamic(&value).unwrap_or_else(|_| Dynamic::from(value.to_string()))
-            }
+            Context::Json(value) => json_to_dynamic(value),
         }
     }
 
@@ -113,6 +111,7 @@ impl Context {
                 first_item_chars: Vec::new(),
                 keys: Vec::new(),
                 preview: preview(text),
+                notes: Vec::new(),
             },
             Context::Documents(documents) => ContextInfo {
                 kind: "array of strings",
@@ -126,6 +125,7 @@ impl Context {
                     .collect(),
                 keys: Vec::new(),
                 preview: items_preview(documents.iter().map(|d| Value::String(d.clone()))),
+                notes: Vec::new(),
             },
             Context::Json(value) => {
                 let (kind, items, first_item_chars, keys) = match value {
@@ -151,6 +151,19 @@ impl Context {
                     Value::String(text) => preview(text),
                     other => preview(&other.to_string()),
                 };
+                let big = big_integers(value);
+                let notes = if big > 0 {
+                    vec![format!(
+                        "{} too large for 64 bits {} kept exact as {} of {} digits (never \
+                         rounded to a float): compare such values as strings",
+                        count_of(big, "integer"),
+                        if big == 1 { "is" } else { "are" },
+                        if big == 1 { "a string" } else { "strings" },
+                        if big == 1 { "its" } else { "their" },
+                    )]
+                } else {
+                    Vec::new()
+                };
                 ContextInfo {
                     kind,
                     total_chars: json_chars(value),
@@ -159,6 +172,7 @@ impl Context {
                     first_item_chars,
                     keys,
                     preview,
+                    notes,
                 }
             }
         }
@@ -184,6 +198,7 @@ pub(crate) fn value_info(value: &rhai::Dynamic) -> ContextInfo {
         first_item_chars: Vec::new(),
         keys: Vec::new(),
         preview: String::new(),
+        notes: Vec::new(),
     };
     if let Ok(text) = value.as_immutable_string_ref() {
         info.kind = "string";
@@ -299,6 +314,152 @@ fn json_chars(value: &Value) -> usize {
     }
 }
 
+/// Parses JSON text keeping every value exact: an integer beyond 64 bits (which a JSON
+/// parser rounds to the nearest float, so that `123456789012345678901234567890` and
+/// `123456789012345678901234567891` become equal) is kept as a string of its digits instead.
+/// Integers up to `u64::MAX` stay numbers here (they are exact in a [`Value`]); the REPL
+/// holds the ones past `i64::MAX` as strings too. A leading byte order mark is skipped.
+/// Errors are serde_json's, at the positions of `text`.
+///
+/// ```
+/// let value = rlm_repl::parse_json_exact(
+///     "\u{feff}[123456789012345678901234567890, 123456789012345678901234567891, 7]",
+/// )
+/// .unwrap_or_default();
+/// assert_eq!(
+///     value,
+///     serde_json::json!(["123456789012345678901234567890", "123456789012345678901234567891", 7])
+/// );
+/// ```
+///
+/// # Errors
+/// The text is not JSON.
+pub fn parse_json_exact(text: &str) -> Result<Value, serde_json::Error> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let big = big_integer_spans(text);
+    if big.is_empty() {
+        return serde_json::from_str(text);
+    }
+    let mut quoted = String::with_capacity(text.len() + 2 * big.len());
+    let mut last = 0;
+    for (start, end) in big {
+        quoted.push_str(&text[last..start]);
+        quoted.push('"');
+        quoted.push_str(&text[start..end]);
+        quoted.push('"');
+        last = end;
+    }
+    quoted.push_str(&text[last..]);
+    // Quoting a number token never makes invalid JSON valid; an error is reported where the
+    // original text has it.
+    serde_json::from_str(&quoted).map_err(|_| match serde_json::from_str::<Value>(text) {
+        Err(e) => e,
+        Ok(_) => serde::de::Error::custom("the JSON could not be read exactly"),
+    })
+}
+
+/// The byte ranges of integer literals outside strings that do not fit in 64 bits (signed
+/// or unsigned), in order.
+fn big_integer_spans(text: &str) -> Vec<(usize, usize)> {
+    let bytes = text.as_bytes();
+    let mut spans = Vec::new();
+    let mut in_string = false;
+    // The last byte outside strings that was not white space.
+    let mut before = b'[';
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if in_string {
+            match b {
+                b'\\' => i += 1,
+                b'"' => {
+                    in_string = false;
+                    before = b'"';
+                }
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b' ' | b'\t' | b'\n' | b'\r' => {}
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < bytes.len()
+                    && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
+                    i += 1;
+                }
+                let token = &text[start..i];
+                let value_position = matches!(before, b'[' | b',' | b':');
+                if value_position && is_big_integer(token) {
+                    spans.push((start, i));
+                }
+                before = b'0';
+                continue;
+            }
+            other => before = other,
+        }
+        i += 1;
+    }
+    spans
+}
+
+/// Whether `token` is a JSON integer literal that does not fit in an `i64` or a `u64`.
+fn is_big_integer(token: &str) -> bool {
+    let digits = token.strip_prefix('-').unwrap_or(token);
+    let well_formed = !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'));
+    well_formed && token.parse::<i64>().is_err() && token.parse::<u64>().is_err()
+}
+
+/// Whether `text` is the decimal form of an integer that does not fit in a Rhai integer
+/// (64-bit signed): how such an integer is kept exact.
+fn is_big_integer_text(text: &str) -> bool {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    !digits.is_empty()
+        && digits.len() >= 19
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && text.parse::<i64>().is_err()
+}
+
+/// How many integers too large for a Rhai integer `value` holds (as numbers or as the strings
+/// [`parse_json_exact`] made of them).
+fn big_integers(value: &Value) -> usize {
+    match value {
+        Value::Number(n) => usize::from(n.is_u64() && n.as_i64().is_none()),
+        Value::String(s) => usize::from(is_big_integer_text(s)),
+        Value::Array(items) => items.iter().map(big_integers).sum(),
+        Value::Object(map) => map.values().map(big_integers).sum(),
+        _ => 0,
+    }
+}
+
+/// A JSON value as a Rhai value, its strings moved, not copied. Integers that do not fit a
+/// Rhai integer (64-bit signed) become strings of their digits, never a rounded float.
+pub(crate) fn json_to_dynamic(value: Value) -> Dynamic {
+    match value {
+        Value::Null => Dynamic::UNIT,
+        Value::Bool(b) => Dynamic::from_bool(b),
+        Value::Number(n) => match (n.as_i64(), n.is_f64()) {
+            (Some(i), _) => Dynamic::from_int(i),
+            (None, true) => Dynamic::from_float(n.as_f64().unwrap_or(f64::NAN)),
+            (None, false) => Dynamic::from(ImmutableString::from(n.to_string())),
+        },
+        Value::String(s) => Dynamic::from(ImmutableString::from(s)),
+        Value::Array(items) => {
+            Dynamic::from_array(items.into_iter().map(json_to_dynamic).collect())
+        }
+        Value::Object(map) => Dynamic::from_map(
+            map.into_iter()
+                .map(|(key, item)| (key.into(), json_to_dynamic(item)))
+                .collect(),
+        ),
+    }
+}
+
 impl From<String> for Context {
     fn from(text: String) -> Self {
         Context::Text(text)
@@ -351,6 +512,9 @@ pub struct ContextInfo {
     /// line). Shown to the root model, not written to traces.
     #[serde(skip)]
     pub preview: String,
+    /// What the root model must know to read the data right (integers kept as strings).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 #[cfg(test)]

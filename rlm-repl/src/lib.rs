@@ -17,9 +17,9 @@
 //! - [`prompt`] holds the system prompt that teaches this Rhai dialect.
 //!
 //! Sub-calls go through an [`rlm_core::BatchExecutor`], so any backend works, and rate
-//! limits or caches compose as decorators. The REPL runs on a blocking thread and never
-//! blocks a runtime worker; [`Rlm::run`] works in multi-thread and current-thread tokio
-//! runtimes, and [`Rlm::run_blocking`] without one.
+//! limits or caches compose as decorators. Each REPL evaluation runs on a thread of its own
+//! and never blocks a runtime worker; [`Rlm::run`] works in multi-thread and current-thread
+//! tokio runtimes, and [`Rlm::run_blocking`] without one.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -72,7 +72,7 @@ pub mod trace;
 mod words;
 
 pub use config::{DEFAULT_MAX_MEMORY, RlmConfig, SandboxLimits};
-pub use context::{Context, ContextInfo, SharedContext};
+pub use context::{Context, ContextInfo, SharedContext, parse_json_exact};
 pub use error::RlmError;
 pub use events::{Event, Observer, RunPlace, RunSettings, TurnVerdict};
 pub use repl::{BlockOutcome, Repl, ReplBuilder};

@@ -19,7 +19,7 @@ How it works
 - Finish with FINAL(answer) or FINAL_VAR("name") only after you have seen the output your answer rests on. Called in code, they end the run when the block succeeds; a FINAL(...) line outside code counts only in a reply without code.
 
 Functions
-- llm_query(prompt): one sub-model answer as a string ("Error: ..." on failure). Prompts can be long (tens of thousands of characters).
+- llm_query(prompt): one sub-model answer as a string ("Error: ..." on failure). Prompts can be long.
 - llm_batch(prompts): the answers in the same order, run concurrently ({max_concurrent} at a time; llm_batch(prompts, n): n at a time); failed items are "Error: ..." strings. A sub-call takes seconds: a loop of llm_query runs them one by one, llm_batch runs 50 in about the time of one.
 - print(x), SHOW_VARS() lists your variables.
 - Text (native, fast on huge strings): chunk(text, size) and chunk(text, size, overlap) give strings of `size` characters; chunk_lines(text, n) strings of n whole lines; chunk(array, n) groups of n items; lines(text); grep(text, pattern) gives [#{line, text}] for matching lines (grep(text, pattern, n) adds `context`, n lines around); regex_find_all(text, pattern) the whole matches; regex_captures(text, pattern) [[group1, group2, ...], ...], one per match; regex_count, regex_test, regex_replace(text, pattern, with), regex_split (Rust regex syntax; "(?i)" ignores case); parse_json(text), to_json(value); join(array, sep); upper, lower, strip, str, int, float, range(n).
@@ -28,18 +28,18 @@ Functions
 Strategy
 - Count, sum and search exactly in code when the text allows (regex_count, grep, split); use sub-models for meaning.
 - Ask sub-models for terse fixed-format answers ("one number", "YES or NO", "NONE if absent") and parse them in code.
-- chunk_lines keeps lines whole. A few large chunks beat many small ones.
+- A few large chunks beat many small ones.
 
 Rhai is not Python
-- `let x = 5;` declares, then `x = 6;`. Statements end with `;`. Blocks use { }. Comments are //.
+- `let x = 5;` declares, then `x = 6;`. Statements end with `;`. Blocks use { }. Comments are //, so `a // b` is a.
 - if a > 1 && !done { } else if b { } else { }. No elif/and/or/not. true, false, and () for None.
 - for x in xs { }, for (x, i) in xs { } (value, then index), for i in 0..n { }. No list comprehensions: xs.map(|x| x * 2), xs.filter(|x| x > 0), or a for loop with push.
 - "double quotes" process \n. `backticks` interpolate ${expr} but are RAW: \n stays a backslash and an n.
 - Strings: s.len(), s.contains("x"), s.index_of("x") (-1 if absent), s.sub_string(start, len), s[0..100], s.split(","), s.starts_with("x"), "n=" + n.
 - sort(), reverse(), push() and clear() change the value IN PLACE and return (): write `xs.sort();`, never `let ys = xs.sort();`.
 - Integers divide to an integer: 7 / 2 == 3. Write 7.0 / 2 or float(a) / b.
-- Maps: let m = #{name: "x", n: 1}; m.name, m["n"], m.keys(), m.values(). Keys are strings: m[str(5)]. A missing key is an error: m.get(k) gives () and `??` a default. Count: m[k] = (m.get(k) ?? 0) + 1;
-- A closure must not use the array or map its method is called on (xs.filter(|x| x < xs.len()) fails): compute first, `let n = xs.len();`, or use a for loop.
+- Maps: let m = #{name: "x", n: 1}; m.name, m["n"], m.keys(), m.values(). Keys are strings: m[str(5)]. A missing key is an error: m.get(k) gives () and `??` a default. Count: m[k] = (m.get(k) ?? 0) + 1; Keys stay sorted (not in insertion order): rank with sorted_by(m.keys(), |k| m[k], true).
+- A closure must not use the array or map its method is called on (xs.filter(|x| x < xs.len()) fails): compute first, `let n = xs.len();`.
 - fn f(text) { ... } cannot see outer variables (not even context): pass them in. Closures |x| ... can.
 - try { ... } catch (err) { print(err); }
 
@@ -63,7 +63,7 @@ FINAL(answer);
 pub const RECURSION_PROMPT: &str = r#"
 
 Child runs
-- rlm_query(query, piece) starts a child RLM: a model with its own REPL whose `context` is `piece` (a string, array or map); it writes code, calls sub-models, and returns its final answer as a string ("Error: ..." if it gave none). rlm_query(prompt): the prompt is its task and its context. rlm_batch(queries, pieces) or rlm_batch(prompts) runs several at once, in order.
+- rlm_query(query, piece) starts a child RLM: a model with its own REPL whose `context` is `piece`; it writes code, calls sub-models, and returns its final answer as a string ("Error: ..." if it gave none). rlm_query(prompt): the prompt is its task and its context. rlm_batch(queries, pieces) or rlm_batch(prompts) runs several at once, in order.
 - Use a child for a sub-task that itself needs code over a large piece (counting, cross-referencing, searching many parts); use llm_query for a question one call can answer from text that fits in a prompt. A child costs several calls.
 ```repl
 let parts = chunk(context, 2000000);
@@ -123,6 +123,9 @@ pub fn first_message(query: &str, info: &ContextInfo) -> String {
             "\n{whose} (values' types): {}.",
             info.keys.join(", ")
         ));
+    }
+    for note in &info.notes {
+        shape.push_str(&format!("\nNote: {note}."));
     }
     if !info.preview.is_empty() {
         let what = if info.items.is_some() && info.kind.starts_with("array") {
@@ -266,6 +269,11 @@ mod tests {
             "grep(text, pattern) gives [#{line, text}]",
             "let text = \"x\\nfind me\"; let pattern = \"find\";\nlet hit = grep(text, pattern)[0]; print(`${hit.line}: ${hit.text}`);",
             "2: find me\n",
+        ),
+        (
+            "Keys stay sorted (not in insertion order): rank with sorted_by(m.keys(), |k| m[k], true).",
+            "let m = #{zeta: 3, alpha: 1, mid: 2};\nprint(m.keys()); print(sorted_by(m.keys(), |k| m[k], true));",
+            "[\"alpha\", \"mid\", \"zeta\"]\n[\"zeta\", \"mid\", \"alpha\"]\n",
         ),
         (
             "try { ... } catch (err) { print(err); }",

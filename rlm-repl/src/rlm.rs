@@ -50,7 +50,8 @@ impl Rlm {
     /// Answers `query` over `context`.
     ///
     /// Works inside any tokio runtime (multi-thread or current-thread); code blocks run on a
-    /// blocking thread, never on a runtime worker. Budgets running out, failing code and
+    /// thread of their own (neither a runtime worker nor one of tokio's bounded blocking
+    /// pool, which a wide tree of waiting blocks could fill). Budgets running out, failing code and
     /// failing sub-calls are not errors: the result says why the run stopped. An error means
     /// the root model could not be asked (after the backend's own retries) or an internal
     /// failure.

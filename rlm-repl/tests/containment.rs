@@ -160,6 +160,60 @@ fn every_mutation_path_keeps_the_size_limits() {
 }
 
 #[test]
+fn nested_growth_and_merges_stop_at_the_limit_while_the_block_runs() {
+    let _serial = serial();
+    let two_maps = "let a = #{}; let b = #{}; for i in 0..40 { a[`a${i}`] = i; b[`b${i}`] = i; }";
+    let two_arrays = "let a = []; let b = []; for i in 0..80 { a.push(i); b.push(i); }";
+    let cases = [
+        (
+            "let m = #{x: #{}}; for i in 0..100000 { m.x[`k${i}`] = i; }".to_owned(),
+            "Size of object map",
+        ),
+        (
+            "let m = #{x: #{y: #{}}}; for i in 0..100000 { m.x.y[`k${i}`] = i; }".to_owned(),
+            "Size of object map",
+        ),
+        (
+            "let xs = [[]]; for i in 0..100000 { xs[0].push(i); }".to_owned(),
+            "Size of array",
+        ),
+        (format!("{two_maps} a.mixin(b);"), "Size of object map"),
+        (format!("{two_maps} a += b;"), "Size of object map"),
+        (format!("{two_maps} a.fill_with(b);"), "Size of object map"),
+        (format!("{two_maps} let c = a + b;"), "Size of object map"),
+        (format!("{two_arrays} a.append(b);"), "Size of array"),
+        (format!("{two_arrays} let c = a + b;"), "Size of array"),
+    ];
+    for (code, expected) in cases {
+        let mut repl = repl_with(small());
+        // Before: the block ran to its end (a nested map of 100,000 keys, a merged map past
+        // the limit) and only the check after it removed the variable.
+        let outcome = repl.execute(&format!("{code} print(\"ran to \" + \"the end\");"));
+        let error = outcome.error.unwrap_or_default();
+        assert!(error.contains("too large"), "{code}: {error}");
+        assert!(error.contains(expected), "{code}: {error}");
+        assert!(
+            !outcome.output.contains("ran to the end"),
+            "{code}: {}",
+            outcome.output
+        );
+    }
+    // Within the limits, the same operations work as Rhai's own.
+    let mut repl = repl_with(small());
+    let outcome = repl.execute(
+        "let a = #{x: 1, y: 2}; let b = #{y: 3, z: 4}; let c = a + b; let d = a; d.fill_with(b); \
+         a.mixin(#{w: 0}); let xs = [1, 2]; xs.append([3]); \
+         print(`${c} ${d} ${a} ${xs + [4]} ${xs}`);",
+    );
+    assert_eq!(outcome.error, None);
+    assert_eq!(
+        outcome.output,
+        "#{\"x\": 1, \"y\": 3, \"z\": 4} #{\"x\": 1, \"y\": 2, \"z\": 4} \
+         #{\"w\": 0, \"x\": 1, \"y\": 2} [1, 2, 3, 4] [1, 2, 3]\n"
+    );
+}
+
+#[test]
 fn map_keys_count_as_strings() {
     let _serial = serial();
     let mut repl = repl_with(small());
@@ -312,4 +366,76 @@ fn an_answer_longer_than_the_string_limit_keeps_its_start() {
         outcome.output
     );
     assert!(outcome.output.ends_with("true\n"), "{}", outcome.output);
+}
+
+/// A sub-model whose answers are `bytes` long and which, like the OpenAI backend, charges
+/// each answer to the caller's reply budget before it is built, failing the answers that do
+/// not fit. Counts the answers it built.
+fn charging_backend(
+    bytes: usize,
+) -> (
+    std::sync::Arc<rlm_core::mock::MockBackend>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let built = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&built);
+    let mock = rlm_core::mock::MockBackend::from_fn(move |_| {
+        if let Some(budget) = rlm_core::ReplyBudget::current() {
+            if !budget.try_take(bytes as u64) {
+                return Err(rlm_core::LlmError::other(format!(
+                    "the answer was not kept: with it the answers received would pass the \
+                     memory budget of {} bytes",
+                    budget.limit()
+                )));
+            }
+        }
+        counter.fetch_add(1, Ordering::SeqCst);
+        Ok("a".repeat(bytes))
+    });
+    (std::sync::Arc::new(mock), built)
+}
+
+#[test]
+fn answers_count_against_the_memory_budget_before_they_are_built() {
+    let _serial = serial();
+    use std::sync::atomic::Ordering;
+    const MB: usize = 1 << 20;
+    let (mock, built) = charging_backend(MB);
+    let mut repl = Repl::builder(Context::from("ctx"))
+        .limits(SandboxLimits {
+            max_memory: 6 * MB,
+            ..SandboxLimits::default()
+        })
+        .sub_backend(mock.clone(), "sub")
+        .build();
+    assert_eq!(
+        repl.execute("let held = \"\"; held.pad(2097152, 'h');")
+            .error,
+        None
+    );
+    // Before: no budget reached the backend, so all twenty answers were built (read whole)
+    // and only then were most of them dropped.
+    let outcome = repl.execute(
+        "let a = llm_batch(range(20).map(|i| `q${i}`), 4); \
+         let kept = a.filter(|x| !x.starts_with(\"Error:\")).len(); \
+         let refused = a.filter(|x| x.starts_with(\"Error: the memory budget\")).len(); \
+         let whole = a.all(|x| x.starts_with(\"Error:\") || x.len() == 1048576); \
+         print(`${kept} ${refused} ${whole}`);",
+    );
+    assert_eq!(outcome.error, None);
+    let built = built.load(Ordering::SeqCst);
+    // About 4 MB were left beside `held`: at most four answers fit, and only those were built.
+    assert!((1..=4).contains(&built), "{built} built");
+    assert_eq!(outcome.output, format!("{built} {} true\n", 20 - built));
+    assert_eq!(mock.calls(), 20);
+    assert!(repl.execute("print(a[19])").output.contains("--max-memory"),);
+    // One query is bounded the same way: what the variables leave.
+    let outcome = repl.execute("let big = \"\"; big.pad(3145728, 'b'); print(llm_query(\"q\"));");
+    assert!(
+        outcome.output.starts_with("Error: the memory budget"),
+        "{}",
+        outcome.output
+    );
+    assert_eq!(repl.execute("print(held.len())").output, "2097152\n");
 }

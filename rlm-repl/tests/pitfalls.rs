@@ -352,3 +352,112 @@ fn a_number_as_a_map_key_gets_a_hint() {
         &["five"],
     );
 }
+
+#[test]
+fn an_average_over_integers_is_held_with_a_warning() {
+    // Before: the block's FINAL(avg) ended the run with 38, silently.
+    let root = MockBackend::scripted([
+        fence("let total = 193;\nlet n = 5;\nlet avg = total / n;\nFINAL(avg);"),
+        fence("let avg = float(total) / n;\nFINAL(avg);"),
+    ]);
+    let rlm = builder(&root, &MockBackend::echo())
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let result = rlm
+        .run_blocking("q", Context::from("x"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(result.answer, "38.6");
+    let shown = seen(&root, 1);
+    assert!(
+        shown.contains("warning (line 3): `/` divided two integers: 193 / 5 gave 38")
+            && shown.contains("float(total) / n"),
+        "{shown}"
+    );
+    assert_sees(
+        "let t = 193;\nt /= 5;\nprint(t);",
+        &["warning (line 2): `/` divided two integers: 193 / 5 gave 38"],
+    );
+    // Whole quotients and float divisions raise nothing.
+    assert_sees(
+        "let a = 10;\nlet b = 5;\nprint(a / b);\nprint(float(a) / 4);",
+        &["2\n2.5"],
+    );
+    assert!(!seen_after("let a = 10;\nlet b = 5;\nprint(a / b);").contains("warning"));
+}
+
+#[test]
+fn python_floor_division_is_flagged() {
+    // Before: `//` commented out the divisor and x was 7, silently.
+    assert_sees(
+        "let a = 7;\nlet b = 2;\nlet x = a // b;",
+        &["warning (line 3): `//` starts a comment in Rhai"],
+    );
+    // A comment after code is not one.
+    assert!(!seen_after("let a = 7; // seven apples\nprint(a);").contains("warning"));
+    assert!(rlm_repl::prompt::SYSTEM_PROMPT.contains("`a // b` is a"));
+}
+
+#[test]
+fn the_prompt_says_maps_keep_keys_sorted_and_how_to_rank() {
+    let prompt = rlm_repl::prompt::SYSTEM_PROMPT;
+    assert!(prompt.contains("Keys stay sorted (not in insertion order)"));
+    assert!(prompt.contains("sorted_by(m.keys(), |k| m[k], true)"));
+}
+
+#[test]
+fn counting_into_a_new_key_with_plus_gets_the_counting_hint() {
+    // Before: "Property not found: a" with only the missing-key hint.
+    assert_sees(
+        "let c2 = #{};\nfor w in [\"a\", \"b\", \"a\"] { c2[w] = c2[w] + 1; }",
+        &["Property not found", "m[k] = (m.get(k) ?? 0) + 1;"],
+    );
+}
+
+#[test]
+fn python_slices_try_except_and_mixed_sorts_get_hints() {
+    for code in [
+        "let xs = [1, 2, 3, 4];\nlet y = xs[0..3];",
+        "let xs = [1, 2, 3, 4];\nlet y = xs[:3];",
+    ] {
+        assert_sees(code, &["xs.extract(0, 3)"]);
+    }
+    assert_sees(
+        "try { let x = 1; } except { print(2); }",
+        &["try { ... } catch (err) { ... }"],
+    );
+    assert_sees(
+        "let xs = [1, 2.5, 3];\nxs.sort();",
+        &["mixes types", "sort_by(xs, |x| float(x))"],
+    );
+    assert_sees("import re\nlet x = 1;", &["no modules to import"]);
+    // The hints' forms work.
+    assert_sees(
+        "let xs = [4, 2.5, 3, 1];\nprint(xs.extract(0, 3)); print(xs.extract(0..3)); \
+         print(xs.extract(xs.len() - 3));\nsort_by(xs, |x| float(x)); print(xs);",
+        &["[4, 2.5, 3]\n[4, 2.5, 3]\n[2.5, 3, 1]\n[1, 2.5, 3, 4]"],
+    );
+}
+
+#[test]
+fn a_block_that_does_not_parse_says_none_of_it_ran() {
+    // Before: models resent only the failing line, and the lines before it never ran.
+    assert_sees(
+        "let found = 1;\nprint(found);\nlet b = [x for x in y];",
+        &["Syntax error at line 3", "Nothing in this block ran"],
+    );
+}
+
+#[test]
+fn a_function_defined_earlier_that_divides_is_watched_too() {
+    let mut repl = rlm_repl::Repl::new(Context::from("x"));
+    assert_eq!(repl.execute("fn avg(t, n) { t / n }").error, None);
+    let outcome = repl.execute("print(avg(193, 5));");
+    assert!(
+        outcome
+            .warnings
+            .iter()
+            .any(|w| w.contains("193 / 5 gave 38")),
+        "{}",
+        outcome.output
+    );
+}

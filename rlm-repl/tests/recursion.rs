@@ -358,3 +358,50 @@ async fn the_cost_budget_covers_the_children_of_the_tree() {
     assert_eq!(result.answer, "top done");
     assert_eq!(result.cost.total, 0.0);
 }
+
+#[test]
+fn a_tree_wider_than_the_blocking_pool_completes() {
+    // Every run's block waits on its children's blocks (the top level on four children, each
+    // child on three grandchildren, each grandchild on a sub-call): eighteen evaluations
+    // waiting on each other at once, on a runtime whose blocking pool holds two threads.
+    // Evaluations that took their threads from that pool would wait for each other forever.
+    let root = models(|query, _| match query {
+        "top" => fence("let r = rlm_batch([\"a\", \"b\", \"c\", \"d\"]);\nFINAL(join(r, \",\"));"),
+        "a" | "b" | "c" | "d" => fence(
+            "let r = rlm_batch([context + \"1\", context + \"2\", context + \"3\"]);\n\
+             FINAL(join(r, \"+\"));",
+        ),
+        _ => fence("let s = llm_query(\"leaf \" + context);\nFINAL(s);"),
+    });
+    let sub = MockBackend::echo();
+    let rlm = builder(&root, &sub).max_depth(3).build_ok();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let result = runtime.block_on(run_ok(&rlm, "top", Context::from("x")));
+        let _ = sender.send(result);
+        // Dropped here, not where a hung run would keep it waiting.
+        runtime.shutdown_background();
+    });
+    let result = receiver
+        .recv_timeout(Duration::from_secs(120))
+        .unwrap_or_else(|_| panic!("the tree hung (safety bound, not a timing check)"));
+    let _ = worker.join();
+    let expected: Vec<String> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|child| {
+            (1..=3)
+                .map(|i| format!("echo: leaf {child}{i}"))
+                .collect::<Vec<_>>()
+                .join("+")
+        })
+        .collect();
+    assert_eq!(result.answer, expected.join(","));
+    assert_eq!(result.child_runs, 16);
+    assert_eq!(sub.calls(), 12);
+}

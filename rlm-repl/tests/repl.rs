@@ -461,3 +461,70 @@ fn the_time_limit_stops_a_loop_of_slow_native_calls_promptly() {
         .count();
     assert!(calls <= 2, "{calls} slow calls ran after the limit");
 }
+
+#[test]
+fn integers_beyond_64_bits_stay_exact() {
+    // Before: both became the float 1.2345678901234567e19 and compared equal.
+    let value: serde_json::Value =
+        serde_json::from_str("[12345678901234567890, 12345678901234567891, -5, 2.5]")
+            .unwrap_or_default();
+    let context = Context::Json(value);
+    let first = rlm_repl::prompt::first_message("q", &context.info());
+    assert!(
+        first.contains("2 integers too large for 64 bits are kept exact as strings"),
+        "{first}"
+    );
+    let mut repl = repl(context);
+    let outcome = repl.execute(
+        "print(context[0] == context[1]); print(context[0]); print(context[1]); \
+         print(context[2] + 1); print(type_of(context[3]));",
+    );
+    assert_eq!(
+        outcome.output,
+        "false\n12345678901234567890\n12345678901234567891\n-4\nf64\n"
+    );
+    // Beyond 64 bits unsigned too, in parse_json, and from a JSON file's text.
+    let outcome = repl.execute(
+        "let a = parse_json(\"{\\\"x\\\": 123456789012345678901234567890, \\\"y\\\": \
+         123456789012345678901234567891, \\\"z\\\": -99999999999999999999, \\\"w\\\": 1e30}\"); \
+         print(a.x); print(a.x == a.y); print(a.z); print(type_of(a.w));",
+    );
+    assert_eq!(
+        outcome.output,
+        "123456789012345678901234567890\nfalse\n-99999999999999999999\nf64\n"
+    );
+    let parsed = rlm_repl::parse_json_exact("[123456789012345678901234567890, \"a,1e99\", 0]")
+        .unwrap_or_default();
+    assert_eq!(
+        parsed,
+        serde_json::json!(["123456789012345678901234567890", "a,1e99", 0])
+    );
+    // A malformed number is still an error, at its place in the text.
+    let error = rlm_repl::parse_json_exact("[1, 0123456789012345678901234]")
+        .err()
+        .map(|e| e.column());
+    assert_eq!(error, Some(6));
+}
+
+#[test]
+fn a_byte_order_mark_does_not_hide_json() {
+    let mut repl = repl("x");
+    // Before: "invalid JSON at line 1 column 1" for a text that is JSON after its BOM.
+    let outcome = repl.execute("let j = parse_json(\"\\uFEFF{\\\"a\\\": 1}\"); print(j.a);");
+    assert_eq!(outcome.error, None);
+    assert_eq!(outcome.output, "1\n");
+}
+
+#[test]
+fn dollar_matches_before_crlf_line_ends_as_lines_does() {
+    let mut repl = repl("head\r\ntotal: 12\r\nother\r\ntotal: 30\r\n");
+    // Before: 0 (`$` matched only before "\n", and "\r" came first).
+    let outcome = repl.execute(
+        "print(regex_count(context, \"(?m)^total: \\\\d+$\")); \
+         print(grep(context, \"\\\\d$\").map(|h| h.line)); \
+         print(regex_find_all(context, \"(?m)^\\\\w+$\")); \
+         print(lines(context).filter(|l| l.starts_with(\"total\")).len());",
+    );
+    assert_eq!(outcome.error, None, "{}", outcome.output);
+    assert_eq!(outcome.output, "2\n[2, 4]\n[\"head\", \"other\"]\n2\n");
+}

@@ -176,6 +176,10 @@ pub(crate) fn format_parse_error(err: &ParseError, code: &str) -> String {
         }
     }
     push_hints(&mut out, &hints);
+    out.push_str(
+        "\nNothing in this block ran: a block that does not parse runs none of its lines. Fix \
+         it and send the whole block again, not only the failing line.",
+    );
     out
 }
 
@@ -298,6 +302,16 @@ fn function_name(signature: &str) -> &str {
 fn eval_hints(err: &EvalAltResult, in_function: bool, code: &str, line: &str) -> Vec<String> {
     let mut hints = Vec::new();
     match err {
+        EvalAltResult::ErrorFunctionNotFound(signature, _)
+            if signature.contains("different types cannot be sorted") =>
+        {
+            hints.push(
+                "the array mixes types (ints and floats, or numbers and text), which sort() \
+                 cannot order: make them one type first (`xs = xs.map(|x| float(x));`) or sort \
+                 by a key: sort_by(xs, |x| float(x)) (sorted_by for a sorted copy)."
+                    .to_owned(),
+            );
+        }
         EvalAltResult::ErrorFunctionNotFound(signature, _) => {
             let name = function_name(signature);
             if takes_unit(signature) {
@@ -338,10 +352,21 @@ fn eval_hints(err: &EvalAltResult, in_function: bool, code: &str, line: &str) ->
                 );
             }
         }
-        EvalAltResult::ErrorPropertyNotFound(name, _) => hints.push(format!(
-            "the map has no key `{name}`. Use m.get(\"{name}\") (gives () when missing) or \
-             check with `\"{name}\" in m`; m.keys() lists the keys."
-        )),
+        EvalAltResult::ErrorPropertyNotFound(name, _) => {
+            // `m[k] = m[k] + 1` reads a key before it is set: the counting form.
+            if line.contains('[') && line.contains('=') && line.contains('+') {
+                hints.push(unit_operand_hint("+"));
+            }
+            hints.push(format!(
+                "the map has no key `{name}`. Use m.get(\"{name}\") (gives () when missing) or \
+                 check with `\"{name}\" in m`; m.keys() lists the keys."
+            ));
+        }
+        EvalAltResult::ErrorMismatchDataType(..) | EvalAltResult::ErrorIndexingType(..)
+            if err.to_string().contains("Range") && line.contains('[') =>
+        {
+            hints.push(SLICE_HINT.to_owned());
+        }
         EvalAltResult::ErrorNonPureMethodCallOnConstant(name, _)
         | EvalAltResult::ErrorAssignmentToConstant(name, _) => hints.push(format!(
             "`context` (and any `const`) is read-only: `{name}` would change it. Work on a \
@@ -496,6 +521,11 @@ fn function_hint(name: &str) -> Option<String> {
     Some(hint.to_owned())
 }
 
+/// How to take a part of an array or a string (Python's `xs[:3]`, `xs[0..3]` on arrays).
+const SLICE_HINT: &str = "arrays have no slices: take a part with xs.extract(0, 3) (start, \
+     count) or xs.extract(0..3), the last items with xs.extract(xs.len() - 3); strings with \
+     s.sub_string(0, 3) or s[0..3].";
+
 /// Hints from the text of the offending line: Python syntax that Rhai does not have.
 fn line_hints(line: &str) -> Vec<String> {
     let trimmed = line.trim();
@@ -562,8 +592,11 @@ fn line_hints(line: &str) -> Vec<String> {
               `context`.",
         );
     }
-    if trimmed.starts_with("except") || trimmed.starts_with("try:") {
-        hint("errors are caught with try { ... } catch (err) { ... }.");
+    if contains_word(trimmed, "except") || trimmed.starts_with("try:") {
+        hint("errors are caught with try { ... } catch (err) { ... } (not except).");
+    }
+    if trimmed.contains("[:") || trimmed.contains(":]") {
+        hint(SLICE_HINT);
     }
     if has_single_quoted_string(trimmed) {
         hint("single quotes make one character: write strings in \"double quotes\".");

@@ -109,7 +109,10 @@ impl RegexCache {
         if let Some(regex) = lock(&self.compiled).get(pattern) {
             return Ok(regex.clone());
         }
+        // CRLF mode: in multi-line mode `$` matches before "\r\n" as well as before "\n", and
+        // `^` after it, as `lines()` splits lines.
         let regex = RegexBuilder::new(pattern)
+            .crlf(true)
             .size_limit(32 << 20)
             .build()
             .map_err(|e| script_error(format!("{function}: invalid regex {pattern:?}: {e}")))?;
@@ -462,15 +465,17 @@ fn grep_hit(index: usize, line: &str, context: Option<String>) -> Dynamic {
     Dynamic::from_map(hit)
 }
 
+/// `parse_json(text)`: exact (integers beyond 64 bits become strings of their digits; a
+/// leading byte order mark is skipped).
 fn parse_json(text: &str) -> RhaiResult<Dynamic> {
-    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+    let value = crate::parse_json_exact(text).map_err(|e| {
         script_error(format!(
             "parse_json: invalid JSON at line {} column {}: {e}",
             e.line(),
             e.column()
         ))
     })?;
-    rhai::serde::to_dynamic(value)
+    Ok(crate::context::json_to_dynamic(value))
 }
 
 fn to_json(value: &Dynamic) -> RhaiResult<String> {
@@ -1058,6 +1063,66 @@ pub(crate) fn register_checked_builtins(engine: &mut Engine, limits: &SandboxLim
     };
     engine.register_fn("blob", move |len: INT| new_blob(len, 0));
     engine.register_fn("blob", new_blob);
+
+    // Merging maps and joining arrays grow a value by a whole other one in one call: the
+    // size of the result is checked before it is built.
+    let max_entries = limits.max_map_size;
+    let merged_size = move |map: &Map, other: &Map| -> RhaiResult<()> {
+        let new_keys = other.keys().filter(|key| !map.contains_key(*key)).count();
+        if over(max_entries, map.len().saturating_add(new_keys)) {
+            return Err(super::memory::too_large("Size of object map"));
+        }
+        Ok(())
+    };
+    for name in ["mixin", "+="] {
+        FuncRegistration::new(name)
+            .with_purity(false)
+            .register_into_engine(engine, move |map: &mut Map, other: Map| -> RhaiResult<()> {
+                merged_size(map, &other)?;
+                map.extend(other);
+                Ok(())
+            });
+    }
+    FuncRegistration::new("fill_with")
+        .with_purity(false)
+        .register_into_engine(engine, move |map: &mut Map, other: Map| -> RhaiResult<()> {
+            merged_size(map, &other)?;
+            for (key, value) in other {
+                map.entry(key).or_insert(value);
+            }
+            Ok(())
+        });
+    engine.register_fn("+", move |map: Map, other: Map| -> RhaiResult<Map> {
+        merged_size(&map, &other)?;
+        let mut map = map;
+        map.extend(other);
+        Ok(map)
+    });
+    let joined_size = move |items: &Array, other: &Array| -> RhaiResult<()> {
+        if over(max_items, items.len().saturating_add(other.len())) {
+            return Err(super::memory::too_large("Size of array"));
+        }
+        Ok(())
+    };
+    FuncRegistration::new("append")
+        .with_purity(false)
+        .register_into_engine(
+            engine,
+            move |items: &mut Array, other: Array| -> RhaiResult<()> {
+                joined_size(items, &other)?;
+                items.extend(other);
+                Ok(())
+            },
+        );
+    engine.register_fn(
+        "+",
+        move |items: Array, other: Array| -> RhaiResult<Array> {
+            joined_size(&items, &other)?;
+            let mut items = items;
+            items.extend(other);
+            Ok(items)
+        },
+    );
 }
 
 #[cfg(test)]

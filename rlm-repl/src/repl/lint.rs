@@ -40,6 +40,13 @@ pub(crate) fn lint(code: &str) -> Vec<String> {
              group2, ...] per match (or write (?:...) for a group that only groups)."
         ));
     }
+    for line in floor_divisions(code) {
+        warnings.push(format!(
+            "warning (line {line}): `//` starts a comment in Rhai, so everything after it on \
+             this line is ignored (`x = a // b` sets x to a). Integer division is `/` between \
+             two integers; for a float result write float(a) / b."
+        ));
+    }
     for (line, a, b) in integer_divisions(code) {
         warnings.push(format!(
             "warning (line {line}): {a} / {b} divides integers, which gives {} (the fraction is \
@@ -49,6 +56,101 @@ pub(crate) fn lint(code: &str) -> Vec<String> {
         ));
     }
     warnings
+}
+
+/// Lines (from 1) where `//` follows an operand and is followed by one (`a // b`, Python's
+/// floor division), outside strings: in Rhai the rest of the line is a comment.
+fn floor_divisions(code: &str) -> Vec<usize> {
+    static OPERAND: OnceLock<Option<Regex>> = OnceLock::new();
+    let Some(operand) = OPERAND
+        .get_or_init(|| {
+            Regex::new(
+                r"^\s*(?:\d+(?:\.\d+)?|[A-Za-z_][\w.]*(?:\([^()]*\)|\[[^\[\]]*\])?)\s*\)*\s*;?\s*$",
+            )
+            .ok()
+        })
+        .as_ref()
+    else {
+        return Vec::new();
+    };
+    code.lines()
+        .enumerate()
+        .filter(|(_, line)| {
+            let Some(at) = comment_start(line) else {
+                return false;
+            };
+            let before = line[..at].trim_end();
+            // An operand right before, inside an assignment or a call: `x = a // b`,
+            // `print(a // b)`; and only an operand after.
+            before.ends_with(|c: char| c.is_alphanumeric() || c == '_' || c == ')' || c == ']')
+                && (before.contains('=') || before.contains('('))
+                && operand.is_match(&line[at + 2..])
+        })
+        .map(|(i, _)| i + 1)
+        .collect()
+}
+
+/// The byte offset of the first `//` outside a string on `line`.
+fn comment_start(line: &str) -> Option<usize> {
+    let mut quote = None;
+    let mut escaped = false;
+    let mut previous = ' ';
+    for (i, c) in line.char_indices() {
+        match quote {
+            Some(q) => {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' && q == '"' {
+                    escaped = true;
+                } else if c == q {
+                    quote = None;
+                }
+            }
+            None => {
+                if c == '"' || c == '`' {
+                    quote = Some(c);
+                } else if c == '/' && previous == '/' {
+                    return Some(i - 1);
+                }
+            }
+        }
+        previous = c;
+    }
+    None
+}
+
+/// Whether `code` holds a `/` or `/=` operator: outside strings, characters and comments
+/// (an interpolation inside backticks counts as code, so a `/` anywhere in backticks counts).
+pub(crate) fn has_division(code: &str) -> bool {
+    let bytes = code.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' | b'\'' => {
+                let quote = bytes[i];
+                i += 1;
+                while i < bytes.len() && bytes[i] != quote && bytes[i] != b'\n' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < bytes.len() && !(bytes[i] == b'*' && bytes[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'/' => return true,
+            _ => {}
+        }
+        i += 1;
+    }
+    false
 }
 
 /// `7 / 2`-style divisions of integer literals that do not come out even.
@@ -345,6 +447,17 @@ fn unit_assignments(code: &str) -> Vec<(usize, &'static str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_divisions_outside_strings_and_comments() {
+        assert!(has_division("let a = b / c;"));
+        assert!(has_division("t /= 2;"));
+        assert!(has_division("let s = `${a / b}`;"));
+        assert!(!has_division(
+            "let s = \"a/b\"; // c / d\n/* e / f */ let c = '/';"
+        ));
+        assert!(!has_division("let p = \"\\\"/\";"));
+    }
 
     #[test]
     fn flags_escapes_in_backtick_strings_only() {

@@ -12,6 +12,8 @@
 //! - after every block, the variables are measured (see [`estimate_bytes`]) and those that do
 //!   not fit the limits or the budget are removed, largest first, with a note naming them.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use rhai::{Dynamic, EvalAltResult, Position, Scope};
 
 use crate::SandboxLimits;
@@ -42,32 +44,37 @@ pub(crate) fn check_own_size(
     value: &Dynamic,
     limits: &SandboxLimits,
 ) -> Result<(), Box<EvalAltResult>> {
-    if value.is_string() {
-        if let Ok(s) = value.as_immutable_string_ref() {
-            if s.len() > cap(limits.max_string_size) {
-                return Err(too_large("Length of string"));
-            }
-        }
-    } else if value.is_array() {
-        if let Ok(items) = value.as_array_ref() {
-            if items.len() > cap(limits.max_array_size) {
-                return Err(too_large("Size of array"));
-            }
-        }
-    } else if value.is_map() {
-        if let Ok(map) = value.as_map_ref() {
-            if map.len() > cap(limits.max_map_size) {
-                return Err(too_large("Size of object map"));
-            }
-        }
-    } else if value.is_blob() {
-        if let Ok(blob) = value.as_blob_ref() {
-            if blob.len() > cap(limits.max_array_size) {
-                return Err(too_large("Size of BLOB"));
-            }
-        }
+    match own_size_over(value, limits) {
+        Some(what) => Err(too_large(what)),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// Which size limit `value` on its own is over, if any (as Rhai names it).
+fn own_size_over(value: &Dynamic, limits: &SandboxLimits) -> Option<&'static str> {
+    if value.is_string() {
+        value
+            .as_immutable_string_ref()
+            .is_ok_and(|s| s.len() > cap(limits.max_string_size))
+            .then_some("Length of string")
+    } else if value.is_array() {
+        value
+            .as_array_ref()
+            .is_ok_and(|items| items.len() > cap(limits.max_array_size))
+            .then_some("Size of array")
+    } else if value.is_map() {
+        value
+            .as_map_ref()
+            .is_ok_and(|map| map.len() > cap(limits.max_map_size))
+            .then_some("Size of object map")
+    } else if value.is_blob() {
+        value
+            .as_blob_ref()
+            .is_ok_and(|blob| blob.len() > cap(limits.max_array_size))
+            .then_some("Size of BLOB")
+    } else {
+        None
+    }
 }
 
 /// An estimate of the heap bytes `value` holds (strings, map keys and the slots of arrays and
@@ -123,6 +130,94 @@ fn over_size_limits(value: &Dynamic, limits: &SandboxLimits, depth: usize) -> bo
         })
     } else {
         false
+    }
+}
+
+/// Watches values that grow inside other values (`m.x[k] = v`, `xs[0].push(y)`): reading
+/// `m` checks only `m`'s own size, and checking everything inside it on every use would make
+/// loops quadratic. So every so many variable uses, the whole scope is checked, nested values
+/// included; the next check waits for a share of what this one visited, so checking costs a
+/// few steps per use however large the data, and a nested value is stopped within a small
+/// fraction of its limit.
+#[derive(Debug, Default)]
+pub(crate) struct NestedCheck {
+    uses: AtomicUsize,
+    next: AtomicUsize,
+}
+
+impl NestedCheck {
+    /// Fewest variable uses between two checks.
+    const MIN_USES: usize = 1 << 10;
+    /// A check waits for 1/SHARE of the items it visited.
+    const SHARE: usize = 8;
+
+    /// Counts one variable use; on every so many, checks `scope` (a read-only `context`
+    /// excepted: it fits by construction) and fails if a value inside it is over a limit.
+    pub(crate) fn on_use(
+        &self,
+        scope: &Scope<'_>,
+        limits: &SandboxLimits,
+    ) -> Result<(), Box<EvalAltResult>> {
+        let uses = self.uses.fetch_add(1, Ordering::Relaxed) + 1;
+        if uses < self.next.load(Ordering::Relaxed).max(Self::MIN_USES) {
+            return Ok(());
+        }
+        self.uses.store(0, Ordering::Relaxed);
+        let mut visited = 0usize;
+        let mut found = None;
+        for (name, constant, value) in scope.iter_raw() {
+            if constant && name == "context" {
+                continue;
+            }
+            found = nested_too_large(value, limits, &mut visited, 0);
+            if found.is_some() {
+                break;
+            }
+        }
+        self.next.store(visited / Self::SHARE, Ordering::Relaxed);
+        match found {
+            Some(what) => Err(too_large(what)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What inside `value` is over a size limit, if anything (strings' bytes, arrays' items,
+/// maps' entries, map keys as strings); counts the items it visits into `visited`.
+fn nested_too_large(
+    value: &Dynamic,
+    limits: &SandboxLimits,
+    visited: &mut usize,
+    depth: usize,
+) -> Option<&'static str> {
+    *visited = visited.saturating_add(1);
+    if depth > 512 {
+        return None;
+    }
+    if let Some(what) = own_size_over(value, limits) {
+        return Some(what);
+    }
+    let container = |item: &&Dynamic| item.is_array() || item.is_map() || item.is_string();
+    if let Ok(items) = value.as_array_ref() {
+        *visited = visited.saturating_add(items.len());
+        items
+            .iter()
+            .filter(container)
+            .find_map(|item| nested_too_large(item, limits, visited, depth + 1))
+    } else if let Ok(map) = value.as_map_ref() {
+        *visited = visited.saturating_add(map.len());
+        map.iter().find_map(|(key, item)| {
+            if key.len() > cap(limits.max_string_size) {
+                return Some("Length of string");
+            }
+            if container(&item) {
+                nested_too_large(item, limits, visited, depth + 1)
+            } else {
+                None
+            }
+        })
+    } else {
+        None
     }
 }
 

@@ -13,6 +13,7 @@ mod memory;
 pub(crate) mod output;
 mod sorting;
 pub(crate) mod subcall;
+mod thread;
 mod values;
 
 use std::fmt;
@@ -23,7 +24,8 @@ use std::time::{Duration, Instant};
 
 use rhai::packages::{Package, StandardPackage};
 use rhai::{
-    AST, Array, Dynamic, Engine, EvalAltResult, INT, ImmutableString, Module, Position, Scope,
+    AST, Array, Dynamic, Engine, EvalAltResult, FuncRegistration, INT, ImmutableString, Module,
+    NativeCallContext, Position, Scope,
 };
 use rlm_core::{BatchExecutor, CancellationToken, Text};
 use tokio::runtime::Handle;
@@ -32,6 +34,7 @@ pub(crate) use self::children::{ChildAnswer, ChildRunner};
 use self::errors::{STOP_CANCELLED, STOP_FINAL, STOP_MEMORY, STOP_TIMEOUT};
 use self::output::OutputBuffer;
 use self::subcall::{BlockClock, SubCaller};
+pub(crate) use self::thread::spawn_evaluation;
 use self::values::{script_error, to_text};
 use crate::budget::Budget;
 use crate::emitter::Emitter;
@@ -79,6 +82,43 @@ struct Shared {
     /// Why the running block must stop ([`HALT_CANCELLED`], [`HALT_TIMEOUT`],
     /// [`HALT_MEMORY`]; 0: it need not), set by its watchdog and read at every operation.
     halt: AtomicU8,
+    /// The block's integer divisions that dropped a fraction: the first (its line and
+    /// operands) and how many.
+    lossy_divisions: Mutex<Option<LossyDivision>>,
+}
+
+/// An integer division that dropped a fraction (`193 / 5` is 38, not 38.6).
+#[derive(Debug, Clone, Copy)]
+struct LossyDivision {
+    line: Option<usize>,
+    dividend: INT,
+    divisor: INT,
+    count: usize,
+}
+
+impl LossyDivision {
+    /// The warning the model sees: an average over integers comes out truncated, silently.
+    fn warning(&self) -> String {
+        let Self {
+            dividend: a,
+            divisor: b,
+            ..
+        } = *self;
+        let at = self
+            .line
+            .map_or_else(String::new, |line| format!(" (line {line})"));
+        let more = match self.count {
+            1 => String::new(),
+            n => format!(" ({n} divisions in this block dropped a fraction.)"),
+        };
+        format!(
+            "warning{at}: `/` divided two integers: {a} / {b} gave {}, the fraction dropped \
+             ({} as a float). For an average, a ratio or a share divide floats: float(total) \
+             / n.{more}",
+            a / b,
+            a as f64 / b as f64
+        )
+    }
 }
 
 /// The run was cancelled (or ran out of time): see [`Shared::halt`].
@@ -151,6 +191,37 @@ impl Shared {
         None
     }
 
+    /// `a / b` on two integers, as Rhai computes it; a quotient that dropped a fraction is
+    /// noted for the block's warning.
+    fn divide(&self, at: Position, a: INT, b: INT) -> Result<INT, Box<EvalAltResult>> {
+        let Some(quotient) = a.checked_div(b) else {
+            let what = if b == 0 {
+                "Division by zero"
+            } else {
+                "Division overflow"
+            };
+            return Err(Box::new(EvalAltResult::ErrorArithmetic(
+                format!("{what}: {a} / {b}"),
+                Position::NONE,
+            )));
+        };
+        if a % b != 0 {
+            let mut noted = lock(&self.lossy_divisions);
+            match &mut *noted {
+                Some(first) => first.count += 1,
+                None => {
+                    *noted = Some(LossyDivision {
+                        line: at.line(),
+                        dividend: a,
+                        divisor: b,
+                        count: 1,
+                    });
+                }
+            }
+        }
+        Ok(quotient)
+    }
+
     /// `sleep(seconds)`: sleeps in short slices, and stops with the block (its time limit,
     /// the run's cancellation). Negative, NaN and zero durations do not sleep; huge ones
     /// sleep until the block's time runs out.
@@ -181,8 +252,10 @@ impl Shared {
 /// or per sub-call. Scripts have no file, environment, network or module access; runaway
 /// code is stopped by [`SandboxLimits`] with an error, and the scope survives it.
 ///
-/// `execute` blocks: call it from a blocking thread (`tokio::task::spawn_blocking`) or from
-/// code without a runtime, not from an async task. [`Rlm`](crate::Rlm) does this for you.
+/// `execute` blocks: call it from a thread of its own or from code without a runtime, not
+/// from an async task. [`Rlm`](crate::Rlm) gives each evaluation a thread of its own (not one
+/// of tokio's bounded blocking pool, where blocks waiting on their children's blocks could
+/// take every thread and wait forever).
 ///
 /// ```
 /// use rlm_repl::{Context, Repl};
@@ -202,6 +275,8 @@ pub struct Repl {
     info: ContextInfo,
     /// Bytes the variables held after the last block (an estimate; the context excepted).
     held: usize,
+    /// Functions defined so far divide (their blocks held a `/`).
+    functions_divide: bool,
 }
 
 impl fmt::Debug for Repl {
@@ -349,6 +424,7 @@ impl ReplBuilder {
             block_timeout: limits.block_timeout,
             max_memory: limits.max_memory,
             halt: AtomicU8::new(0),
+            lossy_divisions: Mutex::new(None),
         });
         let lengths = helpers::ContextLengths::of(&context);
         let engine = build_engine(&shared, &limits, lengths);
@@ -362,6 +438,7 @@ impl ReplBuilder {
             limits,
             info,
             held: 0,
+            functions_divide: false,
         }
     }
 }
@@ -412,7 +489,7 @@ impl Repl {
     pub fn execute(&mut self, code: &str) -> BlockOutcome {
         let started = Instant::now();
         self.begin_block();
-        let warnings = lint::lint(code);
+        let mut warnings = lint::lint(code);
         // Everything that touches the script's values runs on the big stack: Rhai and serde
         // recurse once per level of nested data when they copy, print, convert or drop it.
         let stack = stack_size(&self.limits);
@@ -445,6 +522,16 @@ impl Repl {
             .error
             .map(|e| output::truncate_middle(&e, self.shared.max_output_chars));
         let final_answer = lock(&self.shared.final_answer).take();
+        if let Some(division) = lock(&self.shared.lossy_divisions).take() {
+            // A division of two literals was already named by the lint.
+            let literal = format!(
+                "{} / {} divides integers",
+                division.dividend, division.divisor
+            );
+            if !warnings.iter().any(|w| w.contains(&literal)) {
+                warnings.push(division.warning());
+            }
+        }
         let output = self.render(&warnings, ran.value, error.as_deref(), &ran.notes);
         BlockOutcome {
             output,
@@ -461,6 +548,13 @@ impl Repl {
         match self.engine.compile(code) {
             Err(parse_error) => ran.error = Some(errors::format_parse_error(&parse_error, code)),
             Ok(ast) => {
+                // Operators use Rhai's built-ins directly (fast) unless the code may divide:
+                // then they look for registered functions first, so that `/` on two integers
+                // can note a dropped fraction (see `build_engine`).
+                let divides = lint::has_division(code);
+                self.functions_divide |= divides && ast.iter_functions().next().is_some();
+                self.engine
+                    .set_fast_operators(!(divides || self.functions_divide));
                 let program = self.functions.merge(&ast);
                 let engine = &self.engine;
                 let scope = &mut self.scope;
@@ -520,6 +614,7 @@ impl Repl {
         *lock(&self.shared.final_answer) = None;
         self.shared.printed_unit.store(false, Ordering::SeqCst);
         self.shared.halt.store(0, Ordering::SeqCst);
+        *lock(&self.shared.lossy_divisions) = None;
         self.shared.clock.begin(self.held);
     }
 
@@ -616,11 +711,7 @@ struct Ran {
 }
 
 fn internal_error(panic: &(dyn std::any::Any + Send)) -> String {
-    let what = panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_default();
+    let what = thread::panic_text(panic);
     format!(
         "Error: internal error in the REPL ({what}); the block was stopped. Variables set \
          before this point are kept."
@@ -954,6 +1045,8 @@ fn build_engine(
     // Every read of a variable checks its own size (O(1)): a loop that grows a value past a
     // limit (`m[k] = v`, `xs.push(x)`, `s += t`) stops at its next use of it.
     let size_limits = limits.clone();
+    // And every so many uses, everything inside the variables (`m.x[k] = v` grows `m.x`).
+    let nested = memory::NestedCheck::default();
     // `on_var` is marked volatile (not deprecated) by Rhai; its shape has been stable since 1.0.
     #[allow(deprecated)]
     engine.on_var(move |name, index, context| {
@@ -968,6 +1061,7 @@ fn build_engine(
         if let Some(value) = known.or_else(|| scope.get(name)) {
             memory::check_own_size(value, &size_limits)?;
         }
+        nested.on_use(scope, &size_limits)?;
         Ok(None)
     });
     // Rhai's own `sleep` blocks for as long as asked, past every limit (and panics on
@@ -984,6 +1078,26 @@ fn build_engine(
         "()".to_owned()
     });
     engine.register_fn("to_string", |_: ()| "()".to_owned());
+
+    // `/` on two integers works as Rhai's, and notes a quotient that dropped a fraction: the
+    // block gets a warning (an answer from it is held once for confirmation).
+    let s = Arc::clone(shared);
+    engine.register_fn(
+        "/",
+        move |context: NativeCallContext<'_>, a: INT, b: INT| {
+            s.divide(context.call_position(), a, b)
+        },
+    );
+    let s = Arc::clone(shared);
+    FuncRegistration::new("/=")
+        .with_purity(false)
+        .register_into_engine(
+            &mut engine,
+            move |context: NativeCallContext<'_>, a: &mut INT, b: INT| {
+                *a = s.divide(context.call_position(), *a, b)?;
+                Ok::<_, Box<EvalAltResult>>(())
+            },
+        );
 
     helpers::register(&mut engine, &Arc::default(), limits);
     helpers::register_checked_builtins(&mut engine, limits);

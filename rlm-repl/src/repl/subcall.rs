@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use rhai::Dynamic;
 use rlm_core::{
     BatchExecutor, BatchObserver, BatchOptions, BatchResult, Completion, CompletionRequest,
-    LlmError, Text,
+    LlmError, ReplyBudget, Text,
 };
 use tokio::runtime::Handle;
 use tracing::Instrument;
@@ -80,6 +80,11 @@ impl BlockClock {
             return None;
         }
         Some(self.resident().saturating_sub(base))
+    }
+
+    /// Bytes `budget` leaves beside what the block holds now (the scope and the answers kept).
+    fn room(&self, budget: usize) -> usize {
+        budget.saturating_sub(self.held.load(Ordering::SeqCst))
     }
 
     /// Counts `bytes` more held, if that stays within `budget` (0: none); returns whether it did.
@@ -289,6 +294,16 @@ impl SubCaller {
         )
     }
 
+    /// The bound on the answers one call (a query or a whole batch) may bring in: what the
+    /// memory budget leaves beside the variables and the answers kept so far (`None`: no
+    /// memory budget). A backend that honours [`ReplyBudget`] charges each reply's bytes to it
+    /// as they arrive and fails the replies that do not fit, before they are parsed: a batch
+    /// of huge answers never has to be held whole to find that most cannot be kept.
+    fn reply_budget(&self) -> Option<ReplyBudget> {
+        (self.max_batch_bytes > 0)
+            .then(|| ReplyBudget::new(self.clock.room(self.max_batch_bytes) as u64))
+    }
+
     /// The default concurrency of `llm_batch`.
     pub(crate) fn max_concurrent(&self) -> usize {
         self.max_concurrent
@@ -363,17 +378,18 @@ impl SubCaller {
         );
         let backend = Arc::clone(&self.backend);
         let cancel = self.run.cancel.clone();
+        let replies = self.reply_budget();
         let started = Instant::now();
         budget.sent();
         let result = self
             .wait(
-                async move {
+                within(replies.clone(), async move {
                     tokio::select! {
                         biased;
                         () = cancel.cancelled() => Err(LlmError::Cancelled),
                         result = backend.complete(request) => result,
                     }
-                }
+                })
                 .instrument(span.clone()),
             )
             .unwrap_or_else(|| {
@@ -400,14 +416,20 @@ impl SubCaller {
         };
         emitter.emit_with(|| end_event(turn, &record, &result));
         lock(&self.records).push(record);
-        self.script_text(result, 0)
+        self.script_text(result, 0, replies.as_ref())
     }
 
     /// What the script gets for a sub-call: the reply's text, or an `Error: ...` string that
     /// says why there is none (cut and empty replies keep their partial text after it; an
     /// answer that would take what the block holds past `max_held_bytes` is not kept; 0: no
-    /// bound, one answer always fits within the string limit).
-    fn script_text(&self, result: BatchResult, max_held_bytes: usize) -> String {
+    /// bound, one answer always fits within the string limit). `replies` is the reply budget
+    /// the call ran under, if any.
+    fn script_text(
+        &self,
+        result: BatchResult,
+        max_held_bytes: usize,
+        replies: Option<&ReplyBudget>,
+    ) -> String {
         match result {
             Ok(completion) => {
                 let text = self.fit_answer(answer_text(completion));
@@ -426,6 +448,16 @@ impl SubCaller {
                 }
             }
             Err(LlmError::Cancelled) => self.run.refusal(),
+            // The backend refused the reply as it arrived: it did not fit the reply budget.
+            Err(error) if replies.is_some() && error.to_string().contains("memory budget") => {
+                format!(
+                    "Error: the memory budget ({} bytes, --max-memory) was reached, so this \
+                     answer was not kept; the answers that fitted were (the backend said: \
+                     {error}). Ask for shorter answers, send fewer prompts per batch, or free \
+                     variables you no longer need (`x = ();`).",
+                    self.max_batch_bytes
+                )
+            }
             Err(error) => format!("Error: {error}"),
         }
     }
@@ -510,9 +542,15 @@ impl SubCaller {
             .with_observer(tracker.clone());
         let span = tracing::info_span!("rlm_batch", batch, total = granted, max_concurrent);
         let backend = Arc::clone(&self.backend);
+        let replies = self.reply_budget();
         let started = Instant::now();
         let results = self
-            .wait(async move { backend.complete_batch(requests, &options).await }.instrument(span))
+            .wait(
+                within(replies.clone(), async move {
+                    backend.complete_batch(requests, &options).await
+                })
+                .instrument(span),
+            )
             .unwrap_or_default();
         let mut failed = 0;
         let mut results = results.into_iter();
@@ -523,7 +561,7 @@ impl SubCaller {
                 ))
             });
             failed += usize::from(!is_cancelled(&result) && !result.as_ref().is_ok_and(is_answer));
-            *answer = self.script_text(result, self.max_batch_bytes);
+            *answer = self.script_text(result, self.max_batch_bytes, replies.as_ref());
         }
         tracker.close();
         emitter.emit_with(|| Event::BatchEnd {
@@ -534,6 +572,14 @@ impl SubCaller {
             elapsed_ms: millis(started.elapsed()),
         });
         answers
+    }
+}
+
+/// Runs `future` under the reply budget `replies`, if there is one.
+async fn within<F: Future>(replies: Option<ReplyBudget>, future: F) -> F::Output {
+    match replies {
+        Some(replies) => replies.scope(future).await,
+        None => future.await,
     }
 }
 

@@ -1,4 +1,4 @@
-//! Running the code of a root reply in the run's REPL, on a blocking thread.
+//! Running the code of a root reply in the run's REPL, on a thread of its own.
 
 use std::sync::Arc;
 
@@ -43,7 +43,7 @@ pub(super) struct TurnWork {
     pub(super) text_var: Option<Result<String, String>>,
 }
 
-/// Runs the reply's blocks in order on a blocking thread; stops after a `FINAL`, after a
+/// Runs the reply's blocks in order on a thread of their own; stops after a `FINAL`, after a
 /// block that fails, or once the run must stop. Then reads a text `FINAL_VAR`, unless the
 /// reply was `cut`.
 pub(super) async fn run_blocks(
@@ -52,8 +52,8 @@ pub(super) async fn run_blocks(
     cut: bool,
     turn: usize,
     run: Arc<RunState>,
-) -> Result<TurnWork, tokio::task::JoinError> {
-    tokio::task::spawn_blocking(move || {
+) -> Result<TurnWork, RlmError> {
+    crate::repl::spawn_evaluation(move || {
         let mut blocks = Vec::new();
         let mut code_final = None;
         let mut warned = false;
@@ -150,9 +150,7 @@ pub(super) async fn final_reply(
             .filter(|_| !(cut && parsed.final_unbalanced)),
         ..ParsedReply::default()
     };
-    let work = run_blocks(repl, finishing.clone(), false, turn, Arc::clone(run))
-        .await
-        .map_err(internal)?;
+    let work = run_blocks(repl, finishing.clone(), false, turn, Arc::clone(run)).await?;
     let given = match (&finishing.final_marker, work.code_final) {
         (Some(FinalMarker::Value(value)), _) => Some(value.clone()),
         (Some(FinalMarker::Var(_)), _) => work.text_var.and_then(Result::ok),

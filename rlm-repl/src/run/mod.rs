@@ -309,9 +309,7 @@ impl Run {
         let cut = reply.is_cut();
         let parsed = parse_reply(&reply.text);
         report_reasoning(&state, turn, &parsed);
-        let work = run_blocks(repl, parsed.clone(), cut, turn, Arc::clone(&state))
-            .await
-            .map_err(internal)?;
+        let work = run_blocks(repl, parsed.clone(), cut, turn, Arc::clone(&state)).await?;
         if let Some(error) = sub_model_failure(&state, &self.sub_model) {
             return Err(error);
         }
