@@ -111,7 +111,12 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
     let result = match outcome {
         Some(Ok(result)) => result,
         failed => {
-            crate::error::set_partial(partial_figures(start.elapsed(), &usage, cache_stats));
+            crate::error::set_partial(partial_figures(
+                start.elapsed(),
+                &usage,
+                cache_stats,
+                &stack.warnings(),
+            ));
             return Err(match failed {
                 Some(Err(e)) if !interrupted.load(Ordering::SeqCst) => {
                     CliError::from_rlm(e, &shown_url, &model)
@@ -125,8 +130,18 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
     // what a script made of cancelled sub-calls as a final answer).
     // Priced from what the server was really asked (cache hits cost nothing).
     let cost = prices.report(usage.iter().map(|(model, u)| (model.as_str(), u)));
+    // The tiers' warnings (a cache that could not be used) were logged when they happened;
+    // `--json` carries them beside the run's own.
+    let tier_warnings = stack.warnings();
     if args.json || result.stopped != StopReason::Cancelled {
-        print_result(&result, &usage, &cost, cache_stats, args.json)?;
+        print_result(
+            &result,
+            &usage,
+            &cost,
+            cache_stats,
+            &tier_warnings,
+            args.json,
+        )?;
     }
     // What the engine cannot vouch for goes to stderr even with --quiet.
     for warning in &result.warnings {

@@ -176,6 +176,135 @@ async fn a_cache_dir_that_cannot_be_used_is_a_clear_error() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// Checks a run that went on without its disk cache: answered, every sub-call sent, and one
+/// warning naming the cache on stderr and in `--json`'s `warnings`.
+fn went_on_without_the_disk_cache(
+    server: &MockServer,
+    (code, json, stderr): (Option<i32>, Value, String),
+    calls: usize,
+) {
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(json["answer"], format!("answers: {calls}"), "{json}");
+    assert_eq!(sub_requests(server).len(), calls, "every sub-call was sent");
+    assert_eq!(json["cache"]["disk_hits"], 0, "{json}");
+    let warnings: Vec<&str> = json["warnings"]
+        .as_array()
+        .map(|w| w.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    assert_eq!(warnings.len(), 1, "{json}");
+    assert!(
+        warnings[0].contains("--cache-dir") && warnings[0].contains("without the disk cache"),
+        "{json}"
+    );
+    let logged: Vec<&str> = stderr.lines().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(logged.len(), 1, "warned once: {stderr}");
+    assert!(logged[0].contains("disk cache"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_corrupt_or_truncated_cache_file_is_a_warning_not_a_failure() {
+    let dir = TempDir::new("corrupt");
+    let context = dir.file("context.txt", "a corpus");
+    let cache = dir.path().join("cache");
+    let file = cache.join("rlm-cache.sqlite3");
+    let cache = cache.to_string_lossy().into_owned();
+    let server = server(5, Duration::ZERO).await;
+
+    // A real cache, then cut short: its pages no longer add up.
+    let (code, json, stderr) = run(&server, &context, &["--cache-dir", &cache]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(json["answer"], "answers: 5");
+    let whole = std::fs::read(&file).expect("the cache file");
+    assert!(whole.len() > 8192, "{} bytes", whole.len());
+    std::fs::write(&file, &whole[..8192]).expect("a truncated cache file");
+    server.reset();
+    let outcome = run(&server, &context, &["--cache-dir", &cache]).await;
+    went_on_without_the_disk_cache(&server, outcome, 5);
+
+    // Not a database at all.
+    std::fs::write(
+        &file,
+        "these bytes are not an SQLite database\n".repeat(100),
+    )
+    .expect("a corrupt cache file");
+    server.reset();
+    let outcome = run(&server, &context, &["--cache-dir", &cache]).await;
+    went_on_without_the_disk_cache(&server, outcome, 5);
+    let kept = std::fs::read_to_string(&file).unwrap_or_default();
+    assert!(
+        kept.starts_with("these bytes"),
+        "the file is left as it was, for its owner to look at"
+    );
+}
+
+/// Makes `file` read-only for this process, even for root (whom permissions do not stop):
+/// `chmod 444`, then, if writing still works, `chattr +i`. Whether it worked.
+fn make_read_only(file: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let writable = || std::fs::OpenOptions::new().append(true).open(file).is_ok();
+    let _ = std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o444));
+    if writable() {
+        let _ = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(file)
+            .stderr(Stdio::null())
+            .status();
+    }
+    !writable()
+}
+
+/// Undoes [`make_read_only`], so the file can be removed.
+fn make_writable(file: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::process::Command::new("chattr")
+        .arg("-i")
+        .arg(file)
+        .stderr(Stdio::null())
+        .status();
+    let _ = std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644));
+}
+
+#[tokio::test]
+async fn a_read_only_cache_file_is_a_warning_not_a_failure() {
+    let dir = TempDir::new("readonly");
+    let context = dir.file("context.txt", "a corpus");
+    let cache = dir.path().join("cache");
+    let file = cache.join("rlm-cache.sqlite3");
+    let cache = cache.to_string_lossy().into_owned();
+    let server = server(4, Duration::ZERO).await;
+    let (code, _, stderr) = run(&server, &context, &["--cache-dir", &cache]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    if !make_read_only(&file) {
+        make_writable(&file);
+        panic!("cannot make a file read-only here (not root, no chattr?)");
+    }
+    server.reset();
+    let outcome = run(&server, &context, &["--cache-dir", &cache]).await;
+    make_writable(&file);
+    went_on_without_the_disk_cache(&server, outcome, 4);
+}
+
+#[tokio::test]
+async fn a_redis_url_this_build_cannot_use_is_a_warning_not_a_failure() {
+    let dir = TempDir::new("tls");
+    let context = dir.file("context.txt", "text");
+    let server = server(3, Duration::ZERO).await;
+    // TLS: a Redis URL, but this build has no TLS for Redis.
+    let url = "rediss://:secret-pw@127.0.0.1:6390";
+    let (code, json, stderr) = run(&server, &context, &["--redis", url, "--rpm", "600"]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(json["answer"], "answers: 3", "{json}");
+    assert_eq!(sub_requests(&server).len(), 3);
+    let warnings = json["warnings"].to_string();
+    assert!(
+        warnings.contains("--redis") && warnings.contains("without Redis"),
+        "{json}"
+    );
+    let logged: Vec<&str> = stderr.lines().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(logged.len(), 1, "warned once: {stderr}");
+    assert!(!stderr.contains("secret-pw") && !warnings.contains("secret-pw"));
+}
+
 #[tokio::test]
 async fn four_processes_share_one_rate_limit_through_redis() {
     let Some(redis) = RedisServer::start() else {
@@ -302,6 +431,14 @@ async fn an_unreachable_redis_from_the_start_is_a_warning_not_a_failure() {
         "{stderr}"
     );
     assert!(!stderr.contains("secret-pw"), "{stderr}");
+    // `--json` says so too: the shared rate limits and the cache tier, once each.
+    let warnings = json["warnings"].to_string();
+    assert!(
+        warnings.contains("redis://127.0.0.1") && warnings.contains("rate limits"),
+        "{json}"
+    );
+    assert!(warnings.contains("redis cache"), "{json}");
+    assert!(!warnings.contains("secret-pw"), "{json}");
     // A URL that is not a Redis URL is a usage error.
     let (code, _, stderr) = run(&server, &context, &["--redis", "http://nope"]).await;
     assert_eq!(code, Some(2), "{stderr}");

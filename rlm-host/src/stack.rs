@@ -18,7 +18,7 @@ use rlm_openai::{ConfigError, OpenAiBackend, OpenAiConfig, RateLimit, WaitObserv
 use rlm_repl::{Rlm, RlmBuilder, RlmError, SandboxLimits};
 
 use crate::runner::Runner;
-use crate::state::{self, TierHits};
+use crate::state::{self, Notices, TierHits};
 use crate::url::{display_url, host_of};
 use crate::{HostError, Settings};
 
@@ -35,6 +35,7 @@ pub struct Stack {
     tracker: UsageTracker,
     cache: Option<Arc<CachedBackend<Arc<dyn BatchExecutor>>>>,
     tier_hits: TierHits,
+    notices: Notices,
 }
 
 impl std::fmt::Debug for Stack {
@@ -56,7 +57,9 @@ impl Stack {
     /// # Errors
     /// [`HostError::Usage`] for an empty model name, a bad base URL or Redis URL;
     /// [`HostError::Auth`] for a missing key the OpenAI API needs, or a key that is not
-    /// UTF-8; [`HostError::Input`] for a cache directory that cannot be opened.
+    /// UTF-8; [`HostError::Input`] for a cache directory that is not a directory. A cache file
+    /// that cannot be used, or a Redis URL this process cannot use, is not an error: the
+    /// stack goes without that tier and [`warnings`](Self::warnings) says why.
     pub fn build(
         settings: &Settings,
         waits: Option<WaitObserver>,
@@ -109,8 +112,10 @@ impl Stack {
                 ),
             );
         }
-        if let Some(pacer) = state::pacer(settings)? {
-            config = config.with_shared_pacer(pacer);
+        let notices = Notices::default();
+        let redis = state::redis(settings, &notices)?;
+        if let Some(redis) = &redis {
+            config = config.with_shared_pacer(redis.pacer.clone());
         }
         let backend = OpenAiBackend::new(config).map_err(config_error)?;
         // Sub-calls share the client, pool and rate limits, with their own attempt timeout.
@@ -123,7 +128,7 @@ impl Stack {
         let (tiered, tier_hits): (Arc<dyn BatchExecutor>, _) = if settings.no_cache {
             (Arc::new(metered), TierHits::default())
         } else {
-            state::tiers(Arc::new(metered), settings)?
+            state::tiers(Arc::new(metered), settings, redis.as_ref(), &notices)?
         };
         let cache = (!settings.no_cache).then(|| Arc::new(CachedBackend::new(tiered.clone())));
         let sub: Arc<dyn BatchExecutor> = match &cache {
@@ -139,6 +144,7 @@ impl Stack {
             tracker,
             cache,
             tier_hits,
+            notices,
         })
     }
 
@@ -178,6 +184,14 @@ impl Stack {
         let cache = self.cache.as_ref()?;
         cache.run_pending_tasks().await;
         Some(self.tier_hits.fill(cache.stats()))
+    }
+
+    /// What went wrong with the persistent and shared tiers so far, each once, in order: a
+    /// cache file that could not be used (corrupt, truncated, read-only), a Redis URL this
+    /// process cannot use, a tier that failed during a run. Runs go on without such a tier;
+    /// each of these was also logged (`tracing`, a warning) when it happened.
+    pub fn warnings(&self) -> Vec<String> {
+        self.notices.all()
     }
 
     /// An [`Rlm`] builder on this stack with the models, the sandbox, recursion and the
@@ -287,5 +301,43 @@ mod tests {
         assert_eq!(pool_size(4, 2, 3), 3 * 21);
         // Saturates rather than overflowing.
         assert_eq!(pool_size(4096, 64, 1), usize::MAX);
+    }
+
+    #[cfg(feature = "disk")]
+    #[test]
+    fn a_cache_file_that_cannot_be_used_leaves_the_stack_without_it() {
+        let dir = std::env::temp_dir().join(format!("rlm-host-bad-cache-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(
+            dir.join(rlm_cache::DISK_CACHE_FILE),
+            "not a database".repeat(300),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let settings = Settings {
+            base_url: "http://127.0.0.1:9/v1".into(),
+            cache_dir: Some(dir.clone().into_os_string()),
+            ..Settings::new("m")
+        };
+        let stack = Stack::build(&settings, None, 1);
+        let _ = std::fs::remove_dir_all(&dir);
+        let stack = stack.unwrap_or_else(|e| panic!("{e}"));
+        let warnings = stack.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("without the disk cache"),
+            "{warnings:?}"
+        );
+        assert!(stack.cache.is_some(), "the in-memory cache stays");
+
+        // A path that is not a directory is a mistake in the settings, not a cache.
+        let file = std::env::temp_dir().join(format!("rlm-host-not-a-dir-{}", std::process::id()));
+        std::fs::write(&file, "a file").unwrap_or_else(|e| panic!("{e}"));
+        let settings = Settings {
+            cache_dir: Some(file.clone().into_os_string()),
+            ..settings
+        };
+        let refused = Stack::build(&settings, None, 1).err();
+        let _ = std::fs::remove_file(&file);
+        assert!(matches!(refused, Some(HostError::Input(_))), "{refused:?}");
     }
 }
