@@ -130,9 +130,52 @@ impl Settings {
     /// The built-in prices with [`prices`](Self::prices)' file on top.
     ///
     /// # Errors
-    /// As [`crate::prices::load`].
+    /// As [`crate::prices::load`]; and [`HostError::Usage`] when [`max_cost`](Self::max_cost)
+    /// is set and a model of the run (root, sub or child) has no price: its calls would
+    /// count as free, so the budget could not be kept.
     pub fn load_prices(&self) -> Result<Prices, HostError> {
-        crate::prices::load(self.prices.as_deref())
+        let prices = crate::prices::load(self.prices.as_deref())?;
+        if let Some(usd) = self.max_cost {
+            let unpriced: Vec<&str> = self
+                .models()
+                .into_iter()
+                .filter(|model| prices.get(model).is_none())
+                .collect();
+            if !unpriced.is_empty() {
+                return Err(HostError::Usage(format!(
+                    "--max-cost {usd} cannot be kept: no price for {} (its calls would count \
+                     as free); give {} with --prices FILE ({{\"MODEL\": {{\"input\": USD, \
+                     \"output\": USD}}}} per million tokens; 0 for a free model)",
+                    unpriced
+                        .iter()
+                        .map(|model| format!("model {model:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if unpriced.len() == 1 {
+                        "its price"
+                    } else {
+                        "their prices"
+                    }
+                )));
+            }
+        }
+        Ok(prices)
+    }
+
+    /// The models a run may call, each once: the root model, the sub model (default: the
+    /// root model) and the child model (default: the sub model), trimmed, empty names left
+    /// out.
+    pub fn models(&self) -> Vec<&str> {
+        let root = self.model.trim();
+        let sub = self.sub_model.as_deref().map_or(root, str::trim);
+        let child = self.child_model.as_deref().map_or(sub, str::trim);
+        let mut models: Vec<&str> = Vec::with_capacity(3);
+        for model in [root, sub, child] {
+            if !model.is_empty() && !models.contains(&model) {
+                models.push(model);
+            }
+        }
+        models
     }
 
     /// The settings a trace's `run_start` shows beside the engine's own (base URL without
@@ -194,5 +237,77 @@ impl Settings {
             .as_deref()
             .map(str::trim)
             .filter(|url| !url.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_budget(model: &str, sub: Option<&str>, child: Option<&str>) -> Settings {
+        Settings {
+            sub_model: sub.map(str::to_owned),
+            child_model: child.map(str::to_owned),
+            max_cost: Some(1.0),
+            ..Settings::new(model)
+        }
+    }
+
+    /// The refusal of `settings`, which must name each of `models` and `--prices`.
+    fn refused(settings: &Settings, models: &[&str]) {
+        let error = settings.load_prices().err();
+        assert!(matches!(error, Some(HostError::Usage(_))), "{error:?}");
+        let message = error.map(|e| e.to_string()).unwrap_or_default();
+        for model in models {
+            assert!(message.contains(&format!("{model:?}")), "{message}");
+        }
+        assert!(message.contains("--prices"), "{message}");
+    }
+
+    #[test]
+    fn a_cost_budget_needs_a_price_for_every_model() {
+        assert!(
+            with_budget("gpt-4o", Some("gpt-4o-mini"), None)
+                .load_prices()
+                .is_ok()
+        );
+        // Without a budget, a model without a price is only reported (as free).
+        assert!(Settings::new("local-model").load_prices().is_ok());
+
+        refused(&with_budget("local-model", None, None), &["local-model"]);
+        refused(
+            &with_budget("local-model", Some("gpt-4o"), None),
+            &["local-model"],
+        );
+        refused(
+            &with_budget("gpt-4o", Some("local-sub"), None),
+            &["local-sub"],
+        );
+        refused(
+            &with_budget("gpt-4o", None, Some("local-child")),
+            &["local-child"],
+        );
+        refused(&with_budget("a", Some("b"), Some("c")), &["a", "b", "c"]);
+
+        // A prices file that prices it (free here) lets the budget hold.
+        let file = std::env::temp_dir().join(format!("rlm-settings-{}.json", std::process::id()));
+        std::fs::write(&file, r#"{"local-sub": {"input": 0, "output": 0}}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let settings = Settings {
+            prices: Some(file.clone()),
+            ..with_budget("gpt-4o", Some("local-sub"), None)
+        };
+        let loaded = settings.load_prices();
+        let _ = std::fs::remove_file(&file);
+        assert!(loaded.is_ok(), "{loaded:?}");
+    }
+
+    #[test]
+    fn the_models_of_a_run_default_down_the_tree() {
+        assert_eq!(Settings::new(" m ").models(), ["m"]);
+        assert_eq!(with_budget("m", Some("s"), None).models(), ["m", "s"]);
+        assert_eq!(with_budget("m", None, Some("c")).models(), ["m", "c"]);
+        assert_eq!(with_budget("m", Some("m"), Some("s")).models(), ["m", "s"]);
+        assert!(Settings::default().models().is_empty());
     }
 }
