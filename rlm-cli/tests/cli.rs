@@ -546,6 +546,61 @@ async fn ctrl_c_cancels_keeps_the_trace_and_exits_130() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_ctrl_c_upstream_calls_counts_only_what_was_sent() {
+    // 200 distinct sub-calls, 4 at a time: the first 6 to arrive are answered at once, the
+    // rest hang, so the batch stops with exactly 10 sent (6 answered, 4 in flight).
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let server = MockServer::start(move |request: &ServerRequest| {
+        if request.model() == ROOT {
+            return Reply::completion_for(
+                request,
+                code(
+                    "let p = []; for i in 0..200 { p.push(`item ${i}`); }\n\
+                     let r = llm_batch(p, 4); FINAL(r.len());",
+                ),
+            );
+        }
+        let n = answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let reply = Reply::completion_for(request, "ok");
+        if n < 6 {
+            reply
+        } else {
+            reply.after(Duration::from_secs(120))
+        }
+    })
+    .await
+    .expect("server");
+    let base_url = server.base_url();
+    let mut command = command(&run_args(&base_url, &["--query", "q", "--json"]));
+    command.stdin(Stdio::null());
+    let child = command.spawn().expect("rlm starts");
+    let pid = child.id().expect("a pid");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while requests_for(&server, SUB).len() < 10 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sub-calls never arrived (safety bound)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = std::process::Command::new("sh")
+        .args(["-c", &format!("kill -INT {pid}")])
+        .status()
+        .expect("sh runs");
+    assert!(status.success());
+    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("rlm exits after Ctrl-C (safety bound)")
+        .expect("output");
+    assert_eq!(output.status.code(), Some(130), "{output:?}");
+    let json: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    let sent = requests_for(&server, SUB).len();
+    assert_eq!(sent, 10, "the server saw 6 answered and 4 in flight");
+    assert_eq!(json["cache"]["upstream_calls"], 10, "{json}");
+    assert_eq!(json["usage"][SUB]["calls"], 6, "{json}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_runs_offline_and_both_approaches_are_right() {
     let out = rlm(
         &[

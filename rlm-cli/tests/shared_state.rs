@@ -141,6 +141,7 @@ async fn a_disk_cache_answers_a_rerun_in_a_new_process() {
     assert_eq!(json["answer"], "answers: 12");
     assert_eq!(sub_requests(&server).len(), 12);
     assert_eq!(json["cache"]["disk_hits"], 0, "{json}");
+    assert_eq!(json["cache"]["upstream_calls"], 12, "{json}");
 
     server.reset();
     let (code, json, stderr) = run(&server, &context, &["--cache-dir", &cache]).await;
@@ -153,6 +154,8 @@ async fn a_disk_cache_answers_a_rerun_in_a_new_process() {
     );
     assert_eq!(json["cache"]["disk_hits"], 12, "{json}");
     assert_eq!(json["cache"]["redis_hits"], 0, "{json}");
+    // Answered by the disk tier: none was sent upstream.
+    assert_eq!(json["cache"]["upstream_calls"], 0, "{json}");
 
     // --no-cache bypasses it.
     server.reset();
@@ -364,6 +367,7 @@ async fn a_second_run_is_answered_from_the_shared_cache() {
         "no sub-call reached the server"
     );
     assert_eq!(json["cache"]["redis_hits"], 10, "{json}");
+    assert_eq!(json["cache"]["upstream_calls"], 0, "{json}");
 
     // Another prefix is another deployment: nothing shared.
     server.reset();

@@ -46,6 +46,7 @@ pub mod context;
 mod error;
 pub mod prices;
 mod runner;
+mod sent;
 mod settings;
 mod stack;
 mod state;

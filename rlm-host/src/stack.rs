@@ -3,13 +3,15 @@
 //!
 //! ```text
 //! root calls:  Metered(OpenAiBackend)
-//! sub-calls:   CachedBackend(disk tier(Redis tier(Metered(OpenAiBackend with --sub-timeout))))
+//! sub-calls:   CachedBackend(disk tier(Redis tier(Metered(Sent(OpenAiBackend with --sub-timeout)))))
 //! ```
 //!
-//! Usage is metered below the cache, so it counts what the server was really asked.
+//! Usage is metered below the cache, so it counts what the server was really asked; `Sent`
+//! counts the sub-calls that started there (the cache's `upstream_calls`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rlm_cache::{CacheStats, CachedBackend};
@@ -18,6 +20,7 @@ use rlm_openai::{ConfigError, OpenAiBackend, OpenAiConfig, RateLimit, WaitObserv
 use rlm_repl::{Rlm, RlmBuilder, RlmError, SandboxLimits};
 
 use crate::runner::Runner;
+use crate::sent::Sent;
 use crate::state::{self, Notices, TierHits};
 use crate::url::{display_url, host_of};
 use crate::{HostError, Settings};
@@ -36,6 +39,8 @@ pub struct Stack {
     cache: Option<Arc<CachedBackend<Arc<dyn BatchExecutor>>>>,
     tier_hits: TierHits,
     notices: Notices,
+    /// Sub-calls started at the server.
+    sent: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Stack {
@@ -123,7 +128,8 @@ impl Stack {
         // Metered below the cache: usage counts what the server was really asked.
         let tracker = UsageTracker::new();
         let root: Arc<dyn LlmBackend> = Arc::new(Metered::new(backend, tracker.clone()));
-        let metered = Metered::new(sub_backend, tracker.clone());
+        let sent = Arc::new(AtomicU64::new(0));
+        let metered = Metered::new(Sent::new(sub_backend, Arc::clone(&sent)), tracker.clone());
         // Below the in-memory cache, the disk and Redis tiers.
         let (tiered, tier_hits): (Arc<dyn BatchExecutor>, _) = if settings.no_cache {
             (Arc::new(metered), TierHits::default())
@@ -145,6 +151,7 @@ impl Stack {
             cache,
             tier_hits,
             notices,
+            sent,
         })
     }
 
@@ -180,10 +187,18 @@ impl Stack {
 
     /// The cache's statistics with the disk and Redis tiers' hits, settled first (the
     /// in-memory cache counts entries in the background); `None` without a cache.
+    ///
+    /// `upstream_calls` is what reached the server: the sub-calls started at the HTTP
+    /// backend, each once whatever its retries. Calls the disk or Redis tier answered are not
+    /// in it (they are `disk_hits` and `redis_hits`), nor calls a cancellation stopped before
+    /// they started. (A call cancelled while it waited for its `--rpm`/`--tpm` turn counts:
+    /// it had started.)
     pub async fn cache_stats(&self) -> Option<CacheStats> {
         let cache = self.cache.as_ref()?;
         cache.run_pending_tasks().await;
-        Some(self.tier_hits.fill(cache.stats()))
+        let mut stats = self.tier_hits.fill(cache.stats());
+        stats.upstream_calls = self.sent.load(Ordering::Relaxed);
+        Some(stats)
     }
 
     /// What went wrong with the persistent and shared tiers so far, each once, in order: a
