@@ -16,7 +16,7 @@ use crate::human::human_duration;
 use crate::output::{partial_figures, print_result};
 use crate::progress::{self, Progress};
 use crate::settings;
-use crate::summary::summary;
+use crate::summary::{CodeSubCalls, summary};
 use crate::trace::TraceWriter;
 
 /// Runs `rlm run` and returns the exit status.
@@ -75,6 +75,8 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
     if let Some(progress) = &progress {
         builder = builder.observer(progress.clone());
     }
+    let from_code = Arc::new(CodeSubCalls::default());
+    builder = builder.observer(from_code.clone());
     let rlm = builder
         .build()
         .map_err(|e| CliError::from_rlm(e, &shown_url, &model))?;
@@ -148,7 +150,10 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
         eprintln!("warning: {warning}");
     }
     if !quiet {
-        eprint!("{}", summary(&result, &usage, &cost, cache_stats));
+        eprint!(
+            "{}",
+            summary(&result, &usage, &cost, cache_stats, from_code.get())
+        );
     }
     if let Some(error) = trace_error {
         return Err(CliError::Input(error));

@@ -943,6 +943,24 @@ FINAL(join(r, "|"));"#,
     assert_eq!(json["max_depth_reached"], 1);
     // Below the root: 8 children x 2 root turns, and their 8 sub-calls.
     assert_eq!(json["sub_calls"], 24);
+    // The summary gives both parts; the sub-calls from code are what `rlm view` counts.
+    assert!(
+        out.stderr
+            .contains("24 sub-calls (8 from code, 16 root turns of child runs)"),
+        "{}",
+        out.stderr
+    );
+    let page = scratch.path("trace.html");
+    let view = rlm(
+        &["view", &trace_arg, "-o", page.to_str().expect("utf-8 path")],
+        None,
+    )
+    .await;
+    assert_eq!(view.code, Some(0), "{view:#?}");
+    assert!(
+        view.stderr.contains(" 8 sub-calls from code, 9 runs"),
+        "{view:#?}"
+    );
     assert_eq!(json["usage"][CHILD]["calls"], 16);
     assert_eq!(json["usage"][SUB]["calls"], 8);
     assert_eq!(requests_for(&server, CHILD).len(), 16);
