@@ -183,7 +183,7 @@ impl Settings {
     pub fn trace_settings(&self) -> serde_json::Map<String, serde_json::Value> {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let serde_json::Value::Object(map) = serde_json::json!({
-            "base_url": crate::url::display_url(&self.effective_base_url()),
+            "base_url": crate::url::display_url(self.base_url.trim()),
             "rpm": self.rpm,
             "tpm": self.tpm,
             "sub_rpm": self.sub_rpm,
@@ -222,12 +222,21 @@ impl Settings {
         Some((tokens, wait))
     }
 
-    /// The base URL, or the OpenAI API's when it is empty (an empty `OPENAI_BASE_URL` means
-    /// unset).
-    pub(crate) fn effective_base_url(&self) -> String {
+    /// The base URL, trimmed.
+    ///
+    /// # Errors
+    /// [`HostError::Usage`] when it is empty: an empty `--base-url` (or `OPENAI_BASE_URL`) is
+    /// a mistake (a variable that was meant to hold the URL), never a quiet switch to the
+    /// OpenAI API, whose URL is the default.
+    pub(crate) fn effective_base_url(&self) -> Result<String, HostError> {
         match self.base_url.trim() {
-            "" => rlm_openai::DEFAULT_BASE_URL.to_owned(),
-            url => url.to_owned(),
+            "" => Err(HostError::Usage(format!(
+                "--base-url is empty (or OPENAI_BASE_URL is set but empty): give the server's \
+                 URL up to its API version (e.g. http://localhost:11434/v1), or leave both \
+                 unset for the OpenAI API ({})",
+                rlm_openai::DEFAULT_BASE_URL
+            ))),
+            url => Ok(url.to_owned()),
         }
     }
 

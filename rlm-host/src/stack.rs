@@ -60,7 +60,8 @@ impl Stack {
     /// given, hears of every retry and rate-limit wait.
     ///
     /// # Errors
-    /// [`HostError::Usage`] for an empty model name, a bad base URL or Redis URL;
+    /// [`HostError::Usage`] for an empty model name, an empty or bad base URL, a value of
+    /// [`Settings::redis`] that is not a Redis URL;
     /// [`HostError::Auth`] for a missing key the OpenAI API needs, or a key that is not
     /// UTF-8; [`HostError::Input`] for a cache directory that is not a directory. A cache file
     /// that cannot be used, or a Redis URL this process cannot use, is not an error: the
@@ -75,7 +76,7 @@ impl Stack {
             Some(sub) => non_empty(sub, "--sub-model (or RLM_SUB_MODEL)")?,
             None => model.clone(),
         };
-        let base_url = settings.effective_base_url();
+        let base_url = settings.effective_base_url()?;
         let shown_url = display_url(&base_url);
         let api_key = match std::env::var(&settings.api_key_env) {
             Ok(key) => Some(key).filter(|key| !key.trim().is_empty()),
