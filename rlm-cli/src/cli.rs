@@ -668,6 +668,11 @@ pub(crate) struct DemoArgs {
     )]
     pub(crate) max_concurrent: u32,
 
+    /// Write the llm_batch run's trace to FILE: JSON Lines, as `rlm run --trace` writes
+    /// them (open it with `rlm view FILE`).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) trace: Option<PathBuf>,
+
     /// Print the measurements as one JSON object on stdout.
     #[arg(long)]
     pub(crate) json: bool,

@@ -632,6 +632,72 @@ async fn demo_runs_offline_and_both_approaches_are_right() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_shows_the_code_and_what_the_repl_printed_and_writes_a_trace() {
+    let scratch = Scratch::new("demo");
+    let trace = scratch.path("demo.jsonl");
+    let trace_arg = trace.to_str().expect("utf-8 path").to_owned();
+    let out = rlm(
+        &[
+            "demo",
+            "--docs",
+            "3",
+            "--latency-ms",
+            "0",
+            "--trace",
+            &trace_arg,
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    for shown in [
+        "turn 1: the model's code\n",
+        "      | print(\"documents: \" + context.len());\n",
+        "    the REPL printed\n      | documents: 3\n",
+        "turn 2: the model's code\n",
+        "      | let replies = llm_batch(prompts);\n",
+    ] {
+        assert!(out.stdout.contains(shown), "{shown:?} in {}", out.stdout);
+    }
+    // The trace of the llm_batch run, as rlm run writes one: whole JSON lines, a run tree
+    // of one run, its three sub-calls and its final answer.
+    let text = std::fs::read_to_string(&trace).expect("the trace");
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines[0]["event"], "run_start", "{text}");
+    assert!(lines.iter().all(|l| l["run"] == "0" && l["depth"] == 0));
+    let events = |name: &str| lines.iter().filter(|l| l["event"] == name).count();
+    assert_eq!(events("sub_call_start"), 3, "{text}");
+    assert_eq!(events("batch_start"), 1, "{text}");
+    assert_eq!(events("final"), 1, "{text}");
+    assert!(out.stderr.contains(&trace_arg), "{out:#?}");
+
+    // With --json, stdout is the report alone; a trace path that cannot be written is an
+    // input error before anything runs.
+    let out = rlm(
+        &["demo", "--docs", "2", "--latency-ms", "0", "--json"],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert!(!out.stdout.contains("the model's code"), "{out:#?}");
+    let out = rlm(
+        &[
+            "demo",
+            "--trace",
+            "/nonexistent-dir/demo.jsonl",
+            "--latency-ms",
+            "0",
+        ],
+        None,
+    )
+    .await;
+    out.assert_clean_error(4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_sub_call_is_an_error_string_and_the_others_are_kept() {
     let script = code(
         r#"let r = llm_batch(["a", "bad", "c"]);
