@@ -1,5 +1,9 @@
 //! `--cache-dir` and `--redis` end to end: `rlm` processes against the loopback mock server
 //! and a real `redis-server` on a loopback port, counting at the server what reached it.
+//!
+//! The harness is `rlm_tests::harness::Suite` (see `main`): without `redis-server` the Redis
+//! tests show as ignored in the summary line, not as passed; under `CI=true` they run and
+//! fail loudly.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -128,7 +132,6 @@ fn max_in_window(requests: &[ServerRequest], window: Duration) -> usize {
     best
 }
 
-#[tokio::test]
 async fn a_disk_cache_answers_a_rerun_in_a_new_process() {
     let dir = TempDir::new("disk");
     let context = dir.file("context.txt", "the same corpus");
@@ -164,7 +167,6 @@ async fn a_disk_cache_answers_a_rerun_in_a_new_process() {
     assert_eq!(sub_requests(&server).len(), 12);
 }
 
-#[tokio::test]
 async fn a_cache_dir_that_cannot_be_used_is_a_clear_error() {
     let dir = TempDir::new("baddir");
     let context = dir.file("context.txt", "text");
@@ -204,7 +206,6 @@ fn went_on_without_the_disk_cache(
     assert!(logged[0].contains("disk cache"), "{stderr}");
 }
 
-#[tokio::test]
 async fn a_corrupt_or_truncated_cache_file_is_a_warning_not_a_failure() {
     let dir = TempDir::new("corrupt");
     let context = dir.file("context.txt", "a corpus");
@@ -256,6 +257,18 @@ fn make_read_only(file: &Path) -> bool {
     !writable()
 }
 
+/// Whether this process can make a file read-only for itself ([`make_read_only`]).
+fn can_make_read_only() -> bool {
+    let dir = TempDir::new("probe");
+    let file = dir.path().join("probe");
+    if std::fs::write(&file, "probe").is_err() {
+        return false;
+    }
+    let done = make_read_only(&file);
+    make_writable(&file);
+    done
+}
+
 /// Undoes [`make_read_only`], so the file can be removed.
 fn make_writable(file: &Path) {
     use std::os::unix::fs::PermissionsExt;
@@ -267,7 +280,6 @@ fn make_writable(file: &Path) {
     let _ = std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644));
 }
 
-#[tokio::test]
 async fn a_read_only_cache_file_is_a_warning_not_a_failure() {
     let dir = TempDir::new("readonly");
     let context = dir.file("context.txt", "a corpus");
@@ -279,7 +291,7 @@ async fn a_read_only_cache_file_is_a_warning_not_a_failure() {
     assert_eq!(code, Some(0), "{stderr}");
     if !make_read_only(&file) {
         make_writable(&file);
-        panic!("cannot make a file read-only here (not root, no chattr?)");
+        panic!("cannot make a file read-only here (root without a working chattr?)");
     }
     server.reset();
     let outcome = run(&server, &context, &["--cache-dir", &cache]).await;
@@ -287,7 +299,6 @@ async fn a_read_only_cache_file_is_a_warning_not_a_failure() {
     went_on_without_the_disk_cache(&server, outcome, 4);
 }
 
-#[tokio::test]
 async fn a_redis_url_this_build_cannot_use_is_a_warning_not_a_failure() {
     let dir = TempDir::new("tls");
     let context = dir.file("context.txt", "text");
@@ -308,11 +319,8 @@ async fn a_redis_url_this_build_cannot_use_is_a_warning_not_a_failure() {
     assert!(!stderr.contains("secret-pw") && !warnings.contains("secret-pw"));
 }
 
-#[tokio::test]
 async fn four_processes_share_one_rate_limit_through_redis() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
+    let redis = RedisServer::start().expect("redis-server starts");
     let dir = TempDir::new("pacing");
     let server = server(30, Duration::ZERO).await;
     let url = redis.url();
@@ -343,11 +351,8 @@ async fn four_processes_share_one_rate_limit_through_redis() {
     assert!(most <= 600, "{most} sub-calls within a minute");
 }
 
-#[tokio::test]
 async fn a_second_run_is_answered_from_the_shared_cache() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
+    let redis = RedisServer::start().expect("redis-server starts");
     let dir = TempDir::new("shared");
     let context = dir.file("context.txt", "one corpus, many workers");
     let server = server(10, Duration::ZERO).await;
@@ -381,11 +386,8 @@ async fn a_second_run_is_answered_from_the_shared_cache() {
     assert_eq!(sub_requests(&server).len(), 10);
 }
 
-#[tokio::test]
 async fn a_run_survives_redis_going_away() {
-    let Some(mut redis) = RedisServer::start() else {
-        return;
-    };
+    let mut redis = RedisServer::start().expect("redis-server starts");
     let dir = TempDir::new("outage");
     let context = dir.file("context.txt", "a corpus");
     // 40 sub-calls of 100 ms, 8 at a time, at 600 a minute: about four seconds.
@@ -416,7 +418,6 @@ async fn a_run_survives_redis_going_away() {
     assert!(most <= 20, "{most} sub-calls within one second");
 }
 
-#[tokio::test]
 async fn an_unreachable_redis_from_the_start_is_a_warning_not_a_failure() {
     let dir = TempDir::new("nored");
     let context = dir.file("context.txt", "text");
@@ -449,7 +450,6 @@ async fn an_unreachable_redis_from_the_start_is_a_warning_not_a_failure() {
     assert!(stderr.contains("--redis"), "{stderr}");
 }
 
-#[tokio::test]
 async fn the_environment_names_the_cache_dir_and_empty_variables_mean_unset() {
     let dir = TempDir::new("env");
     let context = dir.file("context.txt", "env corpus");
@@ -473,4 +473,55 @@ async fn the_environment_names_the_cache_dir_and_empty_variables_mean_unset() {
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(json["cache"]["disk_hits"], 0, "{json}");
     assert_eq!(json["answer"], "answers: 4");
+}
+
+fn main() -> std::process::ExitCode {
+    rlm_tests::harness::Suite::new()
+        .tokio(
+            "a_disk_cache_answers_a_rerun_in_a_new_process",
+            a_disk_cache_answers_a_rerun_in_a_new_process,
+        )
+        .tokio(
+            "a_cache_dir_that_cannot_be_used_is_a_clear_error",
+            a_cache_dir_that_cannot_be_used_is_a_clear_error,
+        )
+        .tokio(
+            "a_corrupt_or_truncated_cache_file_is_a_warning_not_a_failure",
+            a_corrupt_or_truncated_cache_file_is_a_warning_not_a_failure,
+        )
+        .tokio(
+            "a_redis_url_this_build_cannot_use_is_a_warning_not_a_failure",
+            a_redis_url_this_build_cannot_use_is_a_warning_not_a_failure,
+        )
+        .tokio(
+            "an_unreachable_redis_from_the_start_is_a_warning_not_a_failure",
+            an_unreachable_redis_from_the_start_is_a_warning_not_a_failure,
+        )
+        .tokio(
+            "the_environment_names_the_cache_dir_and_empty_variables_mean_unset",
+            the_environment_names_the_cache_dir_and_empty_variables_mean_unset,
+        )
+        .needs(
+            "a file the tests can make read-only (a user other than root, or chattr)",
+            can_make_read_only(),
+        )
+        .tokio(
+            "a_read_only_cache_file_is_a_warning_not_a_failure",
+            a_read_only_cache_file_is_a_warning_not_a_failure,
+        )
+        .needs_nothing()
+        .needs("redis-server", rlm_tests::redis_server_binary().is_some())
+        .tokio(
+            "four_processes_share_one_rate_limit_through_redis",
+            four_processes_share_one_rate_limit_through_redis,
+        )
+        .tokio(
+            "a_second_run_is_answered_from_the_shared_cache",
+            a_second_run_is_answered_from_the_shared_cache,
+        )
+        .tokio(
+            "a_run_survives_redis_going_away",
+            a_run_survives_redis_going_away,
+        )
+        .run()
 }
