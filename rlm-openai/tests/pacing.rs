@@ -5,11 +5,13 @@
 //! bound counts from above ("no more than X in any window") and spreads from below, and none
 //! of them depends on how quickly the machine runs.
 
-use std::sync::{Arc, Mutex, PoisonError};
+mod recorder;
+
 use std::time::Duration;
 
+use recorder::backend;
 use rlm_core::{BatchExecutor, BatchOptions, CompletionRequest, LlmBackend};
-use rlm_openai::{OpenAiBackend, OpenAiConfig, RateLimit, SharedPacer};
+use rlm_openai::{OpenAiBackend, OpenAiConfig, RateLimit};
 use rlm_tests::{MockServer, Reply, ServerRequest};
 use tokio::time::Instant;
 
@@ -21,51 +23,6 @@ async fn server() -> MockServer {
     MockServer::start(echo)
         .await
         .unwrap_or_else(|e| panic!("cannot start the mock server: {e}"))
-}
-
-/// A shared pacer that admits everything and records when each request was let through
-/// (model, time on the tokio clock, estimated tokens).
-#[derive(Debug, Default)]
-struct Recorder(Mutex<Vec<(String, Instant, u64)>>);
-
-#[async_trait::async_trait]
-impl SharedPacer for Recorder {
-    async fn admit(&self, model: &str, _limit: RateLimit, tokens: u64) -> Option<Duration> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).push((
-            model.to_owned(),
-            Instant::now(),
-            tokens,
-        ));
-        Some(Duration::ZERO)
-    }
-
-    async fn pause(&self, _model: &str, _wait: Duration) {}
-}
-
-impl Recorder {
-    /// When the requests of `model` were let through, each with `weight`.
-    fn arrivals(&self, model: &str, weight: u64) -> Vec<(Instant, u64)> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .filter(|(m, _, _)| m == model)
-            .map(|(_, at, _)| (*at, weight))
-            .collect()
-    }
-}
-
-/// The backend of `config`, recording each request as it is let through; timeouts far
-/// beyond the test's virtual time, so only the limiter's timers move the clock.
-fn backend(config: OpenAiConfig) -> (OpenAiBackend, Arc<Recorder>) {
-    let recorder = Arc::new(Recorder::default());
-    let config = config
-        .with_shared_pacer(recorder.clone())
-        .with_request_timeout(Duration::from_secs(24 * 3600))
-        .with_connect_timeout(Duration::from_secs(24 * 3600));
-    let backend =
-        OpenAiBackend::new(config).unwrap_or_else(|e| panic!("cannot build the backend: {e}"));
-    (backend, recorder)
 }
 
 /// The largest total weight of requests let through within any window of length `window`
