@@ -117,21 +117,6 @@ fn sub_requests(server: &MockServer) -> Vec<ServerRequest> {
         .collect()
 }
 
-/// The most requests that arrived within any window of `window`.
-fn max_in_window(requests: &[ServerRequest], window: Duration) -> usize {
-    let mut times: Vec<Instant> = requests.iter().map(|r| r.at).collect();
-    times.sort();
-    let mut best = 0;
-    let mut start = 0;
-    for end in 0..times.len() {
-        while times[end].duration_since(times[start]) >= window {
-            start += 1;
-        }
-        best = best.max(end + 1 - start);
-    }
-    best
-}
-
 async fn a_disk_cache_answers_a_rerun_in_a_new_process() {
     let dir = TempDir::new("disk");
     let context = dir.file("context.txt", "the same corpus");
@@ -494,9 +479,25 @@ async fn a_run_survives_redis_going_away() {
     );
     // Once per outage for each use (pacing, cache), not once per call.
     assert!(warnings.len() <= 2, "{stderr}");
-    // Still paced locally: never more than two seconds' share in a second.
-    let most = max_in_window(&sub_requests(&server), Duration::from_secs(1));
-    assert!(most <= 20, "{most} sub-calls within one second");
+    // Still paced, locally once Redis is gone: 30 after the burst of 10 at ~9.85 a second
+    // take over 3 s, counted from the root's request (every sub-call follows it), so load can
+    // only lengthen it; unpaced, 40 calls of 100 ms, 8 at a time, take 0.5 s. (How smoothly
+    // the local limiter spreads them is checked on a paused clock in rlm-openai's pacing
+    // tests: arrival times at this server move with the machine's load.)
+    let asked = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.model() == ROOT)
+        .map(|r| r.at)
+        .min()
+        .expect("the root was asked");
+    let last = sub_requests(&server)
+        .iter()
+        .map(|r| r.at)
+        .max()
+        .expect("arrivals");
+    let took = last - asked;
+    assert!(took >= Duration::from_secs(3), "all within {took:?}");
 }
 
 async fn an_unreachable_redis_from_the_start_is_a_warning_not_a_failure() {
