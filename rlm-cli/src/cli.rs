@@ -384,7 +384,9 @@ pub(crate) struct RunArgs {
     /// its estimated cost before it is sent (prompt at ~4 bytes a token plus 1,000
     /// completion tokens) and settles it with the usage the server reports; a call that does
     /// not fit is refused and the run stops (exit 3). The final ask for an answer is still
-    /// made and may pass the budget by that call. Models without a price cost nothing.
+    /// made and may pass the budget by that call. Every model of the run (root, sub, child)
+    /// needs a price (built in or from --prices): a model without one is refused at start
+    /// (exit 2), since its calls would count as free.
     #[arg(long, value_name = "USD", value_parser = parse_usd, help_heading = "Budgets")]
     pub(crate) max_cost: Option<f64>,
 
@@ -665,6 +667,11 @@ pub(crate) struct DemoArgs {
         value_parser = clap::value_parser!(u32).range(1..=4096)
     )]
     pub(crate) max_concurrent: u32,
+
+    /// Write the llm_batch run's trace to FILE: JSON Lines, as `rlm run --trace` writes
+    /// them (open it with `rlm view FILE`).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) trace: Option<PathBuf>,
 
     /// Print the measurements as one JSON object on stdout.
     #[arg(long)]

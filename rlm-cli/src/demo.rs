@@ -11,13 +11,14 @@ use std::time::{Duration, Instant};
 
 use rlm_core::mock::MockBackend;
 use rlm_core::{CompletionRequest, LlmError, Role};
-use rlm_repl::{Context, Rlm, RunResult, StopReason};
+use rlm_repl::{Context, Event, Observer, Rlm, RunResult, StopReason};
 use serde::Serialize;
 
 use crate::cli::DemoArgs;
 use crate::error::{CliError, exit};
 use crate::human::{count, human_duration};
 use crate::output::write_stdout;
+use crate::trace::TraceWriter;
 
 const ROOT_MODEL: &str = "scripted-root";
 const SUB_MODEL: &str = "simulated-sub";
@@ -58,6 +59,11 @@ FINAL("Total crates: " + total);
 
 /// Runs the demo and returns the exit status.
 pub(crate) async fn demo(args: DemoArgs) -> Result<u8, CliError> {
+    // A path that cannot be written fails before anything runs.
+    let trace = match &args.trace {
+        Some(path) => Some(Arc::new(crate::trace::create(path, Instant::now())?)),
+        None => None,
+    };
     let (documents, expected) = generate(args.docs as usize, 0x5eed);
     let chars: usize = documents.iter().map(|d| d.chars().count()).sum();
     let (min, max) = args.latency_ms;
@@ -82,13 +88,30 @@ pub(crate) async fn demo(args: DemoArgs) -> Result<u8, CliError> {
         count(chars as u64, "char"),
     ));
 
+    let show = !args.quiet && !args.json;
     say("  running: for doc in context { llm_query(...) } ...\n");
-    let sequential = measure(SEQUENTIAL, &documents, &args).await?;
+    let transcript = show.then(|| Arc::new(Transcript { from_turn: 1 }));
+    let sequential = measure(SEQUENTIAL, &documents, &args, observers(transcript, None)).await?;
     say(&format!(
-        "  running: llm_batch(prompts), {} at once ...\n\n",
+        "\n  running: llm_batch(prompts), {} at once ...\n",
         args.max_concurrent
     ));
-    let batched = measure(BATCHED, &documents, &args).await?;
+    if show {
+        say("    turn 1: the same as above\n");
+    }
+    // Turn 1 is the same in both runs: shown once.
+    let transcript = show.then(|| Arc::new(Transcript { from_turn: 2 }));
+    let batched = measure(
+        BATCHED,
+        &documents,
+        &args,
+        observers(transcript, trace.clone()),
+    )
+    .await?;
+    say("\n");
+    // A trace that could not be written whole is an input/output error (exit 4), after
+    // the report.
+    let trace_error = trace.as_deref().and_then(crate::trace::warning);
 
     let expected_answer = format!("Total crates: {expected}");
     let correct = |m: &Measured| m.answer.trim() == expected_answer;
@@ -142,6 +165,16 @@ pub(crate) async fn demo(args: DemoArgs) -> Result<u8, CliError> {
         ));
     }
 
+    if let (Some(path), false) = (&args.trace, args.quiet) {
+        eprintln!(
+            "rlm: the llm_batch run's trace is in {} (rlm view {} makes a page of it)",
+            path.display(),
+            path.display()
+        );
+    }
+    if let Some(error) = trace_error {
+        return Err(CliError::Input(error));
+    }
     for (name, m) in [("sequential", &sequential), ("batched", &batched)] {
         if !correct(m) {
             return Err(CliError::Internal(format!(
@@ -194,11 +227,101 @@ struct JsonReport<'a> {
     speedup: f64,
 }
 
+/// The observers of one run: its transcript on stdout, its trace.
+fn observers(
+    transcript: Option<Arc<Transcript>>,
+    trace: Option<Arc<TraceWriter>>,
+) -> Vec<Arc<dyn Observer>> {
+    let mut observers: Vec<Arc<dyn Observer>> = Vec::new();
+    if let Some(transcript) = transcript {
+        observers.push(transcript);
+    }
+    if let Some(trace) = trace {
+        observers.push(trace);
+    }
+    observers
+}
+
+/// Code lines shown per block; the rest is counted.
+const SHOWN_CODE_LINES: usize = 8;
+/// Output lines shown per block; the rest is counted.
+const SHOWN_OUTPUT_LINES: usize = 4;
+
+/// Prints each code block the model wrote and what the REPL printed for it, a few lines each,
+/// from turn `from_turn` on.
+struct Transcript {
+    from_turn: usize,
+}
+
+impl Observer for Transcript {
+    fn on_event(&self, event: &Event) {
+        if let Event::CodeBlock {
+            turn,
+            code,
+            output,
+            error,
+            ..
+        } = event
+            && *turn >= self.from_turn
+        {
+            let _ = write_stdout(&transcript_block(*turn, code, output, error.as_deref()));
+        }
+    }
+}
+
+/// One block of the transcript: the code, then what the REPL printed (or its error).
+fn transcript_block(turn: usize, code: &str, output: &str, error: Option<&str>) -> String {
+    let mut text = format!("    turn {turn}: the model's code\n");
+    text.push_str(&shown_lines(code, SHOWN_CODE_LINES));
+    let printed = output.trim_end();
+    match error {
+        Some(error) => {
+            text.push_str("    the REPL's error\n");
+            text.push_str(&shown_lines(error, SHOWN_OUTPUT_LINES));
+        }
+        None if printed.is_empty() && code.contains("FINAL") => {
+            text.push_str("    the REPL printed nothing (the code gave its answer with FINAL)\n");
+        }
+        None if printed.is_empty() => text.push_str("    the REPL printed nothing\n"),
+        None => {
+            text.push_str("    the REPL printed\n");
+            text.push_str(&shown_lines(printed, SHOWN_OUTPUT_LINES));
+        }
+    }
+    text
+}
+
+/// The first `max` lines of `text`, each indented behind a bar (long lines cut), and how
+/// many more there are.
+fn shown_lines(text: &str, max: usize) -> String {
+    const MAX_CHARS: usize = 100;
+    let lines: Vec<&str> = text.trim_end().lines().collect();
+    let mut shown = String::new();
+    for line in lines.iter().take(max) {
+        let cut: String = line.chars().take(MAX_CHARS).collect();
+        let more = if line.chars().count() > MAX_CHARS {
+            " ..."
+        } else {
+            ""
+        };
+        let _ = writeln!(shown, "      | {cut}{more}");
+    }
+    if lines.len() > max {
+        let _ = writeln!(
+            shown,
+            "      | ... {}",
+            count((lines.len() - max) as u64, "more line")
+        );
+    }
+    shown
+}
+
 /// One run of the RLM loop with the scripted root's second turn `job`.
 async fn measure(
     job: &'static str,
     documents: &[String],
     args: &DemoArgs,
+    observers: Vec<Arc<dyn Observer>>,
 ) -> Result<Measured, CliError> {
     let script = [LOOK, job];
     let root = MockBackend::from_fn(move |request: &CompletionRequest| {
@@ -213,12 +336,16 @@ async fn measure(
             .ok_or_else(|| LlmError::invalid_response("the scripted root model has no more turns"))
     });
     let sub = simulated_sub(args.latency_ms);
-    let rlm = Rlm::builder(Arc::new(root))
+    let mut builder = Rlm::builder(Arc::new(root))
         .root_model(ROOT_MODEL)
         .sub_model(SUB_MODEL)
         .sub_backend(Arc::new(sub.clone()))
         .max_concurrent(args.max_concurrent as usize)
-        .max_iterations(4)
+        .max_iterations(4);
+    for observer in observers {
+        builder = builder.observer(observer);
+    }
+    let rlm = builder
         .build()
         .map_err(|e| CliError::Internal(e.to_string()))?;
     let start = Instant::now();
@@ -355,6 +482,31 @@ mod tests {
             42
         );
         assert_eq!(crates_in("nothing here"), 0);
+    }
+
+    #[test]
+    fn the_transcript_shows_a_few_lines_of_code_and_output() {
+        let code: String = (1..=12).map(|i| format!("let x{i} = {i};\n")).collect();
+        let block = transcript_block(2, &code, "a\nb\nc\nd\ne\nf\n", None);
+        assert!(
+            block.starts_with("    turn 2: the model's code\n"),
+            "{block}"
+        );
+        assert!(block.contains("      | let x8 = 8;\n"), "{block}");
+        assert!(!block.contains("x9"), "{block}");
+        assert!(block.contains("      | ... 4 more lines\n"), "{block}");
+        assert!(
+            block.contains("    the REPL printed\n      | a\n"),
+            "{block}"
+        );
+        assert!(block.contains("      | ... 2 more lines\n"), "{block}");
+        let failed = transcript_block(1, "x +", "", Some("syntax error (line 1)"));
+        assert!(
+            failed.contains("the REPL's error\n      | syntax error"),
+            "{failed}"
+        );
+        let quiet = transcript_block(1, "let a = 1;", "", None);
+        assert!(quiet.ends_with("the REPL printed nothing\n"), "{quiet}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -10,11 +10,13 @@ use serde::Serialize;
 
 use crate::error::CliError;
 
-/// What a failed run counted before it failed, for `--json`'s error object.
+/// What a failed run counted before it failed, for `--json`'s error object (with the cache
+/// tiers' warnings, when there were any).
 pub(crate) fn partial_figures(
     elapsed: Duration,
     usage: &BTreeMap<String, ModelUsage>,
     cache: Option<CacheStats>,
+    warnings: &[String],
 ) -> serde_json::Map<String, serde_json::Value> {
     let mut figures = serde_json::Map::new();
     figures.insert(
@@ -27,6 +29,9 @@ pub(crate) fn partial_figures(
         "usage".to_owned(),
         serde_json::to_value(json_usage(usage)).unwrap_or_default(),
     );
+    if !warnings.is_empty() {
+        figures.insert("warnings".to_owned(), warnings.into());
+    }
     if let Some(cache) = cache {
         figures.insert(
             "cache".to_owned(),
@@ -75,7 +80,7 @@ struct JsonOutput<'a> {
     cancelled_sub_calls: u64,
     max_depth_reached: usize,
     child_runs: u64,
-    warnings: &'a [String],
+    warnings: Vec<&'a str>,
     cost_usd: &'a CostReport,
     cache: Option<CacheStats>,
 }
@@ -85,6 +90,7 @@ pub(crate) fn print_result(
     usage: &BTreeMap<String, ModelUsage>,
     cost: &CostReport,
     cache: Option<CacheStats>,
+    tier_warnings: &[String],
     json: bool,
 ) -> Result<(), CliError> {
     let text = if json {
@@ -100,7 +106,12 @@ pub(crate) fn print_result(
             cancelled_sub_calls: result.cancelled_sub_calls,
             max_depth_reached: result.max_depth_reached,
             child_runs: result.child_runs,
-            warnings: &result.warnings,
+            warnings: result
+                .warnings
+                .iter()
+                .chain(tier_warnings)
+                .map(String::as_str)
+                .collect(),
             cost_usd: cost,
             cache,
         };

@@ -16,7 +16,7 @@ use crate::human::human_duration;
 use crate::output::{partial_figures, print_result};
 use crate::progress::{self, Progress};
 use crate::settings;
-use crate::summary::summary;
+use crate::summary::{CodeSubCalls, summary};
 use crate::trace;
 
 /// Runs `rlm run` and returns the exit status.
@@ -75,6 +75,8 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
     if let Some(progress) = &progress {
         builder = builder.observer(progress.clone());
     }
+    let from_code = Arc::new(CodeSubCalls::default());
+    builder = builder.observer(from_code.clone());
     let rlm = builder
         .build()
         .map_err(|e| CliError::from_rlm(e, &shown_url, &model))?;
@@ -111,7 +113,12 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
     let result = match outcome {
         Some(Ok(result)) => result,
         failed => {
-            crate::error::set_partial(partial_figures(start.elapsed(), &usage, cache_stats));
+            crate::error::set_partial(partial_figures(
+                start.elapsed(),
+                &usage,
+                cache_stats,
+                &stack.warnings(),
+            ));
             return Err(match failed {
                 Some(Err(e)) if !interrupted.load(Ordering::SeqCst) => {
                     CliError::from_rlm(e, &shown_url, &model)
@@ -130,15 +137,28 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
         *cost.by_model.entry(model.clone()).or_default() += usd;
         cost.total += usd;
     }
+    // The tiers' warnings (a cache that could not be used) were logged when they happened;
+    // `--json` carries them beside the run's own.
+    let tier_warnings = stack.warnings();
     if args.json || result.stopped != StopReason::Cancelled {
-        print_result(&result, &usage, &cost, cache_stats, args.json)?;
+        print_result(
+            &result,
+            &usage,
+            &cost,
+            cache_stats,
+            &tier_warnings,
+            args.json,
+        )?;
     }
     // What the engine cannot vouch for goes to stderr even with --quiet.
     for warning in &result.warnings {
         eprintln!("warning: {warning}");
     }
     if !quiet {
-        eprint!("{}", summary(&result, &usage, &cost, cache_stats));
+        eprint!(
+            "{}",
+            summary(&result, &usage, &cost, cache_stats, from_code.get())
+        );
     }
     if let Some(error) = trace_error {
         return Err(CliError::Input(error));

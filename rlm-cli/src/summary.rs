@@ -2,17 +2,59 @@
 //! the cache, and each model's calls, tokens and cost.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use rlm_host::{CacheStats, CostReport, ModelUsage, RunResult, StopReason};
+use rlm_host::{
+    CacheStats, CostReport, Event, ModelUsage, Observer, RunPlace, RunResult, StopReason,
+};
 
 use crate::human::{count, dollars, human_duration, thousands};
 
-/// The usage summary for stderr.
+/// Counts the sub-calls code made (`llm_query` and `llm_batch` items), in every run of the
+/// tree: the calls a trace has `sub_call_start` events for, which `rlm view` counts.
+#[derive(Debug, Default)]
+pub(crate) struct CodeSubCalls(AtomicU64);
+
+impl CodeSubCalls {
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Observer for CodeSubCalls {
+    fn on_run_event(&self, _place: &RunPlace, event: &Event) {
+        self.on_event(event);
+    }
+
+    fn on_event(&self, event: &Event) {
+        if matches!(event, Event::SubCallStart { .. }) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The calls below the top-level root: `sub_calls` (as `--max-sub-calls` and `--json` count
+/// them), and, when child runs made some of them with their own root turns, the two parts.
+fn calls_below_the_root(result: &RunResult, from_code: u64) -> String {
+    let child_turns = result.sub_calls.saturating_sub(from_code);
+    let total = count(result.sub_calls, "sub-call");
+    if result.child_runs == 0 || child_turns == 0 {
+        return total;
+    }
+    format!(
+        "{total} ({} from code, {} of child runs)",
+        thousands(from_code),
+        count(child_turns, "root turn")
+    )
+}
+
+/// The usage summary for stderr. `from_code`: the sub-calls code made ([`CodeSubCalls`]).
 pub(crate) fn summary(
     result: &RunResult,
     usage: &BTreeMap<String, ModelUsage>,
     cost: &CostReport,
     cache: Option<CacheStats>,
+    from_code: u64,
 ) -> String {
     let how = match result.stopped {
         StopReason::Final => "final answer".to_owned(),
@@ -44,7 +86,7 @@ pub(crate) fn summary(
         "rlm: {how} after {} in {}; {}{not_ok}",
         count(result.iterations as u64, "turn"),
         human_duration(result.elapsed),
-        count(result.sub_calls, "sub-call"),
+        calls_below_the_root(result, from_code),
     );
     if result.child_runs > 0 {
         text.push_str(&format!(

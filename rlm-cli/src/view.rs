@@ -26,7 +26,7 @@ pub(crate) fn view(args: &ViewArgs) -> Result<u8, CliError> {
             eprintln!("note: {notice}");
         }
         eprintln!(
-            "rlm: {} events, {} sub-calls, {} {}; page of {} bytes",
+            "rlm: {} events, {} sub-calls from code, {} {}; page of {} bytes",
             page.events,
             page.sub_calls,
             page.runs,

@@ -546,6 +546,61 @@ async fn ctrl_c_cancels_keeps_the_trace_and_exits_130() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_ctrl_c_upstream_calls_counts_only_what_was_sent() {
+    // 200 distinct sub-calls, 4 at a time: the first 6 to arrive are answered at once, the
+    // rest hang, so the batch stops with exactly 10 sent (6 answered, 4 in flight).
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let server = MockServer::start(move |request: &ServerRequest| {
+        if request.model() == ROOT {
+            return Reply::completion_for(
+                request,
+                code(
+                    "let p = []; for i in 0..200 { p.push(`item ${i}`); }\n\
+                     let r = llm_batch(p, 4); FINAL(r.len());",
+                ),
+            );
+        }
+        let n = answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let reply = Reply::completion_for(request, "ok");
+        if n < 6 {
+            reply
+        } else {
+            reply.after(Duration::from_secs(120))
+        }
+    })
+    .await
+    .expect("server");
+    let base_url = server.base_url();
+    let mut command = command(&run_args(&base_url, &["--query", "q", "--json"]));
+    command.stdin(Stdio::null());
+    let child = command.spawn().expect("rlm starts");
+    let pid = child.id().expect("a pid");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while requests_for(&server, SUB).len() < 10 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sub-calls never arrived (safety bound)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = std::process::Command::new("sh")
+        .args(["-c", &format!("kill -INT {pid}")])
+        .status()
+        .expect("sh runs");
+    assert!(status.success());
+    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("rlm exits after Ctrl-C (safety bound)")
+        .expect("output");
+    assert_eq!(output.status.code(), Some(130), "{output:?}");
+    let json: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    let sent = requests_for(&server, SUB).len();
+    assert_eq!(sent, 10, "the server saw 6 answered and 4 in flight");
+    assert_eq!(json["cache"]["upstream_calls"], 10, "{json}");
+    assert_eq!(json["usage"][SUB]["calls"], 6, "{json}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_runs_offline_and_both_approaches_are_right() {
     let out = rlm(
         &[
@@ -574,6 +629,72 @@ async fn demo_runs_offline_and_both_approaches_are_right() {
     assert_eq!(out.code, Some(0), "{out:#?}");
     assert!(out.stdout.contains("llm_batch"), "{out:#?}");
     assert!(out.stdout.contains("faster"), "{out:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_shows_the_code_and_what_the_repl_printed_and_writes_a_trace() {
+    let scratch = Scratch::new("demo");
+    let trace = scratch.path("demo.jsonl");
+    let trace_arg = trace.to_str().expect("utf-8 path").to_owned();
+    let out = rlm(
+        &[
+            "demo",
+            "--docs",
+            "3",
+            "--latency-ms",
+            "0",
+            "--trace",
+            &trace_arg,
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    for shown in [
+        "turn 1: the model's code\n",
+        "      | print(\"documents: \" + context.len());\n",
+        "    the REPL printed\n      | documents: 3\n",
+        "turn 2: the model's code\n",
+        "      | let replies = llm_batch(prompts);\n",
+    ] {
+        assert!(out.stdout.contains(shown), "{shown:?} in {}", out.stdout);
+    }
+    // The trace of the llm_batch run, as rlm run writes one: whole JSON lines, a run tree
+    // of one run, its three sub-calls and its final answer.
+    let text = std::fs::read_to_string(&trace).expect("the trace");
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines[0]["event"], "run_start", "{text}");
+    assert!(lines.iter().all(|l| l["run"] == "0" && l["depth"] == 0));
+    let events = |name: &str| lines.iter().filter(|l| l["event"] == name).count();
+    assert_eq!(events("sub_call_start"), 3, "{text}");
+    assert_eq!(events("batch_start"), 1, "{text}");
+    assert_eq!(events("final"), 1, "{text}");
+    assert!(out.stderr.contains(&trace_arg), "{out:#?}");
+
+    // With --json, stdout is the report alone; a trace path that cannot be written is an
+    // input error before anything runs.
+    let out = rlm(
+        &["demo", "--docs", "2", "--latency-ms", "0", "--json"],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert!(!out.stdout.contains("the model's code"), "{out:#?}");
+    let out = rlm(
+        &[
+            "demo",
+            "--trace",
+            "/nonexistent-dir/demo.jsonl",
+            "--latency-ms",
+            "0",
+        ],
+        None,
+    )
+    .await;
+    out.assert_clean_error(4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -640,9 +761,10 @@ FINAL(r.len() + s.len());"#,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rpm_paces_each_model_at_the_server() {
-    // 120 requests a minute: a burst of 2, then one every ~0.5 s. Six sub-calls therefore
-    // arrive over about 2 s (asserted with slack for connection set-up); the root model has
-    // its own budget.
+    // 120 requests a minute: a burst of 2, then one every ~0.504 s, so the sixth sub-call is
+    // sent at least 2 s after the first. The first is sent after the root's reply, so after
+    // the root request arrived: measured from that arrival, a slow machine can only make the
+    // spread longer (from the first sub-call's own arrival, a late one shrank it).
     let server = server(
         vec![code(
             r#"let r = llm_batch(["a", "b", "c", "d", "e", "f"]); FINAL(r.len());"#,
@@ -660,12 +782,13 @@ async fn rpm_paces_each_model_at_the_server() {
     assert_eq!(out.stdout, "6\n");
     let subs = requests_for(&server, SUB);
     assert_eq!(subs.len(), 6);
-    let first = subs.iter().map(|r| r.at).min().expect("arrivals");
+    let roots = requests_for(&server, ROOT);
+    let asked = roots.first().map(|r| r.at).expect("the root was asked");
     let last = subs.iter().map(|r| r.at).max().expect("arrivals");
-    let spread = last - first;
+    let spread = last - asked;
     assert!(
-        spread >= Duration::from_millis(1_500),
-        "six requests at 120/min cannot arrive within {spread:?}"
+        spread >= Duration::from_millis(1_950),
+        "six requests at 120/min cannot all arrive within {spread:?} of the root's request"
     );
 }
 
@@ -888,6 +1011,24 @@ FINAL(join(r, "|"));"#,
     assert_eq!(json["max_depth_reached"], 1);
     // Below the root: 8 children x 2 root turns, and their 8 sub-calls.
     assert_eq!(json["sub_calls"], 24);
+    // The summary gives both parts; the sub-calls from code are what `rlm view` counts.
+    assert!(
+        out.stderr
+            .contains("24 sub-calls (8 from code, 16 root turns of child runs)"),
+        "{}",
+        out.stderr
+    );
+    let page = scratch.path("trace.html");
+    let view = rlm(
+        &["view", &trace_arg, "-o", page.to_str().expect("utf-8 path")],
+        None,
+    )
+    .await;
+    assert_eq!(view.code, Some(0), "{view:#?}");
+    assert!(
+        view.stderr.contains(" 8 sub-calls from code, 9 runs"),
+        "{view:#?}"
+    );
     assert_eq!(json["usage"][CHILD]["calls"], 16);
     assert_eq!(json["usage"][SUB]["calls"], 8);
     assert_eq!(requests_for(&server, CHILD).len(), 16);

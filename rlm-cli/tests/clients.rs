@@ -2,8 +2,9 @@
 //! nobody here wrote, against the loopback mock model server.
 //!
 //! The Python interpreter is `RLM_TEST_PYTHON`, else the virtual environment `.ci/run`
-//! makes at `target/venv-ci`. Without it the tests say so and pass, except under `CI=true`,
-//! where a missing interpreter or package fails them.
+//! makes at `target/venv-ci`. The harness is `rlm_tests::harness::Suite` (see `main`):
+//! without that Python the client tests show as ignored in the summary line, not as passed;
+//! under `CI=true` they run, and a missing interpreter or package fails them.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -30,32 +31,33 @@ fn handler(request: &ServerRequest) -> Reply {
     }
 }
 
-/// The Python with `openai` and `mcp`, or `None` (outside CI) when there is none.
-fn python() -> Option<PathBuf> {
-    let path = std::env::var_os("RLM_TEST_PYTHON")
+/// The Python interpreter the clients run on: `RLM_TEST_PYTHON`, else `.ci/run`'s venv.
+fn python_path() -> PathBuf {
+    std::env::var_os("RLM_TEST_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/venv-ci/bin/python")
-        });
-    let usable = std::process::Command::new(&path)
+        })
+}
+
+/// Whether [`python_path`] can import `openai` and `mcp`.
+fn python_usable() -> bool {
+    std::process::Command::new(python_path())
         .args(["-c", "import openai, mcp"])
         .output()
-        .is_ok_and(|o| o.status.success());
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    match (usable, ci) {
-        (true, _) => Some(path),
-        (false, true) => panic!(
-            "CI=true but {} cannot import openai and mcp: .ci/run must create the venv",
-            path.display()
-        ),
-        (false, false) => {
-            eprintln!(
-                "skipped: no Python with openai and mcp at {} (run .ci/run, or set RLM_TEST_PYTHON)",
-                path.display()
-            );
-            None
-        }
-    }
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The Python with `openai` and `mcp`. The harness runs these tests only when it is there,
+/// except under `CI=true`, where a missing one fails them here.
+fn python() -> PathBuf {
+    let path = python_path();
+    assert!(
+        python_usable(),
+        "{} cannot import openai and mcp: .ci/run creates that venv (or set RLM_TEST_PYTHON)",
+        path.display()
+    );
+    path
 }
 
 fn script(name: &str) -> PathBuf {
@@ -86,9 +88,8 @@ async fn run_python(python: &Path, args: &[&std::ffi::OsStr]) {
     assert!(!stdout.contains(KEY) && !stderr.contains(KEY));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_sdk_talks_to_rlm_serve() {
-    let Some(python) = python() else { return };
+    let python = python();
     let mock = MockServer::start(handler).await.expect("mock server");
     let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_rlm"))
         .args([
@@ -153,9 +154,8 @@ async fn the_openai_sdk_talks_to_rlm_serve() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mcp_sdk_talks_to_rlm_mcp() {
-    let Some(python) = python() else { return };
+    let python = python();
     let mock = MockServer::start(handler).await.expect("mock server");
     let dir = std::env::temp_dir().join(format!("rlm-mcp-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -184,7 +184,6 @@ async fn the_mcp_sdk_talks_to_rlm_mcp() {
 }
 
 /// `rlm serve` and `rlm mcp` refuse what cannot work, before listening: status 2, one line.
-#[tokio::test]
 async fn servers_refuse_unsafe_or_meaningless_flags() {
     for (args, says) in [
         (
@@ -227,4 +226,22 @@ async fn servers_refuse_unsafe_or_meaningless_flags() {
         );
         assert!(output.stdout.is_empty());
     }
+}
+
+fn main() -> std::process::ExitCode {
+    rlm_tests::harness::Suite::new()
+        .tokio(
+            "servers_refuse_unsafe_or_meaningless_flags",
+            servers_refuse_unsafe_or_meaningless_flags,
+        )
+        .needs(
+            "a Python with the openai and mcp packages (target/venv-ci, or RLM_TEST_PYTHON)",
+            python_usable(),
+        )
+        .tokio(
+            "the_openai_sdk_talks_to_rlm_serve",
+            the_openai_sdk_talks_to_rlm_serve,
+        )
+        .tokio("the_mcp_sdk_talks_to_rlm_mcp", the_mcp_sdk_talks_to_rlm_mcp)
+        .run()
 }

@@ -33,9 +33,12 @@ async fn the_cost_budget_refuses_sub_calls_and_stops_with_status_3() {
     let prices = dir.join("prices.json");
     // $1,000 per million tokens: each sub-call is estimated at about $1.005 (a few prompt
     // tokens and 1,000 completion tokens), so three fit in $3.20 and the rest are refused.
+    // The root model is free (a budget needs a price for every model of the run).
     std::fs::write(
         &prices,
-        format!(r#"{{"{SUB}": {{"input": 1000, "output": 1000}}}}"#),
+        format!(
+            r#"{{"{SUB}": {{"input": 1000, "output": 1000}}, "{ROOT}": {{"input": 0, "output": 0}}}}"#
+        ),
     )
     .expect("write prices");
     let server = server(vec![
@@ -81,9 +84,85 @@ async fn the_cost_budget_refuses_sub_calls_and_stops_with_status_3() {
         (cost["total"].as_f64().unwrap_or(-1.0) - expected).abs() < 1e-6,
         "{cost}"
     );
-    assert_eq!(cost["unpriced"], serde_json::json!([ROOT]));
+    assert_eq!(cost["unpriced"], serde_json::json!([]));
     // The stderr summary has the cost too.
     assert!(out.stderr.contains("cost: $"), "{}", out.stderr);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cost_budget_with_a_model_without_a_price_is_refused_at_start() {
+    let dir = scratch("unpriced");
+    let prices = dir.join("prices.json");
+    std::fs::write(
+        &prices,
+        format!(r#"{{"{SUB}": {{"input": 1000, "output": 1000}}}}"#),
+    )
+    .expect("write prices");
+    let server = server(vec![
+        code(r#"let r = llm_batch(["a", "b"]); print(r);"#),
+        "FINAL(done)".to_owned(),
+    ])
+    .await;
+    // The sub model has a price, the root model none: its turns would count as free.
+    let out = run(
+        &server,
+        &[
+            "--query",
+            "q",
+            "--prices",
+            path_str(&prices),
+            "--max-cost",
+            "3",
+        ],
+        None,
+    )
+    .await;
+    out.assert_clean_error(2);
+    assert!(out.stderr.contains(&format!("{ROOT:?}")), "{out:#?}");
+    assert!(out.stderr.contains("--prices"), "{out:#?}");
+    assert!(!out.stderr.contains(&format!("{SUB:?}")), "{out:#?}");
+    // No price file at all: both are named; the child model (here the sub model) counts too.
+    let out = run(
+        &server,
+        &["--query", "q", "--max-cost", "3", "--json"],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, Some(2), "{out:#?}");
+    let json = out.json();
+    assert_eq!(json["error"]["kind"], "usage", "{json}");
+    let message = json["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!("{ROOT:?}")) && message.contains(&format!("{SUB:?}")),
+        "{json}"
+    );
+    let out = run(
+        &server,
+        &[
+            "--query",
+            "q",
+            "--prices",
+            path_str(&prices),
+            "--max-cost",
+            "3",
+            "--child-model",
+            "child-model",
+        ],
+        None,
+    )
+    .await;
+    out.assert_clean_error(2);
+    assert!(out.stderr.contains("\"child-model\""), "{out:#?}");
+    assert!(server.requests().is_empty(), "nothing was sent");
+
+    // Without a budget the same run goes on and says which models had no price.
+    let out = run(&server, &["--query", "q", "--json"], None).await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert_eq!(
+        out.json()["cost_usd"]["unpriced"],
+        serde_json::json!([ROOT, SUB])
+    );
     assert!(
         out.stderr.contains("no price for root-model"),
         "{}",

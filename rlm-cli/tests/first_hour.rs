@@ -120,6 +120,41 @@ async fn a_base_url_without_v1_is_pointed_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_base_url_is_a_usage_error_not_the_openai_api() {
+    let args = ["run", "--model", "m", "--query", "q"];
+    for empty in ["", "  "] {
+        // The flag...
+        let mut with_flag = args.to_vec();
+        with_flag.extend(["--base-url", empty]);
+        let out = rlm(&with_flag, None).await;
+        out.assert_clean_error(2);
+        assert!(out.stderr.contains("--base-url is empty"), "{out:#?}");
+        // ...and the variable (with the key set, so no "no API key" can hide it).
+        let mut command = common::command(&args);
+        command.env("OPENAI_BASE_URL", empty);
+        let out = common::finish(command, None).await;
+        out.assert_clean_error(2);
+        assert!(out.stderr.contains("OPENAI_BASE_URL"), "{out:#?}");
+    }
+    let out = rlm(
+        &[
+            "run",
+            "--model",
+            "m",
+            "--query",
+            "q",
+            "--base-url",
+            "",
+            "--json",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, Some(2), "{out:#?}");
+    assert_eq!(out.json()["error"]["kind"], "usage", "{out:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sub_calls_cut_by_max_time_are_cancelled_not_failed() {
     let scratch = std::env::temp_dir().join(format!("rlm-first-hour-{}.jsonl", std::process::id()));
     let server = MockServer::start(|request: &ServerRequest| {

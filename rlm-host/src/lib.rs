@@ -9,7 +9,9 @@
 //! - [`Stack`]: settings to the backend stack every run of a process shares: the
 //!   OpenAI-compatible HTTP backend with its pacing and retries, usage metering, and the
 //!   tiers of the sub-call cache (memory; disk with feature `disk`; Redis, with shared
-//!   pacing, with feature `redis`). [`Stack::rlm_builder`] sets up a run on it.
+//!   pacing, with feature `redis`). [`Stack::rlm_builder`] sets up a run on it. A tier that
+//!   cannot be used (a corrupt or read-only cache file, a Redis URL this build cannot use)
+//!   is left out with a warning, never a failed start: [`Stack::warnings`].
 //! - [`prices`]: a prices file over the built-in table.
 //! - [`Runner`]: the stack and run settings shared by many runs (a server's requests).
 //! - [`supervise`]: the grace a cancelled run gets to wind down, and the time budget that
@@ -46,6 +48,7 @@ pub mod context;
 mod error;
 pub mod prices;
 mod runner;
+mod sent;
 mod settings;
 mod stack;
 mod state;

@@ -130,9 +130,52 @@ impl Settings {
     /// The built-in prices with [`prices`](Self::prices)' file on top.
     ///
     /// # Errors
-    /// As [`crate::prices::load`].
+    /// As [`crate::prices::load`]; and [`HostError::Usage`] when [`max_cost`](Self::max_cost)
+    /// is set and a model of the run (root, sub or child) has no price: its calls would
+    /// count as free, so the budget could not be kept.
     pub fn load_prices(&self) -> Result<Prices, HostError> {
-        crate::prices::load(self.prices.as_deref())
+        let prices = crate::prices::load(self.prices.as_deref())?;
+        if let Some(usd) = self.max_cost {
+            let unpriced: Vec<&str> = self
+                .models()
+                .into_iter()
+                .filter(|model| prices.get(model).is_none())
+                .collect();
+            if !unpriced.is_empty() {
+                return Err(HostError::Usage(format!(
+                    "--max-cost {usd} cannot be kept: no price for {} (its calls would count \
+                     as free); give {} with --prices FILE ({{\"MODEL\": {{\"input\": USD, \
+                     \"output\": USD}}}} per million tokens; 0 for a free model)",
+                    unpriced
+                        .iter()
+                        .map(|model| format!("model {model:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if unpriced.len() == 1 {
+                        "its price"
+                    } else {
+                        "their prices"
+                    }
+                )));
+            }
+        }
+        Ok(prices)
+    }
+
+    /// The models a run may call, each once: the root model, the sub model (default: the
+    /// root model) and the child model (default: the sub model), trimmed, empty names left
+    /// out.
+    pub fn models(&self) -> Vec<&str> {
+        let root = self.model.trim();
+        let sub = self.sub_model.as_deref().map_or(root, str::trim);
+        let child = self.child_model.as_deref().map_or(sub, str::trim);
+        let mut models: Vec<&str> = Vec::with_capacity(3);
+        for model in [root, sub, child] {
+            if !model.is_empty() && !models.contains(&model) {
+                models.push(model);
+            }
+        }
+        models
     }
 
     /// The settings a trace's `run_start` shows beside the engine's own (base URL without
@@ -140,7 +183,7 @@ impl Settings {
     pub fn trace_settings(&self) -> serde_json::Map<String, serde_json::Value> {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let serde_json::Value::Object(map) = serde_json::json!({
-            "base_url": crate::url::display_url(&self.effective_base_url()),
+            "base_url": crate::url::display_url(self.base_url.trim()),
             "rpm": self.rpm,
             "tpm": self.tpm,
             "sub_rpm": self.sub_rpm,
@@ -179,12 +222,21 @@ impl Settings {
         Some((tokens, wait))
     }
 
-    /// The base URL, or the OpenAI API's when it is empty (an empty `OPENAI_BASE_URL` means
-    /// unset).
-    pub(crate) fn effective_base_url(&self) -> String {
+    /// The base URL, trimmed.
+    ///
+    /// # Errors
+    /// [`HostError::Usage`] when it is empty: an empty `--base-url` (or `OPENAI_BASE_URL`) is
+    /// a mistake (a variable that was meant to hold the URL), never a quiet switch to the
+    /// OpenAI API, whose URL is the default.
+    pub(crate) fn effective_base_url(&self) -> Result<String, HostError> {
         match self.base_url.trim() {
-            "" => rlm_openai::DEFAULT_BASE_URL.to_owned(),
-            url => url.to_owned(),
+            "" => Err(HostError::Usage(format!(
+                "--base-url is empty (or OPENAI_BASE_URL is set but empty): give the server's \
+                 URL up to its API version (e.g. http://localhost:11434/v1), or leave both \
+                 unset for the OpenAI API ({})",
+                rlm_openai::DEFAULT_BASE_URL
+            ))),
+            url => Ok(url.to_owned()),
         }
     }
 
@@ -194,5 +246,77 @@ impl Settings {
             .as_deref()
             .map(str::trim)
             .filter(|url| !url.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_budget(model: &str, sub: Option<&str>, child: Option<&str>) -> Settings {
+        Settings {
+            sub_model: sub.map(str::to_owned),
+            child_model: child.map(str::to_owned),
+            max_cost: Some(1.0),
+            ..Settings::new(model)
+        }
+    }
+
+    /// The refusal of `settings`, which must name each of `models` and `--prices`.
+    fn refused(settings: &Settings, models: &[&str]) {
+        let error = settings.load_prices().err();
+        assert!(matches!(error, Some(HostError::Usage(_))), "{error:?}");
+        let message = error.map(|e| e.to_string()).unwrap_or_default();
+        for model in models {
+            assert!(message.contains(&format!("{model:?}")), "{message}");
+        }
+        assert!(message.contains("--prices"), "{message}");
+    }
+
+    #[test]
+    fn a_cost_budget_needs_a_price_for_every_model() {
+        assert!(
+            with_budget("gpt-4o", Some("gpt-4o-mini"), None)
+                .load_prices()
+                .is_ok()
+        );
+        // Without a budget, a model without a price is only reported (as free).
+        assert!(Settings::new("local-model").load_prices().is_ok());
+
+        refused(&with_budget("local-model", None, None), &["local-model"]);
+        refused(
+            &with_budget("local-model", Some("gpt-4o"), None),
+            &["local-model"],
+        );
+        refused(
+            &with_budget("gpt-4o", Some("local-sub"), None),
+            &["local-sub"],
+        );
+        refused(
+            &with_budget("gpt-4o", None, Some("local-child")),
+            &["local-child"],
+        );
+        refused(&with_budget("a", Some("b"), Some("c")), &["a", "b", "c"]);
+
+        // A prices file that prices it (free here) lets the budget hold.
+        let file = std::env::temp_dir().join(format!("rlm-settings-{}.json", std::process::id()));
+        std::fs::write(&file, r#"{"local-sub": {"input": 0, "output": 0}}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let settings = Settings {
+            prices: Some(file.clone()),
+            ..with_budget("gpt-4o", Some("local-sub"), None)
+        };
+        let loaded = settings.load_prices();
+        let _ = std::fs::remove_file(&file);
+        assert!(loaded.is_ok(), "{loaded:?}");
+    }
+
+    #[test]
+    fn the_models_of_a_run_default_down_the_tree() {
+        assert_eq!(Settings::new(" m ").models(), ["m"]);
+        assert_eq!(with_budget("m", Some("s"), None).models(), ["m", "s"]);
+        assert_eq!(with_budget("m", None, Some("c")).models(), ["m", "c"]);
+        assert_eq!(with_budget("m", Some("m"), Some("s")).models(), ["m", "s"]);
+        assert!(Settings::default().models().is_empty());
     }
 }

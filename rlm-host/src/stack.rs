@@ -3,13 +3,15 @@
 //!
 //! ```text
 //! root calls:  Metered(OpenAiBackend)
-//! sub-calls:   CachedBackend(disk tier(Redis tier(Metered(OpenAiBackend with --sub-timeout))))
+//! sub-calls:   CachedBackend(disk tier(Redis tier(Metered(Sent(OpenAiBackend with --sub-timeout)))))
 //! ```
 //!
-//! Usage is metered below the cache, so it counts what the server was really asked.
+//! Usage is metered below the cache, so it counts what the server was really asked; `Sent`
+//! counts the sub-calls that started there (the cache's `upstream_calls`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rlm_cache::{CacheStats, CachedBackend};
@@ -18,7 +20,8 @@ use rlm_openai::{ConfigError, OpenAiBackend, OpenAiConfig, RateLimit, WaitObserv
 use rlm_repl::{Rlm, RlmBuilder, RlmError, SandboxLimits};
 
 use crate::runner::Runner;
-use crate::state::{self, TierHits};
+use crate::sent::Sent;
+use crate::state::{self, Notices, TierHits};
 use crate::url::{display_url, host_of};
 use crate::{HostError, Settings};
 
@@ -35,6 +38,9 @@ pub struct Stack {
     tracker: UsageTracker,
     cache: Option<Arc<CachedBackend<Arc<dyn BatchExecutor>>>>,
     tier_hits: TierHits,
+    notices: Notices,
+    /// Sub-calls started at the server.
+    sent: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Stack {
@@ -54,9 +60,12 @@ impl Stack {
     /// given, hears of every retry and rate-limit wait.
     ///
     /// # Errors
-    /// [`HostError::Usage`] for an empty model name, a bad base URL or Redis URL;
+    /// [`HostError::Usage`] for an empty model name, an empty or bad base URL, a value of
+    /// [`Settings::redis`] that is not a Redis URL;
     /// [`HostError::Auth`] for a missing key the OpenAI API needs, or a key that is not
-    /// UTF-8; [`HostError::Input`] for a cache directory that cannot be opened.
+    /// UTF-8; [`HostError::Input`] for a cache directory that is not a directory. A cache file
+    /// that cannot be used, or a Redis URL this process cannot use, is not an error: the
+    /// stack goes without that tier and [`warnings`](Self::warnings) says why.
     pub fn build(
         settings: &Settings,
         waits: Option<WaitObserver>,
@@ -67,7 +76,7 @@ impl Stack {
             Some(sub) => non_empty(sub, "--sub-model (or RLM_SUB_MODEL)")?,
             None => model.clone(),
         };
-        let base_url = settings.effective_base_url();
+        let base_url = settings.effective_base_url()?;
         let shown_url = display_url(&base_url);
         let api_key = match std::env::var(&settings.api_key_env) {
             Ok(key) => Some(key).filter(|key| !key.trim().is_empty()),
@@ -109,8 +118,10 @@ impl Stack {
                 ),
             );
         }
-        if let Some(pacer) = state::pacer(settings)? {
-            config = config.with_shared_pacer(pacer);
+        let notices = Notices::default();
+        let redis = state::redis(settings, &notices)?;
+        if let Some(redis) = &redis {
+            config = config.with_shared_pacer(redis.pacer.clone());
         }
         let backend = OpenAiBackend::new(config).map_err(config_error)?;
         // Sub-calls share the client, pool and rate limits, with their own attempt timeout.
@@ -118,12 +129,13 @@ impl Stack {
         // Metered below the cache: usage counts what the server was really asked.
         let tracker = UsageTracker::new();
         let root: Arc<dyn LlmBackend> = Arc::new(Metered::new(backend, tracker.clone()));
-        let metered = Metered::new(sub_backend, tracker.clone());
+        let sent = Arc::new(AtomicU64::new(0));
+        let metered = Metered::new(Sent::new(sub_backend, Arc::clone(&sent)), tracker.clone());
         // Below the in-memory cache, the disk and Redis tiers.
         let (tiered, tier_hits): (Arc<dyn BatchExecutor>, _) = if settings.no_cache {
             (Arc::new(metered), TierHits::default())
         } else {
-            state::tiers(Arc::new(metered), settings)?
+            state::tiers(Arc::new(metered), settings, redis.as_ref(), &notices)?
         };
         let cache = (!settings.no_cache).then(|| Arc::new(CachedBackend::new(tiered.clone())));
         let sub: Arc<dyn BatchExecutor> = match &cache {
@@ -139,6 +151,8 @@ impl Stack {
             tracker,
             cache,
             tier_hits,
+            notices,
+            sent,
         })
     }
 
@@ -174,10 +188,26 @@ impl Stack {
 
     /// The cache's statistics with the disk and Redis tiers' hits, settled first (the
     /// in-memory cache counts entries in the background); `None` without a cache.
+    ///
+    /// `upstream_calls` is what reached the server: the sub-calls started at the HTTP
+    /// backend, each once whatever its retries. Calls the disk or Redis tier answered are not
+    /// in it (they are `disk_hits` and `redis_hits`), nor calls a cancellation stopped before
+    /// they started. (A call cancelled while it waited for its `--rpm`/`--tpm` turn counts:
+    /// it had started.)
     pub async fn cache_stats(&self) -> Option<CacheStats> {
         let cache = self.cache.as_ref()?;
         cache.run_pending_tasks().await;
-        Some(self.tier_hits.fill(cache.stats()))
+        let mut stats = self.tier_hits.fill(cache.stats());
+        stats.upstream_calls = self.sent.load(Ordering::Relaxed);
+        Some(stats)
+    }
+
+    /// What went wrong with the persistent and shared tiers so far, each once, in order: a
+    /// cache file that could not be used (corrupt, truncated, read-only), a Redis URL this
+    /// process cannot use, a tier that failed during a run. Runs go on without such a tier;
+    /// each of these was also logged (`tracing`, a warning) when it happened.
+    pub fn warnings(&self) -> Vec<String> {
+        self.notices.all()
     }
 
     /// An [`Rlm`] builder on this stack with the models, the sandbox, recursion and the
@@ -287,5 +317,43 @@ mod tests {
         assert_eq!(pool_size(4, 2, 3), 3 * 21);
         // Saturates rather than overflowing.
         assert_eq!(pool_size(4096, 64, 1), usize::MAX);
+    }
+
+    #[cfg(feature = "disk")]
+    #[test]
+    fn a_cache_file_that_cannot_be_used_leaves_the_stack_without_it() {
+        let dir = std::env::temp_dir().join(format!("rlm-host-bad-cache-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(
+            dir.join(rlm_cache::DISK_CACHE_FILE),
+            "not a database".repeat(300),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let settings = Settings {
+            base_url: "http://127.0.0.1:9/v1".into(),
+            cache_dir: Some(dir.clone().into_os_string()),
+            ..Settings::new("m")
+        };
+        let stack = Stack::build(&settings, None, 1);
+        let _ = std::fs::remove_dir_all(&dir);
+        let stack = stack.unwrap_or_else(|e| panic!("{e}"));
+        let warnings = stack.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("without the disk cache"),
+            "{warnings:?}"
+        );
+        assert!(stack.cache.is_some(), "the in-memory cache stays");
+
+        // A path that is not a directory is a mistake in the settings, not a cache.
+        let file = std::env::temp_dir().join(format!("rlm-host-not-a-dir-{}", std::process::id()));
+        std::fs::write(&file, "a file").unwrap_or_else(|e| panic!("{e}"));
+        let settings = Settings {
+            cache_dir: Some(file.clone().into_os_string()),
+            ..settings
+        };
+        let refused = Stack::build(&settings, None, 1).err();
+        let _ = std::fs::remove_file(&file);
+        assert!(matches!(refused, Some(HostError::Input(_))), "{refused:?}");
     }
 }

@@ -1,6 +1,8 @@
 //! The backend against a real HTTP server on 127.0.0.1: request shape, reply parsing,
 //! retries, error classification, key hygiene and batches.
 
+mod recorder;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -180,7 +182,10 @@ async fn tolerates_what_compatible_servers_send() {
     assert_eq!(bare.finish_reason, None);
 }
 
-#[tokio::test]
+// The waits below are checked where the backend lets each attempt through, on a paused
+// clock (see `recorder`): the server's arrival times would move with the machine's load.
+
+#[tokio::test(start_paused = true)]
 async fn retry_after_seconds_is_waited_out() {
     let server = server(|request| {
         if request.seq == 0 {
@@ -190,16 +195,17 @@ async fn retry_after_seconds_is_waited_out() {
         }
     })
     .await;
-    let backend = backend(config(&server));
+    let (backend, recorder) = recorder::backend(config(&server));
     let completion = unwrap_ok(backend.complete(prompt("wait")).await);
     assert_eq!(completion.text, "echo: wait");
-    let requests = server.requests();
-    assert_eq!(requests.len(), 2);
-    let gap = requests[1].at.duration_since(requests[0].at);
+    assert_eq!(server.requests().len(), 2);
+    let at = recorder.times();
+    assert_eq!(at.len(), 2);
+    let gap = at[1].duration_since(at[0]);
     assert!(gap >= Duration::from_secs(1), "retried after {gap:?}");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn retry_after_ms_and_http_dates_are_honoured() {
     let server = server(|request| match request.seq {
         0 => Reply::error(429, "requests", "rate_limit_exceeded", "slow down")
@@ -213,10 +219,11 @@ async fn retry_after_ms_and_http_dates_are_honoured() {
         _ => echo(request),
     })
     .await;
-    let backend = backend(config(&server));
+    let (backend, recorder) = recorder::backend(config(&server));
     unwrap_ok(backend.complete(prompt("ms")).await);
     unwrap_ok(backend.complete(prompt("date")).await);
-    let at: Vec<_> = server.requests().iter().map(|r| r.at).collect();
+    assert_eq!(server.requests().len(), 4);
+    let at = recorder.times();
     assert_eq!(at.len(), 4);
     let ms_gap = at[1].duration_since(at[0]);
     assert!(ms_gap >= Duration::from_millis(400), "{ms_gap:?}");
@@ -224,7 +231,7 @@ async fn retry_after_ms_and_http_dates_are_honoured() {
     assert!(date_gap >= Duration::from_millis(900), "{date_gap:?}");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_server_requested_pause_holds_other_calls_of_the_model() {
     // Item 0 is rate limited for 1 s; item 1 is slow, so its slot frees up only after the 429
     // has been seen; items 2.. must then wait for the pause like item 0's retry.
@@ -234,19 +241,20 @@ async fn a_server_requested_pause_holds_other_calls_of_the_model() {
         _ => echo(request),
     })
     .await;
-    let backend = backend(config(&server));
+    let (backend, recorder) = recorder::backend(config(&server));
     let requests = (0..6).map(|i| prompt(&format!("p{i}"))).collect();
     let results = backend
         .complete_batch(requests, &BatchOptions::new(2))
         .await;
     assert!(results.into_iter().all(|r| r.is_ok()));
-    let received = server.requests();
-    let limited_at = received[0].at;
-    for request in &received[2..] {
+    // p0 and p1 at once; p0's retry and p2.. only once the pause is over.
+    assert_eq!(server.requests().len(), 7);
+    let at = recorder.times();
+    assert_eq!(at.len(), 7);
+    for (n, sent) in at.iter().enumerate().skip(2) {
         assert!(
-            request.at.duration_since(limited_at) >= Duration::from_secs(1),
-            "{} was sent during the pause",
-            request.last_user()
+            sent.duration_since(at[0]) >= Duration::from_secs(1),
+            "attempt {n} was let through during the pause"
         );
     }
 }

@@ -1,12 +1,19 @@
-//! Rate limits observed where they matter: at the server, from the arrival times of the
-//! requests. Assertions only bound counts from above ("no more than X in any window") or
-//! spreads from below, so a slow machine cannot make them fail.
+//! Rate limits observed where the backend decides them: each request is recorded when the
+//! limiter lets it through (by a shared pacer that only listens, the last gate before a
+//! request is sent), on a paused tokio clock. Virtual time moves only from one timer to the
+//! next, so the times are exactly the limiter's, whatever the machine's load: assertions
+//! bound counts from above ("no more than X in any window") and spreads from below, and none
+//! of them depends on how quickly the machine runs.
 
-use std::time::{Duration, Instant};
+mod recorder;
 
+use std::time::Duration;
+
+use recorder::backend;
 use rlm_core::{BatchExecutor, BatchOptions, CompletionRequest, LlmBackend};
 use rlm_openai::{OpenAiBackend, OpenAiConfig, RateLimit};
 use rlm_tests::{MockServer, Reply, ServerRequest};
+use tokio::time::Instant;
 
 fn echo(request: &ServerRequest) -> Reply {
     Reply::completion_for(request, "ok")
@@ -18,12 +25,8 @@ async fn server() -> MockServer {
         .unwrap_or_else(|e| panic!("cannot start the mock server: {e}"))
 }
 
-fn backend(config: OpenAiConfig) -> OpenAiBackend {
-    OpenAiBackend::new(config).unwrap_or_else(|e| panic!("cannot build the backend: {e}"))
-}
-
-/// The largest total weight of requests arriving within any window of length `window`
-/// (measured from each request's arrival).
+/// The largest total weight of requests let through within any window of length `window`
+/// (measured from each request's admission).
 fn max_in_window(arrivals: &[(Instant, u64)], window: Duration) -> u64 {
     let mut sorted = arrivals.to_vec();
     sorted.sort_by_key(|(at, _)| *at);
@@ -56,12 +59,12 @@ fn all_ok(results: Vec<rlm_core::BatchResult>) {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn requests_per_minute_are_paced_smoothly_across_clones() {
     // 600 a minute: a burst of 10, then one about every 101.5 ms (591 a minute after the
     // burst, so no minute ever holds more than 600).
     let server = server().await;
-    let backend = backend(
+    let (backend, recorder) = backend(
         OpenAiConfig::new()
             .with_base_url(server.base_url())
             .with_rate_limit(RateLimit::new(600, 0)),
@@ -78,7 +81,8 @@ async fn requests_per_minute_are_paced_smoothly_across_clones() {
     all_ok(a);
     all_ok(b);
 
-    let arrivals: Vec<_> = server.requests().iter().map(|r| (r.at, 1)).collect();
+    assert_eq!(server.requests().len(), 40);
+    let arrivals = recorder.arrivals("m", 1);
     assert_eq!(arrivals.len(), 40);
     // In any second: the burst of 10, plus at most one per 101.5 ms (10), plus one for
     // timer rounding at the window's edges.
@@ -95,11 +99,11 @@ async fn requests_per_minute_are_paced_smoothly_across_clones() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn tokens_per_minute_are_paced_by_estimated_size() {
     // 120,000 tokens a minute: a burst of 2,000, then 118,001 a minute (~1,967 a second).
     let server = server().await;
-    let backend = backend(
+    let (backend, recorder) = backend(
         OpenAiConfig::new()
             .with_base_url(server.base_url())
             .with_rate_limit(RateLimit::new(0, 120_000)),
@@ -116,7 +120,8 @@ async fn tokens_per_minute_are_paced_by_estimated_size() {
             .await,
     );
 
-    let arrivals: Vec<_> = server.requests().iter().map(|r| (r.at, cost)).collect();
+    assert_eq!(server.requests().len(), 30);
+    let arrivals = recorder.arrivals("m", cost);
     assert_eq!(arrivals.len(), 30);
     // In any second: the burst, plus a second's refill, plus one request for rounding.
     let most = max_in_window(&arrivals, Duration::from_secs(1));
@@ -132,11 +137,11 @@ async fn tokens_per_minute_are_paced_by_estimated_size() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_request_larger_than_the_burst_still_goes_through() {
     // 6,000 tokens a minute: a burst of 100; this request is estimated at 4 + 4 + 300 tokens.
     let server = server().await;
-    let backend = backend(
+    let (backend, recorder) = backend(
         OpenAiConfig::new()
             .with_base_url(server.base_url())
             .with_rate_limit(RateLimit::new(0, 6_000)),
@@ -146,18 +151,19 @@ async fn a_request_larger_than_the_burst_still_goes_through() {
     let completion = backend.complete(request).await;
     assert!(completion.is_ok(), "{completion:?}");
     // 100 at once, then 205 more at ~98 a second: about 2.08 s.
-    let waited = server.requests()[0].at.duration_since(start);
+    assert_eq!(server.requests().len(), 1);
+    let waited = recorder.arrivals("m", 1)[0].0.duration_since(start);
     assert!(
         waited >= Duration::from_millis(2_000),
         "sent after {waited:?}"
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn limits_are_per_model() {
     // "slow" may send one request a second; "fast" has no limit and must not queue behind it.
     let server = server().await;
-    let backend = backend(
+    let (backend, recorder) = backend(
         OpenAiConfig::new()
             .with_base_url(server.base_url())
             .with_model_rate_limit("slow", RateLimit::new(60, 0)),
@@ -171,12 +177,8 @@ async fn limits_are_per_model() {
             .await,
     );
 
-    let received = server.requests();
-    let slow_at: Vec<_> = received
-        .iter()
-        .filter(|r| r.model() == "slow")
-        .map(|r| r.at)
-        .collect();
+    assert_eq!(server.requests().len(), 23);
+    let slow_at: Vec<_> = recorder.arrivals("slow", 1).iter().map(|a| a.0).collect();
     assert_eq!(slow_at.len(), 3);
     for pair in slow_at.windows(2) {
         let gap = pair[1].duration_since(pair[0]);
@@ -185,18 +187,14 @@ async fn limits_are_per_model() {
             "slow requests {gap:?} apart"
         );
     }
-    let last_fast = received
-        .iter()
-        .filter(|r| r.model() == "fast")
-        .map(|r| r.at)
-        .max();
+    let last_fast = recorder.arrivals("fast", 1).iter().map(|a| a.0).max();
     assert!(
         last_fast.is_some_and(|at| at < slow_at[1]),
         "fast requests waited for the slow model's budget"
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn retries_take_their_share_of_the_budget() {
     // 60 a minute (a burst of 1, then one a second): a 500 and its retry are two requests,
     // so the retry waits for the next cell even though the backoff is 1 ms.
@@ -209,7 +207,7 @@ async fn retries_take_their_share_of_the_budget() {
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
-    let backend = backend(
+    let (backend, recorder) = backend(
         OpenAiConfig::new()
             .with_base_url(server.base_url())
             .with_rate_limit(RateLimit::new(60, 0))
@@ -217,7 +215,8 @@ async fn retries_take_their_share_of_the_budget() {
     );
     let completion = backend.complete(CompletionRequest::prompt("m", "x")).await;
     assert!(completion.is_ok(), "{completion:?}");
-    let at: Vec<_> = server.requests().iter().map(|r| r.at).collect();
+    assert_eq!(server.requests().len(), 2);
+    let at: Vec<_> = recorder.arrivals("m", 1).iter().map(|a| a.0).collect();
     assert_eq!(at.len(), 2);
     let gap = at[1].duration_since(at[0]);
     assert!(gap >= Duration::from_millis(900), "retried {gap:?} later");

@@ -20,6 +20,7 @@
 //!     Suite::new()
 //!         .needs("redis-server", rlm_tests::redis_server_binary().is_some())
 //!         .tokio("answers_are_shared", answers_are_shared)
+//!         .needs_nothing()
 //!         .test("a_bad_url_is_refused", a_bad_url_is_refused)
 //!         .run()
 //! }
@@ -39,9 +40,11 @@ pub fn in_ci() -> bool {
 #[derive(Default)]
 pub struct Suite {
     trials: Vec<Trial>,
-    /// The missing components (none under CI).
+    /// The missing components the tests added now need (none under CI).
     missing: Vec<String>,
-    /// How many of the tests need the components.
+    /// Every missing component of the suite, for the SKIPPED line.
+    missing_anywhere: Vec<String>,
+    /// How many of the tests were skipped.
     needing: usize,
 }
 
@@ -55,7 +58,17 @@ impl Suite {
     pub fn needs(mut self, component: &str, found: bool) -> Self {
         if !found && !in_ci() {
             self.missing.push(component.to_owned());
+            if !self.missing_anywhere.iter().any(|c| c == component) {
+                self.missing_anywhere.push(component.to_owned());
+            }
         }
+        self
+    }
+
+    /// The tests added after this need no component (until the next [`needs`](Self::needs)):
+    /// for a file whose tests need different components.
+    pub fn needs_nothing(mut self) -> Self {
+        self.missing.clear();
         self
     }
 
@@ -95,14 +108,14 @@ impl Suite {
     /// Runs the tests selected by the command line, and says which were skipped and why.
     pub fn run(self) -> ExitCode {
         let args = Arguments::from_args();
-        if !self.missing.is_empty() && !args.list {
+        if self.needing > 0 && !args.list {
             eprintln!(
                 "SKIPPED: {} test{} ignored: {} not installed (.ci/run installs {}; under \
                  CI=true they fail instead)",
                 self.needing,
                 if self.needing == 1 { "" } else { "s" },
-                self.missing.join(", "),
-                if self.missing.len() == 1 {
+                self.missing_anywhere.join(", "),
+                if self.missing_anywhere.len() == 1 {
                     "it"
                 } else {
                     "them"
