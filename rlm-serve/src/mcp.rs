@@ -101,8 +101,13 @@ impl McpServer {
     }
 
     /// The context of a call: what `paths` name, read by the host layer's loader under the
-    /// allowed roots, or the text.
-    fn context(&self, args: &mut AnswerArgs) -> Result<Loaded, ServeError> {
+    /// allowed roots, or the text. Files are read on the blocking pool, never on a runtime
+    /// thread, and cancelling the call stops waiting for them.
+    async fn context(
+        &self,
+        args: &mut AnswerArgs,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Result<Loaded, ServeError> {
         match (args.paths.take(), args.text.take()) {
             (Some(_), Some(_)) => Err(ServeError::Path(
                 "give either `paths` or `text`, not both".to_owned(),
@@ -111,10 +116,20 @@ impl McpServer {
                 context: Context::Text(text.unwrap_or_default()),
                 warnings: Vec::new(),
             }),
-            (Some(paths), None) => self
-                .roots
-                .load(&paths, &self.load)
-                .map_err(|e| ServeError::Path(e.to_string())),
+            (Some(paths), None) => {
+                let roots = Arc::clone(&self.roots);
+                let load = self.load;
+                let reading = tokio::task::spawn_blocking(move || roots.load(&paths, &load));
+                tokio::select! {
+                    read = reading => match read {
+                        Ok(loaded) => loaded.map_err(|e| ServeError::Path(e.to_string())),
+                        Err(e) => Err(ServeError::Path(format!("reading the paths failed: {e}"))),
+                    },
+                    () = cancel.cancelled() => {
+                        Err(ServeError::Path("cancelled while reading the paths".to_owned()))
+                    }
+                }
+            }
         }
     }
 
@@ -168,7 +183,7 @@ impl McpServer {
         let Loaded {
             context: run_context,
             warnings,
-        } = self.context(&mut args)?;
+        } = self.context(&mut args, &context.ct).await?;
 
         // Progress: events become notifications, sent in order by one task, all of them
         // before the result (a client ignores progress that comes after it).

@@ -319,3 +319,147 @@ async fn the_tool_answers_reports_progress_and_stops_when_cancelled() {
     );
     let _ = client.cancel().await;
 }
+
+/// An MCP server on the real stack, over an in-memory pipe, and its client.
+async fn connect(
+    mock: &MockServer,
+    roots: &[PathBuf],
+) -> rmcp::service::RunningService<RoleClient, Client> {
+    let server = McpServer::new(runner(mock), roots, loader()).unwrap_or_else(|e| panic!("{e}"));
+    let (server_io, client_io) = tokio::io::duplex(1 << 16);
+    tokio::spawn(async move {
+        if let Ok(service) = server.serve(server_io).await {
+            let _ = service.waiting().await;
+        }
+    });
+    Client::default()
+        .serve(client_io)
+        .await
+        .unwrap_or_else(|e| panic!("client: {e}"))
+}
+
+/// A safety bound on a hang: the calls below take milliseconds.
+const HANG: Duration = Duration::from_secs(120);
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_under_a_root_is_refused_and_the_server_keeps_serving() {
+    let mock = MockServer::start(handler)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let tree = Tree::new("fifo");
+    let status = std::process::Command::new("mkfifo")
+        .arg(tree.a.join("pipe"))
+        .arg(tree.a.join("docs/pipe"))
+        .status()
+        .unwrap_or_else(|e| panic!("mkfifo: {e}"));
+    assert!(status.success());
+    let client = connect(&mock, std::slice::from_ref(&tree.a)).await;
+    // Before: each call waited forever for a writer, blocking a runtime thread; two of
+    // them froze the server, `tools/list` included.
+    let checks = async {
+        let (first, second) = tokio::join!(
+            client.send_request(call(json!({"query": "q", "paths": ["pipe"]}))),
+            client.send_request(call(json!({"query": "q", "paths": ["pipe"]}))),
+        );
+        for result in [first, second] {
+            let result = result.unwrap_or_else(|e| panic!("{e}"));
+            assert!(is_error(&result), "{result:?}");
+            let out = texts(&result).join(" ");
+            assert!(out.contains("not a regular file"), "{out}");
+        }
+        let tools = client
+            .list_all_tools()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(tools.len(), 1);
+        // In a directory the FIFO is skipped with a warning; the files are read.
+        let result = client
+            .send_request(call(json!({"query": "q", "paths": ["docs"]})))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let out = texts(&result);
+        assert!(!is_error(&result), "{out:?}");
+        assert_eq!(out[0], "ECHO: ONE|TWO");
+        assert!(out[1].contains("pipe (not a regular file)"), "{out:?}");
+    };
+    tokio::time::timeout(HANG, checks)
+        .await
+        .unwrap_or_else(|_| panic!("a call on a FIFO hung the server"));
+    let _ = client.cancel().await;
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symlink_swapped_during_calls_never_leads_the_tool_outside_the_root() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mock = MockServer::start(handler)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let tree = Tree::new("swap");
+    let client = connect(&mock, std::slice::from_ref(&tree.a)).await;
+    let inside = tree.a.join("notes.txt");
+    let outside = tree.dir.join("outside.txt");
+    for (link, asked) in [
+        (tree.a.join("swap.txt"), "swap.txt"),
+        (tree.a.join("docs/swap.txt"), "docs"),
+    ] {
+        std::os::unix::fs::symlink(&inside, &link).unwrap_or_else(|e| panic!("{e}"));
+        let stop = Arc::new(AtomicBool::new(false));
+        // Swaps the link between the file inside and the one outside, atomically (a fresh
+        // link renamed over it), until told to stop; it ends pointing inside.
+        let swapper = {
+            let (link, inside, outside, stop) = (
+                link.clone(),
+                inside.clone(),
+                outside.clone(),
+                Arc::clone(&stop),
+            );
+            std::thread::spawn(move || {
+                let fresh = link.with_extension("fresh");
+                let point = |to: &PathBuf| {
+                    let _ = std::fs::remove_file(&fresh);
+                    std::os::unix::fs::symlink(to, &fresh).unwrap_or_else(|e| panic!("{e}"));
+                    std::fs::rename(&fresh, &link).unwrap_or_else(|e| panic!("{e}"));
+                };
+                let mut out = false;
+                while !stop.load(Ordering::Relaxed) {
+                    point(if out { &outside } else { &inside });
+                    out = !out;
+                }
+                point(&inside);
+            })
+        };
+        // Before: the path was checked and then opened again by name, so some calls read
+        // the file outside (29 of 150 in the report).
+        let mut leaked = Vec::new();
+        for _ in 0..150 {
+            let result = client
+                .send_request(call(json!({"query": "q", "paths": [asked]})))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let out = texts(&result).join("\n");
+            if out.contains("SECRET") || out.contains("secret") {
+                leaked.push(out);
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        swapper
+            .join()
+            .unwrap_or_else(|_| panic!("the swapper panicked"));
+        assert!(
+            leaked.is_empty(),
+            "{asked}: read outside the root: {leaked:?}"
+        );
+        let result = client
+            .send_request(call(json!({"query": "q", "paths": [asked]})))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            texts(&result)[0].contains("THE NOTES"),
+            "{asked}: {result:?}"
+        );
+        std::fs::remove_file(&link).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let _ = client.cancel().await;
+}
