@@ -27,6 +27,9 @@ use tokio::sync::mpsc;
 
 use crate::{RunOptions, Runner, ServeError, describe_error, trajectory};
 
+mod outbox;
+pub use outbox::{Backpressure, MAX_QUEUED};
+
 /// The tool's name.
 pub const TOOL: &str = "rlm_answer";
 /// The longest wait for progress notifications to go out before the result.
@@ -75,13 +78,17 @@ impl McpServer {
         })
     }
 
-    /// Serves MCP on stdin and stdout until the client goes away.
+    /// Serves MCP on stdin and stdout until the client goes away. A client that stops
+    /// reading is not read from either once [`MAX_QUEUED`] replies wait for it
+    /// ([`Backpressure`]).
     ///
     /// # Errors
     /// The transport failed to start.
     pub async fn serve_stdio(self) -> Result<(), ServeError> {
+        let (stdin, stdout) = rmcp::transport::stdio();
+        let transport = rmcp::transport::async_rw::AsyncRwTransport::new_server(stdin, stdout);
         let service = self
-            .serve(rmcp::transport::stdio())
+            .serve(Backpressure::new(transport))
             .await
             .map_err(|e| ServeError::Io(std::io::Error::other(e.to_string())))?;
         let _ = service.waiting().await;

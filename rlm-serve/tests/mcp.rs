@@ -463,3 +463,140 @@ async fn a_symlink_swapped_during_calls_never_leads_the_tool_outside_the_root() 
     }
     let _ = client.cancel().await;
 }
+
+/// A transport the test drives: requests come from a channel, and each write waits for a
+/// permit of `gate` (a client that does not read), then is kept.
+struct Stalled {
+    incoming:
+        tokio::sync::mpsc::UnboundedReceiver<rmcp::service::RxJsonRpcMessage<rmcp::RoleServer>>,
+    consumed: Arc<std::sync::atomic::AtomicUsize>,
+    started: Arc<std::sync::atomic::AtomicUsize>,
+    gate: Arc<tokio::sync::Semaphore>,
+    written: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+impl rmcp::transport::Transport<rmcp::RoleServer> for Stalled {
+    type Error = std::io::Error;
+
+    fn send(
+        &mut self,
+        item: rmcp::service::TxJsonRpcMessage<rmcp::RoleServer>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
+        self.started
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let (gate, written) = (Arc::clone(&self.gate), Arc::clone(&self.written));
+        async move {
+            gate.acquire()
+                .await
+                .map_err(std::io::Error::other)?
+                .forget();
+            let value = serde_json::to_value(&item).map_err(std::io::Error::other)?;
+            if let Ok(mut written) = written.lock() {
+                written.push(value);
+            }
+            Ok(())
+        }
+    }
+
+    async fn receive(&mut self) -> Option<rmcp::service::RxJsonRpcMessage<rmcp::RoleServer>> {
+        let message = self.incoming.recv().await;
+        self.consumed
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        message
+    }
+
+    async fn close(&mut self) -> Result<(), Self::Error> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_not_read_from_either() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const LIMIT: usize = 8;
+    const REQUESTS: usize = 1000;
+    let mock = MockServer::start(handler)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let tree = Tree::new("stalled");
+    let server = McpServer::new(runner(&mock), std::slice::from_ref(&tree.a), loader())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (requests, incoming) = tokio::sync::mpsc::unbounded_channel();
+    let message = |value: serde_json::Value| {
+        serde_json::from_value(value).unwrap_or_else(|e| panic!("a client message: {e}"))
+    };
+    let _ = requests.send(message(
+        json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                   "clientInfo": {"name": "stalled", "version": "1"}}}),
+    ));
+    let _ = requests.send(message(
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    ));
+    for id in 1..=REQUESTS {
+        let _ = requests.send(message(
+            json!({"jsonrpc": "2.0", "id": id, "method": "tools/list"}),
+        ));
+    }
+    let consumed = Arc::new(AtomicUsize::new(0));
+    let started = Arc::new(AtomicUsize::new(0));
+    // One write may go through: the reply to `initialize`.
+    let gate = Arc::new(tokio::sync::Semaphore::new(1));
+    let written = Arc::new(Mutex::new(Vec::new()));
+    let transport = Stalled {
+        incoming,
+        consumed: Arc::clone(&consumed),
+        started: Arc::clone(&started),
+        gate: Arc::clone(&gate),
+        written: Arc::clone(&written),
+    };
+    tokio::spawn(async move {
+        let transport = rlm_serve::mcp::Backpressure::with_limit(transport, LIMIT);
+        match server.serve(transport).await {
+            Ok(service) => {
+                let _ = service.waiting().await;
+            }
+            Err(e) => eprintln!("serve: {e}"),
+        }
+    });
+
+    // Before: every request was read and its reply queued, however far behind the writer
+    // was. Now reading stops once LIMIT replies wait to be written.
+    let read = || consumed.load(Ordering::SeqCst).saturating_sub(2);
+    let mut waited = 0;
+    while started.load(Ordering::SeqCst) < 1 + LIMIT {
+        assert!(read() <= LIMIT, "{} requests read past the bound", read());
+        waited += 1;
+        assert!(
+            waited < 6000,
+            "the replies were never written: {} read, {} writes",
+            read(),
+            started.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(read(), LIMIT, "requests read while {LIMIT} replies wait");
+
+    // The client reads again: every request is answered, none lost.
+    gate.add_permits(REQUESTS);
+    let mut waited = 0;
+    loop {
+        let answered = written.lock().map(|w| w.len()).unwrap_or_default();
+        if answered == 1 + REQUESTS {
+            break;
+        }
+        waited += 1;
+        assert!(waited < 6000, "only {answered} replies were written");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let written = written.lock().map(|w| w.clone()).unwrap_or_default();
+    let mut ids: Vec<u64> = written.iter().filter_map(|m| m["id"].as_u64()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (0..=REQUESTS as u64).collect::<Vec<_>>());
+    assert!(
+        written.iter().all(|m| m.get("error").is_none()),
+        "{:?}",
+        written.first()
+    );
+    drop(requests);
+}
