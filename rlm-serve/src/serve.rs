@@ -45,7 +45,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::DropGuard;
 
-use crate::{FailureKind, RunOptions, Runner, ServeError, describe_error, trajectory};
+use crate::{FailureKind, RunOptions, Runner, ServeError, describe_error_for_client, trajectory};
 
 /// Where `rlm serve` listens by default.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8000";
@@ -263,8 +263,10 @@ impl ApiError {
         }})
     }
 
-    fn from_run(error: &RlmError, root_model: &str) -> Self {
-        let (kind, message) = describe_error(error, root_model);
+    /// The error a client is told: which side failed and the status class, never the
+    /// upstream's URL, model names or messages (the server's log has them).
+    fn from_run(error: &RlmError) -> Self {
+        let (kind, message) = describe_error_for_client(error);
         match kind {
             FailureKind::UpstreamAuth => Self::new(
                 StatusCode::BAD_GATEWAY,
@@ -588,12 +590,13 @@ async fn chat_inner(
     state.record_run(started.elapsed());
     drop(permit);
     log_run(&reply.id, &result, started.elapsed());
-    let root_model = &state.runner.config().root_model;
-    let result = result.map_err(|e| ApiError::from_run(&e, root_model))?;
+    let result = result.map_err(|e| ApiError::from_run(&e))?;
     Ok(axum::Json(reply.completion(&result)).into_response())
 }
 
 /// One line per finished run (`RUST_LOG=rlm_serve=info`); never the query or the answer.
+/// A failed run is a warning (shown by default) with the whole error, upstream URL and
+/// model included: the client is told only the kind of failure.
 fn log_run(id: &str, result: &Result<RunResult, RlmError>, elapsed: Duration) {
     let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
     match result {
@@ -752,7 +755,7 @@ fn stream_run(
                 }
             }
             Err(error) => {
-                let error = ApiError::from_run(&error, &state.runner.config().root_model);
+                let error = ApiError::from_run(&error);
                 let _ = tx.send(Message::Event(sse(&error.body())));
             }
         }

@@ -390,8 +390,66 @@ async fn an_upstream_auth_failure_is_a_502_with_the_reason() {
     let (status, body) = post(&client, &base, &chat("q", "doc")).await;
     assert_eq!(status, 502, "{body}");
     assert_eq!(body["error"]["code"], "upstream_auth");
+    // The client learns which side failed and the status class; the upstream's own
+    // message stays in the server's log.
     let message = body["error"]["message"].as_str().unwrap_or_default();
-    assert!(message.contains("Incorrect API key"), "{message}");
+    assert!(message.contains("HTTP 4xx"), "{message}");
+    assert!(!message.contains("Incorrect API key"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failures_tell_the_client_only_the_status_class() {
+    let mock = MockServer::start(|_: &ServerRequest| {
+        Reply::error(
+            500,
+            "server_error",
+            "internal",
+            "model root-secret-model on http://10.9.8.7:4000/v1 is down",
+        )
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let base = start(runner(&mock, 0), ServeOptions::default()).await;
+    let client = reqwest::Client::new();
+    let (status, body) = post(&client, &base, &chat("q", "doc")).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"]["code"], "upstream_error");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("HTTP 5xx"), "{message}");
+    // Before: the client saw the upstream's message, its URL and the model names.
+    let upstream = mock.base_url();
+    for secret in ["root-secret-model", "10.9.8.7", "(root)", upstream.as_str()] {
+        assert!(!body.to_string().contains(secret), "{secret}: {body}");
+    }
+
+    // An upstream that cannot be reached: its URL stays on the server.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let gone = format!(
+        "http://{}/v1",
+        closed.local_addr().unwrap_or_else(|e| panic!("{e}"))
+    );
+    drop(closed);
+    let config = OpenAiConfig::new()
+        .with_base_url(&gone)
+        .with_api_key(UPSTREAM_KEY)
+        .with_max_retries(0);
+    let backend = OpenAiBackend::new(config).unwrap_or_else(|e| panic!("backend: {e}"));
+    let root: Arc<dyn LlmBackend> = Arc::new(backend.clone());
+    let sub: Arc<dyn BatchExecutor> = Arc::new(backend);
+    let config = RlmConfig {
+        root_model: "root-secret-model".into(),
+        ..RlmConfig::default()
+    };
+    let base = start(Runner::new(root, sub, config), ServeOptions::default()).await;
+    let (status, body) = post(&client, &base, &chat("q", "doc")).await;
+    assert_eq!(status, 502, "{body}");
+    let text = body.to_string();
+    assert!(text.contains("could not be reached"), "{text}");
+    for secret in ["root-secret-model", gone.as_str(), "127.0.0.1"] {
+        assert!(!text.contains(secret), "{secret}: {text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
