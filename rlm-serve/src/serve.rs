@@ -75,6 +75,10 @@ pub struct ServeOptions {
     pub max_request_bytes: usize,
     /// The context of every request (`None`: each request's earlier messages).
     pub context: Option<SharedContext>,
+    /// Browser origins (`https://app.example`) allowed to call the server cross-site: their
+    /// CORS preflights are answered and their responses carry
+    /// `Access-Control-Allow-Origin`. Any other cross-site browser request is refused.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ServeOptions {
@@ -85,6 +89,7 @@ impl Default for ServeOptions {
             server_key: None,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             context: None,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -97,6 +102,7 @@ impl fmt::Debug for ServeOptions {
             .field("server_key", &self.server_key.as_ref().map(|_| "<set>"))
             .field("max_request_bytes", &self.max_request_bytes)
             .field("context", &self.context)
+            .field("cors_origins", &self.cors_origins)
             .finish()
     }
 }
@@ -126,18 +132,25 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(runner, options))
+    let local = listener.local_addr().ok();
+    axum::serve(listener, routes(runner, options, local))
         .with_graceful_shutdown(shutdown)
         .await
 }
 
-/// The server's routes, for [`axum::serve()`] or a test.
+/// The server's routes, for [`axum::serve()`] or a test. Without a server key, a request's
+/// `Host` must be a loopback name or address (see [`serve`] for the listen address too).
 pub fn router(runner: Runner, options: ServeOptions) -> Router {
+    routes(runner, options, None)
+}
+
+fn routes(runner: Runner, options: ServeOptions, local: Option<SocketAddr>) -> Router {
     let limit = options.max_request_bytes;
     let state = Arc::new(AppState {
         gate: Gate::new(options.max_runs, options.max_queue),
         runner,
         options,
+        local,
         next_id: AtomicU64::new(1),
         average_run_ms: AtomicU64::new(1_000),
     });
@@ -149,12 +162,15 @@ pub fn router(runner: Runner, options: ServeOptions) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(state.clone(), browser_guard))
         .with_state(state)
 }
 
 struct AppState {
     runner: Runner,
     options: ServeOptions,
+    /// The address the server listens on, when known.
+    local: Option<SocketAddr>,
     gate: Gate,
     next_id: AtomicU64,
     /// A moving average of run times, for `Retry-After`.
@@ -312,6 +328,154 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// Keeps web pages out: a page a user visits must not start runs on a server that trusts
+/// loopback, nor read its answers by DNS rebinding.
+///
+/// - Without a server key, `Host` must name loopback (`localhost`, a loopback address) or
+///   the listen address: a rebound name is refused (421).
+/// - A request with an `Origin` (a browser's) must come from the server's own origin or
+///   one of [`ServeOptions::cors_origins`] (403). Those origins get CORS headers, and
+///   their preflights (`OPTIONS`) are answered.
+/// - A `POST` must say `Content-Type: application/json` (415): a form or `text/plain`
+///   body is what a cross-site page can send without asking.
+async fn browser_guard(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let headers = request.headers();
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if state.options.server_key.is_none()
+        && let Some(host) = host
+        && !host_is_local(host, state.local)
+    {
+        return ApiError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "invalid_request_error",
+            "host_not_allowed",
+            format!(
+                "Host {host:?} is not this server's: without a server key it answers only \
+                 loopback names (localhost, 127.0.0.1, [::1])"
+            ),
+        )
+        .into_response();
+    }
+    let origin = match headers.get(header::ORIGIN).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(origin)) => Some(origin.trim_end_matches('/').to_owned()),
+        Some(Err(_)) => Some(String::new()),
+    };
+    let listed = origin.as_deref().is_some_and(|origin| {
+        state
+            .options
+            .cors_origins
+            .iter()
+            .any(|allowed| allowed.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    });
+    if let Some(origin) = &origin
+        && !listed
+        && !same_origin(origin, host)
+    {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "invalid_request_error",
+            "origin_not_allowed",
+            format!(
+                "requests from the web page at {origin:?} are refused; the server allows a \
+                 browser origin with --cors-origin ORIGIN"
+            ),
+        )
+        .into_response();
+    }
+    let allow_origin = if listed {
+        origin
+            .as_deref()
+            .and_then(|o| HeaderValue::from_str(o).ok())
+    } else {
+        None
+    };
+    if request.method() == axum::http::Method::OPTIONS
+        && let Some(allow_origin) = &allow_origin
+    {
+        let allow_headers = request
+            .headers()
+            .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+            .cloned()
+            .unwrap_or_else(|| HeaderValue::from_static("authorization, content-type"));
+        let mut response = StatusCode::NO_CONTENT.into_response();
+        let out = response.headers_mut();
+        out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow_origin.clone());
+        out.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, OPTIONS"),
+        );
+        out.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, allow_headers);
+        out.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from(600u32));
+        out.insert(header::VARY, HeaderValue::from_static("Origin"));
+        return response;
+    }
+    if request.method() == axum::http::Method::POST && !is_json(request.headers()) {
+        return ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request_error",
+            "unsupported_media_type",
+            "the body must be JSON, sent with `Content-Type: application/json`".to_owned(),
+        )
+        .into_response();
+    }
+    let mut response = next.run(request).await;
+    if let Some(allow_origin) = allow_origin {
+        let out = response.headers_mut();
+        out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow_origin);
+        out.insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    response
+}
+
+/// Whether `host` (a `Host` header: name or address, maybe a port) names loopback or the
+/// listen address.
+fn host_is_local(host: &str, local: Option<SocketAddr>) -> bool {
+    let name = match host.strip_prefix('[') {
+        // `[::1]:8000`
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, port)| {
+            if port.chars().all(|c| c.is_ascii_digit()) {
+                name
+            } else {
+                host
+            }
+        }),
+    };
+    let name = name.trim_end_matches('.');
+    if name.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    match name.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback() || local.is_some_and(|local| local.ip() == ip),
+        Err(_) => false,
+    }
+}
+
+/// Whether a browser's `Origin` is the server's own (`http://` + the `Host` it was sent to).
+fn same_origin(origin: &str, host: Option<&str>) -> bool {
+    let Some(host) = host else {
+        return false;
+    };
+    origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .is_some_and(|rest| rest.eq_ignore_ascii_case(host))
+}
+
+/// Whether the request says its body is JSON (`application/json`, any parameters).
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
 }
 
 async fn require_key(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {

@@ -734,3 +734,98 @@ async fn a_run_that_fails_while_streaming_ends_with_an_error_event() {
         "no answer content: {text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_pages_cannot_start_runs_or_read_answers() {
+    let mock = mock().await;
+    let options = ServeOptions {
+        cors_origins: vec!["https://app.example".into()],
+        ..ServeOptions::default()
+    };
+    let base = start(runner(&mock, 0), options).await;
+    let port = base.rsplit(':').next().unwrap_or_default().to_owned();
+    let client = reqwest::Client::new();
+    let url = format!("{base}/v1/chat/completions");
+    let body = chat("q", "doc").to_string();
+    let send = |host: Option<String>, origin: Option<&str>, content_type: &str| {
+        let mut request = client
+            .post(&url)
+            .header("content-type", content_type)
+            .body(body.clone());
+        if let Some(host) = host {
+            request = request.header("host", host);
+        }
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        async move {
+            let response = request.send().await.unwrap_or_else(|e| panic!("{e}"));
+            let status = response.status().as_u16();
+            let allow = response
+                .headers()
+                .get("access-control-allow-origin")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let body: Value = response.json().await.unwrap_or_default();
+            (status, body, allow)
+        }
+    };
+    // Before: each of these started a run (200).
+    let refused = [
+        // DNS rebinding: a page's own name resolved to 127.0.0.1.
+        (
+            Some(format!("evil.example:{port}")),
+            None,
+            "application/json",
+            421,
+        ),
+        // A cross-site form or fetch without a preflight.
+        (None, Some("https://evil.example"), "text/plain", 403),
+        (None, Some("https://evil.example"), "application/json", 403),
+        (None, Some("null"), "application/json", 403),
+        // A body that is not declared JSON.
+        (None, None, "text/plain", 415),
+        (None, None, "application/x-www-form-urlencoded", 415),
+    ];
+    for (host, origin, content_type, status) in refused {
+        let (got, body, allow) = send(host.clone(), origin, content_type).await;
+        assert_eq!(got, status, "{host:?} {origin:?} {content_type}: {body}");
+        assert!(body["error"]["code"].is_string(), "{body}");
+        assert_eq!(allow, None);
+    }
+    assert!(
+        mock.requests().is_empty(),
+        "a refused request started a run"
+    );
+
+    // Loopback names, the server's own origin and a listed origin are served.
+    for (host, origin) in [
+        (Some(format!("localhost:{port}")), None),
+        (Some(format!("[::1]:{port}")), None),
+        (None, Some(format!("http://127.0.0.1:{port}"))),
+        (None, Some("https://app.example".to_owned())),
+    ] {
+        let (status, body, allow) = send(host.clone(), origin.as_deref(), "application/json").await;
+        assert_eq!(status, 200, "{host:?} {origin:?}: {body}");
+        let listed = origin.as_deref() == Some("https://app.example");
+        assert_eq!(allow.is_some(), listed, "{origin:?}");
+    }
+
+    // Preflights: answered for a listed origin only.
+    for (origin, status) in [("https://app.example", 204), ("https://evil.example", 403)] {
+        let response = client
+            .request(reqwest::Method::OPTIONS, &url)
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(response.status().as_u16(), status, "{origin}");
+        let allow = response.headers().get("access-control-allow-origin");
+        assert_eq!(allow.is_some(), status == 204, "{origin}");
+    }
+}
