@@ -59,6 +59,18 @@ pub const DEFAULT_MAX_QUEUE: usize = 64;
 pub const MODEL_ID: &str = "rlm";
 /// Characters of the answer per streamed `delta.content` chunk.
 const ANSWER_CHUNK_CHARS: usize = 1_000;
+/// Connections at once by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// The longest wait for a request's headers (and between requests on a kept-alive
+/// connection) by default.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest wait for a whole request body by default.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bytes of request bodies held at once (being read, parsed or waiting for a run) by
+/// default: 1 GiB.
+pub const DEFAULT_MAX_BODY_BYTES_IN_FLIGHT: usize = 1 << 30;
+/// Request body bytes are counted in these units (a semaphore counts in `u32`).
+const BODY_UNIT: usize = 1024;
 /// Seconds between keep-alive comments on a stream (they also reveal a gone client).
 const KEEP_ALIVE: Duration = Duration::from_secs(10);
 
@@ -75,6 +87,16 @@ pub struct ServeOptions {
     pub max_request_bytes: usize,
     /// The context of every request (`None`: each request's earlier messages).
     pub context: Option<SharedContext>,
+    /// Connections at once; one more is answered 503 and closed.
+    pub max_connections: usize,
+    /// The longest wait for a request's headers, and for the next request on a kept-alive
+    /// connection: a slow or idle connection is closed after it.
+    pub header_timeout: Duration,
+    /// The longest wait for a whole request body (408 after it).
+    pub body_timeout: Duration,
+    /// Bytes of request bodies held at once, by every request together (at least
+    /// `max_request_bytes`); a body that does not fit is answered 503 with `Retry-After`.
+    pub max_body_bytes_in_flight: usize,
     /// Browser origins (`https://app.example`) allowed to call the server cross-site: their
     /// CORS preflights are answered and their responses carry
     /// `Access-Control-Allow-Origin`. Any other cross-site browser request is refused.
@@ -89,6 +111,10 @@ impl Default for ServeOptions {
             server_key: None,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             context: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            max_body_bytes_in_flight: DEFAULT_MAX_BODY_BYTES_IN_FLIGHT,
             cors_origins: Vec::new(),
         }
     }
@@ -102,6 +128,10 @@ impl fmt::Debug for ServeOptions {
             .field("server_key", &self.server_key.as_ref().map(|_| "<set>"))
             .field("max_request_bytes", &self.max_request_bytes)
             .field("context", &self.context)
+            .field("max_connections", &self.max_connections)
+            .field("header_timeout", &self.header_timeout)
+            .field("body_timeout", &self.body_timeout)
+            .field("max_body_bytes_in_flight", &self.max_body_bytes_in_flight)
             .field("cors_origins", &self.cors_origins)
             .finish()
     }
@@ -133,9 +163,67 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let local = listener.local_addr().ok();
-    axum::serve(listener, routes(runner, options, local))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let max_connections = options.max_connections.max(1);
+    let header_timeout = options.header_timeout;
+    let app = routes(runner, options, local);
+    let connections = Arc::new(Semaphore::new(max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of descriptors, or a connection reset before it was accepted:
+                    // wait a little rather than spin, and go on.
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+            tokio::spawn(refuse_connection(stream, max_connections));
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(header_timeout);
+        let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+            drop(permit);
+        });
+    }
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// Answers a connection over the cap with a 503 and closes it.
+async fn refuse_connection(mut stream: tokio::net::TcpStream, max_connections: usize) {
+    use tokio::io::AsyncWriteExt;
+    let body = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "server_error",
+        "too_many_connections",
+        format!("the server holds its most connections ({max_connections}); try again"),
+    )
+    .body()
+    .to_string();
+    let reply = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = stream.write_all(reply.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }
 
 /// The server's routes, for [`axum::serve()`] or a test. Without a server key, a request's
@@ -146,11 +234,18 @@ pub fn router(runner: Runner, options: ServeOptions) -> Router {
 
 fn routes(runner: Runner, options: ServeOptions, local: Option<SocketAddr>) -> Router {
     let limit = options.max_request_bytes;
+    let max_body_units = options
+        .max_body_bytes_in_flight
+        .max(options.max_request_bytes)
+        .div_ceil(BODY_UNIT)
+        .min(Semaphore::MAX_PERMITS);
     let state = Arc::new(AppState {
         gate: Gate::new(options.max_runs, options.max_queue),
         runner,
         options,
         local,
+        body_units: Arc::new(Semaphore::new(max_body_units)),
+        max_body_units,
         next_id: AtomicU64::new(1),
         average_run_ms: AtomicU64::new(1_000),
     });
@@ -162,6 +257,7 @@ fn routes(runner: Runner, options: ServeOptions, local: Option<SocketAddr>) -> R
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(state.clone(), bounded_body))
         .layer(middleware::from_fn_with_state(state.clone(), browser_guard))
         .with_state(state)
 }
@@ -171,6 +267,10 @@ struct AppState {
     options: ServeOptions,
     /// The address the server listens on, when known.
     local: Option<SocketAddr>,
+    /// Request body bytes that may be held at once, in [`BODY_UNIT`]s.
+    body_units: Arc<Semaphore>,
+    /// All of `body_units`.
+    max_body_units: usize,
     gate: Gate,
     next_id: AtomicU64,
     /// A moving average of run times, for `Retry-After`.
@@ -434,6 +534,108 @@ async fn browser_guard(
     response
 }
 
+/// Reads a request body within [`ServeOptions::body_timeout`] (408 after it) and holds its
+/// bytes against [`ServeOptions::max_body_bytes_in_flight`] until the request is answered
+/// (for a stream, until the run starts): a body that does not fit beside the others is
+/// answered 503 with `Retry-After` before it is read, so what all requests hold at once stays
+/// bounded.
+async fn bounded_body(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let max = state.options.max_request_bytes;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared == Some(0) || (declared.is_none() && parts.method != axum::http::Method::POST) {
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            "request_too_large",
+            format!(
+                "the request body is larger than this server accepts ({max} bytes; see \
+                 --max-request-bytes)"
+            ),
+        )
+        .into_response()
+    };
+    let busy = |state: &AppState| {
+        let mut error = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "server_busy",
+            "the server holds as many request bytes as it may; try again shortly".to_owned(),
+        );
+        error.retry_after = Some(state.retry_after());
+        error.into_response()
+    };
+    let units = |bytes: usize| u32::try_from(bytes.div_ceil(BODY_UNIT)).unwrap_or(u32::MAX);
+    let mut held = match declared {
+        Some(n) if n > max as u64 => return too_large(),
+        Some(n) => match Arc::clone(&state.body_units).try_acquire_many_owned(units(n as usize)) {
+            Ok(permit) => Some(permit),
+            Err(_) => return busy(&state),
+        },
+        None => None,
+    };
+    let declared_units = held.as_ref().map_or(0, |p| p.num_permits());
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+    let deadline = tokio::time::Instant::now() + state.options.body_timeout;
+    loop {
+        let chunk =
+            match tokio::time::timeout_at(deadline, futures_util::StreamExt::next(&mut stream))
+                .await
+            {
+                Err(_) => {
+                    return ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "invalid_request_error",
+                        "request_timeout",
+                        format!(
+                            "the request body did not arrive within {} s",
+                            state.options.body_timeout.as_secs_f64()
+                        ),
+                    )
+                    .into_response();
+                }
+                Ok(None) => break,
+                Ok(Some(Err(_))) => {
+                    return ApiError::bad_request("invalid_body", "the request body broke off")
+                        .into_response();
+                }
+                Ok(Some(Ok(chunk))) => chunk,
+            };
+        if bytes.len() + chunk.len() > max {
+            return too_large();
+        }
+        bytes.extend_from_slice(&chunk);
+        // A body without a declared length takes its units as it arrives.
+        let needed = units(bytes.len());
+        let have = held.as_ref().map_or(0, |p| p.num_permits()) as u32;
+        if needed > have.max(declared_units as u32) {
+            match Arc::clone(&state.body_units).try_acquire_many_owned(needed - have) {
+                Ok(more) => match &mut held {
+                    Some(permit) => permit.merge(more),
+                    None => held = Some(more),
+                },
+                Err(_) => return busy(&state),
+            }
+        }
+    }
+    let request = Request::from_parts(parts, axum::body::Body::from(bytes));
+    let response = next.run(request).await;
+    drop(held);
+    response
+}
+
 /// Whether `host` (a `Host` header: name or address, maybe a port) names loopback or the
 /// listen address.
 fn host_is_local(host: &str, local: Option<SocketAddr>) -> bool {
@@ -506,6 +708,8 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         "running": state.gate.running(),
         "queued": state.gate.queued.load(Ordering::SeqCst),
         "max_runs": state.gate.max_runs,
+        "body_bytes_in_flight":
+            (state.max_body_units - state.body_units.available_permits()) * BODY_UNIT,
     }))
     .into_response()
 }

@@ -829,3 +829,174 @@ async fn web_pages_cannot_start_runs_or_read_answers() {
         assert_eq!(allow.is_some(), status == 204, "{origin}");
     }
 }
+
+/// A safety bound on a hang: what the tests below wait for takes well under a second.
+const HANG: Duration = Duration::from_secs(60);
+
+/// Reads until the server closes the connection; what it sent. Panics if it never does.
+async fn until_closed(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let read = tokio::time::timeout(HANG, async {
+        let mut buffer = [0u8; 4096];
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buffer[..n]),
+            }
+        }
+    })
+    .await;
+    let seen = String::from_utf8_lossy(&seen).into_owned();
+    assert!(
+        read.is_ok(),
+        "the server kept the connection open; it sent: {seen}"
+    );
+    seen
+}
+
+async fn connect(base: &str) -> tokio::net::TcpStream {
+    let addr = base.trim_start_matches("http://");
+    tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"))
+}
+
+async fn write(stream: &mut tokio::net::TcpStream, bytes: &str) {
+    use tokio::io::AsyncWriteExt;
+    stream
+        .write_all(bytes.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("write: {e}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_idle_connections_are_closed() {
+    let mock = mock().await;
+    let options = ServeOptions {
+        header_timeout: Duration::from_millis(200),
+        body_timeout: Duration::from_millis(200),
+        ..ServeOptions::default()
+    };
+    let base = start(runner(&mock, 0), options).await;
+    // Before: each of these connections stayed open for as long as the client liked.
+    // Headers that never end.
+    let mut slow_headers = connect(&base).await;
+    write(
+        &mut slow_headers,
+        "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+    )
+    .await;
+    until_closed(&mut slow_headers).await;
+    // A kept-alive connection left idle after its request.
+    let mut idle = connect(&base).await;
+    write(&mut idle, "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await;
+    let seen = until_closed(&mut idle).await;
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    // A body that never ends.
+    let mut slow_body = connect(&base).await;
+    write(
+        &mut slow_body,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: \
+         application/json\r\nContent-Length: 100\r\n\r\n{\"model\"",
+    )
+    .await;
+    let seen = until_closed(&mut slow_body).await;
+    assert!(seen.starts_with("HTTP/1.1 408"), "{seen}");
+    assert!(mock.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_over_the_cap_is_refused() {
+    let mock = mock().await;
+    let options = ServeOptions {
+        max_connections: 2,
+        ..ServeOptions::default()
+    };
+    let base = start(runner(&mock, 0), options).await;
+    let held = [connect(&base).await, connect(&base).await];
+    // Before: every connection was served until descriptors ran out.
+    let mut third = connect(&base).await;
+    write(
+        &mut third,
+        "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    )
+    .await;
+    let seen = until_closed(&mut third).await;
+    assert!(seen.starts_with("HTTP/1.1 503"), "{seen}");
+    assert!(seen.contains("too_many_connections"), "{seen}");
+    // A slot freed is served again.
+    drop(held);
+    let client = reqwest::Client::new();
+    let mut served = false;
+    for _ in 0..600 {
+        if let Ok(response) = client.get(format!("{base}/health")).send().await
+            && response.status() == 200
+        {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        served,
+        "no connection was served after the held ones closed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_held_at_once_are_bounded() {
+    let mock = mock().await;
+    let options = ServeOptions {
+        max_request_bytes: 64 << 10,
+        max_body_bytes_in_flight: 64 << 10,
+        ..ServeOptions::default()
+    };
+    let base = start(runner(&mock, 0), options).await;
+    let client = reqwest::Client::new();
+    // A: 60,000 bytes declared, a little sent.
+    let head = chat("q", "doc").to_string();
+    let padded = format!("{head}{}", " ".repeat(60_000 - head.len()));
+    let mut a = connect(&base).await;
+    write(
+        &mut a,
+        &format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: \
+             application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{}",
+            padded.len(),
+            &padded[..10]
+        ),
+    )
+    .await;
+    let mut holding = false;
+    for _ in 0..600 {
+        if health(&client, &base).await["body_bytes_in_flight"].as_u64() > Some(0) {
+            holding = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(holding, "the first body was never counted");
+    // B: 10,000 bytes do not fit beside A's 60,000 under 64 KiB.
+    let b = format!("{head}{}", " ".repeat(10_000 - head.len()));
+    let send_b = || {
+        client
+            .post(format!("{base}/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(b.clone())
+            .send()
+    };
+    // Before: both bodies were read and parsed at once, whatever their size.
+    let response = send_b().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(response.status().as_u16(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: Value = response.json().await.unwrap_or_default();
+    assert_eq!(body["error"]["code"], "server_busy", "{body}");
+    // A completes and is answered; then B fits.
+    write(&mut a, &padded[10..]).await;
+    let seen = until_closed(&mut a).await;
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    assert_eq!(health(&client, &base).await["body_bytes_in_flight"], 0);
+    let response = send_b().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(response.status().as_u16(), 200);
+}
