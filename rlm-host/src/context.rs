@@ -18,9 +18,11 @@
 //!   `/dev/zero`, a FIFO or an endless pipe cannot exhaust memory; a directory that cannot
 //!   be listed is an input error too.
 //!
-//! [`AllowedRoots`] adds one rule for paths a client names: every file read, the files a
+//! [`AllowedRoots`] adds rules for paths a client names: every file read, the files a
 //! directory's symlinks lead to included, must lie under one of the roots after resolving
-//! `..` and symlinks.
+//! `..` and symlinks; on Unix that is checked on the very handle that is read (each step
+//! opened relative to the one before, never following a symlink by name), and only regular
+//! files are read (a FIFO or device is refused without waiting on it).
 //!
 //! ```
 //! use rlm_host::context::{self, LoadOptions};
@@ -807,6 +809,7 @@ impl AllowedRoots {
         }
     }
 
+    #[cfg(unix)]
     fn outside(&self, path: &str) -> HostError {
         HostError::Input(format!(
             "{path} is outside the allowed roots ({}); it is refused",

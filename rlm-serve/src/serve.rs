@@ -16,6 +16,12 @@
 //!   dropped).
 //! - With [`ServeOptions::server_key`], `/v1/*` needs `Authorization: Bearer KEY` (compared in
 //!   constant time); `/health` stays open.
+//! - Web pages are kept out: without a key, `Host` must be a loopback name or the listen
+//!   address (421); a browser `Origin` must be the server's own or one of
+//!   [`ServeOptions::cors_origins`] (403), which also get CORS; a `POST` must be JSON (415).
+//! - Connections, their pace and the request bytes held at once are bounded
+//!   ([`ServeOptions::max_connections`], `header_timeout`, `body_timeout`,
+//!   `max_body_bytes_in_flight`).
 
 use std::convert::Infallible;
 use std::fmt;
