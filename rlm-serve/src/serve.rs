@@ -646,6 +646,8 @@ async fn bounded_body(
 /// listen address.
 fn host_is_local(host: &str, local: Option<SocketAddr>) -> bool {
     let name = match host.strip_prefix('[') {
+        // A bare IPv6 address (not valid in `Host`, but unambiguous).
+        None if host.parse::<std::net::Ipv6Addr>().is_ok() => host,
         // `[::1]:8000`
         Some(rest) => rest.split(']').next().unwrap_or_default(),
         None => host.rsplit_once(':').map_or(host, |(name, port)| {
@@ -1251,6 +1253,51 @@ mod tests {
         assert!(check_exposure(&local, false).is_ok());
         assert!(check_exposure(&any, false).is_err());
         assert!(check_exposure(&any, true).is_ok());
+    }
+
+    #[test]
+    fn hosts_and_origins_are_judged_by_name_not_by_prefix() {
+        let listen: SocketAddr = "192.168.1.5:8000".parse().unwrap_or_else(|e| panic!("{e}"));
+        for host in [
+            "localhost",
+            "LOCALHOST:8000",
+            "localhost.",
+            "127.0.0.1:8000",
+            "127.8.9.10",
+            "[::1]:8000",
+            "::1",
+            "192.168.1.5:8000",
+        ] {
+            assert!(host_is_local(host, Some(listen)), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "localhost.evil.example:8000",
+            "127.0.0.1.evil.example",
+            "192.168.1.6:8000",
+            "[::2]:8000",
+            "",
+        ] {
+            assert!(!host_is_local(host, Some(listen)), "{host}");
+        }
+        assert!(same_origin("http://127.0.0.1:8000", Some("127.0.0.1:8000")));
+        assert!(!same_origin(
+            "http://127.0.0.1:8001",
+            Some("127.0.0.1:8000")
+        ));
+        assert!(!same_origin("null", Some("127.0.0.1:8000")));
+        assert!(!same_origin("http://127.0.0.1:8000", None));
+        let mut headers = axum::http::HeaderMap::new();
+        assert!(!is_json(&headers));
+        for (value, json) in [
+            ("application/json", true),
+            ("Application/JSON; charset=utf-8", true),
+            ("text/plain", false),
+            ("application/jsonp", false),
+        ] {
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(value));
+            assert_eq!(is_json(&headers), json, "{value}");
+        }
     }
 
     #[test]
