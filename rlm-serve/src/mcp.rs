@@ -32,6 +32,8 @@ pub use outbox::{Backpressure, MAX_QUEUED};
 
 /// The tool's name.
 pub const TOOL: &str = "rlm_answer";
+/// Progress lines waiting for a client, at most; more are dropped while it lags.
+const PROGRESS_QUEUE: usize = 256;
 /// The longest wait for progress notifications to go out before the result.
 const PROGRESS_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -196,7 +198,7 @@ impl McpServer {
         // before the result (a client ignores progress that comes after it).
         let mut forwarder = None;
         let observer: Option<Arc<dyn Observer>> = context.meta.get_progress_token().map(|token| {
-            let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+            let (tx, mut rx) = mpsc::channel::<String>(PROGRESS_QUEUE);
             let peer = context.peer.clone();
             forwarder = Some(tokio::spawn(async move {
                 let mut step = 0.0;
@@ -211,7 +213,9 @@ impl McpServer {
             }));
             Arc::new(move |event: &Event| {
                 if let Some(text) = trajectory::describe(event) {
-                    let _ = tx.send(text.trim_end().to_owned());
+                    // A client that lags behind misses progress lines rather than
+                    // having them pile up.
+                    let _ = tx.try_send(text.trim_end().to_owned());
                 }
             }) as Arc<dyn Observer>
         });
