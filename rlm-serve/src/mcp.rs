@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use crate::{RunOptions, Runner, ServeError, describe_error, trajectory};
 
 mod outbox;
-pub use outbox::{Backpressure, MAX_QUEUED};
+pub use outbox::{Backpressure, MAX_OWED, MAX_WRITING};
 
 /// The tool's name.
 pub const TOOL: &str = "rlm_answer";
@@ -81,8 +81,8 @@ impl McpServer {
     }
 
     /// Serves MCP on stdin and stdout until the client goes away. A client that stops
-    /// reading is not read from either once [`MAX_QUEUED`] replies wait for it
-    /// ([`Backpressure`]).
+    /// reading is not read from either once [`MAX_WRITING`] messages wait to be written to
+    /// it or [`MAX_OWED`] replies are owed ([`Backpressure`]).
     ///
     /// # Errors
     /// The transport failed to start.

@@ -551,7 +551,8 @@ async fn a_client_that_stops_reading_is_not_read_from_either() {
         written: Arc::clone(&written),
     };
     tokio::spawn(async move {
-        let transport = rlm_serve::mcp::Backpressure::with_limit(transport, LIMIT);
+        // The bound on replies owed is the one reached here; writes only pile up.
+        let transport = rlm_serve::mcp::Backpressure::with_limits(transport, 2 * REQUESTS, LIMIT);
         match server.serve(transport).await {
             Ok(service) => {
                 let _ = service.waiting().await;
@@ -599,4 +600,70 @@ async fn a_client_that_stops_reading_is_not_read_from_either() {
         written.first()
     );
     drop(requests);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_in_progress_do_not_keep_further_requests_from_being_read() {
+    // The sub model never answers while the test runs: every call stays in progress.
+    let mock = MockServer::start(|request: &ServerRequest| {
+        let reply = handler(request);
+        if request.model() == ROOT {
+            reply
+        } else {
+            reply.after(Duration::from_secs(3600))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let tree = Tree::new("in-progress");
+    let server = McpServer::new(runner(&mock), std::slice::from_ref(&tree.a), loader())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (server_io, client_io) = tokio::io::duplex(1 << 16);
+    tokio::spawn(async move {
+        let (read, write) = tokio::io::split(server_io);
+        let transport = rmcp::transport::async_rw::AsyncRwTransport::new_server(read, write);
+        if let Ok(service) = server
+            .serve(rlm_serve::mcp::Backpressure::new(transport))
+            .await
+        {
+            let _ = service.waiting().await;
+        }
+    });
+    let client = Client::default()
+        .serve(client_io)
+        .await
+        .unwrap_or_else(|e| panic!("client: {e}"));
+    // More slow calls than replies may wait to be written: they are in progress, not
+    // queued for the client, so the server still reads and answers what comes next.
+    let mut handles = Vec::new();
+    for _ in 0..rlm_serve::mcp::MAX_WRITING + 6 {
+        let handle = client
+            .send_cancellable_request(
+                call(json!({"query": "q", "text": "slow text"})),
+                PeerRequestOptions::no_options(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        handles.push(handle);
+    }
+    // Every call is read and its run started (one root call each).
+    let calls = handles.len();
+    let mut waited = 0;
+    while mock.requests().iter().filter(|r| r.model() == ROOT).count() < calls {
+        waited += 1;
+        assert!(
+            waited < 6000,
+            "only some calls were read: a bound on calls in progress stopped the reading"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let tools = tokio::time::timeout(HANG, client.list_all_tools())
+        .await
+        .unwrap_or_else(|_| panic!("tools/list was not read while calls were in progress"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(tools.len(), 1);
+    for handle in handles {
+        let _ = handle.cancel(None).await;
+    }
+    let _ = client.cancel().await;
 }

@@ -1,9 +1,14 @@
 //! Backpressure for a client that stops reading: a bound on what is queued for it.
 //!
-//! Every request read is a reply owed until that reply is written, and every message being
-//! written (replies, progress notifications) counts until it is. While the count is at the
-//! bound, no further request is read: a client that sends but never reads fills its own
-//! pipe and waits, instead of making the server hold every reply in memory.
+//! Two counts stop the reading of further requests while they are at their bound:
+//! - messages being written (replies, progress notifications): the writer is behind, so a
+//!   client that sends but never reads fills its own pipe and waits, instead of making the
+//!   server hold every reply in memory;
+//! - requests read whose reply is not written yet (cancelled ones excepted): however fast
+//!   their handlers answer, replies cannot pile up faster than this allows.
+//!
+//! The second bound is much larger than the first, so long-running calls in progress do not
+//! keep a client's further requests (a cancellation, a `ping`) from being read.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -15,15 +20,17 @@ use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
 use rmcp::transport::Transport;
 use tokio::sync::Notify;
 
-/// Replies owed and messages being written, at most, before reading waits.
-pub const MAX_QUEUED: usize = 64;
+/// Messages being written, at most, before reading waits.
+pub const MAX_WRITING: usize = 64;
+/// Requests awaiting their written reply, at most, before reading waits.
+pub const MAX_OWED: usize = 1024;
 
 /// What is queued for the client.
 #[derive(Debug, Default)]
 struct Ledger {
     /// Requests read whose reply is not written yet.
     owed: HashSet<RequestId>,
-    /// Messages being written, other than replies counted in `owed`.
+    /// Messages being written.
     writing: usize,
 }
 
@@ -38,40 +45,44 @@ impl Shared {
     fn ledger(&self) -> MutexGuard<'_, Ledger> {
         self.ledger.lock().unwrap_or_else(PoisonError::into_inner)
     }
-
-    fn queued(&self) -> usize {
-        let ledger = self.ledger();
-        ledger.owed.len() + ledger.writing
-    }
 }
 
-/// A transport that stops reading requests while `limit` replies are owed or messages are
-/// being written (see the module docs).
+/// A transport that stops reading requests while its writer is behind or too many replies
+/// are owed (see the module docs).
 #[derive(Debug)]
 pub struct Backpressure<T> {
     inner: T,
     shared: Arc<Shared>,
-    limit: usize,
+    max_writing: usize,
+    max_owed: usize,
 }
 
 impl<T> Backpressure<T> {
-    /// `inner` with the default bound, [`MAX_QUEUED`].
+    /// `inner` with the default bounds, [`MAX_WRITING`] and [`MAX_OWED`].
     pub fn new(inner: T) -> Self {
-        Self::with_limit(inner, MAX_QUEUED)
+        Self::with_limits(inner, MAX_WRITING, MAX_OWED)
     }
 
-    /// `inner` with a bound of `limit` (at least 1).
-    pub fn with_limit(inner: T, limit: usize) -> Self {
+    /// `inner` with bounds of `max_writing` messages being written and `max_owed` replies
+    /// owed (each at least 1).
+    pub fn with_limits(inner: T, max_writing: usize, max_owed: usize) -> Self {
         Self {
             inner,
             shared: Arc::default(),
-            limit: limit.max(1),
+            max_writing: max_writing.max(1),
+            max_owed: max_owed.max(1),
         }
     }
 
-    /// Replies owed plus messages being written, now.
-    pub fn queued(&self) -> usize {
-        self.shared.queued()
+    /// Messages being written and replies owed, now.
+    pub fn queued(&self) -> (usize, usize) {
+        let ledger = self.shared.ledger();
+        (ledger.writing, ledger.owed.len())
+    }
+
+    fn full(&self) -> bool {
+        let ledger = self.shared.ledger();
+        ledger.writing >= self.max_writing || ledger.owed.len() >= self.max_owed
     }
 }
 
@@ -79,17 +90,13 @@ impl<T> Backpressure<T> {
 struct Writing {
     shared: Arc<Shared>,
     reply_to: Option<RequestId>,
-    /// Counted in `writing` (not a reply already counted as owed).
-    counted: bool,
 }
 
 impl Drop for Writing {
     fn drop(&mut self) {
         {
             let mut ledger = self.shared.ledger();
-            if self.counted {
-                ledger.writing = ledger.writing.saturating_sub(1);
-            }
+            ledger.writing = ledger.writing.saturating_sub(1);
             if let Some(id) = &self.reply_to {
                 ledger.owed.remove(id);
             }
@@ -110,19 +117,10 @@ impl<T: Transport<RoleServer>> Transport<RoleServer> for Backpressure<T> {
             JsonRpcMessage::Error(error) => error.id.clone(),
             _ => None,
         };
-        // A reply to a request read is counted once, as owed, until it is written.
-        let counted = {
-            let mut ledger = self.shared.ledger();
-            let owed = reply_to.as_ref().is_some_and(|id| ledger.owed.contains(id));
-            if !owed {
-                ledger.writing += 1;
-            }
-            !owed
-        };
+        self.shared.ledger().writing += 1;
         let writing = Writing {
             shared: Arc::clone(&self.shared),
             reply_to,
-            counted,
         };
         let send = self.inner.send(item);
         async move {
@@ -137,7 +135,7 @@ impl<T: Transport<RoleServer>> Transport<RoleServer> for Backpressure<T> {
             let freed = self.shared.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            if self.shared.queued() < self.limit {
+            if !self.full() {
                 break;
             }
             freed.await;
