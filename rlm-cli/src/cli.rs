@@ -624,6 +624,11 @@ pub(crate) struct ServeArgs {
         help_heading = "Serving"
     )]
     pub(crate) max_request_bytes: u64,
+
+    /// A browser origin allowed to call the server from its pages (e.g.
+    /// https://app.example); repeat for more. Other cross-site browser requests are refused.
+    #[arg(long = "cors-origin", value_name = "ORIGIN", help_heading = "Serving")]
+    pub(crate) cors_origins: Vec<String>,
 }
 
 /// Flags of `rlm mcp`: the model, limit and budget flags of `rlm run`, and the roots.

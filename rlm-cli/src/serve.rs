@@ -98,6 +98,8 @@ pub(crate) async fn serve(args: Box<ServeArgs>) -> Result<u8, CliError> {
         server_key,
         max_request_bytes: usize::try_from(args.max_request_bytes).unwrap_or(usize::MAX),
         context: shared,
+        cors_origins: args.cors_origins.clone(),
+        ..ServeOptions::default()
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -18,9 +18,11 @@
 //!   `/dev/zero`, a FIFO or an endless pipe cannot exhaust memory; a directory that cannot
 //!   be listed is an input error too.
 //!
-//! [`AllowedRoots`] adds one rule for paths a client names: every file read, the files a
+//! [`AllowedRoots`] adds rules for paths a client names: every file read, the files a
 //! directory's symlinks lead to included, must lie under one of the roots after resolving
-//! `..` and symlinks.
+//! `..` and symlinks; on Unix that is checked on the very handle that is read (each step
+//! opened relative to the one before, never following a symlink by name), and only regular
+//! files are read (a FIFO or device is refused without waiting on it).
 //!
 //! ```
 //! use rlm_host::context::{self, LoadOptions};
@@ -41,6 +43,9 @@ use rlm_repl::Context;
 use serde_json::Value;
 
 use crate::HostError;
+
+#[cfg(unix)]
+mod beneath;
 
 /// How many bytes are checked for a NUL byte to call a file binary.
 const BINARY_SNIFF: usize = 8 * 1024;
@@ -220,18 +225,7 @@ fn load_path(
     let metadata = fs::metadata(path)
         .map_err(|e| HostError::Input(format!("cannot read context {}: {}", path.display(), e)))?;
     if metadata.is_dir() {
-        let format = options.format;
-        if matches!(format, ContextFormat::Json | ContextFormat::Jsonl) {
-            return Err(HostError::Usage(format!(
-                "--context-format {} needs a file, but {} is a directory",
-                if format == ContextFormat::Json {
-                    "json"
-                } else {
-                    "jsonl"
-                },
-                path.display()
-            )));
-        }
+        directory_format(path, options.format)?;
         let listing = match listing {
             Some(listing) => listing,
             None => Listing::of(path)?,
@@ -246,6 +240,22 @@ fn load_path(
         let text = read_text(file, &what, options.max_bytes, warnings)?;
         parse(text, options.format, Some(path), &what)
     }
+}
+
+/// A directory is read as text documents: a JSON format asked of it is a usage error.
+fn directory_format(path: &Path, format: ContextFormat) -> Result<(), HostError> {
+    if matches!(format, ContextFormat::Json | ContextFormat::Jsonl) {
+        return Err(HostError::Usage(format!(
+            "--context-format {} needs a file, but {} is a directory",
+            if format == ContextFormat::Json {
+                "json"
+            } else {
+                "jsonl"
+            },
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Turns text into a context according to the format (and the extension, for `auto`).
@@ -386,44 +396,84 @@ fn load_dir(
 ) -> Result<Vec<String>, HostError> {
     let Listing {
         files,
-        mut unreadable,
+        unreadable,
         linked_dirs,
         ..
     } = listing;
-    let max_bytes = options.max_bytes;
-    let mut documents = Vec::with_capacity(files.len());
-    let mut binary = Vec::new();
-    let mut lossy = Vec::new();
-    // Bytes of the files read so far: each file may take what they left of the limit.
-    let mut used = 0usize;
+    let mut documents = Documents::new(root, options);
+    documents.unreadable = unreadable;
+    documents.linked_dirs = linked_dirs;
     for relative in files {
-        let left = bound(max_bytes).map(|max| max.saturating_sub(used));
-        let read = fs::File::open(root.join(&relative)).and_then(|file| read_at_most(file, left));
-        let bytes = match read {
+        match fs::File::open(root.join(&relative)) {
+            Ok(file) => documents.add(&relative, file)?,
+            Err(e) => documents
+                .unreadable
+                .push(format!("{} ({e})", relative.display())),
+        }
+    }
+    Ok(documents.finish(warnings))
+}
+
+/// The documents of a directory as its files are read, and what was skipped.
+struct Documents<'a> {
+    root: &'a Path,
+    options: &'a LoadOptions,
+    documents: Vec<String>,
+    binary: Vec<String>,
+    lossy: Vec<String>,
+    unreadable: Vec<String>,
+    linked_dirs: Vec<String>,
+    /// Bytes of the files read so far: each file may take what they left of the limit.
+    used: usize,
+}
+
+impl<'a> Documents<'a> {
+    fn new(root: &'a Path, options: &'a LoadOptions) -> Self {
+        Self {
+            root,
+            options,
+            documents: Vec::new(),
+            binary: Vec::new(),
+            lossy: Vec::new(),
+            unreadable: Vec::new(),
+            linked_dirs: Vec::new(),
+            used: 0,
+        }
+    }
+
+    /// Reads the file at `relative` as one document (or skips it, saying why).
+    ///
+    /// # Errors
+    /// [`HostError::Input`] when the directory's files pass the byte bound.
+    fn add(&mut self, relative: &Path, reader: impl Read) -> Result<(), HostError> {
+        let max_bytes = self.options.max_bytes;
+        let left = bound(max_bytes).map(|max| max.saturating_sub(self.used));
+        let bytes = match read_at_most(reader, left) {
             Ok(Some(bytes)) => bytes,
             Ok(None) => {
-                let what = format!("the files of context directory {}", root.display());
+                let what = format!("the files of context directory {}", self.root.display());
                 return Err(too_large(&what, max_bytes));
             }
             Err(e) => {
-                unreadable.push(format!("{} ({e})", relative.display()));
-                continue;
+                self.unreadable
+                    .push(format!("{} ({e})", relative.display()));
+                return Ok(());
             }
         };
-        used = used.saturating_add(bytes.len());
+        self.used = self.used.saturating_add(bytes.len());
         if bytes[..bytes.len().min(BINARY_SNIFF)].contains(&0) {
-            binary.push(relative.display().to_string());
-            continue;
+            self.binary.push(relative.display().to_string());
+            return Ok(());
         }
         let name = relative.to_string_lossy().into_owned();
         let text = without_bom(match String::from_utf8(bytes) {
             Ok(text) => text,
             Err(e) => {
-                lossy.push(name.clone());
+                self.lossy.push(name.clone());
                 String::from_utf8_lossy(e.as_bytes()).into_owned()
             }
         });
-        let document = if options.file_headers {
+        let document = if self.options.file_headers {
             let mut document = String::with_capacity(text.len() + name.len() + 10);
             let _ = writeln!(document, "==> {name} <==");
             document.push_str(&text);
@@ -431,43 +481,56 @@ fn load_dir(
         } else {
             text
         };
-        documents.push(document);
+        self.documents.push(document);
+        Ok(())
     }
 
-    let shown = root.display();
-    for dir in &linked_dirs {
-        warnings.push(format!(
-            "skipped {dir} in {shown}: a symlink to a directory (not followed)"
-        ));
+    /// The documents, with a warning for each kind of entry skipped.
+    fn finish(self, warnings: &mut Vec<String>) -> Vec<String> {
+        let Self {
+            root,
+            documents,
+            binary,
+            lossy,
+            unreadable,
+            linked_dirs,
+            ..
+        } = self;
+        let shown = root.display();
+        for dir in &linked_dirs {
+            warnings.push(format!(
+                "skipped {dir} in {shown}: a symlink to a directory (not followed)"
+            ));
+        }
+        if !lossy.is_empty() {
+            warnings.push(format!(
+                "{} in {shown} {} not valid UTF-8; invalid bytes were replaced with U+FFFD: {}",
+                count(lossy.len(), "file"),
+                if lossy.len() == 1 { "is" } else { "are" },
+                list(&lossy)
+            ));
+        }
+        if !binary.is_empty() {
+            warnings.push(format!(
+                "skipped {} in {shown} (binary): {}",
+                count(binary.len(), "file"),
+                list(&binary)
+            ));
+        }
+        if !unreadable.is_empty() {
+            warnings.push(format!(
+                "skipped {} in {shown} that could not be read: {}",
+                count(unreadable.len(), "entry"),
+                list(&unreadable)
+            ));
+        }
+        if documents.is_empty() {
+            warnings.push(format!(
+                "no text files in {shown}: the context is an empty list"
+            ));
+        }
+        documents
     }
-    if !lossy.is_empty() {
-        warnings.push(format!(
-            "{} in {shown} {} not valid UTF-8; invalid bytes were replaced with U+FFFD: {}",
-            count(lossy.len(), "file"),
-            if lossy.len() == 1 { "is" } else { "are" },
-            list(&lossy)
-        ));
-    }
-    if !binary.is_empty() {
-        warnings.push(format!(
-            "skipped {} in {shown} (binary): {}",
-            count(binary.len(), "file"),
-            list(&binary)
-        ));
-    }
-    if !unreadable.is_empty() {
-        warnings.push(format!(
-            "skipped {} in {shown} that could not be read: {}",
-            count(unreadable.len(), "entry"),
-            list(&unreadable)
-        ));
-    }
-    if documents.is_empty() {
-        warnings.push(format!(
-            "no text files in {shown}: the context is an empty list"
-        ));
-    }
-    Ok(documents)
 }
 
 fn display_dir(relative: &Path) -> String {
@@ -501,10 +564,15 @@ fn list(names: &[String]) -> String {
 
 /// The directories a server's clients may read from, and the loader under them.
 ///
-/// A path a client names is resolved (`..` and symlinks) and must lie under a root; a
-/// relative path is tried under each root in turn. A directory is walked once, by the same
-/// rules [`load`] reads it with, and every file its symlinks lead to must lie under a root
-/// too. One path is a context as [`load`] makes it; several are an array of documents.
+/// A path a client names must lie under a root; a relative path is tried under each root
+/// in turn. On Unix every step of it is opened relative to the directory handle before it,
+/// without following symlinks by name: a symlink is read and its target resolved the same
+/// way, only while it stays under a root (`..` never climbs above one). So the file checked
+/// is the file read, even while symlinks are swapped under the server. Only regular files
+/// are read, and opening never waits (a FIFO or a device under a root is refused, never
+/// read). A directory is walked by the same rules [`load`] reads it with, by handle too,
+/// and a symlink in it that leads outside the roots refuses the whole directory. One path
+/// is a context as [`load`] makes it; several are an array of documents.
 ///
 /// ```
 /// use rlm_host::context::AllowedRoots;
@@ -517,9 +585,13 @@ fn list(names: &[String]) -> String {
 #[derive(Debug, Clone)]
 pub struct AllowedRoots {
     roots: Vec<PathBuf>,
+    /// A handle on each root, in the order of `roots`.
+    #[cfg(unix)]
+    handles: std::sync::Arc<Vec<beneath::Root>>,
 }
 
 /// A path admitted under a root: where it leads, and a directory's walk.
+#[cfg(not(unix))]
 struct Admitted {
     path: PathBuf,
     listing: Option<Listing>,
@@ -548,7 +620,19 @@ impl AllowedRoots {
             }
             canonical.push(path);
         }
-        Ok(Self { roots: canonical })
+        #[cfg(unix)]
+        let handles = canonical
+            .iter()
+            .map(|path| {
+                beneath::Root::open(path)
+                    .map_err(|e| HostError::Usage(format!("--root {}: {e}", path.display())))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            roots: canonical,
+            #[cfg(unix)]
+            handles: std::sync::Arc::new(handles),
+        })
     }
 
     /// The roots, resolved.
@@ -568,15 +652,34 @@ impl AllowedRoots {
     /// `path` resolved under a root, with every file a directory holds checked too.
     ///
     /// # Errors
-    /// [`HostError::Input`] when it does not exist or leads outside the roots (through `..`
-    /// or a symlink).
+    /// [`HostError::Input`] when it does not exist, leads outside the roots (through `..`
+    /// or a symlink) or is neither a regular file nor a directory.
     pub fn resolve(&self, path: &str) -> Result<PathBuf, HostError> {
-        self.admit(path).map(|admitted| admitted.path)
+        #[cfg(unix)]
+        {
+            let opened = self.open(path)?;
+            let resolved = opened.path(&self.handles);
+            match opened.kind {
+                rustix::fs::FileType::RegularFile => {}
+                rustix::fs::FileType::Directory => {
+                    let place = opened.into_place();
+                    beneath::walk(&self.handles, &place, Path::new(""), &mut Check)
+                        .map_err(|e| self.walk_error(path, e))?;
+                }
+                _ => return Err(not_regular(path)),
+            }
+            Ok(resolved)
+        }
+        #[cfg(not(unix))]
+        {
+            self.admit(path).map(|admitted| admitted.path)
+        }
     }
 
     /// Loads what `paths` name: one path as [`load`] reads it, several as an array of
     /// documents (a directory's documents in place; any other context as one document
-    /// headed by the path as given). Every path is checked before any is read.
+    /// headed by the path as given). Every path is resolved and opened before any is read,
+    /// and nothing is returned when one is refused.
     ///
     /// # Errors
     /// [`HostError::Input`] for an empty list, a path refused by [`resolve`](Self::resolve)
@@ -585,21 +688,29 @@ impl AllowedRoots {
         if paths.is_empty() {
             return Err(HostError::Input("`paths` is empty".to_owned()));
         }
-        let admitted = paths
+        #[cfg(unix)]
+        let opened = paths
+            .iter()
+            .map(|p| self.open(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        #[cfg(not(unix))]
+        let opened = paths
             .iter()
             .map(|p| self.admit(p))
             .collect::<Result<Vec<_>, _>>()?;
         let mut warnings = Vec::new();
-        if paths.len() == 1 {
-            let Some(only) = admitted.into_iter().next() else {
-                return Err(HostError::Internal("an admitted path went missing".into()));
+        let mut contexts = Vec::with_capacity(paths.len());
+        for (asked, opened) in paths.iter().zip(opened) {
+            contexts.push(self.read(asked, opened, options, &mut warnings)?);
+        }
+        if contexts.len() == 1 {
+            let Some(context) = contexts.pop() else {
+                return Err(HostError::Internal("a loaded path went missing".into()));
             };
-            let context = load_path(&only.path, options, only.listing, &mut warnings)?;
             return Ok(Loaded { context, warnings });
         }
         let mut documents = Vec::new();
-        for (asked, admitted) in paths.iter().zip(admitted) {
-            let context = load_path(&admitted.path, options, admitted.listing, &mut warnings)?;
+        for (asked, context) in paths.iter().zip(contexts) {
             match context {
                 Context::Documents(docs) => documents.extend(docs),
                 Context::Text(text) => documents.push(format!("==> {asked} <==\n{text}")),
@@ -616,8 +727,113 @@ impl AllowedRoots {
         })
     }
 
+    /// Opens `path` by handle under the roots (an absolute path under the root it names, a
+    /// relative one under each root in turn).
+    #[cfg(unix)]
+    fn open(&self, path: &str) -> Result<beneath::Opened, HostError> {
+        use beneath::{Failure, Place};
+        let given = Path::new(path);
+        let missing = || {
+            HostError::Input(format!(
+                "{path}: no such file or directory under the allowed roots"
+            ))
+        };
+        let found = if given.is_absolute() {
+            let (index, rest) = match beneath::under(&self.handles, given) {
+                Some((index, rest)) => (index, rest.to_path_buf()),
+                None => {
+                    // Not under a root as written: where it leads now names the root, and
+                    // the rest is opened by handle from there.
+                    let resolved = fs::canonicalize(given).map_err(|_| missing())?;
+                    match beneath::under(&self.handles, &resolved) {
+                        Some((index, rest)) => (index, rest.to_path_buf()),
+                        None => return Err(self.outside(path)),
+                    }
+                }
+            };
+            beneath::open(&self.handles, Place::root(index), &rest)
+        } else {
+            let mut found = Err(Failure::Io(std::io::ErrorKind::NotFound.into()));
+            for index in 0..self.handles.len() {
+                found = beneath::open(&self.handles, Place::root(index), given);
+                if !matches!(&found, Err(Failure::Io(e)) if e.kind() == std::io::ErrorKind::NotFound)
+                {
+                    break;
+                }
+            }
+            found
+        };
+        found.map_err(|failure| match failure {
+            Failure::Outside => self.outside(path),
+            Failure::Io(e) if e.kind() == std::io::ErrorKind::NotFound => missing(),
+            Failure::Io(e) => HostError::Input(format!("cannot read {path}: {e}")),
+        })
+    }
+
+    /// Reads an opened path: a regular file as [`load`] reads it, a directory walked by
+    /// handle.
+    #[cfg(unix)]
+    fn read(
+        &self,
+        asked: &str,
+        opened: beneath::Opened,
+        options: &LoadOptions,
+        warnings: &mut Vec<String>,
+    ) -> Result<Context, HostError> {
+        let resolved = opened.path(&self.handles);
+        match opened.kind {
+            rustix::fs::FileType::RegularFile => {
+                let what = format!("context file {}", resolved.display());
+                let file = fs::File::from(opened.fd);
+                let text = read_text(file, &what, options.max_bytes, warnings)?;
+                parse(text, options.format, Some(&resolved), &what)
+            }
+            rustix::fs::FileType::Directory => {
+                directory_format(&resolved, options.format)?;
+                let place = opened.into_place();
+                let mut documents = Documents::new(&resolved, options);
+                beneath::walk(&self.handles, &place, Path::new(""), &mut documents)
+                    .map_err(|e| self.walk_error(asked, e))?;
+                Ok(Context::Documents(documents.finish(warnings)))
+            }
+            _ => Err(not_regular(asked)),
+        }
+    }
+
+    #[cfg(not(unix))]
+    fn read(
+        &self,
+        _asked: &str,
+        admitted: Admitted,
+        options: &LoadOptions,
+        warnings: &mut Vec<String>,
+    ) -> Result<Context, HostError> {
+        load_path(&admitted.path, options, admitted.listing, warnings)
+    }
+
+    #[cfg(unix)]
+    fn walk_error(&self, path: &str, error: beneath::WalkError) -> HostError {
+        match error {
+            beneath::WalkError::LinkOutside(link) => HostError::Input(format!(
+                "{path}: {} links outside the allowed roots ({}); it is refused",
+                link.display(),
+                self.list()
+            )),
+            beneath::WalkError::Visit(error) => error,
+        }
+    }
+
+    #[cfg(unix)]
+    fn outside(&self, path: &str) -> HostError {
+        HostError::Input(format!(
+            "{path} is outside the allowed roots ({}); it is refused",
+            self.list()
+        ))
+    }
+
     /// Resolves `path` under a root and, for a directory, walks it and checks where its
     /// symlinks lead.
+    #[cfg(not(unix))]
     fn admit(&self, path: &str) -> Result<Admitted, HostError> {
         let given = Path::new(path);
         let candidates: Vec<PathBuf> = if given.is_absolute() {
@@ -670,11 +886,46 @@ impl AllowedRoots {
         })
     }
 
+    #[cfg(not(unix))]
     fn root_of(&self, path: &Path) -> Option<&Path> {
         self.roots
             .iter()
             .find(|root| path.starts_with(root))
             .map(PathBuf::as_path)
+    }
+}
+
+/// The error for a path that is neither a regular file nor a directory.
+#[cfg(unix)]
+fn not_regular(path: &str) -> HostError {
+    HostError::Input(format!(
+        "{path} is not a regular file or a directory (a FIFO, socket or device); it is refused"
+    ))
+}
+
+/// A directory walk that reads nothing: it checks where the directory's links lead.
+#[cfg(unix)]
+struct Check;
+
+#[cfg(unix)]
+impl beneath::Visit for Check {
+    fn file(&mut self, _relative: &Path, _file: fs::File) -> Result<(), HostError> {
+        Ok(())
+    }
+    fn linked_dir(&mut self, _relative: &Path) {}
+    fn unreadable(&mut self, _entry: String) {}
+}
+
+#[cfg(unix)]
+impl beneath::Visit for Documents<'_> {
+    fn file(&mut self, relative: &Path, file: fs::File) -> Result<(), HostError> {
+        self.add(relative, file)
+    }
+    fn linked_dir(&mut self, relative: &Path) {
+        self.linked_dirs.push(relative.display().to_string());
+    }
+    fn unreadable(&mut self, entry: String) {
+        self.unreadable.push(entry);
     }
 }
 
@@ -1035,5 +1286,121 @@ mod tests {
         }
         assert!(AllowedRoots::new(&[]).is_err());
         assert!(AllowedRoots::new(&[dir.0.join("root/notes.txt")]).is_err());
+    }
+
+    /// Swaps `link` between pointing at `inside` and at `outside` (atomically, by renaming
+    /// a fresh link over it) until `stop` is set; it ends pointing at `last`.
+    #[cfg(unix)]
+    fn swap_link(
+        link: PathBuf,
+        inside: PathBuf,
+        outside: PathBuf,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        last: PathBuf,
+    ) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            let fresh = link.with_extension("swap");
+            let point = |to: &Path| {
+                let _ = fs::remove_file(&fresh);
+                std::os::unix::fs::symlink(to, &fresh).unwrap_or_else(|e| panic!("symlink: {e}"));
+                fs::rename(&fresh, &link).unwrap_or_else(|e| panic!("rename: {e}"));
+            };
+            let mut out = false;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                point(if out { &outside } else { &inside });
+                out = !out;
+            }
+            point(&last);
+        })
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlink_swapped_while_it_is_read_never_leads_outside_the_roots() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = TempDir::new("swap");
+        dir.write("root/inside.txt", b"inside");
+        dir.write("root/docs/a.txt", b"a");
+        dir.write("outside.txt", b"secret");
+        let root = dir.0.join("root");
+        let roots =
+            AllowedRoots::new(std::slice::from_ref(&root)).unwrap_or_else(|e| panic!("{e}"));
+        let options = LoadOptions {
+            file_headers: false,
+            ..LoadOptions::default()
+        };
+        let inside = root.join("inside.txt");
+        let outside = dir.0.join("outside.txt");
+        for (link, asked) in [
+            (root.join("swap.txt"), "swap.txt"),
+            (root.join("docs/swap.txt"), "docs"),
+        ] {
+            std::os::unix::fs::symlink(&inside, &link).unwrap_or_else(|e| panic!("{e}"));
+            let stop = Arc::new(AtomicBool::new(false));
+            let swapper = swap_link(
+                link.clone(),
+                inside.clone(),
+                outside.clone(),
+                Arc::clone(&stop),
+                inside.clone(),
+            );
+            // Before: checked by name, then opened again by name, so some reads followed
+            // the link after it was swapped to the outside file.
+            let mut leaked = 0;
+            for _ in 0..3000 {
+                if let Ok(loaded) = roots.load(&[asked.to_owned()], &options) {
+                    if format!("{:?}", loaded.context).contains("secret") {
+                        leaked += 1;
+                    }
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+            swapper
+                .join()
+                .unwrap_or_else(|_| panic!("the swapper panicked"));
+            assert_eq!(leaked, 0, "{asked}: {leaked} reads went outside the root");
+            // At rest the link is read where it points, inside.
+            let loaded = roots
+                .load(&[asked.to_owned()], &options)
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert!(
+                format!("{:?}", loaded.context).contains("inside"),
+                "{asked}"
+            );
+            fs::remove_file(&link).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_under_a_root_is_refused_without_waiting() {
+        let dir = TempDir::new("fifo");
+        dir.write("root/docs/a.txt", b"a");
+        let status = std::process::Command::new("mkfifo")
+            .arg(dir.0.join("root/pipe"))
+            .arg(dir.0.join("root/docs/pipe"))
+            .status()
+            .unwrap_or_else(|e| panic!("mkfifo: {e}"));
+        assert!(status.success());
+        std::os::unix::fs::symlink(dir.0.join("root/pipe"), dir.0.join("root/link"))
+            .unwrap_or_else(|e| panic!("symlink: {e}"));
+        let roots = AllowedRoots::new(&[dir.0.join("root")]).unwrap_or_else(|e| panic!("{e}"));
+        let options = LoadOptions {
+            file_headers: false,
+            ..LoadOptions::default()
+        };
+        // Before: opening the FIFO waited for a writer, forever.
+        for path in ["pipe", "link"] {
+            let error = roots.load(&[path.to_owned()], &options).unwrap_err();
+            assert!(error.to_string().contains("not a regular file"), "{error}");
+            assert!(roots.resolve(path).is_err(), "{path}");
+        }
+        let loaded = roots
+            .load(&["docs".to_owned()], &options)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(loaded.context, Context::Documents(vec!["a".into()]));
+        let warnings = loaded.warnings.join("\n");
+        assert!(warnings.contains("pipe (not a regular file)"), "{warnings}");
     }
 }

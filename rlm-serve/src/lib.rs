@@ -87,6 +87,47 @@ pub fn describe_error(error: &RlmError, root_model: &str) -> (FailureKind, Strin
     }
 }
 
+/// The kind and message of a run's error for a client of a network server: what it needs
+/// to react (which side failed, the status class), never the upstream's URL, model names or
+/// messages. The full error belongs in the server's log ([`describe_error`] has it).
+pub fn describe_error_for_client(error: &RlmError) -> (FailureKind, String) {
+    let (kind, message) = describe_error(error, "");
+    let source = match error {
+        RlmError::Root { source, .. } | RlmError::SubModel { source, .. } => source,
+        _ => return (kind, message),
+    };
+    let which = if matches!(error, RlmError::Root { .. }) {
+        "the root model's upstream server"
+    } else {
+        "the sub model's upstream server"
+    };
+    let what = match source {
+        LlmError::Cancelled => return (kind, "the run was cancelled".to_owned()),
+        LlmError::Timeout { .. } => "did not answer in time".to_owned(),
+        LlmError::Connection { .. } => "could not be reached".to_owned(),
+        LlmError::InvalidResponse { .. } => "sent a reply rlm cannot read".to_owned(),
+        LlmError::Auth { .. } | LlmError::QuotaExhausted { .. } => format!(
+            "refused the server's credentials or quota{}",
+            status_class(source)
+        ),
+        LlmError::RateLimited { .. } => format!("is rate limiting{}", status_class(source)),
+        LlmError::BadRequest { .. } => format!("rejected a request{}", status_class(source)),
+        _ => format!("failed{}", status_class(source)),
+    };
+    (
+        kind,
+        format!("{which} {what}; the server's log has the details"),
+    )
+}
+
+/// ` (HTTP 5xx)` for an error that carries a status, else nothing.
+fn status_class(error: &LlmError) -> String {
+    error
+        .status()
+        .map(|status| format!(" (HTTP {}xx)", status / 100))
+        .unwrap_or_default()
+}
+
 /// Prompt and completion tokens of a run, over every model.
 pub fn total_tokens(result: &RunResult) -> (u64, u64) {
     result.usage.values().fold((0, 0), |(p, c), u| {

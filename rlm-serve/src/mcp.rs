@@ -27,8 +27,13 @@ use tokio::sync::mpsc;
 
 use crate::{RunOptions, Runner, ServeError, describe_error, trajectory};
 
+mod outbox;
+pub use outbox::{Backpressure, MAX_OWED, MAX_WRITING};
+
 /// The tool's name.
 pub const TOOL: &str = "rlm_answer";
+/// Progress lines waiting for a client, at most; more are dropped while it lags.
+const PROGRESS_QUEUE: usize = 256;
 /// The longest wait for progress notifications to go out before the result.
 const PROGRESS_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -75,13 +80,17 @@ impl McpServer {
         })
     }
 
-    /// Serves MCP on stdin and stdout until the client goes away.
+    /// Serves MCP on stdin and stdout until the client goes away. A client that stops
+    /// reading is not read from either once [`MAX_WRITING`] messages wait to be written to
+    /// it or [`MAX_OWED`] replies are owed ([`Backpressure`]).
     ///
     /// # Errors
     /// The transport failed to start.
     pub async fn serve_stdio(self) -> Result<(), ServeError> {
+        let (stdin, stdout) = rmcp::transport::stdio();
+        let transport = rmcp::transport::async_rw::AsyncRwTransport::new_server(stdin, stdout);
         let service = self
-            .serve(rmcp::transport::stdio())
+            .serve(Backpressure::new(transport))
             .await
             .map_err(|e| ServeError::Io(std::io::Error::other(e.to_string())))?;
         let _ = service.waiting().await;
@@ -101,8 +110,13 @@ impl McpServer {
     }
 
     /// The context of a call: what `paths` name, read by the host layer's loader under the
-    /// allowed roots, or the text.
-    fn context(&self, args: &mut AnswerArgs) -> Result<Loaded, ServeError> {
+    /// allowed roots, or the text. Files are read on the blocking pool, never on a runtime
+    /// thread, and cancelling the call stops waiting for them.
+    async fn context(
+        &self,
+        args: &mut AnswerArgs,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Result<Loaded, ServeError> {
         match (args.paths.take(), args.text.take()) {
             (Some(_), Some(_)) => Err(ServeError::Path(
                 "give either `paths` or `text`, not both".to_owned(),
@@ -111,10 +125,20 @@ impl McpServer {
                 context: Context::Text(text.unwrap_or_default()),
                 warnings: Vec::new(),
             }),
-            (Some(paths), None) => self
-                .roots
-                .load(&paths, &self.load)
-                .map_err(|e| ServeError::Path(e.to_string())),
+            (Some(paths), None) => {
+                let roots = Arc::clone(&self.roots);
+                let load = self.load;
+                let reading = tokio::task::spawn_blocking(move || roots.load(&paths, &load));
+                tokio::select! {
+                    read = reading => match read {
+                        Ok(loaded) => loaded.map_err(|e| ServeError::Path(e.to_string())),
+                        Err(e) => Err(ServeError::Path(format!("reading the paths failed: {e}"))),
+                    },
+                    () = cancel.cancelled() => {
+                        Err(ServeError::Path("cancelled while reading the paths".to_owned()))
+                    }
+                }
+            }
         }
     }
 
@@ -168,13 +192,13 @@ impl McpServer {
         let Loaded {
             context: run_context,
             warnings,
-        } = self.context(&mut args)?;
+        } = self.context(&mut args, &context.ct).await?;
 
         // Progress: events become notifications, sent in order by one task, all of them
         // before the result (a client ignores progress that comes after it).
         let mut forwarder = None;
         let observer: Option<Arc<dyn Observer>> = context.meta.get_progress_token().map(|token| {
-            let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+            let (tx, mut rx) = mpsc::channel::<String>(PROGRESS_QUEUE);
             let peer = context.peer.clone();
             forwarder = Some(tokio::spawn(async move {
                 let mut step = 0.0;
@@ -189,7 +213,9 @@ impl McpServer {
             }));
             Arc::new(move |event: &Event| {
                 if let Some(text) = trajectory::describe(event) {
-                    let _ = tx.send(text.trim_end().to_owned());
+                    // A client that lags behind misses progress lines rather than
+                    // having them pile up.
+                    let _ = tx.try_send(text.trim_end().to_owned());
                 }
             }) as Arc<dyn Observer>
         });

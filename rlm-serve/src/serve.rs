@@ -16,6 +16,12 @@
 //!   dropped).
 //! - With [`ServeOptions::server_key`], `/v1/*` needs `Authorization: Bearer KEY` (compared in
 //!   constant time); `/health` stays open.
+//! - Web pages are kept out: without a key, `Host` must be a loopback name or the listen
+//!   address (421); a browser `Origin` must be the server's own or one of
+//!   [`ServeOptions::cors_origins`] (403), which also get CORS; a `POST` must be JSON (415).
+//! - Connections, their pace and the request bytes held at once are bounded
+//!   ([`ServeOptions::max_connections`], `header_timeout`, `body_timeout`,
+//!   `max_body_bytes_in_flight`).
 
 use std::convert::Infallible;
 use std::fmt;
@@ -45,7 +51,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::DropGuard;
 
-use crate::{FailureKind, RunOptions, Runner, ServeError, describe_error, trajectory};
+use crate::{FailureKind, RunOptions, Runner, ServeError, describe_error_for_client, trajectory};
 
 /// Where `rlm serve` listens by default.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8000";
@@ -59,6 +65,18 @@ pub const DEFAULT_MAX_QUEUE: usize = 64;
 pub const MODEL_ID: &str = "rlm";
 /// Characters of the answer per streamed `delta.content` chunk.
 const ANSWER_CHUNK_CHARS: usize = 1_000;
+/// Connections at once by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// The longest wait for a request's headers (and between requests on a kept-alive
+/// connection) by default.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest wait for a whole request body by default.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bytes of request bodies held at once (being read, parsed or waiting for a run) by
+/// default: 1 GiB.
+pub const DEFAULT_MAX_BODY_BYTES_IN_FLIGHT: usize = 1 << 30;
+/// Request body bytes are counted in these units (a semaphore counts in `u32`).
+const BODY_UNIT: usize = 1024;
 /// Seconds between keep-alive comments on a stream (they also reveal a gone client).
 const KEEP_ALIVE: Duration = Duration::from_secs(10);
 
@@ -75,6 +93,20 @@ pub struct ServeOptions {
     pub max_request_bytes: usize,
     /// The context of every request (`None`: each request's earlier messages).
     pub context: Option<SharedContext>,
+    /// Connections at once; one more is answered 503 and closed.
+    pub max_connections: usize,
+    /// The longest wait for a request's headers, and for the next request on a kept-alive
+    /// connection: a slow or idle connection is closed after it.
+    pub header_timeout: Duration,
+    /// The longest wait for a whole request body (408 after it).
+    pub body_timeout: Duration,
+    /// Bytes of request bodies held at once, by every request together (at least
+    /// `max_request_bytes`); a body that does not fit is answered 503 with `Retry-After`.
+    pub max_body_bytes_in_flight: usize,
+    /// Browser origins (`https://app.example`) allowed to call the server cross-site: their
+    /// CORS preflights are answered and their responses carry
+    /// `Access-Control-Allow-Origin`. Any other cross-site browser request is refused.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ServeOptions {
@@ -85,6 +117,11 @@ impl Default for ServeOptions {
             server_key: None,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             context: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            max_body_bytes_in_flight: DEFAULT_MAX_BODY_BYTES_IN_FLIGHT,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -97,6 +134,11 @@ impl fmt::Debug for ServeOptions {
             .field("server_key", &self.server_key.as_ref().map(|_| "<set>"))
             .field("max_request_bytes", &self.max_request_bytes)
             .field("context", &self.context)
+            .field("max_connections", &self.max_connections)
+            .field("header_timeout", &self.header_timeout)
+            .field("body_timeout", &self.body_timeout)
+            .field("max_body_bytes_in_flight", &self.max_body_bytes_in_flight)
+            .field("cors_origins", &self.cors_origins)
             .finish()
     }
 }
@@ -126,18 +168,90 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(runner, options))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let local = listener.local_addr().ok();
+    let max_connections = options.max_connections.max(1);
+    let header_timeout = options.header_timeout;
+    let app = routes(runner, options, local);
+    let connections = Arc::new(Semaphore::new(max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of descriptors, or a connection reset before it was accepted:
+                    // wait a little rather than spin, and go on.
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+            tokio::spawn(refuse_connection(stream, max_connections));
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(header_timeout);
+        let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+            drop(permit);
+        });
+    }
+    graceful.shutdown().await;
+    Ok(())
 }
 
-/// The server's routes, for [`axum::serve()`] or a test.
+/// Answers a connection over the cap with a 503 and closes it.
+async fn refuse_connection(mut stream: tokio::net::TcpStream, max_connections: usize) {
+    use tokio::io::AsyncWriteExt;
+    let body = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "server_error",
+        "too_many_connections",
+        format!("the server holds its most connections ({max_connections}); try again"),
+    )
+    .body()
+    .to_string();
+    let reply = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = stream.write_all(reply.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+/// The server's routes, for [`axum::serve()`] or a test. Without a server key, a request's
+/// `Host` must be a loopback name or address (see [`serve`] for the listen address too).
 pub fn router(runner: Runner, options: ServeOptions) -> Router {
+    routes(runner, options, None)
+}
+
+fn routes(runner: Runner, options: ServeOptions, local: Option<SocketAddr>) -> Router {
     let limit = options.max_request_bytes;
+    let max_body_units = options
+        .max_body_bytes_in_flight
+        .max(options.max_request_bytes)
+        .div_ceil(BODY_UNIT)
+        .min(Semaphore::MAX_PERMITS);
     let state = Arc::new(AppState {
         gate: Gate::new(options.max_runs, options.max_queue),
         runner,
         options,
+        local,
+        body_units: Arc::new(Semaphore::new(max_body_units)),
+        max_body_units,
         next_id: AtomicU64::new(1),
         average_run_ms: AtomicU64::new(1_000),
     });
@@ -149,12 +263,20 @@ pub fn router(runner: Runner, options: ServeOptions) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(state.clone(), bounded_body))
+        .layer(middleware::from_fn_with_state(state.clone(), browser_guard))
         .with_state(state)
 }
 
 struct AppState {
     runner: Runner,
     options: ServeOptions,
+    /// The address the server listens on, when known.
+    local: Option<SocketAddr>,
+    /// Request body bytes that may be held at once, in [`BODY_UNIT`]s.
+    body_units: Arc<Semaphore>,
+    /// All of `body_units`.
+    max_body_units: usize,
     gate: Gate,
     next_id: AtomicU64,
     /// A moving average of run times, for `Retry-After`.
@@ -263,8 +385,10 @@ impl ApiError {
         }})
     }
 
-    fn from_run(error: &RlmError, root_model: &str) -> Self {
-        let (kind, message) = describe_error(error, root_model);
+    /// The error a client is told: which side failed and the status class, never the
+    /// upstream's URL, model names or messages (the server's log has them).
+    fn from_run(error: &RlmError) -> Self {
+        let (kind, message) = describe_error_for_client(error);
         match kind {
             FailureKind::UpstreamAuth => Self::new(
                 StatusCode::BAD_GATEWAY,
@@ -312,6 +436,258 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Keeps web pages out: a page a user visits must not start runs on a server that trusts
+/// loopback, nor read its answers by DNS rebinding.
+///
+/// - Without a server key, `Host` must name loopback (`localhost`, a loopback address) or
+///   the listen address: a rebound name is refused (421).
+/// - A request with an `Origin` (a browser's) must come from the server's own origin or
+///   one of [`ServeOptions::cors_origins`] (403). Those origins get CORS headers, and
+///   their preflights (`OPTIONS`) are answered.
+/// - A `POST` must say `Content-Type: application/json` (415): a form or `text/plain`
+///   body is what a cross-site page can send without asking.
+async fn browser_guard(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let headers = request.headers();
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if state.options.server_key.is_none()
+        && let Some(host) = host
+        && !host_is_local(host, state.local)
+    {
+        return ApiError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "invalid_request_error",
+            "host_not_allowed",
+            format!(
+                "Host {host:?} is not this server's: without a server key it answers only \
+                 loopback names (localhost, 127.0.0.1, [::1])"
+            ),
+        )
+        .into_response();
+    }
+    let origin = match headers.get(header::ORIGIN).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(origin)) => Some(origin.trim_end_matches('/').to_owned()),
+        Some(Err(_)) => Some(String::new()),
+    };
+    let listed = origin.as_deref().is_some_and(|origin| {
+        state
+            .options
+            .cors_origins
+            .iter()
+            .any(|allowed| allowed.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    });
+    if let Some(origin) = &origin
+        && !listed
+        && !same_origin(origin, host)
+    {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "invalid_request_error",
+            "origin_not_allowed",
+            format!(
+                "requests from the web page at {origin:?} are refused; the server allows a \
+                 browser origin with --cors-origin ORIGIN"
+            ),
+        )
+        .into_response();
+    }
+    let allow_origin = if listed {
+        origin
+            .as_deref()
+            .and_then(|o| HeaderValue::from_str(o).ok())
+    } else {
+        None
+    };
+    if request.method() == axum::http::Method::OPTIONS
+        && let Some(allow_origin) = &allow_origin
+    {
+        let allow_headers = request
+            .headers()
+            .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+            .cloned()
+            .unwrap_or_else(|| HeaderValue::from_static("authorization, content-type"));
+        let mut response = StatusCode::NO_CONTENT.into_response();
+        let out = response.headers_mut();
+        out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow_origin.clone());
+        out.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, OPTIONS"),
+        );
+        out.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, allow_headers);
+        out.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from(600u32));
+        out.insert(header::VARY, HeaderValue::from_static("Origin"));
+        return response;
+    }
+    if request.method() == axum::http::Method::POST && !is_json(request.headers()) {
+        return ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request_error",
+            "unsupported_media_type",
+            "the body must be JSON, sent with `Content-Type: application/json`".to_owned(),
+        )
+        .into_response();
+    }
+    let mut response = next.run(request).await;
+    if let Some(allow_origin) = allow_origin {
+        let out = response.headers_mut();
+        out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow_origin);
+        out.insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    response
+}
+
+/// Reads a request body within [`ServeOptions::body_timeout`] (408 after it) and holds its
+/// bytes against [`ServeOptions::max_body_bytes_in_flight`] until the request is answered
+/// (for a stream, until the run starts): a body that does not fit beside the others is
+/// answered 503 with `Retry-After` before it is read, so what all requests hold at once stays
+/// bounded.
+async fn bounded_body(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let max = state.options.max_request_bytes;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared == Some(0) || (declared.is_none() && parts.method != axum::http::Method::POST) {
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            "request_too_large",
+            format!(
+                "the request body is larger than this server accepts ({max} bytes; see \
+                 --max-request-bytes)"
+            ),
+        )
+        .into_response()
+    };
+    let busy = |state: &AppState| {
+        let mut error = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "server_busy",
+            "the server holds as many request bytes as it may; try again shortly".to_owned(),
+        );
+        error.retry_after = Some(state.retry_after());
+        error.into_response()
+    };
+    let units = |bytes: usize| u32::try_from(bytes.div_ceil(BODY_UNIT)).unwrap_or(u32::MAX);
+    let mut held = match declared {
+        Some(n) if n > max as u64 => return too_large(),
+        Some(n) => match Arc::clone(&state.body_units).try_acquire_many_owned(units(n as usize)) {
+            Ok(permit) => Some(permit),
+            Err(_) => return busy(&state),
+        },
+        None => None,
+    };
+    let declared_units = held.as_ref().map_or(0, |p| p.num_permits());
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+    let deadline = tokio::time::Instant::now() + state.options.body_timeout;
+    loop {
+        let chunk =
+            match tokio::time::timeout_at(deadline, futures_util::StreamExt::next(&mut stream))
+                .await
+            {
+                Err(_) => {
+                    return ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "invalid_request_error",
+                        "request_timeout",
+                        format!(
+                            "the request body did not arrive within {} s",
+                            state.options.body_timeout.as_secs_f64()
+                        ),
+                    )
+                    .into_response();
+                }
+                Ok(None) => break,
+                Ok(Some(Err(_))) => {
+                    return ApiError::bad_request("invalid_body", "the request body broke off")
+                        .into_response();
+                }
+                Ok(Some(Ok(chunk))) => chunk,
+            };
+        if bytes.len() + chunk.len() > max {
+            return too_large();
+        }
+        bytes.extend_from_slice(&chunk);
+        // A body without a declared length takes its units as it arrives.
+        let needed = units(bytes.len());
+        let have = held.as_ref().map_or(0, |p| p.num_permits()) as u32;
+        if needed > have.max(declared_units as u32) {
+            match Arc::clone(&state.body_units).try_acquire_many_owned(needed - have) {
+                Ok(more) => match &mut held {
+                    Some(permit) => permit.merge(more),
+                    None => held = Some(more),
+                },
+                Err(_) => return busy(&state),
+            }
+        }
+    }
+    let request = Request::from_parts(parts, axum::body::Body::from(bytes));
+    let response = next.run(request).await;
+    drop(held);
+    response
+}
+
+/// Whether `host` (a `Host` header: name or address, maybe a port) names loopback or the
+/// listen address.
+fn host_is_local(host: &str, local: Option<SocketAddr>) -> bool {
+    let name = match host.strip_prefix('[') {
+        // A bare IPv6 address (not valid in `Host`, but unambiguous).
+        None if host.parse::<std::net::Ipv6Addr>().is_ok() => host,
+        // `[::1]:8000`
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, port)| {
+            if port.chars().all(|c| c.is_ascii_digit()) {
+                name
+            } else {
+                host
+            }
+        }),
+    };
+    let name = name.trim_end_matches('.');
+    if name.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    match name.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback() || local.is_some_and(|local| local.ip() == ip),
+        Err(_) => false,
+    }
+}
+
+/// Whether a browser's `Origin` is the server's own (`http://` + the `Host` it was sent to).
+fn same_origin(origin: &str, host: Option<&str>) -> bool {
+    let Some(host) = host else {
+        return false;
+    };
+    origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .is_some_and(|rest| rest.eq_ignore_ascii_case(host))
+}
+
+/// Whether the request says its body is JSON (`application/json`, any parameters).
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
+}
+
 async fn require_key(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     if let Some(key) = &state.options.server_key {
         let given = request
@@ -340,6 +716,8 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         "running": state.gate.running(),
         "queued": state.gate.queued.load(Ordering::SeqCst),
         "max_runs": state.gate.max_runs,
+        "body_bytes_in_flight":
+            (state.max_body_units - state.body_units.available_permits()) * BODY_UNIT,
     }))
     .into_response()
 }
@@ -588,12 +966,13 @@ async fn chat_inner(
     state.record_run(started.elapsed());
     drop(permit);
     log_run(&reply.id, &result, started.elapsed());
-    let root_model = &state.runner.config().root_model;
-    let result = result.map_err(|e| ApiError::from_run(&e, root_model))?;
+    let result = result.map_err(|e| ApiError::from_run(&e))?;
     Ok(axum::Json(reply.completion(&result)).into_response())
 }
 
 /// One line per finished run (`RUST_LOG=rlm_serve=info`); never the query or the answer.
+/// A failed run is a warning (shown by default) with the whole error, upstream URL and
+/// model included: the client is told only the kind of failure.
 fn log_run(id: &str, result: &Result<RunResult, RlmError>, elapsed: Duration) {
     let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
     match result {
@@ -752,7 +1131,7 @@ fn stream_run(
                 }
             }
             Err(error) => {
-                let error = ApiError::from_run(&error, &state.runner.config().root_model);
+                let error = ApiError::from_run(&error);
                 let _ = tx.send(Message::Event(sse(&error.body())));
             }
         }
@@ -874,6 +1253,51 @@ mod tests {
         assert!(check_exposure(&local, false).is_ok());
         assert!(check_exposure(&any, false).is_err());
         assert!(check_exposure(&any, true).is_ok());
+    }
+
+    #[test]
+    fn hosts_and_origins_are_judged_by_name_not_by_prefix() {
+        let listen: SocketAddr = "192.168.1.5:8000".parse().unwrap_or_else(|e| panic!("{e}"));
+        for host in [
+            "localhost",
+            "LOCALHOST:8000",
+            "localhost.",
+            "127.0.0.1:8000",
+            "127.8.9.10",
+            "[::1]:8000",
+            "::1",
+            "192.168.1.5:8000",
+        ] {
+            assert!(host_is_local(host, Some(listen)), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "localhost.evil.example:8000",
+            "127.0.0.1.evil.example",
+            "192.168.1.6:8000",
+            "[::2]:8000",
+            "",
+        ] {
+            assert!(!host_is_local(host, Some(listen)), "{host}");
+        }
+        assert!(same_origin("http://127.0.0.1:8000", Some("127.0.0.1:8000")));
+        assert!(!same_origin(
+            "http://127.0.0.1:8001",
+            Some("127.0.0.1:8000")
+        ));
+        assert!(!same_origin("null", Some("127.0.0.1:8000")));
+        assert!(!same_origin("http://127.0.0.1:8000", None));
+        let mut headers = axum::http::HeaderMap::new();
+        assert!(!is_json(&headers));
+        for (value, json) in [
+            ("application/json", true),
+            ("Application/JSON; charset=utf-8", true),
+            ("text/plain", false),
+            ("application/jsonp", false),
+        ] {
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(value));
+            assert_eq!(is_json(&headers), json, "{value}");
+        }
     }
 
     #[test]

@@ -390,8 +390,66 @@ async fn an_upstream_auth_failure_is_a_502_with_the_reason() {
     let (status, body) = post(&client, &base, &chat("q", "doc")).await;
     assert_eq!(status, 502, "{body}");
     assert_eq!(body["error"]["code"], "upstream_auth");
+    // The client learns which side failed and the status class; the upstream's own
+    // message stays in the server's log.
     let message = body["error"]["message"].as_str().unwrap_or_default();
-    assert!(message.contains("Incorrect API key"), "{message}");
+    assert!(message.contains("HTTP 4xx"), "{message}");
+    assert!(!message.contains("Incorrect API key"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failures_tell_the_client_only_the_status_class() {
+    let mock = MockServer::start(|_: &ServerRequest| {
+        Reply::error(
+            500,
+            "server_error",
+            "internal",
+            "model root-secret-model on http://10.9.8.7:4000/v1 is down",
+        )
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let base = start(runner(&mock, 0), ServeOptions::default()).await;
+    let client = reqwest::Client::new();
+    let (status, body) = post(&client, &base, &chat("q", "doc")).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"]["code"], "upstream_error");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("HTTP 5xx"), "{message}");
+    // Before: the client saw the upstream's message, its URL and the model names.
+    let upstream = mock.base_url();
+    for secret in ["root-secret-model", "10.9.8.7", "(root)", upstream.as_str()] {
+        assert!(!body.to_string().contains(secret), "{secret}: {body}");
+    }
+
+    // An upstream that cannot be reached: its URL stays on the server.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let gone = format!(
+        "http://{}/v1",
+        closed.local_addr().unwrap_or_else(|e| panic!("{e}"))
+    );
+    drop(closed);
+    let config = OpenAiConfig::new()
+        .with_base_url(&gone)
+        .with_api_key(UPSTREAM_KEY)
+        .with_max_retries(0);
+    let backend = OpenAiBackend::new(config).unwrap_or_else(|e| panic!("backend: {e}"));
+    let root: Arc<dyn LlmBackend> = Arc::new(backend.clone());
+    let sub: Arc<dyn BatchExecutor> = Arc::new(backend);
+    let config = RlmConfig {
+        root_model: "root-secret-model".into(),
+        ..RlmConfig::default()
+    };
+    let base = start(Runner::new(root, sub, config), ServeOptions::default()).await;
+    let (status, body) = post(&client, &base, &chat("q", "doc")).await;
+    assert_eq!(status, 502, "{body}");
+    let text = body.to_string();
+    assert!(text.contains("could not be reached"), "{text}");
+    for secret in ["root-secret-model", gone.as_str(), "127.0.0.1"] {
+        assert!(!text.contains(secret), "{secret}: {text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -675,4 +733,279 @@ async fn a_run_that_fails_while_streaming_ends_with_an_error_event() {
             .any(|d| d.contains("\"content\":\"") && !d.contains("\"content\":\"\"")),
         "no answer content: {text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_pages_cannot_start_runs_or_read_answers() {
+    let mock = mock().await;
+    let options = ServeOptions {
+        cors_origins: vec!["https://app.example".into()],
+        ..ServeOptions::default()
+    };
+    let base = start(runner(&mock, 0), options).await;
+    let port = base.rsplit(':').next().unwrap_or_default().to_owned();
+    let client = reqwest::Client::new();
+    let url = format!("{base}/v1/chat/completions");
+    let body = chat("q", "doc").to_string();
+    let send = |host: Option<String>, origin: Option<&str>, content_type: &str| {
+        let mut request = client
+            .post(&url)
+            .header("content-type", content_type)
+            .body(body.clone());
+        if let Some(host) = host {
+            request = request.header("host", host);
+        }
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        async move {
+            let response = request.send().await.unwrap_or_else(|e| panic!("{e}"));
+            let status = response.status().as_u16();
+            let allow = response
+                .headers()
+                .get("access-control-allow-origin")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let body: Value = response.json().await.unwrap_or_default();
+            (status, body, allow)
+        }
+    };
+    // Before: each of these started a run (200).
+    let refused = [
+        // DNS rebinding: a page's own name resolved to 127.0.0.1.
+        (
+            Some(format!("evil.example:{port}")),
+            None,
+            "application/json",
+            421,
+        ),
+        // A cross-site form or fetch without a preflight.
+        (None, Some("https://evil.example"), "text/plain", 403),
+        (None, Some("https://evil.example"), "application/json", 403),
+        (None, Some("null"), "application/json", 403),
+        // A body that is not declared JSON.
+        (None, None, "text/plain", 415),
+        (None, None, "application/x-www-form-urlencoded", 415),
+    ];
+    for (host, origin, content_type, status) in refused {
+        let (got, body, allow) = send(host.clone(), origin, content_type).await;
+        assert_eq!(got, status, "{host:?} {origin:?} {content_type}: {body}");
+        assert!(body["error"]["code"].is_string(), "{body}");
+        assert_eq!(allow, None);
+    }
+    assert!(
+        mock.requests().is_empty(),
+        "a refused request started a run"
+    );
+
+    // Loopback names, the server's own origin and a listed origin are served.
+    for (host, origin) in [
+        (Some(format!("localhost:{port}")), None),
+        (Some(format!("[::1]:{port}")), None),
+        (None, Some(format!("http://127.0.0.1:{port}"))),
+        (None, Some("https://app.example".to_owned())),
+    ] {
+        let (status, body, allow) = send(host.clone(), origin.as_deref(), "application/json").await;
+        assert_eq!(status, 200, "{host:?} {origin:?}: {body}");
+        let listed = origin.as_deref() == Some("https://app.example");
+        assert_eq!(allow.is_some(), listed, "{origin:?}");
+    }
+
+    // Preflights: answered for a listed origin only.
+    for (origin, status) in [("https://app.example", 204), ("https://evil.example", 403)] {
+        let response = client
+            .request(reqwest::Method::OPTIONS, &url)
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(response.status().as_u16(), status, "{origin}");
+        let allow = response.headers().get("access-control-allow-origin");
+        assert_eq!(allow.is_some(), status == 204, "{origin}");
+    }
+}
+
+/// A safety bound on a hang: what the tests below wait for takes well under a second.
+const HANG: Duration = Duration::from_secs(60);
+
+/// Reads until the server closes the connection; what it sent. Panics if it never does.
+async fn until_closed(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let read = tokio::time::timeout(HANG, async {
+        let mut buffer = [0u8; 4096];
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buffer[..n]),
+            }
+        }
+    })
+    .await;
+    let seen = String::from_utf8_lossy(&seen).into_owned();
+    assert!(
+        read.is_ok(),
+        "the server kept the connection open; it sent: {seen}"
+    );
+    seen
+}
+
+async fn connect(base: &str) -> tokio::net::TcpStream {
+    let addr = base.trim_start_matches("http://");
+    tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"))
+}
+
+async fn write(stream: &mut tokio::net::TcpStream, bytes: &str) {
+    use tokio::io::AsyncWriteExt;
+    stream
+        .write_all(bytes.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("write: {e}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_idle_connections_are_closed() {
+    let mock = mock().await;
+    let options = ServeOptions {
+        header_timeout: Duration::from_millis(300),
+        ..ServeOptions::default()
+    };
+    let base = start(runner(&mock, 0), options).await;
+    // Before: each of these connections stayed open for as long as the client liked.
+    // Headers that never end.
+    let mut slow_headers = connect(&base).await;
+    write(
+        &mut slow_headers,
+        "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+    )
+    .await;
+    until_closed(&mut slow_headers).await;
+    // A kept-alive connection left idle after its request (on a machine slow enough, the
+    // request itself may come too late: then nothing is answered, and that is right too).
+    let mut idle = connect(&base).await;
+    write(&mut idle, "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await;
+    let seen = until_closed(&mut idle).await;
+    assert!(
+        seen.is_empty() || seen.starts_with("HTTP/1.1 200"),
+        "{seen}"
+    );
+
+    // A body that never ends (headers in time: the body's own bound ends it).
+    let options = ServeOptions {
+        body_timeout: Duration::from_millis(300),
+        ..ServeOptions::default()
+    };
+    let base = start(runner(&mock, 0), options).await;
+    let mut slow_body = connect(&base).await;
+    write(
+        &mut slow_body,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: \
+         application/json\r\nContent-Length: 100\r\n\r\n{\"model\"",
+    )
+    .await;
+    let seen = until_closed(&mut slow_body).await;
+    assert!(seen.starts_with("HTTP/1.1 408"), "{seen}");
+    assert!(mock.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_over_the_cap_is_refused() {
+    let mock = mock().await;
+    let options = ServeOptions {
+        max_connections: 2,
+        ..ServeOptions::default()
+    };
+    let base = start(runner(&mock, 0), options).await;
+    let held = [connect(&base).await, connect(&base).await];
+    // Before: every connection was served until descriptors ran out.
+    let mut third = connect(&base).await;
+    write(
+        &mut third,
+        "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    )
+    .await;
+    let seen = until_closed(&mut third).await;
+    assert!(seen.starts_with("HTTP/1.1 503"), "{seen}");
+    assert!(seen.contains("too_many_connections"), "{seen}");
+    // A slot freed is served again.
+    drop(held);
+    let client = reqwest::Client::new();
+    let mut served = false;
+    for _ in 0..600 {
+        if let Ok(response) = client.get(format!("{base}/health")).send().await
+            && response.status() == 200
+        {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        served,
+        "no connection was served after the held ones closed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_held_at_once_are_bounded() {
+    let mock = mock().await;
+    let options = ServeOptions {
+        max_request_bytes: 64 << 10,
+        max_body_bytes_in_flight: 64 << 10,
+        ..ServeOptions::default()
+    };
+    let base = start(runner(&mock, 0), options).await;
+    let client = reqwest::Client::new();
+    // A: 60,000 bytes declared, a little sent.
+    let head = chat("q", "doc").to_string();
+    let padded = format!("{head}{}", " ".repeat(60_000 - head.len()));
+    let mut a = connect(&base).await;
+    write(
+        &mut a,
+        &format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: \
+             application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{}",
+            padded.len(),
+            &padded[..10]
+        ),
+    )
+    .await;
+    let mut holding = false;
+    for _ in 0..600 {
+        if health(&client, &base).await["body_bytes_in_flight"].as_u64() > Some(0) {
+            holding = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(holding, "the first body was never counted");
+    // B: 10,000 bytes do not fit beside A's 60,000 under 64 KiB.
+    let b = format!("{head}{}", " ".repeat(10_000 - head.len()));
+    let send_b = || {
+        client
+            .post(format!("{base}/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(b.clone())
+            .send()
+    };
+    // Before: both bodies were read and parsed at once, whatever their size.
+    let response = send_b().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(response.status().as_u16(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: Value = response.json().await.unwrap_or_default();
+    assert_eq!(body["error"]["code"], "server_busy", "{body}");
+    // A completes and is answered; then B fits.
+    write(&mut a, &padded[10..]).await;
+    let seen = until_closed(&mut a).await;
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    assert_eq!(health(&client, &base).await["body_bytes_in_flight"], 0);
+    let response = send_b().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(response.status().as_u16(), 200);
 }
