@@ -50,7 +50,7 @@ impl std::fmt::Debug for RedisStore {
 
 /// `url` without a password, for messages.
 pub(crate) fn shown_url(url: &str) -> String {
-    rlm_core::url_without_credentials(url).unwrap_or_else(|| "(a Redis URL)".to_owned())
+    rlm_core::url::url_without_credentials(url).unwrap_or_else(|| "(a Redis URL)".to_owned())
 }
 
 impl RedisStore {

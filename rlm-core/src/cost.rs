@@ -11,7 +11,9 @@
 //!   refused, so concurrent calls never overspend by more than estimates can be wrong.
 //!
 //! ```
-//! use rlm_core::{CostBudget, ModelUsage, Price, Prices, Usage};
+//! use rlm_core::Usage;
+//! use rlm_core::cost::{CostBudget, Price, Prices};
+//! use rlm_core::usage::ModelUsage;
 //!
 //! let prices = Prices::builtin().merged(Prices::from_iter([("my-model", Price::new(1.0, 0.5, 2.0))]));
 //! let usage = [("my-model".to_owned(), ModelUsage { calls: 1, prompt_tokens: 1_000_000, ..Default::default() })];
@@ -29,14 +31,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{CompletionRequest, ModelUsage, Usage};
+use crate::usage::ModelUsage;
+use crate::{CompletionRequest, Usage};
 
 /// When the built-in price table was last checked against the providers' price pages.
 pub const BUILTIN_PRICES_DATE: &str = "2025-09";
 
 /// Completion tokens assumed for a call whose request sets no `max_tokens`, when its cost is
 /// estimated for a [`CostBudget`] reservation.
-pub const DEFAULT_COMPLETION_ESTIMATE: u64 = 1_000;
+pub const RESERVED_COMPLETION_TOKENS: u64 = 1_000;
 
 /// The price of one model, in USD per million tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -209,7 +212,7 @@ impl Prices {
     }
 
     /// The estimated cost in USD of sending `request` (its prompt at about four bytes a token,
-    /// plus its `max_tokens` or [`DEFAULT_COMPLETION_ESTIMATE`] completion tokens); 0 for a
+    /// plus its `max_tokens` or [`RESERVED_COMPLETION_TOKENS`] completion tokens); 0 for a
     /// model without a price.
     pub fn estimate(&self, request: &CompletionRequest) -> f64 {
         let Some(price) = self.get(&request.model) else {
@@ -217,7 +220,7 @@ impl Prices {
         };
         let completion = request
             .max_tokens
-            .map_or(DEFAULT_COMPLETION_ESTIMATE, u64::from);
+            .map_or(RESERVED_COMPLETION_TOKENS, u64::from);
         price.cost(request.estimated_prompt_tokens(), 0, completion)
     }
 

@@ -13,8 +13,10 @@
 //!   [`execute_bounded`] implementation with an empty `impl`, or through
 //!   [`ConcurrentExecutor`].
 //! - [`LlmError`]: one error enum that classifies failures and says whether to retry.
-//! - [`UsageTracker`] and the [`Metered`] decorator: calls and tokens per model.
-//! - [`Prices`], [`CostReport`] and [`CostBudget`]: cost in dollars and the `--max-cost`
+//! - [`usage`]: [`UsageTracker`](usage::UsageTracker) and the [`Metered`](usage::Metered)
+//!   decorator: calls and tokens per model.
+//! - [`cost`]: [`Prices`](cost::Prices), [`CostReport`](cost::CostReport) and
+//!   [`CostBudget`](cost::CostBudget): cost in dollars and the `--max-cost`
 //!   budget.
 //! - [`blocking`]: entry points for code without an async runtime.
 //! - `mock` (feature `mock`): a scripted `mock::MockBackend` for tests.
@@ -52,7 +54,7 @@
 mod backend;
 mod batch;
 pub mod blocking;
-mod cost;
+pub mod cost;
 mod error;
 #[cfg(feature = "mock")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mock")))]
@@ -60,8 +62,8 @@ pub mod mock;
 mod reply_budget;
 mod text;
 mod types;
-mod url;
-mod usage;
+pub mod url;
+pub mod usage;
 
 /// The attribute [`LlmBackend`] implementations need (re-exported from the `async-trait`
 /// crate): `#[rlm_core::async_trait]` on the `impl`.
@@ -71,10 +73,6 @@ pub use batch::{
     BatchExecutor, BatchObserver, BatchOptions, BatchResult, ConcurrentExecutor,
     DEFAULT_MAX_CONCURRENT, execute_bounded,
 };
-pub use cost::{
-    BUILTIN_PRICES_DATE, CostBudget, CostReport, DEFAULT_COMPLETION_ESTIMATE, Price, Prices,
-    Reservation,
-};
 pub use error::LlmError;
 pub use reply_budget::ReplyBudget;
 pub use text::Text;
@@ -82,5 +80,3 @@ pub use tokio_util::sync::CancellationToken;
 pub use types::{
     Completion, CompletionRequest, FinishReason, Message, Role, Usage, estimate_tokens,
 };
-pub use url::url_without_credentials;
-pub use usage::{Metered, ModelUsage, UsageTracker};

@@ -5,7 +5,7 @@
 /// since a bare string may be a secret itself).
 ///
 /// ```
-/// use rlm_core::url_without_credentials;
+/// use rlm_core::url::url_without_credentials;
 /// assert_eq!(
 ///     url_without_credentials("redis://:s3cret@cache:6380/2").as_deref(),
 ///     Some("redis://cache:6380/2")

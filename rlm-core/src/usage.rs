@@ -140,7 +140,8 @@ impl UsageTracker {
 /// the model name of the request.
 ///
 /// ```
-/// # use rlm_core::{ConcurrentExecutor, Metered, UsageTracker, LlmBackend};
+/// # use rlm_core::{ConcurrentExecutor, LlmBackend};
+/// # use rlm_core::usage::{Metered, UsageTracker};
 /// # fn wrap(backend: impl LlmBackend) {
 /// let tracker = UsageTracker::new();
 /// let metered = Metered::new(ConcurrentExecutor::new(backend), tracker.clone());

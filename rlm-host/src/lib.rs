@@ -62,10 +62,9 @@ pub use stack::{Stack, pool_size};
 pub use url::display_url;
 
 pub use rlm_cache::{CacheStats, CachedBackend};
-pub use rlm_core::{
-    BatchExecutor, CancellationToken, CostReport, LlmBackend, LlmError, ModelUsage, Prices,
-    UsageTracker,
-};
+pub use rlm_core::cost::{CostReport, Prices};
+pub use rlm_core::usage::{ModelUsage, UsageTracker};
+pub use rlm_core::{BatchExecutor, CancellationToken, LlmBackend, LlmError};
 pub use rlm_openai::{OpenAiBackend, OpenAiConfig, Wait, WaitObserver};
 pub use rlm_repl::{
     Context, Event, Observer, Rlm, RlmBuilder, RlmConfig, RlmError, RunPlace, RunResult,

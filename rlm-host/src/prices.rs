@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use rlm_core::Prices;
+use rlm_core::cost::Prices;
 
 use crate::HostError;
 

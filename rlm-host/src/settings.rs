@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use rlm_core::Prices;
+use rlm_core::cost::Prices;
 
 use crate::HostError;
 
@@ -214,7 +214,7 @@ impl Settings {
         let request = rlm_core::CompletionRequest::prompt(self.model.trim(), prompt);
         let tokens = request
             .estimated_prompt_tokens()
-            .saturating_add(u64::from(rlm_openai::DEFAULT_COMPLETION_TOKEN_ESTIMATE));
+            .saturating_add(u64::from(rlm_openai::PACING_COMPLETION_TOKENS));
         if tokens <= u64::from(self.tpm) {
             return None;
         }

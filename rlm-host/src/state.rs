@@ -79,7 +79,7 @@ pub(crate) fn redis(settings: &Settings, notices: &Notices) -> Result<Option<Red
             pacer: Arc::new(WatchedPacer {
                 inner: pacer,
                 notices: notices.clone(),
-                shown: rlm_core::url_without_credentials(url)
+                shown: rlm_core::url::url_without_credentials(url)
                     .unwrap_or_else(|| "(a Redis URL)".to_owned()),
                 reported: AtomicBool::new(false),
             }),

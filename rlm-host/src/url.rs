@@ -19,7 +19,7 @@ pub(crate) fn host_of(url: &str) -> Option<&str> {
 
 /// The URL without user info, for messages.
 pub fn display_url(url: &str) -> String {
-    rlm_core::url_without_credentials(url).unwrap_or_else(|| url.to_owned())
+    rlm_core::url::url_without_credentials(url).unwrap_or_else(|| url.to_owned())
 }
 
 #[cfg(test)]

@@ -35,7 +35,7 @@ pub const DEFAULT_CONCURRENCY: usize = 64;
 
 /// Tokens a reply is assumed to use when a request sets no `max_tokens`, for pacing a
 /// tokens-per-minute limit, unless set otherwise.
-pub const DEFAULT_COMPLETION_TOKEN_ESTIMATE: u32 = 256;
+pub const PACING_COMPLETION_TOKENS: u32 = 256;
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
@@ -211,7 +211,7 @@ impl OpenAiConfig {
             concurrency: DEFAULT_CONCURRENCY,
             rate_limit: RateLimit::default(),
             model_rate_limits: BTreeMap::new(),
-            completion_token_estimate: DEFAULT_COMPLETION_TOKEN_ESTIMATE,
+            completion_token_estimate: PACING_COMPLETION_TOKENS,
             shared_pacer: None,
             wait_observer: None,
         }
@@ -359,7 +359,7 @@ impl OpenAiConfig {
 
     /// Tokens a reply is assumed to use when a request sets no `max_tokens` (or
     /// `max_completion_tokens` in its extra fields), when pacing a tokens-per-minute limit.
-    /// Default [`DEFAULT_COMPLETION_TOKEN_ESTIMATE`].
+    /// Default [`PACING_COMPLETION_TOKENS`].
     pub fn with_completion_token_estimate(mut self, tokens: u32) -> Self {
         self.completion_token_estimate = tokens;
         self

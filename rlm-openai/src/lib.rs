@@ -41,7 +41,7 @@
 //!    one second's share (`limit / 60`, at least 1) goes out at once, and no 60-second window
 //!    ever holds more than the limit. Waiting callers are admitted in arrival order. A
 //!    request's tokens are estimated before sending (its messages at four bytes a token plus
-//!    its `max_tokens`, or [`DEFAULT_COMPLETION_TOKEN_ESTIMATE`] without one); a request
+//!    its `max_tokens`, or [`PACING_COMPLETION_TOKENS`] without one); a request
 //!    larger than a second's share still goes through, at the sustained rate, and one
 //!    larger than the whole minute's budget goes alone, in a minute with nothing else. A
 //!    call counts from the moment it is let through, so a wait for the other budget or for a
@@ -126,7 +126,7 @@ mod wire;
 
 pub use backend::OpenAiBackend;
 pub use config::{
-    ConfigError, DEFAULT_BASE_URL, DEFAULT_COMPLETION_TOKEN_ESTIMATE, DEFAULT_CONCURRENCY,
+    ConfigError, DEFAULT_BASE_URL, PACING_COMPLETION_TOKENS, DEFAULT_CONCURRENCY,
     DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_MAX_RETRIES, DEFAULT_MAX_RETRY_AFTER, OpenAiConfig,
     RateLimit,
 };

@@ -260,7 +260,7 @@ return 0
 
     /// `url` without a password, for messages.
     fn shown_url(url: &str) -> String {
-        rlm_core::url_without_credentials(url).unwrap_or_else(|| "(a Redis URL)".to_owned())
+        rlm_core::url::url_without_credentials(url).unwrap_or_else(|| "(a Redis URL)".to_owned())
     }
 
     impl RedisPacer {

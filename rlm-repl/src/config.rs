@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use rlm_core::{DEFAULT_MAX_CONCURRENT, Prices};
+use rlm_core::DEFAULT_MAX_CONCURRENT;
+use rlm_core::cost::Prices;
 
 /// Default of [`SandboxLimits::max_memory`]: 1 GiB.
 pub const DEFAULT_MAX_MEMORY: usize = 1 << 30;

@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use rlm_core::{CostReport, ModelUsage, Usage};
+use rlm_core::Usage;
+use rlm_core::cost::CostReport;
+use rlm_core::usage::ModelUsage;
 use serde::{Deserialize, Serialize};
 
 use crate::{ContextInfo, StopReason, Turn};

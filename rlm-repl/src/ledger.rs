@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 
-use rlm_core::{LlmError, ModelUsage, UsageTracker};
+use rlm_core::LlmError;
+use rlm_core::usage::{ModelUsage, UsageTracker};
 
 use crate::sync::lock;
 

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use rlm_core::{CostReport, ModelUsage, Usage};
+use rlm_core::Usage;
+use rlm_core::cost::CostReport;
+use rlm_core::usage::ModelUsage;
 use serde::{Serialize, Serializer};
 
 /// Why a run stopped.

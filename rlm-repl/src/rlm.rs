@@ -152,7 +152,7 @@ impl RlmBuilder {
     }
 
     /// USD allowed over a run (default: unlimited). Every root and sub call reserves its
-    /// estimated cost (see [`Prices::estimate`](rlm_core::Prices::estimate)) before it is
+    /// estimated cost (see [`Prices::estimate`](rlm_core::cost::Prices::estimate)) before it is
     /// sent, and a call that does not fit is refused: the run stops with
     /// [`StopReason::MaxCost`](crate::StopReason::MaxCost). The final ask for an answer after
     /// the stop is still made, and may pass the budget by that one call.
@@ -162,8 +162,8 @@ impl RlmBuilder {
     }
 
     /// Prices of the models, for the run's cost and [`max_cost`](Self::max_cost) (default:
-    /// [`Prices::builtin`](rlm_core::Prices::builtin)).
-    pub fn prices(mut self, prices: rlm_core::Prices) -> Self {
+    /// [`Prices::builtin`](rlm_core::cost::Prices::builtin)).
+    pub fn prices(mut self, prices: rlm_core::cost::Prices) -> Self {
         self.config.prices = prices;
         self
     }

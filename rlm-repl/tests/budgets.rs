@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use common::{BuildOk, builder, fence, run_ok};
 use rlm_core::mock::MockBackend;
-use rlm_core::{Completion, Price, Prices, Usage};
+use rlm_core::{Completion, Usage};
+use rlm_core::cost::{Price, Prices};
 use rlm_repl::{Context, StopReason};
 
 #[tokio::test]

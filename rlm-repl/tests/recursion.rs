@@ -309,7 +309,7 @@ async fn the_prompts_recursion_example_runs() {
 
 #[tokio::test]
 async fn the_cost_budget_covers_the_children_of_the_tree() {
-    use rlm_core::{Price, Prices};
+    use rlm_core::cost::{Price, Prices};
     let script = |query: &str, turn: usize| match (query, turn) {
         ("top", 0) => fence("let a = rlm_batch([\"c1\", \"c2\"], [\"x\", \"y\"]);\nprint(a);"),
         ("top", _) => "FINAL(top done)".to_owned(),

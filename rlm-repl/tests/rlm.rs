@@ -672,7 +672,7 @@ async fn the_system_prompt_examples_run() {
 
 #[tokio::test]
 async fn the_cost_budget_refuses_what_it_cannot_cover_and_reports_the_cost() {
-    use rlm_core::{Price, Prices};
+    use rlm_core::cost::{Price, Prices};
     let root = MockBackend::scripted([
         fence("let a = llm_batch([\"1\", \"2\", \"3\", \"4\", \"5\"]);\nprint(a);"),
         "FINAL(with what I have)".to_owned(),
@@ -722,7 +722,7 @@ async fn the_cost_budget_refuses_what_it_cannot_cover_and_reports_the_cost() {
 
 #[tokio::test]
 async fn a_root_call_the_cost_budget_cannot_cover_stops_the_run_before_it_is_sent() {
-    use rlm_core::{Price, Prices};
+    use rlm_core::cost::{Price, Prices};
     let root = MockBackend::scripted([
         fence("let a = llm_query(\"hi\");\nprint(a);"),
         "FINAL(done)".to_owned(),

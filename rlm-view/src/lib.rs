@@ -32,7 +32,7 @@ pub mod synth;
 
 use std::path::{Path, PathBuf};
 
-use rlm_core::Prices;
+use rlm_core::cost::Prices;
 
 /// The page's frame; `{{title}}`, `{{style}}`, `{{script}}` and `{{data}}` are filled in.
 const TEMPLATE: &str = include_str!("../assets/view.html");

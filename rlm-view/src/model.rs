@@ -3,7 +3,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use rlm_core::{CostReport, ModelUsage, Prices, Usage};
+use rlm_core::Usage;
+use rlm_core::cost::{CostReport, Prices};
+use rlm_core::usage::ModelUsage;
 use rlm_repl::trace::TraceLine;
 use rlm_repl::{Event, TurnVerdict};
 use serde::Serialize;

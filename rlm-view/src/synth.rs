@@ -16,7 +16,8 @@
 
 use std::collections::BTreeMap;
 
-use rlm_core::{ModelUsage, Prices};
+use rlm_core::cost::Prices;
+use rlm_core::usage::ModelUsage;
 use serde_json::{Value, json};
 
 /// The root model of synthetic traces.
