@@ -213,11 +213,15 @@ async fn scripts_that_used_to_abort_a_capped_process_end_with_an_answer() {
         let Some(out) = capped(
             &server,
             CAP,
+            // Memory and sizes are under test, not time: the block time limit is out of the
+            // way, so a slow or loaded machine cannot stop these loops first.
             &[
                 "--query",
                 "q",
                 "--max-memory",
                 "256M",
+                "--block-timeout",
+                "3600",
                 "--trace",
                 &trace_path,
             ],
