@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rlm_cache::CachedBackend;
-use rlm_core::{BatchExecutor, LlmBackend};
 use rlm_core::usage::{Metered, UsageTracker};
+use rlm_core::{BatchExecutor, LlmBackend};
 use rlm_openai::{OpenAiBackend, OpenAiConfig, RateLimit};
 use rlm_repl::{Context, Event, Rlm};
 use rlm_tests::{MockServer, rlm_handler};

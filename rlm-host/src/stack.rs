@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rlm_cache::{CacheStats, CachedBackend};
-use rlm_core::{BatchExecutor, LlmBackend};
 use rlm_core::usage::{Metered, ModelUsage, UsageTracker};
+use rlm_core::{BatchExecutor, LlmBackend};
 use rlm_openai::{ConfigError, OpenAiBackend, OpenAiConfig, RateLimit, WaitObserver};
 use rlm_repl::{Rlm, RlmBuilder, RlmError, SandboxLimits};
 

@@ -15,8 +15,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use rlm_core::{CancellationToken, CompletionRequest, Usage};
 use rlm_core::cost::{CostBudget, Prices, Reservation};
+use rlm_core::{CancellationToken, CompletionRequest, Usage};
 
 use crate::StopReason;
 use crate::sync::lock;

@@ -6,9 +6,9 @@ mod common;
 use std::time::Duration;
 
 use common::{BuildOk, builder, fence, run_ok};
+use rlm_core::cost::{Price, Prices};
 use rlm_core::mock::MockBackend;
 use rlm_core::{Completion, Usage};
-use rlm_core::cost::{Price, Prices};
 use rlm_repl::{Context, StopReason};
 
 #[tokio::test]

@@ -65,6 +65,9 @@ pub const DEFAULT_MAX_QUEUE: usize = 64;
 pub const MODEL_ID: &str = "rlm";
 /// Characters of the answer per streamed `delta.content` chunk.
 const ANSWER_CHUNK_CHARS: usize = 1_000;
+/// Stream events a client may be behind by: past it, trajectory lines are left out (and the
+/// client is told how many) instead of piling up; the answer always waits for the client.
+const STREAM_QUEUE: usize = 1_024;
 /// Connections at once by default.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// The longest wait for a request's headers (and between requests on a kept-alive
@@ -1064,6 +1067,35 @@ enum Message {
     End,
 }
 
+/// The run's trajectory lines on their way to a streaming client, bounded: a line that finds
+/// the queue full is left out and counted, and the next line that fits is preceded by a note
+/// saying how many were left out. So a client that reads slowly (or not at all) costs at most
+/// the queue, never the whole trajectory.
+struct Trajectory {
+    tx: mpsc::Sender<Message>,
+    left_out: AtomicU64,
+}
+
+impl Trajectory {
+    /// Queues `line` (made into an event by `event`) if there is room.
+    fn offer(&self, line: String, event: impl Fn(String) -> SseEvent) {
+        let skipped = self.left_out.swap(0, Ordering::Relaxed);
+        if skipped > 0 {
+            let note = format!(
+                "({skipped} progress line{} left out: the client reads slower than the run works)\n",
+                if skipped == 1 { "" } else { "s" }
+            );
+            if self.tx.try_send(Message::Event(event(note))).is_err() {
+                self.left_out.fetch_add(skipped + 1, Ordering::Relaxed);
+                return;
+            }
+        }
+        if self.tx.try_send(Message::Event(event(line))).is_err() {
+            self.left_out.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 fn stream_run(
     state: Arc<AppState>,
     request: ChatRequest,
@@ -1071,26 +1103,30 @@ fn stream_run(
     permit: OwnedSemaphorePermit,
     reply: Reply,
 ) -> Response {
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::channel(STREAM_QUEUE);
     let cancel = CancellationToken::new();
     let guard = cancel.clone().drop_guard();
-    let _ = tx.send(Message::Event(sse(
+    let _ = tx.try_send(Message::Event(sse(
         &reply.chunk(json!({"role": "assistant", "content": ""}), None)
     )));
     let observer: Arc<dyn Observer> = {
-        let tx = tx.clone();
+        let trajectory = Trajectory {
+            tx: tx.clone(),
+            left_out: AtomicU64::new(0),
+        };
         let reply_id = reply.id.clone();
         let created = reply.created;
         let model = reply.model.clone();
         Arc::new(move |event: &Event| {
             if let Some(text) = trajectory::describe(event) {
-                let chunk = Reply {
-                    id: reply_id.clone(),
-                    created,
-                    model: model.clone(),
-                }
-                .chunk(json!({"reasoning_content": text}), None);
-                let _ = tx.send(Message::Event(sse(&chunk)));
+                trajectory.offer(text, |text| {
+                    sse(&Reply {
+                        id: reply_id.clone(),
+                        created,
+                        model: model.clone(),
+                    }
+                    .chunk(json!({"reasoning_content": text}), None))
+                });
             }
         })
     };
@@ -1116,27 +1152,31 @@ fn stream_run(
                 let chars: Vec<char> = result.answer.chars().collect();
                 for piece in chars.chunks(ANSWER_CHUNK_CHARS) {
                     let text: String = piece.iter().collect();
-                    let _ = tx.send(Message::Event(sse(
-                        &reply.chunk(json!({"content": text}), None)
-                    )));
+                    let _ = tx
+                        .send(Message::Event(sse(
+                            &reply.chunk(json!({"content": text}), None)
+                        )))
+                        .await;
                 }
                 let mut last = reply.chunk(json!({}), Some(finish_reason(&result)));
                 last["rlm"] = rlm_summary(&result);
-                let _ = tx.send(Message::Event(sse(&last)));
+                let _ = tx.send(Message::Event(sse(&last))).await;
                 if include_usage {
                     let mut chunk = reply.chunk(json!({}), None);
                     chunk["choices"] = json!([]);
                     chunk["usage"] = usage(&result);
-                    let _ = tx.send(Message::Event(sse(&chunk)));
+                    let _ = tx.send(Message::Event(sse(&chunk))).await;
                 }
             }
             Err(error) => {
                 let error = ApiError::from_run(&error);
-                let _ = tx.send(Message::Event(sse(&error.body())));
+                let _ = tx.send(Message::Event(sse(&error.body()))).await;
             }
         }
-        let _ = tx.send(Message::Event(SseEvent::default().data("[DONE]")));
-        let _ = tx.send(Message::End);
+        let _ = tx
+            .send(Message::Event(SseEvent::default().data("[DONE]")))
+            .await;
+        let _ = tx.send(Message::End).await;
     });
     Sse::new(RunStream {
         rx,
@@ -1149,7 +1189,7 @@ fn stream_run(
 
 /// The events of one streamed run; dropping it (the client went away) cancels the run.
 struct RunStream {
-    rx: mpsc::UnboundedReceiver<Message>,
+    rx: mpsc::Receiver<Message>,
     _cancel_on_drop: DropGuard,
     ended: bool,
 }
@@ -1175,6 +1215,37 @@ impl Stream for RunStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_that_reads_slowly_gets_a_bounded_trajectory_and_a_note() {
+        // Before: every trajectory line was queued for the client, however far behind.
+        let (tx, mut rx) = mpsc::channel(2);
+        let trajectory = Trajectory {
+            tx,
+            left_out: AtomicU64::new(0),
+        };
+        let made = std::sync::Mutex::new(Vec::new());
+        let event = |text: String| {
+            made.lock().unwrap_or_else(|e| e.into_inner()).push(text);
+            SseEvent::default()
+        };
+        for line in ["a", "b", "c", "d", "e"] {
+            trajectory.offer(line.to_owned(), event);
+        }
+        assert_eq!(trajectory.left_out.load(Ordering::Relaxed), 3);
+        // The client catches up: the next line is preceded by the note.
+        while rx.try_recv().is_ok() {}
+        trajectory.offer("f".to_owned(), event);
+        assert_eq!(trajectory.left_out.load(Ordering::Relaxed), 0);
+        assert!(rx.try_recv().is_ok() && rx.try_recv().is_ok());
+        let made = made.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        assert!(
+            made.iter()
+                .any(|t| t.starts_with("(3 progress lines left out")),
+            "{made:?}"
+        );
+        assert_eq!(made.last().map(String::as_str), Some("f"));
+    }
 
     fn parse(body: Value) -> Result<ChatRequest, ApiError> {
         ChatRequest::parse(body.to_string().as_bytes())

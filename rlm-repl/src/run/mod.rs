@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use rlm_core::{BatchExecutor, CancellationToken, LlmBackend, Message};
 use rlm_core::usage::Metered;
+use rlm_core::{BatchExecutor, CancellationToken, LlmBackend, Message};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
