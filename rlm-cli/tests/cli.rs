@@ -792,7 +792,7 @@ async fn rpm_paces_each_model_at_the_server() {
     );
 }
 
-// Answer integrity (design.md, "Answer acceptance"): what used to end a run silently wrong.
+// Answer integrity (README, "When an answer is accepted"): what used to end a run silently wrong.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_final_written_before_the_output_is_not_the_answer() {

@@ -200,7 +200,7 @@ mod tests {
 
     #[test]
     fn the_prompt_stays_within_its_budget() {
-        // Issue 14: at most 5,200 characters with later additions (recursion, ...); this
+        // At most 5,200 characters with later additions (recursion, ...); this
         // leaves them room.
         let prompt = system_prompt(&RlmConfig::default());
         assert!(

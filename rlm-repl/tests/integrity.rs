@@ -1,6 +1,6 @@
 //! Answer integrity: the run never returns a wrong answer silently. Each test is an input
-//! that used to end a run with a wrong, cut or premature answer (design.md, "Answer
-//! acceptance").
+//! that used to end a run with a wrong, cut or premature answer (README, "When an
+//! answer is accepted").
 
 mod common;
 

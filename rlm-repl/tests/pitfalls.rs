@@ -188,7 +188,7 @@ fn python_blocks_and_comments_get_hints() {
     assert_sees("let s = 'hello';", &["\"double quotes\""]);
 }
 
-// Found later (issue 14): silent traps made loud or made to work, and errors that point at the
+// Found later: silent traps made loud or made to work, and errors that point at the
 // fix. Each quotes the exact error text Rhai produces.
 
 #[test]

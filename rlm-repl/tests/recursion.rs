@@ -1,5 +1,5 @@
 //! Recursion: `rlm_query` / `rlm_batch` start child runs, and one ledger covers the tree
-//! (design.md, "Recursion").
+//! (README, "Recursion").
 
 mod common;
 
