@@ -52,13 +52,15 @@ Time:
 Trace (--trace FILE):
   JSON Lines, one object per event, written as it happens: {\"t_ms\": <ms since
   start>, \"depth\": D, \"run\": ID, \"event\": NAME, ...} with NAME one of run_start,
-  turn_start, root_reply, code_block, sub_call_start, sub_call_end, batch_start,
-  batch_progress, batch_end, turn_end, final (with cost_usd), run_error. depth
+  turn_start, root_reply, root_reasoning, code_block, sub_call_start, sub_call_end,
+  batch_start, batch_progress, batch_end, turn_end, final (with cost_usd),
+  run_error. depth
   is 0 for the top-level run; run is its id path (\"0\", \"0.3\", \"0.3.1\"); a
   child's run_start names its parent. run_start carries the settings (models,
   base URL without credentials, limits, budgets), the wall-clock start, the
-  system prompt and the first message; turn_end only counts (the text is in
-  root_reply and code_block); a sub_call_end cut short says \"cancelled\": true.
+  system prompt and the first message; turn_end only counts, with the verdict on
+  the turn's answer (the text is in root_reply and code_block); a sub_call_end
+  cut short says \"cancelled\": true.
   The API key is never in it. `rlm view FILE` makes an HTML page of it.
 
 Environment:
@@ -615,15 +617,16 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "VAR", help_heading = "Serving")]
     pub(crate) server_key_env: Option<String>,
 
-    /// The largest request body, in bytes (413 beyond).
+    /// The largest request body, in bytes, with K/M/G suffixes like the other sizes (413
+    /// beyond).
     #[arg(
         long,
         value_name = "BYTES",
-        default_value_t = rlm_serve::serve::DEFAULT_MAX_REQUEST_BYTES as u64,
-        value_parser = clap::value_parser!(u64).range(1..),
+        default_value = "256M",
+        value_parser = parse_request_bytes,
         help_heading = "Serving"
     )]
-    pub(crate) max_request_bytes: u64,
+    pub(crate) max_request_bytes: usize,
 
     /// A browser origin allowed to call the server from its pages (e.g.
     /// https://app.example); repeat for more. Other cross-site browser requests are refused.
@@ -710,6 +713,14 @@ pub(crate) fn parse_bytes(text: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
+/// A request body bound: a size like `512K` or `1M`, at least one byte.
+fn parse_request_bytes(text: &str) -> Result<usize, String> {
+    match parse_bytes(text)? {
+        0 => Err("a request body bound of 0 bytes would refuse every request".to_owned()),
+        bytes => Ok(bytes),
+    }
+}
+
 /// Seconds as a non-negative number (fractions allowed) to a `Duration`.
 fn parse_seconds(text: &str) -> Result<Duration, String> {
     let seconds: f64 = text
@@ -766,6 +777,26 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_request_body_bound_takes_sizes_and_defaults_to_the_servers() {
+        let parse = |extra: &[&str]| {
+            let args = ["rlm", "serve", "-m", "m"].iter().chain(extra).copied();
+            match Cli::try_parse_from(args) {
+                Ok(Cli {
+                    command: Command::Serve(args),
+                }) => Some(args.max_request_bytes),
+                _ => None,
+            }
+        };
+        assert_eq!(
+            parse(&[]),
+            Some(rlm_serve::serve::DEFAULT_MAX_REQUEST_BYTES)
+        );
+        // Before: "invalid digit found in string".
+        assert_eq!(parse(&["--max-request-bytes", "1M"]), Some(1 << 20));
+        assert_eq!(parse(&["--max-request-bytes", "0"]), None);
     }
 
     #[test]

@@ -101,6 +101,10 @@ pub(crate) async fn demo(args: DemoArgs) -> Result<u8, CliError> {
     }
     // Turn 1 is the same in both runs: shown once.
     let transcript = show.then(|| Arc::new(Transcript { from_turn: 2 }));
+    // The trace is the llm_batch run's: its times count from that run's start.
+    if let Some(trace) = &trace {
+        trace.restart_clock();
+    }
     let batched = measure(
         BATCHED,
         &documents,

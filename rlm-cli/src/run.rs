@@ -33,10 +33,10 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
         warnings,
     } = read_inputs(&args)?;
     let prices = settings.load_prices()?;
-    if !quiet {
-        for warning in &warnings {
-            eprintln!("warning: {warning}");
-        }
+    // What changed the input (bytes replaced, files skipped) is said even with --quiet, and
+    // is in --json's `warnings`.
+    for warning in &warnings {
+        eprintln!("warning: {warning}");
     }
 
     let progress = progress::style(args.progress, quiet)
@@ -117,7 +117,11 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
                 start.elapsed(),
                 &usage,
                 cache_stats,
-                &stack.warnings(),
+                &warnings
+                    .iter()
+                    .cloned()
+                    .chain(stack.warnings())
+                    .collect::<Vec<_>>(),
             ));
             return Err(match failed {
                 Some(Err(e)) if !interrupted.load(Ordering::SeqCst) => {
@@ -137,9 +141,9 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
         *cost.by_model.entry(model.clone()).or_default() += usd;
         cost.total += usd;
     }
-    // The tiers' warnings (a cache that could not be used) were logged when they happened;
-    // `--json` carries them beside the run's own.
-    let tier_warnings = stack.warnings();
+    // The input's and the tiers' warnings (a cache that could not be used) are said beside
+    // the run's own, in `--json` too.
+    let tier_warnings: Vec<String> = warnings.iter().cloned().chain(stack.warnings()).collect();
     if args.json || result.stopped != StopReason::Cancelled {
         print_result(
             &result,
@@ -150,8 +154,13 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
             args.json,
         )?;
     }
-    // What the engine cannot vouch for goes to stderr even with --quiet.
-    for warning in &result.warnings {
+    // What the engine cannot vouch for goes to stderr even with --quiet (the input's
+    // warnings were said before the run).
+    for warning in result
+        .warnings
+        .iter()
+        .chain(&tier_warnings[warnings.len()..])
+    {
         eprintln!("warning: {warning}");
     }
     if !quiet {

@@ -96,7 +96,7 @@ pub(crate) async fn serve(args: Box<ServeArgs>) -> Result<u8, CliError> {
         max_runs: args.max_runs as usize,
         max_queue: args.max_queue as usize,
         server_key,
-        max_request_bytes: usize::try_from(args.max_request_bytes).unwrap_or(usize::MAX),
+        max_request_bytes: args.max_request_bytes,
         context: shared,
         cors_origins: args.cors_origins.clone(),
         ..ServeOptions::default()

@@ -26,12 +26,11 @@ pub(crate) fn view(args: &ViewArgs) -> Result<u8, CliError> {
             eprintln!("note: {notice}");
         }
         eprintln!(
-            "rlm: {} events, {} sub-calls from code, {} {}; page of {} bytes",
-            page.events,
-            page.sub_calls,
-            page.runs,
-            if page.runs == 1 { "run" } else { "runs" },
-            page.html.len()
+            "rlm: {}, {} from code, {}; page of {}",
+            crate::human::count(page.events as u64, "event"),
+            crate::human::count(page.sub_calls as u64, "sub-call"),
+            crate::human::count(page.runs as u64, "run"),
+            crate::human::count(page.html.len() as u64, "byte")
         );
     }
     write_stdout(&format!("{}\n", out.display()))?;

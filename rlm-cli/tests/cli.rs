@@ -642,7 +642,7 @@ async fn demo_shows_the_code_and_what_the_repl_printed_and_writes_a_trace() {
             "--docs",
             "3",
             "--latency-ms",
-            "0",
+            "50",
             "--trace",
             &trace_arg,
         ],
@@ -672,6 +672,15 @@ async fn demo_shows_the_code_and_what_the_repl_printed_and_writes_a_trace() {
     assert_eq!(events("sub_call_start"), 3, "{text}");
     assert_eq!(events("batch_start"), 1, "{text}");
     assert_eq!(events("final"), 1, "{text}");
+    // Its times count from that run's start, not from the demo's (before: every event came
+    // after the whole sequential run, so the page's timeline disagreed with its wall time).
+    let last = lines.last().cloned().unwrap_or_default();
+    let first_t = lines[0]["t_ms"].as_u64().unwrap_or(u64::MAX);
+    let elapsed = last["elapsed_ms"].as_u64().unwrap_or(0);
+    assert!(
+        first_t <= elapsed,
+        "first event at {first_t} ms of a {elapsed} ms run"
+    );
     assert!(out.stderr.contains(&trace_arg), "{out:#?}");
 
     // With --json, stdout is the report alone; a trace path that cannot be written is an

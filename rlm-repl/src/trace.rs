@@ -73,7 +73,8 @@ impl TraceLine {
 #[derive(Debug)]
 pub struct TraceWriter {
     path: PathBuf,
-    start: Instant,
+    /// What `t_ms` counts from.
+    start: Mutex<Instant>,
     state: Mutex<State>,
     /// The front end's own settings (base URL, rate limits, retries, cache), added to the
     /// top-level `run_start`'s `settings`.
@@ -101,7 +102,7 @@ impl TraceWriter {
         let file = File::create(path)?;
         Ok(Self {
             path: path.to_owned(),
-            start,
+            start: Mutex::new(start),
             state: Mutex::new(State {
                 file,
                 error: None,
@@ -117,6 +118,12 @@ impl TraceWriter {
     pub fn with_settings(mut self, settings: serde_json::Map<String, serde_json::Value>) -> Self {
         self.settings = settings;
         self
+    }
+
+    /// Counts `t_ms` from now on: for a writer made (so its file could be checked) before
+    /// the run it traces begins.
+    pub fn restart_clock(&self) {
+        *crate::sync::lock(&self.start) = Instant::now();
     }
 
     /// The file written.
@@ -158,7 +165,7 @@ impl TraceWriter {
 
     /// One line for `event` of the run at `place`.
     fn line(&self, place: &RunPlace, event: &Event) -> String {
-        let t_ms = self.start.elapsed().as_millis();
+        let t_ms = crate::sync::lock(&self.start).elapsed().as_millis();
         let depth = place.depth;
         let run = serde_json::Value::String(place.run.clone());
         match self.event_json(place, event) {

@@ -933,8 +933,9 @@ async fn chat_inner(
             "rate_limit_error",
             "server_busy",
             format!(
-                "the server is busy: {} runs are running and {} requests waiting; retry later",
-                state.gate.max_runs, state.gate.max_queue
+                "the server is busy: {} running and {} waiting, its most; retry later",
+                plural(state.gate.max_runs, "run"),
+                plural(state.gate.max_queue, "request")
             ),
         );
         error.retry_after = Some(state.retry_after());
@@ -1059,6 +1060,11 @@ fn rlm_summary(result: &RunResult) -> Value {
 
 fn sse(value: &Value) -> SseEvent {
     SseEvent::default().data(value.to_string())
+}
+
+/// `n` and `noun`, plural when `n` is not 1.
+fn plural(n: usize, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }
 
 /// What the run task sends to the response stream.
