@@ -95,12 +95,16 @@ pub(crate) struct Cli {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Answer a query over a context, against an OpenAI-compatible endpoint.
-    #[command(after_help = format!("{RUN_AFTER_HELP}\n{EXIT_CODES_HELP}"))]
+    #[command(
+        after_help = format!("{RUN_AFTER_HELP}\n{EXIT_CODES_HELP}"),
+        allow_negative_numbers = true
+    )]
     Run(Box<RunArgs>),
     /// Serve an OpenAI-compatible HTTP API: POST /v1/chat/completions answers the last user
     /// message with a Recursive Language Model.
     #[command(
         after_help = SERVE_AFTER_HELP,
+        allow_negative_numbers = true,
         mut_arg("query", |a| a.required_unless_present(clap::builder::Resettable::Reset).hide(true)),
         mut_arg("query_file", |a| a.hide(true)),
         mut_arg("json", |a| a.hide(true)),
@@ -111,6 +115,7 @@ pub(crate) enum Command {
     /// files under the allowed roots, or over text.
     #[command(
         after_help = MCP_AFTER_HELP,
+        allow_negative_numbers = true,
         mut_arg("query", |a| a.required_unless_present(clap::builder::Resettable::Reset).hide(true)),
         mut_arg("query_file", |a| a.hide(true)),
         mut_arg("context", |a| a.hide(true)),
@@ -120,7 +125,7 @@ pub(crate) enum Command {
     Mcp(Box<McpArgs>),
     /// Offline demo, no key needed: the same job with sequential llm_query and with
     /// llm_batch, timed.
-    #[command(after_help = EXIT_CODES_HELP)]
+    #[command(after_help = EXIT_CODES_HELP, allow_negative_numbers = true)]
     Demo(DemoArgs),
     /// Make one self-contained HTML page from a --trace file: the summary and cost, every
     /// turn, a timeline of the sub-calls, and the recursion tree. Opens from file://, loads
@@ -777,6 +782,24 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_negative_number_is_judged_as_a_value_not_taken_for_a_flag() {
+        // Before: "unexpected argument '-1' found", which says nothing of the range.
+        for (flag, value) in [
+            ("--max-cost", "-1"),
+            ("--timeout", "-1"),
+            ("--max-memory", "-5"),
+            ("--max-concurrent", "-1"),
+        ] {
+            let error = Cli::try_parse_from(["rlm", "run", "-m", "m", "--query", "q", flag, value])
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(error.contains(value), "{flag}: {error}");
+            assert!(!error.contains("unexpected argument"), "{flag}: {error}");
+        }
     }
 
     #[test]
