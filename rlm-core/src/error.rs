@@ -80,6 +80,13 @@ pub enum LlmError {
     /// The request was cancelled before it finished.
     #[error("cancelled")]
     Cancelled,
+    /// The reply did not fit the caller's [`ReplyBudget`](crate::ReplyBudget): the backend
+    /// stopped reading it and kept nothing. Not worth retrying.
+    #[error("{message}")]
+    OverReplyBudget {
+        /// What did not fit, and the budget.
+        message: String,
+    },
     /// Any other failure, for backends whose errors fit none of the above.
     #[error("{message}")]
     Other {
@@ -188,7 +195,15 @@ impl LlmError {
             LlmError::BadRequest { .. } => "bad_request",
             LlmError::InvalidResponse { .. } => "invalid_response",
             LlmError::Cancelled => "cancelled",
+            LlmError::OverReplyBudget { .. } => "over_reply_budget",
             LlmError::Other { .. } => "other",
+        }
+    }
+
+    /// An [`LlmError::OverReplyBudget`] with the given message.
+    pub fn over_reply_budget(message: impl Into<String>) -> Self {
+        LlmError::OverReplyBudget {
+            message: message.into(),
         }
     }
 

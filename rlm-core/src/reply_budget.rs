@@ -13,7 +13,8 @@ tokio::task_local! {
 /// A caller that must not be sent more than it can hold (the REPL, whose scope has a memory
 /// budget) runs its calls inside [`scope`](Self::scope); a backend charges each reply's
 /// bytes to the [`current`](Self::current) budget *while they arrive*, before anything is
-/// parsed, and fails that reply when they do not fit. So a batch of huge answers fills the
+/// parsed, and fails that reply with [`LlmError::OverReplyBudget`](crate::LlmError::OverReplyBudget)
+/// when they do not fit. So a batch of huge answers fills the
 /// budget with the first ones and the rest fail one by one, each with an error, instead of
 /// all of them being read into memory at once. Decorators need not forward anything: the
 /// budget travels with the task.

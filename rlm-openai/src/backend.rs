@@ -257,7 +257,7 @@ impl OpenAiBackend {
             Ok(Read::OverBudget { received }) => {
                 let budget = budget.as_ref().map_or(0, ReplyBudget::limit);
                 return (
-                    Err(LlmError::other(format!(
+                    Err(LlmError::over_reply_budget(format!(
                         "the answer was not kept: with it (at least {received} bytes) the \
                          answers received would pass the memory budget of {budget} bytes"
                     ))),

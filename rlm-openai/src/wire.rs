@@ -359,6 +359,7 @@ pub(crate) fn at_url(mut error: LlmError, url: &str) -> LlmError {
         | LlmError::Auth { message, .. }
         | LlmError::BadRequest { message, .. }
         | LlmError::InvalidResponse { message }
+        | LlmError::OverReplyBudget { message }
         | LlmError::Other { message }
             if !message.contains(url) =>
         {

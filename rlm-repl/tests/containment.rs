@@ -383,7 +383,7 @@ fn charging_backend(
     let mock = rlm_core::mock::MockBackend::from_fn(move |_| {
         if let Some(budget) = rlm_core::ReplyBudget::current() {
             if !budget.try_take(bytes as u64) {
-                return Err(rlm_core::LlmError::other(format!(
+                return Err(rlm_core::LlmError::over_reply_budget(format!(
                     "the answer was not kept: with it the answers received would pass the \
                      memory budget of {} bytes",
                     budget.limit()

@@ -58,19 +58,20 @@ pub(crate) fn lint(code: &str) -> Vec<String> {
     warnings
 }
 
+/// The regex cached in `cell`, compiled from `pattern` on first use (`None` if it does not
+/// compile: the lint is then skipped, never a panic).
+fn compiled(cell: &'static OnceLock<Option<Regex>>, pattern: &str) -> Option<&'static Regex> {
+    cell.get_or_init(|| Regex::new(pattern).ok()).as_ref()
+}
+
 /// Lines (from 1) where `//` follows an operand and is followed by one (`a // b`, Python's
 /// floor division), outside strings: in Rhai the rest of the line is a comment.
 fn floor_divisions(code: &str) -> Vec<usize> {
     static OPERAND: OnceLock<Option<Regex>> = OnceLock::new();
-    let Some(operand) = OPERAND
-        .get_or_init(|| {
-            Regex::new(
-                r"^\s*(?:\d+(?:\.\d+)?|[A-Za-z_][\w.]*(?:\([^()]*\)|\[[^\[\]]*\])?)\s*\)*\s*;?\s*$",
-            )
-            .ok()
-        })
-        .as_ref()
-    else {
+    let Some(operand) = compiled(
+        &OPERAND,
+        r"^\s*(?:\d+(?:\.\d+)?|[A-Za-z_][\w.]*(?:\([^()]*\)|\[[^\[\]]*\])?)\s*\)*\s*;?\s*$",
+    ) else {
         return Vec::new();
     };
     code.lines()
@@ -156,10 +157,7 @@ pub(crate) fn has_division(code: &str) -> bool {
 /// `7 / 2`-style divisions of integer literals that do not come out even.
 fn integer_divisions(code: &str) -> Vec<(usize, i64, i64)> {
     static PATTERN: OnceLock<Option<Regex>> = OnceLock::new();
-    let Some(pattern) = PATTERN
-        .get_or_init(|| Regex::new(r"(?:^|[^\w.])(\d+)\s*/\s*(\d+)(?:[^\w.]|$)").ok())
-        .as_ref()
-    else {
+    let Some(pattern) = compiled(&PATTERN, r"(?:^|[^\w.])(\d+)\s*/\s*(\d+)(?:[^\w.]|$)") else {
         return Vec::new();
     };
     let mut found = Vec::new();
@@ -180,9 +178,7 @@ fn integer_divisions(code: &str) -> Vec<(usize, i64, i64)> {
 /// Lines (from 1) that call `for_each` with a closure taking an argument.
 fn for_each_with_argument(code: &str) -> Vec<usize> {
     static PATTERN: OnceLock<Option<Regex>> = OnceLock::new();
-    let Some(pattern) = PATTERN
-        .get_or_init(|| Regex::new(r"\bfor_each\s*\(\s*(?:[\w.\[\]]+\s*,\s*)?\|\s*\w").ok())
-        .as_ref()
+    let Some(pattern) = compiled(&PATTERN, r"\bfor_each\s*\(\s*(?:[\w.\[\]]+\s*,\s*)?\|\s*\w")
     else {
         return Vec::new();
     };
@@ -196,10 +192,7 @@ fn for_each_with_argument(code: &str) -> Vec<usize> {
 /// Lines (from 1) that call `regex_find_all` with a pattern literal holding a capturing group.
 fn find_all_with_groups(code: &str) -> Vec<usize> {
     static PATTERN: OnceLock<Option<Regex>> = OnceLock::new();
-    let Some(pattern) = PATTERN
-        .get_or_init(|| Regex::new(r"\bregex_find_all\s*\(([^\n]*)").ok())
-        .as_ref()
-    else {
+    let Some(pattern) = compiled(&PATTERN, r"\bregex_find_all\s*\(([^\n]*)") else {
         return Vec::new();
     };
     let mut found = Vec::new();
@@ -407,15 +400,10 @@ fn raw_escape_lines(code: &str) -> Vec<usize> {
 /// `let x = y.sort();`-style lines: an in-place method whose () result is kept.
 fn unit_assignments(code: &str) -> Vec<(usize, &'static str)> {
     static PATTERN: OnceLock<Option<Regex>> = OnceLock::new();
-    let Some(pattern) = PATTERN
-        .get_or_init(|| {
-            Regex::new(
-                r"(?:^|[;{]\s*)(?:let\s+\w+|\w+)\s*=[^=;][^;]*\.\s*(sort|reverse|push|append|clear|truncate|pad|insert|make_upper|make_lower|dedup|shuffle|chop|crop)\s*\((?:[^()]|\([^()]*\))*\)\s*;",
-            )
-            .ok()
-        })
-        .as_ref()
-    else {
+    let Some(pattern) = compiled(
+        &PATTERN,
+        r"(?:^|[;{]\s*)(?:let\s+\w+|\w+)\s*=[^=;][^;]*\.\s*(sort|reverse|push|append|clear|truncate|pad|insert|make_upper|make_lower|dedup|shuffle|chop|crop)\s*\((?:[^()]|\([^()]*\))*\)\s*;",
+    ) else {
         return Vec::new();
     };
     let mut found = Vec::new();

@@ -416,20 +416,14 @@ impl SubCaller {
         };
         emitter.emit_with(|| end_event(turn, &record, &result));
         lock(&self.records).push(record);
-        self.script_text(result, 0, replies.as_ref())
+        self.script_text(result, 0)
     }
 
     /// What the script gets for a sub-call: the reply's text, or an `Error: ...` string that
     /// says why there is none (cut and empty replies keep their partial text after it; an
     /// answer that would take what the block holds past `max_held_bytes` is not kept; 0: no
-    /// bound, one answer always fits within the string limit). `replies` is the reply budget
-    /// the call ran under, if any.
-    fn script_text(
-        &self,
-        result: BatchResult,
-        max_held_bytes: usize,
-        replies: Option<&ReplyBudget>,
-    ) -> String {
+    /// bound, one answer always fits within the string limit).
+    fn script_text(&self, result: BatchResult, max_held_bytes: usize) -> String {
         match result {
             Ok(completion) => {
                 let text = self.fit_answer(answer_text(completion));
@@ -449,7 +443,7 @@ impl SubCaller {
             }
             Err(LlmError::Cancelled) => self.run.refusal(),
             // The backend refused the reply as it arrived: it did not fit the reply budget.
-            Err(error) if replies.is_some() && error.to_string().contains("memory budget") => {
+            Err(error @ LlmError::OverReplyBudget { .. }) => {
                 format!(
                     "Error: the memory budget ({} bytes, --max-memory) was reached, so this \
                      answer was not kept; the answers that fitted were (the backend said: \
@@ -561,7 +555,7 @@ impl SubCaller {
                 ))
             });
             failed += usize::from(!is_cancelled(&result) && !result.as_ref().is_ok_and(is_answer));
-            *answer = self.script_text(result, self.max_batch_bytes, replies.as_ref());
+            *answer = self.script_text(result, self.max_batch_bytes);
         }
         tracker.close();
         emitter.emit_with(|| Event::BatchEnd {
