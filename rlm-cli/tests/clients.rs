@@ -1,8 +1,9 @@
 //! `rlm serve` and `rlm mcp` driven by the official Python clients (`openai`, `mcp`) that
 //! nobody here wrote, against the loopback mock model server.
 //!
-//! The Python interpreter is `RLM_TEST_PYTHON`, else the virtual environment `.ci/run`
-//! makes at `target/venv-ci`. The harness is `rlm_tests::harness::Suite` (see `main`):
+//! The Python interpreter is `RLM_TEST_PYTHON`, else the virtual environment at
+//! `target/venv-ci` (made on first use by `rlm_tests::python::venv`, as `.ci/run` does). The
+//! harness is `rlm_tests::harness::Suite` (see `main`):
 //! without that Python the client tests show as ignored in the summary line, not as passed;
 //! under `CI=true` they run, and a missing interpreter or package fails them.
 
@@ -31,13 +32,10 @@ fn handler(request: &ServerRequest) -> Reply {
     }
 }
 
-/// The Python interpreter the clients run on: `RLM_TEST_PYTHON`, else `.ci/run`'s venv.
+/// The Python interpreter the clients run on: `RLM_TEST_PYTHON`, else the test venv (made
+/// when missing or stale).
 fn python_path() -> PathBuf {
-    std::env::var_os("RLM_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/venv-ci/bin/python")
-        })
+    rlm_tests::python::venv().unwrap_or_else(|| rlm_tests::python::venv_dir().join("bin/python"))
 }
 
 /// Whether [`python_path`] can import `openai` and `mcp`.
@@ -54,7 +52,8 @@ fn python() -> PathBuf {
     let path = python_path();
     assert!(
         python_usable(),
-        "{} cannot import openai and mcp: .ci/run creates that venv (or set RLM_TEST_PYTHON)",
+        "{} cannot import openai and mcp: the test venv could not be made (see above; or set \
+         RLM_TEST_PYTHON)",
         path.display()
     );
     path

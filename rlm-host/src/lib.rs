@@ -66,7 +66,8 @@ pub use rlm_core::cost::{CostReport, Prices};
 pub use rlm_core::usage::{ModelUsage, UsageTracker};
 pub use rlm_core::{BatchExecutor, CancellationToken, LlmBackend, LlmError};
 pub use rlm_openai::{OpenAiBackend, OpenAiConfig, Wait, WaitObserver};
+pub use rlm_repl::trace;
 pub use rlm_repl::{
     Context, Event, Observer, Rlm, RlmBuilder, RlmConfig, RlmError, RunPlace, RunResult,
-    SandboxLimits, SharedContext, StopReason,
+    SandboxLimits, SharedContext, StopReason, Tool,
 };

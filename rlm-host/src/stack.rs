@@ -72,13 +72,6 @@ impl Stack {
         waits: Option<WaitObserver>,
         runs: usize,
     ) -> Result<Self, HostError> {
-        let model = non_empty(&settings.model, "--model (or RLM_MODEL)")?;
-        let sub_model = match &settings.sub_model {
-            Some(sub) => non_empty(sub, "--sub-model (or RLM_SUB_MODEL)")?,
-            None => model.clone(),
-        };
-        let base_url = settings.effective_base_url()?;
-        let shown_url = display_url(&base_url);
         let api_key = match std::env::var(&settings.api_key_env) {
             Ok(key) => Some(key).filter(|key| !key.trim().is_empty()),
             Err(std::env::VarError::NotPresent) => None,
@@ -90,6 +83,34 @@ impl Stack {
                 )));
             }
         };
+        Self::build_keyed(settings, api_key, waits, runs)
+    }
+
+    /// [`build`](Self::build) with the API key given here (a library caller's own, such as
+    /// the Python package's `api_key=`) instead of read from
+    /// [`Settings::api_key_env`]. An empty key is no key.
+    ///
+    /// # Errors
+    /// As [`build`](Self::build).
+    pub fn build_with_api_key(
+        settings: &Settings,
+        api_key: &str,
+        waits: Option<WaitObserver>,
+        runs: usize,
+    ) -> Result<Self, HostError> {
+        let api_key = Some(api_key.to_owned()).filter(|key| !key.trim().is_empty());
+        Self::build_keyed(settings, api_key, waits, runs)
+    }
+
+    fn build_keyed(
+        settings: &Settings,
+        api_key: Option<String>,
+        waits: Option<WaitObserver>,
+        runs: usize,
+    ) -> Result<Self, HostError> {
+        let (model, sub_model) = models(settings)?;
+        let base_url = settings.effective_base_url()?;
+        let shown_url = display_url(&base_url);
         if api_key.is_none() && host_of(&base_url) == Some("api.openai.com") {
             return Err(HostError::Auth(format!(
                 "no API key: {} is not set (set it, name another variable with --api-key-env, \
@@ -127,9 +148,58 @@ impl Stack {
         let backend = OpenAiBackend::new(config).map_err(config_error)?;
         // Sub-calls share the client, pool and rate limits, with their own attempt timeout.
         let sub_backend = backend.with_request_timeout(settings.sub_timeout);
+        Self::assemble(
+            settings,
+            (model, sub_model, shown_url),
+            Arc::new(backend),
+            Arc::new(sub_backend),
+            redis,
+            notices,
+        )
+    }
+
+    /// A stack whose root and sub-calls go to `backend` (a caller's own model: a local
+    /// model, a test double, the Python package's `backend=`) instead of an
+    /// OpenAI-compatible server, with the same usage metering and sub-call cache tiers as
+    /// [`build`](Self::build). The server, key, retry and rate-limit settings do not apply
+    /// (the backend does its own); a Redis URL gives a shared cache tier only.
+    ///
+    /// # Errors
+    /// [`HostError::Usage`] for an empty model name or a value of [`Settings::redis`] that
+    /// is not a Redis URL; [`HostError::Input`] for a cache directory that is not a directory.
+    pub fn with_backend(
+        settings: &Settings,
+        backend: Arc<dyn BatchExecutor>,
+    ) -> Result<Self, HostError> {
+        let (model, sub_model) = models(settings)?;
+        let notices = Notices::default();
+        let redis = state::redis(settings, &notices)?;
+        Self::assemble(
+            settings,
+            (model, sub_model, "(a caller's backend)".to_owned()),
+            backend.clone(),
+            backend,
+            redis,
+            notices,
+        )
+    }
+
+    /// Meters the backends and puts the cache tiers above the sub-call one.
+    fn assemble<R, S>(
+        settings: &Settings,
+        (model, sub_model, shown_url): (String, String, String),
+        root: Arc<R>,
+        sub_backend: Arc<S>,
+        redis: Option<state::Redis>,
+        notices: Notices,
+    ) -> Result<Self, HostError>
+    where
+        R: LlmBackend + ?Sized + 'static,
+        S: BatchExecutor + ?Sized + 'static,
+    {
         // Metered below the cache: usage counts what the server was really asked.
         let tracker = UsageTracker::new();
-        let root: Arc<dyn LlmBackend> = Arc::new(Metered::new(backend, tracker.clone()));
+        let root: Arc<dyn LlmBackend> = Arc::new(Metered::new(root, tracker.clone()));
         let sent = Arc::new(AtomicU64::new(0));
         let metered = Metered::new(Sent::new(sub_backend, Arc::clone(&sent)), tracker.clone());
         // Below the in-memory cache, the disk and Redis tiers.
@@ -282,6 +352,16 @@ pub fn pool_size(max_concurrent: u32, max_depth: u32, runs: usize) -> usize {
         total = total.saturating_add(level);
     }
     total.saturating_mul(runs.max(1))
+}
+
+/// The root model and the sub model (the root model unless set), trimmed and not empty.
+fn models(settings: &Settings) -> Result<(String, String), HostError> {
+    let model = non_empty(&settings.model, "--model (or RLM_MODEL)")?;
+    let sub_model = match &settings.sub_model {
+        Some(sub) => non_empty(sub, "--sub-model (or RLM_SUB_MODEL)")?,
+        None => model.clone(),
+    };
+    Ok((model, sub_model))
 }
 
 fn non_empty(value: &str, flag: &str) -> Result<String, HostError> {

@@ -98,6 +98,8 @@ pub struct RlmConfig {
     /// The largest sub-call prompt, in estimated tokens (about four bytes each): a larger
     /// `llm_query` / `llm_batch` item fails at once with an `Error:` naming both sizes.
     pub sub_max_prompt_tokens: Option<u64>,
+    /// Host functions the REPL may call by name (see [`crate::tool`]), in child runs too.
+    pub tools: Vec<crate::Tool>,
 }
 
 impl RlmConfig {
@@ -133,6 +135,7 @@ impl Default for RlmConfig {
             child_model: None,
             child_max_iterations: 10,
             sub_max_prompt_tokens: None,
+            tools: Vec::new(),
         }
     }
 }

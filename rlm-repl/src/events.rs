@@ -165,6 +165,25 @@ pub enum Event {
         #[serde(default)]
         latency_ms: u64,
     },
+    /// A host function ([`RlmBuilder::tool`](crate::RlmBuilder::tool)) was called and
+    /// returned.
+    ToolCall {
+        /// Turn number.
+        #[serde(default)]
+        turn: usize,
+        /// The tool's name.
+        #[serde(default)]
+        name: String,
+        /// The start of its argument as JSON (at most 500 characters).
+        #[serde(default)]
+        argument: String,
+        /// The error, when it failed (its result was an `Error: ...` string).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        /// How long it took, in milliseconds.
+        #[serde(default)]
+        elapsed_ms: u64,
+    },
     /// An `llm_batch` began.
     BatchStart {
         /// Turn number.

@@ -32,6 +32,8 @@ pub(crate) struct Ledger {
     pub(crate) cancelled_sub_calls: AtomicU64,
     /// Calls whose server sent no token usage: their usage is an estimate.
     pub(crate) estimated_usage: AtomicU64,
+    /// Calls of host functions (tools), over the whole tree.
+    pub(crate) tool_calls: AtomicU64,
     /// Child runs started.
     pub(crate) child_runs: AtomicU64,
     /// The deepest run started (0: no child).

@@ -68,6 +68,7 @@ mod rlm;
 mod run;
 mod state;
 mod sync;
+pub mod tool;
 pub mod trace;
 mod words;
 
@@ -78,6 +79,7 @@ pub use events::{Event, Observer, RunPlace, RunSettings, TurnVerdict};
 pub use repl::{BlockOutcome, Repl, ReplBuilder};
 pub use result::{BlockRecord, RunResult, StopReason, SubCallRecord, Turn};
 pub use rlm::{Rlm, RlmBuilder};
+pub use tool::{Tool, ToolFuture};
 
 /// Whether a root reply holds a text `FINAL(...)` / `FINAL_VAR(...)` marker, found as the loop
 /// finds one (at the start of a line, Markdown decoration allowed, outside code): for tools

@@ -77,6 +77,9 @@ pub struct RunResult {
     /// Sub-calls cut short by cancellation (Ctrl-C, the time budget), children's included;
     /// not counted in [`failed_sub_calls`](Self::failed_sub_calls).
     pub cancelled_sub_calls: u64,
+    /// Calls of host functions ([`RlmBuilder::tool`](crate::RlmBuilder::tool)), children's
+    /// included.
+    pub tool_calls: u64,
     /// The deepest child run started (0: none).
     pub max_depth_reached: usize,
     /// Child runs started by `rlm_query` / `rlm_batch`, at every depth.

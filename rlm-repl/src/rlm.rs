@@ -210,6 +210,45 @@ impl RlmBuilder {
         self
     }
 
+    /// Registers a host function: scripts call `name(value)` (or `name()`), `f` gets the
+    /// value as JSON and its result comes back as a script value; an error comes back as an
+    /// `Error: ...` string. The root model's first message lists each tool with its
+    /// `description`; each call is an [`Event::ToolCall`](crate::Event::ToolCall) and counts
+    /// in [`RunResult::tool_calls`](crate::RunResult::tool_calls). Child runs may call it too.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use rlm_repl::Rlm;
+    /// # fn demo(backend: Arc<dyn rlm_core::BatchExecutor>) -> Result<(), rlm_repl::RlmError> {
+    /// let rlm = Rlm::builder(backend)
+    ///     .root_model("gpt-4o")
+    ///     .tool("lookup", "the population of a city: lookup(\"Paris\")", |city| async move {
+    ///         match city.as_str() {
+    ///             Some("Paris") => Ok(serde_json::json!(2_102_650)),
+    ///             _ => Err(format!("no population for {city}")),
+    ///         }
+    ///     })
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn tool<F, Fut, E>(
+        mut self,
+        name: impl Into<String>,
+        description: impl Into<String>,
+        f: F,
+    ) -> Self
+    where
+        F: Fn(serde_json::Value) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<serde_json::Value, E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        self.config
+            .tools
+            .push(crate::Tool::new(name, description, f));
+        self
+    }
+
     /// Limits of the sandbox.
     pub fn sandbox(mut self, limits: SandboxLimits) -> Self {
         self.config.sandbox = limits;
@@ -249,6 +288,7 @@ impl RlmBuilder {
                 "max_cost must be a number of dollars, at least 0".into(),
             ));
         }
+        crate::tool::check(&self.config.tools).map_err(RlmError::Config)?;
         if self.config.max_iterations == 0 {
             return Err(RlmError::Config("max_iterations must be at least 1".into()));
         }

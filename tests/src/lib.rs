@@ -12,11 +12,14 @@
 //! - [`harness`]: a test harness for tests that need a component outside Rust
 //!   (`redis-server`, Chromium, a Python client): a missing one is reported as ignored in
 //!   the summary line, never as a silent pass, and is a failure under `CI=true`.
+//! - [`python`]: the Python test environment (`target/venv-ci`, the pinned packages of
+//!   `tests/python/requirements-ci.txt`), made by the first test that needs it.
 //!
 //! Nothing here reaches beyond loopback.
 
 pub mod fixtures;
 pub mod harness;
+pub mod python;
 mod redis;
 mod server;
 

@@ -8,6 +8,7 @@
 mod children;
 mod errors;
 mod helpers;
+mod host;
 mod lint;
 mod memory;
 pub(crate) mod output;
@@ -32,6 +33,7 @@ use tokio::runtime::Handle;
 
 pub(crate) use self::children::{ChildAnswer, ChildRunner};
 use self::errors::{STOP_CANCELLED, STOP_FINAL, STOP_MEMORY, STOP_TIMEOUT};
+use self::host::HostTools;
 use self::output::OutputBuffer;
 use self::subcall::{BlockClock, SubCaller};
 pub(crate) use self::thread::spawn_evaluation;
@@ -76,6 +78,8 @@ struct Shared {
     printed_unit: AtomicBool,
     run: Arc<RunState>,
     sub: Option<SubCaller>,
+    /// The host functions (`tools`), when the REPL has any.
+    tools: Option<HostTools>,
     block_timeout: Duration,
     /// The memory budget ([`SandboxLimits::max_memory`]; 0: none).
     max_memory: usize,
@@ -301,6 +305,7 @@ pub struct ReplBuilder {
     handle: Option<Handle>,
     children: Option<Arc<dyn ChildRunner>>,
     max_prompt_tokens: Option<u64>,
+    tools: Option<(Arc<dyn crate::tool::ToolCaller>, Vec<String>)>,
 }
 
 /// Where a REPL's context comes from.
@@ -377,6 +382,16 @@ impl ReplBuilder {
         self
     }
 
+    /// The host functions `names`, called through `caller` (see [`crate::tool`]).
+    pub(crate) fn tools(
+        mut self,
+        caller: Arc<dyn crate::tool::ToolCaller>,
+        names: Vec<String>,
+    ) -> Self {
+        self.tools = (!names.is_empty()).then_some((caller, names));
+        self
+    }
+
     /// The largest prompt a sub-call may send, in estimated tokens: a larger one fails fast
     /// with an `Error: ...` string (default: no limit).
     pub(crate) fn sub_max_prompt_tokens(mut self, max: Option<u64>) -> Self {
@@ -399,6 +414,12 @@ impl ReplBuilder {
         });
         let handle = self.handle.or_else(|| Handle::try_current().ok());
         let clock = Arc::new(BlockClock::new(limits.max_memory > 0));
+        let tools = self.tools.map(|(caller, names)| HostTools {
+            caller,
+            names,
+            handle: handle.clone(),
+            clock: Arc::clone(&clock),
+        });
         let children = self.children;
         let max_prompt_tokens = self.max_prompt_tokens;
         let sub = self.sub.map(|(backend, model)| {
@@ -421,6 +442,7 @@ impl ReplBuilder {
             printed_unit: AtomicBool::new(false),
             run,
             sub,
+            tools,
             block_timeout: limits.block_timeout,
             max_memory: limits.max_memory,
             halt: AtomicU8::new(0),
@@ -471,6 +493,7 @@ impl Repl {
             handle: None,
             children: None,
             max_prompt_tokens: None,
+            tools: None,
         }
     }
 
@@ -1130,6 +1153,24 @@ fn build_engine(
         engine.register_fn(name, move |prompts: Dynamic, max_concurrent: INT| {
             batch(&s, name, &prompts, Some(concurrency(max_concurrent)))
         });
+    }
+
+    // Host functions: each name takes one value, or none.
+    if let Some(tools) = &shared.tools {
+        for name in &tools.names {
+            let (s, called) = (Arc::clone(shared), name.clone());
+            engine.register_fn(name.as_str(), move || {
+                s.tools
+                    .as_ref()
+                    .map_or(Dynamic::UNIT, |t| t.call(&called, &Dynamic::UNIT))
+            });
+            let (s, called) = (Arc::clone(shared), name.clone());
+            engine.register_fn(name.as_str(), move |argument: Dynamic| {
+                s.tools
+                    .as_ref()
+                    .map_or(Dynamic::UNIT, |t| t.call(&called, &argument))
+            });
+        }
     }
 
     // Child runs.

@@ -111,7 +111,7 @@ impl BlockClock {
     }
 
     /// A wait for sub-calls begins; it does not count as script time.
-    fn begin_wait(&self) {
+    pub(super) fn begin_wait(&self) {
         self.resident_at_wait
             .store(self.resident(), Ordering::SeqCst);
         self.wait_start_ns
@@ -119,7 +119,7 @@ impl BlockClock {
     }
 
     /// The wait ends.
-    fn end_wait(&self) {
+    pub(super) fn end_wait(&self) {
         let start = self.wait_start_ns.load(Ordering::SeqCst);
         if start > 0 {
             // Counted as waited before it stops being "in progress": a reader may subtract

@@ -229,7 +229,14 @@ impl Run {
         .sub_backend(sub, sub_model.clone())
         .max_concurrent(config.max_concurrent)
         .sub_max_prompt_tokens(config.sub_max_prompt_tokens)
-        .run_state(Arc::clone(&state));
+        .run_state(Arc::clone(&state))
+        .tools(
+            Arc::new(RunTools {
+                tools: config.tools.clone(),
+                state: Arc::clone(&state),
+            }),
+            config.tools.iter().map(|t| t.name().to_owned()).collect(),
+        );
         // Below the deepest level, `rlm_query` starts children in this tree.
         if recursion.allowed {
             builder = builder.child_runner(Arc::new(ChildRuns {
@@ -253,7 +260,8 @@ impl Run {
                 system.push_str(&recursion.text());
             }
         }
-        let first = first_message(query, &info);
+        let mut first = first_message(query, &info);
+        first.push_str(&crate::tool::listing(&config.tools));
         state.emitter.emit_with(|| Event::RunStart {
             query: query.to_owned(),
             root_model: root_model.clone(),
@@ -592,6 +600,7 @@ impl Run {
                 .max_depth_reached
                 .load(std::sync::atomic::Ordering::SeqCst),
             child_runs: ledger.child_runs.load(std::sync::atomic::Ordering::SeqCst),
+            tool_calls: ledger.tool_calls.load(std::sync::atomic::Ordering::SeqCst),
             usage_by_depth,
             trajectory: self.trajectory,
         };
@@ -619,6 +628,48 @@ fn sub_model_failure(run: &RunState, model: &str) -> Option<RlmError> {
         model: model.to_owned(),
         source,
     })
+}
+
+/// Calls the host functions of one run: counts each call in the tree's ledger, reports it
+/// as an [`Event::ToolCall`], and stops waiting when the run is cancelled.
+struct RunTools {
+    tools: Vec<crate::Tool>,
+    state: Arc<RunState>,
+}
+
+impl crate::tool::ToolCaller for RunTools {
+    fn call(&self, name: &str, argument: serde_json::Value) -> crate::ToolFuture {
+        let Some(tool) = self.tools.iter().find(|t| t.name() == name).cloned() else {
+            let message = format!("no host function {name:?}");
+            return Box::pin(async move { Err(message) });
+        };
+        let state = Arc::clone(&self.state);
+        Box::pin(async move {
+            if state.cancel.is_cancelled() {
+                return Err("the run was cancelled".to_owned());
+            }
+            state
+                .ledger
+                .tool_calls
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let shown = crate::repl::output::prefix(&argument.to_string(), 500).to_owned();
+            let started = Instant::now();
+            let outcome = tokio::select! {
+                biased;
+                () = state.cancel.cancelled() => Err("the run was cancelled".to_owned()),
+                outcome = tool.call(argument) => outcome,
+            };
+            let turn = state.turn();
+            state.emitter.emit_with(|| Event::ToolCall {
+                turn,
+                name: tool.name().to_owned(),
+                argument: shown,
+                error: outcome.as_ref().err().cloned(),
+                elapsed_ms: millis(started.elapsed()),
+            });
+            outcome
+        })
+    }
 }
 
 /// Starts the children of one run, in its tree: what `rlm_query` calls.

@@ -1,0 +1,129 @@
+//! `rlm_rs.Result`: what a run returns.
+
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use rlm_host::RunResult;
+use serde_json::Value;
+
+use crate::convert::to_py;
+
+/// The outcome of a run: the answer, why the run stopped, and what it used.
+///
+/// `answer` is empty when the run stopped without one (a budget ran out and the final ask
+/// got no marked answer); `stopped` then says which budget, and `warnings` why.
+#[pyclass(module = "rlm_rs", name = "Result", frozen)]
+pub(crate) struct PyResult_ {
+    /// The final answer ("" when the run stopped without one).
+    #[pyo3(get)]
+    answer: String,
+    /// The answer as JSON, for a run with an output schema (None otherwise).
+    #[pyo3(get)]
+    parsed: Py<PyAny>,
+    /// Why the run stopped: "final", "max_iterations", "max_sub_calls", "max_tokens",
+    /// "max_time", "max_cost" or "cancelled".
+    #[pyo3(get)]
+    stopped: String,
+    /// Root turns taken.
+    #[pyo3(get)]
+    iterations: usize,
+    /// Wall time of the run in milliseconds.
+    #[pyo3(get)]
+    elapsed_ms: u64,
+    /// Calls below the top-level root (`llm_query`, `llm_batch` items, child runs' calls).
+    #[pyo3(get)]
+    sub_calls: u64,
+    /// Sub-calls that failed (errors, cut or empty replies).
+    #[pyo3(get)]
+    failed_sub_calls: u64,
+    /// Sub-calls cut short by cancellation or the time budget.
+    #[pyo3(get)]
+    cancelled_sub_calls: u64,
+    /// Sub-calls a budget refused before sending.
+    #[pyo3(get)]
+    refused_sub_calls: u64,
+    /// Calls of the `tools=` functions from the REPL.
+    #[pyo3(get)]
+    tool_calls: u64,
+    /// Child runs started by `rlm_query` / `rlm_batch`.
+    #[pyo3(get)]
+    child_runs: u64,
+    /// The deepest child run (0: none).
+    #[pyo3(get)]
+    max_depth_reached: usize,
+    /// Why the answer may not be trusted as it is, one sentence each (empty: a clean run).
+    #[pyo3(get)]
+    warnings: Vec<String>,
+    usage: Value,
+    cost_usd: Value,
+}
+
+impl PyResult_ {
+    /// From the engine's result; `warnings` (the context's, the cache tiers') go first.
+    pub(crate) fn new(py: Python<'_>, result: RunResult, mut warnings: Vec<String>) -> Self {
+        warnings.extend(result.warnings);
+        Self {
+            answer: result.answer,
+            parsed: py.None(),
+            stopped: result.stopped.as_str().to_owned(),
+            iterations: result.iterations,
+            elapsed_ms: u64::try_from(result.elapsed.as_millis()).unwrap_or(u64::MAX),
+            sub_calls: result.sub_calls,
+            failed_sub_calls: result.failed_sub_calls,
+            cancelled_sub_calls: result.cancelled_sub_calls,
+            refused_sub_calls: result.refused_sub_calls,
+            tool_calls: result.tool_calls,
+            child_runs: result.child_runs,
+            max_depth_reached: result.max_depth_reached,
+            warnings,
+            usage: serde_json::to_value(&result.usage).unwrap_or(Value::Null),
+            cost_usd: serde_json::to_value(&result.cost).unwrap_or(Value::Null),
+        }
+    }
+}
+
+#[pymethods]
+impl PyResult_ {
+    /// Calls and tokens per model: `{model: {"calls", "prompt_tokens", "completion_tokens"}}`.
+    #[getter]
+    fn usage<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        to_py(py, &self.usage)
+    }
+
+    /// What the run cost in USD: `{"total", "by_model", "unpriced"}`.
+    #[getter]
+    fn cost_usd<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        to_py(py, &self.cost_usd)
+    }
+
+    /// Every field as a dict of plain values (JSON-ready, as `rlm run --json` prints).
+    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let dict = PyDict::new(py);
+        dict.set_item("answer", &self.answer)?;
+        dict.set_item("parsed", self.parsed.bind(py))?;
+        dict.set_item("stopped", &self.stopped)?;
+        dict.set_item("iterations", self.iterations)?;
+        dict.set_item("elapsed_ms", self.elapsed_ms)?;
+        dict.set_item("usage", to_py(py, &self.usage)?)?;
+        dict.set_item("cost_usd", to_py(py, &self.cost_usd)?)?;
+        dict.set_item("sub_calls", self.sub_calls)?;
+        dict.set_item("failed_sub_calls", self.failed_sub_calls)?;
+        dict.set_item("cancelled_sub_calls", self.cancelled_sub_calls)?;
+        dict.set_item("refused_sub_calls", self.refused_sub_calls)?;
+        dict.set_item("tool_calls", self.tool_calls)?;
+        dict.set_item("child_runs", self.child_runs)?;
+        dict.set_item("max_depth_reached", self.max_depth_reached)?;
+        dict.set_item("warnings", &self.warnings)?;
+        Ok(dict)
+    }
+
+    fn __repr__(&self) -> String {
+        let mut answer: String = self.answer.chars().take(60).collect();
+        if answer.len() < self.answer.len() {
+            answer.push_str("...");
+        }
+        format!(
+            "Result(answer={answer:?}, stopped={:?}, iterations={}, sub_calls={})",
+            self.stopped, self.iterations, self.sub_calls
+        )
+    }
+}

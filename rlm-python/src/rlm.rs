@@ -1,0 +1,294 @@
+//! `rlm_rs.RLM`: settings and a backend stack, shared by every run it makes.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyString};
+use rlm_host::supervise::{CANCEL_GRACE, Supervised, supervise};
+use rlm_host::{CancellationToken, Context, Prices, RlmBuilder, RunResult, Settings, Stack};
+
+use crate::backend::PyBackend;
+use crate::errors::{Failure, UsageError};
+use crate::options::{Extras, apply};
+use crate::result::PyResult_;
+use crate::tools::PyTool;
+use crate::wait;
+
+/// What every run of one `RLM` shares.
+pub(crate) struct Engine {
+    pub(crate) settings: Settings,
+    pub(crate) extras: Extras,
+    pub(crate) stack: Stack,
+    pub(crate) prices: Prices,
+    pub(crate) tools: Vec<PyTool>,
+}
+
+/// A Recursive Language Model: `RLM(model).completion(context, query)` answers `query` over
+/// `context`, which the root model explores with code in a sandboxed REPL, calling sub-models
+/// on the parts (`llm_query`, `llm_batch`) and child RLMs (`rlm_query`).
+///
+/// `RLM(model, sub_model=None, *, base_url=None, api_key=None, tools=None, backend=None,
+/// **limits)`: `base_url` defaults to `OPENAI_BASE_URL`, else the OpenAI API; `api_key` to
+/// the variable `api_key_env` names (default `OPENAI_API_KEY`). `limits` are `rlm run`'s
+/// flags with underscores (`max_iterations=10`, `max_concurrent=32`, `max_depth=1`,
+/// `rpm=500`, `max_cost=0.5`, `max_time=120`, `cache_dir="..."`, `prices="prices.json"`,
+/// `system_prompt="..."`, `trace="run.jsonl"`, ...); seconds are numbers. `tools` is a dict
+/// of Python functions (sync or async) the REPL may call by name with one JSON-like value;
+/// `backend` a callable (sync or async) `(messages, model) -> str` that answers instead of
+/// an HTTP server.
+///
+/// One RLM may run many queries, one after another, at once from threads, or concurrently
+/// with `acompletion`: they share its pacing, retries and sub-call cache.
+#[pyclass(module = "rlm_rs", name = "RLM", frozen)]
+pub(crate) struct PyRlm {
+    engine: Arc<Engine>,
+}
+
+#[pymethods]
+impl PyRlm {
+    #[new]
+    #[allow(clippy::too_many_arguments)] // the Python signature
+    #[pyo3(signature = (model, sub_model=None, *, base_url=None, api_key=None, tools=None, backend=None, **limits))]
+    fn new(
+        py: Python<'_>,
+        model: String,
+        sub_model: Option<String>,
+        base_url: Option<String>,
+        api_key: Option<String>,
+        tools: Option<&Bound<'_, PyDict>>,
+        backend: Option<Py<PyAny>>,
+        limits: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Self> {
+        let mut settings = base_settings(model, sub_model, base_url);
+        let mut extras = Extras::default();
+        apply(&mut settings, &mut extras, limits)?;
+        let tools = crate::tools::from_dict(tools)?;
+        let engine = py
+            .detach(|| build(settings, extras, api_key, backend, tools))
+            .map_err(|e| e.into_pyerr(""))?;
+        Ok(Self {
+            engine: Arc::new(engine),
+        })
+    }
+
+    /// Answers `query` over `context` and returns a `Result`.
+    ///
+    /// `context`: a str; a list of str (documents); a dict or list (JSON-like); or a
+    /// `pathlib.Path` to a file or directory, loaded as `rlm run --context` loads it. The
+    /// GIL is released while the engine works; Ctrl-C (KeyboardInterrupt) cancels the run
+    /// and its in-flight sub-calls. Safe to call from threads and inside a running event
+    /// loop (it blocks that loop's thread until the answer; use `acompletion` there).
+    ///
+    /// Raises `UsageError`, `InputError`, `ServerError`, `AuthError`, `BudgetError` (all
+    /// `RlmError`s), or KeyboardInterrupt.
+    #[pyo3(signature = (context, query))]
+    fn completion(
+        &self,
+        py: Python<'_>,
+        context: &Bound<'_, PyAny>,
+        query: String,
+    ) -> PyResult<Py<PyResult_>> {
+        let (context, warnings) = read_context(py, context, &self.engine)?;
+        let cancel = CancellationToken::new();
+        let run = start(&self.engine, query, context, cancel.clone())?;
+        let outcome = wait::block_on(py, run, &cancel)?;
+        finish(py, &self.engine, outcome, warnings)
+    }
+
+    /// `await rlm.acompletion(context, query)`: `completion` as an awaitable of the running
+    /// event loop (asyncio; Jupyter's too). The loop goes on while the engine works;
+    /// cancelling the awaiting task cancels the run and its in-flight sub-calls.
+    #[pyo3(signature = (context, query))]
+    fn acompletion<'py>(
+        &self,
+        py: Python<'py>,
+        context: &Bound<'py, PyAny>,
+        query: String,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (context, warnings) = read_context(py, context, &self.engine)?;
+        let cancel = CancellationToken::new();
+        let run = start(&self.engine, query, context, cancel.clone())?;
+        let engine = Arc::clone(&self.engine);
+        wait::future(py, run, cancel, move |py, outcome| {
+            finish(py, &engine, outcome, warnings).map(Py::into_any)
+        })
+    }
+
+    /// The root model.
+    #[getter]
+    fn model(&self) -> String {
+        self.engine.stack.model().to_owned()
+    }
+
+    /// The sub-calls' model.
+    #[getter]
+    fn sub_model(&self) -> String {
+        self.engine.stack.sub_model().to_owned()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "RLM(model={:?}, sub_model={:?}, base_url={:?})",
+            self.engine.stack.model(),
+            self.engine.stack.sub_model(),
+            self.engine.stack.shown_url()
+        )
+    }
+}
+
+/// Settings for `model` with the environment's defaults a front end applies (`OPENAI_BASE_URL`).
+pub(crate) fn base_settings(
+    model: String,
+    sub_model: Option<String>,
+    base_url: Option<String>,
+) -> Settings {
+    let mut settings = Settings::new(model);
+    settings.sub_model = sub_model;
+    settings.base_url = base_url
+        .or_else(|| std::env::var("OPENAI_BASE_URL").ok())
+        .unwrap_or(settings.base_url);
+    settings
+}
+
+/// The stack (HTTP, or the Python backend) and prices for `settings`.
+fn build(
+    settings: Settings,
+    extras: Extras,
+    api_key: Option<String>,
+    backend: Option<Py<PyAny>>,
+    tools: Vec<PyTool>,
+) -> Result<Engine, Failure> {
+    let prices = settings.load_prices()?;
+    let stack = match backend {
+        Some(backend) => Stack::with_backend(&settings, Arc::new(PyBackend::new(backend)))?,
+        None => match &api_key {
+            Some(key) => Stack::build_with_api_key(&settings, key, None, 1)?,
+            None => Stack::build(&settings, None, 1)?,
+        },
+    };
+    Ok(Engine {
+        settings,
+        extras,
+        stack,
+        prices,
+        tools,
+    })
+}
+
+/// `context` as the engine's, with what loading it warned of.
+fn read_context(
+    py: Python<'_>,
+    context: &Bound<'_, PyAny>,
+    engine: &Engine,
+) -> PyResult<(Context, Vec<String>)> {
+    if let Ok(text) = context.cast::<PyString>() {
+        return Ok((Context::Text(text.to_cow()?.into_owned()), Vec::new()));
+    }
+    let pathlike = py.import("os")?.getattr("PathLike")?;
+    if context.is_instance(&pathlike)? {
+        let path: std::path::PathBuf = context.extract()?;
+        let mut options = rlm_host::context::LoadOptions::default();
+        if let Some(max) = engine.extras.max_context_bytes {
+            options.max_bytes = max;
+        }
+        let loaded = py
+            .detach(|| rlm_host::context::load(Some(&path), &options, std::io::empty()))
+            .map_err(|e| Failure::from(e).into_pyerr(""))?;
+        return Ok((loaded.context, loaded.warnings));
+    }
+    if let Ok(list) = context.cast::<PyList>()
+        && list.iter().all(|item| item.is_instance_of::<PyString>())
+        && !list.is_empty()
+    {
+        let documents = list
+            .iter()
+            .map(|item| item.extract::<String>())
+            .collect::<PyResult<Vec<_>>>()?;
+        return Ok((Context::Documents(documents), Vec::new()));
+    }
+    match crate::convert::to_json(context) {
+        Ok(value) => Ok((Context::Json(value), Vec::new())),
+        Err(e) => Err(UsageError::new_err(format!(
+            "context must be a str, a list of str, a dict or list (JSON-like) or a \
+             pathlib.Path: {}",
+            e.value(py)
+        ))),
+    }
+}
+
+/// A run's builder on the engine's stack with its prices, prompt, trace and tools.
+pub(crate) fn builder(engine: &Engine, cancel: CancellationToken) -> Result<RlmBuilder, Failure> {
+    let mut builder = engine
+        .stack
+        .rlm_builder(&engine.settings)?
+        .prices(engine.prices.clone())
+        .cancel_token(cancel);
+    if let Some(prompt) = &engine.extras.system_prompt {
+        builder = builder.system_prompt(prompt.clone());
+    }
+    if let Some(path) = &engine.extras.trace {
+        let writer = rlm_host::trace::TraceWriter::create(path, Instant::now())
+            .map_err(|e| {
+                Failure::Host(rlm_host::HostError::Input(format!(
+                    "cannot write the trace {}: {e}",
+                    path.display()
+                )))
+            })?
+            .with_settings(engine.settings.trace_settings());
+        builder = builder.observer(Arc::new(writer));
+    }
+    for tool in &engine.tools {
+        builder = tool.register(builder);
+    }
+    Ok(builder)
+}
+
+/// The run, supervised: `--max-time` ends it whatever its code does.
+type Outcome = Result<RunResult, Failure>;
+
+fn start(
+    engine: &Arc<Engine>,
+    query: String,
+    context: Context,
+    cancel: CancellationToken,
+) -> PyResult<impl std::future::Future<Output = Outcome> + Send + 'static> {
+    let rlm = builder(engine, cancel.clone())
+        .and_then(|b| b.build().map_err(Failure::from))
+        .map_err(|e| e.into_pyerr(engine.stack.model()))?;
+    let max_time = engine.settings.max_time;
+    Ok(async move {
+        match supervise(rlm.run(query, context), &cancel, max_time).await {
+            Supervised::Returned(outcome) => outcome.map_err(Failure::from),
+            Supervised::Abandoned => Err(Failure::Rlm(rlm_host::RlmError::Root {
+                turn: 0,
+                source: rlm_host::LlmError::Cancelled,
+            })),
+            Supervised::TimedOut => Err(Failure::Budget(format!(
+                "the run's time ran out (max_time) and its code did not stop within {} s; no \
+                 answer",
+                CANCEL_GRACE.as_secs_f64()
+            ))),
+        }
+    })
+}
+
+fn finish(
+    py: Python<'_>,
+    engine: &Engine,
+    outcome: Outcome,
+    mut warnings: Vec<String>,
+) -> PyResult<Py<PyResult_>> {
+    match outcome {
+        Ok(result) => {
+            if result.stopped == rlm_host::StopReason::Cancelled {
+                return Err(pyo3::exceptions::PyKeyboardInterrupt::new_err(
+                    "the run was cancelled",
+                ));
+            }
+            warnings.extend(engine.stack.warnings());
+            Py::new(py, PyResult_::new(py, result, warnings))
+        }
+        Err(failure) => Err(failure.into_pyerr(engine.stack.model())),
+    }
+}
