@@ -1,21 +1,55 @@
 //! `batch_completion` / `abatch_completion`: many plain prompts to one model, through the
 //! same stack as a run's sub-calls (bounded, ordered, paced, retried, cached).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use rlm_core::{BatchOptions, BatchResult, CompletionRequest, FinishReason};
-use rlm_host::{CancellationToken, Stack};
+use rlm_host::{CancellationToken, Settings, Stack};
 
 use crate::errors::{Failure, UsageError};
 use crate::options::{Extras, apply};
 use crate::rlm::base_settings;
 use crate::wait;
 
+/// The HTTP stacks of earlier batches, by settings and key (the most recent last): a
+/// batch with the same settings reuses its stack, so pacing (`rpm`, `tpm`) holds across
+/// calls and an answer cached by one call serves the next.
+static STACKS: Mutex<Vec<KeptStack>> = Mutex::new(Vec::new());
+
+/// A kept stack with the settings and key it was built for.
+type KeptStack = (Settings, Option<String>, Arc<Stack>);
+
+/// Stacks kept for reuse.
+const KEPT_STACKS: usize = 8;
+
+/// The HTTP stack for `settings` and `api_key`: a kept one, or a new one (then kept).
+fn http_stack(settings: &Settings, api_key: Option<&String>) -> Result<Arc<Stack>, Failure> {
+    let mut stacks = STACKS.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(i) = stacks
+        .iter()
+        .position(|(s, k, _)| s == settings && k.as_ref() == api_key)
+    {
+        let kept = stacks.remove(i);
+        let stack = Arc::clone(&kept.2);
+        stacks.push(kept);
+        return Ok(stack);
+    }
+    let stack = Arc::new(match api_key {
+        Some(key) => Stack::build_with_api_key(settings, key, None, 1)?,
+        None => Stack::build(settings, None, 1)?,
+    });
+    if stacks.len() >= KEPT_STACKS {
+        stacks.remove(0);
+    }
+    stacks.push((settings.clone(), api_key.cloned(), Arc::clone(&stack)));
+    Ok(stack)
+}
+
 /// A batch ready to run: the stack, the requests and how many at once.
 struct Batch {
-    stack: Stack,
+    stack: Arc<Stack>,
     requests: Vec<CompletionRequest>,
     max_concurrent: usize,
     model: String,
@@ -67,16 +101,13 @@ fn prepare(
         settings.sub_timeout = settings.timeout;
     }
     let stack = py
-        .detach(|| -> Result<Stack, Failure> {
+        .detach(|| -> Result<Arc<Stack>, Failure> {
             Ok(match backend {
-                Some(backend) => Stack::with_backend(
+                Some(backend) => Arc::new(Stack::with_backend(
                     &settings,
                     Arc::new(crate::backend::PyBackend::new(backend)),
-                )?,
-                None => match &api_key {
-                    Some(key) => Stack::build_with_api_key(&settings, key, None, 1)?,
-                    None => Stack::build(&settings, None, 1)?,
-                },
+                )?),
+                None => http_stack(&settings, api_key.as_ref())?,
             })
         })
         .map_err(|e| e.into_pyerr(&model))?;
@@ -132,7 +163,9 @@ fn text(result: BatchResult) -> String {
 ///
 /// `base_url`, `api_key` and `backend` as for `RLM`; `limits` are `rlm run`'s flags with
 /// underscores (`rpm`, `tpm`, `max_retries`, `timeout` (each attempt), `cache_dir`,
-/// `no_cache`, ...). The GIL is released while the batch runs; Ctrl-C cancels it.
+/// `no_cache`, ...). Calls with the same settings share one client: its pacing holds across
+/// them and its cache answers prompts an earlier call asked. The GIL is released while the
+/// batch runs; Ctrl-C cancels it.
 #[pyfunction]
 #[pyo3(signature = (prompts, model, *, max_concurrent=10, base_url=None, api_key=None, backend=None, **limits))]
 #[allow(clippy::too_many_arguments)] // the Python signature

@@ -11,8 +11,8 @@ bounded, ordered, paced, retried and cached. Errors are `RlmError` subclasses na
 `rlm --json`'s error kinds. See help(RLM) and help(batch_completion).
 """
 
+from . import _rlm_rs
 from ._rlm_rs import (
-    RLM,
     AuthError,
     BudgetError,
     InputError,
@@ -21,7 +21,6 @@ from ._rlm_rs import (
     ServerError,
     UsageError,
     __version__,
-    abatch_completion,
     batch_completion,
 )
 
@@ -38,3 +37,22 @@ __all__ = [
     "abatch_completion",
     "__version__",
 ]
+
+
+class RLM(_rlm_rs.RLM):
+    __doc__ = _rlm_rs.RLM.__doc__
+
+    async def acompletion(self, context, query):
+        """`await rlm.acompletion(context, query)`: `completion` as a coroutine of the running
+        event loop (asyncio; Jupyter's too). The loop goes on while the engine works;
+        cancelling the awaiting task cancels the run and its in-flight sub-calls."""
+        return await super().acompletion(context, query)
+
+
+async def abatch_completion(prompts, model, **kwargs):
+    """`await abatch_completion(prompts, model, ...)`: `batch_completion` as a coroutine of
+    the running event loop; cancelling the awaiting task cancels the batch."""
+    return await _rlm_rs.abatch_completion(prompts, model, **kwargs)
+
+
+RLM.__module__ = "rlm_rs"
