@@ -400,6 +400,65 @@ mod tests {
         assert_eq!(pool_size(4096, 64, 1), usize::MAX);
     }
 
+    #[tokio::test]
+    async fn a_callers_backend_is_metered_and_its_sub_calls_cached() {
+        use rlm_core::{BatchOptions, CompletionRequest};
+        let mock = rlm_core::mock::MockBackend::echo();
+        let settings = Settings {
+            sub_model: Some("sub".into()),
+            ..Settings::new("root")
+        };
+        let stack = Stack::with_backend(&settings, Arc::new(mock.clone()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((stack.model(), stack.sub_model()), ("root", "sub"));
+        let requests = || {
+            ["a", "b", "a"]
+                .map(|p| CompletionRequest::prompt("sub", p))
+                .to_vec()
+        };
+        let first = stack
+            .sub()
+            .complete_batch(requests(), &BatchOptions::new(4))
+            .await;
+        let again = stack
+            .sub()
+            .complete_batch(requests(), &BatchOptions::new(4))
+            .await;
+        let texts = |results: Vec<rlm_core::BatchResult>| {
+            results
+                .into_iter()
+                .map(|r| r.map(|c| c.text).unwrap_or_default())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(texts(first), ["echo: a", "echo: b", "echo: a"]);
+        assert_eq!(texts(again), ["echo: a", "echo: b", "echo: a"]);
+        // Each distinct prompt reached the backend once, and was metered once.
+        assert_eq!(mock.calls(), 2);
+        assert_eq!(stack.usage()["sub"].calls, 2);
+        let root = stack
+            .root()
+            .complete(CompletionRequest::prompt("root", "q"))
+            .await
+            .map(|c| c.text);
+        assert_eq!(root.ok().as_deref(), Some("echo: q"));
+        assert_eq!(stack.usage()["root"].calls, 1);
+    }
+
+    #[test]
+    fn a_key_given_directly_stands_in_for_the_variable() {
+        let settings = Settings {
+            base_url: "https://api.openai.com/v1".into(),
+            api_key_env: "RLM_HOST_TEST_SURELY_UNSET_KEY".into(),
+            ..Settings::new("gpt-4o")
+        };
+        let refused = Stack::build(&settings, None, 1).err();
+        assert!(matches!(refused, Some(HostError::Auth(_))), "{refused:?}");
+        assert!(Stack::build_with_api_key(&settings, "sk-given", None, 1).is_ok());
+        // An empty key is no key.
+        let refused = Stack::build_with_api_key(&settings, " ", None, 1).err();
+        assert!(matches!(refused, Some(HostError::Auth(_))), "{refused:?}");
+    }
+
     #[cfg(feature = "disk")]
     #[test]
     fn a_cache_file_that_cannot_be_used_leaves_the_stack_without_it() {
