@@ -2,8 +2,7 @@
 //! nobody here wrote, against the loopback mock model server.
 //!
 //! The Python interpreter is `RLM_TEST_PYTHON`, else the virtual environment at
-//! `target/venv-ci` (made on first use by `rlm_tests::python::venv`, as `.ci/run` does). The
-//! harness is `rlm_tests::harness::Suite` (see `main`):
+//! `target/venv-ci` (made on first use by `rlm_tests::python::venv`). The harness is `rlm_tests::harness::Suite` (see `main`):
 //! without that Python the client tests show as ignored in the summary line, not as passed;
 //! under `CI=true` they run, and a missing interpreter or package fails them.
 

@@ -40,7 +40,7 @@ pub(crate) struct Engine {
 ///
 /// One RLM may run many queries, one after another, at once from threads, or concurrently
 /// with `acompletion`: they share its pacing, retries and sub-call cache.
-#[pyclass(module = "rlm_rs", name = "RLM", frozen, subclass)]
+#[pyclass(module = "rlm_rs._rlm_rs", name = "_RLM", frozen, subclass)]
 pub(crate) struct PyRlm {
     engine: Arc<Engine>,
 }

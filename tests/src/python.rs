@@ -4,8 +4,7 @@
 //! [`venv`] returns its interpreter, creating the environment when it is missing or was
 //! made from another requirements file (`python3 -m venv`, then `pip install --no-deps -r`
 //! from the package index), under a file lock so that test binaries running at once do not
-//! race. `.ci/run` makes the same environment the same way (the stamp file
-//! `target/venv-ci/.requirements-ci.txt` is shared), so either may go first.
+//! race; the stamp `target/venv-ci/.requirements-ci.txt` records what it was made from.
 //! `RLM_TEST_PYTHON` names another interpreter instead (nothing is created then).
 //!
 //! A test file asks the [`harness`](crate::harness) whether to run:

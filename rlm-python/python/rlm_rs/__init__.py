@@ -39,8 +39,8 @@ __all__ = [
 ]
 
 
-class RLM(_rlm_rs.RLM):
-    __doc__ = _rlm_rs.RLM.__doc__
+class RLM(_rlm_rs._RLM):
+    __doc__ = _rlm_rs._RLM.__doc__
 
     async def acompletion(self, context, query):
         """`await rlm.acompletion(context, query)`: `completion` as a coroutine of the running

@@ -100,7 +100,7 @@ class RLM:
     @property
     def sub_model(self) -> str: ...
     def completion(self, context: Context, query: str) -> Result: ...
-    def acompletion(self, context: Context, query: str) -> Awaitable[Result]: ...
+    async def acompletion(self, context: Context, query: str) -> Result: ...
 
 def batch_completion(
     prompts: Sequence[str],
@@ -112,7 +112,7 @@ def batch_completion(
     backend: Optional[Backend] = None,
     **limits: Any,
 ) -> List[str]: ...
-def abatch_completion(
+async def abatch_completion(
     prompts: Sequence[str],
     model: str,
     *,
@@ -121,4 +121,4 @@ def abatch_completion(
     api_key: Optional[str] = None,
     backend: Optional[Backend] = None,
     **limits: Any,
-) -> Awaitable[List[str]]: ...
+) -> List[str]: ...
