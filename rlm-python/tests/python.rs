@@ -317,7 +317,7 @@ async fn the_wheel_installs_into_a_fresh_venv() {
 fn main() -> std::process::ExitCode {
     rlm_tests::harness::Suite::new()
         .needs(
-            "a Python with maturin and pytest (target/venv-ci, or RLM_TEST_PYTHON)",
+            "a Python with maturin and pytest (target/venv-ci, made from PyPI by the tests; or RLM_TEST_PYTHON)",
             toolchain_usable(),
         )
         .tokio("completion_against_the_mock", completion_against_the_mock)
