@@ -291,7 +291,7 @@ pub enum Event {
 /// The limits and budgets of a run, as [`Event::RunStart`] reports them. Budgets without a
 /// limit are `None` (`null` in the trace); times are in milliseconds. Read back from a trace,
 /// a setting the trace lacks is its type's default.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 #[non_exhaustive]
 pub struct RunSettings {
@@ -321,6 +321,10 @@ pub struct RunSettings {
     pub max_string_bytes: usize,
     /// Rhai operations per code block.
     pub max_operations: u64,
+    /// Bytes the sandbox's values may hold over the whole tree.
+    pub max_memory: usize,
+    /// Dollars the whole tree may spend.
+    pub max_cost_usd: Option<f64>,
 }
 
 /// What the loop made of a root turn's answer, as [`Event::TurnEnd`] reports it (snake case
@@ -390,6 +394,8 @@ impl RunSettings {
             block_timeout_ms: ms(config.sandbox.block_timeout),
             max_string_bytes: config.sandbox.max_string_size,
             max_operations: config.sandbox.max_operations,
+            max_memory: config.sandbox.max_memory,
+            max_cost_usd: config.max_cost,
         }
     }
 }
