@@ -510,6 +510,37 @@ pub(crate) struct RunArgs {
     )]
     pub(crate) redis_prefix: String,
 
+    /// A JSON Schema (draft 2020-12 or 7, a JSON file) the answer must conform to. The root
+    /// model is told the schema; a final answer is converted to JSON and validated, and one
+    /// that does not conform is refused with its first errors. stdout is then the answer as
+    /// compact JSON on one line (--json: `answer` is the value). A file that is not JSON or
+    /// not a valid schema is exit 2.
+    #[arg(long, value_name = "FILE", help_heading = "Typed answers")]
+    pub(crate) output_schema: Option<PathBuf>,
+
+    /// Non-conforming final answers refused before the run ends without an answer
+    /// (`stopped: "invalid_output"`, exit 3, stdout empty).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = rlm_host::DEFAULT_OUTPUT_SCHEMA_RETRIES as u32,
+        help_heading = "Typed answers"
+    )]
+    pub(crate) output_schema_retries: u32,
+
+    /// How llm_query_json / llm_batch_json ask the sub-model for JSON: `native` sends the
+    /// schema as OpenAI's response_format (json_schema, strict), `prompt` puts it in the
+    /// prompt, `auto` tries native and uses the prompt for a model whose server refuses
+    /// response_format (one warning).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "MODE",
+        default_value_t = StructuredMode::Auto,
+        help_heading = "Typed answers"
+    )]
+    pub(crate) structured_output: StructuredMode,
+
     /// Write every event (turns, code blocks and outputs, sub-calls, the answer) to FILE as
     /// JSON Lines, each line flushed as it happens.
     #[arg(long, value_name = "FILE", help_heading = "Output and behaviour")]
@@ -535,6 +566,27 @@ pub(crate) struct RunArgs {
         help_heading = "Output and behaviour"
     )]
     pub(crate) progress: ProgressMode,
+}
+
+/// `--structured-output`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum StructuredMode {
+    /// Native, falling back to the prompt per model.
+    Auto,
+    /// The provider's response_format.
+    Native,
+    /// The schema in the prompt.
+    Prompt,
+}
+
+impl From<StructuredMode> for rlm_host::StructuredOutput {
+    fn from(mode: StructuredMode) -> Self {
+        match mode {
+            StructuredMode::Auto => rlm_host::StructuredOutput::Auto,
+            StructuredMode::Native => rlm_host::StructuredOutput::Native,
+            StructuredMode::Prompt => rlm_host::StructuredOutput::Prompt,
+        }
+    }
 }
 
 /// How progress is shown (`--progress`).

@@ -218,3 +218,201 @@ fn a_rust_type_gives_the_schema_and_is_read_back() {
     );
     assert!(seen(&root, 1).contains("at /guilty:"));
 }
+
+/// A sub-model for `llm_batch_json`: the prompt names an item `item N`; items 0 and 1 answer
+/// well at once, item 2 answers prose first and well when repaired, item 3 is wrong both
+/// times, item 4 wraps its JSON in prose (taken out of it).
+fn json_sub() -> MockBackend {
+    MockBackend::from_fn(|request| {
+        let first = request.messages[0].content.to_string();
+        let item: usize = first
+            .split("item ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(99);
+        let repair = request.messages.len() > 1;
+        Ok(match (item, repair) {
+            (0 | 1, _) => format!(r#"{{"n": {item}, "label": "item {item}"}}"#),
+            (2, false) => "I think the answer is two".to_owned(),
+            (2, true) => r#"{"n": 2, "label": "two"}"#.to_owned(),
+            (3, _) => r#"{"n": "three"}"#.to_owned(),
+            (4, _) => r#"Here you go: {"n": 4, "label": "four"} - done"#.to_owned(),
+            _ => "?".to_owned(),
+        })
+    })
+}
+
+fn item_schema_code() -> &'static str {
+    r#"let schema = #{type: "object", properties: #{n: #{type: "integer"}, label: #{type: "string"}}, required: ["n", "label"], additionalProperties: false};"#
+}
+
+#[tokio::test]
+async fn llm_batch_json_repairs_once_and_keeps_the_rest() {
+    let code = format!(
+        "{}\nlet out = llm_batch_json([0, 1, 2, 3, 4].map(|i| `item ${{i}} please`), schema, 2);\n\
+         print(out.map(|x| type_of(x)));\nlet n = out.filter(|x| type_of(x) == \"map\").map(|x| x.n);\nprint(n);\nprint(out[3]);",
+        item_schema_code()
+    );
+    let root = MockBackend::scripted([fence(&code), "FINAL(done)".to_owned()]);
+    let sub = json_sub();
+    let rlm = builder(&root, &sub)
+        .structured_output(rlm_repl::StructuredOutput::Prompt)
+        .build_ok();
+    let result = run_ok(&rlm, "q", Context::from("...")).await;
+    let shown = seen(&root, 1);
+    assert!(
+        shown.contains(r#"["map", "map", "map", "string", "map"]"#),
+        "{shown}"
+    );
+    assert!(shown.contains("[0, 1, 2, 4]"), "{shown}");
+    assert!(
+        shown.contains("Error: the sub-model's reply did not conform to the schema, even after one repair re-ask:")
+            && shown.contains("at /n: \"three\" is not of type \"integer\""),
+        "{shown}"
+    );
+    // Five asks and two repairs (items 2 and 3), all counted; item 3 failed.
+    assert_eq!(sub.calls(), 7);
+    assert_eq!(result.sub_calls, 7);
+    assert_eq!(result.failed_sub_calls, 1);
+    // Prompt mode: the schema is in the prompt, no response_format is sent; the repair
+    // quotes the validation error.
+    let requests = sub.requests();
+    assert!(requests.iter().all(|r| r.response_format.is_none()));
+    assert!(
+        requests[0].messages[0]
+            .content
+            .contains("\"required\":[\"n\",\"label\"]")
+    );
+    let repair = requests
+        .iter()
+        .find(|r| r.messages.len() == 3 && r.messages[0].content.contains("item 3"))
+        .map(|r| r.messages[2].content.to_string())
+        .unwrap_or_default();
+    assert!(
+        repair.contains("at /n:") && repair.contains("not of type"),
+        "{repair}"
+    );
+}
+
+#[tokio::test]
+async fn auto_falls_back_to_the_prompt_when_the_server_refuses_response_format() {
+    let code = format!(
+        "{}\nlet a = llm_batch_json([`item 0`, `item 1`], schema);\nlet b = llm_query_json(`item 4`, schema);\nprint([a[0].n, a[1].n, b.n]);",
+        item_schema_code()
+    );
+    let root = MockBackend::scripted([fence(&code), "FINAL(done)".to_owned()]);
+    let sub = json_sub().fail_when(
+        |r| r.response_format.is_some(),
+        rlm_core::LlmError::from_http_status(
+            400,
+            "Invalid parameter: 'response_format' of type 'json_schema' is not supported with this model.",
+            Some("invalid_request_error"),
+            None,
+            None,
+        ),
+    );
+    let rlm = builder(&root, &sub).build_ok();
+    let result = run_ok(&rlm, "q", Context::from("...")).await;
+    assert!(seen(&root, 1).contains("[0, 1, 4]"), "{}", seen(&root, 1));
+    let requests = sub.requests();
+    // The batch went native (refused), then in the prompt; the later query went straight to
+    // the prompt.
+    let native = requests
+        .iter()
+        .filter(|r| r.response_format.is_some())
+        .count();
+    assert_eq!(native, 2);
+    assert_eq!(requests.len(), 5);
+    assert_eq!(result.failed_sub_calls, 0);
+    let warned: Vec<&String> = result
+        .warnings
+        .iter()
+        .filter(|w| w.contains("refused response_format"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{:?}", result.warnings);
+}
+
+#[tokio::test]
+async fn native_sends_the_strict_schema_and_keeps_refusals_as_errors() {
+    let code = format!(
+        "{}\nlet a = llm_batch_json([`item 0`, `item 1`], schema);\nprint(a[0].n);",
+        item_schema_code()
+    );
+    let root = MockBackend::scripted([fence(&code), "FINAL(done)".to_owned()]);
+    let sub = json_sub();
+    let rlm = builder(&root, &sub)
+        .structured_output(rlm_repl::StructuredOutput::Native)
+        .build_ok();
+    run_ok(&rlm, "q", Context::from("...")).await;
+    let format = serde_json::to_value(&sub.requests()[0].response_format).unwrap_or_default();
+    assert_eq!(format["type"], "json_schema");
+    assert_eq!(format["json_schema"]["strict"], true);
+    assert_eq!(
+        format["json_schema"]["schema"]["required"],
+        json!(["n", "label"])
+    );
+
+    // A server that refuses it: failed items, no fallback.
+    let root = MockBackend::scripted([
+        fence(&code.replace("print(a[0].n)", "print(a[0])")),
+        "FINAL(done)".to_owned(),
+    ]);
+    let refusing = json_sub().fail_when(
+        |r| r.response_format.is_some(),
+        rlm_core::LlmError::from_http_status(
+            400,
+            "response_format not supported",
+            None,
+            None,
+            None,
+        ),
+    );
+    let rlm = builder(&root, &refusing)
+        .structured_output(rlm_repl::StructuredOutput::Native)
+        .build_ok();
+    let result = run_ok(&rlm, "q", Context::from("...")).await;
+    assert!(
+        seen(&root, 1).contains("Error: bad request (HTTP 400)"),
+        "{}",
+        seen(&root, 1)
+    );
+    assert_eq!(result.failed_sub_calls, 2);
+    assert_eq!(refusing.calls(), 2);
+
+    // An open schema (no additionalProperties: false) cannot be strict: it goes in the
+    // prompt, and native mode says so.
+    let open = "let schema = #{type: \"object\", properties: #{n: #{type: \"integer\"}}};\nlet a = llm_query_json(`item 0`, schema);\nprint(a.n);";
+    let root = MockBackend::scripted([fence(open), "FINAL(done)".to_owned()]);
+    let sub = json_sub();
+    let rlm = builder(&root, &sub)
+        .structured_output(rlm_repl::StructuredOutput::Native)
+        .build_ok();
+    let result = run_ok(&rlm, "q", Context::from("...")).await;
+    assert!(sub.requests()[0].response_format.is_none());
+    assert!(
+        result
+            .warnings
+            .iter()
+            .any(|w| w.contains("cannot be sent in strict mode")),
+        "{:?}",
+        result.warnings
+    );
+}
+
+#[tokio::test]
+async fn a_bad_schema_is_an_error_the_model_sees() {
+    let root = MockBackend::scripted([
+        fence("let a = llm_query_json(\"x\", #{type: \"strnig\"});"),
+        "FINAL(done)".to_owned(),
+    ]);
+    let sub = json_sub();
+    let rlm = builder(&root, &sub).build_ok();
+    run_ok(&rlm, "q", Context::from("...")).await;
+    assert!(
+        seen(&root, 1).contains("llm_query_json: invalid output schema: not a valid JSON Schema"),
+        "{}",
+        seen(&root, 1)
+    );
+    assert_eq!(sub.calls(), 0);
+}

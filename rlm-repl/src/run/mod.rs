@@ -238,6 +238,7 @@ impl Run {
         .sub_backend(sub, sub_model.clone())
         .max_concurrent(config.max_concurrent)
         .sub_max_prompt_tokens(config.sub_max_prompt_tokens)
+        .structured_output(config.structured_output)
         .run_state(Arc::clone(&state));
         // Below the deepest level, `rlm_query` starts children in this tree.
         if recursion.allowed {
