@@ -615,6 +615,8 @@ Endpoints:
 
   Replies carry an \"rlm\" object (iterations, stopped, sub_calls, failed_sub_calls,
   warnings, cost_usd). A budget stop is still 200, with finish_reason \"length\".
+  response_format json_schema / json_object is the run's output schema: the content
+  is the conforming JSON, or the reply is 422 invalid_output / schema_not_met.
   Errors: {\"error\": {\"message\", \"type\", \"code\"}}; 400 bad body, 401 wrong server
   key, 413 body over --max-request-bytes, 429 queue full (Retry-After), 502 the
   upstream model server failed. All requests share one backend: --rpm, --tpm,
@@ -622,7 +624,9 @@ Endpoints:
   cancels its run.";
 
 const MCP_AFTER_HELP: &str = "\
-Tool rlm_answer: {\"query\": str, \"paths\": [str]} or {\"query\": str, \"text\": str}.
+Tool rlm_answer: {\"query\": str, \"paths\": [str]} or {\"query\": str, \"text\": str},
+  plus an optional \"output_schema\" (a JSON Schema object): the answer must conform,
+  and the result's structuredContent holds it.
   Paths must be under a --root (after resolving .. and symlinks); relative
   paths are taken under each root. One path is read like rlm run --context;
   several are an array of documents. Progress is notified per turn, code block

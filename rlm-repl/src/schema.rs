@@ -213,7 +213,7 @@ impl OutputSchema {
         match parsed {
             Some(value) => Err(self.validate(&value).err().unwrap_or_default()),
             None => Err(format!(
-                "the answer is not JSON ({}), and as a string it does not conform:\n{}",
+                "the answer is not JSON ({}); taken as a string: {}",
                 json_error(text),
                 self.validate(&as_string).err().unwrap_or_default()
             )),

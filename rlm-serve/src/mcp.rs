@@ -10,7 +10,8 @@
 //! progress token); cancelling the request stops the run.
 //!
 //! With `output_schema` (a JSON Schema object) the answer must conform to it: the result's
-//! `structuredContent` is the answer's JSON value (and its first text block the same JSON);
+//! `structuredContent` is the answer's JSON value (an answer that is not an object is
+//! `{"result": value}`), and its first text block the answer as JSON;
 //! a run that ends without a conforming answer is a tool error (`schema_not_met`).
 
 use std::path::PathBuf;
@@ -261,7 +262,15 @@ impl McpServer {
                 }
                 match (&result.json, crate::schema::schema_not_met(&result, true)) {
                     (Some(value), _) => {
-                        let mut answer = CallToolResult::structured(value.clone());
+                        // MCP's structuredContent is an object: any other value goes under
+                        // "result" (as FastMCP does); the text block is the JSON itself.
+                        let structured = if value.is_object() {
+                            value.clone()
+                        } else {
+                            json!({"result": value})
+                        };
+                        let mut answer = CallToolResult::structured(structured);
+                        answer.content = vec![ContentBlock::text(value.to_string())];
                         answer.content.push(ContentBlock::text(summary));
                         answer
                     }
