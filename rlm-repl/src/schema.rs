@@ -327,9 +327,7 @@ fn strict_problem_at(schema: &Value, at: &str, depth: usize) -> Option<String> {
     if depth > 32 {
         return None;
     }
-    let Some(object) = schema.as_object() else {
-        return None;
-    };
+    let object = schema.as_object()?;
     let is_object = object.get("type").and_then(Value::as_str) == Some("object")
         || object.contains_key("properties");
     if is_object {
