@@ -53,8 +53,8 @@ Trace (--trace FILE):
   JSON Lines, one object per event, written as it happens: {\"t_ms\": <ms since
   start>, \"depth\": D, \"run\": ID, \"event\": NAME, ...} with NAME one of run_start,
   turn_start, root_reply, root_reasoning, code_block, sub_call_start, sub_call_end,
-  batch_start, batch_progress, batch_end, turn_end, final (with cost_usd),
-  run_error. depth
+  batch_start, batch_progress, batch_end, turn_end, output_refused (with
+  --output-schema), final (with cost_usd), run_error. depth
   is 0 for the top-level run; run is its id path (\"0\", \"0.3\", \"0.3.1\"); a
   child's run_start names its parent. run_start carries the settings (models,
   base URL without credentials, limits, budgets), the wall-clock start, the

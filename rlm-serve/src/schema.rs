@@ -7,6 +7,9 @@
 //!   sent).
 //! - `{"type": "json_object"}`: the answer must be a JSON object (`{"type": "object"}`).
 //! - `{"type": "text"}` or none: free text.
+//!
+//! The Responses API's `text.format` (`{"type": "json_schema", "name", "schema", "strict"}`,
+//! not nested) is taken too.
 
 use rlm_repl::{OutputSchema, RunResult};
 use serde_json::{Value, json};
@@ -24,9 +27,12 @@ pub fn from_response_format(format: Option<&Value>) -> Result<Option<OutputSchem
             .map(Some)
             .map_err(|e| e.to_string()),
         Some("json_schema") => {
+            // Chat completions nest it under `json_schema`; the Responses API's `text.format`
+            // has it at the top.
             let schema = format
                 .get("json_schema")
                 .and_then(|spec| spec.get("schema"))
+                .or_else(|| format.get("schema"))
                 .ok_or_else(|| {
                     "response_format json_schema needs json_schema.schema (a JSON Schema)"
                         .to_owned()
@@ -90,7 +96,13 @@ mod tests {
         })))
         .ok()
         .flatten();
-        assert_eq!(given.map(|s| s.schema().clone()), Some(schema));
+        assert_eq!(given.map(|s| s.schema().clone()), Some(schema.clone()));
+        let flat = from_response_format(Some(&json!({
+            "type": "json_schema", "name": "x", "schema": schema, "strict": true
+        })))
+        .ok()
+        .flatten();
+        assert!(flat.is_some());
         for bad in [
             json!({"type": "json_schema", "json_schema": {"name": "x"}}),
             json!({"type": "json_schema", "json_schema": {"schema": {"type": "nope"}}}),
