@@ -53,8 +53,8 @@ Trace (--trace FILE):
   JSON Lines, one object per event, written as it happens: {\"t_ms\": <ms since
   start>, \"depth\": D, \"run\": ID, \"event\": NAME, ...} with NAME one of run_start,
   turn_start, root_reply, root_reasoning, code_block, sub_call_start, sub_call_end,
-  batch_start, batch_progress, batch_end, turn_end, final (with cost_usd),
-  run_error. depth
+  batch_start, batch_progress, batch_end, turn_end, output_refused (with
+  --output-schema), final (with cost_usd), run_error. depth
   is 0 for the top-level run; run is its id path (\"0\", \"0.3\", \"0.3.1\"); a
   child's run_start names its parent. run_start carries the settings (models,
   base URL without credentials, limits, budgets), the wall-clock start, the
@@ -510,6 +510,37 @@ pub(crate) struct RunArgs {
     )]
     pub(crate) redis_prefix: String,
 
+    /// A JSON Schema (draft 2020-12 or 7, a JSON file) the answer must conform to. The root
+    /// model is told the schema; a final answer is converted to JSON and validated, and one
+    /// that does not conform is refused with its first errors. stdout is then the answer as
+    /// compact JSON on one line (--json: `answer` is the value). A file that is not JSON or
+    /// not a valid schema is exit 2.
+    #[arg(long, value_name = "FILE", help_heading = "Typed answers")]
+    pub(crate) output_schema: Option<PathBuf>,
+
+    /// Non-conforming final answers refused before the run ends without an answer
+    /// (`stopped: "invalid_output"`, exit 3, stdout empty).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = rlm_host::DEFAULT_OUTPUT_SCHEMA_RETRIES as u32,
+        help_heading = "Typed answers"
+    )]
+    pub(crate) output_schema_retries: u32,
+
+    /// How llm_query_json / llm_batch_json ask the sub-model for JSON: `native` sends the
+    /// schema as OpenAI's response_format (json_schema, strict), `prompt` puts it in the
+    /// prompt, `auto` tries native and uses the prompt for a model whose server refuses
+    /// response_format (one warning).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "MODE",
+        default_value_t = StructuredMode::Auto,
+        help_heading = "Typed answers"
+    )]
+    pub(crate) structured_output: StructuredMode,
+
     /// Write every event (turns, code blocks and outputs, sub-calls, the answer) to FILE as
     /// JSON Lines, each line flushed as it happens.
     #[arg(long, value_name = "FILE", help_heading = "Output and behaviour")]
@@ -535,6 +566,27 @@ pub(crate) struct RunArgs {
         help_heading = "Output and behaviour"
     )]
     pub(crate) progress: ProgressMode,
+}
+
+/// `--structured-output`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum StructuredMode {
+    /// Native, falling back to the prompt per model.
+    Auto,
+    /// The provider's response_format.
+    Native,
+    /// The schema in the prompt.
+    Prompt,
+}
+
+impl From<StructuredMode> for rlm_host::StructuredOutput {
+    fn from(mode: StructuredMode) -> Self {
+        match mode {
+            StructuredMode::Auto => rlm_host::StructuredOutput::Auto,
+            StructuredMode::Native => rlm_host::StructuredOutput::Native,
+            StructuredMode::Prompt => rlm_host::StructuredOutput::Prompt,
+        }
+    }
 }
 
 /// How progress is shown (`--progress`).
@@ -563,6 +615,8 @@ Endpoints:
 
   Replies carry an \"rlm\" object (iterations, stopped, sub_calls, failed_sub_calls,
   warnings, cost_usd). A budget stop is still 200, with finish_reason \"length\".
+  response_format json_schema / json_object is the run's output schema: the content
+  is the conforming JSON, or the reply is 422 invalid_output / schema_not_met.
   Errors: {\"error\": {\"message\", \"type\", \"code\"}}; 400 bad body, 401 wrong server
   key, 413 body over --max-request-bytes, 429 queue full (Retry-After), 502 the
   upstream model server failed. All requests share one backend: --rpm, --tpm,
@@ -570,7 +624,9 @@ Endpoints:
   cancels its run.";
 
 const MCP_AFTER_HELP: &str = "\
-Tool rlm_answer: {\"query\": str, \"paths\": [str]} or {\"query\": str, \"text\": str}.
+Tool rlm_answer: {\"query\": str, \"paths\": [str]} or {\"query\": str, \"text\": str},
+  plus an optional \"output_schema\" (a JSON Schema object): the answer must conform,
+  and the result's structuredContent holds it.
   Paths must be under a --root (after resolving .. and symlinks); relative
   paths are taken under each root. One path is read like rlm run --context;
   several are an array of documents. Progress is notified per turn, code block

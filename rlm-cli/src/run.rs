@@ -23,7 +23,8 @@ use crate::trace;
 pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
     let start = Instant::now();
     let quiet = args.quiet;
-    let settings = settings::settings(&args);
+    let mut settings = settings::settings(&args);
+    settings.output_schema = settings::output_schema(&args)?;
 
     // Input first: a bad path fails before anything is set up.
     let Inputs {
@@ -152,6 +153,7 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
             cache_stats,
             &tier_warnings,
             args.json,
+            settings.output_schema.is_some(),
         )?;
     }
     // What the engine cannot vouch for goes to stderr even with --quiet (the input's

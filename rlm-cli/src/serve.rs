@@ -43,7 +43,8 @@ fn runner(args: &RunArgs, runs: usize) -> Result<(Runner, Stack), CliError> {
     for warning in &warnings {
         eprintln!("warning: {warning}");
     }
-    let settings = settings::settings(args);
+    let mut settings = settings::settings(args);
+    settings.output_schema = settings::output_schema(args)?;
     let stack = Stack::build(&settings, None, runs)?;
     let prices = settings.load_prices()?;
     let mut builder = stack.rlm_builder(&settings)?.prices(prices);

@@ -46,6 +46,7 @@
 
 pub mod context;
 mod error;
+pub mod output_schema;
 pub mod prices;
 mod runner;
 mod sent;
@@ -67,6 +68,7 @@ pub use rlm_core::usage::{ModelUsage, UsageTracker};
 pub use rlm_core::{BatchExecutor, CancellationToken, LlmBackend, LlmError};
 pub use rlm_openai::{OpenAiBackend, OpenAiConfig, Wait, WaitObserver};
 pub use rlm_repl::{
-    Context, Event, Observer, Rlm, RlmBuilder, RlmConfig, RlmError, RunPlace, RunResult,
-    SandboxLimits, SharedContext, StopReason,
+    Context, DEFAULT_OUTPUT_SCHEMA_RETRIES, Event, Observer, OutputSchema, Rlm, RlmBuilder,
+    RlmConfig, RlmError, RunPlace, RunResult, SandboxLimits, SharedContext, StopReason,
+    StructuredOutput,
 };

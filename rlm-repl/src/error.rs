@@ -13,6 +13,14 @@ pub enum RlmError {
     /// The builder was given settings that cannot work.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// An output schema that cannot be used: not a JSON Schema, invalid for its draft,
+    /// too large, or with a `$ref` outside the document.
+    #[error("invalid output schema: {0}")]
+    Schema(String),
+    /// The answer could not be read as the type asked for
+    /// ([`RunResult::parse`](crate::RunResult::parse)).
+    #[error("the answer is not of the type asked for: {0}")]
+    Answer(String),
     /// The root model could not be reached or refused (after the backend's retries).
     #[error("root model call failed on turn {turn}: {source}")]
     Root {

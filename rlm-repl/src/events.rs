@@ -262,6 +262,21 @@ pub enum Event {
         #[serde(default)]
         error: String,
     },
+    /// A final answer did not conform to the run's output schema and was refused.
+    OutputRefused {
+        /// The turn that gave it.
+        #[serde(default)]
+        turn: usize,
+        /// Its first validation errors (instance path and message), one per line.
+        #[serde(default)]
+        errors: String,
+        /// Answers refused so far in this run, this one included.
+        #[serde(default)]
+        refusals: usize,
+        /// Whether this refusal ended the run (`stopped: "invalid_output"`).
+        #[serde(default)]
+        last: bool,
+    },
     /// The run ended.
     Final {
         /// The answer.
@@ -344,6 +359,10 @@ pub enum TurnVerdict {
     Refused,
     /// The turn gave no answer.
     NoAnswer,
+    /// The turn gave an answer that does not conform to the output schema; the model was
+    /// shown its first errors (or, when the retries ran out, the run ended without an
+    /// answer).
+    InvalidOutput,
     /// Not recorded: what a trace written before verdicts were recorded reads back as (and
     /// any verdict this version does not know). The engine never reports it.
     #[default]

@@ -66,18 +66,20 @@ mod repl;
 mod result;
 mod rlm;
 mod run;
+pub mod schema;
 mod state;
 mod sync;
 pub mod trace;
 mod words;
 
-pub use config::{DEFAULT_MAX_MEMORY, RlmConfig, SandboxLimits};
+pub use config::{DEFAULT_MAX_MEMORY, DEFAULT_OUTPUT_SCHEMA_RETRIES, RlmConfig, SandboxLimits};
 pub use context::{Context, ContextInfo, SharedContext, parse_json_exact};
 pub use error::RlmError;
 pub use events::{Event, Observer, RunPlace, RunSettings, TurnVerdict};
 pub use repl::{BlockOutcome, Repl, ReplBuilder};
 pub use result::{BlockRecord, RunResult, StopReason, SubCallRecord, Turn};
 pub use rlm::{Rlm, RlmBuilder};
+pub use schema::{OutputSchema, StructuredOutput};
 
 /// Whether a root reply holds a text `FINAL(...)` / `FINAL_VAR(...)` marker, found as the loop
 /// finds one (at the start of a line, Markdown decoration allowed, outside code): for tools

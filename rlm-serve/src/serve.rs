@@ -287,6 +287,12 @@ struct AppState {
 }
 
 impl AppState {
+    /// Whether the run of `request` must give a JSON answer of a schema (its
+    /// `response_format`, or the server's `--output-schema`).
+    fn typed(&self, request: &ChatRequest) -> bool {
+        request.output_schema.is_some() || self.runner.config().output_schema.is_some()
+    }
+
     fn record_run(&self, elapsed: Duration) {
         let ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
         let old = self.average_run_ms.load(Ordering::Relaxed);
@@ -376,6 +382,16 @@ impl ApiError {
             "invalid_request_error",
             code,
             message.into(),
+        )
+    }
+
+    /// 422: the run gave no answer that conforms to the request's schema.
+    fn schema_not_met(message: String) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_output",
+            "schema_not_met",
+            message,
         )
     }
 
@@ -767,6 +783,8 @@ struct RawRequest {
     stream: Option<bool>,
     #[serde(default)]
     stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    response_format: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -807,6 +825,8 @@ struct ChatRequest {
     /// The earlier messages' texts (unused when the server has its own context).
     documents: Vec<String>,
     instructions: Option<String>,
+    /// The answer's schema, from `response_format` (see [`crate::schema`]).
+    output_schema: Option<rlm_repl::OutputSchema>,
 }
 
 impl ChatRequest {
@@ -817,6 +837,8 @@ impl ChatRequest {
                 format!("the body is not a chat-completions request: {e}"),
             )
         })?;
+        let output_schema = crate::schema::from_response_format(raw.response_format.as_ref())
+            .map_err(|message| ApiError::bad_request("invalid_response_format", message))?;
         let mut texts = Vec::with_capacity(raw.messages.len());
         for (index, message) in raw.messages.into_iter().enumerate() {
             let text = match message.content {
@@ -877,6 +899,7 @@ impl ChatRequest {
             query,
             documents,
             instructions,
+            output_schema,
         })
     }
 
@@ -961,16 +984,21 @@ async fn chat_inner(
     let cancel = CancellationToken::new();
     let _cancel_on_drop = cancel.clone().drop_guard();
     let started = Instant::now();
+    let typed = state.typed(&request);
     let options = RunOptions {
         instructions: request.instructions,
         observer: None,
         cancel,
+        output_schema: request.output_schema,
     };
     let result = state.runner.run(request.query, context, options).await;
     state.record_run(started.elapsed());
     drop(permit);
     log_run(&reply.id, &result, started.elapsed());
     let result = result.map_err(|e| ApiError::from_run(&e))?;
+    if let Some(message) = crate::schema::schema_not_met(&result, typed) {
+        return Err(ApiError::schema_not_met(message));
+    }
     Ok(axum::Json(reply.completion(&result)).into_response())
 }
 
@@ -1136,10 +1164,12 @@ fn stream_run(
             }
         })
     };
+    let typed = state.typed(&request);
     let ChatRequest {
         query,
         instructions,
         include_usage,
+        output_schema,
         ..
     } = request;
     tokio::spawn(async move {
@@ -1148,12 +1178,23 @@ fn stream_run(
             instructions,
             observer: Some(observer),
             cancel,
+            output_schema,
         };
         let result = state.runner.run(query, context, options).await;
         state.record_run(started.elapsed());
         drop(permit);
         log_run(&reply.id, &result, started.elapsed());
+        // With a schema and no conforming answer, the stream ends with the 422's error
+        // object instead of content (its status is already 200).
+        let not_met = result
+            .as_ref()
+            .ok()
+            .and_then(|result| crate::schema::schema_not_met(result, typed));
         match result {
+            Ok(_) if not_met.is_some() => {
+                let error = ApiError::schema_not_met(not_met.unwrap_or_default());
+                let _ = tx.send(Message::Event(sse(&error.body()))).await;
+            }
             Ok(result) => {
                 let chars: Vec<char> = result.answer.chars().collect();
                 for piece in chars.chunks(ANSWER_CHUNK_CHARS) {

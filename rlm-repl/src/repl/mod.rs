@@ -8,6 +8,7 @@
 mod children;
 mod errors;
 mod helpers;
+mod json_calls;
 mod lint;
 mod memory;
 pub(crate) mod output;
@@ -301,6 +302,7 @@ pub struct ReplBuilder {
     handle: Option<Handle>,
     children: Option<Arc<dyn ChildRunner>>,
     max_prompt_tokens: Option<u64>,
+    structured: crate::schema::StructuredOutput,
 }
 
 /// Where a REPL's context comes from.
@@ -350,6 +352,13 @@ impl ReplBuilder {
     /// Default concurrency of `llm_batch` (default 16).
     pub fn max_concurrent(mut self, max_concurrent: usize) -> Self {
         self.max_concurrent = max_concurrent;
+        self
+    }
+
+    /// How `llm_query_json` / `llm_batch_json` ask the sub-model for JSON (default
+    /// [`StructuredOutput::Auto`](crate::StructuredOutput::Auto)).
+    pub fn structured_output(mut self, mode: crate::schema::StructuredOutput) -> Self {
+        self.structured = mode;
         self
     }
 
@@ -412,6 +421,7 @@ impl ReplBuilder {
             )
             .with_children(children, max_prompt_tokens)
             .with_answer_limits(limits.max_memory, limits.max_string_size)
+            .with_structured_output(self.structured)
         });
         let shared = Arc::new(Shared {
             output: Mutex::new(OutputBuffer::new(self.max_output_chars)),
@@ -471,6 +481,7 @@ impl Repl {
             handle: None,
             children: None,
             max_prompt_tokens: None,
+            structured: crate::schema::StructuredOutput::Auto,
         }
     }
 
@@ -1132,6 +1143,38 @@ fn build_engine(
         });
     }
 
+    // Sub-calls for JSON of a schema.
+    let s = Arc::clone(shared);
+    engine.register_fn("llm_query_json", move |prompt: Dynamic, schema: Dynamic| {
+        if prompt.is_array() {
+            return Err(script_error(
+                "llm_query_json takes one prompt string, not an array: for an array of \
+                 prompts use llm_batch_json(prompts, schema)",
+            ));
+        }
+        let prompt = prompt_text("llm_query_json", &prompt)?;
+        let schema = script_schema("llm_query_json", &schema)?;
+        Ok::<_, Box<EvalAltResult>>(match &s.sub {
+            Some(sub) => sub
+                .batch_json(vec![prompt], &schema, 1)
+                .pop()
+                .unwrap_or_default(),
+            None => Dynamic::from("Error: no sub-model is configured for llm_query_json"),
+        })
+    });
+    let s = Arc::clone(shared);
+    engine.register_fn(
+        "llm_batch_json",
+        move |prompts: Dynamic, schema: Dynamic| batch_json(&s, &prompts, &schema, None),
+    );
+    let s = Arc::clone(shared);
+    engine.register_fn(
+        "llm_batch_json",
+        move |prompts: Dynamic, schema: Dynamic, n: INT| {
+            batch_json(&s, &prompts, &schema, Some(concurrency(n)))
+        },
+    );
+
     // Child runs.
     let s = Arc::clone(shared);
     engine.register_fn("rlm_query", move |prompt: Dynamic| {
@@ -1338,6 +1381,53 @@ fn batch(
         .into_iter()
         .map(|answer| Dynamic::from(ImmutableString::from(answer)))
         .collect())
+}
+
+/// The JSON Schema a script passed: a map holding one (or a string of its JSON), compiled.
+fn script_schema(
+    function: &str,
+    schema: &Dynamic,
+) -> Result<crate::schema::OutputSchema, Box<EvalAltResult>> {
+    let schema = schema.flatten_clone();
+    let value: serde_json::Value = if let Ok(text) = schema.as_immutable_string_ref() {
+        serde_json::from_str(text.as_str()).map_err(|e| {
+            script_error(format!(
+                "{function}: the schema string is not JSON ({e}); pass a map such as \
+                 #{{type: \"object\", properties: #{{name: #{{type: \"string\"}}}}, required: [\"name\"]}}"
+            ))
+        })?
+    } else if schema.is_map() {
+        rhai::serde::from_dynamic(&schema).map_err(|e| {
+            script_error(format!(
+                "{function}: the schema cannot be read as JSON: {e}"
+            ))
+        })?
+    } else {
+        return Err(script_error(format!(
+            "{function}: the schema is a {}; pass a map holding a JSON Schema, such as \
+             #{{type: \"object\", properties: #{{name: #{{type: \"string\"}}}}, required: [\"name\"]}}",
+            schema.type_name()
+        )));
+    };
+    crate::schema::OutputSchema::new(value).map_err(|e| script_error(format!("{function}: {e}")))
+}
+
+fn batch_json(
+    shared: &Shared,
+    prompts: &Dynamic,
+    schema: &Dynamic,
+    max_concurrent: Option<usize>,
+) -> Result<Array, Box<EvalAltResult>> {
+    let prompts = batch_prompts("llm_batch_json", prompts, shared.max_memory)?;
+    let schema = script_schema("llm_batch_json", schema)?;
+    let Some(sub) = &shared.sub else {
+        return Ok(prompts
+            .iter()
+            .map(|_| Dynamic::from("Error: no sub-model is configured for llm_batch_json"))
+            .collect());
+    };
+    let limit = max_concurrent.map_or(sub.max_concurrent(), |n| n.min(sub.max_concurrent()));
+    Ok(sub.batch_json(prompts, &schema, limit))
 }
 
 #[cfg(test)]

@@ -34,6 +34,7 @@ use crate::parse::parse_reply;
 use crate::prompt::{RECURSION_PROMPT, final_ask, first_message, system_prompt};
 use crate::repl::subcall::millis;
 use crate::repl::{ChildAnswer, ChildRunner};
+use crate::schema::OutputSchema;
 use crate::state::RunState;
 use crate::sync::lock;
 use crate::{
@@ -162,6 +163,14 @@ struct Run {
     held: bool,
     /// Empty root replies in a row.
     empty_streak: usize,
+    /// The schema the answer must conform to (the top-level run's only).
+    schema: Option<OutputSchema>,
+    /// The accepted answer as JSON (with a schema).
+    json: Option<serde_json::Value>,
+    /// Answers refused for not conforming to the schema.
+    refusals: usize,
+    /// The schema's retries ran out: the run ends without an answer.
+    invalid_output: bool,
 }
 
 /// Whether the run takes another turn.
@@ -229,6 +238,7 @@ impl Run {
         .sub_backend(sub, sub_model.clone())
         .max_concurrent(config.max_concurrent)
         .sub_max_prompt_tokens(config.sub_max_prompt_tokens)
+        .structured_output(config.structured_output)
         .run_state(Arc::clone(&state));
         // Below the deepest level, `rlm_query` starts children in this tree.
         if recursion.allowed {
@@ -253,7 +263,11 @@ impl Run {
                 system.push_str(&recursion.text());
             }
         }
-        let first = first_message(query, &info);
+        let schema = config.output_schema.clone().filter(|_| !child);
+        let mut first = first_message(query, &info);
+        if let Some(schema) = &schema {
+            first.push_str(&output_schema_note(schema));
+        }
         state.emitter.emit_with(|| Event::RunStart {
             query: query.to_owned(),
             root_model: root_model.clone(),
@@ -287,6 +301,10 @@ impl Run {
             warnings: Vec::new(),
             held: false,
             empty_streak: 0,
+            schema,
+            json: None,
+            refusals: 0,
+            invalid_output: false,
         };
         Ok((run, repl))
     }
@@ -314,7 +332,7 @@ impl Run {
         if let Some(error) = sub_model_failure(&state, &self.sub_model) {
             return Err(error);
         }
-        let verdict = verdict(&parsed, &work, cut, self.held);
+        let verdict = self.check_output(verdict(&parsed, &work, cut, self.held));
         let repl = work.repl;
         let empty = reply.missing_text();
         self.empty_streak = if empty.is_some() {
@@ -364,6 +382,35 @@ impl Run {
                 ));
             }
             Verdict::Refuse(why) => notes.push(why),
+            Verdict::Invalid(errors) => {
+                self.refusals += 1;
+                let retries = self.tree.config.output_schema_retries;
+                let last = self.refusals > retries;
+                state.emitter.emit_with(|| Event::OutputRefused {
+                    turn,
+                    errors: errors.clone(),
+                    refusals: self.refusals,
+                    last,
+                });
+                if last {
+                    self.warnings.push(format!(
+                        "no answer: {} given did not conform to the output schema \
+                         (--output-schema-retries {retries}); the last one's errors: {}",
+                        count(self.refusals as u64, "final answer"),
+                        errors.replace('\n', "; ")
+                    ));
+                    self.invalid_output = true;
+                    self.trajectory.push(record);
+                    return Ok((repl, Next::Stop));
+                }
+                let left = retries + 1 - self.refusals;
+                notes.push(format!(
+                    "Your final answer was not accepted: it does not conform to the output \
+                     schema. Its first errors:\n{errors}\nFix the value and give FINAL again \
+                     ({} left before the run ends without an answer).",
+                    count(left as u64, "attempt")
+                ));
+            }
             Verdict::None => {}
         }
         let feedback = feedback(
@@ -386,6 +433,9 @@ impl Run {
     /// child only after its own turns ran out). Returns why the run stopped.
     async fn final_ask(&mut self, repl: Repl) -> Result<StopReason, RlmError> {
         let state = Arc::clone(&self.state);
+        if self.invalid_output {
+            return Ok(StopReason::InvalidOutput);
+        }
         let mut stopped = match (&self.answer, state.budget.stopped()) {
             // Whatever the script made of calls cut short by a cancel or the clock is not a
             // final answer, even if it called FINAL with it.
@@ -411,12 +461,20 @@ impl Run {
             StopReason::MaxCost => "The cost budget of this run is spent.",
             _ => "The sub-call budget of this run is spent.",
         };
+        let ask = match &self.schema {
+            Some(_) => format!(
+                "{} The answer must conform to the output schema given at the start: JSON, \
+                 FINAL({{...}}) on one line, or FINAL_VAR(name) of a variable that holds it.",
+                final_ask(reason)
+            ),
+            None => final_ask(reason),
+        };
         // The last feedback is the last message; the ask is appended to it.
         match self.messages.last_mut() {
             Some(last) if last.role == rlm_core::Role::User && !self.trajectory.is_empty() => {
-                last.content = format!("{}\n\n{}", last.content, final_ask(reason)).into();
+                last.content = format!("{}\n\n{ask}", last.content).into();
             }
-            _ => self.messages.push(Message::user(final_ask(reason))),
+            _ => self.messages.push(Message::user(ask)),
         }
         let turn = self.trajectory.len() + 1;
         state.turn.store(turn, std::sync::atomic::Ordering::SeqCst);
@@ -450,6 +508,33 @@ impl Run {
                 ));
             }
             self.answer = given.answer;
+            let mut invalid = false;
+            if let (Some(schema), Some(answer)) = (&self.schema, &self.answer) {
+                match schema.accept(answer) {
+                    Ok(value) => {
+                        self.answer = Some(value.to_string());
+                        self.json = Some(value);
+                    }
+                    Err(errors) => {
+                        self.refusals += 1;
+                        state.emitter.emit_with(|| Event::OutputRefused {
+                            turn,
+                            errors: errors.clone(),
+                            refusals: self.refusals,
+                            last: true,
+                        });
+                        self.warnings.push(format!(
+                            "no answer: {} and the answer to the final ask did not conform to \
+                             the output schema: {}",
+                            stopped_why(stopped),
+                            errors.replace('\n', "; ")
+                        ));
+                        self.answer = None;
+                        invalid = true;
+                        stopped = StopReason::InvalidOutput;
+                    }
+                }
+            }
             let record = Turn {
                 turn,
                 reply: reply.text,
@@ -461,6 +546,7 @@ impl Run {
             // The answer to the final ask, if any, ends the run: nothing is held or refused.
             let verdict = match self.answer {
                 Some(_) => TurnVerdict::Accepted,
+                None if invalid => TurnVerdict::InvalidOutput,
                 None => TurnVerdict::NoAnswer,
             };
             state
@@ -575,6 +661,7 @@ impl Run {
         }
         let result = RunResult {
             answer: self.answer.unwrap_or_default(),
+            json: self.json,
             iterations: self.trajectory.len(),
             stopped,
             elapsed: self.started.elapsed(),
@@ -606,6 +693,36 @@ impl Run {
         });
         Ok(result)
     }
+}
+
+impl Run {
+    /// With an output schema, an accepted answer is converted to JSON and validated: it
+    /// stands as compact JSON, or becomes [`Verdict::Invalid`] with its first errors.
+    fn check_output(&mut self, verdict: Verdict) -> Verdict {
+        let (Some(schema), Verdict::Accept(answer)) = (&self.schema, &verdict) else {
+            return verdict;
+        };
+        match schema.accept(answer) {
+            Ok(value) => {
+                let text = value.to_string();
+                self.json = Some(value);
+                Verdict::Accept(text)
+            }
+            Err(errors) => Verdict::Invalid(errors),
+        }
+    }
+}
+
+/// What the first message adds with an output schema: the schema, compactly, and how to give
+/// an answer of it.
+fn output_schema_note(schema: &OutputSchema) -> String {
+    format!(
+        "\n\nThe final answer must be JSON conforming to this schema (`?` marks an optional \
+         key):\n{}\nBuild it as a map or array in code and give FINAL(value) or \
+         FINAL_VAR(\"name\"); a string holding JSON works too. An answer that does not \
+         conform is refused with its errors.",
+        schema.describe()
+    )
 }
 
 /// The sub model's fatal failure as the run's error, reported to observers.

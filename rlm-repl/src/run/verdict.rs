@@ -15,6 +15,8 @@ pub(super) enum Verdict {
     Refuse(String),
     /// The reply gave no answer.
     None,
+    /// The answer does not conform to the output schema: its first errors.
+    Invalid(String),
 }
 
 impl Verdict {
@@ -25,6 +27,7 @@ impl Verdict {
             Verdict::Hold(_) => TurnVerdict::Held,
             Verdict::Refuse(_) => TurnVerdict::Refused,
             Verdict::None => TurnVerdict::NoAnswer,
+            Verdict::Invalid(_) => TurnVerdict::InvalidOutput,
         }
     }
 }
