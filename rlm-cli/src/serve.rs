@@ -26,6 +26,9 @@ fn refuse_run_only(args: &RunArgs, command: &str) -> Result<(), CliError> {
     if args.trace.is_some() {
         given.push("--trace");
     }
+    if args.session.is_some() {
+        given.push("--session (Responses API clients continue sessions with previous_response_id)");
+    }
     match given.as_slice() {
         [] => Ok(()),
         _ => Err(CliError::Usage(format!(
