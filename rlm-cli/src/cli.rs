@@ -586,6 +586,15 @@ Endpoints:
                              stream: true sends the trajectory as
                              delta.reasoning_content, then the answer as
                              delta.content, then usage (stream_options.include_usage)
+  POST /v1/responses         OpenAI's Responses API (stream and not): input as a
+                             string or message items, instructions;
+                             previous_response_id asks the next question in that
+                             response's session (REPL variables and conversation
+                             kept, context not reloaded); --session-ttl,
+                             --max-sessions; unknown or expired: 404
+                             session_not_found
+  GET|DELETE /v1/responses/ID a stored response; deleting a session's latest
+                             response ends the session
   GET  /health               {\"status\": \"ok\", \"running\", \"queued\", \"max_runs\"}
 
   Replies carry an \"rlm\" object (iterations, stopped, sub_calls, failed_sub_calls,
@@ -664,6 +673,27 @@ pub(crate) struct ServeArgs {
     /// https://app.example); repeat for more. Other cross-site browser requests are refused.
     #[arg(long = "cors-origin", value_name = "ORIGIN", help_heading = "Serving")]
     pub(crate) cors_origins: Vec<String>,
+
+    /// Seconds a Responses API session (previous_response_id) is kept after its last use.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value = "3600",
+        value_parser = parse_seconds,
+        help_heading = "Serving"
+    )]
+    pub(crate) session_ttl: Duration,
+
+    /// Responses API sessions kept at once; beyond it the least recently used is evicted
+    /// (each holds its REPL, within --max-memory).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = rlm_serve::serve::DEFAULT_MAX_SESSIONS as u32,
+        value_parser = clap::value_parser!(u32).range(1..),
+        help_heading = "Serving"
+    )]
+    pub(crate) max_sessions: u32,
 }
 
 /// Flags of `rlm mcp`: the model, limit and budget flags of `rlm run`, and the roots.

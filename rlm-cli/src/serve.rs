@@ -102,6 +102,8 @@ pub(crate) async fn serve(args: Box<ServeArgs>) -> Result<u8, CliError> {
         max_request_bytes: args.max_request_bytes,
         context: shared,
         cors_origins: args.cors_origins.clone(),
+        session_ttl: args.session_ttl,
+        max_sessions: args.max_sessions as usize,
         ..ServeOptions::default()
     };
     let listener = tokio::net::TcpListener::bind(args.listen)

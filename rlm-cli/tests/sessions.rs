@@ -325,6 +325,69 @@ async fn rlm_chat_through_a_terminal_keeps_variables_and_cancels_with_ctrl_c() {
     assert!(firsts[2].contains("Query 2: slow one\nAnswer 2: (no answer"));
 }
 
+/// Starts `rlm serve` against `mock` with `extra` flags; returns it and its base URL.
+async fn start_serve(mock: &MockServer, extra: &[&str]) -> (tokio::process::Child, String) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_rlm"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--model", ROOT])
+        .args(["--base-url", &mock.base_url(), "--max-retries", "0"])
+        .args(extra)
+        .env("OPENAI_API_KEY", common::KEY)
+        .env_remove("RLM_MODEL")
+        .env_remove("RLM_SUB_MODEL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("rlm serve starts");
+    let mut lines = BufReader::new(server.stderr.take().expect("stderr")).lines();
+    let mut base = None;
+    while let Ok(Ok(Some(line))) =
+        tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await
+    {
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            base = rest.split_whitespace().next().map(str::to_owned);
+            break;
+        }
+    }
+    // The rest of stderr is drained so that the server never blocks on it.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (server, base.expect("rlm serve says where it listens"))
+}
+
+async fn the_openai_sdk_continues_sessions_with_previous_response_id() {
+    let mock = mock().await;
+    let (mut server, base) = start_serve(&mock, &["--max-sessions", "2"]).await;
+    let out = run_python(&[path_str(&client_script("responses_client.py")), &base]).await;
+    assert!(out.contains("\"ok\": true"), "{out}");
+    let _ = server.kill().await;
+    // The first three root requests are the three questions of one session: the context
+    // came with the first and was never sent again; the later ones ran in the same REPL
+    // (they read `words`) and were told the earlier questions.
+    let firsts = first_messages(&mock);
+    assert!(firsts[0].contains("Query: count words"), "{}", firsts[0]);
+    assert!(firsts[0].contains("alpha beta gamma"), "{}", firsts[0]);
+    assert!(!firsts[0].contains("continues a session"));
+    assert!(firsts[1].contains("Query: second word"), "{}", firsts[1]);
+    assert!(firsts[1].contains("continues a session"), "{}", firsts[1]);
+    assert!(firsts[2].contains("Query: last word"), "{}", firsts[2]);
+    assert!(
+        firsts[2].contains(
+            "Query 1: count words\nAnswer 1: count=3\nQuery 2: second word\nAnswer 2: second=beta"
+        ),
+        "{}",
+        firsts[2]
+    );
+    let root_calls = mock
+        .requests()
+        .into_iter()
+        .filter(|r| r.model() == ROOT)
+        .count();
+    // 3 questions + the raw stream + 2 sessions + 1 continued (refused requests make none).
+    assert_eq!(root_calls, 7);
+}
+
 fn main() -> ExitCode {
     Suite::new()
         .tokio(
@@ -339,6 +402,10 @@ fn main() -> ExitCode {
         .tokio(
             "rlm_chat_through_a_terminal_keeps_variables_and_cancels_with_ctrl_c",
             rlm_chat_through_a_terminal_keeps_variables_and_cancels_with_ctrl_c,
+        )
+        .tokio(
+            "the_openai_sdk_continues_sessions_with_previous_response_id",
+            the_openai_sdk_continues_sessions_with_previous_response_id,
         )
         .run()
 }

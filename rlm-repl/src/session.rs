@@ -249,6 +249,12 @@ impl Session {
         &self.rlm
     }
 
+    /// Answers the next questions with `rlm` (the same backends with another observer,
+    /// cancellation token or instructions, say); the REPL and the history stay.
+    pub fn set_rlm(&mut self, rlm: Rlm) {
+        self.rlm = rlm;
+    }
+
     /// What the root model is told about the context.
     pub fn context_info(&self) -> &ContextInfo {
         self.context.info()
