@@ -83,7 +83,7 @@ impl Store {
         let expired: Vec<u64> = inner
             .sessions
             .iter()
-            .filter(|(_, entry)| now.duration_since(entry.last_used) > self.ttl)
+            .filter(|(_, entry)| now.duration_since(entry.last_used) >= self.ttl)
             .map(|(id, _)| *id)
             .collect();
         for id in expired {
@@ -804,5 +804,156 @@ pub(super) async fn delete(State(state): State<Arc<AppState>>, Path(id): Path<St
         axum::Json(json!({"id": id, "object": "response.deleted", "deleted": true})).into_response()
     } else {
         not_found(&id).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: Value) -> Result<CreateRequest, ApiError> {
+        CreateRequest::parse(body.to_string().as_bytes())
+    }
+
+    fn session() -> Arc<tokio::sync::Mutex<Session>> {
+        let rlm = rlm_repl::Rlm::builder(Arc::new(rlm_core::mock::MockBackend::echo()))
+            .root_model("root")
+            .build()
+            .unwrap();
+        Arc::new(tokio::sync::Mutex::new(rlm.session(Context::from(""))))
+    }
+
+    #[test]
+    fn input_is_a_string_or_message_items() {
+        let request = parse(json!({"input": "q"})).unwrap();
+        assert_eq!(request.query, "q");
+        assert!(request.documents.is_empty() && request.store);
+        let mut request = parse(json!({
+            "instructions": "be brief",
+            "input": [
+                {"role": "system", "content": "in French"},
+                {"role": "user", "content": [{"type": "input_text", "text": "doc"}]},
+                {"type": "message", "role": "user", "content": "q"},
+            ],
+            "store": false,
+            "tools": [],
+            "metadata": {"k": "v"},
+        }))
+        .unwrap();
+        assert_eq!(request.query, "q");
+        assert_eq!(
+            request.instructions.as_deref(),
+            Some("be brief\n\nin French")
+        );
+        assert!(!request.store);
+        assert_eq!(request.context(), Context::Text("doc".into()));
+    }
+
+    #[test]
+    fn what_cannot_be_honoured_is_refused_by_name() {
+        for (body, named) in [
+            (json!({"input": "q", "temperature": 0.3}), "temperature"),
+            (
+                json!({"input": "q", "tools": [{"type": "function"}]}),
+                "tools",
+            ),
+            (json!({"input": "q", "background": true}), "background"),
+            (
+                json!({"input": "q", "text": {"format": {"type": "json_schema", "schema": {}}}}),
+                "json_schema",
+            ),
+            (
+                json!({"input": [{"type": "function_call_output", "output": "x"}]}),
+                "function_call_output",
+            ),
+        ] {
+            let error = parse(body).unwrap_err();
+            assert_eq!(error.code, "unsupported_parameter");
+            assert!(error.message.contains(named), "{}", error.message);
+        }
+        assert!(parse(json!({"input": "q", "temperature": null})).is_ok());
+        assert_eq!(
+            parse(json!({"model": "rlm"})).unwrap_err().code,
+            "no_user_message"
+        );
+        assert_eq!(
+            parse(json!({"input": " "})).unwrap_err().code,
+            "empty_query"
+        );
+        assert_eq!(
+            parse(json!({"input": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}))
+                .unwrap_err()
+                .code,
+            "invalid_body"
+        );
+    }
+
+    #[test]
+    fn the_store_evicts_the_least_recently_used_session() {
+        let store = Store::new(Duration::from_secs(3600), 2);
+        let a = store.insert(session());
+        store.record(a, "ra", json!({"id": "ra"}));
+        let b = store.insert(session());
+        store.record(b, "rb", json!({"id": "rb"}));
+        // `a` is used again: `b` is now the least recently used.
+        assert!(store.continue_from("ra").is_ok());
+        let c = store.insert(session());
+        store.record(c, "rc", json!({"id": "rc"}));
+        assert_eq!(
+            store.continue_from("rb").unwrap_err().code,
+            "session_not_found"
+        );
+        assert!(store.get("rb").is_none());
+        assert!(store.get("ra").is_some() && store.get("rc").is_some());
+    }
+
+    #[test]
+    fn only_the_latest_response_continues_and_deleting_it_ends_the_session() {
+        let store = Store::new(Duration::from_secs(3600), 8);
+        let a = store.insert(session());
+        store.record(a, "r1", json!({"id": "r1"}));
+        store.record(a, "r2", json!({"id": "r2"}));
+        assert_eq!(
+            store.continue_from("r1").unwrap_err().code,
+            "session_moved_on"
+        );
+        assert!(store.continue_from("r2").is_ok());
+        // Deleting an older response keeps the session.
+        assert!(store.delete("r1"));
+        assert!(store.continue_from("r2").is_ok());
+        assert!(store.delete("r2"));
+        assert_eq!(
+            store.continue_from("r2").unwrap_err().code,
+            "session_not_found"
+        );
+        assert!(!store.delete("r2"));
+    }
+
+    #[test]
+    fn expired_sessions_are_gone() {
+        let store = Store::new(Duration::ZERO, 8);
+        let a = store.insert(session());
+        store.record(a, "r", json!({"id": "r"}));
+        assert!(store.get("r").is_none());
+        assert_eq!(
+            store.continue_from("r").unwrap_err().code,
+            "session_not_found"
+        );
+    }
+
+    #[test]
+    fn a_session_keeps_its_latest_responses_only() {
+        let store = Store::new(Duration::from_secs(3600), 8);
+        let a = store.insert(session());
+        for n in 0..(KEPT_RESPONSES + 2) {
+            store.record(a, &format!("r{n}"), json!({}));
+        }
+        assert!(store.get("r0").is_none() && store.get("r1").is_none());
+        assert!(store.get("r2").is_some());
+        assert!(
+            store
+                .continue_from(&format!("r{}", KEPT_RESPONSES + 1))
+                .is_ok()
+        );
     }
 }
