@@ -289,7 +289,7 @@ impl Session {
     /// Answers `query` in the session: the REPL keeps its variables, and the root model is
     /// told the earlier questions and answers. Errors are those of [`Rlm::run`].
     pub async fn ask(&mut self, query: impl Into<String>) -> Result<RunResult, RlmError> {
-        self.ask_cancellable(query, &CancellationToken::new()).await
+        self.ask_with(query.into(), None).await
     }
 
     /// [`ask`](Self::ask), stopped by `cancel` (the run ends with
@@ -301,15 +301,23 @@ impl Session {
         query: impl Into<String>,
         cancel: &CancellationToken,
     ) -> Result<RunResult, RlmError> {
-        let query = query.into();
+        self.ask_with(query.into(), Some(cancel)).await
+    }
+
+    async fn ask_with(
+        &mut self,
+        query: String,
+        cancel: Option<&CancellationToken>,
+    ) -> Result<RunResult, RlmError> {
         let run_cancel = self.rlm.cancel.child_token();
-        let forward = {
+        // The run's token is a child of the Rlm's; the caller's token is forwarded to it.
+        let forward = cancel.map(|cancel| {
             let (outer, inner) = (cancel.clone(), run_cancel.clone());
             AbortOnDrop(tokio::spawn(async move {
                 outer.cancelled().await;
                 inner.cancel();
             }))
-        };
+        });
         let source = match self.kept.take() {
             Some(kept) => Source::Kept(kept, self.history_note()),
             None => Source::Context(Context::Shared(self.context.clone())),

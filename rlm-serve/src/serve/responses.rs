@@ -91,8 +91,15 @@ impl Store {
         }
     }
 
-    /// The session whose latest response is `id`, marked used.
-    fn continue_from(&self, id: &str) -> Result<(u64, Arc<tokio::sync::Mutex<Session>>), ApiError> {
+    /// The session whose latest response is `id`, marked used, with `next` (its body when it
+    /// is stored) claimed as its latest response at once: another request continuing `id`
+    /// meanwhile is refused, not run on top of this one.
+    fn continue_from(
+        &self,
+        id: &str,
+        next: &str,
+        body: Option<Value>,
+    ) -> Result<(u64, Arc<tokio::sync::Mutex<Session>>), ApiError> {
         let mut inner = self.lock();
         self.expire(&mut inner);
         let Some(session_id) = inner.responses.get(id).map(|s| s.session) else {
@@ -114,7 +121,19 @@ impl Store {
             ));
         }
         entry.last_used = Instant::now();
-        Ok((session_id, Arc::clone(&entry.session)))
+        let session = Arc::clone(&entry.session);
+        push_response(&mut inner, session_id, next, body);
+        Ok((session_id, session))
+    }
+
+    /// Takes back a claimed response that never ran (the queue was full): `previous` is the
+    /// session's latest again.
+    fn unclaim(&self, session: u64, id: &str) {
+        let mut inner = self.lock();
+        inner.responses.remove(id);
+        if let Some(entry) = inner.sessions.get_mut(&session) {
+            entry.responses.retain(|r| r != id);
+        }
     }
 
     /// Keeps a new session; evicts the least recently used one beyond the bound.
@@ -148,27 +167,7 @@ impl Store {
     /// Records `body` as the response `id` of session `session` (its latest). Returns false
     /// when the session is gone (evicted or expired meanwhile): the response is not kept.
     fn record(&self, session: u64, id: &str, body: Value) -> bool {
-        let mut inner = self.lock();
-        let Some(entry) = inner.sessions.get_mut(&session) else {
-            return false;
-        };
-        entry.last_used = Instant::now();
-        if entry.responses.back().map(String::as_str) != Some(id) {
-            entry.responses.push_back(id.to_owned());
-        }
-        let dropped: Vec<String> = if entry.responses.len() > KEPT_RESPONSES {
-            let extra = entry.responses.len() - KEPT_RESPONSES;
-            entry.responses.drain(..extra).collect()
-        } else {
-            Vec::new()
-        };
-        for old in dropped {
-            inner.responses.remove(&old);
-        }
-        inner
-            .responses
-            .insert(id.to_owned(), Stored { session, body });
-        true
+        push_response(&mut self.lock(), session, id, Some(body))
     }
 
     /// Ends a session (a `store: false` turn, or a failed first turn).
@@ -201,6 +200,34 @@ impl Store {
         }
         true
     }
+}
+
+/// Makes `id` the latest response of `session` (if it is not already), keeps its `body` if
+/// given, and forgets the responses beyond the last [`KEPT_RESPONSES`]. False when the session
+/// is gone.
+fn push_response(inner: &mut Inner, session: u64, id: &str, body: Option<Value>) -> bool {
+    let Some(entry) = inner.sessions.get_mut(&session) else {
+        return false;
+    };
+    entry.last_used = Instant::now();
+    if entry.responses.back().map(String::as_str) != Some(id) {
+        entry.responses.push_back(id.to_owned());
+    }
+    let dropped: Vec<String> = if entry.responses.len() > KEPT_RESPONSES {
+        let extra = entry.responses.len() - KEPT_RESPONSES;
+        entry.responses.drain(..extra).collect()
+    } else {
+        Vec::new()
+    };
+    for old in dropped {
+        inner.responses.remove(&old);
+    }
+    if let Some(body) = body {
+        inner
+            .responses
+            .insert(id.to_owned(), Stored { session, body });
+    }
+    true
 }
 
 fn remove_session(inner: &mut Inner, id: u64) {
@@ -566,6 +593,22 @@ async fn create_inner(
     let mut request = CreateRequest::parse(&body)?;
     drop(body);
     let store = &state.responses;
+    let n = state.next_id.fetch_add(1, Ordering::Relaxed);
+    let head = Arc::new(Head {
+        id: format!("resp_rlm{n:016x}{:08x}", random_tail()),
+        message_id: format!("msg_rlm{n:016x}"),
+        created_at: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        model: std::mem::take(&mut request.model),
+        previous: request.previous.clone(),
+        instructions: request.instructions.clone(),
+        metadata: std::mem::take(&mut request.metadata),
+        user: std::mem::take(&mut request.user),
+        store: request.store,
+    });
+    // Stored while it runs (`in_progress`), unless `store` is false.
+    let in_progress = request.store.then(|| head.response(None));
     // The session: continued, or new over the context.
     let (session_id, session) = match &request.previous {
         Some(previous) => {
@@ -576,7 +619,7 @@ async fn create_inner(
                      only the new question (and system or developer messages)",
                 ));
             }
-            store.continue_from(previous)?
+            store.continue_from(previous, &head.id, in_progress)?
         }
         None => {
             let context = match &state.options.context {
@@ -588,7 +631,9 @@ async fn create_inner(
                 .rlm(RunOptions::default())
                 .map_err(|e| ApiError::from_run(&e))?;
             let session = Arc::new(tokio::sync::Mutex::new(rlm.session(context)));
-            (store.insert(Arc::clone(&session)), session)
+            let id = store.insert(Arc::clone(&session));
+            push_response(&mut store.lock(), id, &head.id, in_progress);
+            (id, session)
         }
     };
 
@@ -606,26 +651,11 @@ async fn create_inner(
         error.retry_after = Some(state.retry_after());
         if request.previous.is_none() {
             store.end(session_id);
+        } else {
+            store.unclaim(session_id, &head.id);
         }
         return Err(error);
     };
-    let n = state.next_id.fetch_add(1, Ordering::Relaxed);
-    let head = Arc::new(Head {
-        id: format!("resp_rlm{n:016x}{:08x}", random_tail()),
-        message_id: format!("msg_rlm{n:016x}"),
-        created_at: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-        model: std::mem::take(&mut request.model),
-        previous: request.previous.clone(),
-        instructions: request.instructions.clone(),
-        metadata: std::mem::take(&mut request.metadata),
-        user: std::mem::take(&mut request.user),
-        store: request.store,
-    });
-    if request.store {
-        store.record(session_id, &head.id, head.response(None));
-    }
     let cancel = CancellationToken::new();
     let (tx, rx) = mpsc::channel::<Message>(STREAM_QUEUE);
     let streaming = request.stream;
@@ -896,15 +926,15 @@ mod tests {
         let b = store.insert(session());
         store.record(b, "rb", json!({"id": "rb"}));
         // `a` is used again: `b` is now the least recently used.
-        assert!(store.continue_from("ra").is_ok());
+        assert!(store.continue_from("ra", "ra2", Some(json!({}))).is_ok());
         let c = store.insert(session());
         store.record(c, "rc", json!({"id": "rc"}));
         assert_eq!(
-            store.continue_from("rb").unwrap_err().code,
+            store.continue_from("rb", "rb2", None).unwrap_err().code,
             "session_not_found"
         );
         assert!(store.get("rb").is_none());
-        assert!(store.get("ra").is_some() && store.get("rc").is_some());
+        assert!(store.get("ra2").is_some() && store.get("rc").is_some());
     }
 
     #[test]
@@ -912,21 +942,30 @@ mod tests {
         let store = Store::new(Duration::from_secs(3600), 8);
         let a = store.insert(session());
         store.record(a, "r1", json!({"id": "r1"}));
-        store.record(a, "r2", json!({"id": "r2"}));
+        // Claimed at once: a second request continuing r1 is refused while r2 runs.
+        assert!(
+            store
+                .continue_from("r1", "r2", Some(json!({"id": "r2"})))
+                .is_ok()
+        );
         assert_eq!(
-            store.continue_from("r1").unwrap_err().code,
+            store.continue_from("r1", "r3", None).unwrap_err().code,
             "session_moved_on"
         );
-        assert!(store.continue_from("r2").is_ok());
+        // A claim the queue refused is taken back.
+        assert!(store.continue_from("r2", "r3", None).is_ok());
+        store.unclaim(a, "r3");
+        assert!(store.continue_from("r2", "r4", Some(json!({}))).is_ok());
         // Deleting an older response keeps the session.
         assert!(store.delete("r1"));
-        assert!(store.continue_from("r2").is_ok());
-        assert!(store.delete("r2"));
+        assert!(store.continue_from("r4", "r5", Some(json!({}))).is_ok());
+        assert!(store.delete("r5"));
         assert_eq!(
-            store.continue_from("r2").unwrap_err().code,
+            store.continue_from("r5", "r6", None).unwrap_err().code,
             "session_not_found"
         );
-        assert!(!store.delete("r2"));
+        assert!(store.get("r4").is_none());
+        assert!(!store.delete("r5"));
     }
 
     #[test]
@@ -936,7 +975,7 @@ mod tests {
         store.record(a, "r", json!({"id": "r"}));
         assert!(store.get("r").is_none());
         assert_eq!(
-            store.continue_from("r").unwrap_err().code,
+            store.continue_from("r", "r2", None).unwrap_err().code,
             "session_not_found"
         );
     }
@@ -950,10 +989,7 @@ mod tests {
         }
         assert!(store.get("r0").is_none() && store.get("r1").is_none());
         assert!(store.get("r2").is_some());
-        assert!(
-            store
-                .continue_from(&format!("r{}", KEPT_RESPONSES + 1))
-                .is_ok()
-        );
+        let latest = format!("r{}", KEPT_RESPONSES + 1);
+        assert!(store.continue_from(&latest, "next", None).is_ok());
     }
 }
