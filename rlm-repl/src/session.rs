@@ -210,6 +210,8 @@ pub struct Session {
     skipped: Vec<Skipped>,
     /// The REPL of the last question was lost (its thread failed): the next result says so.
     lost: bool,
+    /// The context's fingerprint, computed once (a pass over the context).
+    fingerprint: std::sync::OnceLock<String>,
 }
 
 impl std::fmt::Debug for Session {
@@ -241,6 +243,7 @@ impl Session {
             history_dropped: 0,
             skipped: Vec::new(),
             lost: false,
+            fingerprint: std::sync::OnceLock::new(),
         }
     }
 
@@ -381,7 +384,14 @@ impl Session {
             history_dropped: self.history_dropped,
             skipped: std::mem::take(&mut self.skipped),
             lost: self.lost,
+            fingerprint: self.fingerprint.clone(),
         }
+    }
+
+    /// SHA-256 of the context (computed on first use).
+    fn fingerprint(&self) -> &str {
+        self.fingerprint
+            .get_or_init(|| fingerprint(&self.context.value()))
     }
 
     /// What the root model is told of the earlier questions: the latest ones first kept, within
@@ -471,7 +481,7 @@ impl Session {
             version: SESSION_VERSION,
             saved_by: format!("rlm {}", env!("CARGO_PKG_VERSION")),
             context: ContextStamp {
-                sha256: fingerprint(&self.context.value()),
+                sha256: self.fingerprint().to_owned(),
                 kind: info.kind.to_owned(),
                 chars: info.total_chars,
             },
@@ -504,7 +514,7 @@ impl Session {
         file: SessionFile,
     ) -> Result<Self, RlmError> {
         let mut session = Self::new(rlm, context);
-        let given = fingerprint(&session.context.value());
+        let given = session.fingerprint().to_owned();
         if given != file.context.sha256 {
             let info = session.context.info();
             return Err(RlmError::Session(format!(
