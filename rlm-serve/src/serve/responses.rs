@@ -284,13 +284,10 @@ impl CreateRequest {
                 _ => false,
             };
             if !fine {
-                return Err(unsupported(
-                    name,
-                    format!(
-                        "the parameter `{name}` is not supported by rlm serve's Responses API \
+                return Err(unsupported(format!(
+                    "the parameter `{name}` is not supported by rlm serve's Responses API \
                          (see the README's Serving section)"
-                    ),
-                ));
+                )));
             }
         }
         let string = |name: &str| -> Result<Option<String>, ApiError> {
@@ -307,19 +304,15 @@ impl CreateRequest {
             match format.get("type").and_then(Value::as_str) {
                 Some("text") | None => {}
                 Some(kind @ ("json_schema" | "json_object")) => {
-                    return Err(unsupported(
-                        "text.format",
-                        format!(
-                            "text.format {kind} is not supported yet: typed answers (an output \
+                    return Err(unsupported(format!(
+                        "text.format {kind} is not supported yet: typed answers (an output \
                              schema) are not in this build of rlm serve"
-                        ),
-                    ));
+                    )));
                 }
                 Some(other) => {
-                    return Err(unsupported(
-                        "text.format",
-                        format!("text.format {other:?} is not supported"),
-                    ));
+                    return Err(unsupported(format!(
+                        "text.format {other:?} is not supported"
+                    )));
                 }
             }
         }
@@ -419,10 +412,9 @@ fn input_item(index: usize, item: &Value) -> Result<(String, String), ApiError> 
         .and_then(Value::as_str)
         .unwrap_or("message");
     if kind != "message" {
-        return Err(unsupported(
-            &format!("input[{index}]"),
-            format!("input[{index}] is a {kind:?} item; only message items are supported"),
-        ));
+        return Err(unsupported(format!(
+            "input[{index}] is a {kind:?} item; only message items are supported"
+        )));
     }
     let role = item.get("role").and_then(Value::as_str).ok_or_else(|| {
         ApiError::bad_request("invalid_body", format!("input[{index}] has no role"))
@@ -438,13 +430,10 @@ fn input_item(index: usize, item: &Value) -> Result<(String, String), ApiError> 
                         text.push_str(part.get("text").and_then(Value::as_str).unwrap_or_default());
                     }
                     other => {
-                        return Err(unsupported(
-                            &format!("input[{index}].content"),
-                            format!(
-                                "input[{index}] has a {:?} part; only text is supported",
-                                other.unwrap_or("untyped")
-                            ),
-                        ));
+                        return Err(unsupported(format!(
+                            "input[{index}] has a {:?} part; only text is supported",
+                            other.unwrap_or("untyped")
+                        )));
                     }
                 }
             }
@@ -460,7 +449,8 @@ fn input_item(index: usize, item: &Value) -> Result<(String, String), ApiError> 
     Ok((role.to_owned(), text))
 }
 
-fn unsupported(_param: &str, message: String) -> ApiError {
+/// 400 `unsupported_parameter`: the message names the parameter.
+fn unsupported(message: String) -> ApiError {
     ApiError::bad_request("unsupported_parameter", message)
 }
 
