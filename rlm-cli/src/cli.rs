@@ -222,9 +222,9 @@ pub(crate) struct RunArgs {
     #[arg(short, long, value_name = "PATH|-", help_heading = "Input")]
     pub(crate) context: Option<PathBuf>,
 
-    /// Resume the session saved in FILE, if there is one, and save it there after the run:
-    /// the REPL's variables and the questions and answers (a versioned JSON file; see the
-    /// README's "Sessions"). The context is not stored: give the same --context again
+    /// Resume the session saved in FILE, if there is one, and save it there after the run
+    /// (`rlm chat`: after every question): the REPL's variables and the questions and answers
+    /// (a versioned JSON file; see the README's "Sessions"). The context is not stored: give the same --context again
     /// (another one is refused). Written atomically (a temporary file, then a rename).
     #[arg(long, value_name = "FILE", help_heading = "Input")]
     pub(crate) session: Option<PathBuf>,
