@@ -108,7 +108,8 @@ pub(crate) enum Command {
         mut_arg("query", |a| a.required_unless_present(clap::builder::Resettable::Reset).hide(true)),
         mut_arg("query_file", |a| a.hide(true)),
         mut_arg("json", |a| a.hide(true)),
-        mut_arg("trace", |a| a.hide(true))
+        mut_arg("trace", |a| a.hide(true)),
+        mut_arg("session", |a| a.hide(true))
     )]
     Serve(Box<ServeArgs>),
     /// Serve the Model Context Protocol on stdio: the tool rlm_answer answers a query over
@@ -120,9 +121,21 @@ pub(crate) enum Command {
         mut_arg("query_file", |a| a.hide(true)),
         mut_arg("context", |a| a.hide(true)),
         mut_arg("json", |a| a.hide(true)),
-        mut_arg("trace", |a| a.hide(true))
+        mut_arg("trace", |a| a.hide(true)),
+        mut_arg("session", |a| a.hide(true))
     )]
     Mcp(Box<McpArgs>),
+    /// An interactive session in the terminal: each question is answered like `rlm run`,
+    /// in one REPL (follow-up questions keep its variables and see the earlier answers; the
+    /// context is loaded once). Ctrl-C cancels the current question, Ctrl-D ends.
+    #[command(
+        after_help = CHAT_AFTER_HELP,
+        allow_negative_numbers = true,
+        mut_arg("query", |a| a.required_unless_present(clap::builder::Resettable::Reset).hide(true)),
+        mut_arg("query_file", |a| a.hide(true)),
+        mut_arg("json", |a| a.hide(true))
+    )]
+    Chat(Box<RunArgs>),
     /// Offline demo, no key needed: the same job with sequential llm_query and with
     /// llm_batch, timed.
     #[command(after_help = EXIT_CODES_HELP, allow_negative_numbers = true)]
@@ -133,6 +146,13 @@ pub(crate) enum Command {
     #[command(after_help = VIEW_AFTER_HELP)]
     View(ViewArgs),
 }
+
+const CHAT_AFTER_HELP: &str = "\
+Takes every flag of `rlm run` but the query and --json. Each answer goes to stdout
+as `rlm run` prints it; the summary and warnings go to stderr (not with --quiet).
+Lines are edited and recalled (arrow keys) with the usual readline keys. With
+--session FILE, the session resumes from FILE if it exists and is saved there after
+every question. --trace FILE records every question's run.";
 
 const VIEW_AFTER_HELP: &str = "\
 The page is written beside the trace (t.jsonl -> t.html) unless -o names another file;
@@ -201,6 +221,13 @@ pub(crate) struct RunArgs {
     /// empty string. Invalid UTF-8 is replaced (U+FFFD) with a warning.
     #[arg(short, long, value_name = "PATH|-", help_heading = "Input")]
     pub(crate) context: Option<PathBuf>,
+
+    /// Resume the session saved in FILE, if there is one, and save it there after the run
+    /// (`rlm chat`: after every question): the REPL's variables and the questions and answers
+    /// (a versioned JSON file; see the README's "Sessions"). The context is not stored: give the same --context again
+    /// (another one is refused). Written atomically (a temporary file, then a rename).
+    #[arg(long, value_name = "FILE", help_heading = "Input")]
+    pub(crate) session: Option<PathBuf>,
 
     /// How to read a context file or stdin (a directory is always one text document per
     /// file).
@@ -611,6 +638,15 @@ Endpoints:
                              stream: true sends the trajectory as
                              delta.reasoning_content, then the answer as
                              delta.content, then usage (stream_options.include_usage)
+  POST /v1/responses         OpenAI's Responses API (stream and not): input as a
+                             string or message items, instructions;
+                             previous_response_id asks the next question in that
+                             response's session (REPL variables and conversation
+                             kept, context not reloaded); --session-ttl,
+                             --max-sessions; unknown or expired: 404
+                             session_not_found
+  GET|DELETE /v1/responses/ID a stored response; deleting a session's latest
+                             response ends the session
   GET  /health               {\"status\": \"ok\", \"running\", \"queued\", \"max_runs\"}
 
   Replies carry an \"rlm\" object (iterations, stopped, sub_calls, failed_sub_calls,
@@ -693,6 +729,27 @@ pub(crate) struct ServeArgs {
     /// https://app.example); repeat for more. Other cross-site browser requests are refused.
     #[arg(long = "cors-origin", value_name = "ORIGIN", help_heading = "Serving")]
     pub(crate) cors_origins: Vec<String>,
+
+    /// Seconds a Responses API session (previous_response_id) is kept after its last use.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value = "3600",
+        value_parser = parse_seconds,
+        help_heading = "Serving"
+    )]
+    pub(crate) session_ttl: Duration,
+
+    /// Responses API sessions kept at once; beyond it the least recently used is evicted
+    /// (each holds its REPL, within --max-memory).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = rlm_serve::serve::DEFAULT_MAX_SESSIONS as u32,
+        value_parser = clap::value_parser!(u32).range(1..),
+        help_heading = "Serving"
+    )]
+    pub(crate) max_sessions: u32,
 }
 
 /// Flags of `rlm mcp`: the model, limit and budget flags of `rlm run`, and the roots.

@@ -64,6 +64,15 @@ impl Runner {
         context: Context,
         options: RunOptions,
     ) -> Result<RunResult, RlmError> {
+        self.rlm(options)?.run(query, context).await
+    }
+
+    /// The [`Rlm`] of one run (or one question of a session): the shared backends and
+    /// settings, with `options`' instructions, observer and cancellation.
+    ///
+    /// # Errors
+    /// The settings cannot work ([`RlmError::Config`]).
+    pub fn rlm(&self, options: RunOptions) -> Result<Rlm, RlmError> {
         let mut config = self.config.clone();
         if let Some(schema) = options.output_schema {
             config.output_schema = Some(schema);
@@ -81,6 +90,6 @@ impl Runner {
         if let Some(observer) = options.observer {
             builder = builder.observer(observer);
         }
-        builder.build()?.run(query, context).await
+        builder.build()
     }
 }

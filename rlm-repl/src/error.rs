@@ -40,6 +40,10 @@ pub enum RlmError {
         #[source]
         source: LlmError,
     },
+    /// A session file that cannot be read, written or resumed (unknown version, malformed,
+    /// another context); the message says which and why.
+    #[error("session: {0}")]
+    Session(String),
     /// A bug in rlm (e.g. the REPL thread panicked). Please report it.
     #[error("internal error: {0}")]
     Internal(String),

@@ -150,6 +150,37 @@ pub fn first_message(query: &str, info: &ContextInfo) -> String {
     )
 }
 
+/// The first message of a follow-up question in a session: the earlier questions and their
+/// answers (`history`, already bounded), what the REPL still holds (`vars`, as `SHOW_VARS()`
+/// lists it), variables removed for the memory budget (`notice`), then the usual `first`
+/// message.
+pub(crate) fn session_message(
+    history: &str,
+    vars: &str,
+    notice: Option<String>,
+    first: &str,
+) -> String {
+    let mut out = String::from(
+        "This query continues a session. The REPL is the one the earlier queries used:          `context` is the same value (not reloaded) and every variable and function they          defined is still there. Reuse what they computed instead of computing it again.\n",
+    );
+    if !history.is_empty() {
+        out.push_str(&format!(
+            "\n--- earlier queries and answers, oldest first ---\n{}\n--- end of earlier              queries ---\n",
+            history.trim_end()
+        ));
+    }
+    out.push_str(&format!(
+        "\nVariables now defined (SHOW_VARS()):\n{}\n",
+        vars.trim_end()
+    ));
+    if let Some(notice) = notice {
+        out.push_str(&format!("Note: {}\n", notice.trim_end()));
+    }
+    out.push('\n');
+    out.push_str(first);
+    out
+}
+
 /// The last message when the run is out of turns or sub-calls: asks for the best answer now.
 pub(crate) fn final_ask(reason: &str) -> String {
     format!(

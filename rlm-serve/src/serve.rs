@@ -53,6 +53,8 @@ use tokio_util::sync::DropGuard;
 
 use crate::{FailureKind, RunOptions, Runner, ServeError, describe_error_for_client, trajectory};
 
+mod responses;
+
 /// Where `rlm serve` listens by default.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8000";
 /// The largest request body by default: 256 MiB.
@@ -61,6 +63,10 @@ pub const DEFAULT_MAX_REQUEST_BYTES: usize = 256 << 20;
 pub const DEFAULT_MAX_RUNS: usize = 8;
 /// Requests that may wait for a run by default.
 pub const DEFAULT_MAX_QUEUE: usize = 64;
+/// How long a Responses API session is kept after its last use, by default.
+pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(3600);
+/// Responses API sessions kept at once, by default.
+pub const DEFAULT_MAX_SESSIONS: usize = 256;
 /// The one model `/v1/models` lists.
 pub const MODEL_ID: &str = "rlm";
 /// Characters of the answer per streamed `delta.content` chunk.
@@ -110,6 +116,10 @@ pub struct ServeOptions {
     /// CORS preflights are answered and their responses carry
     /// `Access-Control-Allow-Origin`. Any other cross-site browser request is refused.
     pub cors_origins: Vec<String>,
+    /// How long a Responses API session is kept after its last use.
+    pub session_ttl: Duration,
+    /// Responses API sessions kept at once (the least recently used is evicted).
+    pub max_sessions: usize,
 }
 
 impl Default for ServeOptions {
@@ -125,6 +135,8 @@ impl Default for ServeOptions {
             body_timeout: DEFAULT_BODY_TIMEOUT,
             max_body_bytes_in_flight: DEFAULT_MAX_BODY_BYTES_IN_FLIGHT,
             cors_origins: Vec::new(),
+            session_ttl: DEFAULT_SESSION_TTL,
+            max_sessions: DEFAULT_MAX_SESSIONS,
         }
     }
 }
@@ -142,6 +154,8 @@ impl fmt::Debug for ServeOptions {
             .field("body_timeout", &self.body_timeout)
             .field("max_body_bytes_in_flight", &self.max_body_bytes_in_flight)
             .field("cors_origins", &self.cors_origins)
+            .field("session_ttl", &self.session_ttl)
+            .field("max_sessions", &self.max_sessions)
             .finish()
     }
 }
@@ -250,6 +264,7 @@ fn routes(runner: Runner, options: ServeOptions, local: Option<SocketAddr>) -> R
         .min(Semaphore::MAX_PERMITS);
     let state = Arc::new(AppState {
         gate: Gate::new(options.max_runs, options.max_queue),
+        responses: responses::Store::new(options.session_ttl, options.max_sessions),
         runner,
         options,
         local,
@@ -261,6 +276,11 @@ fn routes(runner: Runner, options: ServeOptions, local: Option<SocketAddr>) -> R
     Router::new()
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat))
+        .route("/v1/responses", post(responses::create))
+        .route(
+            "/v1/responses/{id}",
+            get(responses::retrieve).delete(responses::delete),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key))
         .route("/health", get(health))
         .fallback(not_found)
@@ -281,6 +301,8 @@ struct AppState {
     /// All of `body_units`.
     max_body_units: usize,
     gate: Gate,
+    /// The Responses API's sessions.
+    responses: responses::Store,
     next_id: AtomicU64,
     /// A moving average of run times, for `Retry-After`.
     average_run_ms: AtomicU64,

@@ -33,6 +33,7 @@ use tokio::runtime::Handle;
 
 pub(crate) use self::children::{ChildAnswer, ChildRunner};
 use self::errors::{STOP_CANCELLED, STOP_FINAL, STOP_MEMORY, STOP_TIMEOUT};
+pub(crate) use self::memory::estimate_bytes;
 use self::output::OutputBuffer;
 use self::subcall::{BlockClock, SubCaller};
 pub(crate) use self::thread::spawn_evaluation;
@@ -278,6 +279,9 @@ pub struct Repl {
     held: usize,
     /// Functions defined so far divide (their blocks held a `/`).
     functions_divide: bool,
+    /// What the model must be told before its first block: variables of an earlier run
+    /// removed for the memory budget.
+    notice: Option<String>,
 }
 
 impl fmt::Debug for Repl {
@@ -312,6 +316,72 @@ enum Source {
     /// A value of a parent run's scope (`rlm_query`'s context): shared, not copied, where
     /// Rhai shares it (strings).
     Value(Dynamic),
+    /// The scope of an earlier REPL of a session, `context` included.
+    Kept(Kept),
+}
+
+/// What a session keeps of a REPL between runs: its scope (`context` first, then the
+/// variables) and the functions its blocks defined. The engine, the sub-call backend and the
+/// run's budget are not kept: every run builds its own around this.
+pub(crate) struct Kept {
+    pub(crate) scope: Scope<'static>,
+    pub(crate) functions: AST,
+    pub(crate) functions_divide: bool,
+    pub(crate) info: ContextInfo,
+}
+
+impl fmt::Debug for Kept {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Kept")
+            .field("variables", &self.scope.len().saturating_sub(1))
+            .field("functions", &self.functions.iter_functions().count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Kept {
+    /// A scope holding `context` (read-only) and the given variables, in order.
+    pub(crate) fn new(
+        context: Dynamic,
+        info: ContextInfo,
+        variables: impl IntoIterator<Item = (String, bool, Dynamic)>,
+    ) -> Self {
+        let mut scope = Scope::new();
+        scope.push_constant_dynamic("context", context);
+        for (name, constant, value) in variables {
+            if constant {
+                scope.push_constant_dynamic(name, value);
+            } else {
+                scope.push_dynamic(name, value);
+            }
+        }
+        Self {
+            scope,
+            functions: AST::empty(),
+            functions_divide: false,
+            info,
+        }
+    }
+
+    /// The variables (the context excepted), in the order they were defined: name, whether
+    /// it is a constant, value.
+    pub(crate) fn variables(&self) -> Vec<(&str, bool, &Dynamic)> {
+        // `iter_raw` goes from the latest entry back; the context is the first entry.
+        let mut all: Vec<_> = self.scope.iter_raw().collect();
+        all.pop();
+        all.reverse();
+        all
+    }
+
+    /// The names and parameters of the functions defined (`f(a, b)`).
+    pub(crate) fn functions(&self) -> Vec<String> {
+        // Closures' bodies are anonymous functions: their variables are listed already.
+        self.functions
+            .iter_functions()
+            .filter(|f| !f.name.starts_with("anon$"))
+            .map(|f| format!("{}({})", f.name, f.params.join(", ")))
+            .collect()
+    }
 }
 
 impl fmt::Debug for ReplBuilder {
@@ -395,9 +465,16 @@ impl ReplBuilder {
 
     /// Loads the context and builds the REPL. Loading a large context takes one pass over it.
     pub fn build(self) -> Repl {
+        let mut kept = None;
         let (info, context) = match self.context {
             Source::Context(context) => (context.info(), context.into_value()),
             Source::Value(value) => (crate::context::value_info(&value), value),
+            Source::Kept(earlier) => {
+                let context = earlier.scope.get("context").cloned().unwrap_or_default();
+                let info = earlier.info.clone();
+                kept = Some(earlier);
+                (info, context)
+            }
         };
         let limits = fit_limits(self.limits, &context);
         let run = self.run.unwrap_or_else(|| {
@@ -438,17 +515,48 @@ impl ReplBuilder {
         });
         let lengths = helpers::ContextLengths::of(&context);
         let engine = build_engine(&shared, &limits, lengths);
-        let mut scope = Scope::new();
-        scope.push_constant_dynamic("context", context);
+        let Some(kept) = kept else {
+            let mut scope = Scope::new();
+            scope.push_constant_dynamic("context", context);
+            return Repl {
+                engine,
+                scope,
+                functions: AST::empty(),
+                shared,
+                limits,
+                info,
+                held: 0,
+                functions_divide: false,
+                notice: None,
+            };
+        };
+        // The variables an earlier run left count against this run's memory budget from the
+        // start; what no longer fits (a smaller budget) is removed and the model is told.
+        let Kept {
+            mut scope,
+            functions,
+            functions_divide,
+            ..
+        } = kept;
+        let budget = shared.run.scope_budget(limits.max_memory);
+        let (held, notice) = memory::fit_scope(
+            &mut scope,
+            &SandboxLimits {
+                max_memory: budget,
+                ..limits.clone()
+            },
+        );
+        shared.run.hold_scope(held);
         Repl {
             engine,
             scope,
-            functions: AST::empty(),
+            functions,
             shared,
             limits,
             info,
-            held: 0,
-            functions_divide: false,
+            held,
+            functions_divide,
+            notice,
         }
     }
 }
@@ -467,6 +575,26 @@ impl Repl {
     /// Starts building a child run's REPL over a value of its parent's scope.
     pub(crate) fn builder_for_value(value: Dynamic) -> ReplBuilder {
         Self::builder_from(Source::Value(value))
+    }
+
+    /// Starts building a REPL that goes on with what an earlier one kept.
+    pub(crate) fn builder_for_kept(kept: Kept) -> ReplBuilder {
+        Self::builder_from(Source::Kept(kept))
+    }
+
+    /// What a session keeps of this REPL for its next run.
+    pub(crate) fn into_kept(self) -> Kept {
+        Kept {
+            scope: self.scope,
+            functions: self.functions,
+            functions_divide: self.functions_divide,
+            info: self.info,
+        }
+    }
+
+    /// What the model must be told before its first block, once.
+    pub(crate) fn take_notice(&mut self) -> Option<String> {
+        self.notice.take()
     }
 
     fn builder_from(context: Source) -> ReplBuilder {
