@@ -138,6 +138,7 @@ pub(crate) fn same_request(a: &CompletionRequest, b: &CompletionRequest) -> bool
         max_tokens,
         stop,
         seed,
+        response_format,
         extra,
     } = a;
     // Cheap fields first; the (large) messages last but one.
@@ -149,6 +150,7 @@ pub(crate) fn same_request(a: &CompletionRequest, b: &CompletionRequest) -> bool
         && *stop == b.stop
         && messages.len() == b.messages.len()
         && *messages == b.messages
+        && *response_format == b.response_format
         && same_object(extra, &b.extra)
 }
 
@@ -162,6 +164,7 @@ pub(crate) fn fingerprint(request: &CompletionRequest, state: &FingerprintState)
         max_tokens,
         stop,
         seed,
+        response_format,
         extra,
     } = request;
     let mut hasher = state.build_hasher();
@@ -172,6 +175,12 @@ pub(crate) fn fingerprint(request: &CompletionRequest, state: &FingerprintState)
     max_tokens.hash(&mut hasher);
     stop.hash(&mut hasher);
     seed.hash(&mut hasher);
+    // The format as its JSON (objects in any order).
+    match response_format.as_ref().map(serde_json::to_value) {
+        Some(Ok(Value::Object(format))) => hash_object(&format, state, &mut hasher),
+        Some(_) => 1u8.hash(&mut hasher),
+        None => 0u8.hash(&mut hasher),
+    }
     hash_object(extra, state, &mut hasher);
     hasher.finish()
 }

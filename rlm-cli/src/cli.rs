@@ -53,8 +53,8 @@ Trace (--trace FILE):
   JSON Lines, one object per event, written as it happens: {\"t_ms\": <ms since
   start>, \"depth\": D, \"run\": ID, \"event\": NAME, ...} with NAME one of run_start,
   turn_start, root_reply, root_reasoning, code_block, sub_call_start, sub_call_end,
-  batch_start, batch_progress, batch_end, tool_call, turn_end, final (with
-  cost_usd), run_error. depth
+  batch_start, batch_progress, batch_end, tool_call, turn_end, output_refused
+  (with --output-schema), final (with cost_usd), run_error. depth
   is 0 for the top-level run; run is its id path (\"0\", \"0.3\", \"0.3.1\"); a
   child's run_start names its parent. run_start carries the settings (models,
   base URL without credentials, limits, budgets), the wall-clock start, the
@@ -108,7 +108,8 @@ pub(crate) enum Command {
         mut_arg("query", |a| a.required_unless_present(clap::builder::Resettable::Reset).hide(true)),
         mut_arg("query_file", |a| a.hide(true)),
         mut_arg("json", |a| a.hide(true)),
-        mut_arg("trace", |a| a.hide(true))
+        mut_arg("trace", |a| a.hide(true)),
+        mut_arg("session", |a| a.hide(true))
     )]
     Serve(Box<ServeArgs>),
     /// Serve the Model Context Protocol on stdio: the tool rlm_answer answers a query over
@@ -120,9 +121,21 @@ pub(crate) enum Command {
         mut_arg("query_file", |a| a.hide(true)),
         mut_arg("context", |a| a.hide(true)),
         mut_arg("json", |a| a.hide(true)),
-        mut_arg("trace", |a| a.hide(true))
+        mut_arg("trace", |a| a.hide(true)),
+        mut_arg("session", |a| a.hide(true))
     )]
     Mcp(Box<McpArgs>),
+    /// An interactive session in the terminal: each question is answered like `rlm run`,
+    /// in one REPL (follow-up questions keep its variables and see the earlier answers; the
+    /// context is loaded once). Ctrl-C cancels the current question, Ctrl-D ends.
+    #[command(
+        after_help = CHAT_AFTER_HELP,
+        allow_negative_numbers = true,
+        mut_arg("query", |a| a.required_unless_present(clap::builder::Resettable::Reset).hide(true)),
+        mut_arg("query_file", |a| a.hide(true)),
+        mut_arg("json", |a| a.hide(true))
+    )]
+    Chat(Box<RunArgs>),
     /// Offline demo, no key needed: the same job with sequential llm_query and with
     /// llm_batch, timed.
     #[command(after_help = EXIT_CODES_HELP, allow_negative_numbers = true)]
@@ -133,6 +146,13 @@ pub(crate) enum Command {
     #[command(after_help = VIEW_AFTER_HELP)]
     View(ViewArgs),
 }
+
+const CHAT_AFTER_HELP: &str = "\
+Takes every flag of `rlm run` but the query and --json. Each answer goes to stdout
+as `rlm run` prints it; the summary and warnings go to stderr (not with --quiet).
+Lines are edited and recalled (arrow keys) with the usual readline keys. With
+--session FILE, the session resumes from FILE if it exists and is saved there after
+every question. --trace FILE records every question's run.";
 
 const VIEW_AFTER_HELP: &str = "\
 The page is written beside the trace (t.jsonl -> t.html) unless -o names another file;
@@ -201,6 +221,13 @@ pub(crate) struct RunArgs {
     /// empty string. Invalid UTF-8 is replaced (U+FFFD) with a warning.
     #[arg(short, long, value_name = "PATH|-", help_heading = "Input")]
     pub(crate) context: Option<PathBuf>,
+
+    /// Resume the session saved in FILE, if there is one, and save it there after the run
+    /// (`rlm chat`: after every question): the REPL's variables and the questions and answers
+    /// (a versioned JSON file; see the README's "Sessions"). The context is not stored: give the same --context again
+    /// (another one is refused). Written atomically (a temporary file, then a rename).
+    #[arg(long, value_name = "FILE", help_heading = "Input")]
+    pub(crate) session: Option<PathBuf>,
 
     /// How to read a context file or stdin (a directory is always one text document per
     /// file).
@@ -510,6 +537,37 @@ pub(crate) struct RunArgs {
     )]
     pub(crate) redis_prefix: String,
 
+    /// A JSON Schema (draft 2020-12 or 7, a JSON file) the answer must conform to. The root
+    /// model is told the schema; a final answer is converted to JSON and validated, and one
+    /// that does not conform is refused with its first errors. stdout is then the answer as
+    /// compact JSON on one line (--json: `answer` is the value). A file that is not JSON or
+    /// not a valid schema is exit 2.
+    #[arg(long, value_name = "FILE", help_heading = "Typed answers")]
+    pub(crate) output_schema: Option<PathBuf>,
+
+    /// Non-conforming final answers refused before the run ends without an answer
+    /// (`stopped: "invalid_output"`, exit 3, stdout empty).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = rlm_host::DEFAULT_OUTPUT_SCHEMA_RETRIES as u32,
+        help_heading = "Typed answers"
+    )]
+    pub(crate) output_schema_retries: u32,
+
+    /// How llm_query_json / llm_batch_json ask the sub-model for JSON: `native` sends the
+    /// schema as OpenAI's response_format (json_schema, strict), `prompt` puts it in the
+    /// prompt, `auto` tries native and uses the prompt for a model whose server refuses
+    /// response_format (one warning).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "MODE",
+        default_value_t = StructuredMode::Auto,
+        help_heading = "Typed answers"
+    )]
+    pub(crate) structured_output: StructuredMode,
+
     /// Write every event (turns, code blocks and outputs, sub-calls, the answer) to FILE as
     /// JSON Lines, each line flushed as it happens.
     #[arg(long, value_name = "FILE", help_heading = "Output and behaviour")]
@@ -537,6 +595,27 @@ pub(crate) struct RunArgs {
     pub(crate) progress: ProgressMode,
 }
 
+/// `--structured-output`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum StructuredMode {
+    /// Native, falling back to the prompt per model.
+    Auto,
+    /// The provider's response_format.
+    Native,
+    /// The schema in the prompt.
+    Prompt,
+}
+
+impl From<StructuredMode> for rlm_host::StructuredOutput {
+    fn from(mode: StructuredMode) -> Self {
+        match mode {
+            StructuredMode::Auto => rlm_host::StructuredOutput::Auto,
+            StructuredMode::Native => rlm_host::StructuredOutput::Native,
+            StructuredMode::Prompt => rlm_host::StructuredOutput::Prompt,
+        }
+    }
+}
+
 /// How progress is shown (`--progress`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum ProgressMode {
@@ -559,10 +638,21 @@ Endpoints:
                              stream: true sends the trajectory as
                              delta.reasoning_content, then the answer as
                              delta.content, then usage (stream_options.include_usage)
+  POST /v1/responses         OpenAI's Responses API (stream and not): input as a
+                             string or message items, instructions;
+                             previous_response_id asks the next question in that
+                             response's session (REPL variables and conversation
+                             kept, context not reloaded); --session-ttl,
+                             --max-sessions; unknown or expired: 404
+                             session_not_found
+  GET|DELETE /v1/responses/ID a stored response; deleting a session's latest
+                             response ends the session
   GET  /health               {\"status\": \"ok\", \"running\", \"queued\", \"max_runs\"}
 
   Replies carry an \"rlm\" object (iterations, stopped, sub_calls, failed_sub_calls,
   warnings, cost_usd). A budget stop is still 200, with finish_reason \"length\".
+  response_format json_schema / json_object is the run's output schema: the content
+  is the conforming JSON, or the reply is 422 invalid_output / schema_not_met.
   Errors: {\"error\": {\"message\", \"type\", \"code\"}}; 400 bad body, 401 wrong server
   key, 413 body over --max-request-bytes, 429 queue full (Retry-After), 502 the
   upstream model server failed. All requests share one backend: --rpm, --tpm,
@@ -570,7 +660,9 @@ Endpoints:
   cancels its run.";
 
 const MCP_AFTER_HELP: &str = "\
-Tool rlm_answer: {\"query\": str, \"paths\": [str]} or {\"query\": str, \"text\": str}.
+Tool rlm_answer: {\"query\": str, \"paths\": [str]} or {\"query\": str, \"text\": str},
+  plus an optional \"output_schema\" (a JSON Schema object): the answer must conform,
+  and the result's structuredContent holds it.
   Paths must be under a --root (after resolving .. and symlinks); relative
   paths are taken under each root. One path is read like rlm run --context;
   several are an array of documents. Progress is notified per turn, code block
@@ -637,6 +729,27 @@ pub(crate) struct ServeArgs {
     /// https://app.example); repeat for more. Other cross-site browser requests are refused.
     #[arg(long = "cors-origin", value_name = "ORIGIN", help_heading = "Serving")]
     pub(crate) cors_origins: Vec<String>,
+
+    /// Seconds a Responses API session (previous_response_id) is kept after its last use.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value = "3600",
+        value_parser = parse_seconds,
+        help_heading = "Serving"
+    )]
+    pub(crate) session_ttl: Duration,
+
+    /// Responses API sessions kept at once; beyond it the least recently used is evicted
+    /// (each holds its REPL, within --max-memory).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = rlm_serve::serve::DEFAULT_MAX_SESSIONS as u32,
+        value_parser = clap::value_parser!(u32).range(1..),
+        help_heading = "Serving"
+    )]
+    pub(crate) max_sessions: u32,
 }
 
 /// Flags of `rlm mcp`: the model, limit and budget flags of `rlm run`, and the roots.

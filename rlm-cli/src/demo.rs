@@ -72,9 +72,12 @@ pub(crate) async fn demo(args: DemoArgs) -> Result<u8, CliError> {
     } else {
         format!("{min}-{max} ms")
     };
+    // A stdout that cannot be written (`> /dev/full`) ends the demo with an error.
     let say = |text: &str| {
         if !args.quiet && !args.json {
-            let _ = write_stdout(text);
+            write_stdout(text)
+        } else {
+            Ok(())
         }
     };
 
@@ -86,18 +89,18 @@ pub(crate) async fn demo(args: DemoArgs) -> Result<u8, CliError> {
          \x20 sub model   simulated: reads the page it is sent, answers after {latency}\n\n",
         count(documents.len() as u64, "document"),
         count(chars as u64, "char"),
-    ));
+    ))?;
 
     let show = !args.quiet && !args.json;
-    say("  running: for doc in context { llm_query(...) } ...\n");
+    say("  running: for doc in context { llm_query(...) } ...\n")?;
     let transcript = show.then(|| Arc::new(Transcript { from_turn: 1 }));
     let sequential = measure(SEQUENTIAL, &documents, &args, observers(transcript, None)).await?;
     say(&format!(
         "\n  running: llm_batch(prompts), {} at once ...\n",
         args.max_concurrent
-    ));
+    ))?;
     if show {
-        say("    turn 1: the same as above\n");
+        say("    turn 1: the same as above\n")?;
     }
     // Turn 1 is the same in both runs: shown once.
     let transcript = show.then(|| Arc::new(Transcript { from_turn: 2 }));
@@ -112,7 +115,7 @@ pub(crate) async fn demo(args: DemoArgs) -> Result<u8, CliError> {
         observers(transcript, trace.clone()),
     )
     .await?;
-    say("\n");
+    say("\n")?;
     // A trace that could not be written whole is an input/output error (exit 4), after
     // the report.
     let trace_error = trace.as_deref().and_then(crate::trace::warning);
@@ -155,7 +158,7 @@ pub(crate) async fn demo(args: DemoArgs) -> Result<u8, CliError> {
                 m.answer.trim()
             );
         }
-        say(&table);
+        say(&table)?;
         say(&format!(
             "\n  llm_batch was {speedup:.1}x faster on this run. {}\n\
              \x20 Times are measured, not computed: the root model is instant, so they are the\n\
@@ -166,7 +169,7 @@ pub(crate) async fn demo(args: DemoArgs) -> Result<u8, CliError> {
             } else {
                 format!("Expected {expected_answer}.")
             }
-        ));
+        ))?;
     }
 
     if let (Some(path), false) = (&args.trace, args.quiet) {

@@ -201,6 +201,9 @@ impl CliError {
     pub(crate) fn from_rlm(error: RlmError, base_url: &str, model: &str) -> Self {
         match error {
             RlmError::Config(message) => CliError::Usage(message),
+            RlmError::Schema(message) => {
+                CliError::Usage(format!("--output-schema: invalid output schema: {message}"))
+            }
             RlmError::Root { turn, source } => Self::from_llm(&source, turn, base_url, model),
             RlmError::SubModel { model, source } => Self::from_sub_model(&source, base_url, &model),
             RlmError::Internal(message) => {

@@ -9,6 +9,7 @@
 //! ```text
 //! rlm run --model gpt-4o --sub-model gpt-4o-mini \
 //!     --context ./docs --query "Which documents mention a refund, and why?"
+//! rlm chat --model gpt-4o --context ./docs
 //! rlm demo
 //! rlm view run.jsonl
 //! rlm serve --model gpt-4o --listen 127.0.0.1:8000
@@ -17,6 +18,7 @@
 //!
 //! See `rlm run --help` for every flag, the exit codes and the `--json` / `--trace` formats.
 
+mod chat;
 mod cli;
 mod demo;
 mod error;
@@ -50,7 +52,7 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(&e, json),
     };
     let quiet = match &cli.command {
-        Command::Run(args) => args.quiet,
+        Command::Run(args) | Command::Chat(args) => args.quiet,
         Command::Serve(args) => args.run.quiet,
         Command::Mcp(args) => args.run.quiet,
         Command::Demo(args) => args.quiet,
@@ -76,6 +78,7 @@ fn main() -> ExitCode {
         runtime.block_on(async {
             match cli.command {
                 Command::Run(args) => run::run(args).await,
+                Command::Chat(args) => chat::chat(args).await,
                 Command::Serve(args) => serve::serve(args).await,
                 Command::Mcp(args) => serve::mcp(args).await,
                 Command::Demo(args) => demo::demo(args).await,

@@ -66,10 +66,19 @@ struct JsonUsage {
     completion_tokens: u64,
 }
 
+/// `--json`'s `answer`: the text; with an output schema the JSON value itself (`null` when
+/// there is none).
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum Answer<'a> {
+    Text(&'a str),
+    Json(Option<&'a serde_json::Value>),
+}
+
 /// The `--json` object.
 #[derive(Debug, Serialize)]
 struct JsonOutput<'a> {
-    answer: &'a str,
+    answer: Answer<'a>,
     iterations: usize,
     stopped: &'static str,
     elapsed_ms: u64,
@@ -92,10 +101,15 @@ pub(crate) fn print_result(
     cache: Option<CacheStats>,
     tier_warnings: &[String],
     json: bool,
+    typed: bool,
 ) -> Result<(), CliError> {
     let text = if json {
         let output = JsonOutput {
-            answer: &result.answer,
+            answer: if typed {
+                Answer::Json(result.json.as_ref())
+            } else {
+                Answer::Text(&result.answer)
+            },
             iterations: result.iterations,
             stopped: result.stopped.as_str(),
             elapsed_ms: u64::try_from(result.elapsed.as_millis()).unwrap_or(u64::MAX),

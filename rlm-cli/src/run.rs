@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use rlm_host::session::{open_session, save_session};
 use rlm_host::supervise::{CANCEL_GRACE, Supervised, supervise};
 use rlm_host::{CancellationToken, Context, Settings, Stack, StopReason, WaitObserver};
 
@@ -23,7 +24,8 @@ use crate::trace;
 pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
     let start = Instant::now();
     let quiet = args.quiet;
-    let settings = settings::settings(&args);
+    let mut settings = settings::settings(&args);
+    settings.output_schema = settings::output_schema(&args)?;
 
     // Input first: a bad path fails before anything is set up.
     let Inputs {
@@ -83,10 +85,50 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
 
     let interrupted = cancel_on_ctrl_c(&cancel, progress.clone(), quiet);
 
+    // With --session, the run is a question of the session saved there (if any).
+    let mut context = Some(context);
+    let mut session = match (&args.session, context.take()) {
+        (Some(path), Some(context)) => {
+            let opened = open_session(rlm.clone(), context, Some(path))?;
+            for warning in &opened.warnings {
+                eprintln!("warning: {warning}");
+            }
+            if opened.resumed && !quiet {
+                eprintln!(
+                    "rlm: resumed the session in {} ({} earlier, {} kept)",
+                    path.display(),
+                    plural(opened.session.history().len(), "question"),
+                    plural(opened.session.variable_names().len(), "variable")
+                );
+            }
+            Some(opened.session)
+        }
+        (_, taken) => {
+            context = taken;
+            None
+        }
+    };
     // `--max-time` ends the run whatever its code does: the run stops its code and sub-calls
-    // when the time is up; if it has not returned a grace period later, it is left behind.
-    let run = rlm.run(query, context);
-    let outcome = match supervise(run, &cancel, settings.max_time).await {
+    // when the time is up; if it has not returned a grace period later, it is left behind
+    // (and a session is not saved: its file keeps what it held before).
+    let supervised = match session.as_mut() {
+        Some(session) => supervise(session.ask(query), &cancel, settings.max_time).await,
+        None => {
+            let context = context.take().unwrap_or_else(|| Context::from(""));
+            supervise(rlm.run(query, context), &cancel, settings.max_time).await
+        }
+    };
+    // Saved whenever the run returned, even without an answer: the variables it set are kept.
+    let mut save_error = None;
+    if let (Some(session), Some(path), Supervised::Returned(_)) =
+        (&session, &args.session, &supervised)
+    {
+        match save_session(session, path) {
+            Ok(warnings) => warnings.iter().for_each(|w| eprintln!("warning: {w}")),
+            Err(e) => save_error = Some(e.to_string()),
+        }
+    }
+    let outcome = match supervised {
         Supervised::Returned(outcome) => Some(outcome),
         Supervised::Abandoned => None,
         Supervised::TimedOut => {
@@ -152,6 +194,7 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
             cache_stats,
             &tier_warnings,
             args.json,
+            settings.output_schema.is_some(),
         )?;
     }
     // What the engine cannot vouch for goes to stderr even with --quiet (the input's
@@ -169,7 +212,7 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
             summary(&result, &usage, &cost, cache_stats, from_code.get())
         );
     }
-    if let Some(error) = trace_error {
+    if let Some(error) = trace_error.or(save_error) {
         return Err(CliError::Input(error));
     }
     Ok(match result.stopped {
@@ -177,6 +220,11 @@ pub(crate) async fn run(args: Box<RunArgs>) -> Result<u8, CliError> {
         StopReason::Cancelled => exit::INTERRUPTED,
         _ => exit::BUDGET,
     })
+}
+
+/// `3 questions`, `1 variable`.
+fn plural(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
 /// What `rlm run` reads before anything is set up.

@@ -26,6 +26,9 @@ fn refuse_run_only(args: &RunArgs, command: &str) -> Result<(), CliError> {
     if args.trace.is_some() {
         given.push("--trace");
     }
+    if args.session.is_some() {
+        given.push("--session (Responses API clients continue sessions with previous_response_id)");
+    }
     match given.as_slice() {
         [] => Ok(()),
         _ => Err(CliError::Usage(format!(
@@ -43,7 +46,8 @@ fn runner(args: &RunArgs, runs: usize) -> Result<(Runner, Stack), CliError> {
     for warning in &warnings {
         eprintln!("warning: {warning}");
     }
-    let settings = settings::settings(args);
+    let mut settings = settings::settings(args);
+    settings.output_schema = settings::output_schema(args)?;
     let stack = Stack::build(&settings, None, runs)?;
     let prices = settings.load_prices()?;
     let mut builder = stack.rlm_builder(&settings)?.prices(prices);
@@ -99,6 +103,8 @@ pub(crate) async fn serve(args: Box<ServeArgs>) -> Result<u8, CliError> {
         max_request_bytes: args.max_request_bytes,
         context: shared,
         cors_origins: args.cors_origins.clone(),
+        session_ttl: args.session_ttl,
+        max_sessions: args.max_sessions as usize,
         ..ServeOptions::default()
     };
     let listener = tokio::net::TcpListener::bind(args.listen)

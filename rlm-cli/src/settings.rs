@@ -73,7 +73,19 @@ pub(crate) fn settings(args: &RunArgs) -> Settings {
         cache_ttl: args.cache_ttl,
         redis: args.redis.clone(),
         redis_prefix: args.redis_prefix.clone(),
+        output_schema: None,
+        output_schema_retries: args.output_schema_retries,
+        structured_output: args.structured_output.into(),
     }
+}
+
+/// `--output-schema`, read and compiled (exit 2 for a file that is not JSON, not a valid
+/// schema or too big).
+pub(crate) fn output_schema(args: &RunArgs) -> Result<Option<rlm_host::OutputSchema>, HostError> {
+    args.output_schema
+        .as_deref()
+        .map(rlm_host::output_schema::load)
+        .transpose()
 }
 
 #[cfg(test)]

@@ -631,6 +631,31 @@ async fn demo_runs_offline_and_both_approaches_are_right() {
     assert!(out.stdout.contains("faster"), "{out:#?}");
 }
 
+/// A stdout that cannot be written (a full disk: `/dev/full`) is an error, exit 4, with or
+/// without `--json`; the demo used to print into it and exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_into_a_full_stdout_is_an_error() {
+    for json in [false, true] {
+        let mut args = vec!["demo", "--docs", "2", "--latency-ms", "0"];
+        if json {
+            args.push("--json");
+        }
+        let full = std::fs::File::create("/dev/full").expect("/dev/full");
+        let mut command = command(&args);
+        command.stdout(Stdio::from(full));
+        // (`output()` would pipe stdout again.)
+        let output = command
+            .spawn()
+            .expect("rlm starts")
+            .wait_with_output()
+            .await
+            .expect("rlm runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(4), "json {json}: {stderr}");
+        assert!(stderr.contains("cannot write to stdout"), "{stderr}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_shows_the_code_and_what_the_repl_printed_and_writes_a_trace() {
     let scratch = Scratch::new("demo");

@@ -37,6 +37,14 @@ fn python_path() -> PathBuf {
     rlm_tests::python::venv().unwrap_or_else(|| rlm_tests::python::venv_dir().join("bin/python"))
 }
 
+/// Whether [`python_path`] can import `langchain_openai` (and `pydantic`).
+fn langchain_usable() -> bool {
+    std::process::Command::new(python_path())
+        .args(["-c", "import openai, pydantic, langchain_openai"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 /// Whether [`python_path`] can import `openai` and `mcp`.
 fn python_usable() -> bool {
     std::process::Command::new(python_path())
@@ -87,6 +95,39 @@ async fn run_python(python: &Path, args: &[&std::ffi::OsStr]) {
 }
 
 async fn the_openai_sdk_talks_to_rlm_serve() {
+    serve_and_drive(handler, "openai_client.py").await;
+}
+
+/// The root model of the typed-answer clients: by the query's first word, a conforming city
+/// ("good"), a wrong shape and then a conforming one ("fix"), or a wrong shape every time
+/// ("never").
+fn typed_handler(request: &ServerRequest) -> Reply {
+    let first = request
+        .messages()
+        .get(1)
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or_default();
+    let good = "FINAL({\"city\": \"Oslo\", \"population\": 709000})".to_owned();
+    let replies = if first.contains("Query: fix:") {
+        vec![
+            "```repl\nFINAL(#{city: \"Bergen\"});\n```".to_owned(),
+            "FINAL({\"city\": \"Bergen\", \"population\": 291000})".to_owned(),
+        ]
+    } else if first.contains("Query: never:") {
+        vec!["FINAL(Bergen)".to_owned(); 3]
+    } else {
+        vec![good]
+    };
+    scripted_turn(request, &replies)
+}
+
+async fn typed_answers_reach_the_openai_sdk_and_langchain() {
+    serve_and_drive(typed_handler, "typed_client.py").await;
+}
+
+/// Starts `rlm serve` against a mock model server answering with `handler`, and drives it
+/// with the Python client `client`.
+async fn serve_and_drive(handler: fn(&ServerRequest) -> Reply, client: &str) {
     let python = python();
     let mock = MockServer::start(handler).await.expect("mock server");
     let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_rlm"))
@@ -138,7 +179,7 @@ async fn the_openai_sdk_talks_to_rlm_serve() {
     run_python(
         &python,
         &[
-            script("openai_client.py").as_os_str(),
+            script(client).as_os_str(),
             base.as_ref(),
             SERVER_KEY.as_ref(),
         ],
@@ -241,5 +282,14 @@ fn main() -> std::process::ExitCode {
             the_openai_sdk_talks_to_rlm_serve,
         )
         .tokio("the_mcp_sdk_talks_to_rlm_mcp", the_mcp_sdk_talks_to_rlm_mcp)
+        .needs(
+            "a Python with the openai, pydantic and langchain-openai packages (target/venv-ci, \
+             or RLM_TEST_PYTHON)",
+            python_usable() && langchain_usable(),
+        )
+        .tokio(
+            "typed_answers_reach_the_openai_sdk_and_langchain",
+            typed_answers_reach_the_openai_sdk_and_langchain,
+        )
         .run()
 }

@@ -160,6 +160,26 @@ impl LlmError {
         }
     }
 
+    /// Whether the provider refused the request for its `response_format` (a 4xx whose
+    /// message or code names `response_format` or `json_schema`): a server or model that
+    /// cannot constrain its output. The same request without it may succeed.
+    pub fn refuses_response_format(&self) -> bool {
+        match self {
+            LlmError::BadRequest {
+                status,
+                message,
+                code,
+            } if (400..500).contains(status) => {
+                let names = |text: &str| {
+                    let text = text.to_ascii_lowercase();
+                    text.contains("response_format") || text.contains("json_schema")
+                };
+                names(message) || code.as_deref().is_some_and(names)
+            }
+            _ => false,
+        }
+    }
+
     /// The provider's requested wait before a retry, if it gave one.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -253,6 +273,28 @@ mod tests {
                 "auth"
             );
         }
+    }
+
+    #[test]
+    fn a_refused_response_format_is_recognised() {
+        let e = LlmError::from_http_status(
+            400,
+            "Invalid parameter: 'response_format' of type 'json_schema' is not supported",
+            None,
+            None,
+            None,
+        );
+        assert!(e.refuses_response_format());
+        let e = LlmError::from_http_status(422, "bad", None, Some("unsupported_json_schema"), None);
+        assert!(e.refuses_response_format());
+        assert!(
+            !LlmError::from_http_status(400, "context too long", None, None, None)
+                .refuses_response_format()
+        );
+        assert!(
+            !LlmError::from_http_status(500, "response_format", None, None, None)
+                .refuses_response_format()
+        );
     }
 
     #[test]

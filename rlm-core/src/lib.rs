@@ -78,5 +78,6 @@ pub use reply_budget::ReplyBudget;
 pub use text::Text;
 pub use tokio_util::sync::CancellationToken;
 pub use types::{
-    Completion, CompletionRequest, FinishReason, Message, Role, Usage, estimate_tokens,
+    Completion, CompletionRequest, FinishReason, JsonSchemaFormat, Message, ResponseFormat, Role,
+    Usage, estimate_tokens,
 };

@@ -111,9 +111,55 @@ pub struct CompletionRequest {
     /// Seed for providers that support deterministic sampling.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// The shape the reply must take (OpenAI's `response_format`), for providers that
+    /// constrain their output; `None`: free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<ResponseFormat>,
     /// Provider-specific fields merged into the request body as they are.
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub extra: Map<String, Value>,
+}
+
+/// The shape a reply must take, as OpenAI's chat completions `response_format` names it:
+/// serialized as `{"type": "json_object"}` or `{"type": "json_schema", "json_schema":
+/// {"name", "schema", "strict"}}`. A provider that cannot constrain its output refuses the
+/// request (see [`LlmError::refuses_response_format`](crate::LlmError::refuses_response_format)).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ResponseFormat {
+    /// Any JSON object.
+    JsonObject,
+    /// JSON conforming to a JSON Schema.
+    JsonSchema {
+        /// The schema and how strictly it is enforced.
+        json_schema: JsonSchemaFormat,
+    },
+}
+
+impl ResponseFormat {
+    /// A strict `json_schema` format named `name`.
+    pub fn json_schema(name: impl Into<String>, schema: Value) -> Self {
+        ResponseFormat::JsonSchema {
+            json_schema: JsonSchemaFormat {
+                name: name.into(),
+                schema,
+                strict: true,
+            },
+        }
+    }
+}
+
+/// The `json_schema` member of a [`ResponseFormat::JsonSchema`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JsonSchemaFormat {
+    /// A name for the schema (`[a-zA-Z0-9_-]`, at most 64 characters).
+    pub name: String,
+    /// The JSON Schema.
+    pub schema: Value,
+    /// Whether the provider must follow the schema exactly (OpenAI's strict mode, which takes
+    /// a subset of JSON Schema).
+    #[serde(default)]
+    pub strict: bool,
 }
 
 impl CompletionRequest {
@@ -178,6 +224,12 @@ impl CompletionRequest {
     /// Sets the sampling seed.
     pub fn with_seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
+        self
+    }
+
+    /// Asks for a reply of this shape (see [`ResponseFormat`]).
+    pub fn with_response_format(mut self, format: ResponseFormat) -> Self {
+        self.response_format = Some(format);
         self
     }
 

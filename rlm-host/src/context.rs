@@ -280,8 +280,16 @@ fn parse(
         other => other,
     };
     let invalid = |e: serde_json::Error, line: Option<usize>| {
+        // serde_json places the error within the text it parsed: for a JSONL line that is
+        // always line 1, so the file's own line number replaces it.
         let at = match line {
-            Some(line) => format!("line {line}: {e}"),
+            Some(line) => {
+                let message = e.to_string();
+                let message = message
+                    .rsplit_once(" at line ")
+                    .map_or(message.as_str(), |(message, _)| message);
+                format!("line {line} column {}: {message}", e.column())
+            }
             None => e.to_string(),
         };
         HostError::Input(format!(
@@ -1001,7 +1009,12 @@ mod tests {
         assert_eq!(lines.context, Context::Json(serde_json::json!([1, "two"])));
         let bad = load_as(Some("-"), ContextFormat::Jsonl, true, 0, &b"1\n{oops\n"[..]);
         let message = bad.map(|_| ()).unwrap_err().to_string();
-        assert!(message.contains("line 2"), "{message}");
+        assert!(
+            message.contains("line 2 column 2: key must be a string)"),
+            "{message}"
+        );
+        // The file's line, not the line within that line (serde_json's "at line 1 ...").
+        assert!(!message.contains("line 1"), "{message}");
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //!   is left out with a warning, never a failed start: [`Stack::warnings`].
 //! - [`prices`]: a prices file over the built-in table.
 //! - [`Runner`]: the stack and run settings shared by many runs (a server's requests).
+//! - [`session`]: sessions for front ends: open or resume a session file, save it
+//!   atomically, and the question loop of `rlm chat` over any [`LineReader`](session::LineReader).
 //! - [`supervise`]: the grace a cancelled run gets to wind down, and the time budget that
 //!   ends a run whatever its code does.
 //!
@@ -46,9 +48,11 @@
 
 pub mod context;
 mod error;
+pub mod output_schema;
 pub mod prices;
 mod runner;
 mod sent;
+pub mod session;
 mod settings;
 mod stack;
 mod state;
@@ -68,6 +72,7 @@ pub use rlm_core::{BatchExecutor, CancellationToken, LlmBackend, LlmError};
 pub use rlm_openai::{OpenAiBackend, OpenAiConfig, Wait, WaitObserver};
 pub use rlm_repl::trace;
 pub use rlm_repl::{
-    Context, Event, Observer, Rlm, RlmBuilder, RlmConfig, RlmError, RunPlace, RunResult,
-    SandboxLimits, SharedContext, StopReason, Tool,
+    Context, DEFAULT_OUTPUT_SCHEMA_RETRIES, Event, Observer, OutputSchema, Rlm, RlmBuilder,
+    RlmConfig, RlmError, RunPlace, RunResult, SandboxLimits, Session, SessionFile, SharedContext,
+    StopReason, StructuredOutput, Tool,
 };

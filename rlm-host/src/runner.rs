@@ -35,6 +35,9 @@ pub struct RunOptions {
     pub observer: Option<Arc<dyn Observer>>,
     /// Cancelling it stops the run: running code and in-flight sub-calls.
     pub cancel: CancellationToken,
+    /// The schema this run's answer must conform to, instead of the runner's (an OpenAI
+    /// request's `response_format`, an MCP call's `output_schema`).
+    pub output_schema: Option<rlm_repl::OutputSchema>,
 }
 
 impl Runner {
@@ -61,7 +64,19 @@ impl Runner {
         context: Context,
         options: RunOptions,
     ) -> Result<RunResult, RlmError> {
+        self.rlm(options)?.run(query, context).await
+    }
+
+    /// The [`Rlm`] of one run (or one question of a session): the shared backends and
+    /// settings, with `options`' instructions, observer and cancellation.
+    ///
+    /// # Errors
+    /// The settings cannot work ([`RlmError::Config`]).
+    pub fn rlm(&self, options: RunOptions) -> Result<Rlm, RlmError> {
         let mut config = self.config.clone();
+        if let Some(schema) = options.output_schema {
+            config.output_schema = Some(schema);
+        }
         if let Some(extra) = options.instructions.filter(|s| !s.trim().is_empty()) {
             let base = rlm_repl::prompt::system_prompt(&config);
             config.system_prompt = Some(format!(
@@ -75,6 +90,6 @@ impl Runner {
         if let Some(observer) = options.observer {
             builder = builder.observer(observer);
         }
-        builder.build()?.run(query, context).await
+        builder.build()
     }
 }

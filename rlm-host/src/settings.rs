@@ -78,6 +78,13 @@ pub struct Settings {
     pub redis: Option<String>,
     /// The prefix of every Redis key.
     pub redis_prefix: String,
+    /// The schema the final answer must conform to (`--output-schema`; see
+    /// [`crate::output_schema::load`]).
+    pub output_schema: Option<rlm_repl::OutputSchema>,
+    /// Non-conforming final answers refused before the run ends without one.
+    pub output_schema_retries: u32,
+    /// How `llm_query_json` / `llm_batch_json` ask for JSON.
+    pub structured_output: rlm_repl::StructuredOutput,
 }
 
 impl Default for Settings {
@@ -114,6 +121,9 @@ impl Default for Settings {
             cache_ttl: None,
             redis: None,
             redis_prefix: "rlm".to_owned(),
+            output_schema: None,
+            output_schema_retries: rlm_repl::DEFAULT_OUTPUT_SCHEMA_RETRIES as u32,
+            structured_output: rlm_repl::StructuredOutput::Auto,
         }
     }
 }

@@ -301,7 +301,12 @@ impl Stack {
             .max_iterations(settings.max_iterations as usize)
             .max_concurrent(settings.max_concurrent as usize)
             .max_depth(settings.max_depth as usize)
-            .child_max_iterations(settings.child_max_iterations as usize);
+            .child_max_iterations(settings.child_max_iterations as usize)
+            .output_schema_retries(settings.output_schema_retries as usize)
+            .structured_output(settings.structured_output);
+        if let Some(schema) = &settings.output_schema {
+            builder = builder.output_schema(schema.schema().clone());
+        }
         if let Some(child) = &settings.child_model {
             builder = builder.child_model(non_empty(child, "--child-model (or RLM_CHILD_MODEL)")?);
         }

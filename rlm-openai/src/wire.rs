@@ -48,6 +48,13 @@ impl Serialize for ChatBody<'_> {
         if let Some(s) = r.seed.filter(|_| own("seed")) {
             map.serialize_entry("seed", &s)?;
         }
+        if let Some(format) = r
+            .response_format
+            .as_ref()
+            .filter(|_| own("response_format"))
+        {
+            map.serialize_entry("response_format", format)?;
+        }
         for (key, value) in extra {
             map.serialize_entry(key, value)?;
         }
@@ -435,6 +442,23 @@ mod tests {
 
     fn parse(body: Value) -> Result<Completion, LlmError> {
         parse_completion(body.to_string().as_bytes(), 200, "asked", &no_redact)
+    }
+
+    #[test]
+    fn a_response_format_is_sent_in_openai_shape() {
+        let schema = json!({"type": "object", "properties": {}, "additionalProperties": false});
+        let request = CompletionRequest::prompt("m", "hi").with_response_format(
+            rlm_core::ResponseFormat::json_schema("answer", schema.clone()),
+        );
+        let body = serde_json::to_value(ChatBody {
+            model: "m",
+            request: &request,
+        })
+        .unwrap_or_default();
+        assert_eq!(
+            body["response_format"],
+            json!({"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": true}})
+        );
     }
 
     #[test]

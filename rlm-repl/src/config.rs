@@ -5,6 +5,11 @@ use std::time::Duration;
 use rlm_core::DEFAULT_MAX_CONCURRENT;
 use rlm_core::cost::Prices;
 
+use crate::schema::{OutputSchema, StructuredOutput};
+
+/// Default of [`RlmConfig::output_schema_retries`].
+pub const DEFAULT_OUTPUT_SCHEMA_RETRIES: usize = 2;
+
 /// Default of [`SandboxLimits::max_memory`]: 1 GiB.
 pub const DEFAULT_MAX_MEMORY: usize = 1 << 30;
 
@@ -100,6 +105,14 @@ pub struct RlmConfig {
     pub sub_max_prompt_tokens: Option<u64>,
     /// Host functions the REPL may call by name (see [`crate::tool`]), in child runs too.
     pub tools: Vec<crate::Tool>,
+    /// The schema the top-level run's final answer must conform to (`None`: any text).
+    pub output_schema: Option<OutputSchema>,
+    /// Non-conforming final answers refused (the model is shown why and tries again) before
+    /// the run ends with [`StopReason::InvalidOutput`](crate::StopReason::InvalidOutput)
+    /// (default 2).
+    pub output_schema_retries: usize,
+    /// How `llm_query_json` / `llm_batch_json` ask for JSON (default: auto).
+    pub structured_output: StructuredOutput,
 }
 
 impl RlmConfig {
@@ -136,6 +149,9 @@ impl Default for RlmConfig {
             child_max_iterations: 10,
             sub_max_prompt_tokens: None,
             tools: Vec::new(),
+            output_schema: None,
+            output_schema_retries: DEFAULT_OUTPUT_SCHEMA_RETRIES,
+            structured_output: StructuredOutput::Auto,
         }
     }
 }

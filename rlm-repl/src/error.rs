@@ -13,6 +13,14 @@ pub enum RlmError {
     /// The builder was given settings that cannot work.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// An output schema that cannot be used: not a JSON Schema, invalid for its draft,
+    /// too large, or with a `$ref` outside the document.
+    #[error("invalid output schema: {0}")]
+    Schema(String),
+    /// The answer could not be read as the type asked for
+    /// ([`RunResult::parse`](crate::RunResult::parse)).
+    #[error("the answer is not of the type asked for: {0}")]
+    Answer(String),
     /// The root model could not be reached or refused (after the backend's retries).
     #[error("root model call failed on turn {turn}: {source}")]
     Root {
@@ -32,6 +40,10 @@ pub enum RlmError {
         #[source]
         source: LlmError,
     },
+    /// A session file that cannot be read, written or resumed (unknown version, malformed,
+    /// another context); the message says which and why.
+    #[error("session: {0}")]
+    Session(String),
     /// A bug in rlm (e.g. the REPL thread panicked). Please report it.
     #[error("internal error: {0}")]
     Internal(String),

@@ -281,6 +281,21 @@ pub enum Event {
         #[serde(default)]
         error: String,
     },
+    /// A final answer did not conform to the run's output schema and was refused.
+    OutputRefused {
+        /// The turn that gave it.
+        #[serde(default)]
+        turn: usize,
+        /// Its first validation errors (instance path and message), one per line.
+        #[serde(default)]
+        errors: String,
+        /// Answers refused so far in this run, this one included.
+        #[serde(default)]
+        refusals: usize,
+        /// Whether this refusal ended the run (`stopped: "invalid_output"`).
+        #[serde(default)]
+        last: bool,
+    },
     /// The run ended.
     Final {
         /// The answer.
@@ -310,7 +325,7 @@ pub enum Event {
 /// The limits and budgets of a run, as [`Event::RunStart`] reports them. Budgets without a
 /// limit are `None` (`null` in the trace); times are in milliseconds. Read back from a trace,
 /// a setting the trace lacks is its type's default.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 #[non_exhaustive]
 pub struct RunSettings {
@@ -340,6 +355,10 @@ pub struct RunSettings {
     pub max_string_bytes: usize,
     /// Rhai operations per code block.
     pub max_operations: u64,
+    /// Bytes the sandbox's values may hold over the whole tree.
+    pub max_memory: usize,
+    /// Dollars the whole tree may spend.
+    pub max_cost_usd: Option<f64>,
 }
 
 /// What the loop made of a root turn's answer, as [`Event::TurnEnd`] reports it (snake case
@@ -359,6 +378,10 @@ pub enum TurnVerdict {
     Refused,
     /// The turn gave no answer.
     NoAnswer,
+    /// The turn gave an answer that does not conform to the output schema; the model was
+    /// shown its first errors (or, when the retries ran out, the run ended without an
+    /// answer).
+    InvalidOutput,
     /// Not recorded: what a trace written before verdicts were recorded reads back as (and
     /// any verdict this version does not know). The engine never reports it.
     #[default]
@@ -409,6 +432,8 @@ impl RunSettings {
             block_timeout_ms: ms(config.sandbox.block_timeout),
             max_string_bytes: config.sandbox.max_string_size,
             max_operations: config.sandbox.max_operations,
+            max_memory: config.sandbox.max_memory,
+            max_cost_usd: config.max_cost,
         }
     }
 }

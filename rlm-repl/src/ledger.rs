@@ -40,6 +40,9 @@ pub(crate) struct Ledger {
     pub(crate) max_depth_reached: AtomicUsize,
     /// Warnings of child runs, for the top-level result.
     pub(crate) child_warnings: Mutex<Vec<String>>,
+    /// Models whose server refused `response_format`: `llm_*_json` puts the schema in their
+    /// prompt for the rest of the run (and keys of warnings given once).
+    pub(crate) format_refused: Mutex<std::collections::BTreeSet<String>>,
     /// Bytes each run's variables held after its last block (an estimate), by run id: the
     /// memory budget is one budget for the tree.
     scope_bytes: Mutex<BTreeMap<String, usize>>,

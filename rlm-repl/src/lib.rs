@@ -14,6 +14,9 @@
 //! - [`Repl`] is the environment on its own: the REPL functions, native helpers for huge
 //!   strings (`chunk`, `lines`, `grep`, `regex_*`, `parse_json`, `join`, ...), Python names
 //!   models reach for, errors with line, column and hints, and [`SandboxLimits`].
+//! - [`Session`] (from [`Rlm::session`]) answers follow-up questions in one REPL: variables
+//!   and the conversation are kept, the context is not loaded again; it saves to and resumes
+//!   from a versioned JSON file ([`SessionFile`]).
 //! - [`prompt`] holds the system prompt that teaches this Rhai dialect.
 //!
 //! Sub-calls go through an [`rlm_core::BatchExecutor`], so any backend works, and rate
@@ -66,19 +69,26 @@ mod repl;
 mod result;
 mod rlm;
 mod run;
+pub mod schema;
+mod session;
 mod state;
 mod sync;
 pub mod tool;
 pub mod trace;
 mod words;
 
-pub use config::{DEFAULT_MAX_MEMORY, RlmConfig, SandboxLimits};
+pub use config::{DEFAULT_MAX_MEMORY, DEFAULT_OUTPUT_SCHEMA_RETRIES, RlmConfig, SandboxLimits};
 pub use context::{Context, ContextInfo, SharedContext, parse_json_exact};
 pub use error::RlmError;
 pub use events::{Event, Observer, RunPlace, RunSettings, TurnVerdict};
 pub use repl::{BlockOutcome, Repl, ReplBuilder};
 pub use result::{BlockRecord, RunResult, StopReason, SubCallRecord, Turn};
 pub use rlm::{Rlm, RlmBuilder};
+pub use schema::{OutputSchema, StructuredOutput};
+pub use session::{
+    ContextStamp, Exchange, SESSION_FORMAT, SESSION_VERSION, SavedVariable, Session, SessionFile,
+    Skipped,
+};
 pub use tool::{Tool, ToolFuture};
 
 /// Whether a root reply holds a text `FINAL(...)` / `FINAL_VAR(...)` marker, found as the loop

@@ -21,6 +21,7 @@ How it works
 Functions
 - llm_query(prompt): one sub-model answer as a string ("Error: ..." on failure). Prompts can be long.
 - llm_batch(prompts): the answers in the same order, run concurrently ({max_concurrent} at a time; llm_batch(prompts, n): n at a time); failed items are "Error: ..." strings. A sub-call takes seconds: a loop of llm_query runs them one by one, llm_batch runs 50 in about the time of one.
+- llm_query_json(prompt, schema), llm_batch_json(prompts, schema[, n]): schema is a JSON Schema map, e.g. #{type: "object", properties: #{n: #{type: "integer"}}, required: ["n"]}; each answer is the parsed value (a map...), or an "Error: ..." string if still invalid after one repair.
 - print(x), SHOW_VARS() lists your variables.
 - Text (native, fast on huge strings): chunk(text, size) and chunk(text, size, overlap) give strings of `size` characters; chunk_lines(text, n) strings of n whole lines; chunk(array, n) groups of n items; lines(text); grep(text, pattern) gives [#{line, text}] for matching lines (grep(text, pattern, n) adds `context`, n lines around); regex_find_all(text, pattern) the whole matches; regex_captures(text, pattern) [[group1, group2, ...], ...], one per match; regex_count, regex_test, regex_replace(text, pattern, with), regex_split (Rust regex syntax; "(?i)" ignores case); parse_json(text), to_json(value); join(array, sep); upper, lower, strip, str, int, float, range(n).
 - Arrays and numbers: sum, min, max, sorted, reversed; sort_by(xs, |x| x.price) sorts in place by a key, sorted_by(xs, |x| x.price) returns a sorted copy, a third argument true sorts descending; fmt(x, 2) is the text "23.60"; round(x, 2).
@@ -149,6 +150,37 @@ pub fn first_message(query: &str, info: &ContextInfo) -> String {
     )
 }
 
+/// The first message of a follow-up question in a session: the earlier questions and their
+/// answers (`history`, already bounded), what the REPL still holds (`vars`, as `SHOW_VARS()`
+/// lists it), variables removed for the memory budget (`notice`), then the usual `first`
+/// message.
+pub(crate) fn session_message(
+    history: &str,
+    vars: &str,
+    notice: Option<String>,
+    first: &str,
+) -> String {
+    let mut out = String::from(
+        "This query continues a session. The REPL is the one the earlier queries used:          `context` is the same value (not reloaded) and every variable and function they          defined is still there. Reuse what they computed instead of computing it again.\n",
+    );
+    if !history.is_empty() {
+        out.push_str(&format!(
+            "\n--- earlier queries and answers, oldest first ---\n{}\n--- end of earlier              queries ---\n",
+            history.trim_end()
+        ));
+    }
+    out.push_str(&format!(
+        "\nVariables now defined (SHOW_VARS()):\n{}\n",
+        vars.trim_end()
+    ));
+    if let Some(notice) = notice {
+        out.push_str(&format!("Note: {}\n", notice.trim_end()));
+    }
+    out.push('\n');
+    out.push_str(first);
+    out
+}
+
 /// The last message when the run is out of turns or sub-calls: asks for the best answer now.
 pub(crate) fn final_ask(reason: &str) -> String {
     format!(
@@ -201,10 +233,10 @@ mod tests {
     #[test]
     fn the_prompt_stays_within_its_budget() {
         // At most 5,200 characters with later additions (recursion, ...); this
-        // leaves them room.
+        // leaves them room. (4,500 before the JSON sub-calls' line.)
         let prompt = system_prompt(&RlmConfig::default());
         assert!(
-            prompt.chars().count() <= 4_500,
+            prompt.chars().count() <= 4_700,
             "{}",
             prompt.chars().count()
         );
@@ -215,6 +247,11 @@ mod tests {
     /// Each inline example of the prompt (quoted exactly) and code that runs it, with what it
     /// must print. The two worked examples run in tests/rlm.rs.
     const INLINE_EXAMPLES: &[(&str, &str, &str)] = &[
+        (
+            "#{type: \"object\", properties: #{n: #{type: \"integer\"}}, required: [\"n\"]}",
+            "let schema = #{type: \"object\", properties: #{n: #{type: \"integer\"}}, required: [\"n\"]};\nprint(to_json(schema));",
+            "{\"properties\":{\"n\":{\"type\":\"integer\"}},\"required\":[\"n\"],\"type\":\"object\"}\n",
+        ),
         (
             "xs.map(|x| x * 2), xs.filter(|x| x > 0)",
             "let xs = [-1, 2];\nprint(xs.map(|x| x * 2)); print(xs.filter(|x| x > 0));",

@@ -9,6 +9,8 @@ use rlm_core::cost::CostReport;
 use rlm_core::usage::ModelUsage;
 use serde::{Serialize, Serializer};
 
+use crate::RlmError;
+
 /// Why a run stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -27,6 +29,9 @@ pub enum StopReason {
     Cancelled,
     /// The cost budget (`max_cost`) ran out.
     MaxCost,
+    /// The output schema's retries ran out: every final answer given did not conform, and
+    /// there is no answer.
+    InvalidOutput,
 }
 
 impl StopReason {
@@ -40,6 +45,7 @@ impl StopReason {
             StopReason::MaxTime => "max_time",
             StopReason::Cancelled => "cancelled",
             StopReason::MaxCost => "max_cost",
+            StopReason::InvalidOutput => "invalid_output",
         }
     }
 }
@@ -57,8 +63,13 @@ fn as_millis<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok,
 /// The outcome of a run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunResult {
-    /// The final answer (empty when the run stopped without one).
+    /// The final answer (empty when the run stopped without one). With an output schema, the
+    /// accepted value as compact JSON on one line.
     pub answer: String,
+    /// With an output schema: the accepted answer as a JSON value, conforming to the schema
+    /// (`None` when the run stopped without one, or had no schema).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub json: Option<serde_json::Value>,
     /// Root turns taken.
     pub iterations: usize,
     /// Why the run stopped.
@@ -106,6 +117,26 @@ pub struct RunResult {
     pub cut_short_cost: BTreeMap<String, f64>,
     /// Every turn, in order.
     pub trajectory: Vec<Turn>,
+}
+
+impl RunResult {
+    /// The answer as a `T`: [`json`](Self::json) when the run had an output schema, else the
+    /// answer's text parsed as JSON (or taken as a JSON string). An error says why it does
+    /// not fit, or that there is no answer.
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, RlmError> {
+        let value = match &self.json {
+            Some(value) => value.clone(),
+            None if self.answer.is_empty() => {
+                return Err(RlmError::Answer(format!(
+                    "the run stopped without an answer ({})",
+                    self.stopped
+                )));
+            }
+            None => serde_json::from_str(&self.answer)
+                .unwrap_or_else(|_| serde_json::Value::String(self.answer.clone())),
+        };
+        serde_json::from_value(value).map_err(|e| RlmError::Answer(e.to_string()))
+    }
 }
 
 /// One root turn: the reply, and what its code did.

@@ -39,6 +39,7 @@ impl Rlm {
             config: RlmConfig::default(),
             observers: Vec::new(),
             cancel: None,
+            schema: None,
         }
     }
 
@@ -105,9 +106,64 @@ pub struct RlmBuilder {
     config: RlmConfig,
     observers: Vec<Arc<dyn Observer>>,
     cancel: Option<CancellationToken>,
+    /// An output schema given as JSON, compiled by `build`.
+    schema: Option<serde_json::Value>,
 }
 
 impl RlmBuilder {
+    /// The JSON Schema (draft 2020-12 or 7) the final answer must conform to. The root model
+    /// is told the schema; a `FINAL` value is converted to JSON (a map or array as it is, a
+    /// string holding JSON parsed, a number or boolean as such) and validated; a value that
+    /// does not conform is refused with its first errors, and the model tries again, up to
+    /// [`output_schema_retries`](Self::output_schema_retries) times; then the run ends with
+    /// [`StopReason::InvalidOutput`](crate::StopReason::InvalidOutput) and no answer. The
+    /// accepted value is [`RunResult::json`](crate::RunResult::json) (and
+    /// [`RunResult::answer`](crate::RunResult::answer) its compact JSON text). An invalid
+    /// schema is an [`RlmError::Schema`] from [`build`](Self::build).
+    pub fn output_schema(mut self, schema: serde_json::Value) -> Self {
+        self.schema = Some(schema);
+        self
+    }
+
+    /// The output schema of the Rust type `T` (derived by `schemars`); read the answer back
+    /// with [`RunResult::parse`](crate::RunResult::parse).
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use rlm_core::mock::MockBackend;
+    /// # use rlm_repl::{Context, Rlm};
+    /// #[derive(serde::Deserialize, schemars::JsonSchema)]
+    /// struct City {
+    ///     name: String,
+    ///     population: u64,
+    /// }
+    /// # fn main() -> Result<(), rlm_repl::RlmError> {
+    /// let root = MockBackend::scripted([
+    ///     "```repl\nFINAL(#{name: \"Oslo\", population: 709000});\n```",
+    /// ]);
+    /// let rlm = Rlm::builder(Arc::new(root)).root_model("m").output_type::<City>().build()?;
+    /// let city: City = rlm.run_blocking("Largest city?", Context::from("..."))?.parse()?;
+    /// assert_eq!((city.name.as_str(), city.population), ("Oslo", 709000));
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "schemars")]
+    pub fn output_type<T: schemars::JsonSchema>(self) -> Self {
+        self.output_schema(schemars::schema_for!(T).to_value())
+    }
+
+    /// Non-conforming final answers refused before the run ends without one (default 2).
+    pub fn output_schema_retries(mut self, retries: usize) -> Self {
+        self.config.output_schema_retries = retries;
+        self
+    }
+
+    /// How `llm_query_json` / `llm_batch_json` ask for JSON (default
+    /// [`StructuredOutput::Auto`](crate::schema::StructuredOutput::Auto)).
+    pub fn structured_output(mut self, mode: crate::schema::StructuredOutput) -> Self {
+        self.config.structured_output = mode;
+        self
+    }
     /// The backend of `llm_query` / `llm_batch` (default: the root backend, with the generic
     /// bounded executor).
     pub fn sub_backend(mut self, sub: Arc<dyn BatchExecutor>) -> Self {
@@ -275,7 +331,10 @@ impl RlmBuilder {
     }
 
     /// Checks the settings and builds the `Rlm`.
-    pub fn build(self) -> Result<Rlm, RlmError> {
+    pub fn build(mut self) -> Result<Rlm, RlmError> {
+        if let Some(schema) = self.schema.take() {
+            self.config.output_schema = Some(crate::schema::OutputSchema::new(schema)?);
+        }
         if self.config.root_model.trim().is_empty() {
             return Err(RlmError::Config("a root model name is required".into()));
         }

@@ -90,6 +90,8 @@ const RESERVED: &[&str] = &[
     "llm_query",
     "llm_batch",
     "llm_query_batched",
+    "llm_query_json",
+    "llm_batch_json",
     "rlm_query",
     "rlm_batch",
     "print",

@@ -83,3 +83,36 @@ async fn every_line_of_a_recursive_runs_trace_reads_back_as_its_event() {
         .collect();
     assert_eq!(read, reported);
 }
+
+/// `run_start`'s settings name every budget the run works under, the memory and cost budgets
+/// included (they were missing, so a trace could not show why a run stopped for them).
+#[tokio::test]
+async fn run_start_names_the_memory_and_cost_budgets() {
+    let events = Arc::new(common::Events::default());
+    let root = MockBackend::from_fn(|_| Ok("FINAL(ok)".to_owned()));
+    let prices = rlm_core::cost::Prices::builtin();
+    let rlm = Rlm::builder(Arc::new(root))
+        .root_model("gpt-4o")
+        .max_cost(0.5)
+        .prices(prices)
+        .sandbox(rlm_repl::SandboxLimits {
+            max_memory: 64 << 20,
+            ..Default::default()
+        })
+        .observer(events.clone())
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    rlm.run("q", Context::from("ctx"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let settings = events
+        .all()
+        .into_iter()
+        .find_map(|event| match event {
+            Event::RunStart { settings, .. } => Some(settings),
+            _ => None,
+        })
+        .expect("a run_start");
+    assert_eq!(settings.max_memory, 64 << 20);
+    assert_eq!(settings.max_cost_usd, Some(0.5));
+}

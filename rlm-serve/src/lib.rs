@@ -28,6 +28,7 @@ pub use rlm_host::{RunOptions, Runner};
 
 #[cfg(feature = "mcp")]
 pub mod mcp;
+pub mod schema;
 #[cfg(feature = "serve")]
 pub mod serve;
 pub mod trajectory;

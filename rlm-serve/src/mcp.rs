@@ -8,6 +8,11 @@
 //! host layer's ([`rlm_host::context::AllowedRoots`]). While the run works the client gets
 //! a progress notification per root turn, code block and tenth of a batch (when it sent a
 //! progress token); cancelling the request stops the run.
+//!
+//! With `output_schema` (a JSON Schema object) the answer must conform to it: the result's
+//! `structuredContent` is the answer's JSON value (an answer that is not an object is
+//! `{"result": value}`), and its first text block the answer as JSON;
+//! a run that ends without a conforming answer is a tool error (`schema_not_met`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -63,6 +68,8 @@ struct AnswerArgs {
     paths: Option<Vec<String>>,
     #[serde(default)]
     text: Option<String>,
+    #[serde(default)]
+    output_schema: Option<Value>,
 }
 
 impl McpServer {
@@ -161,6 +168,11 @@ impl McpServer {
                 "text": {
                     "type": "string",
                     "description": "The context as text, instead of paths."
+                },
+                "output_schema": {
+                    "type": "object",
+                    "description": "A JSON Schema the answer must conform to: the result's \
+                        structuredContent is then the answer as JSON."
                 }
             },
             "required": ["query"],
@@ -189,6 +201,16 @@ impl McpServer {
         if args.query.trim().is_empty() {
             return Err(ServeError::Path("`query` is empty".to_owned()));
         }
+        let output_schema = match args.output_schema.take() {
+            Some(schema) if !schema.is_object() => {
+                return Err(ServeError::Path(
+                    "`output_schema` must be a JSON Schema object".to_owned(),
+                ));
+            }
+            Some(schema) => Some(crate::schema::from_value(&schema).map_err(ServeError::Path)?),
+            None => None,
+        };
+        let typed = output_schema.is_some() || self.runner.config().output_schema.is_some();
         let Loaded {
             context: run_context,
             warnings,
@@ -224,6 +246,7 @@ impl McpServer {
             instructions: None,
             observer,
             cancel: context.ct.clone(),
+            output_schema,
         };
         let result = self.runner.run(args.query, run_context, options).await;
         if let Some(forwarder) = forwarder {
@@ -232,6 +255,31 @@ impl McpServer {
             let _ = tokio::time::timeout(PROGRESS_DRAIN, forwarder).await;
         }
         Ok(match result {
+            Ok(result) if typed => {
+                let mut summary = summary(&result);
+                for warning in warnings {
+                    summary.push_str(&format!("\ncontext warning: {warning}"));
+                }
+                match (&result.json, crate::schema::schema_not_met(&result, true)) {
+                    (Some(value), _) => {
+                        // MCP's structuredContent is an object: any other value goes under
+                        // "result" (as FastMCP does); the text block is the JSON itself.
+                        let structured = if value.is_object() {
+                            value.clone()
+                        } else {
+                            json!({"result": value})
+                        };
+                        let mut answer = CallToolResult::structured(structured);
+                        answer.content = vec![ContentBlock::text(value.to_string())];
+                        answer.content.push(ContentBlock::text(summary));
+                        answer
+                    }
+                    (None, why) => CallToolResult::error(vec![
+                        ContentBlock::text(format!("schema_not_met: {}", why.unwrap_or_default())),
+                        ContentBlock::text(summary),
+                    ]),
+                }
+            }
             Ok(result) => {
                 let mut summary = summary(&result);
                 for warning in warnings {

@@ -53,6 +53,8 @@ use tokio_util::sync::DropGuard;
 
 use crate::{FailureKind, RunOptions, Runner, ServeError, describe_error_for_client, trajectory};
 
+mod responses;
+
 /// Where `rlm serve` listens by default.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8000";
 /// The largest request body by default: 256 MiB.
@@ -61,6 +63,10 @@ pub const DEFAULT_MAX_REQUEST_BYTES: usize = 256 << 20;
 pub const DEFAULT_MAX_RUNS: usize = 8;
 /// Requests that may wait for a run by default.
 pub const DEFAULT_MAX_QUEUE: usize = 64;
+/// How long a Responses API session is kept after its last use, by default.
+pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(3600);
+/// Responses API sessions kept at once, by default.
+pub const DEFAULT_MAX_SESSIONS: usize = 256;
 /// The one model `/v1/models` lists.
 pub const MODEL_ID: &str = "rlm";
 /// Characters of the answer per streamed `delta.content` chunk.
@@ -110,6 +116,10 @@ pub struct ServeOptions {
     /// CORS preflights are answered and their responses carry
     /// `Access-Control-Allow-Origin`. Any other cross-site browser request is refused.
     pub cors_origins: Vec<String>,
+    /// How long a Responses API session is kept after its last use.
+    pub session_ttl: Duration,
+    /// Responses API sessions kept at once (the least recently used is evicted).
+    pub max_sessions: usize,
 }
 
 impl Default for ServeOptions {
@@ -125,6 +135,8 @@ impl Default for ServeOptions {
             body_timeout: DEFAULT_BODY_TIMEOUT,
             max_body_bytes_in_flight: DEFAULT_MAX_BODY_BYTES_IN_FLIGHT,
             cors_origins: Vec::new(),
+            session_ttl: DEFAULT_SESSION_TTL,
+            max_sessions: DEFAULT_MAX_SESSIONS,
         }
     }
 }
@@ -142,6 +154,8 @@ impl fmt::Debug for ServeOptions {
             .field("body_timeout", &self.body_timeout)
             .field("max_body_bytes_in_flight", &self.max_body_bytes_in_flight)
             .field("cors_origins", &self.cors_origins)
+            .field("session_ttl", &self.session_ttl)
+            .field("max_sessions", &self.max_sessions)
             .finish()
     }
 }
@@ -250,6 +264,7 @@ fn routes(runner: Runner, options: ServeOptions, local: Option<SocketAddr>) -> R
         .min(Semaphore::MAX_PERMITS);
     let state = Arc::new(AppState {
         gate: Gate::new(options.max_runs, options.max_queue),
+        responses: responses::Store::new(options.session_ttl, options.max_sessions),
         runner,
         options,
         local,
@@ -261,6 +276,11 @@ fn routes(runner: Runner, options: ServeOptions, local: Option<SocketAddr>) -> R
     Router::new()
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat))
+        .route("/v1/responses", post(responses::create))
+        .route(
+            "/v1/responses/{id}",
+            get(responses::retrieve).delete(responses::delete),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key))
         .route("/health", get(health))
         .fallback(not_found)
@@ -281,12 +301,20 @@ struct AppState {
     /// All of `body_units`.
     max_body_units: usize,
     gate: Gate,
+    /// The Responses API's sessions.
+    responses: responses::Store,
     next_id: AtomicU64,
     /// A moving average of run times, for `Retry-After`.
     average_run_ms: AtomicU64,
 }
 
 impl AppState {
+    /// Whether the run of `request` must give a JSON answer of a schema (its
+    /// `response_format`, or the server's `--output-schema`).
+    fn typed(&self, request: &ChatRequest) -> bool {
+        request.output_schema.is_some() || self.runner.config().output_schema.is_some()
+    }
+
     fn record_run(&self, elapsed: Duration) {
         let ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
         let old = self.average_run_ms.load(Ordering::Relaxed);
@@ -376,6 +404,16 @@ impl ApiError {
             "invalid_request_error",
             code,
             message.into(),
+        )
+    }
+
+    /// 422: the run gave no answer that conforms to the request's schema.
+    fn schema_not_met(message: String) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_output",
+            "schema_not_met",
+            message,
         )
     }
 
@@ -767,6 +805,8 @@ struct RawRequest {
     stream: Option<bool>,
     #[serde(default)]
     stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    response_format: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -807,6 +847,8 @@ struct ChatRequest {
     /// The earlier messages' texts (unused when the server has its own context).
     documents: Vec<String>,
     instructions: Option<String>,
+    /// The answer's schema, from `response_format` (see [`crate::schema`]).
+    output_schema: Option<rlm_repl::OutputSchema>,
 }
 
 impl ChatRequest {
@@ -817,6 +859,8 @@ impl ChatRequest {
                 format!("the body is not a chat-completions request: {e}"),
             )
         })?;
+        let output_schema = crate::schema::from_response_format(raw.response_format.as_ref())
+            .map_err(|message| ApiError::bad_request("invalid_response_format", message))?;
         let mut texts = Vec::with_capacity(raw.messages.len());
         for (index, message) in raw.messages.into_iter().enumerate() {
             let text = match message.content {
@@ -877,6 +921,7 @@ impl ChatRequest {
             query,
             documents,
             instructions,
+            output_schema,
         })
     }
 
@@ -961,16 +1006,21 @@ async fn chat_inner(
     let cancel = CancellationToken::new();
     let _cancel_on_drop = cancel.clone().drop_guard();
     let started = Instant::now();
+    let typed = state.typed(&request);
     let options = RunOptions {
         instructions: request.instructions,
         observer: None,
         cancel,
+        output_schema: request.output_schema,
     };
     let result = state.runner.run(request.query, context, options).await;
     state.record_run(started.elapsed());
     drop(permit);
     log_run(&reply.id, &result, started.elapsed());
     let result = result.map_err(|e| ApiError::from_run(&e))?;
+    if let Some(message) = crate::schema::schema_not_met(&result, typed) {
+        return Err(ApiError::schema_not_met(message));
+    }
     Ok(axum::Json(reply.completion(&result)).into_response())
 }
 
@@ -1136,10 +1186,12 @@ fn stream_run(
             }
         })
     };
+    let typed = state.typed(&request);
     let ChatRequest {
         query,
         instructions,
         include_usage,
+        output_schema,
         ..
     } = request;
     tokio::spawn(async move {
@@ -1148,12 +1200,23 @@ fn stream_run(
             instructions,
             observer: Some(observer),
             cancel,
+            output_schema,
         };
         let result = state.runner.run(query, context, options).await;
         state.record_run(started.elapsed());
         drop(permit);
         log_run(&reply.id, &result, started.elapsed());
+        // With a schema and no conforming answer, the stream ends with the 422's error
+        // object instead of content (its status is already 200).
+        let not_met = result
+            .as_ref()
+            .ok()
+            .and_then(|result| crate::schema::schema_not_met(result, typed));
         match result {
+            Ok(_) if not_met.is_some() => {
+                let error = ApiError::schema_not_met(not_met.unwrap_or_default());
+                let _ = tx.send(Message::Event(sse(&error.body()))).await;
+            }
             Ok(result) => {
                 let chars: Vec<char> = result.answer.chars().collect();
                 for piece in chars.chunks(ANSWER_CHUNK_CHARS) {

@@ -33,7 +33,7 @@ async def main():
             names = [t.name for t in tools.tools]
             assert names == ["rlm_answer"], names
             schema = tools.tools[0].input_schema
-            assert set(schema["properties"]) == {"query", "paths", "text"}, schema
+            assert set(schema["properties"]) == {"query", "paths", "text", "output_schema"}, schema
 
             progress = []
 
@@ -54,6 +54,19 @@ async def main():
                 "rlm_answer", {"query": "q", "text": "inline text"})
             assert result.content[0].text == "ECHO: INLINE TEXT", text(result)
             print("text ok")
+
+            # A typed answer: structuredContent holds it (a non-object under "result").
+            result = await session.call_tool(
+                "rlm_answer",
+                {"query": "q", "text": "typed text", "output_schema": {"type": "string"}})
+            assert not result.is_error, text(result)
+            assert result.structured_content == {"result": "ECHO: TYPED TEXT"}, result
+            assert result.content[0].text == '"ECHO: TYPED TEXT"', text(result)
+            result = await session.call_tool(
+                "rlm_answer",
+                {"query": "q", "text": "t", "output_schema": {"type": "strnig"}})
+            assert result.is_error and "not a valid JSON Schema" in text(result), text(result)
+            print("typed ok")
 
             for outside in ["../outside.txt", os.path.join(root, "..", "outside.txt"),
                             "link.txt", "/etc/hostname"]:

@@ -9,6 +9,7 @@ mod children;
 mod errors;
 mod helpers;
 mod host;
+mod json_calls;
 mod lint;
 mod memory;
 pub(crate) mod output;
@@ -34,6 +35,7 @@ use tokio::runtime::Handle;
 pub(crate) use self::children::{ChildAnswer, ChildRunner};
 use self::errors::{STOP_CANCELLED, STOP_FINAL, STOP_MEMORY, STOP_TIMEOUT};
 use self::host::HostTools;
+pub(crate) use self::memory::estimate_bytes;
 use self::output::OutputBuffer;
 use self::subcall::{BlockClock, SubCaller};
 pub(crate) use self::thread::spawn_evaluation;
@@ -281,6 +283,9 @@ pub struct Repl {
     held: usize,
     /// Functions defined so far divide (their blocks held a `/`).
     functions_divide: bool,
+    /// What the model must be told before its first block: variables of an earlier run
+    /// removed for the memory budget.
+    notice: Option<String>,
 }
 
 impl fmt::Debug for Repl {
@@ -306,6 +311,7 @@ pub struct ReplBuilder {
     children: Option<Arc<dyn ChildRunner>>,
     max_prompt_tokens: Option<u64>,
     tools: Option<(Arc<dyn crate::tool::ToolCaller>, Vec<String>)>,
+    structured: crate::schema::StructuredOutput,
 }
 
 /// Where a REPL's context comes from.
@@ -315,6 +321,72 @@ enum Source {
     /// A value of a parent run's scope (`rlm_query`'s context): shared, not copied, where
     /// Rhai shares it (strings).
     Value(Dynamic),
+    /// The scope of an earlier REPL of a session, `context` included.
+    Kept(Kept),
+}
+
+/// What a session keeps of a REPL between runs: its scope (`context` first, then the
+/// variables) and the functions its blocks defined. The engine, the sub-call backend and the
+/// run's budget are not kept: every run builds its own around this.
+pub(crate) struct Kept {
+    pub(crate) scope: Scope<'static>,
+    pub(crate) functions: AST,
+    pub(crate) functions_divide: bool,
+    pub(crate) info: ContextInfo,
+}
+
+impl fmt::Debug for Kept {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Kept")
+            .field("variables", &self.scope.len().saturating_sub(1))
+            .field("functions", &self.functions.iter_functions().count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Kept {
+    /// A scope holding `context` (read-only) and the given variables, in order.
+    pub(crate) fn new(
+        context: Dynamic,
+        info: ContextInfo,
+        variables: impl IntoIterator<Item = (String, bool, Dynamic)>,
+    ) -> Self {
+        let mut scope = Scope::new();
+        scope.push_constant_dynamic("context", context);
+        for (name, constant, value) in variables {
+            if constant {
+                scope.push_constant_dynamic(name, value);
+            } else {
+                scope.push_dynamic(name, value);
+            }
+        }
+        Self {
+            scope,
+            functions: AST::empty(),
+            functions_divide: false,
+            info,
+        }
+    }
+
+    /// The variables (the context excepted), in the order they were defined: name, whether
+    /// it is a constant, value.
+    pub(crate) fn variables(&self) -> Vec<(&str, bool, &Dynamic)> {
+        // `iter_raw` goes from the latest entry back; the context is the first entry.
+        let mut all: Vec<_> = self.scope.iter_raw().collect();
+        all.pop();
+        all.reverse();
+        all
+    }
+
+    /// The names and parameters of the functions defined (`f(a, b)`).
+    pub(crate) fn functions(&self) -> Vec<String> {
+        // Closures' bodies are anonymous functions: their variables are listed already.
+        self.functions
+            .iter_functions()
+            .filter(|f| !f.name.starts_with("anon$"))
+            .map(|f| format!("{}({})", f.name, f.params.join(", ")))
+            .collect()
+    }
 }
 
 impl fmt::Debug for ReplBuilder {
@@ -355,6 +427,13 @@ impl ReplBuilder {
     /// Default concurrency of `llm_batch` (default 16).
     pub fn max_concurrent(mut self, max_concurrent: usize) -> Self {
         self.max_concurrent = max_concurrent;
+        self
+    }
+
+    /// How `llm_query_json` / `llm_batch_json` ask the sub-model for JSON (default
+    /// [`StructuredOutput::Auto`](crate::StructuredOutput::Auto)).
+    pub fn structured_output(mut self, mode: crate::schema::StructuredOutput) -> Self {
+        self.structured = mode;
         self
     }
 
@@ -401,9 +480,16 @@ impl ReplBuilder {
 
     /// Loads the context and builds the REPL. Loading a large context takes one pass over it.
     pub fn build(self) -> Repl {
+        let mut kept = None;
         let (info, context) = match self.context {
             Source::Context(context) => (context.info(), context.into_value()),
             Source::Value(value) => (crate::context::value_info(&value), value),
+            Source::Kept(earlier) => {
+                let context = earlier.scope.get("context").cloned().unwrap_or_default();
+                let info = earlier.info.clone();
+                kept = Some(earlier);
+                (info, context)
+            }
         };
         let limits = fit_limits(self.limits, &context);
         let run = self.run.unwrap_or_else(|| {
@@ -433,6 +519,7 @@ impl ReplBuilder {
             )
             .with_children(children, max_prompt_tokens)
             .with_answer_limits(limits.max_memory, limits.max_string_size)
+            .with_structured_output(self.structured)
         });
         let shared = Arc::new(Shared {
             output: Mutex::new(OutputBuffer::new(self.max_output_chars)),
@@ -450,17 +537,48 @@ impl ReplBuilder {
         });
         let lengths = helpers::ContextLengths::of(&context);
         let engine = build_engine(&shared, &limits, lengths);
-        let mut scope = Scope::new();
-        scope.push_constant_dynamic("context", context);
+        let Some(kept) = kept else {
+            let mut scope = Scope::new();
+            scope.push_constant_dynamic("context", context);
+            return Repl {
+                engine,
+                scope,
+                functions: AST::empty(),
+                shared,
+                limits,
+                info,
+                held: 0,
+                functions_divide: false,
+                notice: None,
+            };
+        };
+        // The variables an earlier run left count against this run's memory budget from the
+        // start; what no longer fits (a smaller budget) is removed and the model is told.
+        let Kept {
+            mut scope,
+            functions,
+            functions_divide,
+            ..
+        } = kept;
+        let budget = shared.run.scope_budget(limits.max_memory);
+        let (held, notice) = memory::fit_scope(
+            &mut scope,
+            &SandboxLimits {
+                max_memory: budget,
+                ..limits.clone()
+            },
+        );
+        shared.run.hold_scope(held);
         Repl {
             engine,
             scope,
-            functions: AST::empty(),
+            functions,
             shared,
             limits,
             info,
-            held: 0,
-            functions_divide: false,
+            held,
+            functions_divide,
+            notice,
         }
     }
 }
@@ -481,6 +599,26 @@ impl Repl {
         Self::builder_from(Source::Value(value))
     }
 
+    /// Starts building a REPL that goes on with what an earlier one kept.
+    pub(crate) fn builder_for_kept(kept: Kept) -> ReplBuilder {
+        Self::builder_from(Source::Kept(kept))
+    }
+
+    /// What a session keeps of this REPL for its next run.
+    pub(crate) fn into_kept(self) -> Kept {
+        Kept {
+            scope: self.scope,
+            functions: self.functions,
+            functions_divide: self.functions_divide,
+            info: self.info,
+        }
+    }
+
+    /// What the model must be told before its first block, once.
+    pub(crate) fn take_notice(&mut self) -> Option<String> {
+        self.notice.take()
+    }
+
     fn builder_from(context: Source) -> ReplBuilder {
         ReplBuilder {
             context,
@@ -494,6 +632,7 @@ impl Repl {
             children: None,
             max_prompt_tokens: None,
             tools: None,
+            structured: crate::schema::StructuredOutput::Auto,
         }
     }
 
@@ -1155,6 +1294,38 @@ fn build_engine(
         });
     }
 
+    // Sub-calls for JSON of a schema.
+    let s = Arc::clone(shared);
+    engine.register_fn("llm_query_json", move |prompt: Dynamic, schema: Dynamic| {
+        if prompt.is_array() {
+            return Err(script_error(
+                "llm_query_json takes one prompt string, not an array: for an array of \
+                 prompts use llm_batch_json(prompts, schema)",
+            ));
+        }
+        let prompt = prompt_text("llm_query_json", &prompt)?;
+        let schema = script_schema("llm_query_json", &schema)?;
+        Ok::<_, Box<EvalAltResult>>(match &s.sub {
+            Some(sub) => sub
+                .batch_json(vec![prompt], &schema, 1)
+                .pop()
+                .unwrap_or_default(),
+            None => Dynamic::from("Error: no sub-model is configured for llm_query_json"),
+        })
+    });
+    let s = Arc::clone(shared);
+    engine.register_fn(
+        "llm_batch_json",
+        move |prompts: Dynamic, schema: Dynamic| batch_json(&s, &prompts, &schema, None),
+    );
+    let s = Arc::clone(shared);
+    engine.register_fn(
+        "llm_batch_json",
+        move |prompts: Dynamic, schema: Dynamic, n: INT| {
+            batch_json(&s, &prompts, &schema, Some(concurrency(n)))
+        },
+    );
+
     // Host functions: each name takes one value, or none.
     if let Some(tools) = &shared.tools {
         for name in &tools.names {
@@ -1379,6 +1550,53 @@ fn batch(
         .into_iter()
         .map(|answer| Dynamic::from(ImmutableString::from(answer)))
         .collect())
+}
+
+/// The JSON Schema a script passed: a map holding one (or a string of its JSON), compiled.
+fn script_schema(
+    function: &str,
+    schema: &Dynamic,
+) -> Result<crate::schema::OutputSchema, Box<EvalAltResult>> {
+    let schema = schema.flatten_clone();
+    let value: serde_json::Value = if let Ok(text) = schema.as_immutable_string_ref() {
+        serde_json::from_str(text.as_str()).map_err(|e| {
+            script_error(format!(
+                "{function}: the schema string is not JSON ({e}); pass a map such as \
+                 #{{type: \"object\", properties: #{{name: #{{type: \"string\"}}}}, required: [\"name\"]}}"
+            ))
+        })?
+    } else if schema.is_map() {
+        rhai::serde::from_dynamic(&schema).map_err(|e| {
+            script_error(format!(
+                "{function}: the schema cannot be read as JSON: {e}"
+            ))
+        })?
+    } else {
+        return Err(script_error(format!(
+            "{function}: the schema is a {}; pass a map holding a JSON Schema, such as \
+             #{{type: \"object\", properties: #{{name: #{{type: \"string\"}}}}, required: [\"name\"]}}",
+            schema.type_name()
+        )));
+    };
+    crate::schema::OutputSchema::new(value).map_err(|e| script_error(format!("{function}: {e}")))
+}
+
+fn batch_json(
+    shared: &Shared,
+    prompts: &Dynamic,
+    schema: &Dynamic,
+    max_concurrent: Option<usize>,
+) -> Result<Array, Box<EvalAltResult>> {
+    let prompts = batch_prompts("llm_batch_json", prompts, shared.max_memory)?;
+    let schema = script_schema("llm_batch_json", schema)?;
+    let Some(sub) = &shared.sub else {
+        return Ok(prompts
+            .iter()
+            .map(|_| Dynamic::from("Error: no sub-model is configured for llm_batch_json"))
+            .collect());
+    };
+    let limit = max_concurrent.map_or(sub.max_concurrent(), |n| n.min(sub.max_concurrent()));
+    Ok(sub.batch_json(prompts, &schema, limit))
 }
 
 #[cfg(test)]

@@ -171,6 +171,8 @@ pub(crate) struct SubCaller {
     max_batch_bytes: usize,
     /// Bytes one answer may hold (the string limit; 0: no limit).
     max_answer_bytes: usize,
+    /// How `llm_*_json` asks for JSON.
+    structured: crate::schema::StructuredOutput,
 }
 
 impl SubCaller {
@@ -196,7 +198,19 @@ impl SubCaller {
             max_prompt_tokens: None,
             max_batch_bytes: 0,
             max_answer_bytes: 0,
+            structured: crate::schema::StructuredOutput::Auto,
         }
+    }
+
+    /// How `llm_query_json` / `llm_batch_json` ask for JSON.
+    pub(crate) fn with_structured_output(mut self, mode: crate::schema::StructuredOutput) -> Self {
+        self.structured = mode;
+        self
+    }
+
+    /// How `llm_query_json` / `llm_batch_json` ask for JSON.
+    pub(crate) fn structured_output(&self) -> crate::schema::StructuredOutput {
+        self.structured
     }
 
     /// Lets `rlm_query` start child runs through `children`, and bounds each sub-call's
@@ -345,14 +359,29 @@ impl SubCaller {
         if let Some(error) = self.oversized(&prompt) {
             return error;
         }
+        self.send_one(CompletionRequest::prompt(self.model.clone(), prompt))
+            .text
+    }
+
+    /// The sub-calls' model.
+    pub(crate) fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// The run's state (budget, books, events).
+    pub(crate) fn run(&self) -> &Arc<RunState> {
+        &self.run
+    }
+
+    /// One sub-call of `request` (its model set to the sub model's).
+    pub(crate) fn send_one(&self, request: CompletionRequest) -> Sent {
         // After a cancel the script runs on for a few operations: what it asks for then is
         // never sent, so it is neither counted nor reported.
         if self.run.cancel.is_cancelled() {
-            return self.run.refusal();
+            return Sent::failed(self.run.refusal());
         }
-        let request = CompletionRequest::prompt(self.model.clone(), prompt);
         let Some(mut budget) = self.run.budget.reserve_one(&request, Charge::SUB_CALL) else {
-            return self.run.refusal();
+            return Sent::failed(self.run.refusal());
         };
         let prompt = request.last_user_message().unwrap_or_default();
         let id = self.next_id.fetch_add(1, Ordering::SeqCst) + 1;
@@ -416,7 +445,7 @@ impl SubCaller {
         };
         emitter.emit_with(|| end_event(turn, &record, &result));
         lock(&self.records).push(record);
-        self.script_text(result, 0)
+        self.sent(result, 0)
     }
 
     /// What the script gets for a sub-call: the reply's text, or an `Error: ...` string that
@@ -456,47 +485,84 @@ impl SubCaller {
         }
     }
 
+    /// What the script gets for `result` (see [`script_text`](Self::script_text)), and how it
+    /// went.
+    fn sent(&self, result: BatchResult, max_held_bytes: usize) -> Sent {
+        let ok = result.as_ref().is_ok_and(is_answer);
+        let format_refused = result
+            .as_ref()
+            .err()
+            .filter(|e| e.refuses_response_format())
+            .cloned();
+        let text = self.script_text(result, max_held_bytes);
+        Sent {
+            ok: ok && !text.starts_with("Error: "),
+            text,
+            format_refused,
+        }
+    }
+
     /// Many sub-calls at once, at most `max_concurrent` in flight; one string per prompt, in
     /// order, failures as `Error: ...`.
     pub(crate) fn batch(&self, prompts: Vec<Text>, max_concurrent: usize) -> Vec<String> {
-        // Prompts over the size limit fail here; the others are sent.
-        let oversized: Vec<Option<String>> = prompts.iter().map(|p| self.oversized(p)).collect();
+        let requests = prompts
+            .into_iter()
+            .map(|prompt| CompletionRequest::prompt(self.model.clone(), prompt))
+            .collect();
+        self.send_requests(requests, max_concurrent)
+            .into_iter()
+            .map(|sent| sent.text)
+            .collect()
+    }
+
+    /// Many requests at once (see [`batch`](Self::batch)); prompts over the size limit fail
+    /// here, the others are sent.
+    pub(crate) fn send_requests(
+        &self,
+        requests: Vec<CompletionRequest>,
+        max_concurrent: usize,
+    ) -> Vec<Sent> {
+        let oversized: Vec<Option<String>> = requests
+            .iter()
+            .map(|r| self.oversized(r.last_user_message().unwrap_or_default()))
+            .collect();
         if oversized.iter().all(Option::is_none) {
-            return self.send_batch(prompts, max_concurrent);
+            return self.send_batch(requests, max_concurrent);
         }
-        let sendable: Vec<Text> = prompts
+        let sendable: Vec<CompletionRequest> = requests
             .into_iter()
             .zip(&oversized)
             .filter(|(_, error)| error.is_none())
-            .map(|(prompt, _)| prompt)
+            .map(|(request, _)| request)
             .collect();
         let mut sent = self.send_batch(sendable, max_concurrent).into_iter();
         oversized
             .into_iter()
-            .map(|error| error.unwrap_or_else(|| sent.next().unwrap_or_default()))
+            .map(|error| match error {
+                Some(error) => Sent::failed(error),
+                None => sent.next().unwrap_or_else(|| Sent::failed(String::new())),
+            })
             .collect()
     }
 
-    fn send_batch(&self, prompts: Vec<Text>, max_concurrent: usize) -> Vec<String> {
-        let total = prompts.len();
+    fn send_batch(&self, mut requests: Vec<CompletionRequest>, max_concurrent: usize) -> Vec<Sent> {
+        let total = requests.len();
         if total == 0 {
             return Vec::new();
         }
         if self.run.cancel.is_cancelled() {
-            return vec![self.run.refusal(); total];
+            return (0..total)
+                .map(|_| Sent::failed(self.run.refusal()))
+                .collect();
         }
-        let mut requests: Vec<CompletionRequest> = prompts
-            .into_iter()
-            .map(|prompt| CompletionRequest::prompt(self.model.clone(), prompt))
-            .collect();
         // Each item is reserved before the batch is sent; the items past a budget are refused.
         let reserved = self.run.budget.reserve(&requests, Charge::SUB_CALL);
         let granted = reserved.len();
-        let mut answers = vec![String::new(); total];
+        let mut answers: Vec<Sent> = (0..total).map(|_| Sent::failed(String::new())).collect();
         if granted < total {
             let refusal = self.run.refusal();
             for answer in &mut answers[granted..] {
-                answer.clone_from(&refusal);
+                answer.text.clone_from(&refusal);
             }
         }
         if granted == 0 {
@@ -555,7 +621,7 @@ impl SubCaller {
                 ))
             });
             failed += usize::from(!is_cancelled(&result) && !result.as_ref().is_ok_and(is_answer));
-            *answer = self.script_text(result, self.max_batch_bytes);
+            *answer = self.sent(result, self.max_batch_bytes);
         }
         tracker.close();
         emitter.emit_with(|| Event::BatchEnd {
@@ -566,6 +632,27 @@ impl SubCaller {
             elapsed_ms: millis(started.elapsed()),
         });
         answers
+    }
+}
+
+/// What one sub-call gave the script.
+#[derive(Debug, Clone)]
+pub(crate) struct Sent {
+    /// The reply's text, or an `Error: ...` string.
+    pub(crate) text: String,
+    /// Whether the call gave a whole answer (neither failed, cut, empty nor refused).
+    pub(crate) ok: bool,
+    /// The server refused the request for its `response_format`.
+    pub(crate) format_refused: Option<LlmError>,
+}
+
+impl Sent {
+    fn failed(text: String) -> Self {
+        Self {
+            text,
+            ok: false,
+            format_refused: None,
+        }
     }
 }
 
@@ -588,7 +675,10 @@ fn judge(run: &RunState, result: &BatchResult) -> Option<String> {
         return Some(LlmError::Cancelled.to_string());
     }
     let failure = judged(run, result);
-    if failure.is_some() {
+    // A request refused for its `response_format` is sent again without it (or counted by
+    // the caller when it is not).
+    let format_refused = matches!(result, Err(e) if e.refuses_response_format());
+    if failure.is_some() && !format_refused {
         run.ledger.failed_sub_calls.fetch_add(1, Ordering::SeqCst);
     }
     failure

@@ -28,7 +28,8 @@ pub(super) fn report_reasoning(run: &RunState, turn: usize, parsed: &ParsedReply
 
 /// What the blocks of one reply did.
 pub(super) struct TurnWork {
-    pub(super) repl: Repl,
+    /// The REPL, back from the blocks' thread (taken by the run).
+    pub(super) repl: Option<Repl>,
     pub(super) blocks: Vec<BlockRecord>,
     pub(super) sub_calls: Vec<SubCallRecord>,
     /// A `FINAL` called in code, and whether its block raised lint warnings.
@@ -106,7 +107,7 @@ pub(super) async fn run_blocks(
         };
         let sub_calls = repl.take_sub_calls();
         TurnWork {
-            repl,
+            repl: Some(repl),
             blocks,
             sub_calls,
             code_final,
@@ -127,7 +128,7 @@ pub(super) async fn final_reply(
     turn: usize,
     run: &Arc<RunState>,
     warnings: &mut Vec<String>,
-) -> Result<(Repl, FinalWork), RlmError> {
+) -> Result<(Option<Repl>, FinalWork), RlmError> {
     let parsed = parse_reply(&reply.text);
     report_reasoning(run, turn, &parsed);
     let cut = reply.is_cut();

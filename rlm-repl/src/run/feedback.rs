@@ -150,6 +150,9 @@ pub(super) fn stopped_why(stopped: StopReason) -> &'static str {
         StopReason::MaxTime => "the run's time (--max-time) ran out before a final answer",
         StopReason::Cancelled => "the run was cancelled before a final answer",
         StopReason::Final => "the run stopped",
+        StopReason::InvalidOutput => {
+            "no final answer conformed to the output schema (--output-schema-retries ran out)"
+        }
     }
 }
 

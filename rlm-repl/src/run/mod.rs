@@ -31,9 +31,10 @@ use self::verdict::{Verdict, verdict};
 use crate::budget::Budget;
 use crate::emitter::Emitter;
 use crate::parse::parse_reply;
-use crate::prompt::{RECURSION_PROMPT, final_ask, first_message, system_prompt};
+use crate::prompt::{RECURSION_PROMPT, final_ask, first_message, session_message, system_prompt};
 use crate::repl::subcall::millis;
-use crate::repl::{ChildAnswer, ChildRunner};
+use crate::repl::{ChildAnswer, ChildRunner, Kept};
+use crate::schema::OutputSchema;
 use crate::state::RunState;
 use crate::sync::lock;
 use crate::{
@@ -90,6 +91,9 @@ pub(crate) enum Source {
     Context(Context),
     /// A value of the parent's scope, shared with it (strings are not copied).
     Value(rhai::Dynamic),
+    /// What an earlier run of a session kept (`context` and the variables), with the note
+    /// that tells the root model so (the variables and the earlier questions).
+    Kept(Kept, String),
 }
 
 /// The top-level run of a tree of runs over one ledger: `query` over `context`, reported to
@@ -117,6 +121,32 @@ pub(crate) async fn run(
     run_tree(Arc::new(tree), run, query, Source::Context(context)).await
 }
 
+/// A top-level run of a session: like [`run`], over `source` (the context, on the first
+/// question, or what the earlier run kept), and gives back what the REPL holds at the end
+/// (`None` if it was lost: the REPL thread failed).
+pub(crate) async fn run_keeping(
+    tree: Tree,
+    observers: Vec<Arc<dyn Observer>>,
+    cancel: CancellationToken,
+    query: String,
+    source: Source,
+) -> (Result<RunResult, RlmError>, Option<Kept>) {
+    let config = &tree.config;
+    let budget = Budget::new(cancel, config.max_sub_calls, config.max_total_tokens)
+        .with_cost(Arc::new(config.prices.clone()), config.max_cost);
+    let run = Arc::new(RunState::new(budget, Emitter::new(observers)));
+    let _stop_on_drop = run.cancel.clone().drop_guard();
+    let _watchdog = config.max_time.map(|limit| {
+        let run = Arc::clone(&run);
+        AbortOnDrop(tokio::spawn(async move {
+            tokio::time::sleep(limit).await;
+            run.budget.stop(StopReason::MaxTime);
+        }))
+    });
+    let (result, repl) = run_tree_keeping(Arc::new(tree), run, query, source).await;
+    (result, repl.map(Repl::into_kept))
+}
+
 /// One run of the tree: the top-level run (depth 0) or a child. A child's root turns are
 /// calls below the top-level root: each is reserved from the sub-call budget first.
 pub(crate) async fn run_tree(
@@ -125,18 +155,26 @@ pub(crate) async fn run_tree(
     query: String,
     source: Source,
 ) -> Result<RunResult, RlmError> {
+    run_tree_keeping(tree, state, query, source).await.0
+}
+
+/// [`run_tree`], giving back the REPL as the run left it (`None` if it was lost: the run
+/// failed before its REPL was built, or the REPL thread failed).
+async fn run_tree_keeping(
+    tree: Arc<Tree>,
+    state: Arc<RunState>,
+    query: String,
+    source: Source,
+) -> (Result<RunResult, RlmError>, Option<Repl>) {
     // However the run ends, its variables stop counting against the tree's memory budget.
     let _scope = ReleaseScope(Arc::clone(&state));
-    let (mut run, mut repl) = Run::start(tree, state, &query, source).await?;
-    for turn in 1..=run.max_iterations {
-        let (after, next) = run.turn(repl, turn).await?;
-        repl = after;
-        if next == Next::Stop {
-            break;
-        }
-    }
-    let stopped = run.final_ask(repl).await?;
-    run.finish(stopped)
+    let mut run = match Run::start(tree, state, &query, source).await {
+        Ok(run) => run,
+        Err(error) => return (Err(error), None),
+    };
+    let stopped = run.drive().await;
+    let repl = run.repl.take();
+    (stopped.and_then(|stopped| run.finish(stopped)), repl)
 }
 
 /// One run in progress: what it was given and what it has done so far. A run
@@ -162,6 +200,16 @@ struct Run {
     held: bool,
     /// Empty root replies in a row.
     empty_streak: usize,
+    /// The schema the answer must conform to (the top-level run's only).
+    schema: Option<OutputSchema>,
+    /// The accepted answer as JSON (with a schema).
+    json: Option<serde_json::Value>,
+    /// Answers refused for not conforming to the schema.
+    refusals: usize,
+    /// The schema's retries ran out: the run ends without an answer.
+    invalid_output: bool,
+    /// The run's REPL, while no block runs (a block takes it to the REPL's thread).
+    repl: Option<Repl>,
 }
 
 /// Whether the run takes another turn.
@@ -179,7 +227,7 @@ impl Run {
         state: Arc<RunState>,
         query: &str,
         source: Source,
-    ) -> Result<(Self, Repl), RlmError> {
+    ) -> Result<Self, RlmError> {
         let started = Instant::now();
         let config = &tree.config;
         let place = state.emitter.place().clone();
@@ -220,15 +268,21 @@ impl Run {
             depth: place.depth,
         };
         // Loading a large context is a pass over it: keep it off the async threads.
+        let mut session_note = None;
         let mut builder = match source {
             Source::Context(context) => Repl::builder(context),
             Source::Value(value) => Repl::builder_for_value(value),
+            Source::Kept(kept, note) => {
+                session_note = Some(note);
+                Repl::builder_for_kept(kept)
+            }
         }
         .limits(config.sandbox.clone())
         .max_output_chars(config.max_output_chars)
         .sub_backend(sub, sub_model.clone())
         .max_concurrent(config.max_concurrent)
         .sub_max_prompt_tokens(config.sub_max_prompt_tokens)
+        .structured_output(config.structured_output)
         .run_state(Arc::clone(&state))
         .tools(
             Arc::new(RunTools {
@@ -247,7 +301,7 @@ impl Run {
         if let Some(handle) = tree.handle.clone().or_else(|| Handle::try_current().ok()) {
             builder = builder.runtime_handle(handle);
         }
-        let repl = tokio::task::spawn_blocking(move || builder.build())
+        let mut repl = tokio::task::spawn_blocking(move || builder.build())
             .await
             .map_err(internal)?;
         let info = repl.context_info().clone();
@@ -260,8 +314,15 @@ impl Run {
                 system.push_str(&recursion.text());
             }
         }
+        let schema = config.output_schema.clone().filter(|_| !child);
         let mut first = first_message(query, &info);
         first.push_str(&crate::tool::listing(&config.tools));
+        if let Some(schema) = &schema {
+            first.push_str(&output_schema_note(schema));
+        }
+        if let Some(note) = session_note {
+            first = session_message(&note, &repl.show_vars(), repl.take_notice(), &first);
+        }
         state.emitter.emit_with(|| Event::RunStart {
             query: query.to_owned(),
             root_model: root_model.clone(),
@@ -295,35 +356,59 @@ impl Run {
             warnings: Vec::new(),
             held: false,
             empty_streak: 0,
+            schema,
+            json: None,
+            refusals: 0,
+            invalid_output: false,
+            repl: Some(repl),
         };
-        Ok((run, repl))
+        Ok(run)
+    }
+
+    /// Takes the run's turns until an answer or a stop, then makes the final ask when there
+    /// is no answer. Returns why the run stopped.
+    async fn drive(&mut self) -> Result<StopReason, RlmError> {
+        for turn in 1..=self.max_iterations {
+            if self.turn(turn).await? == Next::Stop {
+                break;
+            }
+        }
+        self.final_ask().await
+    }
+
+    /// The REPL, for a block to run in.
+    fn take_repl(&mut self) -> Result<Repl, RlmError> {
+        self.repl
+            .take()
+            .ok_or_else(|| RlmError::Internal("the run's REPL was lost".to_owned()))
     }
 
     /// Turn `turn`: asks the root model, runs the reply's code, judges its answer (if any)
     /// and, unless the run ends here, feeds back what happened.
-    async fn turn(&mut self, repl: Repl, turn: usize) -> Result<(Repl, Next), RlmError> {
+    async fn turn(&mut self, turn: usize) -> Result<Next, RlmError> {
         let state = Arc::clone(&self.state);
         if state.budget.stopped().is_some() {
             if self.child && turn == 1 && state.budget.exhausted().is_some() {
                 // Its first root turn is a call the budget refused.
                 state.budget.note_refused(1);
             }
-            return Ok((repl, Next::Stop));
+            return Ok(Next::Stop);
         }
         state.turn.store(turn, std::sync::atomic::Ordering::SeqCst);
         state.emitter.emit_with(|| Event::TurnStart { turn });
         let Some((reply, root_latency)) = self.asker.ask(&self.messages, turn, true).await? else {
-            return Ok((repl, Next::Stop));
+            return Ok(Next::Stop);
         };
         let cut = reply.is_cut();
         let parsed = parse_reply(&reply.text);
         report_reasoning(&state, turn, &parsed);
-        let work = run_blocks(repl, parsed.clone(), cut, turn, Arc::clone(&state)).await?;
+        let repl = self.take_repl()?;
+        let mut work = run_blocks(repl, parsed.clone(), cut, turn, Arc::clone(&state)).await?;
+        self.repl = work.repl.take();
         if let Some(error) = sub_model_failure(&state, &self.sub_model) {
             return Err(error);
         }
-        let verdict = verdict(&parsed, &work, cut, self.held);
-        let repl = work.repl;
+        let verdict = self.check_output(verdict(&parsed, &work, cut, self.held));
         let empty = reply.missing_text();
         self.empty_streak = if empty.is_some() {
             self.empty_streak + 1
@@ -359,7 +444,7 @@ impl Run {
                 }
                 self.trajectory.push(record);
                 self.answer = Some(value);
-                return Ok((repl, Next::Stop));
+                return Ok(Next::Stop);
             }
             Verdict::Hold(why) => {
                 self.held = true;
@@ -372,6 +457,35 @@ impl Run {
                 ));
             }
             Verdict::Refuse(why) => notes.push(why),
+            Verdict::Invalid(errors) => {
+                self.refusals += 1;
+                let retries = self.tree.config.output_schema_retries;
+                let last = self.refusals > retries;
+                state.emitter.emit_with(|| Event::OutputRefused {
+                    turn,
+                    errors: errors.clone(),
+                    refusals: self.refusals,
+                    last,
+                });
+                if last {
+                    self.warnings.push(format!(
+                        "no answer: {} given did not conform to the output schema \
+                         (--output-schema-retries {retries}); the last one's errors: {}",
+                        count(self.refusals as u64, "final answer"),
+                        errors.replace('\n', "; ")
+                    ));
+                    self.invalid_output = true;
+                    self.trajectory.push(record);
+                    return Ok(Next::Stop);
+                }
+                let left = retries + 1 - self.refusals;
+                notes.push(format!(
+                    "Your final answer was not accepted: it does not conform to the output \
+                     schema. Its first errors:\n{errors}\nFix the value and give FINAL again \
+                     ({} left before the run ends without an answer).",
+                    count(left as u64, "attempt")
+                ));
+            }
             Verdict::None => {}
         }
         let feedback = feedback(
@@ -386,14 +500,17 @@ impl Run {
         self.trajectory.push(record);
         self.messages.push(Message::assistant(reply.text));
         self.messages.push(Message::user(feedback));
-        Ok((repl, Next::Turn))
+        Ok(Next::Turn)
     }
 
     /// Why the turns ended; and, when they ended without an answer, one last root call for
     /// the best answer now (the top-level root after a turn, sub-call or cost budget stop; a
     /// child only after its own turns ran out). Returns why the run stopped.
-    async fn final_ask(&mut self, repl: Repl) -> Result<StopReason, RlmError> {
+    async fn final_ask(&mut self) -> Result<StopReason, RlmError> {
         let state = Arc::clone(&self.state);
+        if self.invalid_output {
+            return Ok(StopReason::InvalidOutput);
+        }
         let mut stopped = match (&self.answer, state.budget.stopped()) {
             // Whatever the script made of calls cut short by a cancel or the clock is not a
             // final answer, even if it called FINAL with it.
@@ -419,12 +536,20 @@ impl Run {
             StopReason::MaxCost => "The cost budget of this run is spent.",
             _ => "The sub-call budget of this run is spent.",
         };
+        let ask = match &self.schema {
+            Some(_) => format!(
+                "{} The answer must conform to the output schema given at the start: JSON, \
+                 FINAL({{...}}) on one line, or FINAL_VAR(name) of a variable that holds it.",
+                final_ask(reason)
+            ),
+            None => final_ask(reason),
+        };
         // The last feedback is the last message; the ask is appended to it.
         match self.messages.last_mut() {
             Some(last) if last.role == rlm_core::Role::User && !self.trajectory.is_empty() => {
-                last.content = format!("{}\n\n{}", last.content, final_ask(reason)).into();
+                last.content = format!("{}\n\n{ask}", last.content).into();
             }
-            _ => self.messages.push(Message::user(final_ask(reason))),
+            _ => self.messages.push(Message::user(ask)),
         }
         let turn = self.trajectory.len() + 1;
         state.turn.store(turn, std::sync::atomic::Ordering::SeqCst);
@@ -438,7 +563,9 @@ impl Run {
             ));
         }
         if let Ok(Some((reply, root_latency))) = asked {
-            let (_, given) = final_reply(repl, &reply, turn, &state, &mut self.warnings).await?;
+            let repl = self.take_repl()?;
+            let (repl, given) = final_reply(repl, &reply, turn, &state, &mut self.warnings).await?;
+            self.repl = repl;
             if let Some(error) = sub_model_failure(&state, &self.sub_model) {
                 return Err(error);
             }
@@ -458,6 +585,33 @@ impl Run {
                 ));
             }
             self.answer = given.answer;
+            let mut invalid = false;
+            if let (Some(schema), Some(answer)) = (&self.schema, &self.answer) {
+                match schema.accept(answer) {
+                    Ok(value) => {
+                        self.answer = Some(value.to_string());
+                        self.json = Some(value);
+                    }
+                    Err(errors) => {
+                        self.refusals += 1;
+                        state.emitter.emit_with(|| Event::OutputRefused {
+                            turn,
+                            errors: errors.clone(),
+                            refusals: self.refusals,
+                            last: true,
+                        });
+                        self.warnings.push(format!(
+                            "no answer: {} and the answer to the final ask did not conform to \
+                             the output schema: {}",
+                            stopped_why(stopped),
+                            errors.replace('\n', "; ")
+                        ));
+                        self.answer = None;
+                        invalid = true;
+                        stopped = StopReason::InvalidOutput;
+                    }
+                }
+            }
             let record = Turn {
                 turn,
                 reply: reply.text,
@@ -469,6 +623,7 @@ impl Run {
             // The answer to the final ask, if any, ends the run: nothing is held or refused.
             let verdict = match self.answer {
                 Some(_) => TurnVerdict::Accepted,
+                None if invalid => TurnVerdict::InvalidOutput,
                 None => TurnVerdict::NoAnswer,
             };
             state
@@ -583,6 +738,7 @@ impl Run {
         }
         let result = RunResult {
             answer: self.answer.unwrap_or_default(),
+            json: self.json,
             iterations: self.trajectory.len(),
             stopped,
             elapsed: self.started.elapsed(),
@@ -615,6 +771,36 @@ impl Run {
         });
         Ok(result)
     }
+}
+
+impl Run {
+    /// With an output schema, an accepted answer is converted to JSON and validated: it
+    /// stands as compact JSON, or becomes [`Verdict::Invalid`] with its first errors.
+    fn check_output(&mut self, verdict: Verdict) -> Verdict {
+        let (Some(schema), Verdict::Accept(answer)) = (&self.schema, &verdict) else {
+            return verdict;
+        };
+        match schema.accept(answer) {
+            Ok(value) => {
+                let text = value.to_string();
+                self.json = Some(value);
+                Verdict::Accept(text)
+            }
+            Err(errors) => Verdict::Invalid(errors),
+        }
+    }
+}
+
+/// What the first message adds with an output schema: the schema, compactly, and how to give
+/// an answer of it.
+fn output_schema_note(schema: &OutputSchema) -> String {
+    format!(
+        "\n\nThe final answer must be JSON conforming to this schema (`?` marks an optional \
+         key):\n{}\nBuild it as a map or array in code and give FINAL(value) or \
+         FINAL_VAR(\"name\"); a string holding JSON works too. An answer that does not \
+         conform is refused with its errors.",
+        schema.describe()
+    )
 }
 
 /// The sub model's fatal failure as the run's error, reported to observers.

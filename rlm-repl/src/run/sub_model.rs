@@ -64,6 +64,9 @@ impl Watch {
     fn observe(&self, result: &BatchResult) {
         let failure = match result {
             Err(LlmError::Cancelled) => return,
+            // A refused `response_format` says nothing of the model itself: the request is
+            // sent again without it (`llm_*_json` in auto mode).
+            Err(error) if error.refuses_response_format() => return,
             Err(error)
                 if error
                     .status()

@@ -15,6 +15,8 @@ pub(super) enum Verdict {
     Refuse(String),
     /// The reply gave no answer.
     None,
+    /// The answer does not conform to the output schema: its first errors.
+    Invalid(String),
 }
 
 impl Verdict {
@@ -25,6 +27,7 @@ impl Verdict {
             Verdict::Hold(_) => TurnVerdict::Held,
             Verdict::Refuse(_) => TurnVerdict::Refused,
             Verdict::None => TurnVerdict::NoAnswer,
+            Verdict::Invalid(_) => TurnVerdict::InvalidOutput,
         }
     }
 }
@@ -128,7 +131,7 @@ mod tests {
 
     fn work(code_final: Option<(&str, bool)>, failed: Option<usize>) -> TurnWork {
         TurnWork {
-            repl: Repl::builder(Context::from("")).build(),
+            repl: Some(Repl::builder(Context::from("")).build()),
             blocks: Vec::new(),
             sub_calls: Vec::new(),
             code_final: code_final.map(|(a, w)| (a.to_owned(), w)),
