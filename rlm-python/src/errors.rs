@@ -83,7 +83,10 @@ impl Failure {
                 other => RlmError::new_err(other.to_string()),
             },
             Failure::Rlm(error) => match error {
-                rlm_host::RlmError::Config(m) => UsageError::new_err(m),
+                rlm_host::RlmError::Config(m) | rlm_host::RlmError::Schema(m) => {
+                    UsageError::new_err(m)
+                }
+                rlm_host::RlmError::Session(m) => InputError::new_err(m),
                 rlm_host::RlmError::Root { turn, source } => llm(
                     &source,
                     format!("the root model ({model}) failed on turn {turn}: {source}"),

@@ -36,6 +36,7 @@ mod errors;
 mod options;
 mod result;
 mod rlm;
+mod session;
 mod tools;
 mod wait;
 
@@ -45,6 +46,7 @@ fn _rlm_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<rlm::PyRlm>()?;
     m.add_class::<result::PyResult_>()?;
+    m.add_class::<session::PySession>()?;
     m.add_function(wrap_pyfunction!(batch::batch_completion, m)?)?;
     m.add_function(wrap_pyfunction!(batch::abatch_completion, m)?)?;
     m.add("RlmError", py.get_type::<errors::RlmError>())?;

@@ -16,11 +16,14 @@ pub(crate) struct PyResult_ {
     /// The final answer ("" when the run stopped without one).
     #[pyo3(get)]
     answer: String,
-    /// The answer as JSON, for a run with an output schema (None otherwise).
+    /// For a run with `output_schema=`: the accepted answer as JSON-like values, or an
+    /// instance of the Pydantic model given (None without a schema, or without an answer
+    /// that conformed: then `stopped` is "invalid_output" or a budget).
     #[pyo3(get)]
     parsed: Py<PyAny>,
     /// Why the run stopped: "final", "max_iterations", "max_sub_calls", "max_tokens",
-    /// "max_time", "max_cost" or "cancelled".
+    /// "max_time", "max_cost", "invalid_output" (no answer met `output_schema`) or
+    /// "cancelled".
     #[pyo3(get)]
     stopped: String,
     /// Root turns taken.
@@ -55,15 +58,18 @@ pub(crate) struct PyResult_ {
     warnings: Vec<String>,
     usage: Value,
     cost_usd: Value,
+    /// The accepted answer as JSON, for `to_dict` (plain values, whatever `parsed` is).
+    json: Option<Value>,
 }
 
 impl PyResult_ {
-    /// From the engine's result; `warnings` (the context's, the cache tiers') go first.
-    pub(crate) fn new(py: Python<'_>, result: RunResult, mut warnings: Vec<String>) -> Self {
+    /// From the engine's result; `warnings` (the context's, the cache tiers') go first;
+    /// `parsed` is the typed answer (see [`crate::rlm::Schema::parse`]).
+    pub(crate) fn new(result: RunResult, mut warnings: Vec<String>, parsed: Py<PyAny>) -> Self {
         warnings.extend(result.warnings);
         Self {
             answer: result.answer,
-            parsed: py.None(),
+            parsed,
             stopped: result.stopped.as_str().to_owned(),
             iterations: result.iterations,
             elapsed_ms: u64::try_from(result.elapsed.as_millis()).unwrap_or(u64::MAX),
@@ -75,6 +81,7 @@ impl PyResult_ {
             child_runs: result.child_runs,
             max_depth_reached: result.max_depth_reached,
             warnings,
+            json: result.json,
             usage: serde_json::to_value(&result.usage).unwrap_or(Value::Null),
             cost_usd: serde_json::to_value(&result.cost).unwrap_or(Value::Null),
         }
@@ -95,11 +102,15 @@ impl PyResult_ {
         to_py(py, &self.cost_usd)
     }
 
-    /// Every field as a dict of plain values (JSON-ready, as `rlm run --json` prints).
+    /// Every field as a dict of plain values (JSON-ready, as `rlm run --json` prints;
+    /// `parsed` is the answer's JSON value, not a model instance).
     fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let dict = PyDict::new(py);
         dict.set_item("answer", &self.answer)?;
-        dict.set_item("parsed", self.parsed.bind(py))?;
+        match &self.json {
+            Some(json) => dict.set_item("parsed", to_py(py, json)?)?,
+            None => dict.set_item("parsed", py.None())?,
+        }
         dict.set_item("stopped", &self.stopped)?;
         dict.set_item("iterations", self.iterations)?;
         dict.set_item("elapsed_ms", self.elapsed_ms)?;

@@ -82,37 +82,68 @@ impl PyRlm {
     ///
     /// Raises `UsageError`, `InputError`, `ServerError`, `AuthError`, `BudgetError` (all
     /// `RlmError`s), or KeyboardInterrupt.
-    #[pyo3(signature = (context, query))]
+    #[pyo3(signature = (context, query, *, output_schema=None))]
     fn completion(
         &self,
         py: Python<'_>,
         context: &Bound<'_, PyAny>,
         query: String,
+        output_schema: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyResult_>> {
+        let schema = Schema::of(output_schema)?;
         let (context, warnings) = read_context(py, context, &self.engine)?;
         let cancel = CancellationToken::new();
-        let run = start(&self.engine, query, context, cancel.clone())?;
+        let run = start(
+            &self.engine,
+            query,
+            context,
+            cancel.clone(),
+            schema.as_ref(),
+        )?;
         let outcome = wait::block_on(py, run, &cancel)?;
-        finish(py, &self.engine, outcome, warnings)
+        finish(py, &self.engine, outcome, warnings, schema.as_ref())
     }
 
     /// `await rlm.acompletion(context, query)`: `completion` as an awaitable of the running
     /// event loop (asyncio; Jupyter's too). The loop goes on while the engine works;
     /// cancelling the awaiting task cancels the run and its in-flight sub-calls.
-    #[pyo3(signature = (context, query))]
+    #[pyo3(signature = (context, query, *, output_schema=None))]
     fn acompletion<'py>(
         &self,
         py: Python<'py>,
         context: &Bound<'py, PyAny>,
         query: String,
+        output_schema: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        let schema = Schema::of(output_schema)?;
         let (context, warnings) = read_context(py, context, &self.engine)?;
         let cancel = CancellationToken::new();
-        let run = start(&self.engine, query, context, cancel.clone())?;
+        let run = start(
+            &self.engine,
+            query,
+            context,
+            cancel.clone(),
+            schema.as_ref(),
+        )?;
         let engine = Arc::clone(&self.engine);
         wait::future(py, run, cancel, move |py, outcome| {
-            finish(py, &engine, outcome, warnings).map(Py::into_any)
+            finish(py, &engine, outcome, warnings, schema.as_ref()).map(Py::into_any)
         })
+    }
+
+    /// A conversation over `context` (as for `completion`): `session.ask(query)` answers
+    /// follow-up questions in one REPL scope, with the earlier questions and answers.
+    #[pyo3(signature = (context, *, output_schema=None))]
+    fn session(
+        &self,
+        py: Python<'_>,
+        context: &Bound<'_, PyAny>,
+        output_schema: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<crate::session::PySession> {
+        let schema = Schema::of(output_schema)?;
+        let (context, warnings) = read_context(py, context, &self.engine)?;
+        crate::session::PySession::new(Arc::clone(&self.engine), context, warnings, schema)
+            .map_err(|e| e.into_pyerr(self.engine.stack.model()))
     }
 
     /// The root model.
@@ -244,6 +275,77 @@ pub(crate) fn builder(engine: &Engine, cancel: CancellationToken) -> Result<RlmB
     Ok(builder)
 }
 
+/// `output_schema=`: a JSON Schema dict, or a Pydantic model class (its
+/// `model_json_schema()`; the accepted answer is then validated into an instance).
+pub(crate) struct Schema {
+    json: serde_json::Value,
+    model: Option<Py<PyAny>>,
+}
+
+impl Schema {
+    /// The schema `obj` gives (`None` for none).
+    ///
+    /// # Errors
+    /// `TypeError` for anything but a dict or a Pydantic model class.
+    pub(crate) fn of(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Self>> {
+        let Some(obj) = obj.filter(|o| !o.is_none()) else {
+            return Ok(None);
+        };
+        if obj.is_instance_of::<PyDict>() {
+            return Ok(Some(Self {
+                json: crate::convert::to_json(obj)?,
+                model: None,
+            }));
+        }
+        if obj.is_instance_of::<pyo3::types::PyType>()
+            && obj.hasattr("model_json_schema")?
+            && obj.hasattr("model_validate")?
+        {
+            let schema = obj.call_method0("model_json_schema")?;
+            return Ok(Some(Self {
+                json: crate::convert::to_json(&schema)?,
+                model: Some(obj.clone().unbind()),
+            }));
+        }
+        Err(pyo3::exceptions::PyTypeError::new_err(format!(
+            "output_schema must be a JSON Schema dict or a Pydantic model class, not {}",
+            crate::convert::type_name(obj)
+        )))
+    }
+
+    /// The schema as JSON.
+    pub(crate) fn json(&self) -> &serde_json::Value {
+        &self.json
+    }
+
+    /// A copy sharing the model class.
+    pub(crate) fn clone_ref(&self) -> Self {
+        Self {
+            json: self.json.clone(),
+            model: self
+                .model
+                .as_ref()
+                .map(|m| Python::attach(|py| m.clone_ref(py))),
+        }
+    }
+
+    /// The accepted answer `json` as Python: the model's instance, or plain values.
+    ///
+    /// # Errors
+    /// The model's validation error (the engine validated the answer against the model's own
+    /// schema, so this is a model whose validators go beyond its schema).
+    pub(crate) fn parse(&self, py: Python<'_>, json: &serde_json::Value) -> PyResult<Py<PyAny>> {
+        let value = crate::convert::to_py(py, json)?;
+        match &self.model {
+            Some(model) => Ok(model
+                .bind(py)
+                .call_method1("model_validate", (value,))?
+                .unbind()),
+            None => Ok(value.unbind()),
+        }
+    }
+}
+
 /// The run, supervised: `--max-time` ends it whatever its code does.
 type Outcome = Result<RunResult, Failure>;
 
@@ -252,8 +354,13 @@ fn start(
     query: String,
     context: Context,
     cancel: CancellationToken,
+    schema: Option<&Schema>,
 ) -> PyResult<impl std::future::Future<Output = Outcome> + Send + 'static> {
     let rlm = builder(engine, cancel.clone())
+        .map(|b| match schema {
+            Some(schema) => b.output_schema(schema.json.clone()),
+            None => b,
+        })
         .and_then(|b| b.build().map_err(Failure::from))
         .map_err(|e| e.into_pyerr(engine.stack.model()))?;
     let max_time = engine.settings.max_time;
@@ -273,11 +380,12 @@ fn start(
     })
 }
 
-fn finish(
+pub(crate) fn finish(
     py: Python<'_>,
     engine: &Engine,
     outcome: Outcome,
     mut warnings: Vec<String>,
+    schema: Option<&Schema>,
 ) -> PyResult<Py<PyResult_>> {
     match outcome {
         Ok(result) => {
@@ -287,7 +395,11 @@ fn finish(
                 ));
             }
             warnings.extend(engine.stack.warnings());
-            Py::new(py, PyResult_::new(py, result, warnings))
+            let parsed = match (schema, &result.json) {
+                (Some(schema), Some(json)) => schema.parse(py, json)?,
+                _ => py.None(),
+            };
+            Py::new(py, PyResult_::new(result, warnings, parsed))
         }
         Err(failure) => Err(failure.into_pyerr(engine.stack.model())),
     }

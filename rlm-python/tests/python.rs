@@ -170,6 +170,19 @@ fn handler(
                 }
             }
             "root-script-exhausted" => turn(&[]),
+            "root-typed" => turn(&["```repl\nFINAL(#{name: \"Ada\", born: 1815});\n```"; 12]),
+            "root-session" => {
+                let asks_twice = request.messages().iter().any(|m| {
+                    m["role"] == "user"
+                        && m["content"].as_str().is_some_and(|c| c.contains("Q-TWO"))
+                });
+                let reply = if asks_twice {
+                    "```repl\nFINAL(total * 2);\n```"
+                } else {
+                    "```repl\nlet total = 40 + 2;\nFINAL(total);\n```"
+                };
+                Reply::completion_for(request, reply)
+            }
             _ => Reply::completion_for(request, request.last_user().to_uppercase()),
         }
     }
@@ -242,6 +255,8 @@ pytests! {
     python_backends => "test_backend.py",
     event_loops_and_threads => "test_async.py",
     keyboard_interrupt_stops_the_sub_calls => "test_interrupt.py",
+    typed_answers => "test_typed.py",
+    sessions => "test_session.py",
 }
 
 /// 200 prompts at most 8 in flight at the server, in order, one failing item.
@@ -328,6 +343,8 @@ fn main() -> std::process::ExitCode {
             "keyboard_interrupt_stops_the_sub_calls",
             keyboard_interrupt_stops_the_sub_calls,
         )
+        .tokio("typed_answers", typed_answers)
+        .tokio("sessions", sessions)
         .tokio(
             "batch_completion_is_bounded_and_ordered",
             batch_completion_is_bounded_and_ordered,

@@ -26,6 +26,7 @@ from ._rlm_rs import (
 
 __all__ = [
     "RLM",
+    "Session",
     "Result",
     "RlmError",
     "UsageError",
@@ -42,11 +43,50 @@ __all__ = [
 class RLM(_rlm_rs._RLM):
     __doc__ = _rlm_rs._RLM.__doc__
 
-    async def acompletion(self, context, query):
-        """`await rlm.acompletion(context, query)`: `completion` as a coroutine of the running
-        event loop (asyncio; Jupyter's too). The loop goes on while the engine works;
-        cancelling the awaiting task cancels the run and its in-flight sub-calls."""
-        return await super().acompletion(context, query)
+    async def acompletion(self, context, query, *, output_schema=None):
+        """`await rlm.acompletion(context, query, output_schema=None)`: `completion` as a
+        coroutine of the running event loop (asyncio; Jupyter's too). The loop goes on while
+        the engine works; cancelling the awaiting task cancels the run and its in-flight
+        sub-calls."""
+        return await super().acompletion(context, query, output_schema=output_schema)
+
+    def session(self, context, *, output_schema=None):
+        """A conversation over `context` (as for `completion`): `session.ask(query)` answers
+        follow-up questions in one REPL scope (the variables of earlier questions are kept)
+        and the root model is told the earlier questions and answers. `output_schema`, when
+        given, applies to every answer."""
+        return Session(super().session(context, output_schema=output_schema))
+
+
+class Session:
+    """Follow-up questions over one context (see `RLM.session`). Questions of one session
+    run one at a time."""
+
+    def __init__(self, native):
+        self._native = native
+
+    def ask(self, query):
+        """Answers `query` in the session and returns a `Result` (blocks as
+        `RLM.completion` does; Ctrl-C cancels the question, the variables set so far are
+        kept)."""
+        return self._native.ask(query)
+
+    async def aask(self, query):
+        """`ask` as a coroutine of the running event loop."""
+        return await self._native.aask(query)
+
+    @property
+    def variables(self):
+        """The names of the variables the REPL holds after the last question."""
+        return self._native.variables
+
+    @property
+    def history(self):
+        """The questions so far and their answers: a list of `(query, answer)`."""
+        return self._native.history
+
+    def __repr__(self):
+        return f"Session(questions={len(self.history)}, variables={self.variables!r})"
 
 
 async def abatch_completion(prompts, model, **kwargs):
@@ -56,3 +96,4 @@ async def abatch_completion(prompts, model, **kwargs):
 
 
 RLM.__module__ = "rlm_rs"
+Session.__module__ = "rlm_rs"

@@ -1,7 +1,19 @@
 """Type stubs of rlm_rs (the native module rlm_rs._rlm_rs)."""
 
 import os
-from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import (
+    Any,
+    Awaitable,
+    Callable,
+    Dict,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Type,
+    Union,
+)
 
 __version__: str
 
@@ -10,6 +22,8 @@ Context = Union[str, List[str], Dict[str, Any], List[Any], "os.PathLike[str]"]
 Message = Dict[str, str]
 Backend = Callable[[List[Message], str], Union[str, Awaitable[str]]]
 Tool = Callable[..., Any]
+# A JSON Schema dict, or a Pydantic model class (then `Result.parsed` is an instance).
+OutputSchema = Union[Dict[str, Any], Type[Any]]
 
 class RlmError(Exception):
     """Base class of rlm_rs's errors (an internal error, a bug, is an RlmError itself)."""
@@ -99,8 +113,25 @@ class RLM:
     def model(self) -> str: ...
     @property
     def sub_model(self) -> str: ...
-    def completion(self, context: Context, query: str) -> Result: ...
-    async def acompletion(self, context: Context, query: str) -> Result: ...
+    def completion(
+        self, context: Context, query: str, *, output_schema: Optional[OutputSchema] = None
+    ) -> Result: ...
+    async def acompletion(
+        self, context: Context, query: str, *, output_schema: Optional[OutputSchema] = None
+    ) -> Result: ...
+    def session(
+        self, context: Context, *, output_schema: Optional[OutputSchema] = None
+    ) -> "Session": ...
+
+class Session:
+    """Follow-up questions over one context (see RLM.session)."""
+
+    def ask(self, query: str) -> Result: ...
+    async def aask(self, query: str) -> Result: ...
+    @property
+    def variables(self) -> List[str]: ...
+    @property
+    def history(self) -> List[Tuple[str, str]]: ...
 
 def batch_completion(
     prompts: Sequence[str],
