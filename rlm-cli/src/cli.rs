@@ -637,6 +637,48 @@ pub(crate) struct ServeArgs {
     /// https://app.example); repeat for more. Other cross-site browser requests are refused.
     #[arg(long = "cors-origin", value_name = "ORIGIN", help_heading = "Serving")]
     pub(crate) cors_origins: Vec<String>,
+
+    /// The longest message shown whole to the root model, in bytes (K/M suffixes). A longer
+    /// one (a pasted document, an attachment, a long system message) becomes part of the
+    /// context and the root model sees its head and tail. 0: no limit.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value = "16K",
+        value_parser = parse_bytes,
+        help_heading = "Serving"
+    )]
+    pub(crate) inline_max_bytes: usize,
+
+    /// Seconds that runs in flight may take to finish after SIGTERM or SIGINT (Ctrl-C);
+    /// then they are cancelled and their clients get an error.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value = "30",
+        value_parser = parse_seconds,
+        help_heading = "Serving"
+    )]
+    pub(crate) shutdown_grace: Duration,
+
+    /// The access log's form on stderr: one line per request, as text or as JSON.
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        value_enum,
+        default_value = "text",
+        help_heading = "Serving"
+    )]
+    pub(crate) log_format: LogFormatArg,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormatArg {
+    /// `key=value` words on one line.
+    Text,
+    /// One JSON object a line.
+    Json,
 }
 
 /// Flags of `rlm mcp`: the model, limit and budget flags of `rlm run`, and the roots.

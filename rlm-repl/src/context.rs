@@ -53,6 +53,60 @@ impl SharedContext {
         &self.info
     }
 
+    /// This context followed by `documents`, as one array: an array context gets them as
+    /// more items, any other context becomes the first item of a new array. Returns the
+    /// combined context and the index of the first added document. No string data is
+    /// copied (the shared strings are reference-counted); for an array, its skeleton is
+    /// (one pointer per item).
+    pub fn followed_by(&self, documents: Vec<String>) -> (SharedContext, usize) {
+        let added: Vec<Dynamic> = documents
+            .iter()
+            .map(|d| Dynamic::from(ImmutableString::from(d.as_str())))
+            .collect();
+        let added_chars: usize = documents.iter().map(|d| d.chars().count()).sum();
+        let (mut items, mut first_item_chars, first) = match self.value.as_array_ref() {
+            Ok(items) => (
+                items.iter().cloned().collect::<Vec<_>>(),
+                self.info.first_item_chars.clone(),
+                items.len(),
+            ),
+            Err(_) => (vec![self.value.clone()], vec![self.info.total_chars], 1),
+        };
+        const SHOWN_ITEMS: usize = 10;
+        for document in &documents {
+            if first_item_chars.len() < SHOWN_ITEMS {
+                first_item_chars.push(document.chars().count());
+            }
+        }
+        items.extend(added);
+        let all_strings = items.iter().all(Dynamic::is_string);
+        let preview = if first == 1 && !self.value.is_array() {
+            format!("[0] {}", self.info.preview)
+        } else {
+            self.info.preview.clone()
+        };
+        let info = ContextInfo {
+            kind: if all_strings {
+                "array of strings"
+            } else {
+                "array"
+            },
+            total_chars: self.info.total_chars + added_chars,
+            lines: None,
+            items: Some(items.len()),
+            first_item_chars,
+            keys: Vec::new(),
+            preview,
+            notes: self.info.notes.clone(),
+        };
+        let combined = SharedContext {
+            value: Dynamic::from_array(items),
+            info,
+            id: std::sync::Arc::new(()),
+        };
+        (combined, first)
+    }
+
     /// The value a REPL holds as `context`.
     pub(crate) fn value(&self) -> Dynamic {
         self.value.clone()

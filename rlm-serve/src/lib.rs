@@ -26,8 +26,16 @@ use rlm_repl::{RlmError, RunResult};
 
 pub use rlm_host::{RunOptions, Runner};
 
+#[cfg(feature = "serve")]
+pub mod access_log;
+#[cfg(feature = "serve")]
+pub mod drain;
+pub mod inline;
 #[cfg(feature = "mcp")]
 pub mod mcp;
+#[cfg(feature = "serve")]
+pub mod metrics;
+pub mod params;
 #[cfg(feature = "serve")]
 pub mod serve;
 pub mod trajectory;
@@ -45,6 +53,28 @@ pub enum ServeError {
     /// The listener or the transport failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// A request that cannot be served as it is (HTTP 400): a code (`no_user_message`,
+    /// `unsupported_parameter`, ...), the request parameter it is about, and one sentence.
+    #[error("{message}")]
+    BadRequest {
+        /// The error code a client gets.
+        code: &'static str,
+        /// The request parameter at fault, if one is.
+        param: Option<String>,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl ServeError {
+    /// A [`ServeError::BadRequest`] about no one parameter.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::BadRequest {
+            code,
+            param: None,
+            message: message.into(),
+        }
+    }
 }
 
 /// How a failed run is reported to a client: a category and one sentence.
