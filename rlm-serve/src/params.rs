@@ -88,7 +88,11 @@ impl Params {
                 .map_err(|e| ServeError::bad_request("invalid_body", e.to_string()))?
         };
         let mut params = Params::default();
-        for key in keys.keys() {
+        // The tools first: a request for function calling is refused for `tools` (the
+        // `tool_choice` beside it would say less).
+        let mut keys: Vec<&String> = keys.keys().collect();
+        keys.sort_by_key(|k| !matches!(k.as_str(), "tools" | "functions"));
+        for key in keys {
             let value = values.get(key).unwrap_or(&Value::Null);
             if value.is_null() || HANDLED.contains(&key.as_str()) {
                 continue;
