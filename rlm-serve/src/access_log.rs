@@ -118,16 +118,14 @@ impl RunNote {
     /// How the run ended: its usage and cost, or the error code its client was given.
     pub(crate) fn finished<E>(&self, result: &Result<RunResult, E>, error_code: Option<&str>) {
         let mut facts = self.lock();
-        match result {
-            Ok(result) => {
-                let (prompt, completion) = crate::total_tokens(result);
-                facts.prompt_tokens = Some(prompt);
-                facts.completion_tokens = Some(completion);
-                facts.cost_usd = Some(result.cost.total);
-                facts.outcome = Some(result.stopped.as_str().to_owned());
-            }
-            // The error code comes with the response (or [`RunNote::refused`]).
-            Err(_) => {}
+        // A failed run's outcome is the error code its response carries (or
+        // [`RunNote::refused`]).
+        if let Ok(result) = result {
+            let (prompt, completion) = crate::total_tokens(result);
+            facts.prompt_tokens = Some(prompt);
+            facts.completion_tokens = Some(completion);
+            facts.cost_usd = Some(result.cost.total);
+            facts.outcome = Some(result.stopped.as_str().to_owned());
         }
         if let Some(code) = error_code {
             facts.outcome = Some(code.to_owned());
