@@ -559,13 +559,22 @@ Endpoints:
                              stream: true sends the trajectory as
                              delta.reasoning_content, then the answer as
                              delta.content, then usage (stream_options.include_usage)
+  GET  /v1/models/{id}       any model id (any model name is accepted)
   GET  /health               {\"status\": \"ok\", \"running\", \"queued\", \"max_runs\"}
+  GET  /metrics              Prometheus text format (behind the server key)
+
+  A message longer than --inline-max-bytes becomes part of the context; the root
+  model sees its head and tail. Parameters rlm cannot honour (tools, n > 1,
+  logprobs, ...) are refused with 400 unsupported_parameter naming them; others
+  without effect are listed in rlm.ignored_parameters. SIGTERM or Ctrl-C drains:
+  runs in flight get --shutdown-grace seconds, then are cancelled (503). One
+  access-log line per request on stderr (--log-format text|json).
 
   Replies carry an \"rlm\" object (iterations, stopped, sub_calls, failed_sub_calls,
   warnings, cost_usd). A budget stop is still 200, with finish_reason \"length\".
   Errors: {\"error\": {\"message\", \"type\", \"code\"}}; 400 bad body, 401 wrong server
   key, 413 body over --max-request-bytes, 429 queue full (Retry-After), 502 the
-  upstream model server failed. All requests share one backend: --rpm, --tpm,
+  upstream model server failed, 503 shutting down. All requests share one backend: --rpm, --tpm,
   retries and the sub-call cache hold across them. A client that disconnects
   cancels its run.";
 

@@ -9,6 +9,11 @@
 //! - [`mcp`] (feature `mcp`): a Model Context Protocol server over stdio with the tool
 //!   `rlm_answer`, on the official Rust SDK `rmcp`.
 //! - [`trajectory`]: the short text lines a client is shown while a run works.
+//! - [`inline`]: a conversation made into a run's query, instructions and context, long
+//!   messages moved into the context ([`inline::run_input`]).
+//! - [`params`]: the chat-completions parameters honoured, mapped or refused by name.
+//! - [`access_log`], [`metrics`], [`drain`] (feature `serve`): one line per request,
+//!   `GET /metrics`, and draining at shutdown.
 //!
 //! ```no_run
 //! # #[cfg(feature = "serve")]

@@ -1,10 +1,15 @@
 //! `rlm serve`: an OpenAI-compatible HTTP server for Recursive Language Models.
 //!
-//! Endpoints: `GET /v1/models` (lists `rlm`), `POST /v1/chat/completions` (with
-//! `stream: false`, or `stream: true` as server-sent events ending `data: [DONE]`, with
-//! `stream_options.include_usage`), `GET /health`. Errors have OpenAI's shape,
-//! `{"error": {"message", "type", "code"}}`.
+//! Endpoints: `GET /v1/models` (lists `rlm`), `GET /v1/models/{id}` (any id),
+//! `POST /v1/chat/completions` (with `stream: false`, or `stream: true` as server-sent events
+//! ending `data: [DONE]`, with `stream_options.include_usage`), `GET /health`, `GET /metrics`
+//! ([`crate::metrics`]). Errors have OpenAI's shape, `{"error": {"message", "type", "code"}}`.
 //!
+//! - Messages become a run by [`crate::inline::run_input`] (a message over
+//!   [`ServeOptions::inline_max_bytes`] becomes part of the context); the other parameters
+//!   are judged by [`crate::params::Params`] (honoured, mapped, or 400
+//!   `unsupported_parameter`).
+//! - Draining at shutdown: [`crate::drain`]; the access log: [`crate::access_log`].
 //! - The query is the last user message. The context is the server's shared context when it
 //!   has one, else the text of the messages before the last user message (one document
 //!   each; a single document is a string); system (and developer) messages are extra
@@ -829,8 +834,8 @@ async fn not_found() -> Response {
         StatusCode::NOT_FOUND,
         "invalid_request_error",
         "unknown_url",
-        "no such endpoint: this server has GET /v1/models, POST /v1/chat/completions and \
-         GET /health"
+        "no such endpoint: this server has GET /v1/models, GET /v1/models/{id}, POST \
+         /v1/chat/completions, GET /health and GET /metrics"
             .to_owned(),
     )
     .into_response()
@@ -841,8 +846,8 @@ async fn method_not_allowed() -> Response {
         StatusCode::METHOD_NOT_ALLOWED,
         "invalid_request_error",
         "method_not_allowed",
-        "wrong method: this server has GET /v1/models, POST /v1/chat/completions and GET \
-         /health"
+        "wrong method: this server has GET /v1/models, GET /v1/models/{id}, POST \
+         /v1/chat/completions, GET /health and GET /metrics"
             .to_owned(),
     )
     .into_response()
