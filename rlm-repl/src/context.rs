@@ -593,4 +593,31 @@ mod tests {
         assert_eq!(json.items, Some(2));
         assert_eq!(json.first_item_chars, vec![3, 5]);
     }
+
+    #[test]
+    fn a_shared_context_followed_by_documents_is_one_array_sharing_its_strings() {
+        let docs = SharedContext::new(Context::from(vec!["ab".to_owned(), "cde".to_owned()]));
+        let (combined, first) = docs.followed_by(vec!["fghi".to_owned()]);
+        assert_eq!(first, 2);
+        let value = combined.value();
+        let items = value.as_array_ref().map(|a| a.clone()).unwrap_or_default();
+        let texts: Vec<String> = items.iter().map(ToString::to_string).collect();
+        assert_eq!(texts, ["ab", "cde", "fghi"]);
+        let info = combined.info();
+        assert_eq!(
+            (info.kind, info.items, info.total_chars),
+            ("array of strings", Some(3), 9)
+        );
+        assert_eq!(info.first_item_chars, vec![2, 3, 4]);
+        // The original is untouched.
+        assert_eq!(docs.info().items, Some(2));
+
+        let map = SharedContext::new(Context::from(serde_json::json!({"a": "xyz"})));
+        let (combined, first) = map.followed_by(vec!["doc".to_owned()]);
+        assert_eq!(first, 1);
+        let info = combined.info();
+        assert_eq!((info.kind, info.items), ("array", Some(2)));
+        assert!(info.preview.starts_with("[0] "), "{}", info.preview);
+        assert_ne!(combined, map);
+    }
 }
