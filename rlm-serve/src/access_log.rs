@@ -10,7 +10,8 @@
 //!
 //! JSON (`--log-format json`), one object a line: `ts`, `method`, `path`, `status`,
 //! `duration_ms`, `run_id`, `outcome`, `prompt_tokens`, `completion_tokens`, `cost_usd`
-//! (absent values are `null`).
+//! (absent values are `null`), `unpriced` (models the run used that have no price: the
+//! cost leaves them out; `unpriced=a,b` in text).
 //!
 //! `outcome` is how the run ended (`final`, `max_iterations`, ..., `cancelled`) or the
 //! error code a client was given; `client_gone` for a client that left before its
@@ -103,6 +104,8 @@ struct Facts {
     prompt_tokens: Option<u64>,
     completion_tokens: Option<u64>,
     cost_usd: Option<f64>,
+    /// Models the run used that have no price (its cost leaves them out).
+    unpriced: Vec<String>,
 }
 
 impl RunNote {
@@ -125,6 +128,7 @@ impl RunNote {
             facts.prompt_tokens = Some(prompt);
             facts.completion_tokens = Some(completion);
             facts.cost_usd = Some(result.cost.total);
+            facts.unpriced.clone_from(&result.cost.unpriced);
             facts.outcome = Some(result.stopped.as_str().to_owned());
         }
         if let Some(code) = error_code {
@@ -289,6 +293,7 @@ fn format_line(
             "prompt_tokens": facts.prompt_tokens,
             "completion_tokens": facts.completion_tokens,
             "cost_usd": facts.cost_usd,
+            "unpriced": facts.unpriced,
         })
         .to_string(),
         LogFormat::Text => {
@@ -309,6 +314,10 @@ fn format_line(
             }
             if let Some(cost) = facts.cost_usd {
                 let _ = write!(line, " cost_usd={cost:.6}");
+            }
+            if !facts.unpriced.is_empty() {
+                let names: Vec<String> = facts.unpriced.iter().map(|m| escape(m)).collect();
+                let _ = write!(line, " unpriced={}", names.join(","));
             }
             line
         }
@@ -376,6 +385,7 @@ mod tests {
             prompt_tokens: Some(10),
             completion_tokens: Some(2),
             cost_usd: Some(0.5),
+            unpriced: vec!["local model".into()],
         };
         let path = "/v1/x\r\nFAKE 200 line \"q\" é";
         let text = format_line(
@@ -390,7 +400,7 @@ mod tests {
         assert!(!text.contains('\n') && !text.contains('\r'), "{text}");
         assert_eq!(
             text,
-            "1970-01-01T00:00:00.000Z POST /v1/x\\x0d\\x0aFAKE\\x20200\\x20line\\x20\"q\"\\x20\\xc3\\xa9 404 12ms run=chatcmpl-rlm-1 outcome=final tokens=10+2 cost_usd=0.500000"
+            "1970-01-01T00:00:00.000Z POST /v1/x\\x0d\\x0aFAKE\\x20200\\x20line\\x20\"q\"\\x20\\xc3\\xa9 404 12ms run=chatcmpl-rlm-1 outcome=final tokens=10+2 cost_usd=0.500000 unpriced=local\\x20model"
         );
         let json = format_line(
             LogFormat::Json,
