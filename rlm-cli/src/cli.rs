@@ -874,6 +874,41 @@ mod tests {
     }
 
     #[test]
+    fn serve_takes_the_inline_limit_the_grace_and_the_log_format() {
+        let parse = |extra: &[&str]| {
+            let args = ["rlm", "serve", "-m", "m"].iter().chain(extra).copied();
+            match Cli::try_parse_from(args) {
+                Ok(Cli {
+                    command: Command::Serve(args),
+                }) => Some((args.inline_max_bytes, args.shutdown_grace, args.log_format)),
+                _ => None,
+            }
+        };
+        assert_eq!(
+            parse(&[]),
+            Some((
+                rlm_serve::inline::DEFAULT_INLINE_MAX_BYTES,
+                rlm_serve::drain::DEFAULT_SHUTDOWN_GRACE,
+                LogFormatArg::Text
+            ))
+        );
+        assert_eq!(
+            parse(&[
+                "--inline-max-bytes",
+                "64K",
+                "--shutdown-grace",
+                "2.5",
+                "--log-format",
+                "json"
+            ]),
+            Some((64 << 10, Duration::from_millis(2_500), LogFormatArg::Json))
+        );
+        assert_eq!(parse(&["--inline-max-bytes", "0"]).map(|p| p.0), Some(0));
+        assert_eq!(parse(&["--log-format", "xml"]), None);
+        assert_eq!(parse(&["--shutdown-grace", "-1"]), None);
+    }
+
+    #[test]
     fn serve_and_mcp_take_the_run_flags_without_a_query() {
         let cli =
             Cli::try_parse_from(["rlm", "serve", "-m", "m", "--rpm", "60", "--max-runs", "2"]);
