@@ -647,7 +647,16 @@ Endpoints:
                              session_not_found
   GET|DELETE /v1/responses/ID a stored response; deleting a session's latest
                              response ends the session
+  GET  /v1/models/{id}       any model id (any model name is accepted)
   GET  /health               {\"status\": \"ok\", \"running\", \"queued\", \"max_runs\"}
+  GET  /metrics              Prometheus text format (behind the server key)
+
+  A message longer than --inline-max-bytes becomes part of the context; the root
+  model sees its head and tail. Parameters rlm cannot honour (tools, n > 1,
+  logprobs, ...) are refused with 400 unsupported_parameter naming them; others
+  without effect are listed in rlm.ignored_parameters. SIGTERM or Ctrl-C drains:
+  runs in flight get --shutdown-grace seconds, then are cancelled (503). One
+  access-log line per request on stderr (--log-format text|json).
 
   Replies carry an \"rlm\" object (iterations, stopped, sub_calls, failed_sub_calls,
   warnings, cost_usd). A budget stop is still 200, with finish_reason \"length\".
@@ -655,7 +664,7 @@ Endpoints:
   is the conforming JSON, or the reply is 422 invalid_output / schema_not_met.
   Errors: {\"error\": {\"message\", \"type\", \"code\"}}; 400 bad body, 401 wrong server
   key, 413 body over --max-request-bytes, 429 queue full (Retry-After), 502 the
-  upstream model server failed. All requests share one backend: --rpm, --tpm,
+  upstream model server failed, 503 shutting down. All requests share one backend: --rpm, --tpm,
   retries and the sub-call cache hold across them. A client that disconnects
   cancels its run.";
 
@@ -750,6 +759,47 @@ pub(crate) struct ServeArgs {
         help_heading = "Serving"
     )]
     pub(crate) max_sessions: u32,
+    /// The longest message shown whole to the root model, in bytes (K/M suffixes). A longer
+    /// one (a pasted document, an attachment, a long system message) becomes part of the
+    /// context and the root model sees its head and tail. 0: no limit.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value = "16K",
+        value_parser = parse_bytes,
+        help_heading = "Serving"
+    )]
+    pub(crate) inline_max_bytes: usize,
+
+    /// Seconds that runs in flight may take to finish after SIGTERM or SIGINT (Ctrl-C);
+    /// then they are cancelled and their clients get an error.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value = "30",
+        value_parser = parse_seconds,
+        help_heading = "Serving"
+    )]
+    pub(crate) shutdown_grace: Duration,
+
+    /// The access log's form on stderr: one line per request, as text or as JSON.
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        value_enum,
+        default_value = "text",
+        help_heading = "Serving"
+    )]
+    pub(crate) log_format: LogFormatArg,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormatArg {
+    /// `key=value` words on one line.
+    Text,
+    /// One JSON object a line.
+    Json,
 }
 
 /// Flags of `rlm mcp`: the model, limit and budget flags of `rlm run`, and the roots.
@@ -933,6 +983,41 @@ mod tests {
         // Before: "invalid digit found in string".
         assert_eq!(parse(&["--max-request-bytes", "1M"]), Some(1 << 20));
         assert_eq!(parse(&["--max-request-bytes", "0"]), None);
+    }
+
+    #[test]
+    fn serve_takes_the_inline_limit_the_grace_and_the_log_format() {
+        let parse = |extra: &[&str]| {
+            let args = ["rlm", "serve", "-m", "m"].iter().chain(extra).copied();
+            match Cli::try_parse_from(args) {
+                Ok(Cli {
+                    command: Command::Serve(args),
+                }) => Some((args.inline_max_bytes, args.shutdown_grace, args.log_format)),
+                _ => None,
+            }
+        };
+        assert_eq!(
+            parse(&[]),
+            Some((
+                rlm_serve::inline::DEFAULT_INLINE_MAX_BYTES,
+                rlm_serve::drain::DEFAULT_SHUTDOWN_GRACE,
+                LogFormatArg::Text
+            ))
+        );
+        assert_eq!(
+            parse(&[
+                "--inline-max-bytes",
+                "64K",
+                "--shutdown-grace",
+                "2.5",
+                "--log-format",
+                "json"
+            ]),
+            Some((64 << 10, Duration::from_millis(2_500), LogFormatArg::Json))
+        );
+        assert_eq!(parse(&["--inline-max-bytes", "0"]).map(|p| p.0), Some(0));
+        assert_eq!(parse(&["--log-format", "xml"]), None);
+        assert_eq!(parse(&["--shutdown-grace", "-1"]), None);
     }
 
     #[test]

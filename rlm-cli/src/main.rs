@@ -183,14 +183,55 @@ fn single_line(message: &str) -> String {
 /// with `--quiet`).
 fn init_tracing(quiet: bool) {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::filter::FilterExt as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(if quiet { "error" } else { "warn" }));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
-        .try_init();
+        .with_filter(filter.and(QuietMethodNotFound));
+    let _ = tracing_subscriber::registry().with(layer).try_init();
+}
+
+/// Leaves out the MCP SDK's warning for each request whose method the server does not offer
+/// (a client probing `resources/list`, `prompts/list`, ...): the client gets "method not
+/// found", which is the whole story; one warning line per probe would bury real ones.
+struct QuietMethodNotFound;
+
+impl<S> tracing_subscriber::layer::Filter<S> for QuietMethodNotFound {
+    fn enabled(
+        &self,
+        _meta: &tracing::Metadata<'_>,
+        _cx: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        true
+    }
+
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _cx: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        /// Whether an event's `error` field is JSON-RPC's "method not found" (-32601).
+        struct MethodNotFound(bool);
+        impl tracing::field::Visit for MethodNotFound {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "error" && format!("{value:?}").contains("ErrorCode(-32601)") {
+                    self.0 = true;
+                }
+            }
+        }
+        if !event.metadata().target().starts_with("rmcp") {
+            return true;
+        }
+        let mut found = MethodNotFound(false);
+        event.record(&mut found);
+        !found.0
+    }
 }
 
 /// A panic is a bug: say so in one line (the full report with `RUST_BACKTRACE=1`).

@@ -1,18 +1,14 @@
 //! `rlm serve` and `rlm mcp`: flags to a [`rlm_serve::Runner`] on the host layer's backend
 //! stack.
 
-use std::time::Duration;
-
 use rlm_host::{Runner, SharedContext, Stack};
+use rlm_serve::access_log::{AccessLog, LogFormat};
 use rlm_serve::mcp::McpServer;
 use rlm_serve::serve::ServeOptions;
 
-use crate::cli::{McpArgs, RunArgs, ServeArgs};
+use crate::cli::{LogFormatArg, McpArgs, RunArgs, ServeArgs};
 use crate::error::{CliError, exit};
 use crate::settings;
-
-/// How long open requests may take to finish after Ctrl-C.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Refuses the flags of `rlm run` that a server has no use for.
 fn refuse_run_only(args: &RunArgs, command: &str) -> Result<(), CliError> {
@@ -105,6 +101,12 @@ pub(crate) async fn serve(args: Box<ServeArgs>) -> Result<u8, CliError> {
         cors_origins: args.cors_origins.clone(),
         session_ttl: args.session_ttl,
         max_sessions: args.max_sessions as usize,
+        inline_max_bytes: args.inline_max_bytes,
+        shutdown_grace: args.shutdown_grace,
+        access_log: Some(AccessLog::stderr(match args.log_format {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        })),
         ..ServeOptions::default()
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -116,27 +118,57 @@ pub(crate) async fn serve(args: Box<ServeArgs>) -> Result<u8, CliError> {
     if !run.quiet {
         eprintln!(
             "rlm serve: listening on http://{local}/v1 (root model {}, sub model {}, upstream {}); \
-             Ctrl-C stops",
+             SIGTERM or Ctrl-C drains and stops",
             stack.model(),
             stack.sub_model(),
             stack.shown_url()
         );
     }
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let server = rlm_serve::serve::serve(listener, runner, options, shutdown);
-    tokio::pin!(server);
-    tokio::select! {
-        outcome = &mut server => {
-            outcome.map_err(|e| CliError::Internal(format!("the server failed: {e}")))?;
+    let grace = args.shutdown_grace;
+    let quiet = run.quiet;
+    let stop = stop_signal()?;
+    let shutdown = async move {
+        let signal = stop.await;
+        if !quiet {
+            eprintln!(
+                "rlm serve: {signal}: draining (no new requests; runs in flight have {} s to \
+                 finish)",
+                grace.as_secs_f64()
+            );
         }
-        () = async {
-            let _ = tokio::signal::ctrl_c().await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        } => {}
+    };
+    rlm_serve::serve::serve(listener, runner, options, shutdown)
+        .await
+        .map_err(|e| CliError::Internal(format!("the server failed: {e}")))?;
+    if !quiet {
+        eprintln!("rlm serve: stopped");
     }
     Ok(exit::OK)
+}
+
+/// Completes on the first SIGTERM or SIGINT (Ctrl-C), with the signal's name.
+fn stop_signal() -> Result<impl Future<Output = &'static str>, CliError> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())
+            .map_err(|e| CliError::Internal(format!("cannot watch SIGTERM: {e}")))?;
+        let mut int = signal(SignalKind::interrupt())
+            .map_err(|e| CliError::Internal(format!("cannot watch SIGINT: {e}")))?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        })
+    }
 }
 
 /// Runs `rlm mcp` until the client closes stdin.

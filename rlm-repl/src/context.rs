@@ -53,6 +53,60 @@ impl SharedContext {
         &self.info
     }
 
+    /// This context followed by `documents`, as one array: an array context gets them as
+    /// more items, any other context becomes the first item of a new array. Returns the
+    /// combined context and the index of the first added document. No string data is
+    /// copied (the shared strings are reference-counted); for an array, its skeleton is
+    /// (one pointer per item).
+    pub fn followed_by(&self, documents: Vec<String>) -> (SharedContext, usize) {
+        let added: Vec<Dynamic> = documents
+            .iter()
+            .map(|d| Dynamic::from(ImmutableString::from(d.as_str())))
+            .collect();
+        let added_chars: usize = documents.iter().map(|d| d.chars().count()).sum();
+        let (mut items, mut first_item_chars, first) = match self.value.as_array_ref() {
+            Ok(items) => (
+                items.iter().cloned().collect::<Vec<_>>(),
+                self.info.first_item_chars.clone(),
+                items.len(),
+            ),
+            Err(_) => (vec![self.value.clone()], vec![self.info.total_chars], 1),
+        };
+        const SHOWN_ITEMS: usize = 10;
+        for document in &documents {
+            if first_item_chars.len() < SHOWN_ITEMS {
+                first_item_chars.push(document.chars().count());
+            }
+        }
+        items.extend(added);
+        let all_strings = items.iter().all(Dynamic::is_string);
+        let preview = if first == 1 && !self.value.is_array() {
+            format!("[0] {}", self.info.preview)
+        } else {
+            self.info.preview.clone()
+        };
+        let info = ContextInfo {
+            kind: if all_strings {
+                "array of strings"
+            } else {
+                "array"
+            },
+            total_chars: self.info.total_chars + added_chars,
+            lines: None,
+            items: Some(items.len()),
+            first_item_chars,
+            keys: Vec::new(),
+            preview,
+            notes: self.info.notes.clone(),
+        };
+        let combined = SharedContext {
+            value: Dynamic::from_array(items),
+            info,
+            id: std::sync::Arc::new(()),
+        };
+        (combined, first)
+    }
+
     /// The value a REPL holds as `context`.
     pub(crate) fn value(&self) -> Dynamic {
         self.value.clone()
@@ -538,5 +592,32 @@ mod tests {
         assert_eq!(json.kind, "map (from JSON)");
         assert_eq!(json.items, Some(2));
         assert_eq!(json.first_item_chars, vec![3, 5]);
+    }
+
+    #[test]
+    fn a_shared_context_followed_by_documents_is_one_array_sharing_its_strings() {
+        let docs = SharedContext::new(Context::from(vec!["ab".to_owned(), "cde".to_owned()]));
+        let (combined, first) = docs.followed_by(vec!["fghi".to_owned()]);
+        assert_eq!(first, 2);
+        let value = combined.value();
+        let items = value.as_array_ref().map(|a| a.clone()).unwrap_or_default();
+        let texts: Vec<String> = items.iter().map(ToString::to_string).collect();
+        assert_eq!(texts, ["ab", "cde", "fghi"]);
+        let info = combined.info();
+        assert_eq!(
+            (info.kind, info.items, info.total_chars),
+            ("array of strings", Some(3), 9)
+        );
+        assert_eq!(info.first_item_chars, vec![2, 3, 4]);
+        // The original is untouched.
+        assert_eq!(docs.info().items, Some(2));
+
+        let map = SharedContext::new(Context::from(serde_json::json!({"a": "xyz"})));
+        let (combined, first) = map.followed_by(vec!["doc".to_owned()]);
+        assert_eq!(first, 1);
+        let info = combined.info();
+        assert_eq!((info.kind, info.items), ("array", Some(2)));
+        assert!(info.preview.starts_with("[0] "), "{}", info.preview);
+        assert_ne!(combined, map);
     }
 }

@@ -9,6 +9,11 @@
 //! - [`mcp`] (feature `mcp`): a Model Context Protocol server over stdio with the tool
 //!   `rlm_answer`, on the official Rust SDK `rmcp`.
 //! - [`trajectory`]: the short text lines a client is shown while a run works.
+//! - [`inline`]: a conversation made into a run's query, instructions and context, long
+//!   messages moved into the context ([`inline::run_input`]).
+//! - [`params`]: the chat-completions parameters honoured, mapped or refused by name.
+//! - [`access_log`], [`metrics`], [`drain`] (feature `serve`): one line per request,
+//!   `GET /metrics`, and draining at shutdown.
 //!
 //! ```no_run
 //! # #[cfg(feature = "serve")]
@@ -26,8 +31,16 @@ use rlm_repl::{RlmError, RunResult};
 
 pub use rlm_host::{RunOptions, Runner};
 
+#[cfg(feature = "serve")]
+pub mod access_log;
+#[cfg(feature = "serve")]
+pub mod drain;
+pub mod inline;
 #[cfg(feature = "mcp")]
 pub mod mcp;
+#[cfg(feature = "serve")]
+pub mod metrics;
+pub mod params;
 pub mod schema;
 #[cfg(feature = "serve")]
 pub mod serve;
@@ -46,6 +59,28 @@ pub enum ServeError {
     /// The listener or the transport failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// A request that cannot be served as it is (HTTP 400): a code (`no_user_message`,
+    /// `unsupported_parameter`, ...), the request parameter it is about, and one sentence.
+    #[error("{message}")]
+    BadRequest {
+        /// The error code a client gets.
+        code: &'static str,
+        /// The request parameter at fault, if one is.
+        param: Option<String>,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl ServeError {
+    /// A [`ServeError::BadRequest`] about no one parameter.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::BadRequest {
+            code,
+            param: None,
+            message: message.into(),
+        }
+    }
 }
 
 /// How a failed run is reported to a client: a category and one sentence.

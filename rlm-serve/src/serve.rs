@@ -1,10 +1,15 @@
 //! `rlm serve`: an OpenAI-compatible HTTP server for Recursive Language Models.
 //!
-//! Endpoints: `GET /v1/models` (lists `rlm`), `POST /v1/chat/completions` (with
-//! `stream: false`, or `stream: true` as server-sent events ending `data: [DONE]`, with
-//! `stream_options.include_usage`), `GET /health`. Errors have OpenAI's shape,
-//! `{"error": {"message", "type", "code"}}`.
+//! Endpoints: `GET /v1/models` (lists `rlm`), `GET /v1/models/{id}` (any id),
+//! `POST /v1/chat/completions` (with `stream: false`, or `stream: true` as server-sent events
+//! ending `data: [DONE]`, with `stream_options.include_usage`), `GET /health`, `GET /metrics`
+//! ([`crate::metrics`]). Errors have OpenAI's shape, `{"error": {"message", "type", "code"}}`.
 //!
+//! - Messages become a run by [`crate::inline::run_input`] (a message over
+//!   [`ServeOptions::inline_max_bytes`] becomes part of the context); the other parameters
+//!   are judged by [`crate::params::Params`] (honoured, mapped, or 400
+//!   `unsupported_parameter`).
+//! - Draining at shutdown: [`crate::drain`]; the access log: [`crate::access_log`].
 //! - The query is the last user message. The context is the server's shared context when it
 //!   has one, else the text of the messages before the last user message (one document
 //!   each; a single document is a string); system (and developer) messages are extra
@@ -42,7 +47,6 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::Stream;
-use rlm_core::CancellationToken;
 use rlm_repl::{Context, Event, Observer, RlmError, RunResult, SharedContext, StopReason};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -51,6 +55,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::DropGuard;
 
+use crate::access_log::{AccessLog, ErrorCode, RunNote, Telemetry};
+use crate::drain::Lifecycle;
+use crate::inline::{self, ChatMessage};
+use crate::params::Params;
 use crate::{FailureKind, RunOptions, Runner, ServeError, describe_error_for_client, trajectory};
 
 mod responses;
@@ -120,6 +128,14 @@ pub struct ServeOptions {
     pub session_ttl: Duration,
     /// Responses API sessions kept at once (the least recently used is evicted).
     pub max_sessions: usize,
+    /// The longest message shown whole to the root model; a longer one becomes part of the
+    /// context (see [`crate::inline`]). 0: no limit.
+    pub inline_max_bytes: usize,
+    /// How long runs in flight may take to finish once the server drains (see
+    /// [`crate::drain`]); then they are cancelled.
+    pub shutdown_grace: Duration,
+    /// One line per request (`None`: none). See [`crate::access_log`].
+    pub access_log: Option<AccessLog>,
 }
 
 impl Default for ServeOptions {
@@ -137,6 +153,9 @@ impl Default for ServeOptions {
             cors_origins: Vec::new(),
             session_ttl: DEFAULT_SESSION_TTL,
             max_sessions: DEFAULT_MAX_SESSIONS,
+            inline_max_bytes: crate::inline::DEFAULT_INLINE_MAX_BYTES,
+            shutdown_grace: crate::drain::DEFAULT_SHUTDOWN_GRACE,
+            access_log: None,
         }
     }
 }
@@ -156,6 +175,9 @@ impl fmt::Debug for ServeOptions {
             .field("cors_origins", &self.cors_origins)
             .field("session_ttl", &self.session_ttl)
             .field("max_sessions", &self.max_sessions)
+            .field("inline_max_bytes", &self.inline_max_bytes)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("access_log", &self.access_log)
             .finish()
     }
 }
@@ -188,7 +210,9 @@ pub async fn serve(
     let local = listener.local_addr().ok();
     let max_connections = options.max_connections.max(1);
     let header_timeout = options.header_timeout;
-    let app = routes(runner, options, local);
+    let grace = options.shutdown_grace;
+    let lifecycle = Arc::new(Lifecycle::default());
+    let app = routes(runner, options, local, Arc::clone(&lifecycle));
     let connections = Arc::new(Semaphore::new(max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -222,7 +246,7 @@ pub async fn serve(
             drop(permit);
         });
     }
-    graceful.shutdown().await;
+    crate::drain::drain(listener, graceful, &lifecycle, grace).await;
     Ok(())
 }
 
@@ -252,17 +276,28 @@ async fn refuse_connection(mut stream: tokio::net::TcpStream, max_connections: u
 /// The server's routes, for [`axum::serve()`] or a test. Without a server key, a request's
 /// `Host` must be a loopback name or address (see [`serve`] for the listen address too).
 pub fn router(runner: Runner, options: ServeOptions) -> Router {
-    routes(runner, options, None)
+    routes(runner, options, None, Arc::new(Lifecycle::default()))
 }
 
-fn routes(runner: Runner, options: ServeOptions, local: Option<SocketAddr>) -> Router {
+fn routes(
+    runner: Runner,
+    options: ServeOptions,
+    local: Option<SocketAddr>,
+    lifecycle: Arc<Lifecycle>,
+) -> Router {
     let limit = options.max_request_bytes;
     let max_body_units = options
         .max_body_bytes_in_flight
         .max(options.max_request_bytes)
         .div_ceil(BODY_UNIT)
         .min(Semaphore::MAX_PERMITS);
+    let telemetry = Arc::new(Telemetry {
+        log: options.access_log.clone(),
+        ..Telemetry::default()
+    });
     let state = Arc::new(AppState {
+        telemetry: Arc::clone(&telemetry),
+        lifecycle: Arc::clone(&lifecycle),
         gate: Gate::new(options.max_runs, options.max_queue),
         responses: responses::Store::new(options.session_ttl, options.max_sessions),
         runner,
@@ -275,6 +310,8 @@ fn routes(runner: Runner, options: ServeOptions, local: Option<SocketAddr>) -> R
     });
     Router::new()
         .route("/v1/models", get(models))
+        .route("/v1/models/{id}", get(model))
+        .route("/metrics", get(metrics))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/responses", post(responses::create))
         .route(
@@ -288,10 +325,22 @@ fn routes(runner: Runner, options: ServeOptions, local: Option<SocketAddr>) -> R
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(state.clone(), bounded_body))
         .layer(middleware::from_fn_with_state(state.clone(), browser_guard))
+        .layer(middleware::from_fn_with_state(
+            lifecycle,
+            crate::drain::refuse_while_draining,
+        ))
+        .layer(middleware::from_fn_with_state(
+            telemetry,
+            crate::access_log::observe,
+        ))
         .with_state(state)
 }
 
 struct AppState {
+    /// Metrics and the access log.
+    telemetry: Arc<Telemetry>,
+    /// Draining and cancelling at shutdown.
+    lifecycle: Arc<Lifecycle>,
     runner: Runner,
     options: ServeOptions,
     /// The address the server listens on, when known.
@@ -385,6 +434,8 @@ struct ApiError {
     kind: &'static str,
     code: &'static str,
     retry_after: Option<u64>,
+    /// The request parameter at fault.
+    param: Option<String>,
 }
 
 impl ApiError {
@@ -395,6 +446,7 @@ impl ApiError {
             kind,
             code,
             retry_after: None,
+            param: None,
         }
     }
 
@@ -422,7 +474,7 @@ impl ApiError {
             "message": self.message,
             "type": self.kind,
             "code": self.code,
-            "param": null,
+            "param": self.param,
         }})
     }
 
@@ -465,9 +517,31 @@ impl ApiError {
     }
 }
 
+impl From<ServeError> for ApiError {
+    fn from(error: ServeError) -> Self {
+        match error {
+            ServeError::BadRequest {
+                code,
+                param,
+                message,
+            } => Self {
+                param,
+                ..Self::bad_request(code, message)
+            },
+            other => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "internal_error",
+                other.to_string(),
+            ),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, axum::Json(self.body())).into_response();
+        response.extensions_mut().insert(ErrorCode(self.code));
         if let Some(seconds) = self.retry_after {
             response
                 .headers_mut()
@@ -556,7 +630,7 @@ async fn browser_guard(
         out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow_origin.clone());
         out.insert(
             header::ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static("GET, POST, OPTIONS"),
+            HeaderValue::from_static("GET, POST, DELETE, OPTIONS"),
         );
         out.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, allow_headers);
         out.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from(600u32));
@@ -763,6 +837,22 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
     .into_response()
 }
 
+/// `GET /metrics`: see [`crate::metrics`].
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let text = state.telemetry.metrics.encode(
+        state.gate.running(),
+        state.gate.queued.load(Ordering::SeqCst),
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+        )],
+        text,
+    )
+        .into_response()
+}
+
 async fn models() -> Response {
     axum::Json(json!({
         "object": "list",
@@ -771,13 +861,19 @@ async fn models() -> Response {
     .into_response()
 }
 
+/// Any model name is accepted, so any model exists: `client.models.retrieve(NAME)` works.
+async fn model(axum::extract::Path(id): axum::extract::Path<String>) -> Response {
+    axum::Json(json!({"id": id, "object": "model", "created": 0, "owned_by": "rlm"}))
+        .into_response()
+}
+
 async fn not_found() -> Response {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "invalid_request_error",
         "unknown_url",
-        "no such endpoint: this server has GET /v1/models, POST /v1/chat/completions and \
-         GET /health"
+        "no such endpoint: this server has GET /v1/models, GET /v1/models/{id}, POST \
+         /v1/chat/completions, GET /health and GET /metrics"
             .to_owned(),
     )
     .into_response()
@@ -788,14 +884,15 @@ async fn method_not_allowed() -> Response {
         StatusCode::METHOD_NOT_ALLOWED,
         "invalid_request_error",
         "method_not_allowed",
-        "wrong method: this server has GET /v1/models, POST /v1/chat/completions and GET \
-         /health"
+        "wrong method: this server has GET /v1/models, GET /v1/models/{id}, POST \
+         /v1/chat/completions, GET /health and GET /metrics"
             .to_owned(),
     )
     .into_response()
 }
 
-/// The parts of a chat-completions request that matter here (others are ignored).
+/// The messages and the model of a chat-completions request (the other parameters are
+/// judged by [`Params`]).
 #[derive(Debug, Deserialize)]
 struct RawRequest {
     #[serde(default)]
@@ -804,15 +901,7 @@ struct RawRequest {
     #[serde(default)]
     stream: Option<bool>,
     #[serde(default)]
-    stream_options: Option<StreamOptions>,
-    #[serde(default)]
     response_format: Option<Value>,
-}
-
-#[derive(Debug, Deserialize)]
-struct StreamOptions {
-    #[serde(default)]
-    include_usage: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -844,15 +933,24 @@ struct ChatRequest {
     stream: bool,
     include_usage: bool,
     query: String,
-    /// The earlier messages' texts (unused when the server has its own context).
-    documents: Vec<String>,
+    /// The run's context (taken by [`ChatRequest::context`]).
+    context: Option<Context>,
     instructions: Option<String>,
     /// The answer's schema, from `response_format` (see [`crate::schema`]).
     output_schema: Option<rlm_repl::OutputSchema>,
+    params: Params,
+    /// Messages moved into the context for their length.
+    moved: usize,
 }
 
 impl ChatRequest {
-    fn parse(body: &[u8]) -> Result<Self, ApiError> {
+    /// Reads a request; its messages become a run's input by [`inline::run_input`] (the
+    /// server's context, if any, and the inline limit).
+    fn parse(
+        body: &[u8],
+        shared: Option<&SharedContext>,
+        inline_max_bytes: usize,
+    ) -> Result<Self, ApiError> {
         let raw: RawRequest = serde_json::from_slice(body).map_err(|e| {
             ApiError::bad_request(
                 "invalid_body",
@@ -861,6 +959,7 @@ impl ChatRequest {
         })?;
         let output_schema = crate::schema::from_response_format(raw.response_format.as_ref())
             .map_err(|message| ApiError::bad_request("invalid_response_format", message))?;
+        let params = Params::from_body(body)?;
         let mut texts = Vec::with_capacity(raw.messages.len());
         for (index, message) in raw.messages.into_iter().enumerate() {
             let text = match message.content {
@@ -883,61 +982,40 @@ impl ChatRequest {
                     text
                 }
             };
-            texts.push((message.role, text));
+            texts.push(ChatMessage::new(message.role, text));
         }
-        let Some(last_user) = texts.iter().rposition(|(role, _)| role == "user") else {
-            return Err(ApiError::bad_request(
-                "no_user_message",
-                "the request has no user message: the last user message is the query",
-            ));
+        let input = inline::run_input(texts, shared, inline_max_bytes)?;
+        let instructions = match (input.instructions, params.instructions()) {
+            (Some(a), Some(b)) => Some(format!("{a}\n\n{b}")),
+            (a, b) => a.or(b),
         };
-        let is_instruction = |role: &str| role == "system" || role == "developer";
-        let instructions: Vec<&str> = texts
-            .iter()
-            .filter(|(role, text)| is_instruction(role) && !text.trim().is_empty())
-            .map(|(_, text)| text.as_str())
-            .collect();
-        let instructions = (!instructions.is_empty()).then(|| instructions.join("\n\n"));
-        let query = std::mem::take(&mut texts[last_user].1);
-        if query.trim().is_empty() {
-            return Err(ApiError::bad_request(
-                "empty_query",
-                "the last user message (the query) is empty",
-            ));
-        }
-        texts.truncate(last_user);
-        let documents = texts
-            .into_iter()
-            .filter(|(role, _)| !is_instruction(role))
-            .map(|(_, text)| text)
-            .collect();
         Ok(Self {
             model: raw.model.unwrap_or_else(|| MODEL_ID.to_owned()),
             stream: raw.stream.unwrap_or(false),
-            include_usage: raw
-                .stream_options
-                .and_then(|o| o.include_usage)
-                .unwrap_or(false),
-            query,
-            documents,
+            include_usage: params.include_usage,
+            query: input.query,
+            context: Some(input.context),
             instructions,
             output_schema,
+            params,
+            moved: input.moved,
         })
     }
 
-    /// The context from the earlier messages: one document is a string.
+    /// The run's context (an empty string once taken).
     fn context(&mut self) -> Context {
-        let mut documents = std::mem::take(&mut self.documents);
-        match documents.len() {
-            0 => Context::Text(String::new()),
-            1 => Context::Text(documents.pop().unwrap_or_default()),
-            _ => Context::Documents(documents),
-        }
+        self.context
+            .take()
+            .unwrap_or_else(|| Context::Text(String::new()))
     }
 }
 
-async fn chat(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
-    match chat_inner(state, body).await {
+async fn chat(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(note): axum::Extension<RunNote>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match chat_inner(state, note, body).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     }
@@ -945,6 +1023,7 @@ async fn chat(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejec
 
 async fn chat_inner(
     state: Arc<AppState>,
+    note: RunNote,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|rejection| {
@@ -965,12 +1044,16 @@ async fn chat_inner(
         };
         ApiError::new(status, "invalid_request_error", code, message)
     })?;
-    let mut request = ChatRequest::parse(&body)?;
+    let mut request = ChatRequest::parse(
+        &body,
+        state.options.context.as_ref(),
+        state.options.inline_max_bytes,
+    )?;
     drop(body);
-    let context = match &state.options.context {
-        Some(shared) => Context::Shared(shared.clone()),
-        None => request.context(),
-    };
+    if state.typed(&request) {
+        request.params.for_typed_answer()?;
+    }
+    let context = request.context();
 
     let Some(permit) = state.gate.enter().await else {
         let mut error = ApiError::new(
@@ -986,6 +1069,11 @@ async fn chat_inner(
         error.retry_after = Some(state.retry_after());
         return Err(error);
     };
+    if state.lifecycle.draining() {
+        return Ok(crate::drain::shutting_down(
+            "the server is shutting down and starts no new runs",
+        ));
+    }
     let id = format!(
         "chatcmpl-rlm-{}",
         state.next_id.fetch_add(1, Ordering::Relaxed)
@@ -998,12 +1086,13 @@ async fn chat_inner(
         created,
         model: std::mem::take(&mut request.model),
     };
+    note.started(&reply.id);
     if request.stream {
-        return Ok(stream_run(state, request, context, permit, reply));
+        return Ok(stream_run(state, request, context, permit, reply, note));
     }
 
     // A gone client drops this future, and with it the guard: the run is cancelled.
-    let cancel = CancellationToken::new();
+    let cancel = state.lifecycle.run_token();
     let _cancel_on_drop = cancel.clone().drop_guard();
     let started = Instant::now();
     let typed = state.typed(&request);
@@ -1017,11 +1106,20 @@ async fn chat_inner(
     state.record_run(started.elapsed());
     drop(permit);
     log_run(&reply.id, &result, started.elapsed());
-    let result = result.map_err(|e| ApiError::from_run(&e))?;
+    state.telemetry.metrics.run(&result, started.elapsed());
+    let shut_down = state.lifecycle.cancelled_run(&result);
+    note.finished(&result, shut_down.then_some("shutting_down"));
+    if shut_down {
+        return Ok(crate::drain::shutting_down(crate::drain::CANCELLED_MESSAGE));
+    }
+    let mut result = result.map_err(|e| ApiError::from_run(&e))?;
     if let Some(message) = crate::schema::schema_not_met(&result, typed) {
         return Err(ApiError::schema_not_met(message));
     }
-    Ok(axum::Json(reply.completion(&result)).into_response())
+    let cut = request.params.apply(&mut result);
+    let mut body = reply.completion(&result);
+    request.params.annotate(&mut body, request.moved, cut);
+    Ok(axum::Json(body).into_response())
 }
 
 /// One line per finished run (`RUST_LOG=rlm_serve=info`); never the query or the answer.
@@ -1158,9 +1256,10 @@ fn stream_run(
     context: Context,
     permit: OwnedSemaphorePermit,
     reply: Reply,
+    note: RunNote,
 ) -> Response {
     let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-    let cancel = CancellationToken::new();
+    let cancel = state.lifecycle.run_token();
     let guard = cancel.clone().drop_guard();
     let _ = tx.try_send(Message::Event(sse(
         &reply.chunk(json!({"role": "assistant", "content": ""}), None)
@@ -1192,6 +1291,8 @@ fn stream_run(
         instructions,
         include_usage,
         output_schema,
+        params,
+        moved,
         ..
     } = request;
     tokio::spawn(async move {
@@ -1206,6 +1307,9 @@ fn stream_run(
         state.record_run(started.elapsed());
         drop(permit);
         log_run(&reply.id, &result, started.elapsed());
+        state.telemetry.metrics.run(&result, started.elapsed());
+        let shut_down = state.lifecycle.cancelled_run(&result);
+        note.finished(&result, shut_down.then_some("shutting_down"));
         // With a schema and no conforming answer, the stream ends with the 422's error
         // object instead of content (its status is already 200).
         let not_met = result
@@ -1213,11 +1317,22 @@ fn stream_run(
             .ok()
             .and_then(|result| crate::schema::schema_not_met(result, typed));
         match result {
+            Ok(_) if shut_down => {
+                let body = json!({"error": {
+                    "message": crate::drain::CANCELLED_MESSAGE,
+                    "type": "server_error",
+                    "code": "shutting_down",
+                    "param": null,
+                }});
+                let _ = tx.send(Message::Event(sse(&body))).await;
+            }
             Ok(_) if not_met.is_some() => {
                 let error = ApiError::schema_not_met(not_met.unwrap_or_default());
+                note.refused(error.code);
                 let _ = tx.send(Message::Event(sse(&error.body()))).await;
             }
-            Ok(result) => {
+            Ok(mut result) => {
+                let cut = params.apply(&mut result);
                 let chars: Vec<char> = result.answer.chars().collect();
                 for piece in chars.chunks(ANSWER_CHUNK_CHARS) {
                     let text: String = piece.iter().collect();
@@ -1229,6 +1344,7 @@ fn stream_run(
                 }
                 let mut last = reply.chunk(json!({}), Some(finish_reason(&result)));
                 last["rlm"] = rlm_summary(&result);
+                params.annotate(&mut last, moved, cut);
                 let _ = tx.send(Message::Event(sse(&last))).await;
                 if include_usage {
                     let mut chunk = reply.chunk(json!({}), None);
@@ -1239,6 +1355,7 @@ fn stream_run(
             }
             Err(error) => {
                 let error = ApiError::from_run(&error);
+                note.refused(error.code);
                 let _ = tx.send(Message::Event(sse(&error.body()))).await;
             }
         }
@@ -1317,7 +1434,7 @@ mod tests {
     }
 
     fn parse(body: Value) -> Result<ChatRequest, ApiError> {
-        ChatRequest::parse(body.to_string().as_bytes())
+        ChatRequest::parse(body.to_string().as_bytes(), None, 16 << 10)
     }
 
     #[test]
@@ -1382,7 +1499,7 @@ mod tests {
             assert_eq!(error.status, StatusCode::BAD_REQUEST);
             assert_eq!(error.code, code, "{body}: {}", error.message);
         }
-        let error = ChatRequest::parse(b"{not json").err();
+        let error = ChatRequest::parse(b"{not json", None, 16).err();
         assert_eq!(error.map(|e| e.code), Some("invalid_body"));
     }
 

@@ -192,3 +192,73 @@ async fn a_format_that_cannot_be_used_is_a_400() {
     }
     assert_eq!(mock.request_count(), 0);
 }
+
+async fn post_responses(base: &str, body: &Value) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{base}/v1/responses"))
+        .json(body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("request: {e}"));
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+/// The Responses API's `text.format` (the flat shape) is the run's output schema too: the
+/// output text is the conforming JSON; no conforming answer is a 422, never a completed
+/// response with wrong text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_responses_apis_text_format_is_the_output_schema() {
+    let (mock, base) = start().await;
+    let format = json!({"type": "json_schema", "name": "city", "strict": true, "schema":
+        city_format()["json_schema"]["schema"].clone()});
+    let (status, reply) = post_responses(
+        &base,
+        &json!({"model": "rlm", "input": "good: largest city?", "text": {"format": format}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(
+        reply["output"][0]["content"][0]["text"], r#"{"city":"Oslo","population":709000}"#,
+        "{reply}"
+    );
+
+    let before = mock.request_count();
+    let (status, reply) = post_responses(
+        &base,
+        &json!({"model": "rlm", "input": "bad: largest city?", "text": {"format": format}}),
+    )
+    .await;
+    assert_eq!(status, 422, "{reply}");
+    assert_eq!(reply["error"]["code"], "schema_not_met", "{reply}");
+    assert_eq!(
+        mock.request_count() - before,
+        3,
+        "the answer and two retries"
+    );
+
+    let (status, reply) = post_responses(
+        &base,
+        &json!({"model": "rlm", "input": "good", "text": {"format": {"type": "yaml"}}}),
+    )
+    .await;
+    assert_eq!(status, 400, "{reply}");
+    assert_eq!(reply["error"]["code"], "invalid_response_format", "{reply}");
+}
+
+/// `stop` and `max_tokens` cut an answer; a typed answer cut would no longer conform, so
+/// with a schema they are refused, naming the parameter, before any model call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_and_max_tokens_are_refused_for_a_typed_answer() {
+    let (mock, base) = start().await;
+    for (param, value) in [("stop", json!(["}"])), ("max_tokens", json!(5))] {
+        let mut request = body("good: largest city?", city_format());
+        request[param] = value;
+        let (status, text) = post(&base, &request).await;
+        assert_eq!(status, 400, "{text}");
+        let error: Value = serde_json::from_str(&text).unwrap_or_default();
+        assert_eq!(error["error"]["code"], "unsupported_parameter", "{text}");
+        assert_eq!(error["error"]["param"], param, "{text}");
+    }
+    assert_eq!(mock.request_count(), 0);
+}

@@ -24,7 +24,7 @@ mod redis;
 mod server;
 
 pub use redis::{RedisServer, redis_server_binary};
-pub use server::{Handler, MockServer, MockServerBuilder, Reply, ServerRequest};
+pub use server::{Handler, Hold, MockServer, MockServerBuilder, Reply, ServerRequest};
 
 /// A handler for whole RLM runs against one server.
 ///

@@ -91,6 +91,65 @@ pub struct Reply {
     headers: Vec<(String, String)>,
     body: Body,
     delay: Option<Duration>,
+    hold: Option<Hold>,
+}
+
+/// A gate that holds replies until released: a test that must have requests in flight at a
+/// known moment holds them here ([`Reply::held`]), waits for [`Hold::waiting`] to reach the
+/// count it needs, acts, and releases them; nothing depends on timing.
+#[derive(Debug, Clone, Default)]
+pub struct Hold {
+    inner: Arc<HoldInner>,
+}
+
+#[derive(Debug, Default)]
+struct HoldInner {
+    released: std::sync::atomic::AtomicBool,
+    waiting: AtomicUsize,
+    notify: tokio::sync::Notify,
+}
+
+impl Hold {
+    /// A closed gate.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Lets every held reply go, and every later one through at once.
+    pub fn release(&self) {
+        self.inner.released.store(true, Ordering::SeqCst);
+        self.inner.notify.notify_waiters();
+    }
+
+    /// Replies held now.
+    pub fn waiting(&self) -> usize {
+        self.inner.waiting.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `n` replies are held (polling every 10 ms, up to `bound`); returns whether
+    /// they were.
+    pub async fn until_waiting(&self, n: usize, bound: Duration) -> bool {
+        let deadline = Instant::now() + bound;
+        while self.waiting() < n {
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
+    async fn pass(&self) {
+        self.inner.waiting.fetch_add(1, Ordering::SeqCst);
+        loop {
+            let notified = self.inner.notify.notified();
+            if self.inner.released.load(Ordering::SeqCst) {
+                break;
+            }
+            notified.await;
+        }
+        self.inner.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Reply {
@@ -161,6 +220,7 @@ impl Reply {
             headers: Vec::new(),
             body: Body::Bytes(Bytes::from(body.into())),
             delay: None,
+            hold: None,
         }
     }
 
@@ -171,6 +231,7 @@ impl Reply {
             headers: Vec::new(),
             body: Body::Drop,
             delay: None,
+            hold: None,
         }
     }
 
@@ -183,6 +244,12 @@ impl Reply {
     /// Answers after `delay` instead of the server's default latency.
     pub fn after(mut self, delay: Duration) -> Self {
         self.delay = Some(delay);
+        self
+    }
+
+    /// Answers once `hold` is released.
+    pub fn held(mut self, hold: &Hold) -> Self {
+        self.hold = Some(hold.clone());
         self
     }
 }
@@ -452,6 +519,9 @@ async fn serve(
     let delay = reply.delay.unwrap_or(state.latency);
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
+    }
+    if let Some(hold) = &reply.hold {
+        hold.pass().await;
     }
     let bytes = match reply.body {
         Body::Bytes(bytes) => bytes,

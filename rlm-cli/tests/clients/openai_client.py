@@ -107,3 +107,47 @@ async def concurrent():
 
 asyncio.run(concurrent())
 print("async ok: 8 concurrent calls")
+
+# Any model can be retrieved (any model name is accepted).
+model = client.models.retrieve("gpt-4o")
+assert model.id == "gpt-4o" and model.object == "model", model
+print("models.retrieve ok:", model.id)
+
+# Parameters rlm cannot honour are refused by name, before any run starts.
+tool = {"type": "function", "function": {"name": "Answer", "parameters": {"type": "object"}}}
+refused = {
+    "tools": {"tools": [tool]},
+    "tool_choice": {"tool_choice": "required"},
+    "n": {"n": 2},
+    "logprobs": {"logprobs": True},
+    "top_logprobs": {"logprobs": False, "top_logprobs": 3},
+    "logit_bias": {"logit_bias": {"1234": 5}},
+    "functions": {"extra_body": {"functions": [{"name": "Answer", "parameters": {}}]}},
+    "modalities": {"modalities": ["text", "audio"]},
+}
+for param, kwargs in refused.items():
+    try:
+        client.chat.completions.create(
+            model="rlm", messages=[{"role": "user", "content": "q"}], **kwargs
+        )
+        raise AssertionError(f"{param} was accepted")
+    except openai.BadRequestError as e:
+        assert e.status_code == 400, (param, e)
+        assert e.code == "unsupported_parameter" and e.param == param, (param, e.body)
+        assert f"`{param}`" in e.message, (param, e.message)
+print("refusals ok:", ", ".join(refused))
+
+# Harmless parameters are accepted and named back; stop is honoured.
+reply = client.chat.completions.create(
+    model="rlm",
+    messages=[
+        {"role": "user", "content": "the tuned document"},
+        {"role": "user", "content": "What does it say?"},
+    ],
+    temperature=0.3,
+    seed=7,
+    stop=["TUNED"],
+)
+assert reply.choices[0].message.content == "ECHO: THE ", reply
+assert reply.model_extra["rlm"]["ignored_parameters"] == ["seed", "temperature"], reply
+print("parameters ok")

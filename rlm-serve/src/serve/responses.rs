@@ -15,8 +15,8 @@
 //!   each. An unknown, expired or evicted id is 404 `session_not_found`. `store: false`
 //!   keeps nothing (the response cannot be retrieved or continued).
 //! - Parameters this server cannot honour are refused with 400 `unsupported_parameter`
-//!   naming them; `text.format` `json_schema` / `json_object` are refused until typed answers
-//!   land.
+//!   naming them. `text.format` `json_schema` / `json_object` is the run's output schema: the
+//!   output text is the conforming JSON, or the response fails with 422 `schema_not_met`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex as StdMutex;
@@ -262,6 +262,8 @@ struct CreateRequest {
     previous: Option<String>,
     metadata: Value,
     user: Value,
+    /// The answer's schema, from `text.format` (`json_schema` / `json_object`).
+    output_schema: Option<rlm_repl::OutputSchema>,
 }
 
 impl CreateRequest {
@@ -300,22 +302,10 @@ impl CreateRequest {
                 )),
             }
         };
-        if let Some(format) = raw.get("text").and_then(|t| t.get("format")) {
-            match format.get("type").and_then(Value::as_str) {
-                Some("text") | None => {}
-                Some(kind @ ("json_schema" | "json_object")) => {
-                    return Err(unsupported(format!(
-                        "text.format {kind} is not supported yet: typed answers (an output \
-                             schema) are not in this build of rlm serve"
-                    )));
-                }
-                Some(other) => {
-                    return Err(unsupported(format!(
-                        "text.format {other:?} is not supported"
-                    )));
-                }
-            }
-        }
+        // `text.format` json_schema / json_object is the run's output schema.
+        let output_schema =
+            crate::schema::from_response_format(raw.get("text").and_then(|t| t.get("format")))
+                .map_err(|message| ApiError::bad_request("invalid_response_format", message))?;
         let mut instructions: Vec<String> = string("instructions")?.into_iter().collect();
         let mut texts: Vec<(String, String)> = Vec::new();
         match raw.get("input") {
@@ -391,6 +381,7 @@ impl CreateRequest {
             previous: string("previous_response_id")?,
             metadata: raw.get("metadata").cloned().unwrap_or(Value::Null),
             user: raw.get("user").cloned().unwrap_or(Value::Null),
+            output_schema,
         })
     }
 
@@ -646,7 +637,19 @@ async fn create_inner(
         }
         return Err(error);
     };
-    let cancel = CancellationToken::new();
+    if state.lifecycle.draining() {
+        if request.previous.is_none() {
+            store.end(session_id);
+        } else {
+            store.unclaim(session_id, &head.id);
+        }
+        return Ok(crate::drain::shutting_down(
+            "the server is shutting down and starts no new runs",
+        ));
+    }
+    // Cancelled by a gone client (the guard below) or by the drain's grace running out.
+    let cancel = state.lifecycle.run_token();
+    let typed = request.output_schema.is_some() || state.runner.config().output_schema.is_some();
     let (tx, rx) = mpsc::channel::<Message>(STREAM_QUEUE);
     let streaming = request.stream;
     // The turn runs in a task of its own: a client that goes away cancels it (through the
@@ -674,7 +677,7 @@ async fn create_inner(
                 instructions: request.instructions.take(),
                 observer: None,
                 cancel,
-                output_schema: None,
+                output_schema: request.output_schema.take(),
             };
             let result = match state.runner.rlm(options) {
                 Ok(rlm) => {
@@ -687,7 +690,16 @@ async fn create_inner(
             state.record_run(started.elapsed());
             drop(permit);
             log_run(&head.id, &result, started.elapsed());
-            let outcome = result.map_err(|e| ApiError::from_run(&e));
+            state.telemetry.metrics.run(&result, started.elapsed());
+            // With a schema, a run without a conforming answer is a 422, never wrong text.
+            let outcome = result
+                .map_err(|e| ApiError::from_run(&e))
+                .and_then(
+                    |result| match crate::schema::schema_not_met(&result, typed) {
+                        Some(message) => Err(ApiError::schema_not_met(message)),
+                        None => Ok(result),
+                    },
+                );
             let body = head.response(Some(outcome.as_ref()));
             // Nothing can continue a response not stored, or a failed first question: the
             // session ends. (A session evicted meanwhile keeps nothing either.)
