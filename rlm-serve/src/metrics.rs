@@ -251,6 +251,7 @@ mod tests {
             cancelled_sub_calls: 0,
             max_depth_reached: 0,
             child_runs: 0,
+            tool_calls: 0,
             usage_by_depth: Vec::new(),
             warnings: Vec::new(),
             cost: rlm_core::cost::CostReport {
