@@ -95,7 +95,8 @@ async fn run_python(python: &Path, args: &[&std::ffi::OsStr]) {
 }
 
 async fn the_openai_sdk_talks_to_rlm_serve() {
-    serve_and_drive(handler, "openai_client.py").await;
+    // Then /metrics, read by prometheus_client, counts what the openai client sent.
+    serve_and_drive(handler, &["openai_client.py", "metrics_client.py"]).await;
 }
 
 /// The root model of the typed-answer clients: by the query's first word, a conforming city
@@ -122,17 +123,20 @@ fn typed_handler(request: &ServerRequest) -> Reply {
 }
 
 async fn typed_answers_reach_the_openai_sdk_and_langchain() {
-    serve_and_drive(typed_handler, "typed_client.py").await;
+    serve_and_drive(typed_handler, &["typed_client.py"]).await;
 }
 
 /// Starts `rlm serve` against a mock model server answering with `handler`, and drives it
-/// with the Python client `client`.
-async fn serve_and_drive(handler: fn(&ServerRequest) -> Reply, client: &str) {
+/// with the Python clients `clients`, one after the other.
+async fn serve_and_drive(handler: fn(&ServerRequest) -> Reply, clients: &[&str]) {
     let python = python();
     let mock = MockServer::start(handler).await.expect("mock server");
     // Prices for both models, so /metrics has a cost per model.
-    let prices =
-        std::env::temp_dir().join(format!("rlm-client-prices-{}.json", std::process::id()));
+    let prices = std::env::temp_dir().join(format!(
+        "rlm-client-prices-{}-{}.json",
+        std::process::id(),
+        clients[0]
+    ));
     std::fs::write(
         &prices,
         r#"{"root-model": {"input": 1.0, "cached_input": 0.5, "output": 2.0},
@@ -187,24 +191,17 @@ async fn serve_and_drive(handler: fn(&ServerRequest) -> Reply, client: &str) {
         }
         text
     });
-    run_python(
-        &python,
-        &[
-            script(client).as_os_str(),
-            base.as_ref(),
-            SERVER_KEY.as_ref(),
-        ],
-    )
-    .await;
-    run_python(
-        &python,
-        &[
-            script("metrics_client.py").as_os_str(),
-            base.as_ref(),
-            SERVER_KEY.as_ref(),
-        ],
-    )
-    .await;
+    for client in clients {
+        run_python(
+            &python,
+            &[
+                script(client).as_os_str(),
+                base.as_ref(),
+                SERVER_KEY.as_ref(),
+            ],
+        )
+        .await;
+    }
     let _ = server.kill().await;
     let _ = std::fs::remove_file(&prices);
     let stderr = rest.await.unwrap_or_default();

@@ -13,6 +13,10 @@
 //!   cannot be used (a corrupt or read-only cache file, a Redis URL this build cannot use)
 //!   is left out with a warning, never a failed start: [`Stack::warnings`].
 //! - [`prices`]: a prices file over the built-in table.
+//! - [`output_schema`]: `--output-schema FILE` read and compiled (a file that is not JSON, not
+//!   a valid schema or too big is a usage error naming the problem); [`Settings`] carries it
+//!   with `output_schema_retries` and `structured_output`, and [`RunOptions::output_schema`]
+//!   sets one run's schema (a server request's `response_format`).
 //! - [`Runner`]: the stack and run settings shared by many runs (a server's requests).
 //! - [`session`]: sessions for front ends: open or resume a session file, save it
 //!   atomically, and the question loop of `rlm chat` over any [`LineReader`](session::LineReader).

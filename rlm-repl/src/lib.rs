@@ -18,6 +18,13 @@
 //!   and the conversation are kept, the context is not loaded again; it saves to and resumes
 //!   from a versioned JSON file ([`SessionFile`]).
 //! - [`prompt`] holds the system prompt that teaches this Rhai dialect.
+//! - [`schema`]: typed answers. [`RlmBuilder::output_schema`] (a JSON Schema) makes the run's
+//!   final answer conform to it: a `FINAL` value that does not is refused with its first
+//!   errors, and [`RunResult::json`] holds the accepted value ([`StopReason::InvalidOutput`]
+//!   when the retries ran out). In the REPL, `llm_query_json` / `llm_batch_json` return
+//!   parsed, validated values ([`StructuredOutput`] says how the sub-model is asked). With the
+//!   feature `schemars`, [`RlmBuilder::output_type`] derives the schema from a Rust type and
+//!   [`RunResult::parse`] gives it back.
 //!
 //! Sub-calls go through an [`rlm_core::BatchExecutor`], so any backend works, and rate
 //! limits or caches compose as decorators. Each REPL evaluation runs on a thread of its own

@@ -297,11 +297,12 @@ async fn the_prompts_recursion_example_runs() {
     let result = run_ok(&rlm, "count", Context::from("disk error\n".repeat(10))).await;
     assert_eq!(result.answer, "done");
     assert_eq!(result.trajectory[0].blocks[0].output.trim(), "[\"3\"]");
-    // The prompt with the recursion lines stays within its budget.
+    // The prompt with the recursion lines stays within its budget (5,200 characters before
+    // the line of llm_query_json / llm_batch_json).
     let system = &root.requests()[0].messages[0].content;
     assert!(system.contains("Child runs"));
     assert!(
-        system.chars().count() <= 5_200,
+        system.chars().count() <= 5_400,
         "{}",
         system.chars().count()
     );
