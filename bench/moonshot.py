@@ -146,6 +146,15 @@ def main():
                   f"(load + {waves} x {args.latency_ms} ms) -> {wall / ideal:.3f}x")
         if batch:
             print(f"batch: {batch.get('total')} calls in {batch.get('elapsed_ms')} ms")
+        def at(seconds):
+            """The resident memory sampled nearest to `seconds` after the start."""
+            return min(samples, key=lambda s: abs(s[0] - seconds))[1] if samples else 0
+
+        batch_start = next((e["t_ms"] / 1000 for e in evs if e.get("event") == "batch_start"),
+                           None)
+        if start is not None and batch_start is not None:
+            print(f"resident: {at(start) / gib:.2f} GiB when loaded, {at(batch_start) / gib:.2f}"
+                  f" GiB when the prompts were built and the batch started")
         peak_load = max((kib for t, kib in samples if start is None or t <= start), default=0)
         peak_rest = max((kib for t, kib in samples if start is not None and t > start),
                         default=0)

@@ -235,8 +235,8 @@ pub(crate) fn resident_bytes() -> Option<usize> {
     }
 }
 
-/// The memory of this machine in bytes (Linux's `MemTotal`; `None` elsewhere or if
-/// unreadable).
+/// The memory this process may use in bytes: the machine's (Linux's `MemTotal`), or its
+/// container's limit if lower (cgroup v2 `memory.max`); `None` elsewhere or if unreadable.
 pub(crate) fn physical_bytes() -> Option<usize> {
     #[cfg(target_os = "linux")]
     {
@@ -249,7 +249,12 @@ pub(crate) fn physical_bytes() -> Option<usize> {
             .trim()
             .parse()
             .ok()?;
-        Some(kib.saturating_mul(1024))
+        let machine = kib.saturating_mul(1024);
+        // "max" (no limit) or a number of bytes.
+        let container = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+            .ok()
+            .and_then(|text| text.trim().parse::<usize>().ok());
+        Some(container.map_or(machine, |limit| limit.min(machine)))
     }
     #[cfg(not(target_os = "linux"))]
     {
