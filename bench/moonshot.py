@@ -146,6 +146,9 @@ def main():
                   f"(load + {waves} x {args.latency_ms} ms) -> {wall / ideal:.3f}x")
         if batch:
             print(f"batch: {batch.get('total')} calls in {batch.get('elapsed_ms')} ms")
+        marks = [(e["event"], e["t_ms"]) for e in evs
+                 if e.get("event") in ("run_start", "batch_start", "batch_end", "final")]
+        print("timeline (ms from the start): " + ", ".join(f"{n} {t}" for n, t in marks))
         def at(seconds):
             """The resident memory sampled nearest to `seconds` after the start."""
             return min(samples, key=lambda s: abs(s[0] - seconds))[1] if samples else 0
