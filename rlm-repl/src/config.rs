@@ -45,9 +45,9 @@ pub struct SandboxLimits {
     /// Fit [`max_memory`](Self::max_memory) to the context (the CLI's default, `--max-memory
     /// auto`): each tree of runs may hold `max_memory` plus twice its context's size (the
     /// chunks of the context and the prompts built from them), but no more than the
-    /// machine's memory (or its container's limit) less the context (where it can be read), and never less than
-    /// `max_memory`. Off by default in the library: `max_memory` is then the budget as given.
-    /// No effect when `max_memory` is 0 (no limit).
+    /// machine's memory (or its container's limit) less the context, where it can be read,
+    /// and never less than `max_memory`. Off by default in the library: `max_memory` is then
+    /// the budget as given. No effect when `max_memory` is 0 (no limit).
     pub max_memory_fits_context: bool,
 }
 

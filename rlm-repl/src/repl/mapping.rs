@@ -39,22 +39,7 @@ fn map(ctx: NativeCallContext<'_>, items: Array, f: FnPtr) -> RhaiResult<Array> 
         let index = Dynamic::from(INT::try_from(index).unwrap_or(INT::MAX));
         let value = match form {
             Some(known) => call(&ctx, &f, known, &mut item, index),
-            None => [Form::This, Form::Item, Form::ItemIndex]
-                .into_iter()
-                .try_fold(None, |found: Option<Dynamic>, next| match found {
-                    Some(value) => Ok(Some(value)),
-                    None => match call(&ctx, &f, next, &mut item, index.clone()) {
-                        Ok(value) => {
-                            form = Some(next);
-                            Ok(Some(value))
-                        }
-                        Err(e) if wrong_arity(&e, &f) && !matches!(next, Form::ItemIndex) => {
-                            Ok(None)
-                        }
-                        Err(e) => Err(e),
-                    },
-                })
-                .map(Option::unwrap_or_default),
+            None => first_call(&ctx, &f, &mut item, index, &mut form),
         }
         .map_err(|e| {
             Box::new(EvalAltResult::ErrorInFunctionCall(
@@ -68,6 +53,29 @@ fn map(ctx: NativeCallContext<'_>, items: Array, f: FnPtr) -> RhaiResult<Array> 
         // `item` ends here: the array's last hold on it, if the array was a temporary.
     }
     Ok(mapped)
+}
+
+/// Calls `f` on the first item in the first form that fits, and records it in `form`.
+fn first_call(
+    ctx: &NativeCallContext<'_>,
+    f: &FnPtr,
+    item: &mut Dynamic,
+    index: Dynamic,
+    form: &mut Option<Form>,
+) -> RhaiResult<Dynamic> {
+    for next in [Form::This, Form::Item] {
+        match call(ctx, f, next, item, index.clone()) {
+            Ok(value) => {
+                *form = Some(next);
+                return Ok(value);
+            }
+            Err(e) if wrong_arity(&e, f) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let value = call(ctx, f, Form::ItemIndex, item, index)?;
+    *form = Some(Form::ItemIndex);
+    Ok(value)
 }
 
 fn call(
@@ -88,4 +96,38 @@ fn call(
 fn wrong_arity(error: &EvalAltResult, f: &FnPtr) -> bool {
     matches!(error, EvalAltResult::ErrorFunctionNotFound(signature, _)
         if signature.starts_with(f.fn_name()))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Context, Repl};
+
+    fn run(code: &str) -> String {
+        let mut repl = Repl::builder(Context::from("ctx")).build();
+        let outcome = repl.execute(code);
+        outcome.error.unwrap_or(outcome.output)
+    }
+
+    #[test]
+    fn map_takes_the_forms_rhai_takes_and_leaves_a_variable_as_it_was() {
+        assert_eq!(
+            run("let xs = [1, 2, 3]; let ys = xs.map(|x| x * 10); print(`${xs} ${ys}`);"),
+            "[1, 2, 3] [10, 20, 30]\n"
+        );
+        assert_eq!(run("print([5, 6].map(|x, i| x + i));"), "[5, 7]\n");
+        assert_eq!(run("print([1, 2].map(|| this * 3));"), "[3, 6]\n");
+        assert_eq!(
+            run("fn twice(x) { x * 2 } print([4].map(Fn(\"twice\")));"),
+            "[8]\n"
+        );
+        assert_eq!(run("print([].map(|x| x));"), "[]\n");
+        // The context (a constant) can be mapped; it is not changed.
+        assert_eq!(
+            run("let n = chunk(context, 1).map(|c| c + \"!\"); print(`${n} ${context}`);"),
+            "[\"c!\", \"t!\", \"x!\"] ctx\n"
+        );
+        // An error in the closure names `map` and the line.
+        let error = run("let ys = [1, \"a\"].map(|x| x * 2);");
+        assert!(error.contains("map"), "{error}");
+    }
 }
