@@ -444,17 +444,19 @@ pub(crate) struct RunArgs {
     pub(crate) max_context_bytes: usize,
 
     /// Bytes the REPL's variables may hold (the context excepted), e.g. 512M or 2G; 0: no
-    /// limit. Checked after every code block and, on Linux, while it runs; past it the
-    /// model gets an error naming the big variables (removed, largest first) and the run goes
-    /// on. Also bounds what one llm_batch may send and keep.
+    /// limit; auto: 1 GiB plus twice the context's size (its chunks and the prompts built
+    /// from them), at most the machine's memory less the context. Checked after every code
+    /// block and, on Linux, while it runs; past it the model gets an error naming the big
+    /// variables (removed, largest first) and the run goes on. Also bounds what one
+    /// llm_batch may send and keep.
     #[arg(
         long,
-        value_name = "BYTES",
-        default_value = "1G",
-        value_parser = parse_bytes,
+        value_name = "BYTES|auto",
+        default_value = "auto",
+        value_parser = parse_memory,
         help_heading = "Sandbox"
     )]
-    pub(crate) max_memory: usize,
+    pub(crate) max_memory: Memory,
 
     /// Seconds of script time one code block may run (time waiting for sub-calls excepted;
     /// sleep counts).
@@ -879,6 +881,25 @@ pub(crate) fn parse_bytes(text: &str) -> Result<usize, String> {
         .checked_mul(1u64 << shift)
         .and_then(|bytes| usize::try_from(bytes).ok())
         .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// `--max-memory`: a number of bytes as given, or fitted to the context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Memory {
+    /// 1 GiB plus twice the context, within the machine's memory.
+    Auto,
+    /// Exactly this many bytes (0: no limit).
+    Bytes(usize),
+}
+
+/// `--max-memory`: `auto` or a size like `512M`.
+fn parse_memory(text: &str) -> Result<Memory, String> {
+    if text.trim().eq_ignore_ascii_case("auto") {
+        return Ok(Memory::Auto);
+    }
+    parse_bytes(text)
+        .map(Memory::Bytes)
+        .map_err(|e| format!("{e}, or auto"))
 }
 
 /// A request body bound: a size like `512K` or `1M`, at least one byte.

@@ -221,6 +221,7 @@ impl Stack {
             max_string_size: settings.max_string_bytes,
             block_timeout: settings.block_timeout,
             max_memory: settings.max_memory,
+            max_memory_fits_context: settings.max_memory_fits_context,
             ..SandboxLimits::default()
         };
         let mut builder = Rlm::builder(self.root())
