@@ -17,6 +17,7 @@
 //!
 //! See `rlm run --help` for every flag, the exit codes and the `--json` / `--trace` formats.
 
+mod batch;
 mod cli;
 mod demo;
 mod error;
@@ -53,6 +54,8 @@ fn main() -> ExitCode {
         Command::Run(args) => args.quiet,
         Command::Serve(args) => args.run.quiet,
         Command::Mcp(args) => args.run.quiet,
+        Command::Batch(args) => args.run.quiet,
+        Command::Worker(args) => args.run.quiet,
         Command::Demo(args) => args.quiet,
         Command::View(args) => args.quiet,
     };
@@ -78,6 +81,8 @@ fn main() -> ExitCode {
                 Command::Run(args) => run::run(args).await,
                 Command::Serve(args) => serve::serve(args).await,
                 Command::Mcp(args) => serve::mcp(args).await,
+                Command::Batch(args) => batch::batch(args).await,
+                Command::Worker(args) => batch::worker(args).await,
                 Command::Demo(args) => demo::demo(args).await,
                 Command::View(args) => view::view(&args),
             }

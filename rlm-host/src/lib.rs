@@ -14,6 +14,12 @@
 //!   is left out with a warning, never a failed start: [`Stack::warnings`].
 //! - [`prices`]: a prices file over the built-in table.
 //! - [`Runner`]: the stack and run settings shared by many runs (a server's requests).
+//! - [`jobs`], [`batch`], [`results`]: many jobs on one stack (`rlm batch`): job files
+//!   checked whole then streamed, [`batch::JobRunner`] running them `max_runs` at once
+//!   (per-job budgets, a [`TotalCost`] budget across them), result files written a whole
+//!   line at a time and resumed after a kill, scoring and the summary.
+//! - `queue` (feature `redis`): the same jobs across machines on Redis Streams (`rlm batch
+//!   --queue`, `rlm worker`).
 //! - [`supervise`]: the grace a cancelled run gets to wind down, and the time budget that
 //!   ends a run whatever its code does.
 //!
@@ -44,21 +50,28 @@
 //! shared pacing); without them, settings that ask for either are refused with a usage
 //! error.
 
+pub mod batch;
 pub mod context;
 mod error;
+pub mod jobs;
 pub mod prices;
+#[cfg(feature = "redis")]
+pub mod queue;
+pub mod results;
 mod runner;
 mod sent;
 mod settings;
 mod stack;
 mod state;
 pub mod supervise;
+mod total;
 mod url;
 
 pub use error::HostError;
 pub use runner::{RunOptions, Runner};
 pub use settings::Settings;
 pub use stack::{Stack, pool_size};
+pub use total::{TOTAL_REFUSAL, TotalCost};
 pub use url::display_url;
 
 pub use rlm_cache::{CacheStats, CachedBackend};
