@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
+use rlm_host::CancellationToken;
 use rlm_host::batch::{BatchConfig, BatchReport, JobRunner};
 use rlm_host::jobs;
 use rlm_host::results::{JobResult, ResultsFile, Score, Summary};
-use rlm_host::{CancellationToken, HostError};
 
 use crate::cli::{BatchArgs, ProgressMode, RunArgs, ScoreMode, WorkerArgs};
 use crate::error::{CliError, exit};
@@ -116,6 +116,13 @@ pub(crate) async fn batch(args: Box<BatchArgs>) -> Result<u8, CliError> {
             eprintln!("warning: {warning}");
         }
     }
+    // The queue first: an unreachable Redis is said before anything else.
+    let queue = match &args.queue.queue {
+        Some(url) => Some(
+            rlm_host::queue::Queue::connect(url, &run.redis_prefix, &args.queue.queue_name).await?,
+        ),
+        None => None,
+    };
     let skipped = finished.lines;
     let todo = scan.jobs.saturating_sub(skipped);
     let progress = BatchProgress::new(
@@ -128,10 +135,10 @@ pub(crate) async fn batch(args: Box<BatchArgs>) -> Result<u8, CliError> {
     let cancel = CancellationToken::new();
     cancel_on_ctrl_c(&cancel, progress.clone(), run.quiet);
 
-    let report = if let Some(url) = &args.queue.queue {
+    let report = if let Some(queue) = &queue {
         collect_from_queue(
             &args,
-            url,
+            queue,
             &scan,
             finished,
             &mut results,
@@ -186,17 +193,13 @@ pub(crate) async fn batch(args: Box<BatchArgs>) -> Result<u8, CliError> {
 /// `rlm batch --queue`: enqueue, then collect what the workers store.
 async fn collect_from_queue(
     args: &BatchArgs,
-    url: &str,
+    queue: &rlm_host::queue::Queue,
     scan: &jobs::Scan,
     finished: rlm_host::results::Finished,
     results: &mut ResultsFile,
     progress: &Option<Arc<BatchProgress>>,
     cancel: &CancellationToken,
 ) -> Result<BatchReport, CliError> {
-    let queue =
-        rlm_host::queue::Queue::connect(url, &args.run.redis_prefix, &args.queue.queue_name)
-            .await
-            .map_err(queue_error)?;
     let options = rlm_host::queue::CollectOptions {
         jobs: args.jobs.clone(),
         max_line_bytes: args.run.max_context_bytes,
@@ -215,17 +218,8 @@ async fn collect_from_queue(
             },
             cancel,
         )
-        .await
-        .map_err(queue_error)?;
+        .await?;
     Ok(report)
-}
-
-/// A queue failure: an unreachable Redis is exit 5.
-fn queue_error(error: HostError) -> CliError {
-    match error {
-        HostError::Unavailable(message) => CliError::Model(message),
-        other => other.into(),
-    }
 }
 
 /// Runs `rlm worker` until Ctrl-C or SIGTERM.
@@ -245,9 +239,8 @@ pub(crate) async fn worker(args: Box<WorkerArgs>) -> Result<u8, CliError> {
         args.trace_dir.as_deref(),
         None,
     )?);
-    let queue = rlm_host::queue::Queue::connect(url, &run.redis_prefix, &args.queue.queue_name)
-        .await
-        .map_err(queue_error)?;
+    let queue =
+        rlm_host::queue::Queue::connect(url, &run.redis_prefix, &args.queue.queue_name).await?;
     let cancel = CancellationToken::new();
     cancel_on_ctrl_c(&cancel, None, run.quiet);
     let options = rlm_host::queue::WorkOptions {
@@ -266,8 +259,7 @@ pub(crate) async fn worker(args: Box<WorkerArgs>) -> Result<u8, CliError> {
                 eprintln!("{}", job_line(result));
             }
         })
-        .await
-        .map_err(queue_error)?;
+        .await?;
     if !run.quiet {
         eprintln!("rlm worker: stopped after {}", count(done, "job"));
     }
