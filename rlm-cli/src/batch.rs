@@ -204,6 +204,7 @@ async fn collect_from_queue(
         jobs: args.jobs.clone(),
         max_line_bytes: args.run.max_context_bytes,
         expected: scan.jobs,
+        score: args.score.into(),
     };
     let report = queue
         .collect(

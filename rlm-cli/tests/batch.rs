@@ -629,6 +629,12 @@ async fn three_workers_finish_the_jobs_of_one_killed_while_holding_them() {
     assert!(lines.iter().all(|l| l["error"].is_null()), "{lines:?}");
     let summary = out.json();
     assert_eq!(summary["answered"], 40);
+    assert_eq!(
+        summary["scored"], 40,
+        "scored by the workers, --score exact"
+    );
+    let correct = lines.iter().filter(|l| l["correct"] == true).count();
+    assert_eq!(summary["correct"], correct);
     // Its jobs were claimed by the others: every job was asked of the root, some twice (the
     // ones the killed worker held), and none is missing.
     let asked: HashSet<String> = asked(&server).into_iter().collect();
@@ -669,7 +675,7 @@ async fn a_batch_survives_redis_restarting_empty() {
         &url,
         jobs.to_str().expect("utf-8"),
         output.to_str().expect("utf-8"),
-        &["--queue", &queue, "--json"],
+        &["--queue", &queue, "--json", "--score", "none"],
     ));
     let collecting = tokio::spawn(finish(collector, None));
     wait_for("five lines", || lines_len(&output) >= 5).await;
@@ -679,7 +685,13 @@ async fn a_batch_survives_redis_restarting_empty() {
         .expect("safety bound")
         .expect("joined");
     assert_eq!(out.code, Some(0), "{out:#?}");
-    assert_eq!(ids_once(&lines(&output)).len(), 30);
+    let lines = lines(&output);
+    assert_eq!(ids_once(&lines).len(), 30);
+    // The worker scored as the collector asked: not at all.
+    assert!(
+        lines.iter().all(|l| l.get("correct").is_none()),
+        "{lines:?}"
+    );
     let _ = worker.start_kill();
     let _ = worker.wait().await;
 }

@@ -184,12 +184,23 @@ impl JobRunner {
 
     /// Runs one job. `None` when `cancel` stopped it (it has no result: a rerun runs it).
     pub async fn run_job(&self, job: Job, cancel: &CancellationToken) -> Option<JobResult> {
+        self.run_job_scored(job, self.config.score, cancel).await
+    }
+
+    /// [`run_job`](Self::run_job), scored by `score` rather than the runner's own (a queued
+    /// job carries the collector's).
+    pub async fn run_job_scored(
+        &self,
+        job: Job,
+        score: Score,
+        cancel: &CancellationToken,
+    ) -> Option<JobResult> {
         let start = Instant::now();
         let ms = |start: Instant| u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
         let id = job.id.clone();
         let fail = |failure: JobFailure| {
             let mut result = JobResult::failed(&id, failure, ms(start));
-            result.correct = self.config.score.judge(None, job.expected.as_ref());
+            result.correct = score.judge(None, job.expected.as_ref());
             Some(result)
         };
         if self.total.as_ref().is_some_and(|t| t.stopped()) {
@@ -273,10 +284,7 @@ impl JobRunner {
                 ));
             }
         };
-        result.correct = self
-            .config
-            .score
-            .judge(Some(&result.answer), job.expected.as_ref());
+        result.correct = score.judge(Some(&result.answer), job.expected.as_ref());
         if let Some(trace) = trace {
             result.trace = Some(trace.path().display().to_string());
             if let Some(error) = trace.error() {

@@ -35,7 +35,7 @@ use tokio::task::JoinSet;
 use crate::HostError;
 use crate::batch::{BatchReport, JobRunner};
 use crate::jobs::{Job, JobLines};
-use crate::results::{JobFailure, JobResult};
+use crate::results::{JobFailure, JobResult, Score};
 
 /// The consumer group of the workers.
 const GROUP: &str = "workers";
@@ -84,6 +84,8 @@ pub struct CollectOptions {
     pub max_line_bytes: usize,
     /// Jobs in the file.
     pub expected: u64,
+    /// How the workers score answers.
+    pub score: Score,
 }
 
 /// How a worker takes jobs.
@@ -417,6 +419,8 @@ impl Queue {
                 .arg(&job.id)
                 .arg("job")
                 .arg(job.to_value().to_string())
+                .arg("score")
+                .arg(options.score.as_str())
                 .ignore();
             queued += 1;
             if queued % ENQUEUE_CHUNK == 0 {
@@ -581,6 +585,9 @@ impl Queue {
                     })
                     .and_then(Job::from_value);
                 let id = field(&fields, "id").unwrap_or_default();
+                let score = field(&fields, "score")
+                    .and_then(|name| Score::from_name(&name))
+                    .unwrap_or_default();
                 lock(&held).insert(entry.clone());
                 let queue = self.clone();
                 let runner = Arc::clone(runner);
@@ -588,7 +595,7 @@ impl Queue {
                 let held = Arc::clone(&held);
                 running.spawn(async move {
                     let result = match job {
-                        Ok(job) => runner.run_job(job, &cancel).await,
+                        Ok(job) => runner.run_job_scored(job, score, &cancel).await,
                         Err(why) => Some(JobResult::failed(
                             &id,
                             JobFailure::new("input", format!("a queued job is not valid: {why}")),

@@ -153,6 +153,23 @@ pub enum Score {
 }
 
 impl Score {
+    /// The flag's word: `exact`, `contains`, `json`, `none`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Score::Exact => "exact",
+            Score::Contains => "contains",
+            Score::Json => "json",
+            Score::None => "none",
+        }
+    }
+
+    /// The score a word names ([`as_str`](Self::as_str)'s words).
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Score::Exact, Score::Contains, Score::Json, Score::None]
+            .into_iter()
+            .find(|s| s.as_str() == name)
+    }
+
     /// `correct` for `answer` against `expected` (`None` without `expected`, or `Score::None`).
     /// A failed job with `expected` is not correct.
     pub fn judge(self, answer: Option<&Value>, expected: Option<&Value>) -> Option<bool> {
