@@ -348,7 +348,8 @@ impl BatchProgress {
         let bars = match mode {
             _ if quiet => return None,
             ProgressMode::None => return None,
-            ProgressMode::Auto => std::io::stderr().is_terminal(),
+            ProgressMode::Auto if !std::io::stderr().is_terminal() => return None,
+            ProgressMode::Auto => true,
             ProgressMode::Bar => true,
             ProgressMode::Lines => false,
         };

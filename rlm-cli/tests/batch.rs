@@ -655,6 +655,85 @@ async fn three_workers_finish_the_jobs_of_one_killed_while_holding_them() {
     assert!(redis_raw(redis.port(), &["EXISTS", pending_key]).starts_with(":0"));
 }
 
+async fn a_job_whose_workers_keep_dying_gets_an_attempts_error() {
+    let redis = RedisServer::start().expect("redis-server starts");
+    let dir = Scratch::new("queue-attempts");
+    dir.write("jobs.jsonl", jobs(3).as_bytes());
+    let server = mock(Duration::ZERO).await;
+    let url = server.base_url();
+    let queue = redis.url();
+    let (jobs, output) = (dir.path("jobs.jsonl"), dir.path("out.jsonl"));
+    let collector = command(&batch_args(
+        &url,
+        jobs.to_str().expect("utf-8"),
+        output.to_str().expect("utf-8"),
+        &["--queue", &queue, "--json", "--max-attempts", "3"],
+    ));
+    let collecting = tokio::spawn(finish(collector, None));
+    let key = "rlm:batch:default:jobs";
+    wait_for("the jobs to be queued", || {
+        redis_raw(redis.port(), &["XLEN", key]).starts_with(":3")
+    })
+    .await;
+    // A consumer takes the three jobs and (as if handed out again and again to workers that
+    // died) has been given each of them five times.
+    let read = redis_raw(
+        redis.port(),
+        &[
+            "XREADGROUP",
+            "GROUP",
+            "workers",
+            "dead",
+            "COUNT",
+            "10",
+            "STREAMS",
+            key,
+            ">",
+        ],
+    );
+    let ids: Vec<&str> = read
+        .split("\r\n")
+        .filter(|part| {
+            part.split_once('-').is_some_and(|(a, b)| {
+                !a.is_empty()
+                    && a.chars().all(|c| c.is_ascii_digit())
+                    && b.chars().all(|c| c.is_ascii_digit())
+            })
+        })
+        .collect();
+    assert_eq!(ids.len(), 3, "{read}");
+    let mut claim = vec!["XCLAIM", key, "workers", "dead", "0"];
+    claim.extend(&ids);
+    claim.extend(["RETRYCOUNT", "5"]);
+    redis_raw(redis.port(), &claim);
+    // A live worker claims them once they are idle, and stores each with an error.
+    let mut worker = command(&worker_args(&url, &queue, &["--claim-idle", "0.2"]))
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("a worker starts");
+    let out = tokio::time::timeout(Duration::from_secs(300), collecting)
+        .await
+        .expect("safety bound")
+        .expect("joined");
+    let _ = worker.start_kill();
+    let _ = worker.wait().await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    let lines = lines(&output);
+    assert_eq!(ids_once(&lines).len(), 3);
+    for line in &lines {
+        assert_eq!(line["error"]["kind"], "attempts", "{line}");
+        assert!(
+            line["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("--max-attempts 3"),
+            "{line}"
+        );
+    }
+    assert_eq!(asked(&server).len(), 0, "no job was run a sixth time");
+    assert_eq!(out.json()["failed"], 3);
+}
+
 async fn a_batch_survives_redis_restarting_empty() {
     let mut redis = RedisServer::start().expect("redis-server starts");
     let dir = Scratch::new("queue-restart");
@@ -843,6 +922,10 @@ fn main() -> std::process::ExitCode {
         .tokio(
             "three_workers_finish_the_jobs_of_one_killed_while_holding_them",
             three_workers_finish_the_jobs_of_one_killed_while_holding_them,
+        )
+        .tokio(
+            "a_job_whose_workers_keep_dying_gets_an_attempts_error",
+            a_job_whose_workers_keep_dying_gets_an_attempts_error,
         )
         .tokio(
             "a_batch_survives_redis_restarting_empty",

@@ -220,6 +220,8 @@ impl Queue {
         let mut blocking = self.blocking.clone();
         let mut outage = Outage::new(&self.shown);
         let all_ids = self.job_ids(options)?;
+        // Lines of other jobs (an output shared with another batch) do not count.
+        written.retain(|id| all_ids.contains(id));
         let mut epoch: Option<String> = None;
         let mut last = "0".to_owned();
         let mut write = |result: JobResult,
