@@ -368,6 +368,7 @@ async fn bad_jobs_are_lines_with_errors_and_the_batch_goes_on() {
         json!({"id": "dir-as-json", "query": "q", "context_path": dir.0}),
         json!({"id": "unknown-model", "query": "q", "model": "no-such-model"}),
         json!({"id": "schema", "query": "question <schema>", "context": "word 2", "output_schema": {"type": "string"}}),
+        json!({"id": "fails-late", "query": "q", "context": "word 3", "model": "two-turn"}),
     ]
     .iter()
     .map(|j| format!("{j}\n"))
@@ -376,6 +377,8 @@ async fn bad_jobs_are_lines_with_errors_and_the_batch_goes_on() {
     let replies = root_script();
     let server = MockServer::start(move |request: &ServerRequest| match request.model() {
         ROOT => scripted_turn(request, &replies),
+        // A root model that spends a turn and a sub-call, then fails (no reply for turn 2).
+        "two-turn" => scripted_turn(request, &[code("print(llm_query(context));")]),
         SUB => Reply::completion_for(request, upper(request.last_user())),
         _ => Reply::error(
             404,
@@ -414,7 +417,14 @@ async fn bad_jobs_are_lines_with_errors_and_the_batch_goes_on() {
         .iter()
         .map(|l| (l["id"].as_str().unwrap_or("").to_owned(), l.clone()))
         .collect();
-    assert_eq!(by_id.len(), 5);
+    assert_eq!(by_id.len(), 6);
+    // A job that fails after spending keeps what it spent in its line.
+    let late = &by_id["fails-late"];
+    assert_eq!(late["error"]["kind"], "server", "{late}");
+    assert_eq!(late["iterations"], 1, "{late}");
+    assert_eq!(late["usage"]["two-turn"]["calls"], 1, "{late}");
+    assert_eq!(late["usage"][SUB]["calls"], 1, "{late}");
+    assert_eq!(late["sub_calls"], 1, "{late}");
     assert_eq!(by_id["ok"]["answer"], "WORD 1");
     assert_eq!(
         by_id["missing"]["error"]["kind"], "input",
@@ -441,7 +451,7 @@ async fn bad_jobs_are_lines_with_errors_and_the_batch_goes_on() {
     let summary = out.json();
     assert_eq!(
         summary["failed"],
-        2 + u64::from(!by_id["dir-as-json"]["error"].is_null())
+        3 + u64::from(!by_id["dir-as-json"]["error"].is_null())
     );
     // One trace per job that ran, which `rlm view` opens.
     let trace = by_id["ok"]["trace"]
@@ -471,7 +481,7 @@ async fn bad_jobs_are_lines_with_errors_and_the_batch_goes_on() {
     .await;
     assert_eq!(out.code, Some(0), "{out:#?}");
     assert_eq!(out.json()["ran"], out.json()["failed"]);
-    assert_eq!(ids_once(&self::lines(&output)).len(), 5);
+    assert_eq!(ids_once(&self::lines(&output)).len(), 6);
 }
 
 async fn the_total_cost_budget_stops_the_batch() {

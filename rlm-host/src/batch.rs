@@ -34,9 +34,10 @@ use std::time::Instant;
 
 use rlm_core::CancellationToken;
 use rlm_core::cost::Prices;
+use rlm_core::usage::ModelUsage;
 use rlm_openai::WaitObserver;
 use rlm_repl::trace::TraceWriter;
-use rlm_repl::{Context, Observer, RlmError, RunResult};
+use rlm_repl::{Context, Event, Observer, RlmError, RunPlace, RunResult};
 use serde_json::Value;
 use tokio::task::JoinSet;
 
@@ -256,6 +257,8 @@ impl JobRunner {
         if let Some(observer) = &self.observer {
             builder = builder.observer(observer.clone());
         }
+        let tally = Arc::new(Tally::default());
+        builder = builder.observer(tally.clone());
         let rlm = match builder.build() {
             Ok(rlm) => rlm,
             Err(e) => return fail(failure_of(&e)),
@@ -270,18 +273,22 @@ impl JobRunner {
             _ if cancel.is_cancelled() => return None,
             Supervised::Returned(Ok(result)) => self.line(&id, &result, ms(start)),
             Supervised::Returned(Err(e)) => {
-                return fail(failure_of(&e));
+                let mut result = fail(failure_of(&e))?;
+                tally.fill(&mut result, &self.prices);
+                return Some(result);
             }
             Supervised::Abandoned => return None,
             Supervised::TimedOut => {
-                return fail(JobFailure::new(
+                let mut result = fail(JobFailure::new(
                     "budget",
                     format!(
                         "the job's time ran out (--max-time) and its code did not stop within \
                          {} s; no answer",
                         CANCEL_GRACE.as_secs_f64()
                     ),
-                ));
+                ))?;
+                tally.fill(&mut result, &self.prices);
+                return Some(result);
             }
         };
         result.correct = score.judge(Some(&result.answer), job.expected.as_ref());
@@ -435,6 +442,106 @@ impl JobRunner {
         }
         report.total_spent = self.total.as_ref().is_some_and(|t| t.stopped());
         Ok(report)
+    }
+}
+
+/// What a job's runs spent, from their events: the figures of a job that fails (the run
+/// returns an error, not a result, so its usage would otherwise be lost from its line).
+#[derive(Default)]
+struct Tally(std::sync::Mutex<TallyState>);
+
+#[derive(Default)]
+struct TallyState {
+    /// Each run's root model, by run id.
+    roots: std::collections::HashMap<String, String>,
+    usage: std::collections::BTreeMap<String, ModelUsage>,
+    turns: u64,
+    sub_calls: u64,
+    failed_sub_calls: u64,
+}
+
+impl TallyState {
+    fn add(&mut self, model: &str, usage: &rlm_core::Usage) {
+        let total = self.usage.entry(model.to_owned()).or_default();
+        total.calls += 1;
+        total.prompt_tokens += usage.prompt_tokens;
+        total.completion_tokens += usage.completion_tokens;
+        total.cached_tokens += usage.cached_tokens;
+    }
+}
+
+impl Observer for Tally {
+    fn on_event(&self, event: &Event) {
+        self.on_run_event(&RunPlace::default(), event);
+    }
+
+    fn on_run_event(&self, place: &RunPlace, event: &Event) {
+        let mut state = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match event {
+            Event::RunStart { root_model, .. } => {
+                state.roots.insert(place.run.clone(), root_model.clone());
+            }
+            Event::RootReply { usage, .. } => {
+                let model = state.roots.get(&place.run).cloned().unwrap_or_default();
+                state.add(&model, usage);
+                if place.depth == 0 {
+                    state.turns += 1;
+                } else {
+                    state.sub_calls += 1;
+                }
+            }
+            Event::SubCallEnd {
+                model,
+                usage,
+                error,
+                cancelled,
+                ..
+            } => {
+                state.sub_calls += 1;
+                if error.is_none() {
+                    state.add(model, usage);
+                } else if !cancelled {
+                    state.failed_sub_calls += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Tally {
+    /// Fills a failed job's line with what its runs spent, priced by `prices`.
+    fn fill(&self, result: &mut JobResult, prices: &Prices) {
+        let state = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let cost = prices.report(state.usage.iter().map(|(m, u)| (m.as_str(), u)));
+        result.iterations = state.turns;
+        result.sub_calls = state.sub_calls;
+        result.failed_sub_calls = state.failed_sub_calls;
+        result.usage = state
+            .usage
+            .iter()
+            .map(|(model, u)| {
+                (
+                    model.clone(),
+                    LineUsage {
+                        calls: u.calls,
+                        prompt_tokens: u.prompt_tokens,
+                        completion_tokens: u.completion_tokens,
+                    },
+                )
+            })
+            .collect();
+        result.cost_usd = LineCost {
+            total: cost.total,
+            by_model: cost.by_model.into_iter().collect(),
+            unpriced: cost.unpriced,
+        };
     }
 }
 
