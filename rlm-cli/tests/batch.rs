@@ -280,6 +280,51 @@ async fn a_batch_killed_mid_way_resumes_without_running_a_finished_job_again() {
     assert_eq!(&after[..before.len()], &before[..]);
 }
 
+async fn sigterm_stops_the_jobs_in_flight_without_a_line_and_a_rerun_finishes() {
+    let dir = Scratch::new("batch-term");
+    dir.write("jobs.jsonl", jobs(40).as_bytes());
+    let server = mock(Duration::from_millis(100)).await;
+    let (jobs, output) = (dir.path("jobs.jsonl"), dir.path("out.jsonl"));
+    let url = server.base_url();
+    let args = batch_args(
+        &url,
+        jobs.to_str().expect("utf-8"),
+        output.to_str().expect("utf-8"),
+        &["--max-runs", "4", "--json"],
+    );
+    let child = command(&args)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("rlm starts");
+    let pid = child.id().expect("a pid").to_string();
+    wait_for("three lines", || lines_len(&output) >= 3).await;
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success());
+    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("safety bound")
+        .expect("its output");
+    assert_eq!(out.status.code(), Some(130), "{out:?}");
+    let summary: Value = serde_json::from_slice(&out.stdout).expect("the summary on stdout");
+    let first = lines(&output);
+    let done = ids_once(&first);
+    assert!(done.len() < 40, "stopped before the end");
+    assert_eq!(summary["results"], done.len());
+    assert_eq!(
+        summary["interrupted"].as_u64().unwrap_or(0) + done.len() as u64,
+        40,
+        "{summary}"
+    );
+    // Stopped jobs got no line (no "cancelled" answers to skip next time).
+    assert!(first.iter().all(|l| l["stopped"] == "final"), "{first:?}");
+    let out = rlm(&args, None).await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert_eq!(ids_once(&lines(&output)).len(), 40);
+}
+
 async fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
     let start = Instant::now();
     while !ready() {
@@ -907,6 +952,10 @@ fn main() -> std::process::ExitCode {
         .tokio(
             "a_batch_killed_mid_way_resumes_without_running_a_finished_job_again",
             a_batch_killed_mid_way_resumes_without_running_a_finished_job_again,
+        )
+        .tokio(
+            "sigterm_stops_the_jobs_in_flight_without_a_line_and_a_rerun_finishes",
+            sigterm_stops_the_jobs_in_flight_without_a_line_and_a_rerun_finishes,
         )
         .tokio(
             "bad_job_files_are_refused_before_anything_runs",
