@@ -4,13 +4,17 @@
 //! Rhai REPL, and a root model writes code that reads it and calls sub-models with
 //! `llm_query` / `llm_batch`, against any OpenAI-compatible endpoint. `rlm demo` shows the
 //! same job done with sequential `llm_query` and with `llm_batch`, offline. `rlm view` turns
-//! a `--trace` file into one self-contained HTML page.
+//! a `--trace` file into one self-contained HTML page. `rlm batch` runs many jobs from a
+//! JSON Lines file (resumable, one result line each), on one machine or, with `--queue`,
+//! across `rlm worker` processes on Redis Streams.
 //!
 //! ```text
 //! rlm run --model gpt-4o --sub-model gpt-4o-mini \
 //!     --context ./docs --query "Which documents mention a refund, and why?"
 //! rlm demo
 //! rlm view run.jsonl
+//! rlm batch jobs.jsonl --output results.jsonl --model gpt-4o --max-runs 8
+//! rlm worker --queue redis://127.0.0.1:6379 --model gpt-4o
 //! rlm serve --model gpt-4o --listen 127.0.0.1:8000
 //! rlm mcp --model gpt-4o --root ./docs
 //! ```
