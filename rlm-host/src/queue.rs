@@ -536,6 +536,9 @@ impl Queue {
             let mut fresh = true;
             if !entries.is_empty() {
                 fresh = false;
+                // Its own jobs, gone idle while the loop waited: still running here.
+                let own = lock(&held).clone();
+                entries.retain(|(entry, _)| !own.contains(entry));
                 entries = self
                     .over_attempts(
                         &mut conn,
@@ -555,7 +558,12 @@ impl Queue {
                     .arg("COUNT")
                     .arg(free)
                     .arg("BLOCK")
-                    .arg(BLOCK.as_millis() as u64)
+                    // Short enough that the heartbeat keeps this worker's jobs its own.
+                    .arg(
+                        u64::try_from(BLOCK.min(heartbeat).as_millis())
+                            .unwrap_or(500)
+                            .max(1),
+                    )
                     .arg("STREAMS")
                     .arg(self.key("jobs"))
                     .arg(">");
