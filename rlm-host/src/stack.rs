@@ -23,6 +23,7 @@ use rlm_repl::{Rlm, RlmBuilder, RlmError, SandboxLimits};
 use crate::runner::Runner;
 use crate::sent::Sent;
 use crate::state::{self, Notices, TierHits};
+use crate::total::{Capped, TotalCost};
 use crate::url::{display_url, host_of};
 use crate::{HostError, Settings};
 
@@ -71,6 +72,21 @@ impl Stack {
         settings: &Settings,
         waits: Option<WaitObserver>,
         runs: usize,
+    ) -> Result<Self, HostError> {
+        Self::build_with_total(settings, waits, runs, None)
+    }
+
+    /// [`build`](Self::build), with every call the stack sends (root calls and sub-calls,
+    /// not cache hits) charged to `total` when given: a cost budget shared by all the runs
+    /// of the process (`rlm batch --total-max-cost`).
+    ///
+    /// # Errors
+    /// As [`build`](Self::build).
+    pub fn build_with_total(
+        settings: &Settings,
+        waits: Option<WaitObserver>,
+        runs: usize,
+        total: Option<Arc<TotalCost>>,
     ) -> Result<Self, HostError> {
         let model = non_empty(&settings.model, "--model (or RLM_MODEL)")?;
         let sub_model = match &settings.sub_model {
@@ -127,6 +143,14 @@ impl Stack {
         let backend = OpenAiBackend::new(config).map_err(config_error)?;
         // Sub-calls share the client, pool and rate limits, with their own attempt timeout.
         let sub_backend = backend.with_request_timeout(settings.sub_timeout);
+        // Charged to the total, if any, just above HTTP: cache hits cost nothing.
+        let (backend, sub_backend): (Arc<dyn BatchExecutor>, Arc<dyn BatchExecutor>) = match total {
+            Some(total) => (
+                Arc::new(Capped::new(backend, Arc::clone(&total))),
+                Arc::new(Capped::new(sub_backend, total)),
+            ),
+            None => (Arc::new(backend), Arc::new(sub_backend)),
+        };
         // Metered below the cache: usage counts what the server was really asked.
         let tracker = UsageTracker::new();
         let root: Arc<dyn LlmBackend> = Arc::new(Metered::new(backend, tracker.clone()));

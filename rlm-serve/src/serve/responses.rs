@@ -902,8 +902,10 @@ mod tests {
         }
         assert!(parse(json!({"input": "q", "temperature": null})).is_ok());
         // text.format json_schema is the run's output schema (typed answers), not refused.
-        let typed = parse(json!({"input": "q", "text": {"format": {"type": "json_schema",
-            "name": "x", "schema": {"type": "object"}}}}));
+        let typed = parse(
+            json!({"input": "q", "text": {"format": {"type": "json_schema",
+            "name": "x", "schema": {"type": "object"}}}}),
+        );
         assert!(typed.is_ok_and(|r| r.output_schema.is_some()));
         assert_eq!(
             parse(json!({"model": "rlm"})).unwrap_err().code,
