@@ -136,6 +136,31 @@ pub(crate) enum Command {
         mut_arg("json", |a| a.hide(true))
     )]
     Chat(Box<RunArgs>),
+    /// Run many jobs (JOBS.jsonl: one {"id", "query", ...} per line) on one backend stack,
+    /// writing one result line per job to --output as each finishes; resumable.
+    #[command(
+        after_help = BATCH_AFTER_HELP,
+        allow_negative_numbers = true,
+        mut_arg("query", |a| a.required_unless_present(clap::builder::Resettable::Reset).hide(true)),
+        mut_arg("query_file", |a| a.hide(true)),
+        mut_arg("context", |a| a.hide(true)),
+        mut_arg("trace", |a| a.hide(true)),
+        mut_arg("session", |a| a.hide(true))
+    )]
+    Batch(Box<BatchArgs>),
+    /// Take jobs from a Redis Streams queue that `rlm batch --queue` fills, run them, and
+    /// store their results for the collector; run any number, on any machine.
+    #[command(
+        after_help = WORKER_AFTER_HELP,
+        allow_negative_numbers = true,
+        mut_arg("query", |a| a.required_unless_present(clap::builder::Resettable::Reset).hide(true)),
+        mut_arg("query_file", |a| a.hide(true)),
+        mut_arg("context", |a| a.hide(true)),
+        mut_arg("trace", |a| a.hide(true)),
+        mut_arg("json", |a| a.hide(true)),
+        mut_arg("session", |a| a.hide(true))
+    )]
+    Worker(Box<WorkerArgs>),
     /// Offline demo, no key needed: the same job with sequential llm_query and with
     /// llm_batch, timed.
     #[command(after_help = EXIT_CODES_HELP, allow_negative_numbers = true)]
@@ -444,17 +469,19 @@ pub(crate) struct RunArgs {
     pub(crate) max_context_bytes: usize,
 
     /// Bytes the REPL's variables may hold (the context excepted), e.g. 512M or 2G; 0: no
-    /// limit. Checked after every code block and, on Linux, while it runs; past it the
-    /// model gets an error naming the big variables (removed, largest first) and the run goes
-    /// on. Also bounds what one llm_batch may send and keep.
+    /// limit; auto: 1 GiB plus twice the context's size (its chunks and the prompts built
+    /// from them), at most the machine's memory less the context. Checked after every code
+    /// block and, on Linux, while it runs; past it the model gets an error naming the big
+    /// variables (removed, largest first) and the run goes on. Also bounds what one
+    /// llm_batch may send and keep.
     #[arg(
         long,
-        value_name = "BYTES",
-        default_value = "1G",
-        value_parser = parse_bytes,
+        value_name = "BYTES|auto",
+        default_value = "auto",
+        value_parser = parse_memory,
         help_heading = "Sandbox"
     )]
-    pub(crate) max_memory: usize,
+    pub(crate) max_memory: Memory,
 
     /// Seconds of script time one code block may run (time waiting for sub-calls excepted;
     /// sleep counts).
@@ -819,6 +846,172 @@ pub(crate) struct McpArgs {
     pub(crate) roots: Vec<PathBuf>,
 }
 
+const BATCH_AFTER_HELP: &str = "\
+Jobs (JOBS.jsonl, one JSON object per line):
+  {\"id\": str|int, \"query\": str} plus optional \"context\" (string, array or
+  object), \"context_path\" (a file or directory, read like --context),
+  \"expected\" (for --score), \"output_schema\" (a JSON Schema object), \"model\",
+  \"sub_model\" (override --model/--sub-model for the job), \"meta\" (ignored).
+  The whole file is checked before any job starts: a bad line or a duplicate id
+  is exit 2, naming the line.
+
+Results (--output, one line per job, written whole as each job finishes):
+  {\"id\", \"answer\", \"stopped\", \"iterations\", \"elapsed_ms\", \"usage\",
+  \"cost_usd\", \"sub_calls\", \"failed_sub_calls\", \"warnings\",
+  \"error\": null | {\"message\", \"kind\"}, \"correct\"?, \"trace\"?}
+  Run the same command again and the ids already in --output are skipped
+  (--retry-failed runs the failed ones again). A job that fails (its context
+  cannot be read, its model fails, --total-max-cost is spent) is a line with
+  \"error\"; the batch goes on.
+
+Summary: on stderr (answered / failed / skipped, accuracy, tokens and cost per
+  model, p50/p95 wall, mean turns), or one JSON object on stdout with --json.
+
+Many machines: --queue redis://HOST enqueues the jobs on a Redis stream and
+  collects the results that `rlm worker --queue redis://HOST` processes store.
+
+Exit status:
+  0    every job has its line in --output (failed jobs included)
+  1    internal error
+  2    bad flags, or a bad line in the job file
+  3    --total-max-cost was spent: the jobs left were not started
+  4    the job file or --output could not be read or written
+  5    the queue (--queue) is unreachable
+  130  interrupted (Ctrl-C): jobs in flight have no line; run again to resume";
+
+const WORKER_AFTER_HELP: &str = "\
+A worker reads jobs from the stream PREFIX:batch:QUEUE:jobs with the consumer
+group of the queue, runs --max-runs of them at once, stores each result (one
+entry per job id: a job is never stored twice) and only then acknowledges it.
+Jobs a dead worker held are claimed after --claim-idle seconds, up to
+--max-attempts deliveries; a job past them gets an error result. Share the cache
+and the rate limits with --redis. Runs until Ctrl-C or SIGTERM (jobs in flight are
+stopped and handed back to the queue).
+
+Exit status:
+  0    stopped by Ctrl-C / SIGTERM
+  2    bad flags
+  5    the queue is unreachable at start";
+
+/// Flags of `rlm batch`.
+#[derive(Debug, Args)]
+pub(crate) struct BatchArgs {
+    /// The job file: one JSON object per line (see below).
+    #[arg(value_name = "JOBS.jsonl")]
+    pub(crate) jobs: PathBuf,
+
+    /// The results file: one line per finished job, appended as each finishes.
+    #[arg(short, long, value_name = "RESULTS.jsonl", help_heading = "Batch")]
+    pub(crate) output: PathBuf,
+
+    /// The flags shared with `rlm run`.
+    #[command(flatten)]
+    pub(crate) run: RunArgs,
+
+    /// Jobs run at once (each with its own --max-concurrent sub-calls).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = rlm_host::batch::DEFAULT_MAX_RUNS as u32,
+        value_parser = clap::value_parser!(u32).range(1..=4096),
+        help_heading = "Batch"
+    )]
+    pub(crate) max_runs: u32,
+
+    /// US dollars all jobs together may spend: each call reserves its estimate before it is
+    /// sent, so the sum passes it by at most the calls in flight. A job refused by it is a
+    /// line with an error; the jobs left are not started (exit 3).
+    #[arg(long, value_name = "USD", value_parser = parse_usd, help_heading = "Batch")]
+    pub(crate) total_max_cost: Option<f64>,
+
+    /// Run the jobs whose line in --output has an error again (their old lines are removed).
+    #[arg(long, help_heading = "Batch")]
+    pub(crate) retry_failed: bool,
+
+    /// How answers are compared with a job's "expected": exact (trimmed), contains (ignoring
+    /// case), json (parsed, numbers by value), none.
+    #[arg(long, value_enum, value_name = "HOW", default_value_t = ScoreMode::Exact, help_heading = "Batch")]
+    pub(crate) score: ScoreMode,
+
+    /// Write one trace per job, DIR/ID.jsonl (ids that are not safe file names get their
+    /// safe characters and a hash), each readable by `rlm view`.
+    #[arg(long, value_name = "DIR", help_heading = "Batch")]
+    pub(crate) trace_dir: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub(crate) queue: QueueArgs,
+}
+
+/// Flags of `rlm worker`.
+#[derive(Debug, Args)]
+pub(crate) struct WorkerArgs {
+    /// The flags shared with `rlm run`.
+    #[command(flatten)]
+    pub(crate) run: RunArgs,
+
+    /// Jobs this worker runs at once.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = rlm_host::batch::DEFAULT_MAX_RUNS as u32,
+        value_parser = clap::value_parser!(u32).range(1..=4096),
+        help_heading = "Batch"
+    )]
+    pub(crate) max_runs: u32,
+
+    /// Write one trace per job, DIR/ID.jsonl, on this machine.
+    #[arg(long, value_name = "DIR", help_heading = "Batch")]
+    pub(crate) trace_dir: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub(crate) queue: QueueArgs,
+}
+
+/// The queue flags of `rlm batch` and `rlm worker`.
+#[derive(Debug, Args)]
+pub(crate) struct QueueArgs {
+    /// A Redis server whose streams carry the jobs and results
+    /// (redis://[:PASSWORD@]HOST[:PORT][/DB]).
+    #[arg(
+        long,
+        value_name = "URL",
+        hide_env_values = true,
+        help_heading = "Queue"
+    )]
+    pub(crate) queue: Option<String>,
+
+    /// The queue's name: batches with different names share a server without mixing.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "default",
+        help_heading = "Queue"
+    )]
+    pub(crate) queue_name: String,
+
+    /// Seconds after which a job a worker took but did not finish (it died) is taken by
+    /// another worker.
+    #[arg(long, value_name = "SECS", default_value = "300", value_parser = parse_seconds, help_heading = "Queue")]
+    pub(crate) claim_idle: Duration,
+
+    /// Times a job is handed to a worker before it gets an error result.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Queue")]
+    pub(crate) max_attempts: u32,
+}
+
+/// `--score`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ScoreMode {
+    /// The answer, trimmed, equals "expected".
+    Exact,
+    /// The answer contains "expected", ignoring case.
+    Contains,
+    /// The answer parsed as JSON equals "expected".
+    Json,
+    /// No scoring.
+    None,
+}
+
 /// Flags of `rlm demo`.
 #[derive(Debug, Args)]
 pub(crate) struct DemoArgs {
@@ -879,6 +1072,25 @@ pub(crate) fn parse_bytes(text: &str) -> Result<usize, String> {
         .checked_mul(1u64 << shift)
         .and_then(|bytes| usize::try_from(bytes).ok())
         .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// `--max-memory`: a number of bytes as given, or fitted to the context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Memory {
+    /// 1 GiB plus twice the context, within the machine's memory.
+    Auto,
+    /// Exactly this many bytes (0: no limit).
+    Bytes(usize),
+}
+
+/// `--max-memory`: `auto` or a size like `512M`.
+fn parse_memory(text: &str) -> Result<Memory, String> {
+    if text.trim().eq_ignore_ascii_case("auto") {
+        return Ok(Memory::Auto);
+    }
+    parse_bytes(text)
+        .map(Memory::Bytes)
+        .map_err(|e| format!("{e}, or auto"))
 }
 
 /// A request body bound: a size like `512K` or `1M`, at least one byte.

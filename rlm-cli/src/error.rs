@@ -104,6 +104,7 @@ impl From<rlm_host::HostError> for CliError {
             HostError::Input(message) => CliError::Input(message),
             HostError::Auth(message) => CliError::Auth(message),
             HostError::Internal(message) => CliError::Internal(message),
+            HostError::Unavailable(message) => CliError::Model(message),
             other => CliError::Internal(other.to_string()),
         }
     }

@@ -4,7 +4,9 @@
 //! Rhai REPL, and a root model writes code that reads it and calls sub-models with
 //! `llm_query` / `llm_batch`, against any OpenAI-compatible endpoint. `rlm demo` shows the
 //! same job done with sequential `llm_query` and with `llm_batch`, offline. `rlm view` turns
-//! a `--trace` file into one self-contained HTML page.
+//! a `--trace` file into one self-contained HTML page. `rlm batch` runs many jobs from a
+//! JSON Lines file (resumable, one result line each), on one machine or, with `--queue`,
+//! across `rlm worker` processes on Redis Streams.
 //!
 //! ```text
 //! rlm run --model gpt-4o --sub-model gpt-4o-mini \
@@ -12,12 +14,15 @@
 //! rlm chat --model gpt-4o --context ./docs
 //! rlm demo
 //! rlm view run.jsonl
+//! rlm batch jobs.jsonl --output results.jsonl --model gpt-4o --max-runs 8
+//! rlm worker --queue redis://127.0.0.1:6379 --model gpt-4o
 //! rlm serve --model gpt-4o --listen 127.0.0.1:8000
 //! rlm mcp --model gpt-4o --root ./docs
 //! ```
 //!
 //! See `rlm run --help` for every flag, the exit codes and the `--json` / `--trace` formats.
 
+mod batch;
 mod chat;
 mod cli;
 mod demo;
@@ -55,6 +60,8 @@ fn main() -> ExitCode {
         Command::Run(args) | Command::Chat(args) => args.quiet,
         Command::Serve(args) => args.run.quiet,
         Command::Mcp(args) => args.run.quiet,
+        Command::Batch(args) => args.run.quiet,
+        Command::Worker(args) => args.run.quiet,
         Command::Demo(args) => args.quiet,
         Command::View(args) => args.quiet,
     };
@@ -81,6 +88,8 @@ fn main() -> ExitCode {
                 Command::Chat(args) => chat::chat(args).await,
                 Command::Serve(args) => serve::serve(args).await,
                 Command::Mcp(args) => serve::mcp(args).await,
+                Command::Batch(args) => batch::batch(args).await,
+                Command::Worker(args) => batch::worker(args).await,
                 Command::Demo(args) => demo::demo(args).await,
                 Command::View(args) => view::view(&args),
             }

@@ -163,6 +163,11 @@ fn batch_eta(elapsed: Duration, done: u64, total: Option<u64>) -> String {
     }
 }
 
+/// The time now as the line style prints it.
+pub(crate) fn timestamp_now() -> String {
+    timestamp(SystemTime::now())
+}
+
 /// `HH:MM:SS.mmmZ` (UTC) for the line style.
 fn timestamp(now: SystemTime) -> String {
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();

@@ -3,7 +3,7 @@
 use rlm_host::context::{self, LoadOptions};
 use rlm_host::{HostError, Settings};
 
-use crate::cli::{ContextFormat, RunArgs};
+use crate::cli::{ContextFormat, Memory, RunArgs};
 
 impl From<ContextFormat> for context::ContextFormat {
     fn from(format: ContextFormat) -> Self {
@@ -64,7 +64,11 @@ pub(crate) fn settings(args: &RunArgs) -> Settings {
         max_time: args.max_time,
         max_cost: args.max_cost,
         prices: args.prices.clone(),
-        max_memory: args.max_memory,
+        max_memory: match args.max_memory {
+            Memory::Auto => rlm_repl::DEFAULT_MAX_MEMORY,
+            Memory::Bytes(bytes) => bytes,
+        },
+        max_memory_fits_context: args.max_memory == Memory::Auto,
         block_timeout: args.block_timeout,
         max_string_bytes: args.max_string_bytes,
         no_cache: args.no_cache,
@@ -114,5 +118,46 @@ mod tests {
         expected.redis.clone_from(&args.redis);
         assert_eq!(settings(&args), expected);
         assert_eq!(load_options(&args), LoadOptions::default());
+    }
+
+    #[test]
+    fn a_memory_budget_given_holds_as_given_and_auto_fits_the_context() {
+        let parse = |value: &str| {
+            let parsed = Cli::try_parse_from([
+                "rlm",
+                "run",
+                "--query",
+                "q",
+                "--model",
+                "m",
+                "--max-memory",
+                value,
+            ]);
+            match parsed {
+                Ok(Cli {
+                    command: Command::Run(args),
+                }) => {
+                    let settings = settings(&args);
+                    (settings.max_memory, settings.max_memory_fits_context)
+                }
+                other => panic!("did not parse: {other:?}"),
+            }
+        };
+        assert_eq!(parse("2G"), (2 << 30, false));
+        assert_eq!(parse("0"), (0, false));
+        assert_eq!(parse("auto"), (rlm_repl::DEFAULT_MAX_MEMORY, true));
+        assert_eq!(parse("AUTO"), (rlm_repl::DEFAULT_MAX_MEMORY, true));
+        let bad = Cli::try_parse_from([
+            "rlm",
+            "run",
+            "--query",
+            "q",
+            "--model",
+            "m",
+            "--max-memory",
+            "lots",
+        ]);
+        let message = bad.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.contains("or auto"), "{message}");
     }
 }

@@ -22,16 +22,21 @@ pub enum HostError {
     /// A bug, or a resource the process could not get (an HTTP client).
     #[error("{0}")]
     Internal(String),
+    /// A service the command cannot do without is unreachable (the Redis server of a job
+    /// queue).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl HostError {
-    /// The failure kind: `usage`, `input`, `auth` or `internal`.
+    /// The failure kind: `usage`, `input`, `auth`, `internal` or `server` (unavailable).
     pub fn kind(&self) -> &'static str {
         match self {
             HostError::Usage(_) => "usage",
             HostError::Input(_) => "input",
             HostError::Auth(_) => "auth",
             HostError::Internal(_) => "internal",
+            HostError::Unavailable(_) => "server",
         }
     }
 }

@@ -20,6 +20,12 @@
 //! - [`Runner`]: the stack and run settings shared by many runs (a server's requests).
 //! - [`session`]: sessions for front ends: open or resume a session file, save it
 //!   atomically, and the question loop of `rlm chat` over any [`LineReader`](session::LineReader).
+//! - [`jobs`], [`batch`], [`results`]: many jobs on one stack (`rlm batch`): job files
+//!   checked whole then streamed, [`batch::JobRunner`] running them `max_runs` at once
+//!   (per-job budgets, a [`TotalCost`] budget across them), result files written a whole
+//!   line at a time and resumed after a kill, scoring and the summary.
+//! - `queue` (feature `redis`): the same jobs across machines on Redis Streams (`rlm batch
+//!   --queue`, `rlm worker`).
 //! - [`supervise`]: the grace a cancelled run gets to wind down, and the time budget that
 //!   ends a run whatever its code does.
 //!
@@ -50,10 +56,15 @@
 //! shared pacing); without them, settings that ask for either are refused with a usage
 //! error.
 
+pub mod batch;
 pub mod context;
 mod error;
+pub mod jobs;
 pub mod output_schema;
 pub mod prices;
+#[cfg(feature = "redis")]
+pub mod queue;
+pub mod results;
 mod runner;
 mod sent;
 pub mod session;
@@ -61,12 +72,14 @@ mod settings;
 mod stack;
 mod state;
 pub mod supervise;
+mod total;
 mod url;
 
 pub use error::HostError;
 pub use runner::{RunOptions, Runner};
 pub use settings::Settings;
 pub use stack::{Stack, pool_size};
+pub use total::{TOTAL_REFUSAL, TotalCost};
 pub use url::display_url;
 
 pub use rlm_cache::{CacheStats, CachedBackend};

@@ -61,6 +61,11 @@ pub struct Settings {
     pub prices: Option<PathBuf>,
     /// Bytes the REPL's variables may hold (0: no limit).
     pub max_memory: usize,
+    /// Fit `max_memory` to each run's context (the default, `--max-memory auto`): a tree of
+    /// runs may hold `max_memory` plus twice its context's size, at most the machine's
+    /// memory less the context (see [`rlm_repl::SandboxLimits::max_memory_fits_context`]).
+    /// Off when the budget was given explicitly.
+    pub max_memory_fits_context: bool,
     /// Script time one code block may take.
     pub block_timeout: Duration,
     /// The longest string a script may build, in bytes (0: no limit).
@@ -113,6 +118,7 @@ impl Default for Settings {
             max_cost: None,
             prices: None,
             max_memory: rlm_repl::DEFAULT_MAX_MEMORY,
+            max_memory_fits_context: true,
             block_timeout: Duration::from_secs(60),
             max_string_bytes: 256 << 20,
             no_cache: false,

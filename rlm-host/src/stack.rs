@@ -23,6 +23,7 @@ use rlm_repl::{Rlm, RlmBuilder, RlmError, SandboxLimits};
 use crate::runner::Runner;
 use crate::sent::Sent;
 use crate::state::{self, Notices, TierHits};
+use crate::total::{Capped, TotalCost};
 use crate::url::{display_url, host_of};
 use crate::{HostError, Settings};
 
@@ -72,6 +73,21 @@ impl Stack {
         waits: Option<WaitObserver>,
         runs: usize,
     ) -> Result<Self, HostError> {
+        Self::build_with_total(settings, waits, runs, None)
+    }
+
+    /// [`build`](Self::build), with every call the stack sends (root calls and sub-calls,
+    /// not cache hits) charged to `total` when given: a cost budget shared by all the runs
+    /// of the process (`rlm batch --total-max-cost`).
+    ///
+    /// # Errors
+    /// As [`build`](Self::build).
+    pub fn build_with_total(
+        settings: &Settings,
+        waits: Option<WaitObserver>,
+        runs: usize,
+        total: Option<Arc<TotalCost>>,
+    ) -> Result<Self, HostError> {
         let api_key = match std::env::var(&settings.api_key_env) {
             Ok(key) => Some(key).filter(|key| !key.trim().is_empty()),
             Err(std::env::VarError::NotPresent) => None,
@@ -83,7 +99,7 @@ impl Stack {
                 )));
             }
         };
-        Self::build_keyed(settings, api_key, waits, runs)
+        Self::build_keyed(settings, api_key, waits, runs, total)
     }
 
     /// [`build`](Self::build) with the API key given here (a library caller's own, such as
@@ -99,7 +115,7 @@ impl Stack {
         runs: usize,
     ) -> Result<Self, HostError> {
         let api_key = Some(api_key.to_owned()).filter(|key| !key.trim().is_empty());
-        Self::build_keyed(settings, api_key, waits, runs)
+        Self::build_keyed(settings, api_key, waits, runs, None)
     }
 
     fn build_keyed(
@@ -107,6 +123,7 @@ impl Stack {
         api_key: Option<String>,
         waits: Option<WaitObserver>,
         runs: usize,
+        total: Option<Arc<TotalCost>>,
     ) -> Result<Self, HostError> {
         let (model, sub_model) = models(settings)?;
         let base_url = settings.effective_base_url()?;
@@ -148,11 +165,19 @@ impl Stack {
         let backend = OpenAiBackend::new(config).map_err(config_error)?;
         // Sub-calls share the client, pool and rate limits, with their own attempt timeout.
         let sub_backend = backend.with_request_timeout(settings.sub_timeout);
+        // Charged to the total, if any, just above HTTP: cache hits cost nothing.
+        let (backend, sub_backend): (Arc<dyn BatchExecutor>, Arc<dyn BatchExecutor>) = match total {
+            Some(total) => (
+                Arc::new(Capped::new(backend, Arc::clone(&total))),
+                Arc::new(Capped::new(sub_backend, total)),
+            ),
+            None => (Arc::new(backend), Arc::new(sub_backend)),
+        };
         Self::assemble(
             settings,
             (model, sub_model, shown_url),
-            Arc::new(backend),
-            Arc::new(sub_backend),
+            backend,
+            sub_backend,
             redis,
             notices,
         )
@@ -291,6 +316,7 @@ impl Stack {
             max_string_size: settings.max_string_bytes,
             block_timeout: settings.block_timeout,
             max_memory: settings.max_memory,
+            max_memory_fits_context: settings.max_memory_fits_context,
             ..SandboxLimits::default()
         };
         let mut builder = Rlm::builder(self.root())

@@ -47,6 +47,13 @@ pub struct SandboxLimits {
     /// than this during one block: the block is stopped). Also bounds what one `llm_batch`
     /// may send and keep.
     pub max_memory: usize,
+    /// Fit [`max_memory`](Self::max_memory) to the context (the CLI's default, `--max-memory
+    /// auto`): each tree of runs may hold `max_memory` plus twice its context's size (the
+    /// chunks of the context and the prompts built from them), but no more than the
+    /// machine's memory (or its container's limit) less the context, where it can be read,
+    /// and never less than `max_memory`. Off by default in the library: `max_memory` is then
+    /// the budget as given. No effect when `max_memory` is 0 (no limit).
+    pub max_memory_fits_context: bool,
 }
 
 impl Default for SandboxLimits {
@@ -60,6 +67,7 @@ impl Default for SandboxLimits {
             max_expr_depth: 64,
             block_timeout: Duration::from_secs(60),
             max_memory: DEFAULT_MAX_MEMORY,
+            max_memory_fits_context: false,
         }
     }
 }

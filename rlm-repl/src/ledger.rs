@@ -1,8 +1,8 @@
 //! The books of a tree of runs: what its calls used and how they went.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::{Mutex, OnceLock};
 
 use rlm_core::LlmError;
 use rlm_core::usage::{ModelUsage, UsageTracker};
@@ -46,6 +46,10 @@ pub(crate) struct Ledger {
     /// Bytes each run's variables held after its last block (an estimate), by run id: the
     /// memory budget is one budget for the tree.
     scope_bytes: Mutex<BTreeMap<String, usize>>,
+    /// The tree's memory budget once fitted to the top-level run's context (see
+    /// [`SandboxLimits::max_memory_fits_context`](crate::SandboxLimits)): the children
+    /// share it.
+    fitted_memory: OnceLock<usize>,
 }
 
 impl Ledger {
@@ -79,6 +83,12 @@ impl Ledger {
             .map(|(_, bytes)| *bytes)
             .fold(0, usize::saturating_add);
         max_memory.saturating_sub(others).max(1)
+    }
+
+    /// The tree's memory budget fitted to its context: computed by `fit` for the first run
+    /// built (the top-level run), the same for every later run of the tree.
+    pub(crate) fn fitted_memory(&self, fit: impl FnOnce() -> usize) -> usize {
+        *self.fitted_memory.get_or_init(fit)
     }
 
     /// The variables of the run `run` now hold `bytes`.

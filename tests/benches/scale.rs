@@ -3,11 +3,12 @@
 //!
 //! 1. Throughput: one `llm_batch` of 10,000 distinct prompts at zero latency, cache on, at
 //!    C = 16, 100 and 500: calls per second over the whole run, and TCP connections opened.
-//! 2. Copies: a 100 MB context cut into 1,000 prompts of 100 KB sent at C = 500, zero latency:
-//!    how far the peak resident memory rises above the memory held before the run (context
-//!    included).
+//! 2. Copies: a 100 MB context cut into 1,000 prompts of 100 KB sent at C = 500, zero latency,
+//!    the chunks as they are and made into prompts by `map`: how far the peak resident memory
+//!    rises above the memory held before the run (context included).
 //! 3. The moonshot (opt-in, `RLM_BENCH_MOONSHOT=1`; about 3 GB of memory, no disk): a
-//!    generated 1 GB text context cut into 10,000 sub-calls of 100 KB, C = 500, 1 s per
+//!    generated 1 GB text context cut into 10,000 sub-calls of 100 KB, each made into a
+//!    prompt (`chunk(context, 100000).map(...)`), C = 500, 1 s per
 //!    sub-call at the server (root turns answer at once). Prints wall / ideal, where the
 //!    ideal is 20 s of sub-calls plus the time to load the context into the REPL, the peak
 //!    resident memory of the process (server included) and the connections opened.
@@ -104,16 +105,24 @@ fn block(code: &str) -> String {
 }
 
 /// Runs one batch of `n` prompts over `context` in chunks of `chunk` bytes (or of `n` short
-/// prompts when `chunk` is 0); returns the wall time, the answer and the connections opened.
+/// prompts when `chunk` is 0), the chunks sent as they are or, with `prompts`, made into
+/// prompts first (the natural code: `chunk(context, size).map(|c| ...)`); returns the wall
+/// time, the answer and the connections opened.
 async fn batch_run(
     latency: Duration,
     max_concurrent: usize,
     context: Context,
     n: usize,
     chunk: usize,
+    prompts: bool,
 ) -> (Duration, String, usize) {
     let code = if chunk == 0 {
         format!("let r = llm_batch(range({n}).map(|i| `prompt ${{i}}`)); print(r.len());")
+    } else if prompts {
+        format!(
+            "let prompts = chunk(context, {chunk}).map(|c| \"Summarize this part:\\n\" + c);\n\
+             let r = llm_batch(prompts); print(r.len());"
+        )
     } else {
         format!("let parts = chunk(context, {chunk}); let r = llm_batch(parts); print(r.len());")
     };
@@ -145,7 +154,7 @@ async fn main() {
             let mut opened = 0;
             for _ in 0..3 {
                 let (wall, _, connections) =
-                    batch_run(Duration::ZERO, c, Context::from("x"), 10_000, 0).await;
+                    batch_run(Duration::ZERO, c, Context::from("x"), 10_000, 0, false).await;
                 rates.push(10_000.0 / wall.as_secs_f64());
                 opened = connections;
             }
@@ -157,23 +166,32 @@ async fn main() {
             );
         }
 
-        // 2. Copies.
+        // 2. Copies: the chunks sent as they are, then made into prompts first.
         let context = text(100 * MIB);
         let n = context.len().div_ceil(100_000);
         let shared = SharedContext::new(Context::from(context));
-        let (held, _) = memory();
-        reset_peak();
-        let (wall, _, opened) =
-            batch_run(Duration::ZERO, 500, Context::from(shared), n, 100_000).await;
-        let (_, peak) = memory();
-        println!(
-            "100 MB context -> {n} prompts of 100 KB, C = 500, zero latency: {:.2} s, peak \
-             resident {} MiB above the {} MiB held before (context included), {opened} \
-             connections",
-            wall.as_secs_f64(),
-            peak.saturating_sub(held) / MIB,
-            held / MIB
-        );
+        for (prompts, what) in [(false, "the chunks"), (true, "chunk(..).map(..) prompts")] {
+            let (held, _) = memory();
+            reset_peak();
+            let (wall, _, opened) = batch_run(
+                Duration::ZERO,
+                500,
+                Context::from(shared.clone()),
+                n,
+                100_000,
+                prompts,
+            )
+            .await;
+            let (_, peak) = memory();
+            println!(
+                "100 MB context -> {n} prompts of 100 KB ({what}), C = 500, zero latency: \
+                 {:.2} s, peak resident {} MiB above the {} MiB held before (context \
+                 included), {opened} connections",
+                wall.as_secs_f64(),
+                peak.saturating_sub(held) / MIB,
+                held / MIB
+            );
+        }
         return;
     }
 
@@ -185,7 +203,7 @@ async fn main() {
     let started = Instant::now();
     let shared = SharedContext::new(Context::from(context));
     let load = started.elapsed();
-    let (wall, _, opened) = batch_run(latency, 500, Context::from(shared), n, 100_000).await;
+    let (wall, _, opened) = batch_run(latency, 500, Context::from(shared), n, 100_000, true).await;
     let ideal = load + latency * u32::try_from(n.div_ceil(500)).unwrap_or(u32::MAX);
     let (_, peak) = memory();
     println!(

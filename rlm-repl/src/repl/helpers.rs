@@ -846,6 +846,7 @@ pub(crate) fn register(engine: &mut Engine, regexes: &Arc<RegexCache>, limits: &
         items
     });
     super::sorting::register(engine);
+    super::mapping::register(engine);
     engine.register_fn("fmt", |x: INT, digits: INT| format_number(x as f64, digits));
     engine.register_fn("fmt", |x: f64, digits: INT| format_number(x, digits));
     engine.register_fn("round", |x: f64, digits: INT| round_to(x, digits));

@@ -235,6 +235,43 @@ pub(crate) fn resident_bytes() -> Option<usize> {
     }
 }
 
+/// The memory this process may use in bytes: the machine's (Linux's `MemTotal`), or its
+/// container's limit if lower (cgroup v2 `memory.max`); `None` elsewhere or if unreadable.
+pub(crate) fn physical_bytes() -> Option<usize> {
+    #[cfg(target_os = "linux")]
+    {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let kib: usize = meminfo
+            .lines()
+            .find_map(|line| line.strip_prefix("MemTotal:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        let machine = kib.saturating_mul(1024);
+        // "max" (no limit) or a number of bytes.
+        let container = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+            .ok()
+            .and_then(|text| text.trim().parse::<usize>().ok());
+        Some(container.map_or(machine, |limit| limit.min(machine)))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
+
+/// The memory budget fitted to a context of `context` bytes (see
+/// [`SandboxLimits::max_memory_fits_context`]): `given` plus twice the context (its chunks and
+/// the prompts built from them), at most the machine's memory (`physical`) less the context,
+/// never less than `given`.
+pub(crate) fn fit_to_context(given: usize, context: usize, physical: Option<usize>) -> usize {
+    let wanted = given.saturating_add(context.saturating_mul(2));
+    let room = physical.map_or(usize::MAX, |bytes| bytes.saturating_sub(context));
+    wanted.min(room).max(given)
+}
+
 /// Sizes shown to the model: `12.3 MB`.
 pub(crate) fn human(bytes: usize) -> String {
     const UNITS: [&str; 4] = ["bytes", "KB", "MB", "GB"];
@@ -362,6 +399,19 @@ mod tests {
         let bytes = estimate_bytes(&value, usize::MAX);
         assert!((1100..1400).contains(&bytes), "{bytes}");
         assert!(estimate_bytes(&value, 10) < 1400);
+    }
+
+    #[test]
+    fn a_fitted_budget_holds_two_copies_of_the_context_within_the_machine() {
+        const GIB: usize = 1 << 30;
+        // 1 GiB context on a 16 GiB machine: 1 GiB + 2 GiB.
+        assert_eq!(fit_to_context(GIB, GIB, Some(16 * GIB)), 3 * GIB);
+        // On a 3 GiB machine, no more than the memory left beside the context.
+        assert_eq!(fit_to_context(GIB, GIB, Some(3 * GIB)), 2 * GIB);
+        // Never below what was given, even on a machine too small for the context.
+        assert_eq!(fit_to_context(GIB, GIB, Some(GIB)), GIB);
+        // Where the machine's memory cannot be read, the context alone decides.
+        assert_eq!(fit_to_context(GIB, 10, None), GIB + 20);
     }
 
     #[test]

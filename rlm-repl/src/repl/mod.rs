@@ -11,6 +11,7 @@ mod helpers;
 mod host;
 mod json_calls;
 mod lint;
+mod mapping;
 mod memory;
 pub(crate) mod output;
 mod sorting;
@@ -491,13 +492,23 @@ impl ReplBuilder {
                 (info, context)
             }
         };
-        let limits = fit_limits(self.limits, &context);
+        let mut limits = fit_limits(self.limits, &context);
         let run = self.run.unwrap_or_else(|| {
             Arc::new(RunState::new(
                 Budget::new(self.cancel.unwrap_or_default(), None, None),
                 Emitter::default(),
             ))
         });
+        if limits.max_memory_fits_context && limits.max_memory > 0 {
+            let given = limits.max_memory;
+            limits.max_memory = run.ledger.fitted_memory(|| {
+                memory::fit_to_context(
+                    given,
+                    memory::estimate_bytes(&context, usize::MAX),
+                    memory::physical_bytes(),
+                )
+            });
+        }
         let handle = self.handle.or_else(|| Handle::try_current().ok());
         let clock = Arc::new(BlockClock::new(limits.max_memory > 0));
         let tools = self.tools.map(|(caller, names)| HostTools {

@@ -892,10 +892,6 @@ mod tests {
             ),
             (json!({"input": "q", "background": true}), "background"),
             (
-                json!({"input": "q", "text": {"format": {"type": "json_schema", "schema": {}}}}),
-                "json_schema",
-            ),
-            (
                 json!({"input": [{"type": "function_call_output", "output": "x"}]}),
                 "function_call_output",
             ),
@@ -905,6 +901,12 @@ mod tests {
             assert!(error.message.contains(named), "{}", error.message);
         }
         assert!(parse(json!({"input": "q", "temperature": null})).is_ok());
+        // text.format json_schema is the run's output schema (typed answers), not refused.
+        let typed = parse(
+            json!({"input": "q", "text": {"format": {"type": "json_schema",
+            "name": "x", "schema": {"type": "object"}}}}),
+        );
+        assert!(typed.is_ok_and(|r| r.output_schema.is_some()));
         assert_eq!(
             parse(json!({"model": "rlm"})).unwrap_err().code,
             "no_user_message"
