@@ -121,3 +121,26 @@ def test_bad_jobs_are_refused_before_anything_runs():
         rlm.batch([{"id": "a", "query": "q"}], max_runs=0)
     assert calls == []
     assert rlm.batch([]) == []
+
+
+def test_the_rlms_tools_hold_in_batch_jobs(base_url):
+    def lookup(query):
+        return {"city": query["city"], "population": 2102650}
+
+    def boom(value):
+        raise ValueError(f"cannot handle {value!r}")
+
+    def slow_double(n):
+        return n * 2
+
+    rlm = rlm_rs.RLM(
+        "root-tools",
+        base_url=base_url,
+        tools={"lookup": lookup, "boom": boom, "slow_double": slow_double},
+    )
+    results = rlm.batch([{"id": f"t{i}", "query": "q"} for i in range(3)], max_runs=2)
+    for result in results:
+        assert result.error is None, result.error
+        population, error, doubled = result.answer.split("|")
+        assert (population, doubled) == ("2102650", "42")
+        assert "ValueError: cannot handle 'x'" in error
