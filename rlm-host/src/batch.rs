@@ -37,7 +37,7 @@ use rlm_core::cost::Prices;
 use rlm_core::usage::ModelUsage;
 use rlm_openai::WaitObserver;
 use rlm_repl::trace::TraceWriter;
-use rlm_repl::{Context, Event, Observer, RlmError, RunPlace, RunResult, StopReason};
+use rlm_repl::{Context, Event, Observer, RlmBuilder, RlmError, RunPlace, RunResult, StopReason};
 use serde_json::Value;
 use tokio::task::JoinSet;
 
@@ -100,7 +100,11 @@ pub struct JobRunner {
     config: BatchConfig,
     total: Option<Arc<TotalCost>>,
     observer: Option<Arc<dyn Observer>>,
+    setup: Option<BuilderSetup>,
 }
+
+/// What a front end adds to every job's run builder (its own tools, say).
+pub type BuilderSetup = Arc<dyn Fn(RlmBuilder) -> RlmBuilder + Send + Sync>;
 
 impl std::fmt::Debug for JobRunner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -137,7 +141,36 @@ impl JobRunner {
             config,
             total,
             observer: None,
+            setup: None,
         })
+    }
+
+    /// A runner on an existing `stack` (a front end's own: its API key, backend and cache),
+    /// charging by `prices`, with no total cost budget. Each job still has `settings`' run
+    /// budgets.
+    pub fn with_stack(
+        stack: Arc<Stack>,
+        settings: &Settings,
+        prices: Prices,
+        config: BatchConfig,
+    ) -> Self {
+        Self {
+            stack,
+            settings: settings.clone(),
+            prices,
+            config,
+            total: None,
+            observer: None,
+            setup: None,
+        }
+    }
+
+    /// Every job's run builder goes through `setup` before the job's own settings (tools a
+    /// front end registers, say).
+    #[must_use]
+    pub fn with_setup(mut self, setup: BuilderSetup) -> Self {
+        self.setup = Some(setup);
+        self
     }
 
     /// Every job's events also go to `observer` (a progress display).
@@ -219,6 +252,9 @@ impl JobRunner {
             Ok(builder) => builder,
             Err(e) => return fail(JobFailure::new(e.kind(), e.to_string())),
         };
+        if let Some(setup) = &self.setup {
+            builder = setup(builder);
+        }
         builder = builder
             .prices(self.prices.clone())
             .cancel_token(run_cancel.clone());
@@ -645,6 +681,41 @@ fn one_line(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A runner on a caller's stack runs its jobs there, with what `with_setup` registers.
+    #[tokio::test]
+    async fn a_runner_on_a_callers_stack_uses_its_backend_and_setup() {
+        let mock = rlm_core::mock::MockBackend::from_fn(|_| {
+            Ok("```repl\nFINAL(shout(\"hi\"));\n```".to_owned())
+        });
+        let settings = Settings::new("root");
+        let stack = Stack::with_backend(&settings, Arc::new(mock.clone()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let setup: BuilderSetup = Arc::new(|builder: RlmBuilder| {
+            builder.tool("shout", "Upper case.", |value: Value| async move {
+                Ok::<_, String>(Value::String(
+                    value.as_str().unwrap_or_default().to_uppercase(),
+                ))
+            })
+        });
+        let runner = JobRunner::with_stack(
+            Arc::new(stack),
+            &settings,
+            Prices::default(),
+            BatchConfig::default(),
+        )
+        .with_setup(setup);
+        let cancel = CancellationToken::new();
+        let result = runner
+            .run_job(Job::new("a", "q"), &cancel)
+            .await
+            .unwrap_or_else(|| panic!("a result"));
+        assert_eq!(result.error, None);
+        assert_eq!(result.answer, Value::String("HI".into()));
+        assert_eq!(mock.calls(), 1);
+        // The caller's stack metered the call.
+        assert_eq!(runner.stack().usage()["root"].calls, 1);
+    }
 
     #[test]
     fn trace_names_are_safe_and_distinct() {

@@ -9,6 +9,8 @@
 //!   host layer's backend stack ([`rlm_host::Stack`]: pacing, retries, the sub-call cache),
 //!   shared by its runs. `completion(context, query)` and `await acompletion(...)` return a
 //!   `Result`.
+//! - `batch(jobs, max_runs=8)` / `await abatch(...)`: `JOBS.jsonl`-style dicts run through
+//!   [`rlm_host::batch::JobRunner`] on the RLM's own stack, one `Result` per job in order.
 //! - `tools={"name": fn}`: Python functions the REPL calls with JSON-like values, through
 //!   [`rlm_host::RlmBuilder::tool`]; `backend=fn`: a Python callable as the
 //!   [`rlm_core::LlmBackend`] of every call.
@@ -33,6 +35,7 @@ mod batch;
 mod callback;
 mod convert;
 mod errors;
+mod jobs;
 mod options;
 mod result;
 mod rlm;

@@ -3,6 +3,7 @@
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use rlm_host::RunResult;
+use rlm_host::results::JobResult;
 use serde_json::Value;
 
 use crate::convert::to_py;
@@ -56,6 +57,21 @@ pub(crate) struct PyResult_ {
     /// Why the answer may not be trusted as it is, one sentence each (empty: a clean run).
     #[pyo3(get)]
     warnings: Vec<String>,
+    /// The job's id (`RLM.batch`; None for `completion`).
+    #[pyo3(get)]
+    id: Option<String>,
+    /// Why a batch job has no result, in one line (None: it ran; `completion` raises
+    /// instead). `answer` is then "" and `stopped` is "error".
+    #[pyo3(get)]
+    error: Option<String>,
+    /// The failure's kind, as the `--json` error kinds: "usage", "input", "server",
+    /// "auth", "budget" or "internal" (None without `error`).
+    #[pyo3(get)]
+    error_kind: Option<String>,
+    /// For a batch job with `expected`: whether the answer, trimmed, equals it (None
+    /// otherwise).
+    #[pyo3(get)]
+    correct: Option<bool>,
     usage: Value,
     cost_usd: Value,
     /// The accepted answer as JSON, for `to_dict` (plain values, whatever `parsed` is).
@@ -81,10 +97,57 @@ impl PyResult_ {
             child_runs: result.child_runs,
             max_depth_reached: result.max_depth_reached,
             warnings,
+            id: None,
+            error: None,
+            error_kind: None,
+            correct: None,
             json: result.json,
             usage: serde_json::to_value(&result.usage).unwrap_or(Value::Null),
             cost_usd: serde_json::to_value(&result.cost).unwrap_or(Value::Null),
         }
+    }
+
+    /// From a batch job's result: `typed` when the job had an `output_schema` (its answer
+    /// is then the JSON value, `parsed` too); `warnings` (the stack's) go last.
+    pub(crate) fn from_job(
+        py: Python<'_>,
+        job: JobResult,
+        typed: bool,
+        warnings: Vec<String>,
+    ) -> PyResult<Self> {
+        let (answer, json) = match job.answer {
+            Value::Null => (String::new(), None),
+            Value::String(text) if !typed => (text, None),
+            other => (other.to_string(), Some(other)),
+        };
+        let parsed = match &json {
+            Some(json) => to_py(py, json)?.unbind(),
+            None => py.None(),
+        };
+        let mut all = job.warnings;
+        all.extend(warnings);
+        Ok(Self {
+            answer,
+            parsed,
+            stopped: job.stopped.unwrap_or_else(|| "error".to_owned()),
+            iterations: usize::try_from(job.iterations).unwrap_or(usize::MAX),
+            elapsed_ms: job.elapsed_ms,
+            sub_calls: job.sub_calls,
+            failed_sub_calls: job.failed_sub_calls,
+            cancelled_sub_calls: 0,
+            refused_sub_calls: 0,
+            tool_calls: 0,
+            child_runs: 0,
+            max_depth_reached: 0,
+            warnings: all,
+            id: Some(job.id),
+            error_kind: job.error.as_ref().map(|e| e.kind.clone()),
+            error: job.error.map(|e| e.message),
+            correct: job.correct,
+            json,
+            usage: serde_json::to_value(&job.usage).unwrap_or(Value::Null),
+            cost_usd: serde_json::to_value(&job.cost_usd).unwrap_or(Value::Null),
+        })
     }
 }
 
@@ -124,6 +187,10 @@ impl PyResult_ {
         dict.set_item("child_runs", self.child_runs)?;
         dict.set_item("max_depth_reached", self.max_depth_reached)?;
         dict.set_item("warnings", &self.warnings)?;
+        dict.set_item("id", &self.id)?;
+        dict.set_item("error", &self.error)?;
+        dict.set_item("error_kind", &self.error_kind)?;
+        dict.set_item("correct", self.correct)?;
         Ok(dict)
     }
 
@@ -132,8 +199,12 @@ impl PyResult_ {
         if answer.len() < self.answer.len() {
             answer.push_str("...");
         }
+        let error = match &self.error {
+            Some(error) => format!(", error={error:?}"),
+            None => String::new(),
+        };
         format!(
-            "Result(answer={answer:?}, stopped={:?}, iterations={}, sub_calls={})",
+            "Result(answer={answer:?}, stopped={:?}, iterations={}, sub_calls={}{error})",
             self.stopped, self.iterations, self.sub_calls
         )
     }

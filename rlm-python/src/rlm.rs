@@ -19,7 +19,7 @@ use crate::wait;
 pub(crate) struct Engine {
     pub(crate) settings: Settings,
     pub(crate) extras: Extras,
-    pub(crate) stack: Stack,
+    pub(crate) stack: Arc<Stack>,
     pub(crate) prices: Prices,
     pub(crate) tools: Vec<PyTool>,
 }
@@ -146,6 +146,49 @@ impl PyRlm {
             .map_err(|e| e.into_pyerr(self.engine.stack.model()))
     }
 
+    /// Runs `jobs` (dicts as in `JOBS.jsonl`: `id`, `query`, and optionally `context`,
+    /// `context_path`, `expected`, `output_schema`, `model`, `sub_model`), `max_runs` at
+    /// once, on this RLM's stack, key, backend and tools, each with its run budgets. Returns
+    /// one `Result` per job, in the order of `jobs`.
+    ///
+    /// A job that fails (a context that cannot be read, a model that fails, a budget with no
+    /// answer) is a `Result` with `error` (and `error_kind`; `stopped` is "error"); the
+    /// others are kept. The GIL is released while the jobs run; Ctrl-C cancels them all
+    /// (KeyboardInterrupt).
+    ///
+    /// Raises `UsageError` naming the job's index for a job that is not such a dict, before
+    /// anything runs.
+    #[pyo3(signature = (jobs, *, max_runs=rlm_host::batch::DEFAULT_MAX_RUNS))]
+    fn batch(
+        &self,
+        py: Python<'_>,
+        jobs: &Bound<'_, PyAny>,
+        max_runs: usize,
+    ) -> PyResult<Vec<PyResult_>> {
+        let batch = crate::jobs::Batch::new(py, &self.engine, jobs, max_runs)?;
+        let cancel = CancellationToken::new();
+        let slots = wait::block_on(py, batch.run(cancel.clone()), &cancel)?;
+        crate::jobs::finish(py, &self.engine, slots)
+    }
+
+    /// `await rlm.abatch(jobs, max_runs=8)`: `batch` as an awaitable of the running event
+    /// loop. Cancelling the awaiting task cancels every job.
+    #[pyo3(signature = (jobs, *, max_runs=rlm_host::batch::DEFAULT_MAX_RUNS))]
+    fn abatch<'py>(
+        &self,
+        py: Python<'py>,
+        jobs: &Bound<'py, PyAny>,
+        max_runs: usize,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let batch = crate::jobs::Batch::new(py, &self.engine, jobs, max_runs)?;
+        let cancel = CancellationToken::new();
+        let engine = Arc::clone(&self.engine);
+        wait::future(py, batch.run(cancel.clone()), cancel, move |py, slots| {
+            let results = crate::jobs::finish(py, &engine, slots)?;
+            Ok(results.into_pyobject(py)?.into_any().unbind())
+        })
+    }
+
     /// The root model.
     #[getter]
     fn model(&self) -> String {
@@ -201,7 +244,7 @@ fn build(
     Ok(Engine {
         settings,
         extras,
-        stack,
+        stack: Arc::new(stack),
         prices,
         tools,
     })

@@ -257,6 +257,7 @@ pytests! {
     keyboard_interrupt_stops_the_sub_calls => "test_interrupt.py",
     typed_answers => "test_typed.py",
     sessions => "test_session.py",
+    rlm_batch_jobs => "test_jobs.py",
 }
 
 /// 200 prompts at most 8 in flight at the server, in order, one failing item.
@@ -345,6 +346,7 @@ fn main() -> std::process::ExitCode {
         )
         .tokio("typed_answers", typed_answers)
         .tokio("sessions", sessions)
+        .tokio("rlm_batch_jobs", rlm_batch_jobs)
         .tokio(
             "batch_completion_is_bounded_and_ordered",
             batch_completion_is_bounded_and_ordered,

@@ -6,6 +6,8 @@
     print(result.answer, result.usage)
 
 `RLM(...).completion(context, query)` / `await RLM(...).acompletion(...)` return a `Result`;
+`RLM(...).batch(jobs)` / `await RLM(...).abatch(jobs)` run JOBS.jsonl-style dicts, one
+`Result` per job in order (a failed job's `Result` has `error`);
 `batch_completion(prompts, model)` / `await abatch_completion(...)` send plain prompts,
 bounded, ordered, paced, retried and cached. Errors are `RlmError` subclasses named after
 `rlm --json`'s error kinds. See help(RLM) and help(batch_completion).
@@ -49,6 +51,12 @@ class RLM(_rlm_rs._RLM):
         the engine works; cancelling the awaiting task cancels the run and its in-flight
         sub-calls."""
         return await super().acompletion(context, query, output_schema=output_schema)
+
+    async def abatch(self, jobs, *, max_runs=8):
+        """`await rlm.abatch(jobs, max_runs=8)`: `batch` as a coroutine of the running event
+        loop (one `Result` per job, in order). Cancelling the awaiting task cancels every
+        job."""
+        return await super().abatch(jobs, max_runs=max_runs)
 
     def session(self, context, *, output_schema=None):
         """A conversation over `context` (as for `completion`): `session.ask(query)` answers

@@ -24,6 +24,10 @@ Backend = Callable[[List[Message], str], Union[str, Awaitable[str]]]
 Tool = Callable[..., Any]
 # A JSON Schema dict, or a Pydantic model class (then `Result.parsed` is an instance).
 OutputSchema = Union[Dict[str, Any], Type[Any]]
+# A JOBS.jsonl line as a dict: "id" and "query" (str), and optionally "context" (JSON-like),
+# "context_path" (str or PathLike), "expected", "output_schema" (a JSON Schema dict),
+# "model", "sub_model".
+Job = Dict[str, Any]
 
 class RlmError(Exception):
     """Base class of rlm_rs's errors (an internal error, a bug, is an RlmError itself)."""
@@ -59,6 +63,13 @@ class Result:
     child_runs: int
     max_depth_reached: int
     warnings: List[str]
+    # `RLM.batch` only: the job's id; why the job has no result ("" answer, stopped
+    # "error") and its kind ("usage", "input", "server", "auth", "budget", "internal");
+    # whether the answer equals the job's `expected`. None otherwise.
+    id: Optional[str]
+    error: Optional[str]
+    error_kind: Optional[str]
+    correct: Optional[bool]
     @property
     def usage(self) -> Dict[str, Dict[str, int]]: ...
     @property
@@ -119,6 +130,13 @@ class RLM:
     async def acompletion(
         self, context: Context, query: str, *, output_schema: Optional[OutputSchema] = None
     ) -> Result: ...
+    def batch(self, jobs: Sequence[Job], *, max_runs: int = 8) -> List[Result]:
+        """One Result per job, in order, `max_runs` at once, on this RLM's stack, key,
+        backend and tools. A failed job's Result has `error` and `error_kind` (`stopped` is
+        "error", `answer` ""); the others are kept. A bad job dict raises UsageError naming
+        its index before anything runs. Batch Results do not count tool_calls, child_runs,
+        cancelled_sub_calls, refused_sub_calls, max_depth_reached (0)."""
+    async def abatch(self, jobs: Sequence[Job], *, max_runs: int = 8) -> List[Result]: ...
     def session(
         self, context: Context, *, output_schema: Optional[OutputSchema] = None
     ) -> "Session": ...
