@@ -4,12 +4,16 @@
 //! - `input` is a string (the query) or message items (`role` and `content`, a string or
 //!   `input_text` / `output_text` parts); the query is the last user message. The context is
 //!   the server's `--context` when it has one, else the text of the items before the query
-//!   (system and developer items are instructions, as `instructions` is).
+//!   (system and developer items are instructions, as `instructions` is). A session's first
+//!   question is made into a run by [`crate::inline::run_input`], the chat completions' rule:
+//!   a query or instruction over `--inline-max-bytes` becomes a document of the context and
+//!   the root model sees its head and tail.
 //! - A response starts a session (an [`rlm_repl::Session`]); `previous_response_id` naming the
 //!   latest response of a session asks the next question in it: the REPL's variables and the
 //!   conversation are kept, the context is not loaded again. Such a request's `input` holds
 //!   the new question only (and instructions); `instructions` are not carried over, as in
-//!   OpenAI's API.
+//!   OpenAI's API. The context cannot grow: a follow-up's question or instruction over
+//!   `--inline-max-bytes` is refused with 400 `message_too_long`.
 //! - The store keeps at most `max_sessions` sessions (the least recently used is evicted),
 //!   each for `session_ttl` after its last use, and the last [`KEPT_RESPONSES`] responses of
 //!   each. An unknown, expired or evicted id is 404 `session_not_found`. `store: false`
@@ -258,6 +262,10 @@ struct CreateRequest {
     store: bool,
     query: String,
     documents: Vec<String>,
+    /// `instructions` and the system and developer items, each on its own (a long one moves
+    /// into the context by itself).
+    instruction_messages: Vec<String>,
+    /// The same, joined: what the response object echoes.
     instructions: Option<String>,
     previous: Option<String>,
     metadata: Value,
@@ -378,6 +386,7 @@ impl CreateRequest {
             query,
             documents,
             instructions: (!instructions.is_empty()).then(|| instructions.join("\n\n")),
+            instruction_messages: instructions,
             previous: string("previous_response_id")?,
             metadata: raw.get("metadata").cloned().unwrap_or(Value::Null),
             user: raw.get("user").cloned().unwrap_or(Value::Null),
@@ -385,14 +394,63 @@ impl CreateRequest {
         })
     }
 
-    /// The context from the items before the query: one document is a string.
-    fn context(&mut self) -> Context {
-        let mut documents = std::mem::take(&mut self.documents);
-        match documents.len() {
-            0 => Context::Text(String::new()),
-            1 => Context::Text(documents.pop().unwrap_or_default()),
-            _ => Context::Documents(documents),
+    /// The first question of a session made into a run's input by [`inline::run_input`], the
+    /// one rule the Chat Completions endpoint follows too: the instructions, the items before
+    /// the query (the documents of the context) and the query; the server's context, if it
+    /// has one, is the context, and a query or instruction longer than `inline_max_bytes`
+    /// becomes a document of it.
+    fn first_input(
+        &mut self,
+        shared: Option<&SharedContext>,
+        inline_max_bytes: usize,
+    ) -> Result<inline::RunInput, ApiError> {
+        let mut messages: Vec<ChatMessage> = std::mem::take(&mut self.instruction_messages)
+            .into_iter()
+            .map(|text| ChatMessage::new("system", text))
+            .collect();
+        messages.extend(
+            std::mem::take(&mut self.documents)
+                .into_iter()
+                .map(|text| ChatMessage::new("user", text)),
+        );
+        messages.push(ChatMessage::new("user", std::mem::take(&mut self.query)));
+        Ok(inline::run_input(messages, shared, inline_max_bytes)?)
+    }
+
+    /// A follow-up's new messages must fit the prompt: the session's context is fixed once
+    /// the session starts, so a message over `inline_max_bytes` cannot move into it and is
+    /// refused (400 `message_too_long`), never sent whole to the root model.
+    fn check_follow_up(&self, inline_max_bytes: usize) -> Result<(), ApiError> {
+        if !self.documents.is_empty() {
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                "with previous_response_id the context is the session's: `input` may hold \
+                 only the new question (and system or developer messages)",
+            ));
         }
+        if inline_max_bytes == 0 {
+            return Ok(());
+        }
+        let long = std::iter::once(("the new question", &self.query)).chain(
+            self.instruction_messages
+                .iter()
+                .map(|text| ("an instruction", text)),
+        );
+        for (what, text) in long {
+            if text.len() > inline_max_bytes {
+                return Err(ApiError::bad_request(
+                    "message_too_long",
+                    format!(
+                        "{what} is {} bytes, more than --inline-max-bytes ({inline_max_bytes}); \
+                         with previous_response_id the session's context is fixed, so a long \
+                         document cannot join it: start a new session with the document in \
+                         `input` (it becomes part of the context)",
+                        text.len()
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -456,6 +514,8 @@ struct Head {
     metadata: Value,
     user: Value,
     store: bool,
+    /// Messages moved into the context for their length (`rlm.moved_to_context`).
+    moved: usize,
 }
 
 impl Head {
@@ -494,6 +554,9 @@ impl Head {
                 body["output"] = json!([self.message(&result.answer, "completed")]);
                 body["usage"] = usage(result);
                 body["rlm"] = rlm_summary(result);
+                if let Some(rlm) = body["rlm"].as_object_mut() {
+                    rlm.insert("moved_to_context".into(), self.moved.into());
+                }
             }
             Some(Err(error)) => {
                 body["status"] = json!("failed");
@@ -573,6 +636,15 @@ async fn create_inner(
     })?;
     let mut request = CreateRequest::parse(&body)?;
     drop(body);
+    // A first question follows the inline rule; a follow-up's messages must fit the prompt.
+    let inline_max_bytes = state.options.inline_max_bytes;
+    let first = match request.previous {
+        None => Some(request.first_input(state.options.context.as_ref(), inline_max_bytes)?),
+        Some(_) => {
+            request.check_follow_up(inline_max_bytes)?;
+            None
+        }
+    };
     let store = &state.responses;
     let n = state.next_id.fetch_add(1, Ordering::Relaxed);
     let head = Arc::new(Head {
@@ -587,26 +659,25 @@ async fn create_inner(
         metadata: std::mem::take(&mut request.metadata),
         user: std::mem::take(&mut request.user),
         store: request.store,
+        moved: first.as_ref().map_or(0, |input| input.moved),
     });
     // Stored while it runs (`in_progress`), unless `store` is false.
     let in_progress = request.store.then(|| head.response(None));
     // The session: continued, or new over the context.
-    let (session_id, session) = match &request.previous {
-        Some(previous) => {
-            if !request.documents.is_empty() {
-                return Err(ApiError::bad_request(
-                    "invalid_body",
-                    "with previous_response_id the context is the session's: `input` may hold \
-                     only the new question (and system or developer messages)",
-                ));
-            }
-            store.continue_from(previous, &head.id, in_progress)?
+    let (session_id, session) = match (&request.previous, first) {
+        (Some(previous), _) => store.continue_from(previous, &head.id, in_progress)?,
+        (None, None) => {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "internal_error",
+                "internal error (a bug in rlm): a first question without its input".to_owned(),
+            ));
         }
-        None => {
-            let context = match &state.options.context {
-                Some(shared) => Context::Shared(shared.clone()),
-                None => request.context(),
-            };
+        (None, Some(input)) => {
+            request.query = input.query;
+            request.instructions = input.instructions;
+            let context = input.context;
             let rlm = state
                 .runner
                 .rlm(RunOptions::default())
@@ -879,7 +950,28 @@ mod tests {
             Some("be brief\n\nin French")
         );
         assert!(!request.store);
-        assert_eq!(request.context(), Context::Text("doc".into()));
+        let input = request.first_input(None, 16 << 10).unwrap();
+        assert_eq!(input.context, Context::Text("doc".into()));
+        assert_eq!(input.query, "q");
+        assert_eq!(input.instructions.as_deref(), Some("be brief\n\nin French"));
+        assert_eq!(input.moved, 0);
+    }
+
+    #[test]
+    fn a_follow_up_message_over_the_limit_is_refused_unless_there_is_no_limit() {
+        let long = "x".repeat(2_000);
+        for body in [
+            json!({"input": long, "previous_response_id": "r"}),
+            json!({"input": "q", "instructions": long, "previous_response_id": "r"}),
+            json!({"input": [{"role": "developer", "content": long}, {"role": "user", "content": "q"}]}),
+        ] {
+            let request = parse(body).unwrap();
+            let error = request.check_follow_up(1_000).unwrap_err();
+            assert_eq!(error.code, "message_too_long");
+            assert!(error.message.contains("--inline-max-bytes (1000)"));
+            assert!(request.check_follow_up(0).is_ok());
+            assert!(request.check_follow_up(2_000).is_ok());
+        }
     }
 
     #[test]
