@@ -317,12 +317,22 @@ async fn rlm_chat_through_a_terminal_keeps_variables_and_cancels_with_ctrl_c() {
         out.contains("count=3") && out.contains("second=beta"),
         "{out}"
     );
-    // Three questions reached the root model; the context was loaded once, and the third
-    // question's first message shows the earlier two (the cancelled one without an answer).
+    // The first and third questions reached the root model (the second did too unless the
+    // Ctrl-C came before its request was sent: the client presses it as soon as the question
+    // is asked, so which one depends on the machine's speed). The context was loaded once,
+    // and the third question's first message shows the earlier two, the cancelled one
+    // without an answer.
     let firsts = first_messages(&server);
-    assert_eq!(firsts.len(), 3, "{firsts:#?}");
-    assert!(firsts[2].contains("Query 1: count words\nAnswer 1: count=3"));
-    assert!(firsts[2].contains("Query 2: slow one\nAnswer 2: (no answer"));
+    assert!(matches!(firsts.len(), 2 | 3), "{firsts:#?}");
+    let last = firsts.last().map(String::as_str).unwrap_or_default();
+    assert!(
+        last.contains("Query 1: count words\nAnswer 1: count=3"),
+        "{last}"
+    );
+    assert!(
+        last.contains("Query 2: slow one\nAnswer 2: (no answer"),
+        "{last}"
+    );
 }
 
 /// Starts `rlm serve` against `mock` with `extra` flags; returns it and its base URL.

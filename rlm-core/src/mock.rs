@@ -26,7 +26,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -47,6 +47,11 @@ struct State {
     calls: AtomicUsize,
     in_flight: AtomicUsize,
     peak_in_flight: AtomicUsize,
+    /// Gated calls in progress now (see [`MockBackend::with_gate`]).
+    gated: AtomicUsize,
+    /// Whether the gate has opened (it stays open).
+    gate_open: AtomicBool,
+    gate_opened: tokio::sync::Notify,
 }
 
 /// A backend whose replies come from a script or a closure.
@@ -59,6 +64,7 @@ pub struct MockBackend {
     failures: Vec<(Arc<Predicate>, LlmError)>,
     latency: Option<Arc<LatencyFn>>,
     shape: Option<Arc<ShapeFn>>,
+    gate: Option<(Arc<Predicate>, usize)>,
     state: Arc<State>,
 }
 
@@ -73,6 +79,7 @@ impl MockBackend {
             failures: Vec::new(),
             latency: None,
             shape: None,
+            gate: None,
             state: Arc::default(),
         }
     }
@@ -128,6 +135,19 @@ impl MockBackend {
         self
     }
 
+    /// Holds every call for which `predicate` holds until `together` such calls are in
+    /// progress at once; from then on the gate stays open. A test can so see concurrency
+    /// without depending on timing: if the calls never overlap that much, they wait (put a
+    /// timeout around the test), and [`peak_in_flight`](Self::peak_in_flight) still shows a
+    /// ceiling that was passed.
+    pub fn with_gate<P>(mut self, predicate: P, together: usize) -> Self
+    where
+        P: Fn(&CompletionRequest) -> bool + Send + Sync + 'static,
+    {
+        self.gate = Some((Arc::new(predicate), together));
+        self
+    }
+
     /// Fails with `error` (after the latency) whenever `predicate` holds for the request.
     /// Checked before the responder, in the order added.
     pub fn fail_when<P>(mut self, predicate: P, error: LlmError) -> Self
@@ -166,6 +186,28 @@ impl MockBackend {
     }
 }
 
+impl MockBackend {
+    /// Waits until `together` gated calls are in progress (or the gate opened before).
+    async fn pass_gate(&self, together: usize) -> InFlight<'_> {
+        let state = &*self.state;
+        let now = state.gated.fetch_add(1, Ordering::SeqCst) + 1;
+        let guard = InFlight(&state.gated);
+        if now >= together {
+            state.gate_open.store(true, Ordering::SeqCst);
+            state.gate_opened.notify_waiters();
+        }
+        loop {
+            let opened = state.gate_opened.notified();
+            tokio::pin!(opened);
+            opened.as_mut().enable();
+            if state.gate_open.load(Ordering::SeqCst) {
+                return guard;
+            }
+            opened.await;
+        }
+    }
+}
+
 impl fmt::Debug for MockBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MockBackend")
@@ -199,6 +241,10 @@ impl LlmBackend for MockBackend {
         let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         state.peak_in_flight.fetch_max(now, Ordering::SeqCst);
         let _guard = InFlight(&state.in_flight);
+        let _gated = match &self.gate {
+            Some((gated, together)) if gated(&request) => Some(self.pass_gate(*together).await),
+            _ => None,
+        };
 
         let latency = self
             .latency

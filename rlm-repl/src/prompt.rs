@@ -161,11 +161,13 @@ pub(crate) fn session_message(
     first: &str,
 ) -> String {
     let mut out = String::from(
-        "This query continues a session. The REPL is the one the earlier queries used:          `context` is the same value (not reloaded) and every variable and function they          defined is still there. Reuse what they computed instead of computing it again.\n",
+        "This query continues a session. The REPL is the one the earlier queries used: \
+         `context` is the same value (not reloaded) and every variable and function they \
+         defined is still there. Reuse what they computed instead of computing it again.\n",
     );
     if !history.is_empty() {
         out.push_str(&format!(
-            "\n--- earlier queries and answers, oldest first ---\n{}\n--- end of earlier              queries ---\n",
+            "\n--- earlier queries and answers, oldest first ---\n{}\n--- end of earlier queries ---\n",
             history.trim_end()
         ));
     }

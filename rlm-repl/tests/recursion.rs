@@ -231,11 +231,19 @@ async fn children_run_concurrently_within_the_ceiling() {
             format!("FINAL(answer of {query})")
         }
     })
-    .with_latency(Duration::from_millis(40));
+    // The children's calls wait until four of them are in progress together: the test sees
+    // the overlap without depending on how fast a loaded machine starts them (no overlap
+    // would hang it, hence the timeout), and the peak shows whether the ceiling held.
+    .with_gate(|request| query_and_turn(request).0.starts_with("child "), 4);
     let rlm = builder(&root, &MockBackend::echo())
         .max_concurrent(4)
         .build_ok();
-    let result = run_ok(&rlm, "top", Context::from("x")).await;
+    let result = tokio::time::timeout(
+        Duration::from_secs(120),
+        run_ok(&rlm, "top", Context::from("x")),
+    )
+    .await
+    .expect("four children run at once");
     assert_eq!(result.answer, "8");
     assert_eq!(root.peak_in_flight(), 4);
     assert_eq!(result.child_runs, 8);
