@@ -529,3 +529,53 @@ async fn every_request_gets_one_json_log_line_without_keys_and_metrics_count_the
     assert_eq!(with_status(404)[0]["path"], "/v1/no%0Asuch");
     assert_eq!(with_status(200).len(), 2, "the answer and the metrics");
 }
+
+/// A Responses API request's access-log line names its run, tokens and cost too (the hook
+/// was only in chat completions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_responses_request_logs_its_run_id_tokens_and_cost() {
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = Arc::clone(&lines);
+    let mock = mock(counting_root).await;
+    let server = start(
+        &mock,
+        ServeOptions {
+            server_key: Some(SERVER_KEY.into()),
+            access_log: Some(AccessLog::to(LogFormat::Json, move |line| {
+                sink.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(line.to_owned());
+            })),
+            ..ServeOptions::default()
+        },
+    )
+    .await;
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/responses", server.base))
+        .bearer_auth(SERVER_KEY)
+        .json(&json!({"model": "rlm", "input": "q"}))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(response.status().as_u16(), 200);
+    let body: Value = response.json().await.unwrap_or_default();
+    let mut logged = Vec::new();
+    // Written once the response has ended: wait for it (a bound, not a timing assertion).
+    for _ in 0..3000 {
+        logged = lines.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if !logged.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(logged.len(), 1, "{logged:#?}");
+    let line: Value = serde_json::from_str(&logged[0]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(line["path"], "/v1/responses", "{line}");
+    assert_eq!(line["run_id"], body["id"], "{line}");
+    assert_eq!(line["outcome"], "final", "{line}");
+    assert!(
+        line["prompt_tokens"].as_u64().is_some_and(|t| t > 0),
+        "{line}"
+    );
+    assert!(line["cost_usd"].is_number(), "{line}");
+}

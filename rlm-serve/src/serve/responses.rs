@@ -600,9 +600,10 @@ fn usage(result: &RunResult) -> Value {
 /// `POST /v1/responses`.
 pub(super) async fn create(
     State(state): State<Arc<AppState>>,
+    axum::Extension(note): axum::Extension<RunNote>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match create_inner(state, body).await {
+    match create_inner(state, note, body).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     }
@@ -610,6 +611,7 @@ pub(super) async fn create(
 
 async fn create_inner(
     state: Arc<AppState>,
+    note: RunNote,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|rejection| {
@@ -762,6 +764,9 @@ async fn create_inner(
             drop(permit);
             log_run(&head.id, &result, started.elapsed());
             state.telemetry.metrics.run(&result, started.elapsed());
+            // The access log's line names the run, its tokens and cost, as for chat.
+            note.started(&head.id);
+            note.finished(&result, None);
             // With a schema, a run without a conforming answer is a 422, never wrong text.
             let outcome = result
                 .map_err(|e| ApiError::from_run(&e))
@@ -771,6 +776,9 @@ async fn create_inner(
                         None => Ok(result),
                     },
                 );
+            if let Err(error) = &outcome {
+                note.refused(error.code);
+            }
             let body = head.response(Some(outcome.as_ref()));
             // Nothing can continue a response not stored, or a failed first question: the
             // session ends. (A session evicted meanwhile keeps nothing either.)
