@@ -399,8 +399,9 @@ async fn runs_still_going_after_the_grace_are_cancelled_with_an_error() {
     hold.release();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_request_gets_one_json_log_line_without_keys_and_metrics_count_them() {
+/// A server behind [`SERVER_KEY`] whose JSON access-log lines are collected in the returned
+/// list, over a mock answering with [`counting_root`].
+async fn logging_server() -> (MockServer, Server, Arc<Mutex<Vec<String>>>) {
     let lines = Arc::new(Mutex::new(Vec::<String>::new()));
     let sink = Arc::clone(&lines);
     let mock = mock(counting_root).await;
@@ -417,6 +418,12 @@ async fn every_request_gets_one_json_log_line_without_keys_and_metrics_count_the
         },
     )
     .await;
+    (mock, server, lines)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_gets_one_json_log_line_without_keys_and_metrics_count_them() {
+    let (_mock, server, lines) = logging_server().await;
     let client = reqwest::Client::new();
     // 1: answered.
     let (status, _) = post(&server.base, &ask("q")).await;
@@ -534,22 +541,7 @@ async fn every_request_gets_one_json_log_line_without_keys_and_metrics_count_the
 /// was only in chat completions).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_responses_request_logs_its_run_id_tokens_and_cost() {
-    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-    let sink = Arc::clone(&lines);
-    let mock = mock(counting_root).await;
-    let server = start(
-        &mock,
-        ServeOptions {
-            server_key: Some(SERVER_KEY.into()),
-            access_log: Some(AccessLog::to(LogFormat::Json, move |line| {
-                sink.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(line.to_owned());
-            })),
-            ..ServeOptions::default()
-        },
-    )
-    .await;
+    let (_mock, server, lines) = logging_server().await;
     let response = reqwest::Client::new()
         .post(format!("{}/v1/responses", server.base))
         .bearer_auth(SERVER_KEY)
