@@ -143,54 +143,17 @@ async fn serve_and_drive(handler: fn(&ServerRequest) -> Reply, clients: &[&str])
             "sub-model": {"input": 0.5, "cached_input": 0.25, "output": 1.0}}"#,
     )
     .expect("prices file");
-    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_rlm"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--model",
-            ROOT,
-            "--sub-model",
-            "sub-model",
-        ])
-        .args([
-            "--base-url",
-            &mock.base_url(),
+    let prices_arg = prices.to_str().expect("a UTF-8 temp path");
+    let (mut server, base, rest) = spawn_serve(
+        &mock,
+        &[
             "--server-key-env",
             "RLM_TEST_SERVER_KEY",
-        ])
-        .arg("--prices")
-        .arg(&prices)
-        .env("OPENAI_API_KEY", KEY)
-        .env("RLM_TEST_SERVER_KEY", SERVER_KEY)
-        .env_remove("RLM_MODEL")
-        .env_remove("RLM_SUB_MODEL")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("rlm serve starts");
-    let mut lines = BufReader::new(server.stderr.take().expect("stderr")).lines();
-    let mut base = None;
-    while let Ok(Ok(Some(line))) =
-        tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await
-    {
-        assert!(!line.contains(KEY) && !line.contains(SERVER_KEY), "{line}");
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            base = rest.split_whitespace().next().map(str::to_owned);
-            break;
-        }
-    }
-    let base = base.expect("rlm serve says where it listens");
-    let rest = tokio::spawn(async move {
-        let mut text = String::new();
-        while let Ok(Some(line)) = lines.next_line().await {
-            text.push_str(&line);
-            text.push('\n');
-        }
-        text
-    });
+            "--prices",
+            prices_arg,
+        ],
+    )
+    .await;
     for client in clients {
         run_python(
             &python,
@@ -300,6 +263,7 @@ async fn spawn_serve(
         .args(["--sub-model", "sub-model", "--base-url", &mock.base_url()])
         .args(extra)
         .env("OPENAI_API_KEY", KEY)
+        .env("RLM_TEST_SERVER_KEY", SERVER_KEY)
         .env_remove("RLM_MODEL")
         .env_remove("RLM_SUB_MODEL")
         .stdin(Stdio::null())
@@ -313,6 +277,7 @@ async fn spawn_serve(
     while let Ok(Ok(Some(line))) =
         tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await
     {
+        assert!(!line.contains(KEY) && !line.contains(SERVER_KEY), "{line}");
         if let Some(rest) = line.split("listening on ").nth(1) {
             base = rest.split_whitespace().next().map(str::to_owned);
             break;
