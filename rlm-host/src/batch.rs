@@ -243,7 +243,14 @@ impl JobRunner {
                 total_message(self.total.as_deref()),
             ));
         }
-        let context = match self.load_context(&job).await {
+        // A read that never ends (a stalled network file system) must not hold up Ctrl-C:
+        // the blocked thread is left behind, the job gets no line and runs again next time.
+        let loaded = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return None,
+            loaded = self.load_context(&job) => loaded,
+        };
+        let context = match loaded {
             Ok(context) => context,
             Err(e) => return fail(JobFailure::new(e.kind(), one_line(&e.to_string()))),
         };
@@ -388,6 +395,16 @@ impl JobRunner {
             // Reading a file is blocking work: off the runtime's threads.
             let (path, options) = (path.clone(), self.config.load);
             return tokio::task::spawn_blocking(move || {
+                // A job names files and directories, as `rlm serve` clients do: a FIFO
+                // waits for a writer that may never come, a device may never end.
+                let kind = std::fs::metadata(&path).map(|m| m.file_type());
+                if kind.is_ok_and(|kind| !kind.is_file() && !kind.is_dir()) {
+                    return Err(HostError::Input(format!(
+                        "context_path {} is not a regular file or a directory (a FIFO, \
+                         socket or device); it is refused",
+                        path.display()
+                    )));
+                }
                 context::load(Some(&path), &options, std::io::empty()).map(|l| l.context)
             })
             .await
@@ -715,6 +732,81 @@ mod tests {
         assert_eq!(mock.calls(), 1);
         // The caller's stack metered the call.
         assert_eq!(runner.stack().usage()["root"].calls, 1);
+    }
+
+    /// A job naming a FIFO (no writer: opening it would wait for ever) or a device fails
+    /// with its own line at once, and the batch goes on.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn special_files_are_refused_not_waited_on() {
+        let dir = std::env::temp_dir().join(format!("rlm-host-batch-fifo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let fifo = dir.join("pipe");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+            0,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mock = rlm_core::mock::MockBackend::from_fn(|_| {
+            Ok("```repl\nFINAL(\"read\");\n```".to_owned())
+        });
+        let settings = Settings::new("root");
+        let stack = Stack::with_backend(&settings, Arc::new(mock.clone()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let runner = Arc::new(JobRunner::with_stack(
+            Arc::new(stack),
+            &settings,
+            Prices::default(),
+            BatchConfig::default(),
+        ));
+        let job = |id: &str, path: &std::path::Path| {
+            let mut job = Job::new(id, "q");
+            job.context_path = Some(path.to_owned());
+            job
+        };
+        let file = dir.join("notes.txt");
+        std::fs::write(&file, "notes").unwrap_or_else(|e| panic!("{e}"));
+        let jobs = vec![
+            Ok(job("fifo", &fifo)),
+            Ok(job("device", std::path::Path::new("/dev/zero"))),
+            Ok(job("file", &file)),
+        ];
+        let mut results = Vec::new();
+        let report = runner
+            .run_all(
+                jobs,
+                |r: &JobResult| {
+                    results.push(r.clone());
+                    Ok(())
+                },
+                &CancellationToken::new(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(report.ran, 3);
+        results.sort_by(|a, b| a.id.cmp(&b.id));
+        let ids: Vec<&str> = results.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["device", "fifo", "file"]);
+        for refused in &results[..2] {
+            let error = refused
+                .error
+                .as_ref()
+                .unwrap_or_else(|| panic!("{refused:?}"));
+            assert_eq!(error.kind, "input");
+            assert!(
+                error.message.contains("not a regular file"),
+                "{}",
+                error.message
+            );
+        }
+        assert_eq!(results[2].error, None);
+        assert_eq!(results[2].answer, Value::String("read".into()));
+        assert_eq!(mock.calls(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
