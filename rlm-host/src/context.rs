@@ -209,11 +209,17 @@ fn read_text_context_by(
         } else {
             whole_characters(piece)
         };
-        for chunk in piece[..whole].utf8_chunks() {
-            text.push_str(chunk.valid());
-            if !chunk.invalid().is_empty() {
-                text.push_str(char::REPLACEMENT_CHARACTER.encode_utf8(&mut [0; 4]));
-                lossy = true;
+        // Valid text is checked by `from_utf8`, several times faster than `utf8_chunks`.
+        match std::str::from_utf8(&piece[..whole]) {
+            Ok(valid) => text.push_str(valid),
+            Err(_) => {
+                for chunk in piece[..whole].utf8_chunks() {
+                    text.push_str(chunk.valid());
+                    if !chunk.invalid().is_empty() {
+                        text.push_str(char::REPLACEMENT_CHARACTER.encode_utf8(&mut [0; 4]));
+                        lossy = true;
+                    }
+                }
             }
         }
         if ended {
