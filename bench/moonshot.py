@@ -161,6 +161,13 @@ def main():
         peak_load = max((kib for t, kib in samples if start is None or t <= start), default=0)
         peak_rest = max((kib for t, kib in samples if start is not None and t > start),
                         default=0)
+        print(f"cpu {usage.ru_utime:.2f} s user + {usage.ru_stime:.2f} s system (the rlm "
+              f"process)")
+        if start is not None and batch_start is not None and batch:
+            end = next((e["t_ms"] / 1000 for e in evs if e.get("event") == "final"), None)
+            print(f"phases: load {start:.2f} s, root turn + prompts {batch_start - start:.2f} s, "
+                  f"batch {batch.get('elapsed_ms', 0) / 1000:.2f} s, "
+                  f"answer to exit {wall - end:.2f} s" if end is not None else "")
         print(f"peak RSS {usage.ru_maxrss / gib:.2f} GiB (sampled: {peak_load / gib:.2f} GiB "
               f"during the load, {peak_rest / gib:.2f} GiB after it)")
         print(f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after")

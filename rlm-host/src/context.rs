@@ -39,7 +39,7 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use rlm_repl::Context;
+use rlm_repl::{Context, TextBuilder};
 use serde_json::Value;
 
 use crate::HostError;
@@ -147,15 +147,132 @@ pub fn read_text(
     Ok(decode(bytes, what, warnings))
 }
 
+/// Bytes read at a time when a text context is read straight into the REPL's string.
+const TEXT_PIECE: usize = 4 << 20;
+
+/// The text context in `reader`, read as [`read_text`] reads (lossily, a byte order mark
+/// removed, at most `max_bytes`, 0: no limit) but piece by piece straight into the string the
+/// REPL holds ([`TextBuilder`]): a large context is never held twice, not even for a moment.
+///
+/// # Errors
+/// [`HostError::Input`]: the reader failed, or holds more than `max_bytes`.
+fn read_text_context(
+    reader: impl Read,
+    what: &str,
+    max_bytes: usize,
+    warnings: &mut Vec<String>,
+) -> Result<Context, HostError> {
+    read_text_context_by(reader, what, max_bytes, warnings, TEXT_PIECE)
+}
+
+/// [`read_text_context`], `piece` bytes at a time (at least 4).
+fn read_text_context_by(
+    reader: impl Read,
+    what: &str,
+    max_bytes: usize,
+    warnings: &mut Vec<String>,
+    piece: usize,
+) -> Result<Context, HostError> {
+    let limit = bound(max_bytes).map_or(u64::MAX, |max| {
+        u64::try_from(max).map_or(u64::MAX, |n| n.saturating_add(1))
+    });
+    let mut reader = reader.take(limit);
+    let mut text = TextBuilder::new();
+    let mut buffer = vec![0; piece.max(4)];
+    // Bytes at the start of `buffer`: the end of the last piece, an unfinished character.
+    let mut carried = 0;
+    let mut read = 0usize;
+    let mut first = true;
+    let mut lossy = false;
+    loop {
+        let mut filled = carried;
+        while filled < buffer.len() {
+            match reader.read(&mut buffer[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(HostError::Input(format!("cannot read {what}: {e}"))),
+            }
+        }
+        read = read.saturating_add(filled - carried);
+        if bound(max_bytes).is_some_and(|max| read > max) {
+            return Err(too_large(what, max_bytes));
+        }
+        let ended = filled < buffer.len();
+        let mut piece = &buffer[..filled];
+        if first {
+            first = false;
+            piece = piece.strip_prefix(BOM).unwrap_or(piece);
+        }
+        let whole = if ended {
+            piece.len()
+        } else {
+            whole_characters(piece)
+        };
+        // Valid text is checked by `from_utf8`, several times faster than `utf8_chunks`.
+        match std::str::from_utf8(&piece[..whole]) {
+            Ok(valid) => text.push_str(valid),
+            Err(_) => {
+                for chunk in piece[..whole].utf8_chunks() {
+                    text.push_str(chunk.valid());
+                    if !chunk.invalid().is_empty() {
+                        text.push_str(char::REPLACEMENT_CHARACTER.encode_utf8(&mut [0; 4]));
+                        lossy = true;
+                    }
+                }
+            }
+        }
+        if ended {
+            break;
+        }
+        carried = piece.len() - whole;
+        buffer.copy_within(filled - carried..filled, 0);
+    }
+    if lossy {
+        warnings.push(invalid_utf8(what));
+    }
+    Ok(text.finish())
+}
+
+/// The byte order mark in UTF-8.
+const BOM: &[u8] = "\u{feff}".as_bytes();
+
+/// The length of `bytes` without an unfinished character at its end: a lead byte whose
+/// sequence would need more bytes than follow it (and those bytes). Decoding stops and
+/// starts again at a lead byte whatever came before it, so decoding the two parts one after
+/// the other (the end joined to the next piece) gives what decoding the whole gives.
+fn whole_characters(bytes: &[u8]) -> usize {
+    let from = bytes.len().saturating_sub(4);
+    for at in (from..bytes.len()).rev() {
+        let needs = match bytes[at] {
+            // A continuation byte: the lead, if any, is further back.
+            0x80..=0xBF => continue,
+            0xC2..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF4 => 4,
+            _ => 1,
+        };
+        return if at + needs > bytes.len() {
+            at
+        } else {
+            bytes.len()
+        };
+    }
+    bytes.len()
+}
+
+/// The warning for input that was not valid UTF-8.
+fn invalid_utf8(what: &str) -> String {
+    format!("{what} is not valid UTF-8; invalid bytes were replaced with U+FFFD")
+}
+
 /// UTF-8 text from bytes; invalid sequences become U+FFFD with a warning. A byte order mark
 /// at the start is removed.
 fn decode(bytes: Vec<u8>, what: &str, warnings: &mut Vec<String>) -> String {
     let text = match String::from_utf8(bytes) {
         Ok(text) => text,
         Err(e) => {
-            warnings.push(format!(
-                "{what} is not valid UTF-8; invalid bytes were replaced with U+FFFD"
-            ));
+            warnings.push(invalid_utf8(what));
             String::from_utf8_lossy(e.as_bytes()).into_owned()
         }
     };
@@ -202,25 +319,28 @@ pub fn load<P: AsRef<Path> + ?Sized>(
     let context = match spec.map(AsRef::as_ref) {
         None => Context::Text(String::new()),
         Some(path) if path == Path::new("-") => {
-            let text = read_text(
-                stdin,
-                "the context from stdin",
-                options.max_bytes,
-                &mut warnings,
-            )?;
-            parse(text, options.format, None, "the context from stdin")?
+            let what = "the context from stdin";
+            if is_text(options.format, None) {
+                read_text_context(stdin, what, options.max_bytes, &mut warnings)?
+            } else {
+                let text = read_text(stdin, what, options.max_bytes, &mut warnings)?;
+                parse(text, options.format, None, what)?
+            }
         }
-        Some(path) => load_path(path, options, None, &mut warnings)?,
+        Some(path) => load_path(path, options, None, &mut warnings, true)?,
     };
     Ok(Loaded { context, warnings })
 }
 
-/// Loads a file or directory; `listing` is the directory's, when it was walked already.
+/// Loads a file or directory; `listing` is the directory's, when it was walked already. With
+/// `shared_text`, a text file is read straight into the REPL's string (a shared context, see
+/// [`read_text_context`]); else into a [`Context::Text`].
 fn load_path(
     path: &Path,
     options: &LoadOptions,
     listing: Option<Listing>,
     warnings: &mut Vec<String>,
+    shared_text: bool,
 ) -> Result<Context, HostError> {
     let metadata = fs::metadata(path)
         .map_err(|e| HostError::Input(format!("cannot read context {}: {}", path.display(), e)))?;
@@ -237,8 +357,34 @@ fn load_path(
         let what = format!("context file {}", path.display());
         let file = fs::File::open(path)
             .map_err(|e| HostError::Input(format!("cannot read {what}: {e}")))?;
+        if shared_text && is_text(options.format, Some(path)) {
+            return read_text_context(file, &what, options.max_bytes, warnings);
+        }
         let text = read_text(file, &what, options.max_bytes, warnings)?;
         parse(text, options.format, Some(path), &what)
+    }
+}
+
+/// Whether a file at `path` (or stdin) is read as text in `format`.
+fn is_text(format: ContextFormat, path: Option<&Path>) -> bool {
+    resolved_format(format, path) == ContextFormat::Text
+}
+
+/// The format a file at `path` (or stdin) is read in: `Auto` decided by the extension.
+fn resolved_format(format: ContextFormat, path: Option<&Path>) -> ContextFormat {
+    match format {
+        ContextFormat::Auto => {
+            let extension = path
+                .and_then(Path::extension)
+                .and_then(|e| e.to_str())
+                .map(str::to_ascii_lowercase);
+            match extension.as_deref() {
+                Some("json") => ContextFormat::Json,
+                Some("jsonl" | "ndjson") => ContextFormat::Jsonl,
+                _ => ContextFormat::Text,
+            }
+        }
+        other => other,
     }
 }
 
@@ -265,20 +411,7 @@ fn parse(
     path: Option<&Path>,
     what: &str,
 ) -> Result<Context, HostError> {
-    let format = match format {
-        ContextFormat::Auto => {
-            let extension = path
-                .and_then(Path::extension)
-                .and_then(|e| e.to_str())
-                .map(str::to_ascii_lowercase);
-            match extension.as_deref() {
-                Some("json") => ContextFormat::Json,
-                Some("jsonl" | "ndjson") => ContextFormat::Jsonl,
-                _ => ContextFormat::Text,
-            }
-        }
-        other => other,
-    };
+    let format = resolved_format(format, path);
     let invalid = |e: serde_json::Error, line: Option<usize>| {
         // serde_json places the error within the text it parsed: for a JSONL line that is
         // always line 1, so the file's own line number replaces it.
@@ -816,7 +949,7 @@ impl AllowedRoots {
         options: &LoadOptions,
         warnings: &mut Vec<String>,
     ) -> Result<Context, HostError> {
-        load_path(&admitted.path, options, admitted.listing, warnings)
+        load_path(&admitted.path, options, admitted.listing, warnings, false)
     }
 
     #[cfg(unix)]
@@ -1015,6 +1148,86 @@ mod tests {
         );
         // The file's line, not the line within that line (serde_json's "at line 1 ...").
         assert!(!message.contains("line 1"), "{message}");
+    }
+
+    /// What reading `bytes` whole gives: lossy UTF-8, a byte order mark removed, and whether
+    /// a warning is due.
+    fn decoded_whole(bytes: &[u8]) -> (String, bool) {
+        let mut warnings = Vec::new();
+        let text = decode(bytes.to_vec(), "input", &mut warnings);
+        (text, !warnings.is_empty())
+    }
+
+    #[test]
+    fn a_text_context_read_in_pieces_is_the_text_read_whole() {
+        // Characters of 1 to 4 bytes, invalid bytes (a lone continuation, a lead without its
+        // continuations, bytes never in UTF-8, a surrogate's encoding), unfinished characters
+        // at the end, byte order marks: split at every place by pieces of 4 to 9 bytes.
+        let inputs: [&[u8]; 12] = [
+            b"",
+            b"plain ascii, a few lines\nand more\n",
+            "h\u{e9}llo w\u{f6}rld \u{20ac}100 \u{1f600} \u{10ffff}".as_bytes(),
+            b"\xef\xbb\xbfafter a byte order mark",
+            b"\xef\xbb\xbf",
+            b"\xef\xbb",
+            b"caf\xe9 ok \x80\x80 \xc0\xaf \xed\xa0\x80 \xf4\x90\x80\x80 \xff!",
+            b"cut at the end \xe2\x82",
+            b"cut at the end \xf0\x9f\x98",
+            b"\xe2\x82\x41\xe2\x82\xac\xf0\x9f\x98\x80\xf0\x9f\x41",
+            b"\xf0\x9f\x98\x80\x80\x80\x80\x80x",
+            "\u{feff}\u{feff} two marks, the second kept".as_bytes(),
+        ];
+        for input in inputs {
+            let (whole, lossy) = decoded_whole(input);
+            for piece in 4..10 {
+                let mut warnings = Vec::new();
+                let context = read_text_context_by(input, "input", 0, &mut warnings, piece)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(
+                    context,
+                    Context::Text(whole.clone()),
+                    "{input:?} by {piece}"
+                );
+                assert_eq!(!warnings.is_empty(), lossy, "{input:?} by {piece}");
+                let info = context.info();
+                assert_eq!(
+                    info,
+                    Context::Text(whole.clone()).info(),
+                    "{input:?} by {piece}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_text_context_is_read_within_its_bound() {
+        let mut warnings = Vec::new();
+        let exact = read_text_context_by(&b"0123456789"[..], "input", 10, &mut warnings, 4);
+        assert_eq!(exact.ok(), Some(Context::Text("0123456789".into())));
+        let over = read_text_context_by(&b"0123456789x"[..], "input", 10, &mut warnings, 4);
+        let message = over.map(|_| ()).unwrap_err().to_string();
+        assert!(message.contains("--max-context-bytes"), "{message}");
+        // An endless input stops at the bound.
+        let endless = read_text_context_by(std::io::repeat(b'a'), "input", 1000, &mut warnings, 64);
+        assert!(endless.is_err());
+    }
+
+    #[test]
+    fn a_text_file_and_stdin_are_read_as_text_contexts() {
+        let dir = TempDir::new("shared-text");
+        dir.write("notes.txt", b"\xef\xbb\xbfone\ntwo caf\xe9\n");
+        let path = format!("{}/notes.txt", dir.path());
+        let loaded = load_ok(Some(&path), ContextFormat::Auto, b"");
+        assert!(matches!(loaded.context, Context::Shared(_)));
+        assert_eq!(
+            loaded.context,
+            Context::Text("one\ntwo caf\u{fffd}\n".into())
+        );
+        assert_eq!(loaded.warnings.len(), 1);
+        assert_eq!(loaded.context.info().lines, Some(2));
+        let stdin = load_ok(Some("-"), ContextFormat::Text, b"from stdin");
+        assert!(matches!(stdin.context, Context::Shared(_)));
+        assert_eq!(stdin.context, Context::Text("from stdin".into()));
     }
 
     #[test]

@@ -85,7 +85,7 @@ pub mod trace;
 mod words;
 
 pub use config::{DEFAULT_MAX_MEMORY, DEFAULT_OUTPUT_SCHEMA_RETRIES, RlmConfig, SandboxLimits};
-pub use context::{Context, ContextInfo, SharedContext, parse_json_exact};
+pub use context::{Context, ContextInfo, SharedContext, TextBuilder, parse_json_exact};
 pub use error::RlmError;
 pub use events::{Event, Observer, RunPlace, RunSettings, TurnVerdict};
 pub use repl::{BlockOutcome, Repl, ReplBuilder};

@@ -194,9 +194,12 @@ fn positive(function: &str, what: &str, n: INT) -> RhaiResult<usize> {
 }
 
 /// The byte offset `n` characters after byte offset `from` (or the end).
-fn advance(text: &str, from: usize, n: usize, ascii: bool) -> usize {
-    if ascii {
-        return (from + n).min(text.len());
+fn advance(text: &str, from: usize, n: usize) -> usize {
+    // `n` ASCII bytes are `n` characters. Checked piece by piece rather than over the whole
+    // text first: the piece is then in the processor's cache when it is copied.
+    let end = from.saturating_add(n).min(text.len());
+    if text.as_bytes()[from..end].is_ascii() {
+        return end;
     }
     text[from..]
         .char_indices()
@@ -219,18 +222,17 @@ pub(crate) fn chunk_text(
         )));
     }
     let step = size - overlap as usize;
-    let ascii = text.is_ascii();
     let mut tally = limits.tally("chunk");
     let mut chunks = Array::with_capacity(tally.capacity(text.len() / step + 1));
     let mut start = 0;
     while start < text.len() {
-        let end = advance(text, start, size, ascii);
+        let end = advance(text, start, size);
         tally.add(1, 0, end - start)?;
         chunks.push(Dynamic::from(ImmutableString::from(&text[start..end])));
         if end >= text.len() {
             break;
         }
-        start = advance(text, start, step, ascii);
+        start = advance(text, start, step);
     }
     Ok(chunks)
 }
@@ -1154,6 +1156,36 @@ mod tests {
         assert!(chunk_text("abc", 0, 0, limits()).is_err());
         assert!(chunk_text("abc", 3, 3, limits()).is_err());
         assert!(chunk_text("abc", 3, -1, limits()).is_err());
+    }
+
+    #[test]
+    fn chunks_are_whole_characters_wherever_the_edges_fall() {
+        // ASCII runs and characters of 2 to 4 bytes, so that an edge falls in every kind of
+        // place; compared with chunking a list of characters.
+        let text = "ab\u{e9}cd\u{20ac}efgh\u{1f600}ijklmnop\u{e9}\u{e9}q ".repeat(7);
+        let chars: Vec<char> = text.chars().collect();
+        for size in 1..12 {
+            for overlap in 0..size {
+                let chunks = chunk_text(&text, size, overlap, limits()).unwrap_or_default();
+                let (size, step) = (size as usize, (size - overlap) as usize);
+                let mut expected = Vec::new();
+                let mut start = 0;
+                loop {
+                    let end = (start + size).min(chars.len());
+                    expected.push(chars[start..end].iter().collect::<String>());
+                    if end == chars.len() {
+                        break;
+                    }
+                    start += step;
+                }
+                assert_eq!(strings(&chunks), expected, "size {size}, overlap {overlap}");
+            }
+        }
+        // The pieces of an ASCII text, without overlap, are the text again.
+        let ascii = "0123456789".repeat(31);
+        let chunks = chunk_text(&ascii, 100, 0, limits()).unwrap_or_default();
+        assert_eq!(strings(&chunks).concat(), ascii);
+        assert_eq!(strings(&chunks).last().map(String::len), Some(10));
     }
 
     #[test]

@@ -109,6 +109,35 @@ mod tests {
     }
 
     #[test]
+    fn prompts_built_from_a_read_context_are_the_pieces_with_their_prefix() {
+        // A context read piece by piece (as `rlm run --context file.txt` reads one), with
+        // characters of several bytes: the prompts are what they are over the same text given
+        // as a string.
+        let text = "line \u{e9}t\u{e9} \u{1f600}\n".repeat(40);
+        let chars: Vec<char> = text.chars().collect();
+        let mut built = crate::TextBuilder::new();
+        for piece in chars.chunks(13) {
+            built.push_str(&piece.iter().collect::<String>());
+        }
+        let code = "let prompts = chunk(context, 50).map(|c| \"Summarize:\\n\" + c); \
+                    print(prompts.len()); print(prompts[0]); print(prompts[-1]); \
+                    print(prompts.map(|p| p.sub_string(11)).reduce(|a, b| a + b, \"\") == context);";
+        let pieces: Vec<String> = chars.chunks(50).map(|c| c.iter().collect()).collect();
+        let expected = format!(
+            "{}\nSummarize:\n{}\nSummarize:\n{}\ntrue\n",
+            pieces.len(),
+            pieces[0],
+            pieces[pieces.len() - 1]
+        );
+        for context in [built.finish(), Context::Text(text.clone())] {
+            let mut repl = Repl::builder(context).build();
+            let outcome = repl.execute(code);
+            assert_eq!(outcome.error, None);
+            assert_eq!(outcome.output, expected);
+        }
+    }
+
+    #[test]
     fn map_takes_the_forms_rhai_takes_and_leaves_a_variable_as_it_was() {
         assert_eq!(
             run("let xs = [1, 2, 3]; let ys = xs.map(|x| x * 10); print(`${xs} ${ys}`);"),

@@ -625,6 +625,23 @@ impl Repl {
         }
     }
 
+    /// Lets go of the REPL. One that holds much (a large context, gigabytes of prompts) is
+    /// freed on a thread of its own: freeing a gigabyte in 100 KB strings takes a noticeable
+    /// part of a second, which the caller (and the answer it is about to print) need not wait
+    /// for. A small one is dropped here.
+    pub(crate) fn discard(self) {
+        /// Bytes (the variables' estimate plus the context's characters) from which the
+        /// freeing is moved off the caller's thread.
+        const LARGE: usize = 64 << 20;
+        if self.held.saturating_add(self.info.total_chars) < LARGE {
+            return;
+        }
+        // If no thread can be started, the closure (and the REPL in it) is dropped here.
+        let _ = std::thread::Builder::new()
+            .name("rlm-repl-free".to_owned())
+            .spawn(move || drop(self));
+    }
+
     /// What the model must be told before its first block, once.
     pub(crate) fn take_notice(&mut self) -> Option<String> {
         self.notice.take()

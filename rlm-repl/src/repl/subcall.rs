@@ -3,14 +3,14 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use rhai::Dynamic;
 use rlm_core::{
     BatchExecutor, BatchObserver, BatchOptions, BatchResult, Completion, CompletionRequest,
-    LlmError, ReplyBudget, Text,
+    LlmError, ReplyBudget, Role, Text,
 };
 use tokio::runtime::Handle;
 use tracing::Instrument;
@@ -589,10 +589,8 @@ impl SubCaller {
             cancel: cancel.clone(),
             next_id: Arc::clone(&self.next_id),
             ids: (0..granted).map(|_| AtomicU64::new(0)).collect(),
-            prompt_chars: requests
-                .iter()
-                .map(|r| r.last_user_message().unwrap_or_default().chars().count())
-                .collect(),
+            prompts: requests.iter().map(last_user_text).collect(),
+            prompt_chars: (0..granted).map(|_| OnceLock::new()).collect(),
             progress: Mutex::new((0, 0)),
             records: Arc::clone(&self.records),
             reserved: Mutex::new(reserved.into_iter().map(Some).collect()),
@@ -764,7 +762,12 @@ struct BatchTracker {
     cancel: rlm_core::CancellationToken,
     next_id: Arc<AtomicU64>,
     ids: Vec<AtomicU64>,
-    prompt_chars: Vec<usize>,
+    /// Each item's prompt (shared, not copied).
+    prompts: Vec<Text>,
+    /// Each item's prompt's characters, counted when it is needed: counted for every prompt
+    /// before the batch, a gigabyte of prompts held the first request back by a tenth of a
+    /// second.
+    prompt_chars: Vec<OnceLock<usize>>,
     /// Items finished and failed so far.
     progress: Mutex<(usize, usize)>,
     records: Arc<Mutex<Vec<SubCallRecord>>>,
@@ -772,7 +775,26 @@ struct BatchTracker {
     reserved: Mutex<Vec<Option<Reserved>>>,
 }
 
+/// The text of `request`'s last user message (empty without one), shared.
+fn last_user_text(request: &CompletionRequest) -> Text {
+    request
+        .messages
+        .iter()
+        .rev()
+        .find(|m| m.role == Role::User)
+        .map(|m| m.content.clone())
+        .unwrap_or_default()
+}
+
 impl BatchTracker {
+    /// The characters of item `index`'s prompt.
+    fn prompt_chars(&self, index: usize) -> usize {
+        match (self.prompt_chars.get(index), self.prompts.get(index)) {
+            (Some(chars), Some(prompt)) => *chars.get_or_init(|| prompt.chars().count()),
+            _ => 0,
+        }
+    }
+
     /// The batch is over. The budget of an item that never finished goes back: its cost
     /// estimate always, its sub-call only if it never started because the batch was
     /// cancelled (an item that started, or that the executor had when nothing cancelled the
@@ -806,7 +828,7 @@ impl BatchObserver for BatchTracker {
                 index: Some(index),
                 model: self.model.clone(),
                 prompt: prefix(prompt, PROMPT_PREVIEW_CHARS).to_owned(),
-                prompt_chars: self.prompt_chars.get(index).copied().unwrap_or_default(),
+                prompt_chars: self.prompt_chars(index),
             }
         });
     }
@@ -827,7 +849,7 @@ impl BatchObserver for BatchTracker {
             batch: Some(self.batch),
             index: Some(index),
             model: self.model.clone(),
-            prompt_chars: self.prompt_chars.get(index).copied().unwrap_or_default(),
+            prompt_chars: self.prompt_chars(index),
             ok: error.is_none(),
             error,
             usage,

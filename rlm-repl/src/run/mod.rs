@@ -155,7 +155,11 @@ pub(crate) async fn run_tree(
     query: String,
     source: Source,
 ) -> Result<RunResult, RlmError> {
-    run_tree_keeping(tree, state, query, source).await.0
+    let (result, repl) = run_tree_keeping(tree, state, query, source).await;
+    if let Some(repl) = repl {
+        repl.discard();
+    }
+    result
 }
 
 /// [`run_tree`], giving back the REPL as the run left it (`None` if it was lost: the run
