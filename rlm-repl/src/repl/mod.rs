@@ -22,7 +22,7 @@ mod values;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rhai::packages::{Package, StandardPackage};
@@ -1186,13 +1186,20 @@ fn concurrency(n: INT) -> usize {
     usize::try_from(n.max(1)).unwrap_or(1)
 }
 
+/// Rhai's standard library, built once for the process: its functions are pure, and building
+/// it (hundreds of functions, each hashed and boxed) was most of what a new REPL cost.
+fn standard_package() -> Arc<Module> {
+    static PACKAGE: OnceLock<Arc<Module>> = OnceLock::new();
+    Arc::clone(PACKAGE.get_or_init(|| StandardPackage::new().as_shared_module()))
+}
+
 fn build_engine(
     shared: &Arc<Shared>,
     limits: &SandboxLimits,
     lengths: helpers::ContextLengths,
 ) -> Engine {
     let mut engine = Engine::new_raw();
-    engine.register_global_module(StandardPackage::new().as_shared_module());
+    engine.register_global_module(standard_package());
     engine.set_module_resolver(NoModules);
     engine.disable_symbol("eval");
     engine.set_max_operations(limits.max_operations);
