@@ -18,6 +18,7 @@ mod sorting;
 pub(crate) mod subcall;
 mod thread;
 mod values;
+mod watchdog;
 
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -143,28 +144,30 @@ impl Shared {
         lock(&self.output).push_line(text);
     }
 
-    /// Watches the running block until `done`, and raises [`halt`](Self::halt) when the run
-    /// is cancelled or the block's script time runs out. A native helper counts as one Rhai
-    /// operation however long it runs, so checking only every few hundred operations would
-    /// let a loop of slow calls (a regex over a 100 MB context) run on for minutes.
-    fn watch(&self, done: &AtomicBool) {
-        const POLL: Duration = Duration::from_millis(10);
-        while !done.load(Ordering::SeqCst) {
-            if self.run.cancel.is_cancelled() {
-                self.halt.store(HALT_CANCELLED, Ordering::SeqCst);
-                return;
-            }
-            let used = self.clock.script_time();
-            if used > self.block_timeout {
-                self.halt.store(HALT_TIMEOUT, Ordering::SeqCst);
-                return;
-            }
-            if self.memory_grew_too_much() {
-                self.halt.store(HALT_MEMORY, Ordering::SeqCst);
-                return;
-            }
-            std::thread::park_timeout((self.block_timeout - used).min(POLL));
+    /// One look at the running block by its [`watchdog`]: raises [`halt`](Self::halt) when
+    /// the run is cancelled, the block's script time ran out or memory grew past the budget.
+    /// A native helper counts as one Rhai operation however long it runs, so checking only
+    /// every few hundred operations would let a loop of slow calls (a regex over a 100 MB
+    /// context) run on for minutes. Returns the script time the block has left, or `None`
+    /// once it must stop.
+    fn look(&self) -> Option<Duration> {
+        if self.halt.load(Ordering::SeqCst) != 0 {
+            return None;
         }
+        if self.run.cancel.is_cancelled() {
+            self.halt.store(HALT_CANCELLED, Ordering::SeqCst);
+            return None;
+        }
+        let used = self.clock.script_time();
+        if used > self.block_timeout {
+            self.halt.store(HALT_TIMEOUT, Ordering::SeqCst);
+            return None;
+        }
+        if self.memory_grew_too_much() {
+            self.halt.store(HALT_MEMORY, Ordering::SeqCst);
+            return None;
+        }
+        Some(self.block_timeout - used)
     }
 
     /// Whether the process's resident memory grew by more than the budget since the block
@@ -657,6 +660,11 @@ impl Repl {
         &self.limits
     }
 
+    /// The native stack a block of this REPL runs on (see [`stack_size`]).
+    pub(crate) fn stack_size(&self) -> usize {
+        stack_size(&self.limits)
+    }
+
     /// Runs one code block in the persistent scope. Never panics; errors, limits and
     /// cancellation are reported in the outcome.
     pub fn execute(&mut self, code: &str) -> BlockOutcome {
@@ -666,26 +674,15 @@ impl Repl {
         // Everything that touches the script's values runs on the big stack: Rhai and serde
         // recurse once per level of nested data when they copy, print, convert or drop it.
         let stack = stack_size(&self.limits);
-        let shared = Arc::clone(&self.shared);
-        let done = AtomicBool::new(false);
-        let ran = std::thread::scope(|scope| {
-            // Without a watchdog the engine still checks now and then (see `build_engine`).
-            let watchdog = std::thread::Builder::new()
-                .name("rlm-repl-watchdog".into())
-                .spawn_scoped(scope, || shared.watch(&done))
-                .ok();
-            let ran = on_big_stack(stack, || {
-                catch_unwind(AssertUnwindSafe(|| self.run(code))).unwrap_or_else(|panic| Ran {
-                    error: Some(internal_error(panic.as_ref())),
-                    ..Ran::default()
-                })
-            });
-            done.store(true, Ordering::SeqCst);
-            if let Some(watchdog) = watchdog {
-                watchdog.thread().unpark();
-            }
-            ran
+        // Without a watchdog the engine still checks now and then (see `build_engine`).
+        let watched = watchdog::watch(&self.shared);
+        let ran = on_big_stack(stack, || {
+            catch_unwind(AssertUnwindSafe(|| self.run(code))).unwrap_or_else(|panic| Ran {
+                error: Some(internal_error(panic.as_ref())),
+                ..Ran::default()
+            })
         });
+        drop(watched);
         let ran = ran.unwrap_or_else(|| Ran {
             error: Some(internal_error(&"the REPL thread failed")),
             ..Ran::default()
@@ -973,7 +970,11 @@ fn stack_size(limits: &SandboxLimits) -> usize {
 
 /// Runs `f` on a fresh thread with `stack` bytes of stack (in the caller's tracing span), or
 /// on this thread if no thread can be started. `None` if the thread died without a result.
+/// An evaluation thread whose own stack is that large runs `f` itself.
 fn on_big_stack<T: Send>(stack: usize, f: impl FnOnce() -> T + Send) -> Option<T> {
+    if thread::evaluation_stack() >= stack {
+        return Some(f());
+    }
     let span = tracing::Span::current();
     let mut job = Some(f);
     let spawned = std::thread::scope(|scope| {

@@ -54,7 +54,8 @@ pub(super) async fn run_blocks(
     turn: usize,
     run: Arc<RunState>,
 ) -> Result<TurnWork, RlmError> {
-    crate::repl::spawn_evaluation(move || {
+    let stack = repl.stack_size();
+    crate::repl::spawn_evaluation(stack, move || {
         let mut blocks = Vec::new();
         let mut code_final = None;
         let mut warned = false;
