@@ -968,6 +968,12 @@ fn stack_size(limits: &SandboxLimits) -> usize {
         .min(1 << 30)
 }
 
+/// The native stack a block runs on under `limits` (see [`stack_size`]; the size limits that
+/// a context raises play no part in it).
+pub(crate) fn block_stack(limits: &SandboxLimits) -> usize {
+    stack_size(limits)
+}
+
 /// Runs `f` on a fresh thread with `stack` bytes of stack (in the caller's tracing span), or
 /// on this thread if no thread can be started. `None` if the thread died without a result.
 /// An evaluation thread whose own stack is that large runs `f` itself.

@@ -193,4 +193,16 @@ mod tests {
         let again = spawn_evaluation(1 << 20, || 7).await;
         assert_eq!(again.ok(), Some(7));
     }
+
+    /// An idle thread is taken only if its stack is as large as asked: a block never runs
+    /// on a smaller stack than its limits need.
+    #[tokio::test]
+    async fn an_evaluation_gets_a_stack_at_least_as_large_as_asked() {
+        for stack in [1 << 20, 4 << 20, 2 << 20, 8 << 20, 1 << 20] {
+            let got = spawn_evaluation(stack, evaluation_stack).await;
+            assert!(got.as_ref().is_ok_and(|s| *s >= stack), "{stack}: {got:?}");
+        }
+        // Not an evaluation thread: a block run from here gets a thread of its own.
+        assert_eq!(evaluation_stack(), 0);
+    }
 }
