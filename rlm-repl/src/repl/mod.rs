@@ -728,9 +728,12 @@ impl Repl {
                 let program = self.functions.merge(&ast);
                 let engine = &self.engine;
                 let scope = &mut self.scope;
+                // The helpers check against this run's limits while the block runs.
+                let in_block = helpers::in_block(&self.limits);
                 let result = catch_unwind(AssertUnwindSafe(|| {
                     engine.eval_ast_with_scope::<Dynamic>(scope, &program)
                 }));
+                drop(in_block);
                 // Functions defined by the block stay defined, even if it failed later.
                 self.functions = self.functions.merge(&ast.clone_functions_only());
                 match result {
@@ -1200,6 +1203,21 @@ fn standard_package() -> Arc<Module> {
     Arc::clone(PACKAGE.get_or_init(|| StandardPackage::new().as_shared_module()))
 }
 
+/// The helpers (see [`helpers`]), registered once for the process: each call checks against
+/// the limits of the block running on its thread (see [`helpers::in_block`]), and their
+/// compiled regexes are shared by every run.
+fn helpers_module() -> Arc<Module> {
+    static MODULE: OnceLock<Arc<Module>> = OnceLock::new();
+    Arc::clone(MODULE.get_or_init(|| {
+        let mut module = Module::new();
+        let limits = SandboxLimits::default();
+        helpers::register(&mut module, &Arc::default(), &limits);
+        helpers::register_checked_builtins(&mut module, &limits);
+        module.build_index();
+        Arc::new(module)
+    }))
+}
+
 fn build_engine(
     shared: &Arc<Shared>,
     limits: &SandboxLimits,
@@ -1286,8 +1304,8 @@ fn build_engine(
             },
         );
 
-    helpers::register(&mut engine, &Arc::default(), limits);
-    helpers::register_checked_builtins(&mut engine, limits);
+    // The helpers, above the standard package (they replace some of its functions).
+    engine.register_global_module(helpers_module());
     // Shadows the standard package's `len` for strings (the engine's own functions come
     // first): the same answer, without recounting the context on every call.
     engine.register_fn("len", move |text: &str| lengths.len(text));
