@@ -25,11 +25,21 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import Server, build_rust, log  # noqa: E402
+from compare import ROOT, Server, build_rust, log  # noqa: E402
 
 BODY = json.dumps({"model": "rlm", "messages": [
     {"role": "user", "content": "a small document"},
     {"role": "user", "content": "What is it?"}]})
+
+
+def cpu_seconds(pid):
+    """User + system CPU of a running process, from /proc (Linux); None elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def post(conn):
@@ -43,10 +53,18 @@ def post(conn):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-build", action="store_true",
+                        help="use the release binaries already built")
+    parser.add_argument("--rlm", help="this rlm binary instead (implies --no-build for rlm)")
     args = parser.parse_args()
     total = 400 if args.quick else 2000
     serial = 50 if args.quick else 200
-    rlm, mock_bin = build_rust()
+    if args.no_build or args.rlm:
+        target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+        rlm, mock_bin = (os.path.join(target, "release", name) for name in ("rlm", "mock-openai"))
+    else:
+        rlm, mock_bin = build_rust()
+    rlm = args.rlm or rlm
     with tempfile.TemporaryDirectory() as tmp:
         script = os.path.join(tmp, "root.json")
         with open(script, "w") as f:
@@ -75,18 +93,25 @@ def main():
         # Throughput: 16 clients.
         clients = 16
         per_client = total // clients
+        loaded = []
         def worker():
             c = http.client.HTTPConnection(host, int(port))
+            mine = []
             for _ in range(per_client):
+                t0 = time.perf_counter()
                 post(c)
+                mine.append(time.perf_counter() - t0)
             c.close()
+            loaded.extend(mine)
         threads = [threading.Thread(target=worker) for _ in range(clients)]
+        cpu_before = cpu_seconds(serve.pid)
         started = time.perf_counter()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         elapsed = time.perf_counter() - started
+        cpu_after = cpu_seconds(serve.pid)
         rps = clients * per_client / elapsed
         serve.terminate()
         serve.wait(timeout=10)
@@ -106,8 +131,15 @@ def main():
 
     ms = lambda s: f"{s * 1000:.2f} ms"
     print(f"rlm serve, 16 clients, {clients * per_client} one-turn requests: {rps:.0f} requests/s")
+    print(f"  latency under that load: median {ms(statistics.median(loaded))}, "
+          f"p99 {ms(statistics.quantiles(loaded, n=100)[-1])}")
+    if cpu_before is not None and cpu_after is not None:
+        per = (cpu_after - cpu_before) / (clients * per_client)
+        print(f"  CPU of the rlm serve process: {per * 1e6:.0f} us a request")
     print(f"rlm serve, one request at a time: median {ms(statistics.median(latencies))}, "
-          f"p90 {ms(statistics.quantiles(latencies, n=10)[-1])}")
+          f"p90 {ms(statistics.quantiles(latencies, n=10)[-1])}, "
+          f"p99 {ms(statistics.quantiles(latencies, n=100)[-1])}")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
     print(f"rlm run (a process per run): median wall {ms(statistics.median(walls))}; "
           f"the run itself (elapsed_ms) median {statistics.median(runs)} ms")
 

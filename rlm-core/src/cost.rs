@@ -27,6 +27,7 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
@@ -109,16 +110,32 @@ impl Price {
 /// Lookup ([`Prices::get`]) tries the exact name, then the name without a provider prefix
 /// (`openai/gpt-4o` → `gpt-4o`), then without a date or `-latest` suffix
 /// (`gpt-4o-2024-08-06` → `gpt-4o`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(transparent)]
+///
+/// Cloning is cheap (the table is shared until one of the copies changes): every run of a
+/// batch or a server carries the same table.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Prices {
-    models: BTreeMap<String, Price>,
+    models: Arc<BTreeMap<String, Price>>,
+}
+
+impl Serialize for Prices {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.models.as_ref().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Prices {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        BTreeMap::deserialize(deserializer).map(|models| Self {
+            models: Arc::new(models),
+        })
+    }
 }
 
 impl<S: Into<String>> FromIterator<(S, Price)> for Prices {
     fn from_iter<I: IntoIterator<Item = (S, Price)>>(iter: I) -> Self {
         Self {
-            models: iter.into_iter().map(|(m, p)| (m.into(), p)).collect(),
+            models: Arc::new(iter.into_iter().map(|(m, p)| (m.into(), p)).collect()),
         }
     }
 }
@@ -171,7 +188,7 @@ impl Prices {
     /// # Errors
     /// A message naming the first model with a bad price.
     pub fn checked(self) -> Result<Self, String> {
-        for (model, price) in &self.models {
+        for (model, price) in self.models.iter() {
             price.check(model)?;
         }
         Ok(self)
@@ -179,13 +196,14 @@ impl Prices {
 
     /// This table with `overrides` on top (an override replaces a model's whole price).
     pub fn merged(mut self, overrides: Prices) -> Self {
-        self.models.extend(overrides.models);
+        let overrides = Arc::unwrap_or_clone(overrides.models);
+        Arc::make_mut(&mut self.models).extend(overrides);
         self
     }
 
     /// Sets the price of `model`.
     pub fn insert(&mut self, model: impl Into<String>, price: Price) {
-        self.models.insert(model.into(), price);
+        Arc::make_mut(&mut self.models).insert(model.into(), price);
     }
 
     /// The models of the table and their prices.

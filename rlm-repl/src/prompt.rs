@@ -77,10 +77,22 @@ print(counts);
 pub fn system_prompt(config: &RlmConfig) -> String {
     match &config.system_prompt {
         Some(custom) => custom.clone(),
-        None => SYSTEM_PROMPT.replace(
-            "{max_concurrent}",
-            &config.max_concurrent.max(1).to_string(),
-        ),
+        None => default_system_prompt(config.max_concurrent.max(1)),
+    }
+}
+
+/// [`SYSTEM_PROMPT`] for a concurrency of `max_concurrent`, written once and copied for
+/// every run after (the runs of a batch or a server share their settings).
+fn default_system_prompt(max_concurrent: usize) -> String {
+    static LAST: std::sync::Mutex<Option<(usize, String)>> = std::sync::Mutex::new(None);
+    let mut last = crate::sync::lock(&LAST);
+    match &*last {
+        Some((n, prompt)) if *n == max_concurrent => prompt.clone(),
+        _ => {
+            let prompt = SYSTEM_PROMPT.replace("{max_concurrent}", &max_concurrent.to_string());
+            *last = Some((max_concurrent, prompt.clone()));
+            prompt
+        }
     }
 }
 

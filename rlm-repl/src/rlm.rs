@@ -67,7 +67,16 @@ impl Rlm {
             self.config.clone(),
         );
         let cancel = self.cancel.child_token();
-        crate::run::run(tree, self.observers.clone(), cancel, query.into(), context).await
+        // Boxed: the run's state machine is large, and a caller's future that held it inline
+        // was copied whole each time it moved (into a spawned task, a select, a box).
+        Box::pin(crate::run::run(
+            tree,
+            self.observers.clone(),
+            cancel,
+            query.into(),
+            context,
+        ))
+        .await
     }
 
     /// [`run`](Self::run) for callers without an async runtime.

@@ -1,18 +1,148 @@
 //! Native helpers: short, linear-time code over huge strings, and the Python names models
 //! reach for.
 
+use std::cell::Cell;
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use regex::{Regex, RegexBuilder};
 use rhai::{
-    Array, Blob, Dynamic, Engine, EvalAltResult, FuncRegistration, INT, ImmutableString, Map,
+    Array, Blob, Dynamic, EvalAltResult, FuncRegistration, INT, ImmutableString, Map, Module,
+    RhaiNativeFunc,
 };
 
 use super::values::{RhaiResult, compare, script_error, to_text};
 use crate::SandboxLimits;
 use crate::sync::lock;
+
+/// The size limits of a run's sandbox as the helpers check them (0: no limit).
+///
+/// The helpers are registered once for the process (see [`register`]), not once per run: a
+/// helper checks against the limits of the block running on its thread, which the REPL sets
+/// around each block ([`in_block`]); the limits given at registration only stand in where no
+/// block runs (a helper called directly).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BlockSizes {
+    string: usize,
+    array: usize,
+    map: usize,
+    memory: usize,
+}
+
+impl BlockSizes {
+    fn of(limits: &SandboxLimits) -> Self {
+        Self {
+            string: limits.max_string_size,
+            array: limits.max_array_size,
+            map: limits.max_map_size,
+            memory: limits.max_memory,
+        }
+    }
+
+    /// The limits of the block running on this thread, or these.
+    fn in_force(self) -> Self {
+        BLOCK.with(Cell::get).unwrap_or(self)
+    }
+}
+
+thread_local! {
+    /// The limits of the block running on this thread (see [`in_block`]).
+    static BLOCK: Cell<Option<BlockSizes>> = const { Cell::new(None) };
+}
+
+/// While it lives, the helpers called on this thread check against `limits` (the running
+/// block's); dropped, what was in force before is again.
+pub(crate) struct InBlock(Option<BlockSizes>);
+
+/// The helpers called on this thread check against `limits` until the guard is dropped.
+pub(crate) fn in_block(limits: &SandboxLimits) -> InBlock {
+    InBlock(BLOCK.with(|block| block.replace(Some(BlockSizes::of(limits)))))
+}
+
+impl Drop for InBlock {
+    fn drop(&mut self) {
+        BLOCK.with(|block| block.set(self.0));
+    }
+}
+
+/// One limit of the running block, read when a helper is called (see [`BlockSizes`]).
+#[derive(Clone, Copy)]
+struct Live {
+    given: BlockSizes,
+    pick: fn(BlockSizes) -> usize,
+}
+
+impl Live {
+    fn get(self) -> usize {
+        (self.pick)(self.given.in_force())
+    }
+}
+
+/// `Engine::register_fn`, for a module of functions shared by every engine.
+pub(crate) trait RegisterFn {
+    fn register_fn<
+        A: 'static,
+        const N: usize,
+        const X: bool,
+        R: Clone + Send + Sync + 'static,
+        const F: bool,
+    >(
+        &mut self,
+        name: &str,
+        func: impl RhaiNativeFunc<A, N, X, R, F> + Send + Sync + 'static,
+    ) -> &mut Self;
+}
+
+impl RegisterFn for Module {
+    fn register_fn<
+        A: 'static,
+        const N: usize,
+        const X: bool,
+        R: Clone + Send + Sync + 'static,
+        const F: bool,
+    >(
+        &mut self,
+        name: &str,
+        func: impl RhaiNativeFunc<A, N, X, R, F> + Send + Sync + 'static,
+    ) -> &mut Self {
+        FuncRegistration::new(name)
+            .in_global_namespace()
+            .set_into_module(self, func);
+        self
+    }
+}
+
+/// `FuncRegistration::register_into_engine`, for a module of functions shared by every engine.
+pub(crate) trait RegisterInto {
+    fn register_into<
+        A: 'static,
+        const N: usize,
+        const X: bool,
+        R: Clone + Send + Sync + 'static,
+        const F: bool,
+    >(
+        self,
+        module: &mut Module,
+        func: impl RhaiNativeFunc<A, N, X, R, F> + Send + Sync + 'static,
+    );
+}
+
+impl RegisterInto for FuncRegistration {
+    fn register_into<
+        A: 'static,
+        const N: usize,
+        const X: bool,
+        R: Clone + Send + Sync + 'static,
+        const F: bool,
+    >(
+        self,
+        module: &mut Module,
+        func: impl RhaiNativeFunc<A, N, X, R, F> + Send + Sync + 'static,
+    ) {
+        self.in_global_namespace().set_into_module(module, func);
+    }
+}
 
 /// How large a helper's result may grow: the sandbox's limits, counted as Rhai counts them
 /// (array items, map entries and string bytes anywhere inside the result; 0: no limit).
@@ -26,18 +156,24 @@ pub(crate) struct ResultLimits {
 
 impl ResultLimits {
     pub(crate) fn new(limits: &SandboxLimits) -> Self {
+        Self::of(BlockSizes::of(limits))
+    }
+
+    fn of(sizes: BlockSizes) -> Self {
         let max = |limit: usize| if limit == 0 { usize::MAX } else { limit };
         Self {
-            items: max(limits.max_array_size),
-            entries: max(limits.max_map_size),
-            bytes: max(limits.max_string_size),
-            memory: max(limits.max_memory),
+            items: max(sizes.array),
+            entries: max(sizes.map),
+            bytes: max(sizes.string),
+            memory: max(sizes.memory),
         }
     }
 
     fn tally(self, function: &'static str) -> Tally {
+        // The running block's limits, when a block runs (see `BlockSizes`).
+        let limits = BLOCK.with(Cell::get).map_or(self, Self::of);
         Tally {
-            limits: self,
+            limits,
             function,
             items: 0,
             entries: 0,
@@ -730,9 +866,13 @@ fn int_range(from: INT, to: INT, step: INT, limit: usize) -> RhaiResult<Array> {
     Ok(items)
 }
 
-/// Registers every helper on `engine`.
-pub(crate) fn register(engine: &mut Engine, regexes: &Arc<RegexCache>, limits: &SandboxLimits) {
-    let max_array_size = limits.max_array_size;
+/// Registers every helper in `engine` (a module every REPL's engine shares): their limits
+/// are the running block's (see [`BlockSizes`]), `limits` stand in where no block runs.
+pub(crate) fn register(engine: &mut Module, regexes: &Arc<RegexCache>, limits: &SandboxLimits) {
+    let max_array_size = Live {
+        given: BlockSizes::of(limits),
+        pick: |sizes| sizes.array,
+    };
     let limits = ResultLimits::new(limits);
     // Chunking and splitting.
     engine.register_fn("chunk", move |text: &str, size: INT| {
@@ -808,12 +948,12 @@ pub(crate) fn register(engine: &mut Engine, regexes: &Arc<RegexCache>, limits: &
     // Python's range(n) as an array (so range(n).map(...) works); too long is an error
     // before anything is allocated.
     let limit = max_array_size;
-    engine.register_fn("range", move |n: INT| int_range(0, n, 1, limit));
+    engine.register_fn("range", move |n: INT| int_range(0, n, 1, limit.get()));
     engine.register_fn("range", move |from: INT, to: INT| {
-        int_range(from, to, 1, limit)
+        int_range(from, to, 1, limit.get())
     });
     engine.register_fn("range", move |from: INT, to: INT, step: INT| {
-        int_range(from, to, step, limit)
+        int_range(from, to, step, limit.get())
     });
     engine.register_fn("upper", |text: &str| text.to_uppercase());
     engine.register_fn("lower", |text: &str| text.to_lowercase());
@@ -861,7 +1001,7 @@ pub(crate) fn register(engine: &mut Engine, regexes: &Arc<RegexCache>, limits: &
     // loudly instead of changing it.
     FuncRegistration::new("trim")
         .with_purity(false)
-        .register_into_engine(engine, |text: &mut ImmutableString| {
+        .register_into(engine, |text: &mut ImmutableString| {
             let t = text.trim();
             if t.len() != text.len() {
                 *text = ImmutableString::from(t);
@@ -870,7 +1010,7 @@ pub(crate) fn register(engine: &mut Engine, regexes: &Arc<RegexCache>, limits: &
         });
     FuncRegistration::new("replace")
         .with_purity(false)
-        .register_into_engine(
+        .register_into(
             engine,
             move |text: &mut ImmutableString, find: &str, with: &str| {
                 if text.contains(find) {
@@ -911,7 +1051,7 @@ fn segments(n: INT) -> Option<usize> {
 
 /// Registers checked versions of Rhai's functions that build a large value in one call:
 /// `split`, `split_rev`, `to_chars`, `pad` (strings, arrays, BLOBs) and `blob`.
-pub(crate) fn register_checked_builtins(engine: &mut Engine, limits: &SandboxLimits) {
+pub(crate) fn register_checked_builtins(engine: &mut Module, limits: &SandboxLimits) {
     let result = ResultLimits::new(limits);
     let found = |text: &str, sep: &str| sep.is_empty() || text.contains(sep);
     engine.register_fn("split", move |text: &str, sep: &str| {
@@ -965,13 +1105,26 @@ pub(crate) fn register_checked_builtins(engine: &mut Engine, limits: &SandboxLim
     });
 
     // `pad` grows its target to a length in one call: the length is checked first.
-    let max_string = limits.max_string_size;
-    let max_items = limits.max_array_size;
-    let max_memory = limits.max_memory;
-    let over = |limit: usize, wanted: usize| limit != 0 && wanted > limit;
+    let given = BlockSizes::of(limits);
+    let max_string = Live {
+        given,
+        pick: |sizes| sizes.string,
+    };
+    let max_items = Live {
+        given,
+        pick: |sizes| sizes.array,
+    };
+    let max_memory = Live {
+        given,
+        pick: |sizes| sizes.memory,
+    };
+    let over = |limit: Live, wanted: usize| {
+        let limit = limit.get();
+        limit != 0 && wanted > limit
+    };
     FuncRegistration::new("pad")
         .with_purity(false)
-        .register_into_engine(
+        .register_into(
             engine,
             move |text: &mut ImmutableString, len: INT, fill: char| -> RhaiResult<()> {
                 let len = usize::try_from(len).unwrap_or(0);
@@ -994,7 +1147,7 @@ pub(crate) fn register_checked_builtins(engine: &mut Engine, limits: &SandboxLim
         );
     FuncRegistration::new("pad")
         .with_purity(false)
-        .register_into_engine(
+        .register_into(
             engine,
             move |text: &mut ImmutableString, len: INT, fill: &str| -> RhaiResult<()> {
                 let len = usize::try_from(len).unwrap_or(0);
@@ -1021,7 +1174,7 @@ pub(crate) fn register_checked_builtins(engine: &mut Engine, limits: &SandboxLim
         );
     FuncRegistration::new("pad")
         .with_purity(false)
-        .register_into_engine(
+        .register_into(
             engine,
             move |items: &mut Array, len: INT, item: Dynamic| -> RhaiResult<()> {
                 let len = usize::try_from(len).unwrap_or(0);
@@ -1031,7 +1184,7 @@ pub(crate) fn register_checked_builtins(engine: &mut Engine, limits: &SandboxLim
                 if over(max_items, len) {
                     return Err(super::memory::too_large("Size of array"));
                 }
-                let each = super::memory::estimate_bytes(&item, max_memory);
+                let each = super::memory::estimate_bytes(&item, max_memory.get());
                 if over(max_memory, each.saturating_mul(len - items.len())) {
                     return Err(super::memory::too_large(
                         "Size of array (its copies of the item)",
@@ -1043,7 +1196,7 @@ pub(crate) fn register_checked_builtins(engine: &mut Engine, limits: &SandboxLim
         );
     FuncRegistration::new("pad")
         .with_purity(false)
-        .register_into_engine(
+        .register_into(
             engine,
             move |blob: &mut Blob, len: INT, value: INT| -> RhaiResult<()> {
                 let len = usize::try_from(len).unwrap_or(0);
@@ -1069,7 +1222,10 @@ pub(crate) fn register_checked_builtins(engine: &mut Engine, limits: &SandboxLim
 
     // Merging maps and joining arrays grow a value by a whole other one in one call: the
     // size of the result is checked before it is built.
-    let max_entries = limits.max_map_size;
+    let max_entries = Live {
+        given,
+        pick: |sizes| sizes.map,
+    };
     let merged_size = move |map: &Map, other: &Map| -> RhaiResult<()> {
         let new_keys = other.keys().filter(|key| !map.contains_key(*key)).count();
         if over(max_entries, map.len().saturating_add(new_keys)) {
@@ -1080,7 +1236,7 @@ pub(crate) fn register_checked_builtins(engine: &mut Engine, limits: &SandboxLim
     for name in ["mixin", "+="] {
         FuncRegistration::new(name)
             .with_purity(false)
-            .register_into_engine(engine, move |map: &mut Map, other: Map| -> RhaiResult<()> {
+            .register_into(engine, move |map: &mut Map, other: Map| -> RhaiResult<()> {
                 merged_size(map, &other)?;
                 map.extend(other);
                 Ok(())
@@ -1088,7 +1244,7 @@ pub(crate) fn register_checked_builtins(engine: &mut Engine, limits: &SandboxLim
     }
     FuncRegistration::new("fill_with")
         .with_purity(false)
-        .register_into_engine(engine, move |map: &mut Map, other: Map| -> RhaiResult<()> {
+        .register_into(engine, move |map: &mut Map, other: Map| -> RhaiResult<()> {
             merged_size(map, &other)?;
             for (key, value) in other {
                 map.entry(key).or_insert(value);
@@ -1109,7 +1265,7 @@ pub(crate) fn register_checked_builtins(engine: &mut Engine, limits: &SandboxLim
     };
     FuncRegistration::new("append")
         .with_purity(false)
-        .register_into_engine(
+        .register_into(
             engine,
             move |items: &mut Array, other: Array| -> RhaiResult<()> {
                 joined_size(items, &other)?;

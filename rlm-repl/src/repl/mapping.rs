@@ -12,12 +12,13 @@
 //! the item, else with the item and its index (the first form that fits, found on the first
 //! item and kept: Rhai tries them all on every item).
 
-use rhai::{Array, Dynamic, Engine, EvalAltResult, FnPtr, INT, NativeCallContext};
+use rhai::{Array, Dynamic, EvalAltResult, FnPtr, INT, Module, NativeCallContext};
 
+use super::helpers::RegisterFn;
 use super::values::RhaiResult;
 
 /// Registers `map(array, f)` over Rhai's own.
-pub(crate) fn register(engine: &mut Engine) {
+pub(crate) fn register(engine: &mut Module) {
     engine.register_fn("map", map);
 }
 

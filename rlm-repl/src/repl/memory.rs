@@ -237,7 +237,22 @@ pub(crate) fn resident_bytes() -> Option<usize> {
 
 /// The memory this process may use in bytes: the machine's (Linux's `MemTotal`), or its
 /// container's limit if lower (cgroup v2 `memory.max`); `None` elsewhere or if unreadable.
+/// Read again at most once a second (every run of a batch or a server asks).
 pub(crate) fn physical_bytes() -> Option<usize> {
+    use std::time::{Duration, Instant};
+    static LAST: std::sync::Mutex<Option<(Instant, Option<usize>)>> = std::sync::Mutex::new(None);
+    let mut last = crate::sync::lock(&LAST);
+    if let Some((read, bytes)) = *last {
+        if read.elapsed() < Duration::from_secs(1) {
+            return bytes;
+        }
+    }
+    let bytes = read_physical_bytes();
+    *last = Some((Instant::now(), bytes));
+    bytes
+}
+
+fn read_physical_bytes() -> Option<usize> {
     #[cfg(target_os = "linux")]
     {
         let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;

@@ -18,11 +18,12 @@ mod sorting;
 pub(crate) mod subcall;
 mod thread;
 mod values;
+mod watchdog;
 
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rhai::packages::{Package, StandardPackage};
@@ -143,28 +144,30 @@ impl Shared {
         lock(&self.output).push_line(text);
     }
 
-    /// Watches the running block until `done`, and raises [`halt`](Self::halt) when the run
-    /// is cancelled or the block's script time runs out. A native helper counts as one Rhai
-    /// operation however long it runs, so checking only every few hundred operations would
-    /// let a loop of slow calls (a regex over a 100 MB context) run on for minutes.
-    fn watch(&self, done: &AtomicBool) {
-        const POLL: Duration = Duration::from_millis(10);
-        while !done.load(Ordering::SeqCst) {
-            if self.run.cancel.is_cancelled() {
-                self.halt.store(HALT_CANCELLED, Ordering::SeqCst);
-                return;
-            }
-            let used = self.clock.script_time();
-            if used > self.block_timeout {
-                self.halt.store(HALT_TIMEOUT, Ordering::SeqCst);
-                return;
-            }
-            if self.memory_grew_too_much() {
-                self.halt.store(HALT_MEMORY, Ordering::SeqCst);
-                return;
-            }
-            std::thread::park_timeout((self.block_timeout - used).min(POLL));
+    /// One look at the running block by its [`watchdog`]: raises [`halt`](Self::halt) when
+    /// the run is cancelled, the block's script time ran out or memory grew past the budget.
+    /// A native helper counts as one Rhai operation however long it runs, so checking only
+    /// every few hundred operations would let a loop of slow calls (a regex over a 100 MB
+    /// context) run on for minutes. Returns the script time the block has left, or `None`
+    /// once it must stop.
+    fn look(&self) -> Option<Duration> {
+        if self.halt.load(Ordering::SeqCst) != 0 {
+            return None;
         }
+        if self.run.cancel.is_cancelled() {
+            self.halt.store(HALT_CANCELLED, Ordering::SeqCst);
+            return None;
+        }
+        let used = self.clock.script_time();
+        if used > self.block_timeout {
+            self.halt.store(HALT_TIMEOUT, Ordering::SeqCst);
+            return None;
+        }
+        if self.memory_grew_too_much() {
+            self.halt.store(HALT_MEMORY, Ordering::SeqCst);
+            return None;
+        }
+        Some(self.block_timeout - used)
     }
 
     /// Whether the process's resident memory grew by more than the budget since the block
@@ -674,6 +677,11 @@ impl Repl {
         &self.limits
     }
 
+    /// The native stack a block of this REPL runs on (see [`stack_size`]).
+    pub(crate) fn stack_size(&self) -> usize {
+        stack_size(&self.limits)
+    }
+
     /// Runs one code block in the persistent scope. Never panics; errors, limits and
     /// cancellation are reported in the outcome.
     pub fn execute(&mut self, code: &str) -> BlockOutcome {
@@ -683,26 +691,15 @@ impl Repl {
         // Everything that touches the script's values runs on the big stack: Rhai and serde
         // recurse once per level of nested data when they copy, print, convert or drop it.
         let stack = stack_size(&self.limits);
-        let shared = Arc::clone(&self.shared);
-        let done = AtomicBool::new(false);
-        let ran = std::thread::scope(|scope| {
-            // Without a watchdog the engine still checks now and then (see `build_engine`).
-            let watchdog = std::thread::Builder::new()
-                .name("rlm-repl-watchdog".into())
-                .spawn_scoped(scope, || shared.watch(&done))
-                .ok();
-            let ran = on_big_stack(stack, || {
-                catch_unwind(AssertUnwindSafe(|| self.run(code))).unwrap_or_else(|panic| Ran {
-                    error: Some(internal_error(panic.as_ref())),
-                    ..Ran::default()
-                })
-            });
-            done.store(true, Ordering::SeqCst);
-            if let Some(watchdog) = watchdog {
-                watchdog.thread().unpark();
-            }
-            ran
+        // Without a watchdog the engine still checks now and then (see `build_engine`).
+        let watched = watchdog::watch(&self.shared);
+        let ran = on_big_stack(stack, || {
+            catch_unwind(AssertUnwindSafe(|| self.run(code))).unwrap_or_else(|panic| Ran {
+                error: Some(internal_error(panic.as_ref())),
+                ..Ran::default()
+            })
         });
+        drop(watched);
         let ran = ran.unwrap_or_else(|| Ran {
             error: Some(internal_error(&"the REPL thread failed")),
             ..Ran::default()
@@ -748,9 +745,12 @@ impl Repl {
                 let program = self.functions.merge(&ast);
                 let engine = &self.engine;
                 let scope = &mut self.scope;
+                // The helpers check against this run's limits while the block runs.
+                let in_block = helpers::in_block(&self.limits);
                 let result = catch_unwind(AssertUnwindSafe(|| {
                     engine.eval_ast_with_scope::<Dynamic>(scope, &program)
                 }));
+                drop(in_block);
                 // Functions defined by the block stay defined, even if it failed later.
                 self.functions = self.functions.merge(&ast.clone_functions_only());
                 match result {
@@ -988,9 +988,19 @@ fn stack_size(limits: &SandboxLimits) -> usize {
         .min(1 << 30)
 }
 
+/// The native stack a block runs on under `limits` (see [`stack_size`]; the size limits that
+/// a context raises play no part in it).
+pub(crate) fn block_stack(limits: &SandboxLimits) -> usize {
+    stack_size(limits)
+}
+
 /// Runs `f` on a fresh thread with `stack` bytes of stack (in the caller's tracing span), or
 /// on this thread if no thread can be started. `None` if the thread died without a result.
+/// An evaluation thread whose own stack is that large runs `f` itself.
 fn on_big_stack<T: Send>(stack: usize, f: impl FnOnce() -> T + Send) -> Option<T> {
+    if thread::evaluation_stack() >= stack {
+        return Some(f());
+    }
     let span = tracing::Span::current();
     let mut job = Some(f);
     let spawned = std::thread::scope(|scope| {
@@ -1203,13 +1213,35 @@ fn concurrency(n: INT) -> usize {
     usize::try_from(n.max(1)).unwrap_or(1)
 }
 
+/// Rhai's standard library, built once for the process: its functions are pure, and building
+/// it (hundreds of functions, each hashed and boxed) was most of what a new REPL cost.
+fn standard_package() -> Arc<Module> {
+    static PACKAGE: OnceLock<Arc<Module>> = OnceLock::new();
+    Arc::clone(PACKAGE.get_or_init(|| StandardPackage::new().as_shared_module()))
+}
+
+/// The helpers (see [`helpers`]), registered once for the process: each call checks against
+/// the limits of the block running on its thread (see [`helpers::in_block`]), and their
+/// compiled regexes are shared by every run.
+fn helpers_module() -> Arc<Module> {
+    static MODULE: OnceLock<Arc<Module>> = OnceLock::new();
+    Arc::clone(MODULE.get_or_init(|| {
+        let mut module = Module::new();
+        let limits = SandboxLimits::default();
+        helpers::register(&mut module, &Arc::default(), &limits);
+        helpers::register_checked_builtins(&mut module, &limits);
+        module.build_index();
+        Arc::new(module)
+    }))
+}
+
 fn build_engine(
     shared: &Arc<Shared>,
     limits: &SandboxLimits,
     lengths: helpers::ContextLengths,
 ) -> Engine {
     let mut engine = Engine::new_raw();
-    engine.register_global_module(StandardPackage::new().as_shared_module());
+    engine.register_global_module(standard_package());
     engine.set_module_resolver(NoModules);
     engine.disable_symbol("eval");
     engine.set_max_operations(limits.max_operations);
@@ -1289,8 +1321,8 @@ fn build_engine(
             },
         );
 
-    helpers::register(&mut engine, &Arc::default(), limits);
-    helpers::register_checked_builtins(&mut engine, limits);
+    // The helpers, above the standard package (they replace some of its functions).
+    engine.register_global_module(helpers_module());
     // Shadows the standard package's `len` for strings (the engine's own functions come
     // first): the same answer, without recounting the context on every call.
     engine.register_fn("len", move |text: &str| lengths.len(text));

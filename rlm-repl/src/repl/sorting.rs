@@ -9,18 +9,19 @@
 use std::cmp::Ordering;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use rhai::{Array, Dynamic, Engine, EvalAltResult, FnPtr, FuncRegistration, NativeCallContext};
+use rhai::{Array, Dynamic, EvalAltResult, FnPtr, FuncRegistration, Module, NativeCallContext};
 
+use super::helpers::{RegisterFn, RegisterInto};
 use super::values::{RhaiResult, compare, script_error, to_text};
 
 /// Registers `sort` / `sort_by` (in place) and `sorted_by` / `sorted` (a sorted copy), each
 /// with a closure and an optional `true` for descending order.
-pub(crate) fn register(engine: &mut Engine) {
+pub(crate) fn register(engine: &mut Module) {
     for name in ["sort", "sort_by"] {
         // Not pure: they change their target, so `context.sort(...)` fails loudly.
         FuncRegistration::new(name)
             .with_purity(false)
-            .register_into_engine(
+            .register_into(
                 engine,
                 move |ctx: NativeCallContext<'_>, items: &mut Array, f: FnPtr| {
                     sort_in_place(&ctx, name, items, &f, false)
@@ -28,7 +29,7 @@ pub(crate) fn register(engine: &mut Engine) {
             );
         FuncRegistration::new(name)
             .with_purity(false)
-            .register_into_engine(
+            .register_into(
                 engine,
                 move |ctx: NativeCallContext<'_>, items: &mut Array, f: FnPtr, descending: bool| {
                     sort_in_place(&ctx, name, items, &f, descending)

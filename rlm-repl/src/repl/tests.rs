@@ -195,3 +195,28 @@ fn a_shared_context_gives_every_repl_the_same_bytes() {
         assert!(outcome.output.contains("true"), "{outcome:?}");
     }
 }
+
+/// The helpers are shared by every REPL of the process, yet each checks against its own
+/// REPL's limits, whichever REPL ran last and on whichever thread.
+#[test]
+fn shared_helpers_check_each_repls_own_limits() {
+    let small = SandboxLimits {
+        max_array_size: 50,
+        max_string_size: 1_000,
+        ..SandboxLimits::default()
+    };
+    let mut tight = Repl::builder(Context::from("x")).limits(small).build();
+    let mut roomy = Repl::new(Context::from("x"));
+    for _ in 0..2 {
+        let mut error = |code: &str| tight.execute(code).error.unwrap_or_default();
+        assert!(error("range(100).len()").contains("array limit (50)"));
+        assert!(error("let s = \"a\"; s.pad(5000, 'b'); s.len()").contains("Length of string"));
+        let split = error("let t = \"\"; for i in 0..60 { t += \"a \"; } split(t).len()");
+        assert!(split.contains("Size of array from split"), "{split}");
+        let allowed =
+            roomy.execute("let r = range(100); let s = \"a\"; s.pad(5000, 'b'); r.len() + s.len()");
+        assert_eq!(allowed.output, "=> 5100\n", "{allowed:?}");
+        let within = tight.execute("range(40).len()");
+        assert_eq!(within.output, "=> 40\n", "{within:?}");
+    }
+}

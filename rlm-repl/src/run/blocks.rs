@@ -9,11 +9,6 @@ use crate::repl::subcall::millis;
 use crate::state::RunState;
 use crate::{BlockRecord, Event, Repl, RlmError, StopReason, SubCallRecord};
 
-/// A REPL thread that died, as the run's error.
-pub(super) fn internal(error: tokio::task::JoinError) -> RlmError {
-    RlmError::Internal(format!("the REPL thread failed: {error}"))
-}
-
 /// Reports the reasoning the reply held in its text, if any.
 pub(super) fn report_reasoning(run: &RunState, turn: usize, parsed: &ParsedReply) {
     if parsed.reasoning.is_empty() {
@@ -54,7 +49,8 @@ pub(super) async fn run_blocks(
     turn: usize,
     run: Arc<RunState>,
 ) -> Result<TurnWork, RlmError> {
-    crate::repl::spawn_evaluation(move || {
+    let stack = repl.stack_size();
+    crate::repl::spawn_evaluation(stack, move || {
         let mut blocks = Vec::new();
         let mut code_final = None;
         let mut warned = false;

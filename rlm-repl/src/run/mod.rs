@@ -23,7 +23,7 @@ use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
 use self::ask::RootAsker;
-use self::blocks::{final_reply, internal, report_reasoning, run_blocks};
+use self::blocks::{final_reply, report_reasoning, run_blocks};
 use self::estimated::EstimatedUsage;
 use self::feedback::{count, feedback, quote_start, stopped_why, sub_call_warnings};
 use self::sub_model::SubModel;
@@ -305,9 +305,10 @@ impl Run {
         if let Some(handle) = tree.handle.clone().or_else(|| Handle::try_current().ok()) {
             builder = builder.runtime_handle(handle);
         }
-        let mut repl = tokio::task::spawn_blocking(move || builder.build())
-            .await
-            .map_err(internal)?;
+        // On an evaluation thread (the pool the run's blocks use), not tokio's blocking pool:
+        // one set of threads, their caches warm.
+        let stack = crate::repl::block_stack(&config.sandbox);
+        let mut repl = crate::repl::spawn_evaluation(stack, move || builder.build()).await?;
         let info = repl.context_info().clone();
 
         let mut system = system_prompt(config);
