@@ -304,6 +304,8 @@ impl Run {
         let mut repl = tokio::task::spawn_blocking(move || builder.build())
             .await
             .map_err(internal)?;
+        // While the first root call is out, not after its reply.
+        crate::repl::warm_up_lint();
         let info = repl.context_info().clone();
 
         let mut system = system_prompt(config);
