@@ -268,10 +268,12 @@ def main():
     parser.add_argument("--latency-ms", type=int, default=200)
     parser.add_argument("--root-latency-ms", type=int, default=200)
     parser.add_argument("--context-mb", type=float, default=2.4)
-    parser.add_argument("--rlm", help="an rlm binary (default: build the release one)")
+    parser.add_argument("--rlm", action="append",
+                        help="an rlm binary (default: build the release one); twice or more "
+                             "to compare binaries in the same run")
     args = parser.parse_args()
 
-    rlm_bin = args.rlm or build_rust()[0]
+    rlm_bins = args.rlm or [build_rust()[0]]
     python = venv_python()
     ideal = (args.root_latency_ms
              + math.ceil(args.chunks / args.concurrency) * args.latency_ms) / 1000
@@ -292,10 +294,13 @@ def main():
             "aiohttp client (floor)": [python, os.path.abspath(__file__), "_client",
                                        server.base_url, context, str(args.chunks),
                                        str(args.concurrency)],
-            "rlm": [rlm_bin, "run", "--quiet", "--query", "What is the secret code?",
-                    "--context", context, "--model", ROOT_MODEL, "--sub-model", "sub",
-                    "--max-concurrent", str(args.concurrency), "--base-url", server.base_url],
         }
+        for rlm_bin in rlm_bins:
+            name = "rlm" if len(rlm_bins) == 1 else f"rlm ({rlm_bin})"
+            commands[name] = [
+                rlm_bin, "run", "--quiet", "--query", "What is the secret code?",
+                "--context", context, "--model", ROOT_MODEL, "--sub-model", "sub",
+                "--max-concurrent", str(args.concurrency), "--base-url", server.base_url]
         results = {name: [] for name in commands}
         answers = {}
         try:
@@ -339,9 +344,10 @@ def main():
             values = [statistics.median(r[k] for r in rows) * scale for k in keys]
             cells.append(fmt.format(*values))
         print(f"| {name} | " + " | ".join(cells) + f" | {answers[name]} |")
-    if len(results) == 2:
-        floor, ours = (statistics.median(r["wall"] for r in rows) for rows in results.values())
-        print(f"\nrlm - floor: {(ours - floor) * 1000:.1f} ms (median walls)")
+    walls = {name: statistics.median(r["wall"] for r in rows) for name, rows in results.items()}
+    floor = walls.pop("aiohttp client (floor)")
+    for name, wall in walls.items():
+        print(f"\n{name} - floor: {(wall - floor) * 1000:.1f} ms (median walls)")
 
 
 if __name__ == "__main__":
