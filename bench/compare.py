@@ -193,10 +193,16 @@ def main():
     parser.add_argument("--root-latency-ms", type=int, default=200)
     parser.add_argument("--context-mb", type=float, default=2.4)
     parser.add_argument("--only", choices=["rlm", "seed", "rlms"], action="append")
+    parser.add_argument("--rlm", help="this rlm binary instead of building one (and "
+                        "--mock, the mock-openai binary)")
+    parser.add_argument("--mock")
     args = parser.parse_args()
     contenders = args.only or ["rlm", "seed", "rlms"]
 
-    rlm_bin, server_bin = build_rust()
+    if args.rlm and args.mock:
+        rlm_bin, server_bin = args.rlm, args.mock
+    else:
+        rlm_bin, server_bin = build_rust()
     python = venv_python() if set(contenders) & {"seed", "rlms"} else None
 
     with tempfile.TemporaryDirectory(prefix="rlm-compare-") as tmp:
