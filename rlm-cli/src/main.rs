@@ -45,12 +45,6 @@ use clap::Parser;
 use crate::cli::{Cli, Command};
 use crate::error::{CliError, exit};
 
-/// mimalloc instead of the system allocator: a sub-call allocates a few dozen small blocks
-/// across the runtime's threads, where glibc's arenas spent a sixth of the process's CPU
-/// (and grew and shrank their heaps with `mprotect`); see `bench/per_call.py`.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     install_panic_hook();
     // Known before parsing, so that a bad flag still gets its JSON object.
