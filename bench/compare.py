@@ -32,10 +32,11 @@ SECRET = "the secret code is 7319"
 KEY = "sk-bench-not-a-real-key"
 
 # The root model's scripted first (and only) turn, per contender.
+# The chunk size is worked out here: an integer division with a remainder in the script
+# draws the REPL's lossy-division warning, and the answer would be held for a second turn.
 RLM_ROOT = """I'll split the context and search every chunk in parallel.
 ```repl
-let size = context.len() / {chunks} + 1;
-let prompts = chunk(context, size).map(|c| "Return the line that gives the code, or none.\\n" + c);
+let prompts = chunk(context, {size}).map(|c| "Return the line that gives the code, or none.\\n" + c);
 let answers = llm_batch(prompts, {concurrency});
 let hits = answers.filter(|a| a != "none");
 FINAL(if hits.len() > 0 {{ hits[0] }} else {{ "not found" }});
@@ -128,6 +129,11 @@ def venv_python():
     return python
 
 
+def chunk_size(context_path, chunks):
+    """The characters per chunk that make `chunks` chunks of the (ASCII) context."""
+    return os.path.getsize(context_path) // chunks + 1
+
+
 def make_context(path, megabytes):
     words = ("river quiet ledger amber signal harbor copper window forest engine paper "
              "silver market garden winter orbit canvas thunder meadow lantern").split()
@@ -187,10 +193,16 @@ def main():
     parser.add_argument("--root-latency-ms", type=int, default=200)
     parser.add_argument("--context-mb", type=float, default=2.4)
     parser.add_argument("--only", choices=["rlm", "seed", "rlms"], action="append")
+    parser.add_argument("--rlm", help="this rlm binary instead of building one (and "
+                        "--mock, the mock-openai binary)")
+    parser.add_argument("--mock")
     args = parser.parse_args()
     contenders = args.only or ["rlm", "seed", "rlms"]
 
-    rlm_bin, server_bin = build_rust()
+    if args.rlm and args.mock:
+        rlm_bin, server_bin = args.rlm, args.mock
+    else:
+        rlm_bin, server_bin = build_rust()
     python = venv_python() if set(contenders) & {"seed", "rlms"} else None
 
     with tempfile.TemporaryDirectory(prefix="rlm-compare-") as tmp:
@@ -201,7 +213,8 @@ def main():
                                 ("seed-root", "Searching.")]:
             path = os.path.join(tmp, f"{model}.json")
             with open(path, "w") as f:
-                json.dump([template.format(chunks=args.chunks, concurrency=args.concurrency)], f)
+                json.dump([template.format(chunks=args.chunks, concurrency=args.concurrency,
+                                           size=chunk_size(context, args.chunks))], f)
             scripts[model] = path
         workers = {}
         for name, source in [("seed", SEED_WORKER), ("rlms", RLMS_WORKER)]:

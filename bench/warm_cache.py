@@ -71,8 +71,9 @@ def main():
         compare.make_context(context, args.context_mb)
         script = os.path.join(tmp, "root.json")
         with open(script, "w") as f:
-            json.dump([compare.RLM_ROOT.format(chunks=args.chunks,
-                                               concurrency=args.concurrency)], f)
+            json.dump([compare.RLM_ROOT.format(
+                chunks=args.chunks, concurrency=args.concurrency,
+                size=compare.chunk_size(context, args.chunks))], f)
         server = compare.Server(server_bin, [
             "--latency-ms", str(args.latency_ms), "--root-latency-ms", str(args.root_latency_ms),
             "--sub-find", compare.SECRET[:-4], "--root", f"rlm-root={script}"])

@@ -407,6 +407,15 @@ async fn read_body(
     ))
 }
 
+/// About the size of `request`'s JSON body: its texts, plus room for the keys, the sampling
+/// fields and a little escaping.
+fn encoded_size_hint(request: &CompletionRequest, model: &str) -> usize {
+    let texts: usize = request.messages.iter().map(|m| m.content.len() + 40).sum();
+    texts
+        .saturating_add(texts / 64)
+        .saturating_add(model.len() + 256)
+}
+
 /// A rate limit or server error whose `Retry-After` exceeds `cap` was not retried: the
 /// message says how long the server asked for and what the cap is.
 fn over_the_cap(mut error: LlmError, cap: Duration) -> LlmError {
@@ -462,10 +471,16 @@ impl LlmBackend for OpenAiBackend {
         } else {
             request.model.as_str()
         };
-        let body = serde_json::to_vec(&ChatBody {
-            model,
-            request: &request,
-        })
+        // Written once, into a buffer about the size of the encoded body (a prompt of 100 KB
+        // otherwise grows it ten times over, copying it each time).
+        let mut body = Vec::with_capacity(encoded_size_hint(&request, model));
+        serde_json::to_writer(
+            &mut body,
+            &ChatBody {
+                model,
+                request: &request,
+            },
+        )
         .map_err(|e| LlmError::other(format!("cannot encode the request: {e}")))?;
         let body = Bytes::from(body);
         let tokens = self.estimated_tokens(&request);

@@ -98,8 +98,15 @@ struct WireMessage {
     /// OpenRouter's spelling of the same.
     #[serde(default, deserialize_with = "lenient")]
     reasoning: Option<String>,
-    #[serde(default, deserialize_with = "lenient")]
-    tool_calls: Option<Vec<Value>>,
+    /// Whether `tool_calls` is a non-empty array.
+    #[serde(default, rename = "tool_calls", deserialize_with = "some_tool_calls")]
+    has_tool_calls: bool,
+}
+
+/// `tool_calls` (read leniently) holds at least one call.
+fn some_tool_calls<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    let calls: Option<Vec<Value>> = lenient(deserializer)?;
+    Ok(calls.is_some_and(|calls| !calls.is_empty()))
 }
 
 #[derive(Deserialize)]
@@ -116,6 +123,97 @@ struct WireUsage {
 struct WirePromptDetails {
     #[serde(default, deserialize_with = "lenient")]
     cached_tokens: Option<u64>,
+}
+
+/// The usual reply, every field of the type it should have, read straight into its values
+/// (no intermediate [`Value`]s). A reply that does not fit (a field of another type, content
+/// in parts, no choice) is read again as a [`WireCompletion`], whose lenient reading gives the
+/// same values whenever this strict one succeeds.
+#[derive(Deserialize)]
+struct StrictCompletion {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    choices: Option<Vec<StrictChoice>>,
+    #[serde(default)]
+    usage: Option<StrictUsage>,
+}
+
+#[derive(Deserialize)]
+struct StrictChoice {
+    #[serde(default)]
+    message: Option<StrictMessage>,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct StrictMessage {
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    reasoning_content: Option<String>,
+    #[serde(default)]
+    reasoning: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Vec<serde::de::IgnoredAny>>,
+}
+
+#[derive(Deserialize)]
+struct StrictUsage {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+    #[serde(default)]
+    prompt_tokens_details: Option<StrictPromptDetails>,
+}
+
+#[derive(Deserialize)]
+struct StrictPromptDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
+
+impl StrictCompletion {
+    /// `body` read strictly, as the [`WireCompletion`] the lenient reading would give;
+    /// `None` when it does not fit or has no choice (then the lenient reading decides).
+    fn read(body: &[u8]) -> Option<WireCompletion> {
+        let strict: Self = serde_json::from_slice(body).ok()?;
+        let choices: Vec<WireChoice> = strict
+            .choices?
+            .into_iter()
+            .map(|choice| WireChoice {
+                message: choice.message.map(|message| WireMessage {
+                    content: message.content.unwrap_or_default(),
+                    reasoning_content: message.reasoning_content,
+                    reasoning: message.reasoning,
+                    has_tool_calls: message.tool_calls.is_some_and(|c| !c.is_empty()),
+                }),
+                text: choice.text,
+                finish_reason: choice.finish_reason,
+            })
+            .collect();
+        if choices.is_empty() {
+            return None;
+        }
+        Some(WireCompletion {
+            model: strict.model,
+            choices: Some(choices),
+            usage: strict.usage.map(|usage| WireUsage {
+                prompt_tokens: usage.prompt_tokens,
+                completion_tokens: usage.completion_tokens,
+                prompt_tokens_details: usage.prompt_tokens_details.map(|details| {
+                    WirePromptDetails {
+                        cached_tokens: details.cached_tokens,
+                    }
+                }),
+            }),
+            error: None,
+        })
+    }
 }
 
 /// A field read as `T` when it is one, and as missing when it is anything else.
@@ -170,7 +268,23 @@ pub(crate) fn parse_completion(
     fallback_model: &str,
     redact: &dyn Fn(&str) -> String,
 ) -> Result<Completion, LlmError> {
-    let wire: WireCompletion = serde_json::from_slice(body).map_err(|e| {
+    parse_completion_with(body, status, fallback_model, redact, true)
+}
+
+/// [`parse_completion`], trying the strict reading first or not (tests compare the two).
+fn parse_completion_with(
+    body: &[u8],
+    status: u16,
+    fallback_model: &str,
+    redact: &dyn Fn(&str) -> String,
+    try_strict: bool,
+) -> Result<Completion, LlmError> {
+    let strict = try_strict.then(|| StrictCompletion::read(body)).flatten();
+    let wire: WireCompletion = match strict {
+        Some(wire) => Ok(wire),
+        None => serde_json::from_slice(body),
+    }
+    .map_err(|e| {
         if let Some(title) = html_title(body) {
             // A web page where the API should be: the base URL points at a site, not an API.
             let page = title.map_or_else(
@@ -217,7 +331,7 @@ pub(crate) fn parse_completion(
         .map(|reason| FinishReason::from(redact(&reason).as_str()));
     let (text, reasoning) = match (choice.message, choice.text) {
         (Some(message), _) => {
-            if finish_reason.is_none() && message.tool_calls.is_some_and(|c| !c.is_empty()) {
+            if finish_reason.is_none() && message.has_tool_calls {
                 finish_reason = Some(FinishReason::ToolCalls);
             }
             let reasoning = message
@@ -569,6 +683,45 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.text, "legacy");
         assert_eq!(c.finish_reason, Some(FinishReason::Length));
+    }
+
+    #[test]
+    fn the_strict_reading_gives_what_the_lenient_one_gives() {
+        let bodies = [
+            json!({"model": "gpt", "choices": [{"message": {"content": "hi"},
+                "finish_reason": "stop"}], "usage": {"prompt_tokens": 3, "completion_tokens": 1,
+                "prompt_tokens_details": {"cached_tokens": 2}}, "error": null}),
+            json!({"choices": [{"message": {"content": null, "tool_calls": [{"id": "1"}]}}]}),
+            json!({"choices": [{"message": {"content": "a", "tool_calls": []}}]}),
+            json!({"choices": [{"message": {"content": "a", "tool_calls": {"x": 1}}}]}),
+            json!({"choices": [{"message": {"content": "a", "reasoning": "r",
+                "reasoning_content": ""}}]}),
+            json!({"choices": [{"text": "legacy", "finish_reason": "length"}]}),
+            json!({"choices": [{"message": {"content": [{"type": "text", "text": "p"}]}}]}),
+            json!({"choices": [{"message": {"content": 5}}], "model": 7}),
+            json!({"choices": [{"message": {"content": "a"}}], "usage": {"prompt_tokens": 1.5}}),
+            json!({"choices": [{"message": {"content": "a"}}], "usage": [4, 5]}),
+            json!({"choices": [{"message": {"content": "a"}}], "usage": "n/a"}),
+            json!({"choices": [{"message": {"content": "a"}}], "usage": {
+                "prompt_tokens_details": {"cached_tokens": "x"}}}),
+            json!({"choices": [["m", "t", "stop"]]}),
+            json!({"choices": [], "error": {"message": "boom", "code": 503}}),
+            json!({"choices": [{"message": "not an object"}]}),
+            json!({"choices": {"0": {}}}),
+            json!({"model": "", "choices": [{"message": {"content": "a"}}, {"x": 1}]}),
+        ];
+        for body in bodies {
+            let bytes = serde_json::to_vec(&body).unwrap_or_default();
+            let strict = parse_completion_with(&bytes, 200, "asked", &no_redact, true);
+            let lenient = parse_completion_with(&bytes, 200, "asked", &no_redact, false);
+            match (strict, lenient) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{body}"),
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{body}"),
+                (a, b) => panic!("{body}: {a:?} against {b:?}"),
+            }
+        }
+        // The usual reply is read strictly.
+        assert!(StrictCompletion::read(br#"{"choices":[{"message":{"content":"x"}}]}"#).is_some());
     }
 
     #[test]

@@ -120,6 +120,11 @@ fn opening_tag(line: &str) -> Option<(&'static str, usize)> {
 /// tag with no opening tag before it: the reasoning (without its tags) and the text after it.
 /// A section never closed is all reasoning.
 pub(crate) fn leading_reasoning(text: &str) -> Option<(String, String)> {
+    // Every tag starts with `<`: most answers have none, and are not copied (it runs on
+    // every sub-call's answer).
+    if !text.contains('<') {
+        return None;
+    }
     let lower = text.to_ascii_lowercase();
     let start = text.len() - text.trim_start().len();
     if let Some((close, tag_end)) = opening_tag(&text[start..]) {

@@ -58,6 +58,20 @@ pub(crate) fn lint(code: &str) -> Vec<String> {
     warnings
 }
 
+/// Starts compiling the lint's patterns on a blocking thread, once per process, so that a
+/// run's first code block does not wait for them: a run calls it before its first root call,
+/// whose round trip hides the compilation (the patterns took ~17M instructions, a few
+/// milliseconds between the root's reply and the first sub-call). Needs a tokio runtime;
+/// without one the patterns are compiled on first use, as before.
+pub(crate) fn warm_up() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        STARTED.call_once(|| {
+            drop(handle.spawn_blocking(|| lint("")));
+        });
+    }
+}
+
 /// The regex cached in `cell`, compiled from `pattern` on first use (`None` if it does not
 /// compile: the lint is then skipped, never a panic).
 fn compiled(cell: &'static OnceLock<Option<Regex>>, pattern: &str) -> Option<&'static Regex> {

@@ -14,6 +14,7 @@ mod lint;
 mod mapping;
 mod memory;
 pub(crate) mod output;
+pub(crate) use lint::warm_up as warm_up_lint;
 mod sorting;
 pub(crate) mod subcall;
 mod thread;

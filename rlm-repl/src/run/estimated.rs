@@ -84,10 +84,15 @@ impl BatchObserver for Observer {
 
     fn finished(&self, index: usize, result: &BatchResult, elapsed: Duration) {
         // Counted once, with the final results below: this copy is for the observer only.
+        // Copied only when there is an estimate to fill in.
+        let Ok(completion) = result else {
+            return self.inner.finished(index, result, elapsed);
+        };
+        if completion.usage.total() > 0 {
+            return self.inner.finished(index, result, elapsed);
+        }
         let prompt_tokens = self.prompt_tokens.get(index).copied().unwrap_or_default();
-        let shown = result
-            .clone()
-            .map(|completion| with_estimate(prompt_tokens, completion).0);
+        let shown = Ok(with_estimate(prompt_tokens, completion.clone()).0);
         self.inner.finished(index, &shown, elapsed);
     }
 }

@@ -309,6 +309,8 @@ impl Run {
         // one set of threads, their caches warm.
         let stack = crate::repl::block_stack(&config.sandbox);
         let mut repl = crate::repl::spawn_evaluation(stack, move || builder.build()).await?;
+        // While the first root call is out, not after its reply.
+        crate::repl::warm_up_lint();
         let info = repl.context_info().clone();
 
         let mut system = system_prompt(config);

@@ -140,11 +140,18 @@ impl BatchObserver for Observer {
     }
 
     fn finished(&self, index: usize, result: &BatchResult, elapsed: Duration) {
-        let result = answer_result(result.clone());
+        // Copied only when the answer has reasoning to take out (rarely).
+        let answer = match result {
+            Ok(completion) if leading_reasoning(&completion.text).is_some() => {
+                Some(answer_result(result.clone()))
+            }
+            _ => None,
+        };
+        let result = answer.as_ref().unwrap_or(result);
         if let Some(inner) = &self.inner {
-            inner.finished(index, &result, elapsed);
+            inner.finished(index, result, elapsed);
         }
-        self.watch.observe(&result);
+        self.watch.observe(result);
     }
 }
 
