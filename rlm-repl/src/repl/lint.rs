@@ -109,7 +109,7 @@ fn floor_divisions(code: &str) -> Vec<usize> {
             // `print(a // b)`; and only an operand after.
             before.ends_with(|c: char| c.is_alphanumeric() || c == '_' || c == ')' || c == ']')
                 && (before.contains('=') || before.contains('('))
-                && operand.is_match(line[at + 2..].as_bytes())
+                && operand.is_match(&line.as_bytes()[at + 2..])
         })
         .map(|(i, _)| i + 1)
         .collect()
