@@ -269,28 +269,12 @@ pub(crate) async fn worker(args: Box<WorkerArgs>) -> Result<u8, CliError> {
 }
 
 /// Ctrl-C or SIGTERM cancels the batch (jobs in flight stop and get no line); a second
-/// Ctrl-C exits at once.
+/// Ctrl-C or SIGTERM exits at once.
 fn cancel_on_ctrl_c(cancel: &CancellationToken, progress: Option<Arc<BatchProgress>>, quiet: bool) {
     let cancel = cancel.clone();
     tokio::spawn(async move {
-        let term = async {
-            #[cfg(unix)]
-            {
-                use tokio::signal::unix::{SignalKind, signal};
-                match signal(SignalKind::terminate()) {
-                    Ok(mut term) => {
-                        term.recv().await;
-                    }
-                    Err(_) => std::future::pending().await,
-                }
-            }
-            #[cfg(not(unix))]
-            std::future::pending::<()>().await;
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            () = term => {}
-        }
+        let mut signals = Interrupts::new();
+        signals.next().await;
         cancel.cancel();
         let notice = "rlm: interrupted; stopping the jobs in flight (they get no line and run \
                       again next time; Ctrl-C again to quit at once)";
@@ -299,10 +283,57 @@ fn cancel_on_ctrl_c(cancel: &CancellationToken, progress: Option<Arc<BatchProgre
             None if !quiet => eprintln!("\n{notice}"),
             None => {}
         }
-        if tokio::signal::ctrl_c().await.is_ok() {
-            std::process::exit(exit::INTERRUPTED.into());
-        }
+        signals.next().await;
+        std::process::exit(exit::INTERRUPTED.into());
     });
+}
+
+/// Ctrl-C and SIGTERM, one after another. Each is listened for once for the process: once a
+/// listener is registered the signal's default action (ending the process) is gone for good,
+/// so a listener dropped after the first signal would leave every later one unheard.
+struct Interrupts {
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Interrupts {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Self {
+                int: signal(SignalKind::interrupt()).ok(),
+                term: signal(SignalKind::terminate()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// The next Ctrl-C or SIGTERM.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) {
+                match signal {
+                    Some(signal) => {
+                        signal.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                () = recv(&mut self.int) => {}
+                () = recv(&mut self.term) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// One line about a finished job.
@@ -529,6 +560,24 @@ fn summary_text(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The second SIGTERM is heard as well as the first (it used to be swallowed: the first
+    /// one's listener was dropped, and SIGTERM's default action does not come back).
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_second_sigterm_is_heard() {
+        let mut signals = Interrupts::new();
+        for nth in ["first", "second"] {
+            let sent = std::process::Command::new("kill")
+                .args(["-TERM", &std::process::id().to_string()])
+                .status()
+                .expect("kill runs");
+            assert!(sent.success());
+            tokio::time::timeout(Duration::from_secs(60), signals.next())
+                .await
+                .unwrap_or_else(|_| panic!("the {nth} SIGTERM was not heard (safety bound)"));
+        }
+    }
 
     #[test]
     fn the_eta_waits_for_a_first_job() {
