@@ -22,6 +22,11 @@
 //!
 //! See `rlm run --help` for every flag, the exit codes and the `--json` / `--trace` formats.
 
+/// The system allocator, counting what each REPL block's thread allocates: a block's memory
+/// budget is then charged with that block's own growth, not with every run's in the process.
+#[global_allocator]
+static ALLOCATOR: rlm_alloc::Counting = rlm_alloc::Counting;
+
 mod batch;
 mod chat;
 mod cli;

@@ -30,6 +30,11 @@
 
 use pyo3::prelude::*;
 
+/// The system allocator, counting what each REPL block's thread allocates (see `rlm_alloc`):
+/// a block's memory budget is charged with that block's growth, not every run's.
+#[global_allocator]
+static ALLOCATOR: rlm_alloc::Counting = rlm_alloc::Counting;
+
 mod backend;
 mod batch;
 mod callback;

@@ -7,8 +7,10 @@
 //! - each value's own size (a string's bytes, an array's items, a map's entries) is checked in
 //!   O(1) whenever a variable is read (see [`check_own_size`]), and by every native function
 //!   that grows a value while it builds it (`pad`, `split`, `to_chars`, the helpers);
-//! - while a block runs, the watchdog samples the process's resident memory (see
-//!   [`resident_bytes`]) and stops the block once it grew by more than the memory budget;
+//! - while a block runs, the watchdog follows what the block's thread allocated (with
+//!   `rlm_alloc::Counting` as the global allocator, as in the `rlm` binary), or else the
+//!   process's resident memory (see [`resident_bytes`]), and stops the block once it grew by
+//!   more than the memory budget;
 //! - after every block, the variables are measured (see [`estimate_bytes`]) and those that do
 //!   not fit the limits or the budget are removed, largest first, with a note naming them.
 

@@ -695,6 +695,7 @@ impl Repl {
         // Without a watchdog the engine still checks now and then (see `build_engine`).
         let watched = watchdog::watch(&self.shared);
         let ran = on_big_stack(stack, || {
+            self.shared.clock.follow_this_thread();
             catch_unwind(AssertUnwindSafe(|| self.run(code))).unwrap_or_else(|panic| Ran {
                 error: Some(internal_error(panic.as_ref())),
                 ..Ran::default()

@@ -48,7 +48,15 @@ pub(crate) struct BlockClock {
     resident_at_wait: AtomicUsize,
     /// Bytes the scope held when the block began, plus the sub-call answers kept since.
     held: AtomicUsize,
+    /// What the thread running the block's script allocated, when the counting allocator is
+    /// the global one (see `rlm_alloc`): the block's own growth, where the process's resident
+    /// memory would also count every other block running in the process.
+    meter: Mutex<Option<rlm_alloc::Meter>>,
 }
+
+/// Where a [`rlm_alloc::Meter`]'s readings start, so that they are never 0 ("unknown") and
+/// differences between them stay positive.
+const METER_ORIGIN: usize = 1 << 62;
 
 impl BlockClock {
     pub(crate) fn new(measure_memory: bool) -> Self {
@@ -61,14 +69,33 @@ impl BlockClock {
             resident_base: AtomicUsize::new(0),
             resident_at_wait: AtomicUsize::new(0),
             held: AtomicUsize::new(0),
+            meter: Mutex::new(None),
         }
     }
 
+    /// The memory the block's growth is measured in: what its thread allocated (see
+    /// [`follow_this_thread`](Self::follow_this_thread)), or else the process's resident
+    /// memory; 0 when not measured or unknown.
     fn resident(&self) -> usize {
-        if self.measure {
-            super::memory::resident_bytes().unwrap_or(0)
-        } else {
-            0
+        if !self.measure {
+            return 0;
+        }
+        match *lock(&self.meter) {
+            Some(meter) => METER_ORIGIN.wrapping_add_signed(meter.bytes()),
+            None => super::memory::resident_bytes().unwrap_or(0),
+        }
+    }
+
+    /// The block's script runs on this thread: its growth is from now on what this thread
+    /// allocates, when the counting allocator is the global one.
+    pub(crate) fn follow_this_thread(&self) {
+        if !self.measure {
+            return;
+        }
+        let meter = rlm_alloc::Meter::current();
+        if meter.is_some() {
+            *lock(&self.meter) = meter;
+            self.resident_base.store(self.resident(), Ordering::SeqCst);
         }
     }
 
@@ -107,6 +134,7 @@ impl BlockClock {
         self.waited_ns.store(0, Ordering::SeqCst);
         self.wait_start_ns.store(0, Ordering::SeqCst);
         self.held.store(held, Ordering::SeqCst);
+        *lock(&self.meter) = None;
         self.resident_base.store(self.resident(), Ordering::SeqCst);
     }
 

@@ -1,0 +1,175 @@
+//! A counting global allocator: the bytes each *metered* thread allocated minus those it
+//! freed, readable from any thread.
+//!
+//! The REPL's memory budget (`--max-memory`) limits how much a code block's script may grow.
+//! Measured as the growth of the process's resident memory, every block running in the same
+//! process (the runs of `rlm serve` or `rlm batch`) would be charged with what the others
+//! allocate, and one heavy run would stop all the others. With [`Counting`] as the global
+//! allocator, a block is charged with what its own evaluation thread allocates:
+//!
+//! ```
+//! #[global_allocator]
+//! static ALLOCATOR: rlm_alloc::Counting = rlm_alloc::Counting;
+//!
+//! let meter = rlm_alloc::Meter::current().expect("Counting is the global allocator");
+//! let before = meter.bytes();
+//! let held = vec![0u8; 1 << 20];
+//! assert!(meter.bytes() - before >= 1 << 20);
+//! drop(held);
+//! ```
+//!
+//! A thread is metered once it asked for its [`Meter`]; other threads pay one thread-local
+//! read per allocation. Memory freed on another thread than the one that allocated it counts
+//! there: a metered thread's figure is what it allocated and freed itself. Without
+//! [`Counting`] as the global allocator, [`Meter::current`] is `None` and the caller falls
+//! back to what it had (the REPL: the process's resident memory).
+
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
+
+/// The system allocator, counting what each metered thread allocates and frees.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Counting;
+
+/// Whether an allocation went through [`Counting`]: it is the global allocator.
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    /// This thread's counter, once it is metered. Never freed (one word per metered thread),
+    /// so the allocator can count into it until the thread's very end.
+    static COUNTER: Cell<Option<&'static AtomicIsize>> = const { Cell::new(None) };
+}
+
+#[inline]
+fn count(bytes: isize) {
+    if !INSTALLED.load(Ordering::Relaxed) {
+        INSTALLED.store(true, Ordering::Relaxed);
+    }
+    let _ = COUNTER.try_with(|counter| {
+        if let Some(counter) = counter.get() {
+            counter.fetch_add(bytes, Ordering::Relaxed);
+        }
+    });
+}
+
+/// A size as a signed count (an allocation is never larger than `isize::MAX`).
+#[inline]
+fn signed(size: usize) -> isize {
+    isize::try_from(size).unwrap_or(isize::MAX)
+}
+
+// SAFETY: every method forwards to `System` with the arguments it was given, under the same
+// contract, and only counts sizes besides; the counting neither allocates nor unwinds.
+unsafe impl GlobalAlloc for Counting {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract for `GlobalAlloc::alloc`.
+        let ptr = unsafe { System.alloc(layout) };
+        if !ptr.is_null() {
+            count(signed(layout.size()));
+        }
+        ptr
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract for `GlobalAlloc::alloc_zeroed`.
+        let ptr = unsafe { System.alloc_zeroed(layout) };
+        if !ptr.is_null() {
+            count(signed(layout.size()));
+        }
+        ptr
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract for `GlobalAlloc::dealloc`.
+        unsafe { System.dealloc(ptr, layout) };
+        count(-signed(layout.size()));
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller's contract for `GlobalAlloc::realloc`.
+        let new = unsafe { System.realloc(ptr, layout, new_size) };
+        if !new.is_null() {
+            count(signed(new_size) - signed(layout.size()));
+        }
+        new
+    }
+}
+
+/// The bytes one thread allocated minus those it freed since it was first metered; read
+/// from any thread.
+#[derive(Debug, Clone, Copy)]
+pub struct Meter(&'static AtomicIsize);
+
+impl Meter {
+    /// This thread's meter (from now on the thread is metered), or `None` when [`Counting`] is
+    /// not the global allocator.
+    pub fn current() -> Option<Self> {
+        if !INSTALLED.load(Ordering::Relaxed) {
+            return None;
+        }
+        COUNTER
+            .try_with(|counter| {
+                let counter = counter.get().unwrap_or_else(|| {
+                    let new: &'static AtomicIsize = Box::leak(Box::new(AtomicIsize::new(0)));
+                    counter.set(Some(new));
+                    new
+                });
+                Self(counter)
+            })
+            .ok()
+    }
+
+    /// Bytes allocated minus bytes freed on the thread since it was first metered (negative
+    /// when it freed more than it allocated).
+    pub fn bytes(&self) -> isize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[global_allocator]
+    static ALLOCATOR: Counting = Counting;
+
+    #[test]
+    fn a_thread_is_charged_with_its_own_allocations_only() {
+        // Any allocation shows the allocator installed.
+        drop(std::hint::black_box(Box::new(0u64)));
+        let meter = Meter::current().expect("installed");
+        let before = meter.bytes();
+        // Another thread allocating much is not charged here.
+        let other = std::thread::spawn(|| {
+            let mine = Meter::current().expect("installed");
+            let start = mine.bytes();
+            let big = vec![1u8; 8 << 20];
+            let grew = mine.bytes() - start;
+            drop(big);
+            grew
+        })
+        .join()
+        .expect("the thread ends");
+        assert!(other >= 8 << 20, "{other}");
+        assert!(
+            meter.bytes() - before < 1 << 20,
+            "{}",
+            meter.bytes() - before
+        );
+        // Its own allocation is, and its release.
+        let held = vec![2u8; 4 << 20];
+        assert!(meter.bytes() - before >= 4 << 20);
+        let mut grown = held;
+        grown.reserve_exact(4 << 20);
+        assert!(meter.bytes() - before >= 8 << 20);
+        drop(grown);
+        assert!(meter.bytes() - before < 1 << 20);
+    }
+}
