@@ -163,6 +163,17 @@ impl Metrics {
         self.request_seconds.observe(elapsed.as_secs_f64());
     }
 
+    /// Counts a run whose client left before it ended: its request (and the run with it)
+    /// was dropped, so it has no result to count.
+    pub fn run_cancelled(&self, elapsed: Duration) {
+        self.run_seconds.observe(elapsed.as_secs_f64());
+        self.runs
+            .get_or_create(&OutcomeLabel {
+                outcome: "cancelled".to_owned(),
+            })
+            .inc();
+    }
+
     /// Counts a finished run (`Err`: the run failed, with no result).
     pub fn run<E>(&self, result: &Result<RunResult, E>, elapsed: Duration) {
         self.run_seconds.observe(elapsed.as_secs_f64());

@@ -1091,10 +1091,16 @@ async fn chat_inner(
         return Ok(stream_run(state, request, context, permit, reply, note));
     }
 
-    // A gone client drops this future, and with it the guard: the run is cancelled.
+    // A gone client drops this future, and with it the guards: the run is cancelled, and
+    // counted so.
     let cancel = state.lifecycle.run_token();
     let _cancel_on_drop = cancel.clone().drop_guard();
     let started = Instant::now();
+    let counted = CountedIfDropped {
+        metrics: &state.telemetry.metrics,
+        started,
+        done: false,
+    };
     let typed = state.typed(&request);
     let options = RunOptions {
         instructions: request.instructions,
@@ -1103,6 +1109,7 @@ async fn chat_inner(
         output_schema: request.output_schema,
     };
     let result = state.runner.run(request.query, context, options).await;
+    counted.disarm();
     state.record_run(started.elapsed());
     drop(permit);
     log_run(&reply.id, &result, started.elapsed());
@@ -1120,6 +1127,28 @@ async fn chat_inner(
     let mut body = reply.completion(&result);
     request.params.annotate(&mut body, request.moved, cut);
     Ok(axum::Json(body).into_response())
+}
+
+/// Counts a non-streaming run in the metrics as `cancelled` when its request is dropped
+/// (the client left) before the run ended; a run that ends is counted with its result.
+struct CountedIfDropped<'a> {
+    metrics: &'a crate::metrics::Metrics,
+    started: Instant,
+    done: bool,
+}
+
+impl CountedIfDropped<'_> {
+    fn disarm(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for CountedIfDropped<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.metrics.run_cancelled(self.started.elapsed());
+        }
+    }
 }
 
 /// One line per finished run (`RUST_LOG=rlm_serve=info`); never the query or the answer.

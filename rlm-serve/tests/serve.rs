@@ -654,6 +654,22 @@ async fn a_client_that_disconnects_cancels_its_run() {
             "the cancelled run's sub-call is still in flight"
         );
     }
+    // Both runs are counted, as cancelled (the non-streaming one used to go uncounted: its
+    // run was dropped with the request, before it could be counted).
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .text()
+        .await
+        .unwrap_or_default();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "rlm_runs_total{outcome=\"cancelled\"} 2"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
