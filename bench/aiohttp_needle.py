@@ -192,29 +192,11 @@ def log(message):
     print(message, file=sys.stderr, flush=True)
 
 
-class Server:
-    def __init__(self, python, args):
-        self.proc = subprocess.Popen([python, os.path.abspath(__file__), "_serve", *args],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        first = self.proc.stdout.readline().strip()
-        if not first.startswith("listening on "):
-            raise RuntimeError(f"the aiohttp mock did not start: {first!r}")
-        self.base_url = first.removeprefix("listening on ")
-
-    def command(self, text):
-        self.proc.stdin.write(text + "\n")
-        self.proc.stdin.flush()
-        if text == "stats":
-            return json.loads(self.proc.stdout.readline())
-        return None
-
-    def close(self):
-        try:
-            self.proc.stdin.write("quit\n")
-            self.proc.stdin.close()
-            self.proc.wait(timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            self.proc.kill()
+def aiohttp_server(python, args):
+    """The aiohttp mock (this file's `_serve` mode, under the venv's Python), driven like
+    `mock-openai`: `stats`, `reset`, `quit` on its stdin."""
+    from compare import Server
+    return Server(python, [os.path.abspath(__file__), "_serve", *args])
 
 
 def timed_run(argv, env):
@@ -285,7 +267,7 @@ def main():
         with open(script, "w") as f:
             json.dump([RLM_ROOT.format(chunks=args.chunks, concurrency=args.concurrency,
                                        size=chunk_size(context, args.chunks))], f)
-        server = Server(python, [
+        server = aiohttp_server(python, [
             "--latency-ms", str(args.latency_ms), "--root-latency-ms", str(args.root_latency_ms),
             "--sub-find", SECRET[:-4], "--root", f"{ROOT_MODEL}={script}",
             "--root", f"{ROOT_MODEL}-floor={script}"])
