@@ -241,15 +241,11 @@ def timeline(started, ended, entries, concurrency):
 
 def main():
     sys.path.insert(0, HERE)
-    from compare import RLM_ROOT, SECRET, build_rust, chunk_size, make_context
+    from compare import (RLM_ROOT, SECRET, add_task_arguments, build_rust, chunk_size,
+                         make_context)
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--chunks", type=int, default=100)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--latency-ms", type=int, default=200)
-    parser.add_argument("--root-latency-ms", type=int, default=200)
-    parser.add_argument("--context-mb", type=float, default=2.4)
+    add_task_arguments(parser, runs=5)
     parser.add_argument("--rlm", action="append",
                         help="an rlm binary (default: build the release one); twice or more "
                              "to compare binaries in the same run")

@@ -174,6 +174,16 @@ class Server:
             self.proc.kill()
 
 
+def add_task_arguments(parser, runs):
+    """The needle task's flags, shared by the benchmarks that run it."""
+    parser.add_argument("--runs", type=int, default=runs)
+    parser.add_argument("--chunks", type=int, default=100)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--latency-ms", type=int, default=200)
+    parser.add_argument("--root-latency-ms", type=int, default=200)
+    parser.add_argument("--context-mb", type=float, default=2.4)
+
+
 def timed(argv, env=None, stdin=None):
     started = time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, stdin=stdin)
@@ -189,12 +199,7 @@ def timed(argv, env=None, stdin=None):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--chunks", type=int, default=100)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--latency-ms", type=int, default=200)
-    parser.add_argument("--root-latency-ms", type=int, default=200)
-    parser.add_argument("--context-mb", type=float, default=2.4)
+    add_task_arguments(parser, runs=3)
     parser.add_argument("--only", choices=["rlm", "seed", "rlms"], action="append")
     parser.add_argument("--rlm", help="this rlm binary instead of building one (and "
                         "--mock, the mock-openai binary)")

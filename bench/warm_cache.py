@@ -55,12 +55,7 @@ def start_redis():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--chunks", type=int, default=100)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--latency-ms", type=int, default=200)
-    parser.add_argument("--root-latency-ms", type=int, default=200)
-    parser.add_argument("--context-mb", type=float, default=2.4)
+    compare.add_task_arguments(parser, runs=5)
     args = parser.parse_args()
 
     rlm_bin, server_bin = compare.build_rust()
