@@ -655,21 +655,25 @@ async fn a_client_that_disconnects_cancels_its_run() {
         );
     }
     // Both runs are counted, as cancelled (the non-streaming one used to go uncounted: its
-    // run was dropped with the request, before it could be counted).
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .text()
-        .await
-        .unwrap_or_default();
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l == "rlm_runs_total{outcome=\"cancelled\"} 2"),
-        "{metrics}"
-    );
+    // run was dropped with the request, before it could be counted). The streaming run's
+    // task counts it just after freeing its slot, so it is waited for.
+    let expected = "rlm_runs_total{outcome=\"cancelled\"} 2";
+    let mut metrics = String::new();
+    for _ in 0..2400 {
+        metrics = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .text()
+            .await
+            .unwrap_or_default();
+        if metrics.lines().any(|l| l == expected) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("never counted (safety bound): {expected}\n{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
