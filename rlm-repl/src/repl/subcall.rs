@@ -58,6 +58,16 @@ pub(crate) struct BlockClock {
 /// differences between them stay positive.
 const METER_ORIGIN: usize = 1 << 62;
 
+/// How much `now` is above `base`, when both were read in the same measure: the block's
+/// meter reads from [`METER_ORIGIN`] (about 2^62) up or down by at most the memory there is,
+/// the process's resident memory far below it. The measure changes when a block's script
+/// starts on its thread ([`BlockClock::follow_this_thread`]): a watchdog looking then may
+/// read a base in one measure and a reading in the other, which is no growth at all.
+fn growth(base: usize, now: usize) -> Option<usize> {
+    let metered = |reading: usize| reading >= METER_ORIGIN / 2;
+    (metered(base) == metered(now)).then(|| now.saturating_sub(base))
+}
+
 impl BlockClock {
     pub(crate) fn new(measure_memory: bool) -> Self {
         Self {
@@ -106,7 +116,7 @@ impl BlockClock {
         if base == 0 || self.wait_start_ns.load(Ordering::SeqCst) != 0 {
             return None;
         }
-        Some(self.resident().saturating_sub(base))
+        growth(base, self.resident())
     }
 
     /// Bytes `budget` leaves beside what the block holds now (the scope and the answers kept).
@@ -157,7 +167,7 @@ impl BlockClock {
             // What the wait brought in (answers) is not the script's growth: the answers kept
             // are counted in `held`.
             let before = self.resident_at_wait.load(Ordering::SeqCst);
-            let brought = self.resident().saturating_sub(before);
+            let brought = growth(before, self.resident()).unwrap_or(0);
             self.resident_base.fetch_add(brought, Ordering::SeqCst);
             self.wait_start_ns.store(0, Ordering::SeqCst);
         }
@@ -902,5 +912,24 @@ impl BatchObserver for BatchTracker {
         }
         drop(progress);
         lock(&self.records).push(record);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A base in resident memory and a reading of the meter (or the other way round) are no
+    /// growth: before, the meter's origin (about 2^62 bytes) minus a resident base read as
+    /// growth past any budget, and a block that had just started was stopped for memory.
+    #[test]
+    fn growth_is_measured_within_one_measure_only() {
+        let resident = 300 << 20;
+        assert_eq!(growth(resident, resident + (64 << 20)), Some(64 << 20));
+        let metered = METER_ORIGIN.wrapping_add_signed(-(5 << 20));
+        assert_eq!(growth(metered, METER_ORIGIN + (2 << 20)), Some(7 << 20));
+        assert_eq!(growth(resident, METER_ORIGIN), None);
+        assert_eq!(growth(METER_ORIGIN, resident), None);
+        assert_eq!(growth(METER_ORIGIN + 10, METER_ORIGIN), Some(0));
     }
 }
