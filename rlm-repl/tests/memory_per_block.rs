@@ -74,3 +74,24 @@ fn a_block_that_grows_is_still_stopped_when_alone() {
     );
     assert_eq!(repl.execute("print(1)").output, "1\n");
 }
+
+/// Blocks starting in many threads at once are never stopped for memory they did not use.
+/// Before, a watchdog look in the moment a block switched from the process's resident memory
+/// to its thread's allocation meter read the meter's origin as growth past any budget.
+#[test]
+fn blocks_starting_at_once_are_not_stopped_for_memory() {
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut repl = repl(&format!("thread {t}"));
+                (0..100)
+                    .filter_map(|i| repl.execute(&format!("let x = {i} + 1; x")).error)
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for thread in threads {
+        let errors = thread.join().expect("the thread ends");
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+}
