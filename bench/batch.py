@@ -35,7 +35,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import ROOT, Server, log  # noqa: E402
+from compare import ROOT, Server, http_floor, log  # noqa: E402
 
 KEY = "sk-bench-not-a-real-key"
 SUB_MS = 200
@@ -46,7 +46,7 @@ def build():
     log("building rlm and mock-openai (release)...")
     subprocess.run(
         ["cargo", "build", "--release", "--quiet", "-p", "rlm-cli", "--bin", "rlm",
-         "-p", "rlm-tests", "--bin", "mock-openai"],
+         "-p", "rlm-tests", "--bin", "mock-openai", "--bin", "http-floor"],
         cwd=ROOT, check=True)
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
     return os.path.join(target, "release", "rlm"), os.path.join(target, "release", "mock-openai")
@@ -68,10 +68,11 @@ def run(argv, env):
     return elapsed, usage.ru_maxrss, stdout, usage.ru_utime + usage.ru_stime
 
 
-def write_jobs(path, n):
+def write_jobs(path, n, salt=""):
     with open(path, "w") as f:
         for i in range(n):
-            f.write(json.dumps({"id": f"j{i}", "query": "q", "context": f"document {i}"}) + "\n")
+            f.write(json.dumps({"id": f"j{i}", "query": "q",
+                                "context": f"document {i}{salt}"}) + "\n")
 
 
 def free_port():
@@ -105,10 +106,10 @@ def main():
         common = ["--model", "root", "--sub-model", "sub", "--base-url", server.base_url,
                   "--max-concurrent", "16", "--quiet", "--json"]
         try:
-            def batch(n, extra=()):
-                jobs = os.path.join(tmp, f"jobs-{n}.jsonl")
+            def batch(n, extra=(), rep=None):
+                jobs = os.path.join(tmp, f"jobs-{n}{'' if rep is None else f'-{rep}'}.jsonl")
                 if not os.path.exists(jobs):
-                    write_jobs(jobs, n)
+                    write_jobs(jobs, n, "" if rep is None else f" (repetition {rep})")
                 out = os.path.join(tmp, f"out-{n}.jsonl")
                 if os.path.exists(out):
                     os.remove(out)
@@ -119,8 +120,15 @@ def main():
                 return wall, rss, cpu
 
             # 1. One process, 1,000 jobs.
+            # Beside it, in turn with it, the same traffic from a bare HTTP client: what the
+            # machine, the mock and the client reach without anything of rlm's.
             ideal = 1000 / MAX_RUNS * SUB_MS / 1000
-            measured = [batch(1000, ["--max-runs", str(MAX_RUNS)]) for _ in range(reps)]
+            measured, floors = [], []
+            for _ in range(reps):
+                measured.append(batch(1000, ["--max-runs", str(MAX_RUNS)]))
+                floor = http_floor(mock, server.base_url, "jobs", 1000, MAX_RUNS, 10)
+                if floor is not None:
+                    floors.append(floor)
             walls = [m[0] for m in measured]
             wall = statistics.median(walls)
             cpu = statistics.median(m[2] for m in measured)
@@ -128,6 +136,14 @@ def main():
                          f"{wall:.2f} s (ideal {ideal:.2f} s: {wall / ideal:.2f}x; "
                          f"runs {min(walls):.2f}-{max(walls):.2f} s)"))
             rows.append(("CPU time of that process (user + system)", f"{cpu:.2f} s"))
+            if floors:
+                floor_wall = statistics.median(f[0] for f in floors)
+                rows.append(("the same traffic from a bare reqwest client (`http-floor`)",
+                             f"{floor_wall:.2f} s ({floor_wall / ideal:.2f}x the ideal; "
+                             f"CPU {statistics.median(f[1] for f in floors):.2f} s); "
+                             f"rlm batch over it: {wall / floor_wall:.2f}x"))
+            else:
+                rows.append(("bare HTTP client floor", "skipped: http-floor is not built"))
 
             # 2. Memory against the number of jobs.
             for n in ([250, 1000] if args.quick else [250, 1000, 4000]):
@@ -167,7 +183,10 @@ def main():
                                                  *base], env=env, stdin=subprocess.DEVNULL,
                                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                                for _ in range(4)]
-                    walls = [batch(1000, ["--queue", url])[0] for _ in range(reps)]
+                    # Workers outlive a batch, and with them their sub-call caches: each
+                    # repetition's jobs are new, or the later ones would be answered from them.
+                    walls = [batch(1000, ["--queue", url], rep=r)[0]
+                             for r in range(reps)]
                     wall = statistics.median(walls)
                     rows.append(("1,000 jobs, 4 worker processes x --max-runs 25, one Redis",
                                  f"{wall:.2f} s (ideal {ideal:.2f} s: {wall / ideal:.2f}x; "

@@ -111,10 +111,25 @@ def build_rust():
     log("building rlm and mock-openai (release)...")
     subprocess.run(
         ["cargo", "build", "--release", "--quiet", "-p", "rlm-cli", "--bin", "rlm",
-         "-p", "rlm-tests", "--bin", "mock-openai"],
+         "-p", "rlm-tests", "--bin", "mock-openai", "--bin", "http-floor"],
         cwd=ROOT, check=True)
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
     return os.path.join(target, "release", "rlm"), os.path.join(target, "release", "mock-openai")
+
+
+def http_floor(mock, base_url, *args):
+    """Runs `http-floor` (built beside `mock`) against `base_url`: the same traffic from a
+    bare reqwest client. Returns (wall seconds, CPU seconds), or None when it is not built."""
+    binary = os.path.join(os.path.dirname(mock), "http-floor")
+    if not os.path.exists(binary):
+        return None
+    proc = subprocess.Popen([binary, base_url, *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    out, err = proc.stdout.read().decode(), proc.stderr.read().decode()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"http-floor failed: {err[-400:]}")
+    return float(out), usage.ru_utime + usage.ru_stime
 
 
 def venv_python():

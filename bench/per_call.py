@@ -29,7 +29,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import Server, build_rust  # noqa: E402
+from compare import Server, build_rust, http_floor  # noqa: E402
 
 KEY = "sk-bench-not-a-real-key"
 
@@ -70,8 +70,13 @@ def main():
         server = Server(mock, ["--root", f"batch={script}"])
         env = dict(os.environ, OPENAI_API_KEY=KEY)
         figures = {rlm: {"cpu": [], "rate": [], "wall": [], "syscalls": None} for rlm in binaries}
+        # The same calls from a bare reqwest client, in turn with rlm: the HTTP client's floor.
+        floors = []
         try:
             for i in range(args.runs):
+                floor = http_floor(mock, server.base_url, "calls", args.calls, args.concurrency)
+                if floor is not None:
+                    floors.append(floor)
                 # Interleaved: every binary sees the same load.
                 for rlm in binaries:
                     row = figures[rlm]
@@ -124,6 +129,15 @@ def main():
         print(f"  process wall: median {statistics.median(row['wall']):.3f} s")
         if row["syscalls"] is not None:
             print(f"  syscalls per call (strace -c -f, one run): {row['syscalls'] / args.calls:.2f}")
+    if floors:
+        per_call = [c / args.calls * 1e6 for _, c in floors]
+        rates = [args.calls / w for w, _ in floors]
+        print("\nhttp-floor (the same calls from a bare reqwest client, nothing of rlm's)")
+        print(f"  CPU per call: median {statistics.median(per_call):.1f} µs"
+              f" (min {min(per_call):.1f}, max {max(per_call):.1f})")
+        print(f"  calls/s: median {statistics.median(rates):,.0f}")
+    else:
+        print("\nhttp-floor: skipped (not built beside the mock)")
 
 if __name__ == "__main__":
     main()

@@ -6,7 +6,10 @@
 
 A one-turn run at zero model latency (the root model answers FINAL(ok) at once), so what is
 measured is rlm's own cost: HTTP, the run's setup (REPL, prompt), one root call.
-- requests per second of `rlm serve --max-runs 16` with 16 clients on keep-alive connections;
+- requests per second of `rlm serve --max-runs 16` with 16 clients on keep-alive connections,
+  from `wrk` (a C load generator: `apt-get install wrk`) when it is installed, and from 16
+  Python threads (`http.client`) in any case. The Python client holds the GIL for each
+  request and shares the 2 cores: it measures itself as much as the server;
 - the median latency of one request at a time through `rlm serve`, next to the median wall
   time of `rlm run` (a process per run, startup included) and the run's own `elapsed_ms`.
 
@@ -17,6 +20,8 @@ import argparse
 import http.client
 import json
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -48,6 +53,34 @@ def post(conn):
     data = response.read()
     if response.status != 200:
         raise RuntimeError(f"HTTP {response.status}: {data[:200]!r}")
+
+
+WRK_SCRIPT = """wrk.method = "POST"
+wrk.body = [[%s]]
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+
+def wrk_load(wrk, url, script, seconds, pid):
+    """16 connections from `wrk` for `seconds`: (requests/s, median ms, p99 ms, CPU us a
+    request of the process `pid`)."""
+    cpu_before = cpu_seconds(pid)
+    out = subprocess.run([wrk, "-t2", "-c16", f"-d{seconds}s", "-s", script, "--latency", url],
+                         capture_output=True, text=True, check=True).stdout
+    cpu_after = cpu_seconds(pid)
+    if "Non-2xx" in out:
+        raise RuntimeError(f"rlm serve refused requests under wrk:\n{out}")
+
+    def ms(label):
+        value, unit = re.search(rf"^\s*{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    requests = int(re.search(r"^\s*(\d+) requests in", out, re.M).group(1))
+    rps = float(re.search(r"^Requests/sec:\s+([\d.]+)", out, re.M).group(1))
+    per = None
+    if cpu_before is not None and cpu_after is not None:
+        per = (cpu_after - cpu_before) / requests * 1e6
+    return rps, ms("50%"), ms("99%"), per
 
 
 def main():
@@ -90,7 +123,19 @@ def main():
             latencies.append(time.perf_counter() - started)
         conn.close()
 
-        # Throughput: 16 clients.
+        # Throughput from wrk, when installed: 2 warm-up seconds, then 3 runs of 5 s.
+        wrk = shutil.which("wrk")
+        wrk_runs = []
+        if wrk:
+            lua = os.path.join(tmp, "post.lua")
+            with open(lua, "w") as f:
+                f.write(WRK_SCRIPT % BODY)
+            url = f"http://{host}:{port}/v1/chat/completions"
+            wrk_load(wrk, url, lua, 2, serve.pid)
+            wrk_runs = [wrk_load(wrk, url, lua, 3 if args.quick else 5, serve.pid)
+                        for _ in range(1 if args.quick else 3)]
+
+        # Throughput: 16 Python clients.
         clients = 16
         per_client = total // clients
         loaded = []
@@ -130,7 +175,15 @@ def main():
         mock.close()
 
     ms = lambda s: f"{s * 1000:.2f} ms"
-    print(f"rlm serve, 16 clients, {clients * per_client} one-turn requests: {rps:.0f} requests/s")
+    if wrk_runs:
+        for rps_w, median_w, p99_w, per_w in wrk_runs:
+            cpu = f", CPU of rlm serve {per_w:.0f} us a request" if per_w is not None else ""
+            print(f"rlm serve, wrk -c16: {rps_w:.0f} requests/s, latency median "
+                  f"{median_w:.2f} ms, p99 {p99_w:.2f} ms{cpu}")
+    else:
+        print("rlm serve under wrk: skipped (wrk is not installed; apt-get install wrk)")
+    print(f"rlm serve, 16 Python clients, {clients * per_client} one-turn requests: "
+          f"{rps:.0f} requests/s")
     print(f"  latency under that load: median {ms(statistics.median(loaded))}, "
           f"p99 {ms(statistics.quantiles(loaded, n=100)[-1])}")
     if cpu_before is not None and cpu_after is not None:

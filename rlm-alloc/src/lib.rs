@@ -102,6 +102,12 @@ unsafe impl GlobalAlloc for Counting {
     }
 }
 
+/// Whether [`Counting`] is the global allocator (it has served an allocation), without
+/// metering the calling thread.
+pub fn installed() -> bool {
+    INSTALLED.load(Ordering::Relaxed)
+}
+
 /// The bytes one thread allocated minus those it freed since it was first metered; read
 /// from any thread.
 #[derive(Debug, Clone, Copy)]
@@ -144,6 +150,7 @@ mod tests {
     fn a_thread_is_charged_with_its_own_allocations_only() {
         // Any allocation shows the allocator installed.
         drop(std::hint::black_box(Box::new(0u64)));
+        assert!(installed());
         let meter = Meter::current().expect("installed");
         let before = meter.bytes();
         // Another thread allocating much is not charged here.

@@ -166,10 +166,18 @@ impl Prices {
             ("deepseek-chat", 0.28, 0.028, 0.42),
             ("deepseek-reasoner", 0.28, 0.028, 0.42),
         ];
-        TABLE
-            .iter()
-            .map(|&(model, input, cached, output)| (model, Price::new(input, cached, output)))
-            .collect()
+        // Built once: every run's builder starts from it (a batch builds thousands).
+        static BUILTIN: std::sync::OnceLock<Prices> = std::sync::OnceLock::new();
+        BUILTIN
+            .get_or_init(|| {
+                TABLE
+                    .iter()
+                    .map(|&(model, input, cached, output)| {
+                        (model, Price::new(input, cached, output))
+                    })
+                    .collect()
+            })
+            .clone()
     }
 
     /// Reads a table from JSON: `{"MODEL": {"input": 2.5, "cached_input": 1.25, "output": 10}}`

@@ -145,7 +145,15 @@ impl BlockClock {
         self.wait_start_ns.store(0, Ordering::SeqCst);
         self.held.store(held, Ordering::SeqCst);
         *lock(&self.meter) = None;
-        self.resident_base.store(self.resident(), Ordering::SeqCst);
+        // With the counting allocator, the base is set when the script starts on its thread
+        // (`follow_this_thread`); until then the growth is unknown (0), and the process's
+        // resident memory (a read of /proc) is not needed.
+        let base = if rlm_alloc::installed() {
+            0
+        } else {
+            self.resident()
+        };
+        self.resident_base.store(base, Ordering::SeqCst);
     }
 
     /// A wait for sub-calls begins; it does not count as script time.
