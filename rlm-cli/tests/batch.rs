@@ -717,6 +717,41 @@ async fn three_workers_finish_the_jobs_of_one_killed_while_holding_them() {
     assert!(redis_raw(redis.port(), &["EXISTS", pending_key]).starts_with(":0"));
 }
 
+/// A worker started before any batch waits for one in a blocking read of the job stream,
+/// which Redis ends when the collector adds the first jobs: it does not sleep between looks
+/// (a sleeping worker started each new batch up to half a second late).
+async fn an_idle_worker_waits_for_a_batch_in_a_blocking_read() {
+    let redis = RedisServer::start().expect("redis-server starts");
+    let dir = Scratch::new("queue-idle");
+    dir.write("jobs.jsonl", jobs(3).as_bytes());
+    let server = mock(Duration::ZERO).await;
+    let url = server.base_url();
+    let queue = redis.url();
+    let mut worker = command(&worker_args(&url, &queue, &[]))
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("a worker starts");
+    wait_for("the idle worker to block on the job stream", || {
+        redis_raw(redis.port(), &["INFO", "clients"]).contains("blocked_clients:1")
+    })
+    .await;
+    // And it takes the batch that comes.
+    let (jobs, output) = (dir.path("jobs.jsonl"), dir.path("out.jsonl"));
+    let collector = command(&batch_args(
+        &url,
+        jobs.to_str().expect("utf-8"),
+        output.to_str().expect("utf-8"),
+        &["--queue", &queue, "--json"],
+    ));
+    let out = tokio::time::timeout(Duration::from_secs(120), finish(collector, None))
+        .await
+        .expect("safety bound");
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert_eq!(ids_once(&lines(&output)).len(), 3);
+    let _ = worker.start_kill();
+    let _ = worker.wait().await;
+}
+
 async fn a_job_whose_workers_keep_dying_gets_an_attempts_error() {
     let redis = RedisServer::start().expect("redis-server starts");
     let dir = Scratch::new("queue-attempts");
@@ -988,6 +1023,10 @@ fn main() -> std::process::ExitCode {
         .tokio(
             "three_workers_finish_the_jobs_of_one_killed_while_holding_them",
             three_workers_finish_the_jobs_of_one_killed_while_holding_them,
+        )
+        .tokio(
+            "an_idle_worker_waits_for_a_batch_in_a_blocking_read",
+            an_idle_worker_waits_for_a_batch_in_a_blocking_read,
         )
         .tokio(
             "a_job_whose_workers_keep_dying_gets_an_attempts_error",

@@ -528,7 +528,7 @@ impl Queue {
                     if !is_no_group(&e) {
                         outage.failed(&e).await;
                     } else {
-                        tokio::time::sleep(BLOCK).await;
+                        self.wait_for_batch(&mut blocking, cancel).await;
                     }
                     continue;
                 }
@@ -578,7 +578,7 @@ impl Queue {
                         if is_no_group(&e) {
                             // No batch yet (or Redis restarted): wait for a collector.
                             outage.ok();
-                            tokio::time::sleep(BLOCK).await;
+                            self.wait_for_batch(&mut blocking, cancel).await;
                         } else {
                             outage.failed(&e).await;
                         }
@@ -685,6 +685,31 @@ impl Queue {
             }
         }
         keep
+    }
+
+    /// Waits, at most [`BLOCK`], for a collector to enqueue jobs: `XREAD BLOCK` on the job
+    /// stream waits for its next entry even while the stream does not exist, so a worker
+    /// starts on a new batch as soon as its first jobs are added, not at its next look.
+    async fn wait_for_batch(&self, blocking: &mut ConnectionManager, cancel: &CancellationToken) {
+        let mut command = redis::cmd("XREAD");
+        command
+            .arg("BLOCK")
+            .arg(u64::try_from(BLOCK.as_millis()).unwrap_or(500))
+            .arg("STREAMS")
+            .arg(self.key("jobs"))
+            .arg("$");
+        let read = command.query_async::<Value>(blocking);
+        let failed = tokio::select! {
+            read = read => read.is_err(),
+            () = cancel.cancelled() => return,
+        };
+        if failed {
+            // Not a wait: no hot loop against a server that refuses the command.
+            tokio::select! {
+                () = tokio::time::sleep(BLOCK) => {}
+                () = cancel.cancelled() => {}
+            }
+        }
     }
 
     /// Stores `result` (once per id), tells the collector and acknowledges `entry`; retried
