@@ -16,7 +16,7 @@ use crate::config::{ConfigError, OpenAiConfig};
 use crate::limit::Limiters;
 use crate::retry::{self, Decision, RetryPolicy};
 use crate::wait::{RATE_LIMIT_NOTICE_AFTER, Wait};
-use crate::wire::{self, ChatBody};
+use crate::wire;
 
 /// An OpenAI-compatible chat-completions backend.
 ///
@@ -474,14 +474,8 @@ impl LlmBackend for OpenAiBackend {
         // Written once, into a buffer about the size of the encoded body (a prompt of 100 KB
         // otherwise grows it ten times over, copying it each time).
         let mut body = Vec::with_capacity(encoded_size_hint(&request, model));
-        serde_json::to_writer(
-            &mut body,
-            &ChatBody {
-                model,
-                request: &request,
-            },
-        )
-        .map_err(|e| LlmError::other(format!("cannot encode the request: {e}")))?;
+        wire::write_chat_body(&mut body, model, &request)
+            .map_err(|e| LlmError::other(format!("cannot encode the request: {e}")))?;
         let body = Bytes::from(body);
         let tokens = self.estimated_tokens(&request);
         let gate = self.inner.limiters.gate(model);

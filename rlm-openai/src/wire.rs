@@ -5,25 +5,193 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use rlm_core::{Completion, CompletionRequest, FinishReason, LlmError, Usage};
-use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
 /// Longest excerpt of a body quoted in an error message, in bytes.
 const EXCERPT_BYTES: usize = 200;
 
-/// The JSON body of `POST /chat/completions` for `request`, sent to `model`.
+/// Writes the JSON body of `POST /chat/completions` for `request`, sent to `model`, into
+/// `out`.
 ///
 /// Sampling fields are written only when set; `extra` is merged in verbatim and wins over a
-/// field of the same name.
+/// field of the same name. The bytes are serde_json's for [`ChatBody`] (a test holds the
+/// two equal), but strings are scanned eight bytes at a time ([`write_str`]): a prompt of
+/// 100 KB is nearly all bytes that need no escape, which serde_json looks at one by one
+/// (a gigabyte of prompts took a second of CPU).
+///
+/// # Errors
+/// None in practice: a sampling field or an `extra` value serde_json cannot write.
+pub(crate) fn write_chat_body(
+    out: &mut Vec<u8>,
+    model: &str,
+    request: &CompletionRequest,
+) -> Result<(), serde_json::Error> {
+    let r = request;
+    let extra = &r.extra;
+    let own = |key: &str| !extra.contains_key(key);
+    let mut fields = Fields { out, first: true };
+    if own("model") {
+        fields.key("model");
+        write_str(fields.out, model);
+    }
+    if own("messages") {
+        fields.key("messages");
+        let out = &mut *fields.out;
+        out.push(b'[');
+        for (i, message) in r.messages.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"role\":");
+            write_str(out, message.role.as_str());
+            out.extend_from_slice(b",\"content\":");
+            write_str(out, message.content.as_str());
+            out.push(b'}');
+        }
+        out.push(b']');
+    }
+    if let Some(t) = r.temperature.filter(|_| own("temperature")) {
+        fields.value("temperature", &t)?;
+    }
+    if let Some(p) = r.top_p.filter(|_| own("top_p")) {
+        fields.value("top_p", &p)?;
+    }
+    if let Some(m) = r.max_tokens.filter(|_| own("max_tokens")) {
+        fields.value("max_tokens", &m)?;
+    }
+    if !r.stop.is_empty() && own("stop") {
+        fields.value("stop", &r.stop)?;
+    }
+    if let Some(s) = r.seed.filter(|_| own("seed")) {
+        fields.value("seed", &s)?;
+    }
+    if let Some(format) = r
+        .response_format
+        .as_ref()
+        .filter(|_| own("response_format"))
+    {
+        fields.value("response_format", format)?;
+    }
+    for (key, value) in extra {
+        fields.value(key, value)?;
+    }
+    fields.end();
+    Ok(())
+}
+
+/// The fields of a JSON object being written: commas between them, braces around.
+struct Fields<'a> {
+    out: &'a mut Vec<u8>,
+    first: bool,
+}
+
+impl Fields<'_> {
+    fn key(&mut self, key: &str) {
+        self.out.push(if self.first { b'{' } else { b',' });
+        self.first = false;
+        write_str(self.out, key);
+        self.out.push(b':');
+    }
+
+    fn value(&mut self, key: &str, value: &impl serde::Serialize) -> Result<(), serde_json::Error> {
+        self.key(key);
+        serde_json::to_writer(&mut *self.out, value)
+    }
+
+    fn end(self) {
+        if self.first {
+            self.out.push(b'{');
+        }
+        self.out.push(b'}');
+    }
+}
+
+/// What a byte becomes in a JSON string, as serde_json writes it: 0 for itself, `u` for
+/// `\u00XX`, else the letter after the backslash.
+const ESCAPE: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut byte = 0;
+    while byte < 0x20 {
+        table[byte] = b'u';
+        byte += 1;
+    }
+    table[0x08] = b'b';
+    table[0x09] = b't';
+    table[0x0A] = b'n';
+    table[0x0C] = b'f';
+    table[0x0D] = b'r';
+    table[b'"' as usize] = b'"';
+    table[b'\\' as usize] = b'\\';
+    table
+};
+
+/// The bytes of `word` that need an escape in a JSON string (a control character below
+/// 0x20, a quote, a backslash), as the high bit of each: 0 when none does. Each test is the
+/// classic "has a byte below n" bit trick; a borrow can mark a byte above a real match too,
+/// but the lowest marked byte is always a real one.
+#[inline]
+fn escape_mask(word: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let below = |w: u64, n: u64| w.wrapping_sub(ONES * n) & !w & HIGH;
+    let quote = word ^ (ONES * u64::from(b'"'));
+    let backslash = word ^ (ONES * u64::from(b'\\'));
+    below(word, 0x20) | below(quote, 1) | below(backslash, 1)
+}
+
+/// Writes `text` as a JSON string, quotes included, byte for byte as serde_json does.
+pub(crate) fn write_str(out: &mut Vec<u8>, text: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = text.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    // `start..at`: bytes that need no escape, not written yet.
+    let (mut start, mut at) = (0, 0);
+    while at < bytes.len() {
+        // Eight bytes at a time to the next one that may need an escape.
+        if let Some(chunk) = bytes.get(at..at + 8) {
+            let mask = escape_mask(u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8])));
+            if mask == 0 {
+                at += 8;
+                continue;
+            }
+            at += (mask.trailing_zeros() / 8) as usize;
+        }
+        let byte = bytes[at];
+        let escape = ESCAPE[usize::from(byte)];
+        at += 1;
+        if escape == 0 {
+            continue;
+        }
+        out.extend_from_slice(&bytes[start..at - 1]);
+        start = at;
+        if escape == b'u' {
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(byte >> 4)]);
+            out.push(HEX[usize::from(byte & 0xF)]);
+        } else {
+            out.push(b'\\');
+            out.push(escape);
+        }
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+/// The JSON body of `POST /chat/completions` for `request`, sent to `model`, through serde:
+/// what [`write_chat_body`] must write, byte for byte.
+#[cfg(test)]
 pub(crate) struct ChatBody<'a> {
     pub(crate) model: &'a str,
     pub(crate) request: &'a CompletionRequest,
 }
 
-impl Serialize for ChatBody<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+#[cfg(test)]
+impl serde::Serialize for ChatBody<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let r = self.request;
+        use serde::ser::SerializeMap;
         let extra = &r.extra;
         let mut map = serializer.serialize_map(None)?;
         let own = |key: &str| !extra.contains_key(key);
@@ -558,17 +726,102 @@ mod tests {
         parse_completion(body.to_string().as_bytes(), 200, "asked", &no_redact)
     }
 
+    /// The body [`write_chat_body`] writes, checked byte for byte against serde_json's
+    /// encoding of [`ChatBody`], as JSON.
+    fn body_of(model: &str, request: &CompletionRequest) -> Value {
+        let mut written = Vec::new();
+        write_chat_body(&mut written, model, request).unwrap_or_else(|e| panic!("{e}"));
+        let reference = serde_json::to_vec(&ChatBody { model, request }).unwrap_or_default();
+        assert_eq!(
+            String::from_utf8_lossy(&written),
+            String::from_utf8_lossy(&reference)
+        );
+        serde_json::from_slice(&written).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Strings are written as serde_json writes them, whatever needs an escape and wherever
+    /// it falls against the eight-byte words the scan reads.
+    #[test]
+    fn strings_are_escaped_exactly_as_serde_json_escapes_them() {
+        let mut cases: Vec<String> = vec![
+            String::new(),
+            "plain".to_owned(),
+            "a \"quoted\" line\n".to_owned(),
+            "back\\slash, tab\t, cr\r, ff\u{c}, bs\u{8}, nul\u{0}, us\u{1f}, del\u{7f}".to_owned(),
+            "héllo wörld, 日本語, emoji 🦀, \u{2028}\u{2029}".to_owned(),
+            (0u8..=0x7f).map(char::from).collect(),
+            "line of text that goes on for a while\n".repeat(500),
+        ];
+        // Every special byte at every offset of a 24-byte run of plain text.
+        for special in ['"', '\\', '\n', '\u{0}', '\u{1f}', '\u{7f}', 'é', ' '] {
+            for at in 0..24 {
+                let mut text: String = "abcdefghijklmnopqrstuvwx".to_owned();
+                text.insert(at, special);
+                cases.push(text);
+            }
+        }
+        // Pseudo-random strings over a small alphabet heavy in escapes.
+        let alphabet: Vec<char> = "ab \"\\\n\t\u{1}\u{7f}é日🦀x".chars().collect();
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        for len in 0..200 {
+            let text: String = (0..len)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    alphabet[(state % alphabet.len() as u64) as usize]
+                })
+                .collect();
+            cases.push(text);
+        }
+        for text in cases {
+            let mut written = Vec::new();
+            write_str(&mut written, &text);
+            let reference = serde_json::to_string(&text).unwrap_or_default();
+            assert_eq!(String::from_utf8_lossy(&written), reference, "{text:?}");
+        }
+    }
+
+    /// Every field, and `extra` replacing one, as serde_json would write them.
+    #[test]
+    fn a_full_body_is_written_as_serde_json_writes_it() {
+        let request = CompletionRequest::new("ignored")
+            .with_system("be \"brief\"")
+            .with_user("line 1\nline 2\ttab")
+            .with_assistant("ok")
+            .with_temperature(0.7)
+            .with_top_p(0.9)
+            .with_max_tokens(64)
+            .with_stop("END")
+            .with_seed(42)
+            .with_response_format(rlm_core::ResponseFormat::JsonObject)
+            .with_extra("model", json!("from-extra"))
+            .with_extra("logit_bias", json!({"50256": -100}))
+            .with_extra("user", json!("ü\n"));
+        let body = body_of("m", &request);
+        assert_eq!(body["model"], "from-extra");
+        assert_eq!(body["messages"][1]["content"], "line 1\nline 2\ttab");
+        let nothing = CompletionRequest::new("m");
+        assert_eq!(
+            body_of("m", &nothing),
+            json!({"model": "m", "messages": []})
+        );
+        let all_extra = CompletionRequest::new("m")
+            .with_extra("model", json!("x"))
+            .with_extra("messages", json!([]));
+        assert_eq!(
+            body_of("m", &all_extra),
+            json!({"model": "x", "messages": []})
+        );
+    }
+
     #[test]
     fn a_response_format_is_sent_in_openai_shape() {
         let schema = json!({"type": "object", "properties": {}, "additionalProperties": false});
         let request = CompletionRequest::prompt("m", "hi").with_response_format(
             rlm_core::ResponseFormat::json_schema("answer", schema.clone()),
         );
-        let body = serde_json::to_value(ChatBody {
-            model: "m",
-            request: &request,
-        })
-        .unwrap_or_default();
+        let body = body_of("m", &request);
         assert_eq!(
             body["response_format"],
             json!({"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": true}})
@@ -584,11 +837,7 @@ mod tests {
             .with_seed(7)
             .with_extra("max_tokens", json!(99))
             .with_extra("response_format", json!({"type": "json_object"}));
-        let body = serde_json::to_value(ChatBody {
-            model: "m",
-            request: &request,
-        })
-        .unwrap_or_default();
+        let body = body_of("m", &request);
         assert_eq!(
             body,
             json!({
@@ -601,17 +850,9 @@ mod tests {
                 "response_format": {"type": "json_object"},
             })
         );
-        let text = serde_json::to_string(&ChatBody {
-            model: "m",
-            request: &request,
-        })
-        .unwrap_or_default();
+        let text = body_of("m", &request).to_string();
         assert_eq!(text.matches("max_tokens").count(), 1, "{text}");
-        let bare = serde_json::to_value(ChatBody {
-            model: "m",
-            request: &CompletionRequest::prompt("x", "hi"),
-        })
-        .unwrap_or_default();
+        let bare = body_of("m", &CompletionRequest::prompt("x", "hi"));
         assert_eq!(
             bare,
             json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
