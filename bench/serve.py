@@ -68,8 +68,8 @@ def wrk_load(wrk, url, script, seconds, pid):
     out = subprocess.run([wrk, "-t2", "-c16", f"-d{seconds}s", "-s", script, "--latency", url],
                          capture_output=True, text=True, check=True).stdout
     cpu_after = cpu_seconds(pid)
-    if "Non-2xx" in out:
-        raise RuntimeError(f"rlm serve refused requests under wrk:\n{out}")
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise RuntimeError(f"rlm serve failed requests under wrk:\n{out}")
 
     def ms(label):
         value, unit = re.search(rf"^\s*{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()

@@ -49,11 +49,25 @@ async fn post(client: &reqwest::Client, url: &str, body: Bytes) -> Result<(), re
         .map(drop)
 }
 
+/// Argument `i`: a count from 1 to a million.
 fn number(args: &[String], i: usize) -> Result<usize, String> {
+    const MOST: usize = 1_000_000;
     args.get(i)
         .and_then(|a| a.parse().ok())
-        .filter(|n| *n > 0)
-        .ok_or_else(|| USAGE.to_owned())
+        .filter(|n| (1..=MOST).contains(n))
+        .ok_or_else(|| format!("{USAGE}\n(counts are whole numbers from 1 to {MOST})"))
+}
+
+/// An error with its causes, as one line.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 async fn jobs(
@@ -108,7 +122,7 @@ async fn calls(
         .map(|i| post(&client, &url, body("sub", &format!("prompt {i}"))))
         .buffer_unordered(concurrency);
     while let Some(reply) = replies.next().await {
-        reply.map_err(|e| e.to_string())?;
+        reply.map_err(|e| chain(&e))?;
     }
     Ok(())
 }
@@ -119,6 +133,7 @@ async fn main() -> ExitCode {
     let run = async {
         let base = args.first().ok_or_else(|| USAGE.to_owned())?;
         let url: Arc<str> = format!("{}/chat/completions", base.trim_end_matches('/')).into();
+        reqwest::Url::parse(&url).map_err(|e| format!("{base} is not a URL: {e}"))?;
         let _ = rustls::crypto::ring::default_provider().install_default();
         // As rlm-openai builds its client for a plain-http base URL.
         let client = reqwest::Client::builder()
@@ -126,14 +141,14 @@ async fn main() -> ExitCode {
             .pool_max_idle_per_host(usize::MAX)
             .tcp_nodelay(true)
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| chain(&e))?;
         let started = Instant::now();
         match args.get(1).map(String::as_str) {
-            Some("jobs") => {
+            Some("jobs") if args.len() == 5 => {
                 let (n, slots, subs) = (number(&args, 2)?, number(&args, 3)?, number(&args, 4)?);
                 jobs(client, url, n, slots, subs).await?;
             }
-            Some("calls") => {
+            Some("calls") if args.len() == 4 => {
                 let (n, concurrency) = (number(&args, 2)?, number(&args, 3)?);
                 calls(client, url, n, concurrency).await?;
             }
