@@ -637,6 +637,26 @@ fn worker_args<'a>(base_url: &'a str, queue: &'a str, extra: &[&'a str]) -> Vec<
     args
 }
 
+/// The collector of a queued batch: `rlm batch` over `dir`'s `jobs.jsonl` with `--queue`,
+/// `--json` and `extra`; and the path of its results file.
+fn queue_collector(
+    url: &str,
+    dir: &Scratch,
+    queue: &str,
+    extra: &[&str],
+) -> (tokio::process::Command, std::path::PathBuf) {
+    let (jobs, output) = (dir.path("jobs.jsonl"), dir.path("out.jsonl"));
+    let mut flags = vec!["--queue", queue, "--json"];
+    flags.extend_from_slice(extra);
+    let collector = command(&batch_args(
+        url,
+        jobs.to_str().expect("utf-8"),
+        output.to_str().expect("utf-8"),
+        &flags,
+    ));
+    (collector, output)
+}
+
 async fn three_workers_finish_the_jobs_of_one_killed_while_holding_them() {
     let redis = RedisServer::start().expect("redis-server starts");
     let dir = Scratch::new("queue-kill");
@@ -663,13 +683,7 @@ async fn three_workers_finish_the_jobs_of_one_killed_while_holding_them() {
                 .expect("a worker starts")
         })
         .collect();
-    let (jobs, output) = (dir.path("jobs.jsonl"), dir.path("out.jsonl"));
-    let collector = command(&batch_args(
-        &url,
-        jobs.to_str().expect("utf-8"),
-        output.to_str().expect("utf-8"),
-        &["--queue", &queue, "--json"],
-    ));
+    let (collector, output) = queue_collector(&url, &dir, &queue, &[]);
     let collecting = tokio::spawn(finish(collector, None));
     // Kill the first worker once it holds jobs (its consumer name carries its pid).
     let victim = workers[0].id().expect("a pid");
@@ -736,13 +750,7 @@ async fn an_idle_worker_waits_for_a_batch_in_a_blocking_read() {
     })
     .await;
     // And it takes the batch that comes.
-    let (jobs, output) = (dir.path("jobs.jsonl"), dir.path("out.jsonl"));
-    let collector = command(&batch_args(
-        &url,
-        jobs.to_str().expect("utf-8"),
-        output.to_str().expect("utf-8"),
-        &["--queue", &queue, "--json"],
-    ));
+    let (collector, output) = queue_collector(&url, &dir, &queue, &[]);
     let out = tokio::time::timeout(Duration::from_secs(120), finish(collector, None))
         .await
         .expect("safety bound");
@@ -759,13 +767,7 @@ async fn a_job_whose_workers_keep_dying_gets_an_attempts_error() {
     let server = mock(Duration::ZERO).await;
     let url = server.base_url();
     let queue = redis.url();
-    let (jobs, output) = (dir.path("jobs.jsonl"), dir.path("out.jsonl"));
-    let collector = command(&batch_args(
-        &url,
-        jobs.to_str().expect("utf-8"),
-        output.to_str().expect("utf-8"),
-        &["--queue", &queue, "--json", "--max-attempts", "3"],
-    ));
+    let (collector, output) = queue_collector(&url, &dir, &queue, &["--max-attempts", "3"]);
     let collecting = tokio::spawn(finish(collector, None));
     let key = "rlm:batch:default:jobs";
     wait_for("the jobs to be queued", || {
@@ -846,13 +848,7 @@ async fn a_batch_survives_redis_restarting_empty() {
     .stdin(Stdio::null())
     .spawn()
     .expect("a worker starts");
-    let (jobs, output) = (dir.path("jobs.jsonl"), dir.path("out.jsonl"));
-    let collector = command(&batch_args(
-        &url,
-        jobs.to_str().expect("utf-8"),
-        output.to_str().expect("utf-8"),
-        &["--queue", &queue, "--json", "--score", "none"],
-    ));
+    let (collector, output) = queue_collector(&url, &dir, &queue, &["--score", "none"]);
     let collecting = tokio::spawn(finish(collector, None));
     wait_for("five lines", || lines_len(&output) >= 5).await;
     redis.resume();
