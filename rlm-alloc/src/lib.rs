@@ -61,27 +61,31 @@ fn signed(size: usize) -> isize {
     isize::try_from(size).unwrap_or(isize::MAX)
 }
 
+/// `ptr`, counting `bytes` when the allocation succeeded.
+#[inline]
+fn counted(ptr: *mut u8, bytes: isize) -> *mut u8 {
+    if !ptr.is_null() {
+        count(bytes);
+    }
+    ptr
+}
+
 // SAFETY: every method forwards to `System` with the arguments it was given, under the same
 // contract, and only counts sizes besides; the counting neither allocates nor unwinds.
 unsafe impl GlobalAlloc for Counting {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: the caller's contract for `GlobalAlloc::alloc`.
-        let ptr = unsafe { System.alloc(layout) };
-        if !ptr.is_null() {
-            count(signed(layout.size()));
-        }
-        ptr
+        counted(unsafe { System.alloc(layout) }, signed(layout.size()))
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: the caller's contract for `GlobalAlloc::alloc_zeroed`.
-        let ptr = unsafe { System.alloc_zeroed(layout) };
-        if !ptr.is_null() {
-            count(signed(layout.size()));
-        }
-        ptr
+        counted(
+            unsafe { System.alloc_zeroed(layout) },
+            signed(layout.size()),
+        )
     }
 
     #[inline]
@@ -94,11 +98,10 @@ unsafe impl GlobalAlloc for Counting {
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: the caller's contract for `GlobalAlloc::realloc`.
-        let new = unsafe { System.realloc(ptr, layout, new_size) };
-        if !new.is_null() {
-            count(signed(new_size) - signed(layout.size()));
-        }
-        new
+        counted(
+            unsafe { System.realloc(ptr, layout, new_size) },
+            signed(new_size) - signed(layout.size()),
+        )
     }
 }
 
