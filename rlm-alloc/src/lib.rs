@@ -20,9 +20,26 @@
 //!
 //! A thread is metered once it asked for its [`Meter`]; other threads pay one thread-local
 //! read per allocation. Memory freed on another thread than the one that allocated it counts
-//! there: a metered thread's figure is what it allocated and freed itself. Without
-//! [`Counting`] as the global allocator, [`Meter::current`] is `None` and the caller falls
-//! back to what it had (the REPL: the process's resident memory).
+//! there: a metered thread's figure is what it allocated and freed itself. Where memory
+//! crosses between threads on purpose (a request handed to other threads, a reply handed
+//! back), [`unmetered`] keeps the hand-over off the thread's meter and says how many bytes it
+//! moved, so the caller can account for them where they belong:
+//!
+//! ```
+//! #[global_allocator]
+//! static ALLOCATOR: rlm_alloc::Counting = rlm_alloc::Counting;
+//!
+//! let meter = rlm_alloc::Meter::current().expect("Counting is the global allocator");
+//! let before = meter.bytes();
+//! let (reply, moved) = rlm_alloc::unmetered(|| vec![0u8; 1 << 20]);
+//! assert!(moved >= 1 << 20);
+//! assert!(meter.bytes() - before < 1 << 10);
+//! drop(reply); // freed here, metered: the meter goes down by what it never counted
+//! assert!(meter.bytes() - before <= -(1 << 20) + (1 << 10));
+//! ```
+//!
+//! Without [`Counting`] as the global allocator, [`Meter::current`] is `None` and the caller
+//! falls back to what it had (the REPL: the process's resident memory).
 
 #![allow(unsafe_code)]
 
@@ -37,10 +54,26 @@ pub struct Counting;
 /// Whether an allocation went through [`Counting`]: it is the global allocator.
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 
-thread_local! {
+/// What the allocator keeps for one thread.
+struct ThreadState {
     /// This thread's counter, once it is metered. Never freed (one word per metered thread),
     /// so the allocator can count into it until the thread's very end.
-    static COUNTER: Cell<Option<&'static AtomicIsize>> = const { Cell::new(None) };
+    counter: Cell<Option<&'static AtomicIsize>>,
+    /// Whether an [`unmetered`] section runs: its bytes go to `apart`, not to `counter`.
+    diverted: Cell<bool>,
+    /// Bytes allocated minus freed in [`unmetered`] sections (a running sum; each section
+    /// reads its own difference).
+    apart: Cell<isize>,
+}
+
+thread_local! {
+    static STATE: ThreadState = const {
+        ThreadState {
+            counter: Cell::new(None),
+            diverted: Cell::new(false),
+            apart: Cell::new(0),
+        }
+    };
 }
 
 #[inline]
@@ -48,11 +81,43 @@ fn count(bytes: isize) {
     if !INSTALLED.load(Ordering::Relaxed) {
         INSTALLED.store(true, Ordering::Relaxed);
     }
-    let _ = COUNTER.try_with(|counter| {
-        if let Some(counter) = counter.get() {
+    let _ = STATE.try_with(|state| {
+        if state.diverted.get() {
+            state.apart.set(state.apart.get().wrapping_add(bytes));
+        } else if let Some(counter) = state.counter.get() {
             counter.fetch_add(bytes, Ordering::Relaxed);
         }
     });
+}
+
+/// Runs `f` with this thread's allocations and frees kept off its [`Meter`] (metered or not),
+/// and returns with `f`'s result the bytes `f` allocated minus those it freed on this thread
+/// (0 when [`Counting`] is not the global allocator).
+///
+/// For memory that crosses threads on purpose: what a thread builds to hand to others (who
+/// free it), and the freeing of what others built and handed to it. Sections nest; an inner
+/// section's bytes count in the outer one's too.
+pub fn unmetered<R>(f: impl FnOnce() -> R) -> (R, isize) {
+    /// Ends the section, even when `f` unwinds.
+    struct Section(bool);
+    impl Drop for Section {
+        fn drop(&mut self) {
+            let _ = STATE.try_with(|state| state.diverted.set(self.0));
+        }
+    }
+    let Ok((was, start)) =
+        STATE.try_with(|state| (state.diverted.replace(true), state.apart.get()))
+    else {
+        // The thread is ending and keeps no state any more: nothing is metered.
+        return (f(), 0);
+    };
+    let section = Section(was);
+    let result = f();
+    let moved = STATE
+        .try_with(|state| state.apart.get().wrapping_sub(start))
+        .unwrap_or(0);
+    drop(section);
+    (result, moved)
 }
 
 /// A size as a signed count (an allocation is never larger than `isize::MAX`).
@@ -123,11 +188,11 @@ impl Meter {
         if !INSTALLED.load(Ordering::Relaxed) {
             return None;
         }
-        COUNTER
-            .try_with(|counter| {
-                let counter = counter.get().unwrap_or_else(|| {
+        STATE
+            .try_with(|state| {
+                let counter = state.counter.get().unwrap_or_else(|| {
                     let new: &'static AtomicIsize = Box::leak(Box::new(AtomicIsize::new(0)));
-                    counter.set(Some(new));
+                    state.counter.set(Some(new));
                     new
                 });
                 Self(counter)
@@ -181,5 +246,40 @@ mod tests {
         assert!(meter.bytes() - before >= 8 << 20);
         drop(grown);
         assert!(meter.bytes() - before < 1 << 20);
+    }
+
+    #[test]
+    fn an_unmetered_section_is_kept_off_the_meter_and_says_what_it_moved() {
+        drop(std::hint::black_box(Box::new(0u64)));
+        let meter = Meter::current().expect("installed");
+        let before = meter.bytes();
+        // Built in a section: not on the meter, reported as moved.
+        let (handed, moved) = unmetered(|| vec![3u8; 4 << 20]);
+        assert!(moved >= 4 << 20, "{moved}");
+        assert!((meter.bytes() - before).abs() < 1 << 10);
+        // Freed in a section: not on the meter either, reported as moved back.
+        let ((), back) = unmetered(|| drop(handed));
+        assert!(back <= -(4 << 20), "{back}");
+        assert!((meter.bytes() - before).abs() < 1 << 10);
+        // Sections nest: the inner one's bytes count in the outer one's; after both, the
+        // thread is metered again.
+        let ((inner, kept), outer) = unmetered(|| {
+            let (kept, inner) = unmetered(|| vec![4u8; 1 << 20]);
+            let extra = vec![5u8; 1 << 20];
+            drop(std::hint::black_box(extra));
+            (inner, kept)
+        });
+        assert!(inner >= 1 << 20 && outer >= inner, "{inner} {outer}");
+        assert!((meter.bytes() - before).abs() < 1 << 10);
+        let metered = vec![6u8; 2 << 20];
+        assert!(meter.bytes() - before >= 2 << 20);
+        drop((metered, kept));
+        // A section that unwinds still ends.
+        let unwound = std::panic::catch_unwind(|| unmetered(|| panic!("inside")));
+        assert!(unwound.is_err());
+        let after_panic = meter.bytes();
+        let metered = vec![7u8; 1 << 20];
+        assert!(meter.bytes() - after_panic >= 1 << 20);
+        drop(metered);
     }
 }

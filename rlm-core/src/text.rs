@@ -42,6 +42,13 @@ impl Text {
         Self(Arc::new(owner))
     }
 
+    /// Text held by an owner already shared, without copying it: whoever keeps a
+    /// [`Weak`](std::sync::Weak) to `owner` can see whether it is still held (the REPL does,
+    /// to account for a script's prompt that only the requests' side still holds).
+    pub fn from_shared<T: AsRef<str> + Send + Sync + 'static>(owner: Arc<T>) -> Self {
+        Self(owner)
+    }
+
     /// The text.
     pub fn as_str(&self) -> &str {
         (*self.0).as_ref()

@@ -3,9 +3,10 @@
 //! in the same process do (the runs of `rlm serve` and `rlm batch`). Before, the process's
 //! resident memory was the measure, and one run that grew stopped every run's block.
 
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
+use rlm_core::mock::MockBackend;
 use rlm_repl::{Context, Repl, SandboxLimits};
 
 #[global_allocator]
@@ -94,4 +95,96 @@ fn blocks_starting_at_once_are_not_stopped_for_memory() {
         let errors = thread.join().expect("the thread ends");
         assert!(errors.is_empty(), "{errors:?}");
     }
+}
+
+/// A REPL whose sub-calls run on `runtime`'s threads (as in the binary), answered by `sub`,
+/// which keeps every request it was sent (as the cache keeps its keys).
+fn repl_with_sub(runtime: &tokio::runtime::Runtime, sub: Arc<MockBackend>, budget: usize) -> Repl {
+    Repl::builder(Context::from("ctx"))
+        .limits(SandboxLimits {
+            max_memory: budget,
+            max_string_size: 16 * MB,
+            block_timeout: Duration::from_secs(600),
+            ..SandboxLimits::default()
+        })
+        .sub_backend(sub, "sub")
+        .runtime_handle(runtime.handle().clone())
+        .build()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
+/// Rounds of large prompts, each round's dropped by the script: the requests' side (here the
+/// mock, as the cache would) keeps them, but the script does not. Before, every prompt sent
+/// stayed on the block's meter: 20 rounds of 2 MB against a 16 MB budget were stopped in the
+/// eighth round, for memory the script no longer held.
+#[test]
+fn prompts_the_script_let_go_of_are_not_its_memory() {
+    let runtime = runtime();
+    let sub = Arc::new(MockBackend::from_fn(|_| Ok("ok".to_owned())));
+    let mut repl = repl_with_sub(&runtime, Arc::clone(&sub), 16 * MB);
+    let outcome = repl.execute(
+        "let big = \"\"; big.pad(256000, 'x'); \
+         for r in 0..20 { let ps = []; for i in 0..8 { ps.push(big + \" \" + r + \" \" + i); } \
+         let answers = llm_batch(ps); } print(\"done\");",
+    );
+    assert_eq!(outcome.error, None);
+    assert_eq!(outcome.output, "done\n");
+    assert_eq!(sub.calls(), 160);
+    // The mock still holds every prompt: the memory is held, only not by the script.
+    assert!(
+        sub.requests()
+            .iter()
+            .all(|r| r.last_user_message().is_some_and(|p| p.len() > 256000))
+    );
+}
+
+/// The same rounds, with the script keeping every prompt: those are its memory, and the block
+/// is stopped.
+#[test]
+fn prompts_the_script_keeps_are_still_its_memory() {
+    let runtime = runtime();
+    let sub = Arc::new(MockBackend::from_fn(|_| Ok("ok".to_owned())));
+    let mut repl = repl_with_sub(&runtime, Arc::clone(&sub), 16 * MB);
+    let outcome = repl.execute(
+        "let big = \"\"; big.pad(256000, 'x'); let kept = []; \
+         for r in 0..20 { let ps = []; for i in 0..8 { ps.push(big + \" \" + r + \" \" + i); } \
+         let answers = llm_batch(ps); kept.push(ps); } print(\"done\");",
+    );
+    let error = outcome.error.unwrap_or_default();
+    assert!(error.contains("memory"), "{error}");
+    assert!(sub.calls() < 160, "{}", sub.calls());
+}
+
+/// Answers are built on the runtime's threads; freed by the script on its own thread, they
+/// took off its growth memory it was never charged with. Before, after dropping 64 answers
+/// of 1 MB, a block grew 40 MB past a 16 MB budget unstopped.
+#[test]
+fn answers_the_script_dropped_do_not_make_room_past_the_budget() {
+    let runtime = runtime();
+    let sub = Arc::new(MockBackend::from_fn(|_| Ok("a".repeat(MB))));
+    let mut repl = repl_with_sub(&runtime, sub, 16 * MB);
+    let outcome = repl.execute(
+        "for r in 0..64 { let answer = llm_query(\"q\" + r); if r % 8 == 0 { print(r); } } \
+         let s = \"\"; s.pad(1000000, 'x'); let all = []; \
+         for i in 0..40 { all.push(s + i); } print(\"all 40 kept\");",
+    );
+    let error = outcome.error.unwrap_or_default();
+    assert!(error.contains("memory"), "{error}");
+    // Stopped near the budget (16 strings of 1 MB), not 64 MB later.
+    let counted = repl.execute("print(all.len())").output;
+    let kept: usize = counted
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{counted}"));
+    assert!(
+        kept <= 16,
+        "{kept} strings of 1 MB kept against a 16 MB budget"
+    );
 }

@@ -7,6 +7,7 @@
 
 mod children;
 mod errors;
+mod handover;
 mod helpers;
 mod host;
 mod json_calls;
@@ -37,6 +38,7 @@ use tokio::runtime::Handle;
 
 pub(crate) use self::children::{ChildAnswer, ChildRunner};
 use self::errors::{STOP_CANCELLED, STOP_FINAL, STOP_MEMORY, STOP_TIMEOUT};
+use self::handover::{Handover, across};
 use self::host::HostTools;
 pub(crate) use self::memory::estimate_bytes;
 use self::output::OutputBuffer;
@@ -174,11 +176,14 @@ impl Shared {
     /// Whether the process's resident memory grew by more than the budget since the block
     /// started (never, where it cannot be read).
     fn memory_grew_too_much(&self) -> bool {
-        self.max_memory > 0
-            && self
-                .clock
+        let over = || {
+            self.clock
                 .memory_growth()
                 .is_some_and(|growth| growth > self.max_memory)
+        };
+        // Prompts the script let go of but the cache still holds are not its memory: they
+        // are discounted before the block is stopped (see `handover`).
+        self.max_memory > 0 && over() && (self.clock.release_handed() == 0 || over())
     }
 
     /// Why the running block must stop now, if it must: what its watchdog found, or (its
@@ -1152,9 +1157,14 @@ fn stop(token: &str) -> Box<EvalAltResult> {
     ))
 }
 
-/// A prompt from a script value: strings as they are, other values as text; `()` refused.
-/// The prompt `value` as request text: a string is shared with the script, not copied.
-fn prompt_text(function: &str, value: &Dynamic) -> Result<Text, Box<EvalAltResult>> {
+/// The prompt `value` as request text: a string as it is, shared with the script (not
+/// copied; with `handover`, accounted for when the request's side frees it last), other
+/// values as text; `()` refused.
+fn prompt_text(
+    function: &str,
+    value: &Dynamic,
+    handover: Option<&Handover>,
+) -> Result<Text, Box<EvalAltResult>> {
     let value = value.flatten_clone();
     if value.is_unit() {
         return Err(script_error(format!(
@@ -1162,7 +1172,11 @@ fn prompt_text(function: &str, value: &Dynamic) -> Result<Text, Box<EvalAltResul
         )));
     }
     if let Ok(text) = value.as_immutable_string_ref() {
-        return Ok(Text::from_owner(ImmutableString::clone(&text)));
+        let text = ImmutableString::clone(&text);
+        return Ok(match handover {
+            Some(handover) => handover.share(text),
+            None => Text::from_owner(text),
+        });
     }
     Ok(Text::from(to_text(&value)))
 }
@@ -1175,6 +1189,7 @@ fn batch_prompts(
     function: &str,
     prompts: &Dynamic,
     max_memory: usize,
+    handover: Option<&Handover>,
 ) -> Result<Vec<Text>, Box<EvalAltResult>> {
     let prompts = prompts.flatten_clone();
     let Ok(items) = prompts.as_array_ref() else {
@@ -1207,7 +1222,7 @@ fn batch_prompts(
     items
         .iter()
         .enumerate()
-        .map(|(i, item)| prompt_text(&format!("{function} (prompt {i})"), item))
+        .map(|(i, item)| prompt_text(&format!("{function} (prompt {i})"), item, handover))
         .collect()
 }
 
@@ -1329,62 +1344,75 @@ fn build_engine(
     // first): the same answer, without recounting the context on every call.
     engine.register_fn("len", move |text: &str| lengths.len(text));
 
-    // Sub-calls.
+    // Sub-calls. Each runs `across` the threads that make them (see `handover`); the
+    // arguments are borrowed, so the script's values are dropped after it, on the meter.
     let s = Arc::clone(shared);
     engine.register_fn("llm_query", move |prompt: Dynamic| {
-        if prompt.is_array() {
-            return Err(script_error(
-                "llm_query takes one prompt string, not an array: for an array of prompts \
-                 use llm_batch(prompts), which runs them concurrently and returns the answers \
-                 in the same order",
-            ));
-        }
-        let prompt = prompt_text("llm_query", &prompt)?;
-        Ok::<_, Box<EvalAltResult>>(match &s.sub {
-            Some(sub) => sub.query(prompt),
-            None => "Error: no sub-model is configured for llm_query".to_owned(),
+        across(&s.clock, || {
+            if prompt.is_array() {
+                return Err(script_error(
+                    "llm_query takes one prompt string, not an array: for an array of \
+                     prompts use llm_batch(prompts), which runs them concurrently and returns \
+                     the answers in the same order",
+                ));
+            }
+            let handover = Handover::of(&s.clock);
+            let prompt = prompt_text("llm_query", &prompt, handover.as_ref())?;
+            Ok::<_, Box<EvalAltResult>>(match &s.sub {
+                Some(sub) => sub.query(prompt),
+                None => "Error: no sub-model is configured for llm_query".to_owned(),
+            })
         })
     });
     for name in ["llm_batch", "llm_query_batched"] {
         let s = Arc::clone(shared);
         engine.register_fn(name, move |prompts: Dynamic| {
-            batch(&s, name, &prompts, None)
+            across(&s.clock, || batch(&s, name, &prompts, None))
         });
         let s = Arc::clone(shared);
         engine.register_fn(name, move |prompts: Dynamic, max_concurrent: INT| {
-            batch(&s, name, &prompts, Some(concurrency(max_concurrent)))
+            across(&s.clock, || {
+                batch(&s, name, &prompts, Some(concurrency(max_concurrent)))
+            })
         });
     }
 
     // Sub-calls for JSON of a schema.
     let s = Arc::clone(shared);
     engine.register_fn("llm_query_json", move |prompt: Dynamic, schema: Dynamic| {
-        if prompt.is_array() {
-            return Err(script_error(
-                "llm_query_json takes one prompt string, not an array: for an array of \
-                 prompts use llm_batch_json(prompts, schema)",
-            ));
-        }
-        let prompt = prompt_text("llm_query_json", &prompt)?;
-        let schema = script_schema("llm_query_json", &schema)?;
-        Ok::<_, Box<EvalAltResult>>(match &s.sub {
-            Some(sub) => sub
-                .batch_json(vec![prompt], &schema, 1)
-                .pop()
-                .unwrap_or_default(),
-            None => Dynamic::from("Error: no sub-model is configured for llm_query_json"),
+        across(&s.clock, || {
+            if prompt.is_array() {
+                return Err(script_error(
+                    "llm_query_json takes one prompt string, not an array: for an array of \
+                     prompts use llm_batch_json(prompts, schema)",
+                ));
+            }
+            let handover = Handover::of(&s.clock);
+            let prompt = prompt_text("llm_query_json", &prompt, handover.as_ref())?;
+            let schema = script_schema("llm_query_json", &schema)?;
+            Ok::<_, Box<EvalAltResult>>(match &s.sub {
+                Some(sub) => sub
+                    .batch_json(vec![prompt], &schema, 1)
+                    .pop()
+                    .unwrap_or_default(),
+                None => Dynamic::from("Error: no sub-model is configured for llm_query_json"),
+            })
         })
     });
     let s = Arc::clone(shared);
     engine.register_fn(
         "llm_batch_json",
-        move |prompts: Dynamic, schema: Dynamic| batch_json(&s, &prompts, &schema, None),
+        move |prompts: Dynamic, schema: Dynamic| {
+            across(&s.clock, || batch_json(&s, &prompts, &schema, None))
+        },
     );
     let s = Arc::clone(shared);
     engine.register_fn(
         "llm_batch_json",
         move |prompts: Dynamic, schema: Dynamic, n: INT| {
-            batch_json(&s, &prompts, &schema, Some(concurrency(n)))
+            across(&s.clock, || {
+                batch_json(&s, &prompts, &schema, Some(concurrency(n)))
+            })
         },
     );
 
@@ -1393,15 +1421,19 @@ fn build_engine(
         for name in &tools.names {
             let (s, called) = (Arc::clone(shared), name.clone());
             engine.register_fn(name.as_str(), move || {
-                s.tools
-                    .as_ref()
-                    .map_or(Dynamic::UNIT, |t| t.call(&called, &Dynamic::UNIT))
+                across(&s.clock, || {
+                    s.tools
+                        .as_ref()
+                        .map_or(Dynamic::UNIT, |t| t.call(&called, &Dynamic::UNIT))
+                })
             });
             let (s, called) = (Arc::clone(shared), name.clone());
             engine.register_fn(name.as_str(), move |argument: Dynamic| {
-                s.tools
-                    .as_ref()
-                    .map_or(Dynamic::UNIT, |t| t.call(&called, &argument))
+                across(&s.clock, || {
+                    s.tools
+                        .as_ref()
+                        .map_or(Dynamic::UNIT, |t| t.call(&called, &argument))
+                })
             });
         }
     }
@@ -1409,36 +1441,48 @@ fn build_engine(
     // Child runs.
     let s = Arc::clone(shared);
     engine.register_fn("rlm_query", move |prompt: Dynamic| {
-        let prompt = String::from(prompt_text("rlm_query", &prompt)?);
-        let context = Dynamic::from(ImmutableString::from(prompt.as_str()));
-        Ok::<_, Box<EvalAltResult>>(children(&s, vec![(prompt, context)], None).remove(0))
+        across(&s.clock, || {
+            let prompt = String::from(prompt_text("rlm_query", &prompt, None)?);
+            let context = Dynamic::from(ImmutableString::from(prompt.as_str()));
+            Ok::<_, Box<EvalAltResult>>(children(&s, vec![(prompt, context)], None).remove(0))
+        })
     });
     let s = Arc::clone(shared);
     engine.register_fn("rlm_query", move |query: Dynamic, context: Dynamic| {
-        let task = child_task("rlm_query", &query, context)?;
-        Ok::<_, Box<EvalAltResult>>(children(&s, vec![task], None).remove(0))
+        across(&s.clock, || {
+            let task = child_task("rlm_query", &query, context.clone())?;
+            Ok::<_, Box<EvalAltResult>>(children(&s, vec![task], None).remove(0))
+        })
     });
     let s = Arc::clone(shared);
     engine.register_fn("rlm_batch", move |prompts: Dynamic| {
-        let tasks = prompt_tasks(&s, &prompts)?;
-        Ok::<_, Box<EvalAltResult>>(answers(children(&s, tasks, None)))
+        across(&s.clock, || {
+            let tasks = prompt_tasks(&s, &prompts)?;
+            Ok::<_, Box<EvalAltResult>>(answers(children(&s, tasks, None)))
+        })
     });
     let s = Arc::clone(shared);
     engine.register_fn("rlm_batch", move |prompts: Dynamic, n: INT| {
-        let tasks = prompt_tasks(&s, &prompts)?;
-        Ok::<_, Box<EvalAltResult>>(answers(children(&s, tasks, Some(concurrency(n)))))
+        across(&s.clock, || {
+            let tasks = prompt_tasks(&s, &prompts)?;
+            Ok::<_, Box<EvalAltResult>>(answers(children(&s, tasks, Some(concurrency(n)))))
+        })
     });
     let s = Arc::clone(shared);
     engine.register_fn("rlm_batch", move |queries: Dynamic, contexts: Dynamic| {
-        let tasks = query_tasks(&s, &queries, &contexts)?;
-        Ok::<_, Box<EvalAltResult>>(answers(children(&s, tasks, None)))
+        across(&s.clock, || {
+            let tasks = query_tasks(&s, &queries, &contexts)?;
+            Ok::<_, Box<EvalAltResult>>(answers(children(&s, tasks, None)))
+        })
     });
     let s = Arc::clone(shared);
     engine.register_fn(
         "rlm_batch",
         move |queries: Dynamic, contexts: Dynamic, n: INT| {
-            let tasks = query_tasks(&s, &queries, &contexts)?;
-            Ok::<_, Box<EvalAltResult>>(answers(children(&s, tasks, Some(concurrency(n)))))
+            across(&s.clock, || {
+                let tasks = query_tasks(&s, &queries, &contexts)?;
+                Ok::<_, Box<EvalAltResult>>(answers(children(&s, tasks, Some(concurrency(n)))))
+            })
         },
     );
 
@@ -1529,7 +1573,7 @@ fn child_task(
     query: &Dynamic,
     context: Dynamic,
 ) -> Result<(String, Dynamic), Box<EvalAltResult>> {
-    let query = String::from(prompt_text(function, query)?);
+    let query = String::from(prompt_text(function, query, None)?);
     let context = context.flatten();
     if context.is_unit() {
         return Err(script_error(format!(
@@ -1544,13 +1588,15 @@ fn prompt_tasks(
     shared: &Shared,
     prompts: &Dynamic,
 ) -> Result<Vec<(String, Dynamic)>, Box<EvalAltResult>> {
-    Ok(batch_prompts("rlm_batch", prompts, shared.max_memory)?
-        .into_iter()
-        .map(|prompt| {
-            let context = Dynamic::from(ImmutableString::from(prompt.as_str()));
-            (String::from(prompt), context)
-        })
-        .collect())
+    Ok(
+        batch_prompts("rlm_batch", prompts, shared.max_memory, None)?
+            .into_iter()
+            .map(|prompt| {
+                let context = Dynamic::from(ImmutableString::from(prompt.as_str()));
+                (String::from(prompt), context)
+            })
+            .collect(),
+    )
 }
 
 /// `rlm_batch(queries, contexts)`: pairs, in order.
@@ -1559,7 +1605,7 @@ fn query_tasks(
     queries: &Dynamic,
     contexts: &Dynamic,
 ) -> Result<Vec<(String, Dynamic)>, Box<EvalAltResult>> {
-    let queries = batch_prompts("rlm_batch", queries, shared.max_memory)?;
+    let queries = batch_prompts("rlm_batch", queries, shared.max_memory, None)?;
     let contexts = contexts.flatten_clone();
     let Ok(contexts) = contexts.into_array() else {
         return Err(script_error(
@@ -1598,7 +1644,8 @@ fn batch(
     prompts: &Dynamic,
     max_concurrent: Option<usize>,
 ) -> Result<Array, Box<EvalAltResult>> {
-    let prompts = batch_prompts(function, prompts, shared.max_memory)?;
+    let handover = Handover::of(&shared.clock);
+    let prompts = batch_prompts(function, prompts, shared.max_memory, handover.as_ref())?;
     let Some(sub) = &shared.sub else {
         return Ok(prompts
             .iter()
@@ -1649,7 +1696,13 @@ fn batch_json(
     schema: &Dynamic,
     max_concurrent: Option<usize>,
 ) -> Result<Array, Box<EvalAltResult>> {
-    let prompts = batch_prompts("llm_batch_json", prompts, shared.max_memory)?;
+    let handover = Handover::of(&shared.clock);
+    let prompts = batch_prompts(
+        "llm_batch_json",
+        prompts,
+        shared.max_memory,
+        handover.as_ref(),
+    )?;
     let schema = script_schema("llm_batch_json", schema)?;
     let Some(sub) = &shared.sub else {
         return Ok(prompts

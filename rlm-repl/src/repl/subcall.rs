@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -16,6 +16,7 @@ use tokio::runtime::Handle;
 use tracing::Instrument;
 
 use super::children::ChildRunner;
+use super::handover::ScriptText;
 use super::output::prefix;
 use crate::budget::{Charge, Reserved};
 use crate::state::RunState;
@@ -50,8 +51,15 @@ pub(crate) struct BlockClock {
     held: AtomicUsize,
     /// What the thread running the block's script allocated, when the counting allocator is
     /// the global one (see `rlm_alloc`): the block's own growth, where the process's resident
-    /// memory would also count every other block running in the process.
+    /// memory would also count every other block running in the process. Its lock also
+    /// orders [`discount`](Self::discount)s with a block's start.
     meter: Mutex<Option<rlm_alloc::Meter>>,
+    /// Which block runs (one more at each [`begin`](Self::begin)): memory handed over in one
+    /// block and freed elsewhere later is discounted from that block only.
+    block: AtomicU64,
+    /// The prompts the running block shared with its requests that it may still be
+    /// discounted (see [`release_handed`](Self::release_handed)).
+    handed: Mutex<Vec<Weak<ScriptText>>>,
 }
 
 /// Where a [`rlm_alloc::Meter`]'s readings start, so that they are never 0 ("unknown") and
@@ -68,6 +76,15 @@ fn growth(base: usize, now: usize) -> Option<usize> {
     (metered(base) == metered(now)).then(|| now.saturating_sub(base))
 }
 
+/// A reading of the memory a block's growth is measured in: what the thread of `meter`
+/// allocated (from [`METER_ORIGIN`]), or else the process's resident memory (0: unknown).
+fn reading(meter: Option<rlm_alloc::Meter>) -> usize {
+    match meter {
+        Some(meter) => METER_ORIGIN.wrapping_add_signed(meter.bytes()),
+        None => super::memory::resident_bytes().unwrap_or(0),
+    }
+}
+
 impl BlockClock {
     pub(crate) fn new(measure_memory: bool) -> Self {
         Self {
@@ -80,6 +97,8 @@ impl BlockClock {
             resident_at_wait: AtomicUsize::new(0),
             held: AtomicUsize::new(0),
             meter: Mutex::new(None),
+            block: AtomicU64::new(0),
+            handed: Mutex::new(Vec::new()),
         }
     }
 
@@ -90,10 +109,7 @@ impl BlockClock {
         if !self.measure {
             return 0;
         }
-        match *lock(&self.meter) {
-            Some(meter) => METER_ORIGIN.wrapping_add_signed(meter.bytes()),
-            None => super::memory::resident_bytes().unwrap_or(0),
-        }
+        reading(*lock(&self.meter))
     }
 
     /// The block's script runs on this thread: its growth is from now on what this thread
@@ -104,8 +120,58 @@ impl BlockClock {
         }
         let meter = rlm_alloc::Meter::current();
         if meter.is_some() {
-            *lock(&self.meter) = meter;
-            self.resident_base.store(self.resident(), Ordering::SeqCst);
+            let mut followed = lock(&self.meter);
+            *followed = meter;
+            self.resident_base.store(reading(meter), Ordering::SeqCst);
+        }
+    }
+
+    /// The running block, when its growth is what its thread allocates (the counting
+    /// allocator measures it): memory crossing to and from other threads is then accounted
+    /// by hand (see [`super::handover`]).
+    pub(crate) fn metered_block(&self) -> Option<u64> {
+        let meter = lock(&self.meter);
+        meter.is_some().then(|| self.block.load(Ordering::SeqCst))
+    }
+
+    /// `text` was shared with the requests of `block`: watched while that block runs.
+    pub(crate) fn hand_over(&self, block: u64, text: Weak<ScriptText>) {
+        let mut handed = lock(&self.handed);
+        if self.block.load(Ordering::SeqCst) != block {
+            return;
+        }
+        if handed.len() == handed.capacity() && handed.len() >= 64 {
+            // Before the list grows, those freed or released leave it: it stays within twice
+            // the prompts the requests still hold.
+            handed.retain(|text| text.upgrade().is_some_and(|text| text.watched()));
+        }
+        handed.push(text);
+    }
+
+    /// Discounts from the running block's growth the prompts it shared that only the
+    /// requests' side (the cache, a request in flight) still holds; returns the bytes.
+    pub(crate) fn release_handed(&self) -> usize {
+        let mut released = 0;
+        lock(&self.handed).retain(|text| match text.upgrade() {
+            Some(text) => {
+                released += text.release(self);
+                text.watched()
+            }
+            None => false,
+        });
+        released
+    }
+
+    /// Takes `bytes` off the growth of `block`, if it still runs: memory its thread was
+    /// charged with that another thread freed (a prompt the script no longer holds, freed
+    /// last by the cache or a request).
+    pub(crate) fn discount(&self, block: u64, bytes: usize) {
+        let meter = lock(&self.meter);
+        if meter.is_some()
+            && self.block.load(Ordering::SeqCst) == block
+            && self.resident_base.load(Ordering::SeqCst) != 0
+        {
+            self.resident_base.fetch_add(bytes, Ordering::SeqCst);
         }
     }
 
@@ -144,16 +210,25 @@ impl BlockClock {
         self.waited_ns.store(0, Ordering::SeqCst);
         self.wait_start_ns.store(0, Ordering::SeqCst);
         self.held.store(held, Ordering::SeqCst);
-        *lock(&self.meter) = None;
         // With the counting allocator, the base is set when the script starts on its thread
         // (`follow_this_thread`); until then the growth is unknown (0), and the process's
         // resident memory (a read of /proc) is not needed.
-        let base = if rlm_alloc::installed() {
-            0
+        let base = if self.measure && !rlm_alloc::installed() {
+            reading(None)
         } else {
-            self.resident()
+            0
         };
+        // Locks in this order only (a prompt freed while the list is held discounts).
+        let mut handed = lock(&self.handed);
+        let mut meter = lock(&self.meter);
+        *meter = None;
+        self.block.fetch_add(1, Ordering::SeqCst);
         self.resident_base.store(base, Ordering::SeqCst);
+        drop(meter);
+        let earlier = std::mem::take(&mut *handed);
+        drop(handed);
+        // The list was built apart from the meter (in the sub-call functions).
+        rlm_alloc::unmetered(|| drop(earlier));
     }
 
     /// A wait for sub-calls begins; it does not count as script time.
