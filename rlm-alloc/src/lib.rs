@@ -137,14 +137,17 @@ fn counted(ptr: *mut u8, bytes: isize) -> *mut u8 {
 
 // SAFETY: every method forwards to `System` with the arguments it was given, under the same
 // contract, and only counts sizes besides; the counting neither allocates nor unwinds.
+//
+// The methods are not `#[inline]`: they are compiled here, optimised as this crate is,
+// whatever the profile of the binary that installs the allocator (the `rlm` binary's own
+// crate is built at a low opt-level to build fast; compiled there, every allocation of the
+// process went through unoptimised code).
 unsafe impl GlobalAlloc for Counting {
-    #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: the caller's contract for `GlobalAlloc::alloc`.
         counted(unsafe { System.alloc(layout) }, signed(layout.size()))
     }
 
-    #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: the caller's contract for `GlobalAlloc::alloc_zeroed`.
         counted(
@@ -153,14 +156,12 @@ unsafe impl GlobalAlloc for Counting {
         )
     }
 
-    #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: the caller's contract for `GlobalAlloc::dealloc`.
         unsafe { System.dealloc(ptr, layout) };
         count(-signed(layout.size()));
     }
 
-    #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: the caller's contract for `GlobalAlloc::realloc`.
         counted(
