@@ -173,6 +173,13 @@ class Server:
             raise RuntimeError(f"mock-openai did not start: {first!r}")
         self.base_url = first.removeprefix("listening on ")
 
+    def cpu_seconds(self):
+        """User + system CPU the server has used so far (it shares the machine's cores with
+        what it serves: a remote server would not)."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def command(self, text):
         self.proc.stdin.write(text + "\n")
         self.proc.stdin.flush()

@@ -127,6 +127,7 @@ def main():
                 answer, stderr = out.read().decode().strip(), err.read().decode()
             code_status = os.waitstatus_to_exitcode(status)
             stats = server.command("stats")
+            mock_cpu = server.cpu_seconds()
         finally:
             server.close()
         load_after = os.getloadavg()
@@ -162,7 +163,7 @@ def main():
         peak_rest = max((kib for t, kib in samples if start is not None and t > start),
                         default=0)
         print(f"cpu {usage.ru_utime:.2f} s user + {usage.ru_stime:.2f} s system (the rlm "
-              f"process)")
+              f"process); the mock server {mock_cpu:.2f} s on the same cores")
         if start is not None and batch_start is not None and batch:
             end = next((e["t_ms"] / 1000 for e in evs if e.get("event") == "final"), None)
             print(f"phases: load {start:.2f} s, root turn + prompts {batch_start - start:.2f} s, "

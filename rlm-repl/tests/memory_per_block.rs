@@ -164,27 +164,31 @@ fn prompts_the_script_keeps_are_still_its_memory() {
 
 /// Answers are built on the runtime's threads; freed by the script on its own thread, they
 /// took off its growth memory it was never charged with. Before, after dropping 64 answers
-/// of 1 MB, a block grew 40 MB past a 16 MB budget unstopped.
+/// of 1 MB, a block grew 60 MB against a 16 MB budget unstopped.
 #[test]
 fn answers_the_script_dropped_do_not_make_room_past_the_budget() {
     let runtime = runtime();
     let sub = Arc::new(MockBackend::from_fn(|_| Ok("a".repeat(MB))));
     let mut repl = repl_with_sub(&runtime, sub, 16 * MB);
     let outcome = repl.execute(
-        "for r in 0..64 { let answer = llm_query(\"q\" + r); if r % 8 == 0 { print(r); } } \
+        "for r in 0..64 { let answer = llm_query(\"q\" + r); } \
          let s = \"\"; s.pad(1000000, 'x'); let all = []; \
-         for i in 0..40 { all.push(s + i); } print(\"all 40 kept\");",
+         for i in 0..30 { all.push(s + i); print(`kept ${all.len()}`); }",
     );
     let error = outcome.error.unwrap_or_default();
     assert!(error.contains("memory"), "{error}");
-    // Stopped near the budget (16 strings of 1 MB), not 64 MB later.
-    let counted = repl.execute("print(all.len())").output;
-    let kept: usize = counted
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("{counted}"));
+    // Each string holds 2 MB (`s + i` doubles the copy's buffer as it appends): stopped at
+    // the ninth at the earliest, and before the thirtieth. With 64 MB of answers wrongly
+    // taken off its growth, the block kept all 30. (Where exactly it stops depends on when
+    // the watchdog looks.)
+    let kept: usize = outcome
+        .output
+        .lines()
+        .filter_map(|line| line.strip_prefix("kept ")?.parse().ok())
+        .last()
+        .unwrap_or(0);
     assert!(
-        kept <= 16,
-        "{kept} strings of 1 MB kept against a 16 MB budget"
+        (8..30).contains(&kept),
+        "{kept} strings of 2 MB kept against a 16 MB budget"
     );
 }
