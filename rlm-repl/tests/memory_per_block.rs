@@ -184,11 +184,46 @@ fn answers_the_script_dropped_do_not_make_room_past_the_budget() {
     let kept: usize = outcome
         .output
         .lines()
-        .filter_map(|line| line.strip_prefix("kept ")?.parse().ok())
-        .last()
+        .rev()
+        .find_map(|line| line.strip_prefix("kept ")?.parse().ok())
         .unwrap_or(0);
     assert!(
         (8..30).contains(&kept),
         "{kept} strings of 2 MB kept against a 16 MB budget"
     );
+}
+
+/// Answers count against the budget while the script holds them, not after it dropped them.
+/// Before, every answer a block received stayed counted until the block ended: 30 rounds of
+/// eight 1 MB answers, each round's dropped, against a 16 MB budget had most of the
+/// answers refused ("received and paid for, but ... not kept"): 224 of 240.
+#[test]
+fn answers_the_script_dropped_leave_room_for_the_next() {
+    let runtime = runtime();
+    let sub = Arc::new(MockBackend::from_fn(|_| Ok("a".repeat(MB))));
+    let mut repl = repl_with_sub(&runtime, Arc::clone(&sub), 16 * MB);
+    let outcome = repl.execute(
+        "let refused = 0; \
+         for r in 0..30 { let answers = llm_batch(range(8).map(|i| `q${r} ${i}`)); \
+         refused += answers.filter(|a| a.starts_with(\"Error:\")).len(); } \
+         print(`refused ${refused}`);",
+    );
+    assert_eq!(outcome.error, None);
+    assert_eq!(outcome.output, "refused 0\n");
+    assert_eq!(sub.calls(), 240);
+    // What the script keeps still counts: three rounds kept (24 MB) do not fit in 16 MB.
+    let outcome = repl.execute(
+        "let kept = []; let refused = 0; \
+         for r in 0..3 { let answers = llm_batch(range(8).map(|i| `k${r} ${i}`)); \
+         refused += answers.filter(|a| a.starts_with(\"Error:\")).len(); kept.push(answers); } \
+         print(`refused ${refused}`);",
+    );
+    assert_eq!(outcome.error, None);
+    let refused: usize = outcome
+        .output
+        .trim()
+        .strip_prefix("refused ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{}", outcome.output));
+    assert!(refused >= 8, "{}", outcome.output);
 }

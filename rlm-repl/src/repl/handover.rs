@@ -129,6 +129,7 @@ pub(crate) fn across<T: Adopt>(clock: &BlockClock, call: impl FnOnce() -> T) -> 
     if clock.metered_block().is_none() {
         return call();
     }
+    clock.settle_held();
     let (result, _) = rlm_alloc::unmetered(call);
     result.adopted()
 }

@@ -47,8 +47,12 @@ pub(crate) struct BlockClock {
     resident_base: AtomicUsize,
     /// Resident bytes when the wait in progress began.
     resident_at_wait: AtomicUsize,
-    /// Bytes the scope held when the block began, plus the sub-call answers kept since.
+    /// Bytes the scope held when the block began, plus the sub-call answers kept since (with
+    /// the counting allocator: plus the block's growth, as of the sub-call function running;
+    /// see [`settle_held`](Self::settle_held)).
     held: AtomicUsize,
+    /// Bytes the scope held when the block began.
+    scope_held: AtomicUsize,
     /// What the thread running the block's script allocated, when the counting allocator is
     /// the global one (see `rlm_alloc`): the block's own growth, where the process's resident
     /// memory would also count every other block running in the process. Its lock also
@@ -96,6 +100,7 @@ impl BlockClock {
             resident_base: AtomicUsize::new(0),
             resident_at_wait: AtomicUsize::new(0),
             held: AtomicUsize::new(0),
+            scope_held: AtomicUsize::new(0),
             meter: Mutex::new(None),
             block: AtomicU64::new(0),
             handed: Mutex::new(Vec::new()),
@@ -185,6 +190,17 @@ impl BlockClock {
         growth(base, self.resident())
     }
 
+    /// A sub-call function starts: with the counting allocator, what the block holds is the
+    /// scope it began with and its growth since, the answers it kept included and those it
+    /// dropped not (without it, every answer received stays counted until the block ends).
+    pub(crate) fn settle_held(&self) {
+        if let Some(growth) = self.memory_growth() {
+            let scope = self.scope_held.load(Ordering::SeqCst);
+            self.held
+                .store(scope.saturating_add(growth), Ordering::SeqCst);
+        }
+    }
+
     /// Bytes `budget` leaves beside what the block holds now (the scope and the answers kept).
     fn room(&self, budget: usize) -> usize {
         budget.saturating_sub(self.held.load(Ordering::SeqCst))
@@ -210,6 +226,7 @@ impl BlockClock {
         self.waited_ns.store(0, Ordering::SeqCst);
         self.wait_start_ns.store(0, Ordering::SeqCst);
         self.held.store(held, Ordering::SeqCst);
+        self.scope_held.store(held, Ordering::SeqCst);
         // With the counting allocator, the base is set when the script starts on its thread
         // (`follow_this_thread`); until then the growth is unknown (0), and the process's
         // resident memory (a read of /proc) is not needed.
