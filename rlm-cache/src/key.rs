@@ -272,7 +272,8 @@ fn request_weight(request: &CompletionRequest) -> usize {
     let messages: usize = request
         .messages
         .iter()
-        .map(|m| m.content.len() + HEADER + 8)
+        // What the key keeps alive: a shared prompt's whole buffer, not only its length.
+        .map(|m| m.content.held_bytes() + HEADER + 8)
         .sum();
     let stop: usize = request.stop.iter().map(|s| s.len() + HEADER).sum();
     request.model.len() + messages + stop + object_weight(&request.extra)
@@ -416,5 +417,11 @@ mod tests {
         assert!(large.entry_weight(&reply) > 25_000);
         let huge_reply = Completion::new("m", "y".repeat(10_000));
         assert!(small.entry_weight(&huge_reply) > 10_000);
+        // A prompt built by appending may hold twice its length: the key keeps it all alive.
+        // Weighed by its length, a cache bounded at 256 MiB held about 500 MiB of them.
+        let mut appended = String::with_capacity(50_000);
+        appended.push_str(&"x".repeat(25_000));
+        let roomy = key(CompletionRequest::prompt("m", appended));
+        assert!(roomy.entry_weight(&reply) > 50_000);
     }
 }

@@ -75,7 +75,7 @@ pub use batch::{
 };
 pub use error::LlmError;
 pub use reply_budget::ReplyBudget;
-pub use text::Text;
+pub use text::{Text, TextOwner};
 pub use tokio_util::sync::CancellationToken;
 pub use types::{
     Completion, CompletionRequest, FinishReason, JsonSchemaFormat, Message, ResponseFormat, Role,

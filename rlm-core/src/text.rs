@@ -28,7 +28,38 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// assert_eq!(shared.len(), 13);
 /// ```
 #[derive(Clone)]
-pub struct Text(Arc<dyn AsRef<str> + Send + Sync>);
+pub struct Text(Arc<dyn TextOwner>);
+
+/// What holds a [`Text`]'s characters, for [`Text::from_shared`].
+pub trait TextOwner: Send + Sync + 'static {
+    /// The text; the same every time it is called.
+    fn text(&self) -> &str;
+
+    /// Bytes of memory the owner holds for the text (at least its length): what a cache that
+    /// keeps the text keeps, a string's whole buffer rather than only its length.
+    fn held_bytes(&self) -> usize {
+        self.text().len()
+    }
+}
+
+/// An owner of text known only as `AsRef<str>`: it holds the text's length.
+struct Plain<T>(T);
+
+impl<T: AsRef<str> + Send + Sync + 'static> TextOwner for Plain<T> {
+    fn text(&self) -> &str {
+        self.0.as_ref()
+    }
+}
+
+impl TextOwner for String {
+    fn text(&self) -> &str {
+        self
+    }
+
+    fn held_bytes(&self) -> usize {
+        self.capacity()
+    }
+}
 
 impl Text {
     /// Empty text.
@@ -39,19 +70,25 @@ impl Text {
     /// Text held by `owner`, without copying it. `owner` is kept (and dropped with the last
     /// clone); its `as_ref()` must return the same text every time it is called.
     pub fn from_owner<T: AsRef<str> + Send + Sync + 'static>(owner: T) -> Self {
-        Self(Arc::new(owner))
+        Self(Arc::new(Plain(owner)))
     }
 
     /// Text held by an owner already shared, without copying it: whoever keeps a
     /// [`Weak`](std::sync::Weak) to `owner` can see whether it is still held (the REPL does,
     /// to account for a script's prompt that only the requests' side still holds).
-    pub fn from_shared<T: AsRef<str> + Send + Sync + 'static>(owner: Arc<T>) -> Self {
+    pub fn from_shared<T: TextOwner>(owner: Arc<T>) -> Self {
         Self(owner)
     }
 
     /// The text.
     pub fn as_str(&self) -> &str {
-        (*self.0).as_ref()
+        self.0.text()
+    }
+
+    /// Bytes of memory holding the text (at least its length; a `String`'s whole buffer):
+    /// what keeping this text keeps alive, for a cache bounded in bytes.
+    pub fn held_bytes(&self) -> usize {
+        self.0.held_bytes().max(self.len())
     }
 
     /// Whether `self` and `other` are the same shared text (not merely equal text).
@@ -88,7 +125,7 @@ impl Borrow<str> for Text {
 
 impl From<String> for Text {
     fn from(text: String) -> Self {
-        Self::from_owner(text)
+        Self(Arc::new(text))
     }
 }
 
@@ -219,6 +256,27 @@ mod tests {
         let string = String::from("prompt");
         let at = string.as_ptr();
         assert_eq!(Text::from(string).as_ptr(), at);
+    }
+
+    #[test]
+    fn held_bytes_are_the_owners_whole_buffer() {
+        let mut string = String::with_capacity(1000);
+        string.push_str("short");
+        assert_eq!(Text::from(string).held_bytes(), 1000);
+        assert_eq!(Text::from("short").held_bytes(), 5);
+        assert_eq!(Text::from_owner(Box::<str>::from("boxed")).held_bytes(), 5);
+        /// An owner that says it holds more than its text.
+        struct Padded(&'static str);
+        impl TextOwner for Padded {
+            fn text(&self) -> &str {
+                self.0
+            }
+            fn held_bytes(&self) -> usize {
+                4096
+            }
+        }
+        let shared = Text::from_shared(Arc::new(Padded("page")));
+        assert_eq!((shared.as_str(), shared.held_bytes()), ("page", 4096));
     }
 
     #[test]

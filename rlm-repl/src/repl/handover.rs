@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
 use rhai::{Array, Dynamic, EvalAltResult, ImmutableString, Map};
-use rlm_core::Text;
+use rlm_core::{Text, TextOwner};
 
 use super::subcall::BlockClock;
 
@@ -85,14 +85,7 @@ impl ScriptText {
         if text.strong_count() != 1 || self.released.swap(true, Ordering::SeqCst) {
             return 0;
         }
-        let string: &SmartString = text.as_ref();
-        let buffer = if string.is_inline() {
-            0
-        } else {
-            string.capacity()
-        };
-        // An `Arc`'s header (two counts) and the string in it.
-        let bytes = buffer + 2 * size_of::<usize>() + size_of::<SmartString>();
+        let bytes = held_bytes(text);
         clock.discount(self.from.block, bytes);
         bytes
     }
@@ -103,10 +96,29 @@ impl ScriptText {
     }
 }
 
-impl AsRef<str> for ScriptText {
-    fn as_ref(&self) -> &str {
+impl TextOwner for ScriptText {
+    fn text(&self) -> &str {
         self.text.as_ref().map_or("", ImmutableString::as_str)
     }
+
+    /// The string's buffer and its shared header: a string the script built by appending
+    /// may hold twice its length.
+    fn held_bytes(&self) -> usize {
+        self.text.as_ref().map_or(0, held_bytes)
+    }
+}
+
+/// The bytes `text` holds, as the allocator counted them when it was built: its buffer (when
+/// not inline) and its shared header.
+fn held_bytes(text: &ImmutableString) -> usize {
+    let string: &SmartString = text.as_ref();
+    let buffer = if string.is_inline() {
+        0
+    } else {
+        string.capacity()
+    };
+    // An `Arc`'s header (two counts) and the string in it.
+    buffer + 2 * size_of::<usize>() + size_of::<SmartString>()
 }
 
 impl Drop for ScriptText {
