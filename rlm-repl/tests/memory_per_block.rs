@@ -130,12 +130,15 @@ fn prompts_the_script_let_go_of_are_not_its_memory() {
     let sub = Arc::new(MockBackend::from_fn(|_| Ok("ok".to_owned())));
     let mut repl = repl_with_sub(&runtime, Arc::clone(&sub), 16 * MB);
     let outcome = repl.execute(
-        "let big = \"\"; big.pad(256000, 'x'); \
+        "let big = \"\"; big.pad(256000, 'x'); let refused = 0; \
          for r in 0..20 { let ps = []; for i in 0..8 { ps.push(big + \" \" + r + \" \" + i); } \
-         let answers = llm_batch(ps); } print(\"done\");",
+         let answers = llm_batch(ps); \
+         refused += answers.filter(|a| a.starts_with(\"Error:\")).len(); } \
+         print(`done, ${refused} refused`);",
     );
     assert_eq!(outcome.error, None);
-    assert_eq!(outcome.output, "done\n");
+    // Nor do they take the answers' room.
+    assert_eq!(outcome.output, "done, 0 refused\n");
     assert_eq!(sub.calls(), 160);
     // The mock still holds every prompt: the memory is held, only not by the script.
     assert!(

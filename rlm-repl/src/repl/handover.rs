@@ -137,11 +137,13 @@ impl Drop for ScriptText {
 /// Runs the host function `call`, whose work crosses threads: apart from the block's meter,
 /// then its result copied for the script on the block's thread (see the module's
 /// documentation). Arguments the script passed are dropped by the caller, after this.
-pub(crate) fn across<T: Adopt>(clock: &BlockClock, call: impl FnOnce() -> T) -> T {
+/// First, what the block holds is settled against the memory `budget` (0: none), for the
+/// answers' room.
+pub(crate) fn across<T: Adopt>(clock: &BlockClock, budget: usize, call: impl FnOnce() -> T) -> T {
     if clock.metered_block().is_none() {
         return call();
     }
-    clock.settle_held();
+    clock.settle_held(budget);
     let (result, _) = rlm_alloc::unmetered(call);
     result.adopted()
 }

@@ -1348,7 +1348,7 @@ fn build_engine(
     // arguments are borrowed, so the script's values are dropped after it, on the meter.
     let s = Arc::clone(shared);
     engine.register_fn("llm_query", move |prompt: Dynamic| {
-        across(&s.clock, || {
+        across(&s.clock, s.max_memory, || {
             if prompt.is_array() {
                 return Err(script_error(
                     "llm_query takes one prompt string, not an array: for an array of \
@@ -1367,11 +1367,11 @@ fn build_engine(
     for name in ["llm_batch", "llm_query_batched"] {
         let s = Arc::clone(shared);
         engine.register_fn(name, move |prompts: Dynamic| {
-            across(&s.clock, || batch(&s, name, &prompts, None))
+            across(&s.clock, s.max_memory, || batch(&s, name, &prompts, None))
         });
         let s = Arc::clone(shared);
         engine.register_fn(name, move |prompts: Dynamic, max_concurrent: INT| {
-            across(&s.clock, || {
+            across(&s.clock, s.max_memory, || {
                 batch(&s, name, &prompts, Some(concurrency(max_concurrent)))
             })
         });
@@ -1380,7 +1380,7 @@ fn build_engine(
     // Sub-calls for JSON of a schema.
     let s = Arc::clone(shared);
     engine.register_fn("llm_query_json", move |prompt: Dynamic, schema: Dynamic| {
-        across(&s.clock, || {
+        across(&s.clock, s.max_memory, || {
             if prompt.is_array() {
                 return Err(script_error(
                     "llm_query_json takes one prompt string, not an array: for an array of \
@@ -1403,14 +1403,16 @@ fn build_engine(
     engine.register_fn(
         "llm_batch_json",
         move |prompts: Dynamic, schema: Dynamic| {
-            across(&s.clock, || batch_json(&s, &prompts, &schema, None))
+            across(&s.clock, s.max_memory, || {
+                batch_json(&s, &prompts, &schema, None)
+            })
         },
     );
     let s = Arc::clone(shared);
     engine.register_fn(
         "llm_batch_json",
         move |prompts: Dynamic, schema: Dynamic, n: INT| {
-            across(&s.clock, || {
+            across(&s.clock, s.max_memory, || {
                 batch_json(&s, &prompts, &schema, Some(concurrency(n)))
             })
         },
@@ -1421,7 +1423,7 @@ fn build_engine(
         for name in &tools.names {
             let (s, called) = (Arc::clone(shared), name.clone());
             engine.register_fn(name.as_str(), move || {
-                across(&s.clock, || {
+                across(&s.clock, s.max_memory, || {
                     s.tools
                         .as_ref()
                         .map_or(Dynamic::UNIT, |t| t.call(&called, &Dynamic::UNIT))
@@ -1429,7 +1431,7 @@ fn build_engine(
             });
             let (s, called) = (Arc::clone(shared), name.clone());
             engine.register_fn(name.as_str(), move |argument: Dynamic| {
-                across(&s.clock, || {
+                across(&s.clock, s.max_memory, || {
                     s.tools
                         .as_ref()
                         .map_or(Dynamic::UNIT, |t| t.call(&called, &argument))
@@ -1441,7 +1443,7 @@ fn build_engine(
     // Child runs.
     let s = Arc::clone(shared);
     engine.register_fn("rlm_query", move |prompt: Dynamic| {
-        across(&s.clock, || {
+        across(&s.clock, s.max_memory, || {
             let prompt = String::from(prompt_text("rlm_query", &prompt, None)?);
             let context = Dynamic::from(ImmutableString::from(prompt.as_str()));
             Ok::<_, Box<EvalAltResult>>(children(&s, vec![(prompt, context)], None).remove(0))
@@ -1449,28 +1451,28 @@ fn build_engine(
     });
     let s = Arc::clone(shared);
     engine.register_fn("rlm_query", move |query: Dynamic, context: Dynamic| {
-        across(&s.clock, || {
+        across(&s.clock, s.max_memory, || {
             let task = child_task("rlm_query", &query, context.clone())?;
             Ok::<_, Box<EvalAltResult>>(children(&s, vec![task], None).remove(0))
         })
     });
     let s = Arc::clone(shared);
     engine.register_fn("rlm_batch", move |prompts: Dynamic| {
-        across(&s.clock, || {
+        across(&s.clock, s.max_memory, || {
             let tasks = prompt_tasks(&s, &prompts)?;
             Ok::<_, Box<EvalAltResult>>(answers(children(&s, tasks, None)))
         })
     });
     let s = Arc::clone(shared);
     engine.register_fn("rlm_batch", move |prompts: Dynamic, n: INT| {
-        across(&s.clock, || {
+        across(&s.clock, s.max_memory, || {
             let tasks = prompt_tasks(&s, &prompts)?;
             Ok::<_, Box<EvalAltResult>>(answers(children(&s, tasks, Some(concurrency(n)))))
         })
     });
     let s = Arc::clone(shared);
     engine.register_fn("rlm_batch", move |queries: Dynamic, contexts: Dynamic| {
-        across(&s.clock, || {
+        across(&s.clock, s.max_memory, || {
             let tasks = query_tasks(&s, &queries, &contexts)?;
             Ok::<_, Box<EvalAltResult>>(answers(children(&s, tasks, None)))
         })
@@ -1479,7 +1481,7 @@ fn build_engine(
     engine.register_fn(
         "rlm_batch",
         move |queries: Dynamic, contexts: Dynamic, n: INT| {
-            across(&s.clock, || {
+            across(&s.clock, s.max_memory, || {
                 let tasks = query_tasks(&s, &queries, &contexts)?;
                 Ok::<_, Box<EvalAltResult>>(answers(children(&s, tasks, Some(concurrency(n)))))
             })

@@ -193,12 +193,19 @@ impl BlockClock {
     /// A sub-call function starts: with the counting allocator, what the block holds is the
     /// scope it began with and its growth since, the answers it kept included and those it
     /// dropped not (without it, every answer received stays counted until the block ends).
-    pub(crate) fn settle_held(&self) {
-        if let Some(growth) = self.memory_growth() {
-            let scope = self.scope_held.load(Ordering::SeqCst);
-            self.held
-                .store(scope.saturating_add(growth), Ordering::SeqCst);
+    /// Prompts the script let go of are discounted first when the block holds more than half
+    /// of `budget` (a look through the prompts it sent, so not at every call).
+    pub(crate) fn settle_held(&self, budget: usize) {
+        let scope = self.scope_held.load(Ordering::SeqCst);
+        let holds = || {
+            self.memory_growth()
+                .map(|growth| scope.saturating_add(growth))
+        };
+        let Some(mut held) = holds() else { return };
+        if budget > 0 && held > budget / 2 && self.release_handed() > 0 {
+            held = holds().unwrap_or(held);
         }
+        self.held.store(held, Ordering::SeqCst);
     }
 
     /// Bytes `budget` leaves beside what the block holds now (the scope and the answers kept).
