@@ -9,9 +9,10 @@
 //!   later on another thread, or only when the cache evicts it, and the block's thread would
 //!   stay charged with it: a block sending many rounds of large prompts would be stopped for
 //!   memory the script no longer holds. A [`ScriptText`] is what the requests share; once
-//!   the script holds the string no more, the block's growth is discounted its bytes (when
-//!   the block's watchdog finds the growth over the budget, it first looks for these), and
-//!   when it is freed it is freed apart from any meter.
+//!   the script holds the string no more, the block's growth is discounted its bytes (looked
+//!   for before the watchdog stops a block over its budget, and before a sub-call function
+//!   reckons the answers' room in a block holding more than half of it), and when it is
+//!   freed it is freed apart from any meter.
 //! - **In**: replies are built on other threads. Freed by the script on the block's thread,
 //!   they would take off its growth memory it was never charged with, and a script dropping
 //!   answers in a loop could then grow past its budget. [`across`] makes the script's copy of
