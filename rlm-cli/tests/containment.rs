@@ -280,11 +280,11 @@ async fn the_memory_budget_holds_both_ways_across_sub_calls() {
     let budget = ["--max-memory", "64M", "--block-timeout", "3600"];
     // Answers received and dropped (cached after the first): before, their bytes were taken
     // off the block's growth when the script freed them, and the block could then grow past
-    // its budget unstopped (with 300 answers of 1 MB, to 151 MB against 100 MB).
+    // its budget unstopped (here: to 150 MB against 64 MB).
     let answers = server(vec![
         code(
             "let line = \"\"; line.pad(1000000, \"x\"); \
-             for r in 0..100 { let a = llm_query(line); } \
+             for r in 0..300 { let a = llm_query(line); } \
              let s = \"\"; for i in 0..150 { s += line; } print(`grew to ${s.len()}`);",
         ),
         "FINAL(done)".to_owned(),
