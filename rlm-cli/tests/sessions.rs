@@ -323,7 +323,7 @@ async fn rlm_chat_through_a_terminal_keeps_variables_and_cancels_with_ctrl_c() {
     // and the third question's first message shows the earlier two, the cancelled one
     // without an answer.
     let firsts = first_messages(&server);
-    assert!(matches!(firsts.len(), 2 | 3), "{firsts:#?}");
+    assert!(matches!(firsts.len(), 2 | 3), "{firsts:#?}\n{out}");
     let last = firsts.last().map(String::as_str).unwrap_or_default();
     assert!(
         last.contains("Query 1: count words\nAnswer 1: count=3"),

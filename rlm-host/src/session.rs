@@ -142,9 +142,16 @@ pub async fn chat<R: LineReader>(
             .take()
             .ok_or_else(|| HostError::Internal("the line reader was lost".to_owned()))?;
         let prompt_owned = prompt.to_owned();
-        let (back, line) = tokio::task::spawn_blocking(move || {
+        let question = interrupts.clone();
+        let (back, line, cancel) = tokio::task::spawn_blocking(move || {
             let line = taken.read_line(&prompt_owned);
-            (taken, line)
+            // The question's token is in place as soon as its line is read: from here the
+            // terminal is out of the editor's hands and Ctrl-C is a signal, which must
+            // cancel this question. Set after the reader's thread handed the line back,
+            // a Ctrl-C pressed right after Enter (on a loaded machine) cancelled the last
+            // question's token instead, and this one ran on.
+            let cancel = question.next();
+            (taken, line, cancel)
         })
         .await
         .map_err(|e| HostError::Internal(format!("the line reader failed: {e}")))?;
@@ -159,7 +166,6 @@ pub async fn chat<R: LineReader>(
             reader.add_history(&query);
         }
         asked += 1;
-        let cancel = interrupts.next();
         match session.ask_cancellable(query, &cancel).await {
             Ok(result) => answered(Answered::Result(&result)),
             Err(error) => answered(Answered::Error(error)),
