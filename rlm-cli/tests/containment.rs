@@ -252,8 +252,10 @@ async fn scripts_that_used_to_abort_a_capped_process_end_with_an_answer() {
     }
 }
 
-/// The block's output (printed lines, then its error) as the trace shows it.
-async fn block_output(server: &MockServer, extra: &[&str], name: &str) -> (Outcome, String) {
+/// Runs `script` as the root model's one block (then `FINAL(done)`) with `extra` flags; the
+/// outcome and the block's output (printed lines, then its error) as the trace shows it.
+async fn block_output(script: &str, extra: &[&str], name: &str) -> (Outcome, String) {
+    let server = server(vec![code(script), "FINAL(done)".to_owned()]).await;
     let trace = std::env::temp_dir().join(format!(
         "rlm-containment-{name}-{}.jsonl",
         std::process::id()
@@ -261,7 +263,7 @@ async fn block_output(server: &MockServer, extra: &[&str], name: &str) -> (Outco
     let trace_path = trace.to_str().unwrap_or_default().to_owned();
     let mut args = vec!["--query", "q", "--trace", trace_path.as_str()];
     args.extend_from_slice(extra);
-    let out = run(server, &args, None).await;
+    let out = run(&server, &args, None).await;
     let events = std::fs::read_to_string(&trace).unwrap_or_default();
     let _ = std::fs::remove_file(&trace);
     let block = events
@@ -281,16 +283,15 @@ async fn the_memory_budget_holds_both_ways_across_sub_calls() {
     // Answers received and dropped (cached after the first): before, their bytes were taken
     // off the block's growth when the script freed them, and the block could then grow past
     // its budget unstopped (here: to 150 MB against 64 MB).
-    let answers = server(vec![
-        code(
-            "let line = \"\"; line.pad(1000000, \"x\"); \
-             for r in 0..300 { let a = llm_query(line); } \
-             let s = \"\"; for i in 0..150 { s += line; } print(`grew to ${s.len()}`);",
-        ),
-        "FINAL(done)".to_owned(),
-    ])
+    // Each step of the growth pauses for the watchdog's look (10 ms), on a loaded machine too.
+    let (out, block) = block_output(
+        "let line = \"\"; line.pad(1000000, \"x\"); \
+         for r in 0..300 { let a = llm_query(line); } \
+         let s = \"\"; for i in 0..150 { s += line; sleep(0.01); } print(`grew to ${s.len()}`);",
+        &budget,
+        "answers",
+    )
     .await;
-    let (out, block) = block_output(&answers, &budget, "answers").await;
     assert_eq!(out.code, Some(0), "{out:#?}");
     assert!(block.contains("memory budget"), "{block}");
     assert!(!block.contains("grew to 150000000"), "{block}");
@@ -298,17 +299,15 @@ async fn the_memory_budget_holds_both_ways_across_sub_calls() {
     // Rounds of large prompts, each round's dropped while the cache keeps them: before,
     // the block stayed charged with every prompt it had sent, and was stopped after a few
     // rounds holding about 1 MB.
-    let prompts = server(vec![
-        code(
-            "let big = \"\"; big.pad(200000, \"x\"); let refused = 0; \
-             for r in 0..20 { let ps = []; for i in 0..50 { ps.push(big + \" \" + r + \" \" + i) } \
-             refused += llm_batch(ps).filter(|a| a.starts_with(\"Error:\")).len(); } \
-             print(`rounds done, ${refused} refused`);",
-        ),
-        "FINAL(done)".to_owned(),
-    ])
+    let (out, block) = block_output(
+        "let big = \"\"; big.pad(200000, \"x\"); let refused = 0; \
+         for r in 0..20 { let ps = []; for i in 0..50 { ps.push(big + \" \" + r + \" \" + i) } \
+         refused += llm_batch(ps).filter(|a| a.starts_with(\"Error:\")).len(); } \
+         print(`rounds done, ${refused} refused`);",
+        &budget,
+        "prompts",
+    )
     .await;
-    let (out, block) = block_output(&prompts, &budget, "prompts").await;
     assert_eq!(out.code, Some(0), "{out:#?}");
     assert!(block.contains("rounds done, 0 refused"), "{block}");
     assert!(!block.contains("memory budget"), "{block}");
