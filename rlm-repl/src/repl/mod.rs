@@ -43,6 +43,8 @@ use self::host::HostTools;
 pub(crate) use self::memory::estimate_bytes;
 use self::output::OutputBuffer;
 use self::subcall::{BlockClock, SubCaller};
+#[cfg(test)]
+pub(crate) use self::thread::handed_off;
 pub(crate) use self::thread::spawn_evaluation;
 use self::values::{script_error, to_text};
 use crate::budget::Budget;
@@ -411,6 +413,26 @@ impl fmt::Debug for ReplBuilder {
 }
 
 impl ReplBuilder {
+    /// What the root model is told about the context, when knowing it takes no pass over a
+    /// large context (a shared context knows it; a small text is counted here): a run can then
+    /// write its first message before the REPL is built. `None` otherwise.
+    pub(crate) fn known_context_info(&self) -> Option<ContextInfo> {
+        /// The longest text counted here (on an async thread): a few microseconds.
+        const SMALL_TEXT: usize = 64 << 10;
+        match &self.context {
+            Source::Context(context @ Context::Shared(_)) => Some(context.info()),
+            Source::Context(context @ Context::Text(text)) if text.len() <= SMALL_TEXT => {
+                Some(context.info())
+            }
+            _ => None,
+        }
+    }
+
+    /// The native stack the REPL's blocks (and its building) run on.
+    pub(crate) fn stack_size(&self) -> usize {
+        stack_size(&self.limits)
+    }
+
     /// The sandbox limits (default: [`SandboxLimits::default`]).
     pub fn limits(mut self, limits: SandboxLimits) -> Self {
         self.limits = limits;
@@ -993,12 +1015,6 @@ fn stack_size(limits: &SandboxLimits) -> usize {
     BASE.saturating_add(NESTED_DATA)
         .saturating_add(levels.saturating_mul(PER_LEVEL))
         .min(1 << 30)
-}
-
-/// The native stack a block runs on under `limits` (see [`stack_size`]; the size limits that
-/// a context raises play no part in it).
-pub(crate) fn block_stack(limits: &SandboxLimits) -> usize {
-    stack_size(limits)
 }
 
 /// Runs `f` on a fresh thread with `stack` bytes of stack (in the caller's tracing span), or

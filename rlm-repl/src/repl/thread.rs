@@ -44,6 +44,15 @@ static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new
 thread_local! {
     /// The stack size of this thread when it is an evaluation thread (0: it is not).
     static EVALUATION_STACK: Cell<usize> = const { Cell::new(0) };
+    /// Evaluations handed off from this thread (tests: which paths need a thread).
+    #[cfg(test)]
+    static HANDED_OFF: Cell<usize> = const { Cell::new(0) };
+}
+
+/// How many evaluations this thread has handed to evaluation threads.
+#[cfg(test)]
+pub(crate) fn handed_off() -> usize {
+    HANDED_OFF.with(Cell::get)
 }
 
 /// The stack this thread was started with, when it is an evaluation thread (0 otherwise):
@@ -132,6 +141,8 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
+    #[cfg(test)]
+    HANDED_OFF.with(|n| n.set(n.get() + 1));
     let (sender, receiver) = tokio::sync::oneshot::channel();
     // Kept where the fallback can take it back if the thread never starts.
     let job = Arc::new(Mutex::new(Some(f)));

@@ -4,10 +4,11 @@ use std::sync::Arc;
 
 use rlm_core::Completion;
 
+use super::LazyRepl;
 use crate::parse::{FinalMarker, ParsedReply, parse_reply};
 use crate::repl::subcall::millis;
 use crate::state::RunState;
-use crate::{BlockRecord, Event, Repl, RlmError, StopReason, SubCallRecord};
+use crate::{BlockRecord, Event, RlmError, StopReason, SubCallRecord};
 
 /// Reports the reasoning the reply held in its text, if any.
 pub(super) fn report_reasoning(run: &RunState, turn: usize, parsed: &ParsedReply) {
@@ -24,7 +25,7 @@ pub(super) fn report_reasoning(run: &RunState, turn: usize, parsed: &ParsedReply
 /// What the blocks of one reply did.
 pub(super) struct TurnWork {
     /// The REPL, back from the blocks' thread (taken by the run).
-    pub(super) repl: Option<Repl>,
+    pub(super) repl: Option<LazyRepl>,
     pub(super) blocks: Vec<BlockRecord>,
     pub(super) sub_calls: Vec<SubCallRecord>,
     /// A `FINAL` called in code, and whether its block raised lint warnings.
@@ -43,14 +44,30 @@ pub(super) struct TurnWork {
 /// block that fails, or once the run must stop. Then reads a text `FINAL_VAR`, unless the
 /// reply was `cut`.
 pub(super) async fn run_blocks(
-    mut repl: Repl,
+    repl: LazyRepl,
     parsed: ParsedReply,
     cut: bool,
     turn: usize,
     run: Arc<RunState>,
 ) -> Result<TurnWork, RlmError> {
+    let reads_var = matches!(parsed.final_marker, Some(FinalMarker::Var(_))) && !cut;
+    if parsed.blocks.is_empty() && !reads_var {
+        // Nothing to evaluate (a reply with a text answer, or none): no evaluation thread.
+        let sub_calls = repl.take_sub_calls();
+        return Ok(TurnWork {
+            repl: Some(repl),
+            blocks: Vec::new(),
+            sub_calls,
+            code_final: None,
+            warned: false,
+            failed: None,
+            not_run: 0,
+            text_var: None,
+        });
+    }
     let stack = repl.stack_size();
     crate::repl::spawn_evaluation(stack, move || {
+        let mut repl = repl.force();
         let mut blocks = Vec::new();
         let mut code_final = None;
         let mut warned = false;
@@ -103,7 +120,7 @@ pub(super) async fn run_blocks(
         };
         let sub_calls = repl.take_sub_calls();
         TurnWork {
-            repl: Some(repl),
+            repl: Some(LazyRepl::Built(Box::new(repl))),
             blocks,
             sub_calls,
             code_final,
@@ -119,12 +136,12 @@ pub(super) async fn run_blocks(
 /// The answer in the reply to the final ask, if it gave one: a text marker, or code that
 /// calls FINAL (run for that alone). Also the blocks run and their sub-calls.
 pub(super) async fn final_reply(
-    repl: Repl,
+    repl: LazyRepl,
     reply: &Completion,
     turn: usize,
     run: &Arc<RunState>,
     warnings: &mut Vec<String>,
-) -> Result<(Option<Repl>, FinalWork), RlmError> {
+) -> Result<(Option<LazyRepl>, FinalWork), RlmError> {
     let parsed = parse_reply(&reply.text);
     report_reasoning(run, turn, &parsed);
     let cut = reply.is_cut();
@@ -175,4 +192,42 @@ pub(super) struct FinalWork {
     pub(super) conflicting: bool,
     pub(super) blocks: Vec<BlockRecord>,
     pub(super) sub_calls: Vec<SubCallRecord>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::budget::Budget;
+    use crate::emitter::Emitter;
+    use crate::{Context, Repl};
+
+    /// A reply with nothing to evaluate (a text answer, or no code) is judged without handing
+    /// the REPL to an evaluation thread and back; code, or a `FINAL_VAR` to read, is run there.
+    #[tokio::test]
+    async fn only_replies_with_something_to_evaluate_go_to_an_evaluation_thread() {
+        let run = Arc::new(RunState::new(
+            Budget::new(Default::default(), None, None),
+            Emitter::default(),
+        ));
+        let mut repl = LazyRepl::Built(Box::new(Repl::new(Context::Text("the context".into()))));
+        let handed = |before: usize| crate::repl::handed_off() - before;
+        for (reply, evaluates) in [
+            ("FINAL(ok)", false),
+            ("I will look at the context first.", false),
+            ("```repl\nlet n = context.len();\n```", true),
+            ("FINAL_VAR(n)", true),
+        ] {
+            let before = crate::repl::handed_off();
+            let work = run_blocks(repl, parse_reply(reply), false, 1, Arc::clone(&run))
+                .await
+                .unwrap_or_else(|e| panic!("{reply}: {e}"));
+            assert_eq!(handed(before), usize::from(evaluates), "{reply}");
+            if reply.starts_with("FINAL_VAR") {
+                assert_eq!(work.text_var, Some(Ok("11".to_owned())));
+            }
+            repl = work
+                .repl
+                .unwrap_or_else(|| panic!("{reply}: the REPL came back"));
+        }
+    }
 }

@@ -144,7 +144,18 @@ pub(crate) async fn run_keeping(
         }))
     });
     let (result, repl) = run_tree_keeping(Arc::new(tree), run, query, source).await;
-    (result, repl.map(Repl::into_kept))
+    let kept = match repl {
+        Some(LazyRepl::Built(repl)) => Some(repl.into_kept()),
+        // The next question goes on from this REPL: build it now (no block needed it).
+        Some(LazyRepl::Pending(builder)) => {
+            let stack = builder.stack_size();
+            crate::repl::spawn_evaluation(stack, move || builder.build().into_kept())
+                .await
+                .ok()
+        }
+        None => None,
+    };
+    (result, kept)
 }
 
 /// One run of the tree: the top-level run (depth 0) or a child. A child's root turns are
@@ -156,20 +167,20 @@ pub(crate) async fn run_tree(
     source: Source,
 ) -> Result<RunResult, RlmError> {
     let (result, repl) = run_tree_keeping(tree, state, query, source).await;
-    if let Some(repl) = repl {
+    if let Some(LazyRepl::Built(repl)) = repl {
         repl.discard();
     }
     result
 }
 
 /// [`run_tree`], giving back the REPL as the run left it (`None` if it was lost: the run
-/// failed before its REPL was built, or the REPL thread failed).
+/// failed before it had one, or the REPL thread failed).
 async fn run_tree_keeping(
     tree: Arc<Tree>,
     state: Arc<RunState>,
     query: String,
     source: Source,
-) -> (Result<RunResult, RlmError>, Option<Repl>) {
+) -> (Result<RunResult, RlmError>, Option<LazyRepl>) {
     // However the run ends, its variables stop counting against the tree's memory budget.
     let _scope = ReleaseScope(Arc::clone(&state));
     let mut run = match Run::start(tree, state, &query, source).await {
@@ -213,7 +224,42 @@ struct Run {
     /// The schema's retries ran out: the run ends without an answer.
     invalid_output: bool,
     /// The run's REPL, while no block runs (a block takes it to the REPL's thread).
-    repl: Option<Repl>,
+    repl: Option<LazyRepl>,
+}
+
+/// A run's REPL, or what builds it when a block first needs it: then its building and that
+/// block's run are one hand-off to an evaluation thread, and a run whose replies hold no code
+/// (a text answer) builds none.
+pub(crate) enum LazyRepl {
+    Pending(Box<crate::repl::ReplBuilder>),
+    Built(Box<Repl>),
+}
+
+impl LazyRepl {
+    /// The native stack its blocks (and its building) run on.
+    pub(crate) fn stack_size(&self) -> usize {
+        match self {
+            Self::Pending(builder) => builder.stack_size(),
+            Self::Built(repl) => repl.stack_size(),
+        }
+    }
+
+    /// The REPL, built here if it was not yet (a pass over the context: call it on an
+    /// evaluation thread).
+    pub(crate) fn force(self) -> Repl {
+        match self {
+            Self::Pending(builder) => builder.build(),
+            Self::Built(repl) => *repl,
+        }
+    }
+
+    /// The sub-calls made since the last look (none before the REPL is built).
+    pub(crate) fn take_sub_calls(&self) -> Vec<crate::SubCallRecord> {
+        match self {
+            Self::Pending(_) => Vec::new(),
+            Self::Built(repl) => repl.take_sub_calls(),
+        }
+    }
 }
 
 /// Whether the run takes another turn.
@@ -305,13 +351,23 @@ impl Run {
         if let Some(handle) = tree.handle.clone().or_else(|| Handle::try_current().ok()) {
             builder = builder.runtime_handle(handle);
         }
-        // On an evaluation thread (the pool the run's blocks use), not tokio's blocking pool:
-        // one set of threads, their caches warm.
-        let stack = crate::repl::block_stack(&config.sandbox);
-        let mut repl = crate::repl::spawn_evaluation(stack, move || builder.build()).await?;
+        // Built when a block first needs it, where the context's size is known without a
+        // pass over it (a run whose replies hold no code builds none). Else now: on an
+        // evaluation thread (the pool the run's blocks use), not tokio's blocking pool.
+        let known = builder
+            .known_context_info()
+            .filter(|_| session_note.is_none());
+        let (mut repl, info) = match known {
+            Some(info) => (LazyRepl::Pending(Box::new(builder)), info),
+            None => {
+                let stack = builder.stack_size();
+                let repl = crate::repl::spawn_evaluation(stack, move || builder.build()).await?;
+                let info = repl.context_info().clone();
+                (LazyRepl::Built(Box::new(repl)), info)
+            }
+        };
         // While the first root call is out, not after its reply.
         crate::repl::warm_up_lint();
-        let info = repl.context_info().clone();
 
         let mut system = system_prompt(config);
         if config.system_prompt.is_none() {
@@ -327,7 +383,7 @@ impl Run {
         if let Some(schema) = &schema {
             first.push_str(&output_schema_note(schema));
         }
-        if let Some(note) = session_note {
+        if let (Some(note), LazyRepl::Built(repl)) = (session_note, &mut repl) {
             first = session_message(&note, &repl.show_vars(), repl.take_notice(), &first);
         }
         state.emitter.emit_with(|| Event::RunStart {
@@ -384,7 +440,7 @@ impl Run {
     }
 
     /// The REPL, for a block to run in.
-    fn take_repl(&mut self) -> Result<Repl, RlmError> {
+    fn take_repl(&mut self) -> Result<LazyRepl, RlmError> {
         self.repl
             .take()
             .ok_or_else(|| RlmError::Internal("the run's REPL was lost".to_owned()))
@@ -945,5 +1001,51 @@ impl RecursionNote {
              rlm_batch(...) are plain llm_query / llm_batch calls (no code runs below you).",
             self.depth
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rlm_core::mock::MockBackend;
+
+    use crate::{Context, Rlm};
+
+    /// Hand-offs to evaluation threads a run of `replies` over `context` makes, and its answer.
+    async fn hand_offs(replies: &[&str], context: Context) -> (usize, String) {
+        let root = Arc::new(MockBackend::scripted(replies.iter().copied()));
+        let rlm = Rlm::builder(root as Arc<dyn rlm_core::LlmBackend>)
+            .root_model("root")
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let before = crate::repl::handed_off();
+        let result = rlm
+            .run("q", context)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        (crate::repl::handed_off() - before, result.answer)
+    }
+
+    /// A small or shared context's REPL is built by the first block that needs it, in the
+    /// same hand-off: a run answering in text builds none, a run with one block hands off once.
+    /// A large text is still read into its REPL on an evaluation thread before the first call.
+    #[tokio::test]
+    async fn a_run_hands_its_repl_to_an_evaluation_thread_only_for_code() {
+        let small = || Context::Text("alpha beta gamma".into());
+        assert_eq!(hand_offs(&["FINAL(ok)"], small()).await, (0, "ok".into()));
+        let counted = [
+            "```repl\nlet n = split(context, \" \").len();\n```",
+            "```repl\nFINAL(n)\n```",
+        ];
+        assert_eq!(hand_offs(&counted, small()).await, (2, "3".into()));
+        let shared = Context::Shared(crate::SharedContext::new(small()));
+        assert_eq!(hand_offs(&counted, shared).await, (2, "3".into()));
+        // A variable to read is read there (here one that does not exist, then a text answer).
+        let var = ["FINAL_VAR(n)", "FINAL(none)"];
+        assert_eq!(hand_offs(&var, small()).await, (1, "none".into()));
+
+        let large = Context::Text("word ".repeat(100_000));
+        assert_eq!(hand_offs(&["FINAL(ok)"], large).await, (1, "ok".into()));
     }
 }

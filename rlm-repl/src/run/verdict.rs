@@ -131,7 +131,9 @@ mod tests {
 
     fn work(code_final: Option<(&str, bool)>, failed: Option<usize>) -> TurnWork {
         TurnWork {
-            repl: Some(Repl::builder(Context::from("")).build()),
+            repl: Some(super::super::LazyRepl::Built(Box::new(
+                Repl::builder(Context::from("")).build(),
+            ))),
             blocks: Vec::new(),
             sub_calls: Vec::new(),
             code_final: code_final.map(|(a, w)| (a.to_owned(), w)),
