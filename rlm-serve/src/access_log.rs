@@ -60,13 +60,24 @@ impl std::fmt::Debug for AccessLog {
     }
 }
 
+/// `line` with its line break.
+fn whole_line(line: &str) -> String {
+    let mut whole = String::with_capacity(line.len() + 1);
+    whole.push_str(line);
+    whole.push('\n');
+    whole
+}
+
 impl AccessLog {
-    /// Lines on stderr, each written whole.
+    /// Lines on stderr, each written whole: in one `write`, so lines of processes sharing a
+    /// pipe or a file do not interleave (stderr is unbuffered: `writeln!` wrote the line and
+    /// its line break in two).
     pub fn stderr(format: LogFormat) -> Self {
         Self::to(format, |line| {
             use std::io::Write as _;
-            let mut err = std::io::stderr().lock();
-            let _ = writeln!(err, "{line}");
+            let _ = std::io::stderr()
+                .lock()
+                .write_all(whole_line(line).as_bytes());
         })
     }
 
