@@ -1028,8 +1028,9 @@ mod tests {
     }
 
     /// A small or shared context's REPL is built by the first block that needs it, in the
-    /// same hand-off: a run answering in text builds none, a run with one block hands off once.
-    /// A large text is still read into its REPL on an evaluation thread before the first call.
+    /// same hand-off: a run answering in text builds none, and each turn with code hands off
+    /// once (before, the build was one more, and a turn without code one too). A large text
+    /// is still read into its REPL on an evaluation thread before the first call.
     #[tokio::test]
     async fn a_run_hands_its_repl_to_an_evaluation_thread_only_for_code() {
         let small = || Context::Text("alpha beta gamma".into());
