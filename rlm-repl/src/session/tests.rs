@@ -62,6 +62,23 @@ async fn follow_ups_keep_variables_and_see_the_conversation() {
     assert!(third.contains("Query: The last?"), "{third}");
 }
 
+/// A first question answered without code leaves a REPL that was never needed, and so never
+/// built during the run: the next question still finds the context, and keeps what it makes.
+#[tokio::test]
+async fn a_follow_up_after_an_answer_without_code_finds_the_context() {
+    let (rlm, _) = rlm_over(MockBackend::scripted([
+        "FINAL(hello)",
+        "```repl\nlet words = split(context, \" \");\nFINAL(words.len())\n```",
+        "```repl\nFINAL(words[0])\n```",
+    ]));
+    let mut session = rlm.session(Context::from("alpha beta gamma"));
+    assert_eq!(session.ask("Say hello").await.unwrap().answer, "hello");
+    assert!(session.variable_names().is_empty());
+    assert_eq!(session.ask("How many words?").await.unwrap().answer, "3");
+    assert_eq!(session.ask("The first?").await.unwrap().answer, "alpha");
+    assert_eq!(session.variable_names(), ["words"]);
+}
+
 #[tokio::test]
 async fn a_saved_session_resumes_with_its_variables_and_history() {
     let (rlm, _) = rlm_over(MockBackend::scripted([
