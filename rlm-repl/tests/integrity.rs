@@ -290,6 +290,26 @@ async fn no_marker_in_the_final_ask_means_no_answer() {
     );
 }
 
+/// A final ask answered with `FINAL_VAR` of a variable that does not exist: no answer, and the
+/// warning says the value could not be read (not that the reply had no marker).
+#[tokio::test]
+async fn a_final_var_that_cannot_be_read_in_the_final_ask_is_named() {
+    let root = MockBackend::scripted(["thinking".to_owned(), "FINAL_VAR(zzz)".to_owned()]);
+    let rlm = builder(&root, &MockBackend::echo())
+        .max_iterations(1)
+        .build_ok();
+    let result = run_ok(&rlm, "q", Context::from("x")).await;
+    assert_eq!(result.answer, "");
+    let warning = &result.warnings[0];
+    assert!(
+        warning.starts_with("no answer: the turn budget"),
+        "{warning}"
+    );
+    assert!(warning.contains("could not be read"), "{warning}");
+    assert!(warning.contains("zzz"), "{warning}");
+    assert!(!warning.contains("had no FINAL"), "{warning}");
+}
+
 #[tokio::test]
 async fn empty_root_replies_are_explained_and_warned_about() {
     let root = MockBackend::scripted(["", "", "FINAL(ok)"]).with_shape(|_, completion| {

@@ -165,9 +165,17 @@ pub(super) async fn final_reply(
         ..ParsedReply::default()
     };
     let work = run_blocks(repl, finishing.clone(), false, turn, Arc::clone(run)).await?;
+    let mut unread = None;
     let given = match (&finishing.final_marker, work.code_final) {
         (Some(FinalMarker::Value(value)), _) => Some(value.clone()),
-        (Some(FinalMarker::Var(_)), _) => work.text_var.and_then(Result::ok),
+        (Some(FinalMarker::Var(_)), _) => match work.text_var {
+            Some(Ok(answer)) => Some(answer),
+            Some(Err(why)) => {
+                unread = Some(why);
+                None
+            }
+            None => None,
+        },
         (None, code_final) => code_final.map(|(answer, _)| answer),
     };
     if given.is_some() && cut {
@@ -178,6 +186,7 @@ pub(super) async fn final_reply(
         work.repl,
         FinalWork {
             answer: given,
+            unread,
             conflicting: !parsed.conflicting.is_empty(),
             blocks: work.blocks,
             sub_calls: work.sub_calls,
@@ -188,6 +197,8 @@ pub(super) async fn final_reply(
 /// What the reply to the final ask gave.
 pub(super) struct FinalWork {
     pub(super) answer: Option<String>,
+    /// Why the reply's `FINAL_VAR(...)` gave no answer (its variable could not be read).
+    pub(super) unread: Option<String>,
     /// The reply gave different answers, so none was taken.
     pub(super) conflicting: bool,
     pub(super) blocks: Vec<BlockRecord>,

@@ -639,6 +639,13 @@ impl Run {
                     stopped_why(stopped),
                     quote_start(&reply.text)
                 ));
+            } else if let (None, Some(why)) = (&given.answer, &given.unread) {
+                self.warnings.push(format!(
+                    "no answer: {} and the reply to the final ask named a value that could \
+                     not be read ({why}); it began: {}",
+                    stopped_why(stopped),
+                    quote_start(&reply.text)
+                ));
             } else if given.answer.is_none() {
                 self.warnings.push(format!(
                     "no answer: {} and the reply to the final ask had no FINAL(...) or \
