@@ -836,3 +836,35 @@ async fn answers_past_the_reply_budget_fail_one_by_one_and_the_rest_are_kept() {
     // Errors of that kind are not retried: one request per item.
     assert_eq!(server.request_count(), 20);
 }
+
+/// Large prompts arrive whole and in order, escapes and characters of several bytes
+/// included, in a batch on either runtime flavour.
+async fn large_prompts_arrive_as_sent() {
+    let server = server(echo).await;
+    let backend = backend(config(&server));
+    let prompts: Vec<String> = (0..12)
+        .map(|i| format!("{i}: {}", "line \"é\" \\ 😀\tend\n".repeat(4_000 + i * 100)))
+        .collect();
+    let requests = prompts.iter().map(|p| prompt(p)).collect();
+    let results = backend
+        .complete_batch(requests, &BatchOptions::new(4))
+        .await;
+    assert_eq!(results.len(), prompts.len());
+    for (result, sent) in results.into_iter().zip(&prompts) {
+        assert!(sent.len() > 64 << 10);
+        assert!(
+            unwrap_ok(result).text == format!("echo: {sent}"),
+            "a prompt changed on the way"
+        );
+    }
+}
+
+#[tokio::test]
+async fn large_prompts_arrive_as_sent_on_one_thread() {
+    large_prompts_arrive_as_sent().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_prompts_arrive_as_sent_on_two_threads() {
+    large_prompts_arrive_as_sent().await;
+}
