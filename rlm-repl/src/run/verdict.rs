@@ -34,8 +34,8 @@ impl Verdict {
 
 /// Applies the answer-acceptance rules to one reply: a `FINAL` called in code stands once its
 /// block ran; a text `FINAL(...)` only in a reply without code; a text `FINAL_VAR(name)` when
-/// every block ran without error; nothing in a cut reply; an answer from a warned block or an
-/// `Error: ...` string is held once.
+/// every block ran without error; nothing in a cut reply; an answer from a warned block, an
+/// `Error: ...` string or a blank answer is held once.
 /// `held` says whether an answer of this run was already held once.
 pub(super) fn verdict(parsed: &ParsedReply, work: &TurnWork, cut: bool, held: bool) -> Verdict {
     let (answer, warned) = if let Some((answer, warned)) = &work.code_final {
@@ -98,6 +98,12 @@ pub(super) fn verdict(parsed: &ParsedReply, work: &TurnWork, cut: bool, held: bo
         if answer.trim_start().starts_with("Error:") {
             return Verdict::Hold(
                 "it is an \"Error: ...\" string from a failed or cancelled call, not an answer"
+                    .to_owned(),
+            );
+        }
+        if answer.trim().is_empty() {
+            return Verdict::Hold(
+                "it is empty, which usually means a variable or a search came back blank"
                     .to_owned(),
             );
         }
@@ -179,6 +185,21 @@ mod tests {
             verdict(&parsed, &error, false, false),
             Verdict::Hold(why) if why.contains("Error")
         ));
+        // A blank answer, in code or in text, is held once; given again, it stands.
+        for (reply, work) in [
+            ("```repl\nFINAL(x)\n```", work(Some((" \n", false)), None)),
+            ("FINAL()", work(None, None)),
+        ] {
+            let parsed = parse_reply(reply);
+            assert!(
+                matches!(verdict(&parsed, &work, false, false), Verdict::Hold(why) if why.contains("empty")),
+                "{reply}"
+            );
+            assert!(
+                matches!(verdict(&parsed, &work, false, true), Verdict::Accept(a) if a.trim().is_empty()),
+                "{reply}"
+            );
+        }
     }
 
     #[test]
