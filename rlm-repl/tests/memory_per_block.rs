@@ -76,6 +76,31 @@ fn a_block_that_grows_is_still_stopped_when_alone() {
     assert_eq!(repl.execute("print(1)").output, "1\n");
 }
 
+/// A block growing as fast as it can (1 MB an iteration, no pause) is stopped by its own
+/// thread within a few operations of its budget: it does not wait for the watchdog's thread,
+/// which a loaded machine may leave without a core for longer than the growth takes.
+#[test]
+fn a_block_growing_fast_is_stopped_near_its_budget() {
+    let mut repl = repl("fast");
+    let outcome = repl.execute(
+        "let line = \"\"; line.pad(1000000, \"x\"); let all = []; \
+         for i in 0..300 { all.push(line + i); print(all.len()); }",
+    );
+    let error = outcome.error.unwrap_or_default();
+    assert!(error.contains("memory"), "{error}");
+    // The last count printed before the stop. Each item holds about 2 MB (`line + i` copies
+    // `line` and grows the copy), so the 64 MB budget is reached at about 32 items; the
+    // block's own check runs every 32 operations, a few iterations. (With only the
+    // watchdog's look every 10 ms, 39 to 42 on an idle machine, more on a loaded one.)
+    let last: usize = outcome
+        .output
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .max()
+        .unwrap_or(0);
+    assert!(last <= 37, "grew to {last} items before the stop");
+}
+
 /// Blocks starting in many threads at once are never stopped for memory they did not use.
 /// Before, a watchdog look in the moment a block switched from the process's resident memory
 /// to its thread's allocation meter read the meter's origin as growth past any budget.

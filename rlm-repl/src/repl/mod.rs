@@ -184,18 +184,27 @@ impl Shared {
                 .is_some_and(|growth| growth > self.max_memory)
         };
         // Prompts the script let go of but the cache still holds are not its memory: they
-        // are discounted before the block is stopped (see `handover`).
-        self.max_memory > 0 && over() && (self.clock.release_handed() == 0 || over())
+        // are discounted before the block is stopped (see `handover`), off the meter of the
+        // thread that looks (the block's own, too).
+        let release = || rlm_alloc::unmetered(|| self.clock.release_handed()).0;
+        self.max_memory > 0 && over() && (release() == 0 || over())
     }
 
     /// Why the running block must stop now, if it must: what its watchdog found, or (its
-    /// backstop) the run's cancellation and the block's clock.
-    fn halted(&self, check_clock: bool) -> Option<&'static str> {
+    /// backstop) the run's cancellation and the block's clock. With `check_memory` and the
+    /// counting allocator (a cheap reading), the block's own thread checks its memory too:
+    /// a block growing fast is stopped within a few operations of its budget, however late
+    /// the watchdog's thread gets a core on a loaded machine.
+    fn halted(&self, check_clock: bool, check_memory: bool) -> Option<&'static str> {
         match self.halt.load(Ordering::Relaxed) {
             HALT_CANCELLED => return Some(STOP_CANCELLED),
             HALT_TIMEOUT => return Some(STOP_TIMEOUT),
             HALT_MEMORY => return Some(STOP_MEMORY),
             _ => {}
+        }
+        if check_memory && rlm_alloc::installed() && self.memory_grew_too_much() {
+            self.halt.store(HALT_MEMORY, Ordering::SeqCst);
+            return Some(STOP_MEMORY);
         }
         if !check_clock {
             return None;
@@ -251,7 +260,7 @@ impl Shared {
         };
         let until = Instant::now().checked_add(wanted);
         loop {
-            if let Some(token) = self.halted(true) {
+            if let Some(token) = self.halted(true, true) {
                 return Err(stop(token));
             }
             let left = until.map_or(SLEEP_SLICE, |t| t.saturating_duration_since(Instant::now()));
@@ -1295,7 +1304,7 @@ fn build_engine(
     let s = Arc::clone(shared);
     engine.on_progress(move |ops| {
         // The clock is the watchdog's backstop, in case its thread could not start.
-        s.halted(ops % 256 == 0).map(Dynamic::from)
+        s.halted(ops % 256 == 0, ops % 32 == 0).map(Dynamic::from)
     });
     // Every read of a variable checks its own size (O(1)): a loop that grows a value past a
     // limit (`m[k] = v`, `xs.push(x)`, `s += t`) stops at its next use of it.
