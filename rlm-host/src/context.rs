@@ -148,7 +148,11 @@ pub fn read_text(
 }
 
 /// Bytes read at a time when a text context is read straight into the REPL's string.
-const TEXT_PIECE: usize = 4 << 20;
+/// Small enough to stay in the processor's cache between the read and the copy, and to
+/// touch few fresh pages for a small file: with 4 MB pieces a run over a 2.4 MB context
+/// took about 2 ms more (`perf stat -r 40 rlm run ...`, 16.4 to 17.1 against 14.1 to 14.6
+/// ms); a 1 GB context loads in the same time either way.
+const TEXT_PIECE: usize = 256 << 10;
 
 /// The text context in `reader`, read as [`read_text`] reads (lossily, a byte order mark
 /// removed, at most `max_bytes`, 0: no limit) but piece by piece straight into the string the
